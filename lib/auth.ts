@@ -1,0 +1,85 @@
+/**
+ * Bearer JWT (HS256) for the gateway and the socket handshake, and the access rules actions declare.
+ *
+ * An action says who may call it through the gateway with `access`:
+ *   "public"        anyone, no token needed
+ *   "user"          any valid token (the default for every REST action)
+ *   ["admin", ...]  a valid token holding at least one of these roles
+ * Internal endpoints declare ["service", "admin"].
+ */
+import jwt from "jsonwebtoken";
+
+export interface MeshUser {
+	id: string;
+	roles: string[];
+	teams: string[];
+}
+
+export type Access = "public" | "user" | string[];
+
+export const INTERNAL_ACCESS: Access = ["service", "admin"];
+
+export class AuthError extends Error {
+	constructor(
+		message: string,
+		readonly status: 401 | 403,
+		readonly type: string,
+	) {
+		super(message);
+		this.name = status === 401 ? "UnauthorizedError" : "ForbiddenError";
+	}
+}
+
+export function signToken(secret: string, user: MeshUser, expiresInSeconds = 3600): string {
+	return jwt.sign({ roles: user.roles, teams: user.teams }, secret, {
+		algorithm: "HS256",
+		subject: user.id,
+		expiresIn: expiresInSeconds,
+	});
+}
+
+function stringList(value: unknown): string[] {
+	return Array.isArray(value) ? value.filter((v): v is string => typeof v === "string") : [];
+}
+
+export function verifyToken(secret: string, token: string): MeshUser {
+	let payload: jwt.JwtPayload | string;
+	try {
+		payload = jwt.verify(token, secret, { algorithms: ["HS256"] });
+	} catch (err) {
+		const expired = (err as Error).name === "TokenExpiredError";
+		throw new AuthError(expired ? "Token expired" : "Invalid token", 401, expired ? "TOKEN_EXPIRED" : "INVALID_TOKEN");
+	}
+	if (typeof payload === "string" || !payload.sub) throw new AuthError("Token has no subject", 401, "INVALID_TOKEN");
+	return { id: payload.sub, roles: stringList(payload.roles), teams: stringList(payload.teams) };
+}
+
+/** Extracts the token from "Authorization: Bearer <token>"; undefined when the header is absent. */
+export function bearerToken(header: string | undefined): string | undefined {
+	if (!header) return undefined;
+	const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+	if (!match) throw new AuthError("Authorization header must be 'Bearer <token>'", 401, "INVALID_TOKEN");
+	return match[1];
+}
+
+/** Throws 401 when a token is needed and missing, 403 when the user lacks every allowed role. */
+export function checkAccess(access: Access | undefined, user: MeshUser | undefined): void {
+	const rule = access ?? "user";
+	if (rule === "public") return;
+	if (!user) throw new AuthError("Authentication required", 401, "NO_TOKEN");
+	if (rule === "user") return;
+	if (!rule.some(role => user.roles.includes(role))) {
+		throw new AuthError(`Requires one of the roles: ${rule.join(", ")}`, 403, "FORBIDDEN");
+	}
+}
+
+/**
+ * An action schema with this project's `access` field. Moleculer copies unknown action properties
+ * into the catalogue it gossips across the mesh, so a gateway on another node sees `access` too.
+ */
+export type MeshAction = import("moleculer").ActionSchema & { access?: Access };
+
+/** Types a service's actions as MeshActions (Moleculer's own typings do not know `access`). */
+export function defineActions<T extends Record<string, MeshAction>>(actions: T): T {
+	return actions;
+}

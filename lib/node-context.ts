@@ -1,0 +1,30 @@
+/**
+ * What a node hands its services: settings, the chosen transport, the database handle and the
+ * metrics reporter. Kept per broker (not global) so that tests can run several brokers in one process.
+ */
+import type { ServiceBroker } from "moleculer";
+import type { Sequelize } from "sequelize";
+import type { GatewayPrometheusReporter } from "./metrics";
+import type { MeshSettings } from "./settings";
+import type { TransportChoice } from "./transport";
+
+export interface NodeContext {
+	settings: MeshSettings;
+	transport: TransportChoice;
+	/** null on nodes that run no service needing PostgreSQL and have no database configured */
+	sequelize: Sequelize | null;
+	metricsReporter: GatewayPrometheusReporter;
+	startedAt: number;
+}
+
+const contexts = new WeakMap<ServiceBroker, NodeContext>();
+
+export function attachNodeContext(broker: ServiceBroker, context: NodeContext): void {
+	contexts.set(broker, context);
+}
+
+export function nodeContextOf(broker: ServiceBroker): NodeContext {
+	const context = contexts.get(broker);
+	if (!context) throw new Error("No node context attached to this broker (start it through lib/node-runtime)");
+	return context;
+}

@@ -1,0 +1,107 @@
+/**
+ * Starts one mesh node: chooses the transport, connects the database, builds the broker from
+ * moleculer.config.ts, loads the chosen services, and stops gracefully on SIGTERM/SIGINT.
+ */
+import fs from "fs";
+import path from "path";
+import { ServiceBroker, type ServiceSchema } from "moleculer";
+import { createBrokerOptions } from "../moleculer.config";
+import { createSequelize } from "./database";
+import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "./embedded-postgres";
+import { attachNodeContext } from "./node-context";
+import type { MeshSettings } from "./settings";
+import { resolveTransport, type TransportChoice } from "./transport";
+
+export const SERVICES_DIR = path.resolve(__dirname, "..", "services");
+/** Services every node with actor services also runs (the gateway decides nothing about them). */
+const INFRASTRUCTURE_SERVICES = new Set(["api", "mesh"]);
+
+export function availableServices(dir = SERVICES_DIR): string[] {
+	return fs
+		.readdirSync(dir)
+		.filter(f => /\.service\.(ts|js)$/.test(f))
+		.map(f => f.replace(/\.service\.(ts|js)$/, ""))
+		.sort();
+}
+
+/** SERVICES=api means a gateway-only node; naming any actor service adds the `mesh` service too. */
+export function chooseServices(requested: string[] | null, available: string[]): string[] {
+	if (!requested) return available;
+	const unknown = requested.filter(name => !available.includes(name));
+	if (unknown.length) throw new Error(`SERVICES names unknown services: ${unknown.join(", ")} (known: ${available.join(", ")})`);
+	const chosen = new Set(requested);
+	if (requested.some(name => !INFRASTRUCTURE_SERVICES.has(name))) chosen.add("mesh");
+	return [...chosen].sort();
+}
+
+export function loadServiceSchema(name: string, dir = SERVICES_DIR): ServiceSchema {
+	const file = ["ts", "js"].map(ext => path.join(dir, `${name}.service.${ext}`)).find(f => fs.existsSync(f));
+	if (!file) throw new Error(`No service file for "${name}" in ${dir}`);
+	// eslint-disable-next-line @typescript-eslint/no-require-imports
+	const loaded = require(file);
+	return (loaded.default ?? loaded) as ServiceSchema;
+}
+
+export interface RunningNode {
+	broker: ServiceBroker;
+	transport: TransportChoice;
+	services: string[];
+	stop(): Promise<void>;
+}
+
+async function connectDatabase(settings: MeshSettings): Promise<{ url: string; embedded?: EmbeddedPostgresHandle }> {
+	if (settings.database.url) return { url: settings.database.url };
+	const embedded = await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
+	return { url: embedded.url, embedded };
+}
+
+export async function startNode(settings: MeshSettings): Promise<RunningNode> {
+	const transport = await resolveTransport(settings);
+	const services = chooseServices(settings.services, availableServices());
+	const database = await connectDatabase(settings);
+	const sequelize = createSequelize({ ...settings.database, url: database.url });
+
+	const options = createBrokerOptions(settings, transport);
+	const broker = new ServiceBroker(options);
+	attachNodeContext(broker, {
+		settings,
+		transport,
+		sequelize,
+		metricsReporter: options.metricsReporter,
+		startedAt: Date.now(),
+	});
+
+	const log = broker.getLogger("node");
+	if (transport.warning) log.warn(transport.warning);
+	log.info(`Transport: ${transport.kind} (${transport.reason})`, { transport: transport.kind, nats_url: transport.natsUrl });
+	if (database.embedded) log.warn(`Database: embedded PostgreSQL (${settings.embeddedPgDir}); set DATABASE_URL or DB_HOST for production`);
+	log.info(`Node ${settings.nodeID} (${settings.role}) runs: ${services.join(", ")}`);
+
+	for (const name of services) broker.createService(loadServiceSchema(name));
+	await broker.start();
+
+	let stopping: Promise<void> | null = null;
+	const stop = () =>
+		(stopping ??= (async () => {
+			await broker.stop();
+			await sequelize.close().catch(() => undefined);
+			if (database.embedded?.owned) await database.embedded.stop();
+		})());
+	return { broker, transport, services, stop };
+}
+
+/** SIGTERM/SIGINT: finish in-flight requests (broker tracking), leave the mesh, exit 0. */
+export function stopOnSignals(node: RunningNode): void {
+	const onSignal = (signal: NodeJS.Signals) => {
+		node.broker.logger.info(`${signal} received: finishing in-flight requests and leaving the mesh`);
+		node
+			.stop()
+			.then(() => process.exit(0))
+			.catch(err => {
+				node.broker.logger.error("Stop failed", err);
+				process.exit(1);
+			});
+	};
+	process.once("SIGTERM", onSignal);
+	process.once("SIGINT", onSignal);
+}

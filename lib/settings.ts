@@ -1,0 +1,170 @@
+/**
+ * Every environment variable the mesh reads is parsed here, once, into a typed object.
+ * Services and scripts receive this object; they never read process.env themselves.
+ */
+import os from "os";
+import { version } from "../package.json";
+
+export type NodeRole = "node1" | "node2" | string;
+
+export interface RateLimitSettings {
+	/** sustained requests per second for one client key; 0 switches the per-key limit off */
+	perKey: number;
+	/** bucket size for one client key */
+	burst: number;
+	/** sustained requests per second for the whole gateway; 0 switches it off */
+	global: number;
+}
+
+export interface NatsSettings {
+	url?: string;
+	user?: string;
+	password?: string;
+	tls: boolean;
+	tlsCaFile?: string;
+	tlsCertFile?: string;
+	tlsKeyFile?: string;
+}
+
+export interface DatabaseSettings {
+	/** full connection URL; null means "use the embedded PostgreSQL" */
+	url: string | null;
+	ssl: boolean;
+}
+
+export interface MeshSettings {
+	version: string;
+	production: boolean;
+	nodeID: string;
+	role: NodeRole;
+	namespace: string;
+	/** null = all actor services found in services/ */
+	services: string[] | null;
+	port: number;
+	host: string;
+	/** explicit transporter choice: "NATS", "TCP", or a transporter connection string */
+	transporter?: string;
+	nats: NatsSettings;
+	serializer: string;
+	heartbeatInterval: number;
+	heartbeatTimeout: number;
+	requestTimeout: number;
+	logLevel: string;
+	jwtSecret?: string;
+	rateLimit: RateLimitSettings;
+	corsOrigins: string[];
+	bodyLimit: string;
+	database: DatabaseSettings;
+	embeddedPgPort: number;
+	embeddedPgDir: string;
+	metricsEnabled: boolean;
+}
+
+export class SettingsError extends Error {
+	constructor(variable: string, problem: string) {
+		super(`${variable}: ${problem}`);
+		this.name = "SettingsError";
+	}
+}
+
+type Env = Record<string, string | undefined>;
+
+function readInt(env: Env, name: string, fallback: number, min = 0): number {
+	const raw = env[name];
+	if (raw == null || raw === "") return fallback;
+	const value = Number(raw);
+	if (!Number.isFinite(value) || value < min) {
+		throw new SettingsError(name, `expected a number >= ${min}, got "${raw}"`);
+	}
+	return value;
+}
+
+function readBool(env: Env, name: string, fallback: boolean): boolean {
+	const raw = env[name];
+	if (raw == null || raw === "") return fallback;
+	if (/^(1|true|yes|on)$/i.test(raw)) return true;
+	if (/^(0|false|no|off)$/i.test(raw)) return false;
+	throw new SettingsError(name, `expected true/false, got "${raw}"`);
+}
+
+function readList(raw: string | undefined): string[] | null {
+	if (raw == null || raw.trim() === "" || raw.trim() === "*" || raw.trim() === "all") return null;
+	return raw
+		.split(",")
+		.map(s => s.trim())
+		.filter(Boolean);
+}
+
+/** DATABASE_URL wins; otherwise the seed's DB_* variables; otherwise null (embedded default). */
+export function resolveDatabaseSettings(env: Env): DatabaseSettings {
+	const sslMode = env.DB_SSLMODE ?? "disable";
+	const ssl = !["disable", "allow", "prefer", ""].includes(sslMode);
+	if (env.DATABASE_URL) return { url: env.DATABASE_URL, ssl: ssl || /sslmode=(require|verify)/.test(env.DATABASE_URL) };
+	if (!env.DB_HOST) return { url: null, ssl: false };
+	const user = encodeURIComponent(env.DB_USER ?? "postgres");
+	const password = env.DB_PASSWORD ? `:${encodeURIComponent(env.DB_PASSWORD)}` : "";
+	const port = readInt(env, "DB_PORT", 5432, 1);
+	const name = env.DB_NAME ?? "daarion";
+	return { url: `postgres://${user}${password}@${env.DB_HOST}:${port}/${name}`, ssl };
+}
+
+export function loadSettings(env: Env = process.env): MeshSettings {
+	const production = env.NODE_ENV === "production";
+	const role = env.NODE_ROLE ?? "node1";
+	const nodeID = env.NODE_ID ?? `${role}-${os.hostname()}-${process.pid}`;
+	const settings: MeshSettings = {
+		version,
+		production,
+		nodeID,
+		role,
+		namespace: env.MESH_NAMESPACE ?? "daarion",
+		services: readList(env.SERVICES),
+		port: readInt(env, "PORT", 9300),
+		host: env.HOST ?? "0.0.0.0",
+		transporter: env.TRANSPORTER || undefined,
+		nats: {
+			url: env.NATS_URL || undefined,
+			user: env.NATS_USER || undefined,
+			password: env.NATS_PASSWORD || undefined,
+			tls: readBool(env, "NATS_TLS", false),
+			tlsCaFile: env.NATS_TLS_CA || undefined,
+			tlsCertFile: env.NATS_TLS_CERT || undefined,
+			tlsKeyFile: env.NATS_TLS_KEY || undefined,
+		},
+		serializer: env.SERIALIZER ?? "JSON",
+		heartbeatInterval: readInt(env, "HEARTBEAT_INTERVAL", 5, 1),
+		heartbeatTimeout: readInt(env, "HEARTBEAT_TIMEOUT", 15, 2),
+		requestTimeout: readInt(env, "REQUEST_TIMEOUT", 10_000),
+		logLevel: env.LOG_LEVEL ?? "info",
+		jwtSecret: env.JWT_SECRET || undefined,
+		rateLimit: {
+			perKey: readInt(env, "RATE_LIMIT_PER_KEY", 10),
+			burst: readInt(env, "RATE_LIMIT_BURST", 20),
+			global: readInt(env, "RATE_LIMIT_GLOBAL", 0),
+		},
+		corsOrigins: readList(env.CORS_ORIGINS) ?? [],
+		bodyLimit: env.BODY_LIMIT ?? "1mb",
+		database: resolveDatabaseSettings(env),
+		embeddedPgPort: readInt(env, "EMBEDDED_PG_PORT", 54329, 1),
+		embeddedPgDir: env.EMBEDDED_PG_DIR ?? "data/pg",
+		metricsEnabled: readBool(env, "METRICS", true),
+	};
+	validateForProduction(settings);
+	return settings;
+}
+
+/** Production never runs on guessed defaults: a missing secret or transport is a start-up error. */
+function validateForProduction(s: MeshSettings): void {
+	if (!s.production) return;
+	if (!s.jwtSecret) throw new SettingsError("JWT_SECRET", "required when NODE_ENV=production");
+	if (s.jwtSecret.length < 32) throw new SettingsError("JWT_SECRET", "must be at least 32 characters in production");
+	if (!s.nats.url && !s.transporter) throw new SettingsError("NATS_URL", "required when NODE_ENV=production");
+	if (!s.database.url) throw new SettingsError("DATABASE_URL or DB_HOST", "required when NODE_ENV=production");
+}
+
+/** The development fallback secret: fine on a laptop, refused in production by validateForProduction. */
+export const DEV_JWT_SECRET = "daarion-mesh-development-secret-not-for-production";
+
+export function jwtSecretOf(s: MeshSettings): string {
+	return s.jwtSecret ?? DEV_JWT_SECRET;
+}

@@ -1,0 +1,18 @@
+/**
+ * `npm run node`: one mesh node from the environment. This is how NODE1/NODE2 and the tests start nodes.
+ * Exits non-zero with one clear line when the configuration or the transport is unusable.
+ */
+import { startNode, stopOnSignals } from "../lib/node-runtime";
+import { loadSettings } from "../lib/settings";
+
+async function main(): Promise<void> {
+	const settings = loadSettings();
+	const node = await startNode(settings);
+	stopOnSignals(node);
+}
+
+main().catch(err => {
+	const line = { timestamp: new Date().toISOString(), level: "fatal", service: "node", message: `Node failed to start: ${(err as Error).message}` };
+	process.stderr.write(JSON.stringify(line) + "\n");
+	process.exit(1);
+});

@@ -1,0 +1,191 @@
+/**
+ * api: the moleculer-web gateway every node runs.
+ *
+ *   /api/<service>/<endpoint>   REST aliases generated from each action's `rest` declaration
+ *   /health                     the seed's health document (200 healthy, 503 unhealthy)
+ *   /metrics                    Prometheus text: Moleculer's metrics + the seed's HTTP metrics
+ *
+ * HTTP concerns live here and nowhere else: request id, rate limit, body parsing, auth, CORS,
+ * HTTP metrics. Domain services only declare `rest`, `params` and `access`.
+ */
+import type { IncomingMessage, ServerResponse } from "http";
+import type { Context, ServiceSchema } from "moleculer";
+import { Errors } from "moleculer";
+import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
+import { bearerToken, checkAccess, AuthError, verifyToken, type Access, type MeshUser } from "../lib/auth";
+import { buildHealthReport } from "../lib/health";
+import { acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
+import { HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
+import { nodeContextOf } from "../lib/node-context";
+import { jwtSecretOf } from "../lib/settings";
+
+type GatewayRequest = IncomingMessage & {
+	$route?: { path?: string };
+	$alias?: { path?: string; method?: string };
+	$action?: { access?: Access; name?: string };
+	$startedAt?: bigint;
+};
+
+function routeLabel(req: GatewayRequest): string {
+	if (!req.$alias) return "unmatched";
+	const prefix = req.$route?.path === "/" ? "" : (req.$route?.path ?? "");
+	return `${prefix}/${(req.$alias.path ?? "").replace(/^\//, "")}`;
+}
+
+function asClientError(err: AuthError): Errors.MoleculerClientError {
+	return new Errors.MoleculerClientError(err.message, err.status, err.type);
+}
+
+const ApiService: ServiceSchema<ApiSettingsSchema> = {
+	name: "api",
+	mixins: [ApiGateway],
+
+	settings: {
+		port: 9300,
+		ip: "0.0.0.0",
+		// Every route answers JSON errors through sendError below; no HTML, no stack traces.
+		log4XXResponses: false,
+		logRequest: "debug",
+		logResponse: "debug",
+		logRouteRegistration: "debug",
+		routes: [],
+	},
+
+	created() {
+		const { settings } = nodeContextOf(this.broker);
+		this.settings.port = settings.port;
+		this.settings.ip = settings.host;
+		this.settings.cors = settings.corsOrigins.length
+			? {
+					origin: settings.corsOrigins,
+					methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+					allowedHeaders: ["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key"],
+					exposedHeaders: ["X-Request-ID", "Retry-After"],
+					maxAge: 600,
+				}
+			: undefined;
+		this.settings.rootCallOptions = ((options: { requestID?: string }, req: IncomingMessage, res: ServerResponse) => {
+			options.requestID = acceptRequestID(req.headers["x-request-id"]);
+			res.setHeader("X-Request-ID", options.requestID);
+		}) as unknown as ApiSettingsSchema["rootCallOptions"];
+		// moleculer-web registered settings.routes in its own created(); ours need the node's settings.
+		this.addRoute(this.apiRoute(settings));
+		this.addRoute(this.operationsRoute());
+		registerHttpMetrics(this.broker);
+	},
+
+	started() {
+		this.instrumentServer();
+	},
+
+	methods: {
+		apiRoute(settings: ReturnType<typeof nodeContextOf>["settings"]) {
+			return {
+				name: "api",
+				path: "/api",
+				autoAliases: true,
+				mappingPolicy: "restrict",
+				authentication: true,
+				authorization: true,
+				bodyParsers: false,
+				mergeParams: true,
+				use: [rateLimitMiddleware(settings.rateLimit), jsonBodyMiddleware(settings.bodyLimit)],
+				onError: this.sendJsonError,
+			};
+		},
+
+		operationsRoute() {
+			return {
+				name: "operations",
+				path: "/",
+				mappingPolicy: "restrict",
+				bodyParsers: false,
+				aliases: {
+					"GET /health": this.sendHealth,
+					"GET /metrics": this.sendMetrics,
+				},
+				onError: this.sendJsonError,
+			};
+		},
+
+		/** moleculer-web hook: a bearer token, when present, must be valid; it becomes ctx.meta.user. */
+		authenticate(_ctx: Context, _route: unknown, req: IncomingMessage): MeshUser | null {
+			try {
+				const token = bearerToken(req.headers.authorization);
+				if (!token) return null;
+				return verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), token);
+			} catch (err) {
+				if (err instanceof AuthError) throw asClientError(err);
+				throw err;
+			}
+		},
+
+		/** moleculer-web hook: the called action's `access` decides (default "user": any valid token). */
+		authorize(ctx: Context<unknown, { user?: MeshUser }>, _route: unknown, req: GatewayRequest): void {
+			try {
+				checkAccess(req.$action?.access, ctx.meta.user ?? undefined);
+			} catch (err) {
+				if (err instanceof AuthError) throw asClientError(err);
+				throw err;
+			}
+		},
+
+		async sendHealth(req: IncomingMessage, res: ServerResponse) {
+			const report = await buildHealthReport(this.broker);
+			const healthy = report.status === "healthy";
+			this.broker.metrics.set(HTTP_METRICS.serviceHealth, healthy ? 1 : 0, { dependency: "node" });
+			for (const [name, dep] of Object.entries(report.dependencies)) {
+				this.broker.metrics.set(HTTP_METRICS.serviceHealth, dep.status === "up" ? 1 : 0, { dependency: name });
+			}
+			this.sendJson(req, res, healthy ? 200 : 503, report);
+		},
+
+		sendMetrics(_req: IncomingMessage, res: ServerResponse) {
+			const body = nodeContextOf(this.broker).metricsReporter.render();
+			res.writeHead(200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" });
+			res.end(body);
+		},
+
+		sendJson(_req: IncomingMessage, res: ServerResponse, status: number, body: unknown) {
+			res.writeHead(status, { "Content-Type": "application/json; charset=utf-8" });
+			res.end(JSON.stringify(body));
+		},
+
+		/** Every error is JSON: {name, message, code, type, data}; server errors hide their internals. */
+		sendJsonError(req: IncomingMessage, res: ServerResponse, err: Error & { code?: unknown; type?: string; data?: unknown }) {
+			const status = typeof err.code === "number" && err.code >= 400 && err.code < 600 ? err.code : 500;
+			if (status >= 500) this.logger.error(`HTTP ${status} on ${req.method} ${req.url}`, err);
+			const body =
+				status >= 500 && !(err instanceof Errors.MoleculerError)
+					? { name: "InternalServerError", message: "Internal server error", code: 500, type: "INTERNAL" }
+					: { name: err.name, message: err.message, code: status, type: err.type, data: err.data };
+			if (res.headersSent) {
+				res.end();
+				return;
+			}
+			this.sendJson(req, res, status, body);
+		},
+
+		/** HTTP metrics for every request the server answers, routed or not. */
+		instrumentServer() {
+			const metrics = this.broker.metrics;
+			if (!metrics.isEnabled()) return;
+			let open = 0;
+			this.server.on("connection", (socket: NodeJS.EventEmitter) => {
+				metrics.set(HTTP_METRICS.activeConnections, ++open, { kind: "http" });
+				socket.once("close", () => metrics.set(HTTP_METRICS.activeConnections, --open, { kind: "http" }));
+			});
+			this.server.prependListener("request", (req: GatewayRequest, res: ServerResponse) => {
+				const started = process.hrtime.bigint();
+				res.once("finish", () => {
+					const route = routeLabel(req);
+					const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+					metrics.increment(HTTP_METRICS.requests, { method: req.method, route, status: res.statusCode });
+					metrics.observe(HTTP_METRICS.duration, seconds, { method: req.method, route });
+				});
+			});
+		},
+	},
+};
+
+export default ApiService;

@@ -1,0 +1,115 @@
+/**
+ * mesh: how a node and the mesh look from the inside, for clients, operators and tests.
+ * Runs wherever actor services run; a gateway-only node (SERVICES=api) does not run it, so every
+ * call it takes is served by another node.
+ */
+import os from "os";
+import type { Context, ServiceSchema } from "moleculer";
+import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
+import { transportStatus } from "../lib/health";
+import { nodeContextOf } from "../lib/node-context";
+
+interface RegistryNode {
+	id: string;
+	available: boolean;
+	local: boolean;
+	lastHeartbeatTime?: number;
+	metadata?: { role?: string; version?: string; transport?: string };
+	hostname?: string;
+	services?: Array<{ name: string }>;
+	cpu?: number | null;
+}
+
+export interface MeshNodeView {
+	nodeID: string;
+	role: string | null;
+	version: string | null;
+	available: boolean;
+	local: boolean;
+	hostname: string | null;
+	services: string[];
+	lastHeartbeat: string | null;
+	cpu: number | null;
+}
+
+/** Internal ($node) services are left out: operators think in actors. */
+export function describeNode(node: RegistryNode): MeshNodeView {
+	return {
+		nodeID: node.id,
+		role: node.metadata?.role ?? null,
+		version: node.metadata?.version ?? null,
+		available: node.available,
+		local: node.local,
+		hostname: node.hostname ?? null,
+		services: [...new Set((node.services ?? []).map(s => s.name).filter(n => !n.startsWith("$")))].sort(),
+		lastHeartbeat: node.lastHeartbeatTime ? new Date(node.lastHeartbeatTime).toISOString() : null,
+		cpu: node.cpu ?? null,
+	};
+}
+
+const MeshService: ServiceSchema = {
+	name: "mesh",
+
+	actions: defineActions({
+		whoami: {
+			rest: "GET /whoami",
+			access: "public",
+			handler(this: { broker: Context["broker"] }) {
+				const { settings, startedAt } = nodeContextOf(this.broker);
+				return {
+					nodeID: this.broker.nodeID,
+					role: settings.role,
+					version: settings.version,
+					uptime: Math.round((Date.now() - startedAt) / 1000),
+				};
+			},
+		},
+
+		nodes: {
+			rest: "GET /nodes",
+			access: "public",
+			handler(this: { broker: Context["broker"] }) {
+				const nodes = this.broker.registry.getNodeList({ onlyAvailable: false, withServices: true }) as unknown as RegistryNode[];
+				return nodes.map(describeNode).sort((a, b) => a.nodeID.localeCompare(b.nodeID));
+			},
+		},
+
+		echo: {
+			rest: "POST /echo",
+			access: "user",
+			params: {
+				message: { type: "string", min: 1, max: 10_000 },
+				$$strict: "remove",
+			},
+			handler(this: { broker: Context["broker"] }, ctx: Context<{ message: string }, { user?: MeshUser }>) {
+				this.broker.logger.info(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
+				return {
+					message: ctx.params.message,
+					nodeID: this.broker.nodeID,
+					requestID: ctx.requestID,
+					user: ctx.meta.user?.id ?? null,
+				};
+			},
+		},
+
+		config: {
+			rest: "GET /config",
+			access: INTERNAL_ACCESS,
+			handler(this: { broker: Context["broker"] }) {
+				const { settings, transport } = nodeContextOf(this.broker);
+				return {
+					nodeID: this.broker.nodeID,
+					role: settings.role,
+					hostname: os.hostname(),
+					transport: { kind: transport.kind, reason: transport.reason, natsUrl: transport.natsUrl ?? null, ...transportStatus(this.broker) },
+					heartbeat: { interval: settings.heartbeatInterval, timeout: settings.heartbeatTimeout },
+					requestTimeout: settings.requestTimeout,
+					rateLimit: settings.rateLimit,
+					database: settings.database.url ? "configured" : "embedded",
+				};
+			},
+		},
+	}),
+};
+
+export default MeshService;
