@@ -1,0 +1,118 @@
+/**
+ * Real node processes for integration and chaos tests: `tsx scripts/run-node.ts` with its own env,
+ * logs captured line by line, killed with real signals.
+ */
+import { spawn, type ChildProcess } from "child_process";
+import { randomBytes } from "crypto";
+import net from "net";
+import path from "path";
+
+export const ROOT = path.resolve(__dirname, "..", "..");
+const TSX = path.join(ROOT, "node_modules", ".bin", "tsx");
+
+export interface NodeProcess {
+	nodeID: string;
+	port: number;
+	url: string;
+	child: ChildProcess;
+	logs: string[];
+	exited: Promise<number | null>;
+	/** parsed JSON log lines (non-JSON lines are skipped) */
+	jsonLogs(): Array<Record<string, unknown>>;
+	kill(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export function uniqueNamespace(prefix = "test"): string {
+	return `${prefix}-${randomBytes(4).toString("hex")}`;
+}
+
+export function freePort(): Promise<number> {
+	return new Promise((resolve, reject) => {
+		const server = net.createServer();
+		server.listen(0, "127.0.0.1", () => {
+			const { port } = server.address() as net.AddressInfo;
+			server.close(() => resolve(port));
+		});
+		server.once("error", reject);
+	});
+}
+
+export async function startNodeProcess(env: Record<string, string>): Promise<NodeProcess> {
+	const port = env.PORT ? Number(env.PORT) : await freePort();
+	const nodeID = env.NODE_ID ?? `node-${port}`;
+	const child = spawn(TSX, [path.join(ROOT, "scripts", "run-node.ts")], {
+		cwd: ROOT,
+		env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", LOG_LEVEL: "info", ...env, PORT: String(port), NODE_ID: nodeID },
+		stdio: ["ignore", "pipe", "pipe"],
+	});
+	const logs: string[] = [];
+	const collect = (chunk: Buffer) => logs.push(...chunk.toString("utf8").split("\n").filter(Boolean));
+	child.stdout?.on("data", collect);
+	child.stderr?.on("data", collect);
+	const exited = new Promise<number | null>(resolve => child.once("exit", code => resolve(code)));
+	return {
+		nodeID,
+		port,
+		url: `http://127.0.0.1:${port}`,
+		child,
+		logs,
+		exited,
+		jsonLogs: () =>
+			logs.flatMap(line => {
+				try {
+					return [JSON.parse(line) as Record<string, unknown>];
+				} catch {
+					return [];
+				}
+			}),
+		kill: async (signal: NodeJS.Signals = "SIGTERM") => {
+			if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+			return exited;
+		},
+	};
+}
+
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 100): Promise<T> {
+	const deadline = Date.now() + timeoutMs;
+	let lastError: unknown;
+	while (Date.now() < deadline) {
+		try {
+			const value = await probe();
+			if (value) return value;
+		} catch (err) {
+			lastError = err;
+		}
+		await new Promise(r => setTimeout(r, everyMs));
+	}
+	throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${(lastError as Error).message}` : ""}`);
+}
+
+export async function getJson(url: string, init?: RequestInit): Promise<{ status: number; body: any; headers: Headers }> {
+	const res = await fetch(url, init);
+	const text = await res.text();
+	let body: unknown = text;
+	try {
+		body = JSON.parse(text);
+	} catch {
+		/* not JSON: keep the text for the assertion message */
+	}
+	return { status: res.status, body, headers: res.headers };
+}
+
+/** Waits until the node's gateway answers /health and its mesh lists `services` as available. */
+export async function waitForMesh(node: NodeProcess, services: string[], nodesSeen = 1, timeoutMs = 40_000): Promise<void> {
+	await waitFor(
+		`${node.nodeID} to see ${services.join(",")} on ${nodesSeen} node(s)`,
+		async () => {
+			if (node.child.exitCode !== null) throw new Error(`${node.nodeID} exited: ${node.logs.slice(-5).join("\n")}`);
+			const { body } = await getJson(`${node.url}/health`);
+			const mesh = body?.mesh;
+			return mesh && mesh.nodes_available >= nodesSeen && services.every((s: string) => mesh.services_available.includes(s));
+		},
+		timeoutMs,
+	);
+}
+
+export async function stopAll(nodes: Array<NodeProcess | undefined>): Promise<void> {
+	await Promise.all(nodes.filter((n): n is NodeProcess => !!n).map(n => n.kill("SIGKILL")));
+}
