@@ -32,6 +32,8 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		requestTimeout: settings.requestTimeout,
 		registry: { strategy: "RoundRobin", preferLocal: true },
 
+		// lib/node-runtime.ts owns SIGTERM/SIGINT (one graceful stop, then exit 0).
+		skipProcessEventRegistration: true,
 		// Finish in-flight requests before leaving the mesh on SIGTERM.
 		tracking: { enabled: true, shutdownTimeout: 10_000 },
 

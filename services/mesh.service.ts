@@ -6,7 +6,7 @@
 import os from "os";
 import type { Context, ServiceSchema } from "moleculer";
 import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
-import { transportStatus } from "../lib/health";
+import { buildHealthReport, transportStatus } from "../lib/health";
 import { nodeContextOf } from "../lib/node-context";
 
 interface RegistryNode {
@@ -32,6 +32,12 @@ export interface MeshNodeView {
 	cpu: number | null;
 }
 
+/** Moleculer stamps heartbeats with the local process.uptime() in seconds, not with wall-clock time. */
+function heartbeatTime(uptimeSeconds: number | undefined): string | null {
+	if (uptimeSeconds == null) return null;
+	return new Date(Date.now() - (process.uptime() - uptimeSeconds) * 1000).toISOString();
+}
+
 /** Internal ($node) services are left out: operators think in actors. */
 export function describeNode(node: RegistryNode): MeshNodeView {
 	return {
@@ -42,7 +48,7 @@ export function describeNode(node: RegistryNode): MeshNodeView {
 		local: node.local,
 		hostname: node.hostname ?? null,
 		services: [...new Set((node.services ?? []).map(s => s.name).filter(n => !n.startsWith("$")))].sort(),
-		lastHeartbeat: node.lastHeartbeatTime ? new Date(node.lastHeartbeatTime).toISOString() : null,
+		lastHeartbeat: node.local ? null : heartbeatTime(node.lastHeartbeatTime),
 		cpu: node.cpu ?? null,
 	};
 }
@@ -74,15 +80,25 @@ const MeshService: ServiceSchema = {
 			},
 		},
 
+		/** This node's health document; mesh-internal (no REST), used by the REPL's `mesh` command. */
+		health: {
+			handler(this: { broker: Context["broker"] }) {
+				return buildHealthReport(this.broker);
+			},
+		},
+
 		echo: {
 			rest: "POST /echo",
 			access: "user",
 			params: {
 				message: { type: "string", min: 1, max: 10_000 },
+				// Lets operators and tests hold a request in flight (drain, timeouts, graceful stop).
+				delayMs: { type: "number", integer: true, min: 0, max: 10_000, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			handler(this: { broker: Context["broker"] }, ctx: Context<{ message: string }, { user?: MeshUser }>) {
+			async handler(this: { broker: Context["broker"] }, ctx: Context<{ message: string; delayMs?: number }, { user?: MeshUser }>) {
 				this.broker.logger.info(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
+				if (ctx.params.delayMs) await new Promise(resolve => setTimeout(resolve, ctx.params.delayMs));
 				return {
 					message: ctx.params.message,
 					nodeID: this.broker.nodeID,

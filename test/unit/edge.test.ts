@@ -1,0 +1,86 @@
+import { TokenBucketLimiter } from "../../lib/rate-limiter";
+import { acceptRequestID, parseByteSize } from "../../lib/http-edge";
+import { AuthError, bearerToken, checkAccess, signToken, verifyToken } from "../../lib/auth";
+import { formatLogLine, redactText } from "../../lib/logger";
+import { runWithRequestID } from "../../lib/request-context";
+
+describe("token bucket (10 r/s, burst 20)", () => {
+	it("allows the burst, refuses the next with Retry-After, refills over time", () => {
+		let now = 1_000_000;
+		const limiter = new TokenBucketLimiter(10, 20, () => now);
+		for (let i = 0; i < 20; i++) expect(limiter.take("a").allowed).toBe(true);
+		const refused = limiter.take("a");
+		expect(refused).toEqual({ allowed: false, retryAfterSeconds: 1 });
+		expect(limiter.take("b").allowed).toBe(true);
+		now += 100;
+		expect(limiter.take("a").allowed).toBe(true);
+		expect(limiter.take("a").allowed).toBe(false);
+	});
+
+	it("is off at rate 0", () => {
+		const limiter = new TokenBucketLimiter(0, 0);
+		for (let i = 0; i < 1000; i++) expect(limiter.take("a").allowed).toBe(true);
+	});
+});
+
+describe("request ids and sizes", () => {
+	it("keeps a sane client id and replaces anything else", () => {
+		expect(acceptRequestID("req-123_abc.9")).toBe("req-123_abc.9");
+		expect(acceptRequestID("bad id with spaces")).toMatch(/^[0-9a-f-]{36}$/);
+		expect(acceptRequestID("x".repeat(200))).toMatch(/^[0-9a-f-]{36}$/);
+		expect(acceptRequestID(undefined)).toMatch(/^[0-9a-f-]{36}$/);
+	});
+	it("parses body limits", () => {
+		expect(parseByteSize("1mb")).toBe(1048576);
+		expect(parseByteSize("512kb")).toBe(524288);
+		expect(() => parseByteSize("lots")).toThrow(/Invalid size/);
+	});
+});
+
+describe("auth", () => {
+	const secret = "s".repeat(32);
+	it("round-trips a user", () => {
+		const token = signToken(secret, { id: "u1", roles: ["admin"], teams: ["t1"] });
+		expect(verifyToken(secret, token)).toEqual({ id: "u1", roles: ["admin"], teams: ["t1"] });
+	});
+	it("rejects a token signed with another secret, and an expired one", () => {
+		const other = signToken("o".repeat(32), { id: "u1", roles: [], teams: [] });
+		expect(() => verifyToken(secret, other)).toThrow(AuthError);
+		const expired = signToken(secret, { id: "u1", roles: [], teams: [] }, -10);
+		expect(() => verifyToken(secret, expired)).toThrow(/expired/);
+	});
+	it("parses only 'Bearer <token>'", () => {
+		expect(bearerToken("Bearer abc")).toBe("abc");
+		expect(bearerToken(undefined)).toBeUndefined();
+		expect(() => bearerToken("Basic abc")).toThrow(AuthError);
+	});
+	it("applies access rules: public, user, roles", () => {
+		const user = { id: "u", roles: ["member"], teams: [] };
+		expect(() => checkAccess("public", undefined)).not.toThrow();
+		expect(() => checkAccess(undefined, undefined)).toThrow(expect.objectContaining({ status: 401 }));
+		expect(() => checkAccess("user", user)).not.toThrow();
+		expect(() => checkAccess(["admin", "service"], user)).toThrow(expect.objectContaining({ status: 403 }));
+		expect(() => checkAccess(["admin", "service"], { ...user, roles: ["service"] })).not.toThrow();
+	});
+});
+
+describe("JSON log lines", () => {
+	it("carry timestamp, level, service, nodeID, message and the current request id", () => {
+		const line = runWithRequestID("rid-1", () => formatLogLine("info", ["hello", { extra: 1 }], { nodeID: "n1", svc: "mesh" }));
+		const parsed = JSON.parse(line);
+		expect(parsed).toMatchObject({ level: "info", service: "mesh", nodeID: "n1", message: "hello", request_id: "rid-1", extra: 1 });
+		expect(new Date(parsed.timestamp).toString()).not.toBe("Invalid Date");
+	});
+	it("never print secrets", () => {
+		const jwt = signToken("k".repeat(32), { id: "u", roles: [], teams: [] });
+		const line = formatLogLine(
+			"info",
+			[`auth header Bearer ${jwt} url nats://user:hunter2@h:4222`, { password: "hunter2", nested: { apiKey: "abc", jwt } }],
+			{ nodeID: "n1" },
+		);
+		expect(line).not.toContain("hunter2");
+		expect(line).not.toContain(jwt);
+		expect(line).not.toContain('"abc"');
+		expect(redactText("postgres://app:secret@db/x")).toBe("postgres://app:[redacted]@db/x");
+	});
+});

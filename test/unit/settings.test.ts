@@ -1,0 +1,48 @@
+import { loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
+import { chooseServices } from "../../lib/node-runtime";
+
+describe("settings from the environment", () => {
+	it("defaults to a development node1 on port 9300 with the seed's rate limit", () => {
+		const s = loadSettings({});
+		expect(s).toMatchObject({ production: false, role: "node1", port: 9300, services: null });
+		expect(s.rateLimit).toEqual({ perKey: 10, burst: 20, global: 0 });
+	});
+
+	it("reads NODE_ID, NODE_ROLE, PORT and SERVICES", () => {
+		const s = loadSettings({ NODE_ID: "n2", NODE_ROLE: "node2", PORT: "9301", SERVICES: "api, mesh" });
+		expect(s).toMatchObject({ nodeID: "n2", role: "node2", port: 9301, services: ["api", "mesh"] });
+	});
+
+	it("refuses a malformed number with the variable's name", () => {
+		expect(() => loadSettings({ PORT: "ninety" })).toThrow(/PORT/);
+		expect(() => loadSettings({ RATE_LIMIT_BURST: "-1" })).toThrow(SettingsError);
+	});
+
+	it("builds DATABASE_URL from the seed's DB_* variables, escaping the password", () => {
+		const db = resolveDatabaseSettings({ DB_HOST: "pg", DB_PORT: "6432", DB_NAME: "daarion", DB_USER: "app", DB_PASSWORD: "p@ss:w/rd", DB_SSLMODE: "require" });
+		expect(db.url).toBe("postgres://app:p%40ss%3Aw%2Frd@pg:6432/daarion");
+		expect(db.ssl).toBe(true);
+	});
+
+	it("prefers DATABASE_URL and falls back to the embedded default when nothing is set", () => {
+		expect(resolveDatabaseSettings({ DATABASE_URL: "postgres://x@h/d", DB_HOST: "ignored" }).url).toBe("postgres://x@h/d");
+		expect(resolveDatabaseSettings({}).url).toBeNull();
+	});
+
+	it("in production requires NATS_URL, a database and a long JWT_SECRET", () => {
+		const prod = { NODE_ENV: "production", NATS_URL: "nats://n:4222", DATABASE_URL: "postgres://x@h/d", JWT_SECRET: "x".repeat(32) };
+		expect(loadSettings(prod).production).toBe(true);
+		expect(() => loadSettings({ ...prod, JWT_SECRET: undefined })).toThrow(/JWT_SECRET/);
+		expect(() => loadSettings({ ...prod, JWT_SECRET: "short" })).toThrow(/JWT_SECRET/);
+		expect(() => loadSettings({ ...prod, NATS_URL: undefined })).toThrow(/NATS_URL/);
+		expect(() => loadSettings({ ...prod, DATABASE_URL: undefined })).toThrow(/DATABASE_URL/);
+	});
+});
+
+describe("choosing services", () => {
+	const all = ["api", "audit", "memory", "mesh"];
+	it("runs everything by default", () => expect(chooseServices(null, all)).toEqual(all));
+	it("keeps a gateway-only node gateway-only", () => expect(chooseServices(["api"], all)).toEqual(["api"]));
+	it("adds mesh to any node that runs an actor", () => expect(chooseServices(["api", "memory"], all)).toEqual(["api", "memory", "mesh"]));
+	it("names unknown services", () => expect(() => chooseServices(["api", "nope"], all)).toThrow(/nope/));
+});
