@@ -43,8 +43,17 @@ const BaseReporter = MetricReporters.Base as unknown as new (opts?: object) => {
 
 function metricName(name: string, type: string): string {
 	const base = name.replace(/[^a-zA-Z0-9_:]/g, "_");
-	// Prometheus convention (and promtool's lint): counters end in _total.
-	return type === "counter" && !base.endsWith("_total") ? `${base}_total` : base;
+	// Prometheus conventions (checked by promtool's lint): counters end in _total, nothing else does.
+	if (type === "counter") return base.endsWith("_total") ? base : `${base}_total`;
+	return base.endsWith("_total") ? base.slice(0, -"_total".length) : base;
+}
+
+/** nodeID → node_id: Prometheus label names are snake_case. */
+export function labelName(name: string): string {
+	return name
+		.replace(/([a-z0-9])([A-Z])/g, "$1_$2")
+		.replace(/[^a-zA-Z0-9_]/g, "_")
+		.toLowerCase();
 }
 
 function escapeLabelValue(value: unknown): string {
@@ -57,7 +66,7 @@ function escapeLabelValue(value: unknown): string {
 function labelString(labels: Record<string, unknown>): string {
 	const parts = Object.entries(labels)
 		.filter(([, v]) => v !== undefined)
-		.map(([k, v]) => `${k.replace(/[^a-zA-Z0-9_]/g, "_")}="${escapeLabelValue(v)}"`);
+		.map(([k, v]) => `${labelName(k)}="${escapeLabelValue(v)}"`);
 	return parts.length ? `{${parts.join(",")}}` : "";
 }
 

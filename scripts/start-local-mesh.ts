@@ -13,7 +13,6 @@ import { loadSettings, type MeshSettings } from "../lib/settings";
 import { resolveTransport, type TransportChoice } from "../lib/transport";
 
 const ROOT = path.resolve(__dirname, "..");
-const TSX = path.join(ROOT, "node_modules", ".bin", "tsx");
 
 function say(level: "info" | "warn" | "error", message: string): void {
 	process.stdout.write(JSON.stringify({ timestamp: new Date().toISOString(), level, service: "launcher", message }) + "\n");
@@ -26,7 +25,7 @@ function transportEnv(transport: TransportChoice, settings: MeshSettings): Recor
 }
 
 function startChild(nodeID: string, role: string, port: number, env: Record<string, string>): ChildProcess {
-	const child = spawn(TSX, [path.join(ROOT, "scripts", "run-node.ts")], {
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "scripts", "run-node.ts")], {
 		cwd: ROOT,
 		env: { ...process.env, ...env, NODE_ID: nodeID, NODE_ROLE: role, PORT: String(port) },
 		stdio: ["ignore", "inherit", "inherit"],

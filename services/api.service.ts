@@ -48,10 +48,21 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		logRequest: "debug",
 		logResponse: "debug",
 		logRouteRegistration: "debug",
+		// REST aliases are rebuilt after this debounce whenever a node joins or leaves; short, so a
+		// freshly started gateway answers 404 for as little time as possible.
+		debounceTime: 100,
 		routes: [],
 	},
 
 	created() {
+		// Remember every service the mesh has offered, so that when its last node leaves the gateway
+		// answers 503 "unavailable, retry" rather than a misleading 404 "no such endpoint".
+		this.servicesSeen = new Set<string>();
+		this.broker.localBus.on("$services.changed", () => {
+			for (const service of this.broker.registry.getServiceList({ skipInternal: true }) as Array<{ name: string }>) {
+				this.servicesSeen.add(service.name);
+			}
+		});
 		const { settings } = nodeContextOf(this.broker);
 		this.settings.port = settings.port;
 		this.settings.ip = settings.host;
@@ -151,9 +162,35 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			res.end(JSON.stringify(body));
 		},
 
+		isServiceAvailable(name: string): boolean {
+			return (this.broker.registry.getServiceList({ onlyAvailable: true, skipInternal: true }) as Array<{ name: string }>).some(
+				s => s.name === name,
+			);
+		},
+
+		/** moleculer-web hook for unrouted requests: 503 for a service that is only gone for now, else 404. */
+		send404(req: IncomingMessage, res: ServerResponse) {
+			// Inside a route moleculer-web rewrites req.url relative to the route; originalUrl is the full path.
+			const path = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? "";
+			const service = /^\/api\/([^/?]+)/.exec(path)?.[1];
+			if (service && this.servicesSeen.has(service) && !this.isServiceAvailable(service)) {
+				res.setHeader("Retry-After", "5");
+				return this.sendJson(req, res, 503, {
+					name: "ServiceNotAvailableError",
+					message: `Service '${service}' has no available node right now`,
+					code: 503,
+					type: "SERVICE_UNAVAILABLE",
+					data: { service },
+				});
+			}
+			this.sendJson(req, res, 404, { name: "NotFoundError", message: "Not found", code: 404, type: "NOT_FOUND" });
+		},
+
 		/** Every error is JSON: {name, message, code, type, data}; server errors hide their internals. */
 		sendJsonError(req: IncomingMessage, res: ServerResponse, err: Error & { code?: unknown; type?: string; data?: unknown }) {
 			const status = typeof err.code === "number" && err.code >= 400 && err.code < 600 ? err.code : 500;
+			// moleculer-web raises NOT_FOUND for a path under /api that matches no alias.
+			if (status === 404 && err.type === "NOT_FOUND") return this.send404(req, res);
 			if (status >= 500) this.logger.error(`HTTP ${status} on ${req.method} ${req.url}`, err);
 			const body =
 				status >= 500 && !(err instanceof Errors.MoleculerError)

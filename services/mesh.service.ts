@@ -4,7 +4,7 @@
  * call it takes is served by another node.
  */
 import os from "os";
-import type { Context, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema } from "moleculer";
 import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
 import { buildHealthReport, transportStatus } from "../lib/health";
 import { nodeContextOf } from "../lib/node-context";
@@ -60,7 +60,7 @@ const MeshService: ServiceSchema = {
 		whoami: {
 			rest: "GET /whoami",
 			access: "public",
-			handler(this: { broker: Context["broker"] }) {
+			handler(this: Service) {
 				const { settings, startedAt } = nodeContextOf(this.broker);
 				return {
 					nodeID: this.broker.nodeID,
@@ -74,7 +74,7 @@ const MeshService: ServiceSchema = {
 		nodes: {
 			rest: "GET /nodes",
 			access: "public",
-			handler(this: { broker: Context["broker"] }) {
+			handler(this: Service) {
 				const nodes = this.broker.registry.getNodeList({ onlyAvailable: false, withServices: true }) as unknown as RegistryNode[];
 				return nodes.map(describeNode).sort((a, b) => a.nodeID.localeCompare(b.nodeID));
 			},
@@ -82,7 +82,7 @@ const MeshService: ServiceSchema = {
 
 		/** This node's health document; mesh-internal (no REST), used by the REPL's `mesh` command. */
 		health: {
-			handler(this: { broker: Context["broker"] }) {
+			handler(this: Service) {
 				return buildHealthReport(this.broker);
 			},
 		},
@@ -96,8 +96,8 @@ const MeshService: ServiceSchema = {
 				delayMs: { type: "number", integer: true, min: 0, max: 10_000, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			async handler(this: { broker: Context["broker"] }, ctx: Context<{ message: string; delayMs?: number }, { user?: MeshUser }>) {
-				this.broker.logger.info(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
+			async handler(this: Service, ctx: Context<{ message: string; delayMs?: number }, { user?: MeshUser }>) {
+				this.logger.info(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
 				if (ctx.params.delayMs) await new Promise(resolve => setTimeout(resolve, ctx.params.delayMs));
 				return {
 					message: ctx.params.message,
@@ -111,7 +111,7 @@ const MeshService: ServiceSchema = {
 		config: {
 			rest: "GET /config",
 			access: INTERNAL_ACCESS,
-			handler(this: { broker: Context["broker"] }) {
+			handler(this: Service) {
 				const { settings, transport } = nodeContextOf(this.broker);
 				return {
 					nodeID: this.broker.nodeID,

@@ -8,7 +8,6 @@ import net from "net";
 import path from "path";
 
 export const ROOT = path.resolve(__dirname, "..", "..");
-const TSX = path.join(ROOT, "node_modules", ".bin", "tsx");
 
 export interface NodeProcess {
 	nodeID: string;
@@ -40,7 +39,7 @@ export function freePort(): Promise<number> {
 export async function startNodeProcess(env: Record<string, string>): Promise<NodeProcess> {
 	const port = env.PORT ? Number(env.PORT) : await freePort();
 	const nodeID = env.NODE_ID ?? `node-${port}`;
-	const child = spawn(TSX, [path.join(ROOT, "scripts", "run-node.ts")], {
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "scripts", "run-node.ts")], {
 		cwd: ROOT,
 		env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", LOG_LEVEL: "info", ...env, PORT: String(port), NODE_ID: nodeID },
 		stdio: ["ignore", "pipe", "pipe"],
@@ -99,7 +98,11 @@ export async function getJson(url: string, init?: RequestInit): Promise<{ status
 	return { status: res.status, body, headers: res.headers };
 }
 
-/** Waits until the node's gateway answers /health and its mesh lists `services` as available. */
+/**
+ * Waits until the node's gateway answers /health, its mesh lists `services` as available, and (when
+ * `mesh` is among them) its REST aliases route /api/mesh/whoami: moleculer-web builds aliases shortly
+ * after the registry learns of a service.
+ */
 export async function waitForMesh(node: NodeProcess, services: string[], nodesSeen = 1, timeoutMs = 40_000): Promise<void> {
 	await waitFor(
 		`${node.nodeID} to see ${services.join(",")} on ${nodesSeen} node(s)`,
@@ -107,7 +110,9 @@ export async function waitForMesh(node: NodeProcess, services: string[], nodesSe
 			if (node.child.exitCode !== null) throw new Error(`${node.nodeID} exited: ${node.logs.slice(-5).join("\n")}`);
 			const { body } = await getJson(`${node.url}/health`);
 			const mesh = body?.mesh;
-			return mesh && mesh.nodes_available >= nodesSeen && services.every((s: string) => mesh.services_available.includes(s));
+			const listed = mesh && mesh.nodes_available >= nodesSeen && services.every((s: string) => mesh.services_available.includes(s));
+			if (!listed || !services.includes("mesh")) return listed;
+			return (await fetch(`${node.url}/api/mesh/whoami`)).status === 200;
 		},
 		timeoutMs,
 	);
