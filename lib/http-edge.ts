@@ -11,7 +11,7 @@ import type { RateLimitSettings } from "./settings";
 type Next = (err?: unknown) => void;
 export type HttpMiddleware = (req: IncomingMessage & { body?: unknown }, res: ServerResponse, next: Next) => void;
 
-const REQUEST_ID = /^[A-Za-z0-9._:@\-]{1,128}$/;
+const REQUEST_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
 
 /** A client's X-Request-ID is kept when it is a sane token; anything else is replaced by a fresh uuid. */
 export function acceptRequestID(header: string | string[] | undefined): string {

@@ -42,10 +42,13 @@ function tlsOptions(nats: NatsSettings): ConnectionOptions["tls"] | undefined {
 
 /** Connection options shared by the probe and by Moleculer's NATS transporter, so both see the same server. */
 export function natsConnectionOptions(nats: NatsSettings, url: string): Record<string, unknown> {
+	// `servers`, not `url`: Moleculer's transporter parses `url` and overwrites user/pass with the URL's
+	// (undefined when the URL carries none), which would drop NATS_USER/NATS_PASSWORD.
+	const first = new URL(url.split(",")[0]);
 	const options: Record<string, unknown> = {
-		url,
-		user: nats.user,
-		pass: nats.password,
+		servers: url.split(",").map(u => new URL(u).host),
+		user: nats.user ?? (decodeURIComponent(first.username) || undefined),
+		pass: nats.password ?? (decodeURIComponent(first.password) || undefined),
 		// Moleculer's transporter never gives up reconnecting (-1); a short wait keeps failover quick.
 		maxReconnectAttempts: -1,
 		reconnectTimeWait: 250,
@@ -63,17 +66,8 @@ export function redactUrl(url: string): string {
 
 /** Connects once and closes again; rejects with the server's own words (auth failure, refused, timeout). */
 export async function probeNats(nats: NatsSettings, url: string, timeoutMs = 1_500): Promise<void> {
-	const servers = url.split(",").map(u => new URL(u).host);
-	const fromUrl = new URL(url.split(",")[0]);
-	const client = await connect({
-		servers,
-		user: nats.user ?? (decodeURIComponent(fromUrl.username) || undefined),
-		pass: nats.password ?? (decodeURIComponent(fromUrl.password) || undefined),
-		tls: tlsOptions(nats),
-		timeout: timeoutMs,
-		reconnect: false,
-		maxReconnectAttempts: 0,
-	});
+	const options = natsConnectionOptions(nats, url) as ConnectionOptions;
+	const client = await connect({ ...options, timeout: timeoutMs, reconnect: false, maxReconnectAttempts: 0 });
 	await client.close();
 }
 

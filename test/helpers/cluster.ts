@@ -121,3 +121,29 @@ export async function waitForMesh(node: NodeProcess, services: string[], nodesSe
 export async function stopAll(nodes: Array<NodeProcess | undefined>): Promise<void> {
 	await Promise.all(nodes.filter((n): n is NodeProcess => !!n).map(n => n.kill("SIGKILL")));
 }
+
+/** Starts a test-owned embedded PostgreSQL process; resolves once it accepts connections. */
+export async function startPgServer(dir: string, port: number): Promise<{ url: string; stop(): Promise<number | null> }> {
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "test", "helpers", "pg-server.ts"), dir, String(port)], {
+		cwd: ROOT,
+		stdio: ["ignore", "pipe", "pipe"],
+	});
+	const exited = new Promise<number | null>(resolve => child.once("exit", code => resolve(code)));
+	let output = "";
+	const url = await new Promise<string>((resolve, reject) => {
+		child.stdout?.on("data", (chunk: Buffer) => {
+			output += chunk.toString();
+			const match = /READY (\S+)/.exec(output);
+			if (match) resolve(match[1]);
+		});
+		child.stderr?.on("data", (chunk: Buffer) => (output += chunk.toString()));
+		exited.then(code => reject(new Error(`pg-server exited (${code}): ${output}`)));
+	});
+	return {
+		url,
+		stop: () => {
+			child.kill("SIGTERM");
+			return exited;
+		},
+	};
+}
