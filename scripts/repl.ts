@@ -34,7 +34,7 @@ async function healthOf(broker: ServiceBroker, node: MeshNodeView): Promise<Node
 export async function meshTable(broker: ServiceBroker): Promise<string[][]> {
 	const nodes = (broker.registry.getNodeList({ onlyAvailable: false, withServices: true }) as never[])
 		.map(describeNode)
-		.filter(n => !n.nodeID.startsWith("repl-"));
+		.filter(n => !n.local); // the REPL itself is a node too; operators want the others
 	const rows = [["Node", "Role", "Available", "Actors", "Health", "Database", "Transport", "Last heartbeat"]];
 	for (const node of nodes.sort((a, b) => a.nodeID.localeCompare(b.nodeID))) {
 		const health = await healthOf(broker, node);
