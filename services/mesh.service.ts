@@ -97,7 +97,7 @@ const MeshService: ServiceSchema = {
 				$$strict: "remove",
 			},
 			async handler(this: Service, ctx: Context<{ message: string; delayMs?: number }, { user?: MeshUser }>) {
-				this.logger.info(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
+				this.logger.debug(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
 				if (ctx.params.delayMs) await new Promise(resolve => setTimeout(resolve, ctx.params.delayMs));
 				return {
 					message: ctx.params.message,

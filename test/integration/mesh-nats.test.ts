@@ -25,7 +25,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 	beforeAll(async () => {
 		[gateway, actors] = await Promise.all([
 			startNodeProcess(meshEnv(namespace, { NODE_ID: "gw-node1", NODE_ROLE: "node1", SERVICES: "api", RATE_LIMIT_PER_KEY: "0", BODY_LIMIT: "64kb" })),
-			startNodeProcess(meshEnv(namespace, { NODE_ID: "actors-node2", NODE_ROLE: "node2", SERVICES: "api,mesh" })),
+			startNodeProcess(meshEnv(namespace, { NODE_ID: "actors-node2", NODE_ROLE: "node2", SERVICES: "api,mesh", LOG_LEVEL: "debug" })),
 		]);
 		await waitForMesh(gateway, ["mesh"], 2);
 	});
@@ -59,7 +59,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 		const remoteLine = await waitFor("the remote log line", async () =>
 			actors.jsonLogs().find(l => l.request_id === requestID && l.nodeID === "actors-node2"),
 		);
-		expect(remoteLine).toMatchObject({ level: "info", service: "mesh", message: "echo served for u1" });
+		expect(remoteLine).toMatchObject({ level: "debug", service: "mesh", message: "echo served for u1" });
 		expect(Object.keys(remoteLine)).toEqual(expect.arrayContaining(["timestamp", "level", "service", "nodeID", "message", "request_id"]));
 	});
 

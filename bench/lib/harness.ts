@@ -1,0 +1,140 @@
+/**
+ * Benchmark harness: child processes on loopback, bounded load loops (count AND time), latency
+ * percentiles, a printed table, and a section of docs/BENCHMARKS.md rewritten per benchmark with the
+ * date, the machine, absolute figures and ratios against baselines measured in the same run.
+ */
+import { spawn, type ChildProcess } from "child_process";
+import fs from "fs";
+import os from "os";
+import path from "path";
+
+export const ROOT = path.resolve(__dirname, "..", "..");
+const running = new Set<ChildProcess>();
+
+/** Starts `node --import tsx <script>` and resolves when it prints a line containing `readyText`. */
+export function startProcess(script: string, env: Record<string, string>, readyText = "READY", timeoutMs = 30_000): Promise<ChildProcess> {
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, script)], {
+		cwd: ROOT,
+		env: { ...process.env, ...env },
+		stdio: ["ignore", "pipe", "pipe"],
+	});
+	running.add(child);
+	child.once("exit", () => running.delete(child));
+	return new Promise((resolve, reject) => {
+		let output = "";
+		const timer = setTimeout(() => reject(new Error(`${script} not ready after ${timeoutMs} ms:\n${output.slice(-2000)}`)), timeoutMs);
+		const onData = (chunk: Buffer) => {
+			output += chunk.toString();
+			if (output.includes(readyText)) {
+				clearTimeout(timer);
+				resolve(child);
+			}
+			if (output.length > 100_000) output = output.slice(-10_000);
+		};
+		child.stdout?.on("data", onData);
+		child.stderr?.on("data", onData);
+		child.once("exit", code => reject(new Error(`${script} exited (${code}) before ready:\n${output.slice(-2000)}`)));
+	});
+}
+
+export async function stopProcesses(): Promise<void> {
+	await Promise.all(
+		[...running].map(child => {
+			child.kill("SIGKILL");
+			return new Promise(resolve => child.once("exit", resolve));
+		}),
+	);
+}
+
+export function percentile(sortedMs: number[], p: number): number {
+	if (sortedMs.length === 0) return NaN;
+	return sortedMs[Math.min(sortedMs.length - 1, Math.floor((p / 100) * sortedMs.length))];
+}
+
+export interface LoadResult {
+	calls: number;
+	errors: number;
+	perSecond: number;
+	p50: number;
+	p99: number;
+}
+
+function summarize(latencies: number[], errors: number, elapsedMs: number): LoadResult {
+	latencies.sort((a, b) => a - b);
+	return { calls: latencies.length, errors, perSecond: (latencies.length / elapsedMs) * 1000, p50: percentile(latencies, 50), p99: percentile(latencies, 99) };
+}
+
+/** `concurrency` callers in a closed loop, until durationMs or maxCalls, whichever comes first. */
+export async function closedLoop(call: () => Promise<unknown>, concurrency: number, durationMs: number, maxCalls = 2_000_000): Promise<LoadResult> {
+	const latencies: number[] = [];
+	let errors = 0;
+	let started = 0;
+	const start = performance.now();
+	const deadline = start + durationMs;
+	const worker = async () => {
+		while (performance.now() < deadline && started < maxCalls) {
+			started++;
+			const t = performance.now();
+			try {
+				await call();
+				latencies.push(performance.now() - t);
+			} catch {
+				errors++;
+			}
+		}
+	};
+	await Promise.all(Array.from({ length: concurrency }, worker));
+	return summarize(latencies, errors, performance.now() - start);
+}
+
+/** An open loop at a fixed rate (calls fired on schedule, whatever the answers), bounded by durationMs. */
+export async function fixedRate(call: () => Promise<unknown>, perSecond: number, durationMs: number): Promise<LoadResult> {
+	const latencies: number[] = [];
+	let errors = 0;
+	const pending: Promise<void>[] = [];
+	const start = performance.now();
+	const total = Math.floor((perSecond * durationMs) / 1000);
+	for (let i = 0; i < total; i++) {
+		const due = start + (i * 1000) / perSecond;
+		const wait = due - performance.now();
+		if (wait > 1) await new Promise(r => setTimeout(r, wait));
+		const t = performance.now();
+		pending.push(
+			call().then(
+				() => void latencies.push(performance.now() - t),
+				() => void errors++,
+			),
+		);
+	}
+	await Promise.all(pending);
+	return summarize(latencies, errors, performance.now() - start);
+}
+
+export function machine(): string {
+	const cpu = os.cpus()[0]?.model ?? "unknown CPU";
+	return `${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
+}
+
+export function table(headers: string[], rows: Array<Array<string | number>>): string {
+	const cells = rows.map(r => r.map(c => (typeof c === "number" ? formatNumber(c) : c)));
+	const line = (r: string[]) => `| ${r.join(" | ")} |`;
+	return [line(headers), line(headers.map(() => "---")), ...cells.map(line)].join("\n");
+}
+
+export function formatNumber(n: number): string {
+	if (!Number.isFinite(n)) return "n/a";
+	if (Math.abs(n) >= 100) return Math.round(n).toLocaleString("en-US");
+	return n.toFixed(2);
+}
+
+/** Replaces (or appends) the `## <title>` section of docs/BENCHMARKS.md. */
+export function writeSection(title: string, body: string): void {
+	const file = path.join(ROOT, "docs", "BENCHMARKS.md");
+	const header = "# Benchmarks\n\nWritten by `npm run bench*`; every ratio compares figures measured in the same run on the same machine.\n";
+	const current = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : header;
+	const section = `## ${title}\n\n${body.trim()}\n`;
+	const pattern = new RegExp(`## ${title.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\n[\\s\\S]*?(?=\\n## |$)`);
+	const next = pattern.test(current) ? current.replace(pattern, section) : `${current.trimEnd()}\n\n${section}`;
+	fs.mkdirSync(path.dirname(file), { recursive: true });
+	fs.writeFileSync(file, next);
+}

@@ -1,0 +1,14 @@
+// Baseline: a bare moleculer-web gateway (default options) calling the remote echo action over NATS.
+import { ServiceBroker } from "moleculer";
+import ApiGateway from "moleculer-web";
+
+const broker = new ServiceBroker({ namespace: process.env.MESH_NAMESPACE, nodeID: "bare-gateway", transporter: { type: "NATS", options: { url: process.env.NATS_URL } }, logger: false });
+broker.createService({
+	name: "api",
+	mixins: [ApiGateway],
+	settings: { port: Number(process.env.PORT), routes: [{ path: "/api", aliases: { "POST /echo": "echo.echo" } }] },
+});
+broker
+	.start()
+	.then(() => broker.waitForServices("echo"))
+	.then(() => process.stdout.write("READY\n"));

@@ -1,0 +1,164 @@
+/**
+ * `npm run bench`: the mesh foundation's speed, against bare baselines measured in the same run.
+ *   RPC  — project remote call (all middlewares) vs bare Moleculer echo vs raw nats.js request/reply,
+ *          between two OS processes over real NATS: 100 concurrent, and p99 at a fixed 1,000 calls/s.
+ *   HTTP — autocannon → project gateway (auth, rate limit, request id, JSON logs, metrics, circuit
+ *          breaker) → remote action, vs a bare moleculer-web gateway → remote action, vs bare Node http.
+ * Loopback only; every loop is bounded in time and count; every child process is killed at the end.
+ */
+import autocannon from "autocannon";
+import { ServiceBroker } from "moleculer";
+import { connect } from "nats";
+import { createBrokerOptions } from "../../moleculer.config";
+import { signToken } from "../../lib/auth";
+import { loadSettings } from "../../lib/settings";
+import { resolveTransport } from "../../lib/transport";
+import { closedLoop, fixedRate, formatNumber, machine, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+
+const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
+const CONCURRENCY = 100;
+const RATE = 1_000;
+const namespace = `bench-${process.pid}`;
+/** Extra env for the project's nodes, for A/B runs while hunting costs (e.g. BENCH_NODE_ENV='{"METRICS":"0"}'). */
+const NODE_ENV_EXTRA: Record<string, string> = JSON.parse(process.env.BENCH_NODE_ENV ?? "{}");
+const ONLY = process.env.BENCH_ONLY; // "rpc" | "http" | undefined (both)
+
+interface RpcRow {
+	name: string;
+	loaded: LoadResult;
+	paced: LoadResult;
+}
+
+async function measureRpc(name: string, call: () => Promise<unknown>): Promise<RpcRow> {
+	await closedLoop(call, CONCURRENCY, 1_000); // warm-up: JIT, connections, registry
+	const loaded = await closedLoop(call, CONCURRENCY, SECONDS * 1000);
+	const paced = await fixedRate(call, RATE, SECONDS * 1000);
+	process.stdout.write(`${name}: ${formatNumber(loaded.perSecond)} calls/s, p99 @${RATE}/s = ${formatNumber(paced.p99)} ms\n`);
+	return { name, loaded, paced };
+}
+
+async function rpcBenchmarks(): Promise<RpcRow[]> {
+	const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL, LOG_LEVEL: "warn", JWT_SECRET, ...NODE_ENV_EXTRA };
+	await startProcess("bench/mesh/bare-server.ts", env);
+	await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-actors", SERVICES: "mesh", PORT: "0", LOG_LEVEL: "info" }, "Service 'mesh' started");
+	await startProcess("bench/mesh/nats-echo-server.ts", env);
+
+	const bare = new ServiceBroker({ namespace, nodeID: "bench-bare-caller", transporter: { type: "NATS", options: { url: NATS_URL } }, logger: false });
+	const settings = loadSettings({ ...env, NODE_ID: "bench-project-caller", LOG_LEVEL: "warn" });
+	const project = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
+	await Promise.all([bare.start(), project.start()]);
+	await Promise.all([bare.waitForServices("echo"), project.waitForServices("mesh")]);
+	const nc = await connect({ servers: new URL(NATS_URL).host });
+	const payload = { message: "hello mesh" };
+	const user = { id: "bench", roles: ["admin"], teams: [] };
+	const encoded = new TextEncoder().encode(JSON.stringify(payload));
+
+	try {
+		return [
+			await measureRpc("bare Moleculer (defaults)", () => bare.call("echo.echo", payload)),
+			await measureRpc("project remote call (all middlewares)", () => project.call("mesh.echo", payload, { meta: { user } })),
+			await measureRpc("raw nats.js request/reply", () => nc.request(`${namespace}.echo`, encoded, { timeout: 5_000 })),
+		];
+	} finally {
+		await Promise.all([bare.stop(), project.stop(), nc.close()]);
+	}
+}
+
+interface HttpRow {
+	name: string;
+	rps: number;
+	p50: number;
+	p99: number;
+	errors: number;
+}
+
+async function cannon(name: string, url: string, headers: Record<string, string>): Promise<HttpRow> {
+	const options = { url, method: "POST" as const, connections: 50, headers: { "content-type": "application/json", ...headers }, body: JSON.stringify({ message: "hello mesh" }) };
+	await autocannon({ ...options, duration: 2 });
+	const result = await autocannon({ ...options, duration: SECONDS * 2 });
+	const errors = result.errors + result.timeouts + result.non2xx;
+	process.stdout.write(`${name}: ${formatNumber(result.requests.average)} req/s (errors ${errors})\n`);
+	return { name, rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors };
+}
+
+async function waitForRoute(url: string, headers: Record<string, string>): Promise<void> {
+	for (let i = 0; i < 200; i++) {
+		const res = await fetch(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: '{"message":"warm"}' }).catch(() => null);
+		if (res?.status === 200) return;
+		await new Promise(r => setTimeout(r, 100));
+	}
+	throw new Error(`${url} never answered 200`);
+}
+
+async function httpBenchmarks(): Promise<HttpRow[]> {
+	const env = { MESH_NAMESPACE: `${namespace}-http`, NATS_URL, DATABASE_URL, JWT_SECRET, ...NODE_ENV_EXTRA };
+	const token = signToken(JWT_SECRET, { id: "bench", roles: ["admin"], teams: [] });
+	const auth = { authorization: `Bearer ${token}` };
+	const limits = { RATE_LIMIT_PER_KEY: "100000000", RATE_LIMIT_BURST: "100000000" };
+
+	await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "http-actors", SERVICES: "mesh", PORT: "0", LOG_LEVEL: "info" }, "Service 'mesh' started");
+	await startProcess("scripts/run-node.ts", { ...env, ...limits, NODE_ID: "http-gateway", SERVICES: "api", PORT: "9390", LOG_LEVEL: "info" }, "API Gateway listening");
+	await startProcess("bench/mesh/bare-server.ts", env);
+	await startProcess("bench/mesh/bare-gateway.ts", { ...env, PORT: "9391" });
+	await startProcess("bench/mesh/bare-http.ts", { PORT: "9392" });
+	await waitForRoute("http://127.0.0.1:9390/api/mesh/echo", auth);
+	await waitForRoute("http://127.0.0.1:9391/api/echo", {});
+
+	return [
+		await cannon("bare Node http (same JSON)", "http://127.0.0.1:9392/", {}),
+		await cannon("bare moleculer-web → remote action", "http://127.0.0.1:9391/api/echo", {}),
+		await cannon("project gateway → remote action (everything on)", "http://127.0.0.1:9390/api/mesh/echo", auth),
+	];
+}
+
+function report(rpc: RpcRow[], http: HttpRow[]): string {
+	const [bare, project, nats] = rpc;
+	const [node, bareWeb, projectWeb] = http;
+	const ratio = (a: number, b: number) => (a / b).toFixed(2);
+	return [
+		`Run ${new Date().toISOString()} on ${machine()}; NATS ${NATS_URL}; ${SECONDS} s per measurement (HTTP ${SECONDS * 2} s), loopback only.`,
+		"",
+		"### Remote calls between two processes over NATS",
+		"",
+		table(
+			["variant", `calls/s @${CONCURRENCY} concurrent`, "p50 ms", "p99 ms", `p99 ms @${RATE}/s`, "errors"],
+			rpc.map(r => [r.name, r.loaded.perSecond, r.loaded.p50, r.loaded.p99, r.paced.p99, r.loaded.errors + r.paced.errors]),
+		),
+		"",
+		`- project / bare Moleculer: **${ratio(project.loaded.perSecond, bare.loaded.perSecond)}** (target ≥ 0.8)`,
+		`- project / raw nats.js request-reply: **${ratio(project.loaded.perSecond, nats.loaded.perSecond)}**`,
+		`- project: ${formatNumber(project.loaded.perSecond)} calls/s (target ≥ 30,000); p99 at ${RATE}/s ${formatNumber(project.paced.p99)} ms (target ≤ 2 ms)`,
+		"",
+		"### HTTP through the gateway to a remote action (autocannon, 50 connections)",
+		"",
+		table(["variant", "req/s", "p50 ms", "p99 ms", "errors"], http.map(h => [h.name, h.rps, h.p50, h.p99, h.errors])),
+		"",
+		`- project gateway / bare moleculer-web: **${ratio(projectWeb.rps, bareWeb.rps)}** (target ≥ 0.8)`,
+		`- project gateway / bare Node http: **${ratio(projectWeb.rps, node.rps)}**`,
+	].join("\n");
+}
+
+async function main(): Promise<void> {
+	try {
+		const rpc = ONLY === "http" ? [] : await rpcBenchmarks();
+		await stopProcesses();
+		const http = ONLY === "rpc" ? [] : await httpBenchmarks();
+		if (ONLY) return; // partial runs are for investigation, not for docs/BENCHMARKS.md
+		const text = report(rpc, http);
+		process.stdout.write(`\n${text}\n`);
+		writeSection("Mesh foundation (bench/mesh)", text);
+	} finally {
+		await stopProcesses();
+	}
+}
+
+main().then(
+	() => process.exit(0),
+	err => {
+		process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
+		stopProcesses().finally(() => process.exit(1));
+	},
+);
