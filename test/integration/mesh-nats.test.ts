@@ -17,17 +17,27 @@ function meshEnv(namespace: string, extra: Record<string, string>): Record<strin
 	return { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: LOCAL_DATABASE_URL, JWT_SECRET, ...extra };
 }
 
+/** A gateway-only node and a node running the actors, in one namespace, ready to route mesh calls. */
+async function startGatewayAndActors(namespace: string, gateway: Record<string, string>, actors: Record<string, string>): Promise<[NodeProcess, NodeProcess]> {
+	const nodes = await Promise.all([
+		startNodeProcess(meshEnv(namespace, { ...gateway, SERVICES: "api" })),
+		startNodeProcess(meshEnv(namespace, { ...actors, SERVICES: "api,mesh" })),
+	]);
+	await waitForMesh(nodes[0], ["mesh"], 2);
+	return nodes;
+}
+
 describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the other", () => {
 	const namespace = uniqueNamespace("mesh");
 	let gateway: NodeProcess;
 	let actors: NodeProcess;
 
 	beforeAll(async () => {
-		[gateway, actors] = await Promise.all([
-			startNodeProcess(meshEnv(namespace, { NODE_ID: "gw-node1", NODE_ROLE: "node1", SERVICES: "api", RATE_LIMIT_PER_KEY: "0", BODY_LIMIT: "64kb" })),
-			startNodeProcess(meshEnv(namespace, { NODE_ID: "actors-node2", NODE_ROLE: "node2", SERVICES: "api,mesh", LOG_LEVEL: "debug" })),
-		]);
-		await waitForMesh(gateway, ["mesh"], 2);
+		[gateway, actors] = await startGatewayAndActors(
+			namespace,
+			{ NODE_ID: "gw-node1", NODE_ROLE: "node1", RATE_LIMIT_PER_KEY: "0", BODY_LIMIT: "64kb" },
+			{ NODE_ID: "actors-node2", NODE_ROLE: "node2", LOG_LEVEL: "debug" },
+		);
 	});
 	afterAll(() => stopAll([gateway, actors]));
 
@@ -202,11 +212,7 @@ describeWithNatsAndPostgres("mesh over NATS: the reverse direction", () => {
 	let actors: NodeProcess;
 
 	beforeAll(async () => {
-		[gateway, actors] = await Promise.all([
-			startNodeProcess(meshEnv(namespace, { NODE_ID: "gw-node2", NODE_ROLE: "node2", SERVICES: "api" })),
-			startNodeProcess(meshEnv(namespace, { NODE_ID: "actors-node1", NODE_ROLE: "node1", SERVICES: "api,mesh" })),
-		]);
-		await waitForMesh(gateway, ["mesh"], 2);
+		[gateway, actors] = await startGatewayAndActors(namespace, { NODE_ID: "gw-node2", NODE_ROLE: "node2" }, { NODE_ID: "actors-node1", NODE_ROLE: "node1" });
 	});
 	afterAll(() => stopAll([gateway, actors]));
 
