@@ -7,6 +7,7 @@ import type { BrokerOptions } from "moleculer";
 import { jsonLogger } from "./lib/logger";
 import { GatewayPrometheusReporter } from "./lib/metrics";
 import { RequestContextMiddleware } from "./lib/request-context";
+import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/resilience";
 import type { MeshSettings } from "./lib/settings";
 import type { TransportChoice } from "./lib/transport";
 
@@ -26,23 +27,31 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		logger: jsonLogger(settings.logLevel),
 		logLevel: settings.logLevel as BrokerOptions["logLevel"],
 
-		// Membership: a node that stops sending heartbeats is dropped after heartbeatTimeout.
+		// Membership (docs/FAILOVER.md): heartbeats every second; a node silent for heartbeatTimeout is
+		// removed (FailureDetectorMiddleware checks every 250 ms), and skipped as suspect well before that.
 		heartbeatInterval: settings.heartbeatInterval,
 		heartbeatTimeout: settings.heartbeatTimeout,
+		// The ceiling for actions without a timeout class (lib/resilience.ts TIMEOUT_CLASSES).
 		requestTimeout: settings.requestTimeout,
-		registry: { strategy: "RoundRobin", preferLocal: true },
+		// stopDelay: after announcing "no services" on SIGTERM, wait for calls already on the wire.
+		registry: { strategy: FailoverStrategy, preferLocal: true, stopDelay: 300 },
+		// Enabled per action by actionPolicy(): only idempotent actions are retried, on another node.
+		retryPolicy: RETRY_POLICY,
+		// Per action on the node that runs it: excess calls queue, then fail fast with a retryable 429.
+		bulkhead: { enabled: true, concurrency: 256, maxQueueSize: 2_048 },
 
 		// lib/node-runtime.ts owns SIGTERM/SIGINT (one graceful stop, then exit 0).
 		skipProcessEventRegistration: true,
 		// Finish in-flight requests before leaving the mesh on SIGTERM.
 		tracking: { enabled: true, shutdownTimeout: 10_000 },
 
+		// Per endpoint (action × node): half the calls failing in a 10 s window opens it for 5 s.
 		circuitBreaker: {
 			enabled: true,
 			threshold: 0.5,
-			minRequestCount: 20,
-			windowTime: 60,
-			halfOpenTime: 10_000,
+			minRequestCount: 10,
+			windowTime: 10,
+			halfOpenTime: 5_000,
 			check: (err: Error & { code?: number }) => !err.code || err.code >= 500,
 		},
 
@@ -50,7 +59,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			enabled: settings.metricsEnabled,
 			reporter: [metricsReporter as never],
 		},
-		middlewares: [RequestContextMiddleware],
+		middlewares: [RequestContextMiddleware, FailureDetectorMiddleware(), FailoverEventsMiddleware()],
 		metricsReporter,
 	} as BrokerOptions & BrokerExtras;
 }

@@ -8,6 +8,10 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
 import { buildHealthReport, transportStatus } from "../lib/health";
 import { nodeContextOf } from "../lib/node-context";
+import { actionPolicy } from "../lib/resilience";
+
+/** Everything here only reads: safe to retry on another node. */
+const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 
 interface RegistryNode {
 	id: string;
@@ -58,6 +62,7 @@ const MeshService: ServiceSchema = {
 
 	actions: defineActions({
 		whoami: {
+			...READ,
 			rest: "GET /whoami",
 			access: "public",
 			handler(this: Service) {
@@ -72,6 +77,7 @@ const MeshService: ServiceSchema = {
 		},
 
 		nodes: {
+			...READ,
 			rest: "GET /nodes",
 			access: "public",
 			handler(this: Service) {
@@ -82,18 +88,21 @@ const MeshService: ServiceSchema = {
 
 		/** This node's health document; mesh-internal (no REST), used by the REPL's `mesh` command. */
 		health: {
+			...READ,
 			handler(this: Service) {
 				return buildHealthReport(this.broker);
 			},
 		},
 
 		echo: {
+			// No side effects, so idempotent; "standard" leaves room for delayMs.
+			...actionPolicy({ idempotent: true, timeout: "standard" }),
 			rest: "POST /echo",
 			access: "user",
 			params: {
 				message: { type: "string", min: 1, max: 10_000 },
 				// Lets operators and tests hold a request in flight (drain, timeouts, graceful stop).
-				delayMs: { type: "number", integer: true, min: 0, max: 10_000, optional: true, convert: true },
+				delayMs: { type: "number", integer: true, min: 0, max: 4_000, optional: true, convert: true },
 				$$strict: "remove",
 			},
 			async handler(this: Service, ctx: Context<{ message: string; delayMs?: number }, { user?: MeshUser }>) {
@@ -109,6 +118,7 @@ const MeshService: ServiceSchema = {
 		},
 
 		config: {
+			...READ,
 			rest: "GET /config",
 			access: INTERNAL_ACCESS,
 			handler(this: Service) {

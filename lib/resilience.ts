@@ -1,0 +1,228 @@
+/**
+ * Failover policy: how a caller chooses a node, notices a dead one, and routes around it.
+ * docs/FAILOVER.md explains each number here and the measurements behind it.
+ *
+ * - FailoverStrategy: round-robin that skips *suspect* nodes (a heartbeat overdue) and, on a retry,
+ *   the node that just failed, long before Moleculer's heartbeat timeout removes them.
+ * - FailureDetectorMiddleware: checks remote heartbeats every 250 ms instead of once per
+ *   heartbeatTimeout, so a dead node leaves the registry at most ~250 ms after its timeout.
+ * - actionPolicy(): what an action declares: whether it is idempotent (then callers retry it on
+ *   another node) and its timeout class.
+ * - FailoverEventsMiddleware: logs and counts nodes leaving/joining and circuit breaker changes.
+ */
+import type { Context, Middleware, ServiceBroker } from "moleculer";
+import { Strategies } from "moleculer";
+
+/** Per-attempt timeouts. A caller waits on a dead node at most this long before retrying elsewhere. */
+export const TIMEOUT_CLASSES = {
+	/** reads and lookups answered from memory or one indexed query */
+	fast: 1_000,
+	/** writes and multi-step reads */
+	standard: 5_000,
+	/** model inference and other work measured in seconds */
+	slow: 60_000,
+} as const;
+export type TimeoutClass = keyof typeof TIMEOUT_CLASSES;
+
+export interface ActionPolicy {
+	/** Safe to run twice: callers retry it on another node after a timeout or a lost node. */
+	idempotent: boolean;
+	timeout: TimeoutClass;
+	/** attempts after the first (idempotent actions only) */
+	retries?: number;
+}
+
+export interface PolicyFields {
+	idempotent: boolean;
+	timeout: number;
+	retryPolicy: { enabled: boolean; retries?: number };
+}
+
+/**
+ * The fields an action spreads into its schema. Moleculer gossips unknown action properties with the
+ * service catalogue, so the *caller's* timeout and retry middlewares read what the *callee* declared.
+ */
+export function actionPolicy(policy: ActionPolicy): PolicyFields {
+	return {
+		idempotent: policy.idempotent,
+		timeout: TIMEOUT_CLASSES[policy.timeout],
+		retryPolicy: policy.idempotent ? { enabled: true, retries: policy.retries ?? 2 } : { enabled: false },
+	};
+}
+
+/** Broker-wide retry settings; enabled per action by actionPolicy() (writes are never retried blindly). */
+export const RETRY_POLICY = {
+	enabled: false,
+	retries: 2,
+	delay: 20,
+	maxDelay: 400,
+	factor: 4,
+	check: (err: Error & { retryable?: boolean }) => !!err?.retryable,
+};
+
+export interface DetectorSettings {
+	/** seconds between heartbeats (Moleculer adds ±0.5 s jitter per process) */
+	heartbeatInterval: number;
+	/** seconds without a heartbeat before a node is removed */
+	heartbeatTimeout: number;
+}
+
+/** A node is suspect once its heartbeat is this overdue: still in the registry, but not chosen. */
+export function suspectAfterSeconds(s: DetectorSettings): number {
+	return Math.min(s.heartbeatInterval + 0.75, s.heartbeatTimeout * 0.7);
+}
+
+type Endpoint = Parameters<InstanceType<typeof Strategies.RoundRobin>["select"]>[0][number];
+type Logger = ReturnType<ServiceBroker["getLogger"]>;
+
+type RetryContext = Context & { _retryAttempts?: number; locals: Record<string, unknown> };
+
+const AVOID = "failover:avoidNodes";
+
+/** Nodes a retried call must not go back to: every node an earlier attempt of this call failed on. */
+function nodesToAvoid(ctx: RetryContext | undefined): Set<string> | null {
+	if (!ctx || !ctx._retryAttempts) return null;
+	const avoid = (ctx.locals[AVOID] as Set<string> | undefined) ?? new Set<string>();
+	// On a retry Moleculer copies the context, keeping nodeID = the node the failed attempt went to.
+	if (ctx.nodeID) avoid.add(ctx.nodeID);
+	ctx.locals[AVOID] = avoid;
+	return avoid;
+}
+
+export class FailoverStrategy extends Strategies.RoundRobin {
+	private readonly suspectAfter: number;
+
+	constructor(...args: ConstructorParameters<typeof Strategies.RoundRobin>) {
+		super(...args);
+		const broker = args[1];
+		this.suspectAfter = suspectAfterSeconds(broker.options as unknown as DetectorSettings);
+	}
+
+	select(list: Endpoint[], ctx?: Context): Endpoint {
+		const avoid = nodesToAvoid(ctx as RetryContext | undefined);
+		const now = process.uptime();
+		const healthy = list.filter(ep => {
+			if (avoid?.has(ep.id)) return false;
+			if (ep.local) return true;
+			const last = (ep.node as { lastHeartbeatTime?: number }).lastHeartbeatTime;
+			return last == null || now - last <= this.suspectAfter;
+		});
+		// Every candidate suspect: a late heartbeat is a hint, not proof; keep serving.
+		return super.select(healthy.length ? healthy : list);
+	}
+}
+
+/** Checks remote heartbeats often; Moleculer alone checks once per heartbeatTimeout (up to 2× late). */
+export function FailureDetectorMiddleware(checkEveryMs = 250): Middleware {
+	let timer: NodeJS.Timeout | null = null;
+	return {
+		name: "FailureDetector",
+		started(broker: ServiceBroker) {
+			const discoverer = (broker.registry as unknown as { discoverer: { checkRemoteNodes(): void } }).discoverer;
+			if (!broker.transit) return;
+			timer = setInterval(() => discoverer.checkRemoteNodes(), checkEveryMs);
+			timer.unref();
+		},
+		stopped() {
+			if (timer) clearInterval(timer);
+			timer = null;
+		},
+	} as unknown as Middleware;
+}
+
+interface NodeEventPayload {
+	node: { id: string; metadata?: { role?: string } };
+	unexpected?: boolean;
+	reconnected?: boolean;
+}
+
+interface BreakerEventPayload {
+	nodeID: string;
+	action: string;
+	failures?: number;
+	count?: number;
+	rate?: number;
+}
+
+export const FAILOVER_METRICS = {
+	nodeLeft: "mesh.node.left.total",
+	nodeJoined: "mesh.node.joined.total",
+	breakerTransitions: "mesh.circuit-breaker.transitions.total",
+};
+
+function registerFailoverMetrics(broker: ServiceBroker): void {
+	if (!broker.isMetricsEnabled()) return;
+	broker.metrics.register({
+		name: FAILOVER_METRICS.nodeLeft,
+		type: "counter",
+		labelNames: ["nodeID", "reason"],
+		description: "Nodes that left the mesh, by reason (graceful, heartbeat-timeout)",
+	});
+	broker.metrics.register({
+		name: FAILOVER_METRICS.nodeJoined,
+		type: "counter",
+		labelNames: ["nodeID", "reconnected"],
+		description: "Nodes that joined or rejoined the mesh",
+	});
+	broker.metrics.register({
+		name: FAILOVER_METRICS.breakerTransitions,
+		type: "counter",
+		labelNames: ["affectedNodeID", "action", "state"],
+		description: "Circuit breaker state changes seen by this node as a caller",
+	});
+}
+
+/** Why a node left: Moleculer flags removals it did not get a DISCONNECT packet for as unexpected. */
+export function leaveReason(unexpected: boolean | undefined): "heartbeat-timeout" | "graceful" {
+	return unexpected ? "heartbeat-timeout" : "graceful";
+}
+
+function onNodeEvents(broker: ServiceBroker, log: Logger): void {
+	broker.localBus.on("$node.disconnected", (payload: NodeEventPayload) => {
+		const reason = leaveReason(payload.unexpected);
+		const role = payload.node.metadata?.role ?? "?";
+		const message = `Node ${payload.node.id} (${role}) left the mesh: ${reason}; its endpoints are out of rotation`;
+		if (payload.unexpected) log.warn(message, { event: "node.left", node_id: payload.node.id, reason });
+		else log.info(message, { event: "node.left", node_id: payload.node.id, reason });
+		broker.metrics?.increment(FAILOVER_METRICS.nodeLeft, { nodeID: payload.node.id, reason });
+	});
+	broker.localBus.on("$node.connected", (payload: NodeEventPayload) => {
+		const reconnected = !!payload.reconnected;
+		log.info(`Node ${payload.node.id} (${payload.node.metadata?.role ?? "?"}) ${reconnected ? "rejoined" : "joined"} the mesh`, {
+			event: "node.joined",
+			node_id: payload.node.id,
+			reconnected,
+		});
+		broker.metrics?.increment(FAILOVER_METRICS.nodeJoined, { nodeID: payload.node.id, reconnected: String(reconnected) });
+	});
+}
+
+function onBreakerEvents(broker: ServiceBroker, log: Logger): void {
+	for (const state of ["opened", "half-opened", "closed"] as const) {
+		// Moleculer broadcasts these mesh-wide, but only the caller whose breaker changed sees them on
+		// its localBus: the counter is "breakers of this node as a caller".
+		broker.localBus.on(`$circuit-breaker.${state}`, (payload: BreakerEventPayload) => {
+			const level = state === "opened" ? "warn" : "info";
+			log[level](`Circuit breaker ${state} for ${payload.action} on ${payload.nodeID}`, {
+				event: "circuit-breaker",
+				state,
+				affected_node_id: payload.nodeID,
+				action: payload.action,
+				failures: payload.failures,
+			});
+			broker.metrics?.increment(FAILOVER_METRICS.breakerTransitions, { affectedNodeID: payload.nodeID, action: payload.action, state });
+		});
+	}
+}
+
+export function FailoverEventsMiddleware(): Middleware {
+	return {
+		name: "FailoverEvents",
+		created(broker: ServiceBroker) {
+			registerFailoverMetrics(broker);
+			const log = broker.getLogger("failover");
+			onNodeEvents(broker, log);
+			onBreakerEvents(broker, log);
+		},
+	} as Middleware;
+}

@@ -1,0 +1,141 @@
+/**
+ * Chaos with real processes, real signals and a real (test-owned) NATS server: NODE1 dies, is
+ * stopped, hangs, or loses NATS while a gateway-only node serves steady load; users must not notice.
+ */
+import { getJson, waitFor } from "../helpers/cluster";
+import { servedCounts, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
+import { describeWithNats } from "../helpers/requirements";
+import { loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
+
+jest.setTimeout(120_000);
+
+const RATE = 200; // requests per second through the gateway
+
+function whoamiLoad(mesh: ChaosMesh): RunningLoad {
+	return startLoad({
+		url: `${mesh.gateway.url}/api/mesh/whoami`,
+		ratePerSecond: RATE,
+		servedBy: body => (body as { nodeID?: string }).nodeID,
+	});
+}
+
+const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
+
+function report(name: string, stats: object): void {
+	process.stdout.write(`[chaos] ${name}: ${JSON.stringify(stats)}\n`);
+}
+
+describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-owned NATS)", () => {
+	let mesh: ChaosMesh;
+	beforeAll(async () => {
+		mesh = await startChaosMesh();
+	});
+	afterAll(async () => {
+		await mesh?.stop();
+	});
+
+	/** NODE1 back (if a test killed it) and both actor nodes serving through the gateway. */
+	async function bothNodesServing(): Promise<void> {
+		if (mesh.node1.child.exitCode !== null || mesh.node1.child.signalCode !== null) await mesh.restartNode1();
+		await waitForChaosMesh(mesh.gateway, ["NODE1", "NODE2"]);
+	}
+
+	it("SIGKILL NODE1: no failed request, no gap over 1 s, out of rotation within 3 s; NODE1 gets traffic when it returns", async () => {
+		await bothNodesServing();
+		const load = whoamiLoad(mesh);
+		await sleep(2_000);
+		const killedAt = load.now();
+		const killedWallClock = Date.now();
+		mesh.node1.child.kill("SIGKILL");
+		await sleep(5_000);
+		const restartAt = load.now();
+		await mesh.restartNode1();
+		await waitForChaosMesh(mesh.gateway, ["NODE1", "NODE2"]);
+		await sleep(6_000);
+		const result: LoadReport = await load.stop();
+
+		const during = windowStats(result.samples, killedAt, restartAt);
+		const leftAt = loggedAt(mesh.gateway, killedWallClock, l => l.event === "node.left" && l.node_id === "NODE1");
+		const outOfRotationMs = leftAt == null ? null : leftAt - killedWallClock;
+		report("SIGKILL", { ...during, outOfRotationMs, shed: result.shed });
+
+		expect(result.shed).toBe(0);
+		expect(during.failures).toEqual([]);
+		expect(during.failed).toBe(0);
+		expect(during.longestGapMs).toBeLessThanOrEqual(1_000);
+		expect(outOfRotationMs).not.toBeNull();
+		expect(outOfRotationMs!).toBeLessThanOrEqual(3_000);
+		// Out of rotation means out: nothing started 3 s after the kill was served by NODE1's old process.
+		expect(servedCounts(result.samples, killedAt + 3_000).NODE1 ?? 0).toBeGreaterThan(0); // the restarted one
+		expect(servedCounts(result.samples.filter(s => s.start < restartAt), killedAt + 3_000).NODE1).toBeUndefined();
+		expect(windowStats(result.samples, restartAt, Infinity).failed).toBe(0);
+	});
+
+	it("SIGTERM NODE1 under load: zero errors, and it leaves gracefully", async () => {
+		await bothNodesServing();
+		const load = whoamiLoad(mesh);
+		await sleep(2_000);
+		const stoppedAt = load.now();
+		const stoppedWallClock = Date.now();
+		const exitCode = mesh.node1.kill("SIGTERM");
+		await sleep(4_000);
+		const result = await load.stop();
+
+		const stats = windowStats(result.samples, 0, Infinity);
+		report("SIGTERM", { ...stats, exitCode: await exitCode });
+		expect(await exitCode).toBe(0);
+		expect(stats.failures).toEqual([]);
+		expect(stats.failed).toBe(0);
+		expect(loggedAt(mesh.gateway, stoppedWallClock, l => l.event === "node.left" && l.node_id === "NODE1" && l.reason === "graceful")).not.toBeNull();
+		expect(servedCounts(result.samples, stoppedAt + 1_000).NODE2).toBeGreaterThan(0);
+	});
+
+	it("SIGSTOP NODE1 for 10 s: requests keep succeeding; after SIGCONT it serves again and its breaker is closed", async () => {
+		await bothNodesServing();
+		const load = whoamiLoad(mesh);
+		await sleep(2_000);
+		const stoppedAt = load.now();
+		mesh.node1.child.kill("SIGSTOP");
+		await sleep(10_000);
+		mesh.node1.child.kill("SIGCONT");
+		const resumedAt = load.now();
+		await waitFor("NODE1 to serve again after SIGCONT", async () => {
+			const { body } = await getJson(`${mesh.gateway.url}/api/mesh/nodes`);
+			return (body as Array<{ nodeID: string; available: boolean }>).some(n => n.nodeID === "NODE1" && n.available);
+		}, 20_000);
+		await sleep(8_000);
+		const result = await load.stop();
+
+		const during = windowStats(result.samples, stoppedAt, resumedAt);
+		const after = windowStats(result.samples, resumedAt, Infinity);
+		report("SIGSTOP", { during, after });
+		expect(during.failed).toBe(0);
+		expect(after.failed).toBe(0);
+		expect(servedCounts(result.samples, resumedAt + 3_000).NODE1).toBeGreaterThan(0);
+		const metrics = await (await fetch(`${mesh.gateway.url}/metrics`)).text();
+		const openBreakers = metrics.split("\n").filter(l => l.startsWith("moleculer_circuit_breaker_opened_active") && l.includes('"NODE1"') && !l.trim().endsWith(" 0"));
+		expect(openBreakers).toEqual([]);
+	});
+
+	it("NATS restarts: every node reconnects by itself, calls succeed within 5 s of NATS being back, no duplicate nodes", async () => {
+		await bothNodesServing();
+		await mesh.nats.stop();
+		await sleep(3_000);
+		await mesh.nats.start();
+		const backAt = Date.now();
+		await waitFor(
+			"a call through the gateway to succeed after NATS is back",
+			async () => (await fetch(`${mesh.gateway.url}/api/mesh/whoami`)).status === 200,
+			5_000,
+			50,
+		);
+		const recoveredMs = Date.now() - backAt;
+		await waitForChaosMesh(mesh.gateway, ["NODE1", "NODE2"]);
+		const { body } = await getJson(`${mesh.gateway.url}/api/mesh/nodes`);
+		const ids = (body as Array<{ nodeID: string }>).map(n => n.nodeID);
+		report("NATS restart", { recoveredMs, nodes: ids });
+		expect(recoveredMs).toBeLessThanOrEqual(5_000);
+		expect(new Set(ids).size).toBe(ids.length);
+		for (const node of [mesh.gateway, mesh.node1, mesh.node2]) expect(node.child.exitCode).toBeNull();
+	});
+});
