@@ -15,8 +15,8 @@ import { Strategies } from "moleculer";
 
 /** Per-attempt timeouts. A caller waits on a dead node at most this long before retrying elsewhere. */
 export const TIMEOUT_CLASSES = {
-	/** reads and lookups answered from memory or one indexed query */
-	fast: 1_000,
+	/** reads and lookups answered from memory or one indexed query; 750 ms + a retry stays under 1 s */
+	fast: 750,
 	/** writes and multi-step reads */
 	standard: 5_000,
 	/** model inference and other work measured in seconds */
