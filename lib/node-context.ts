@@ -28,3 +28,10 @@ export function nodeContextOf(broker: ServiceBroker): NodeContext {
 	if (!context) throw new Error("No node context attached to this broker (start it through lib/node-runtime)");
 	return context;
 }
+
+/** The node's PostgreSQL handle, for services that cannot run without one. */
+export function databaseOf(broker: ServiceBroker): Sequelize {
+	const { sequelize } = nodeContextOf(broker);
+	if (!sequelize) throw new Error("This service needs PostgreSQL, and the node has no database configured");
+	return sequelize;
+}

@@ -8,6 +8,7 @@ import { ServiceBroker, type ServiceSchema } from "moleculer";
 import { createBrokerOptions } from "../moleculer.config";
 import { createSequelize } from "./database";
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "./embedded-postgres";
+import { runMigrations } from "./migrations";
 import { attachNodeContext } from "./node-context";
 import type { MeshSettings } from "./settings";
 import { resolveTransport, type TransportChoice } from "./transport";
@@ -77,6 +78,11 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 	if (database.embedded) log.warn(`Database: embedded PostgreSQL (${settings.embeddedPgDir}); set DATABASE_URL or DB_HOST for production`);
 	log.info(`Node ${settings.nodeID} (${settings.role}) runs: ${services.join(", ")}`);
 
+	if (settings.migrateOnStart) {
+		// Nodes starting together serialise on the runner's advisory lock; the second finds nothing to do.
+		const result = await runMigrations(database.url, "up", { log: line => log.info(`Migration ${line}`) });
+		log.info(`Migrations: ${result.applied.length} applied, ${result.status.length} known`);
+	}
 	for (const name of services) broker.createService(loadServiceSchema(name));
 	await broker.start();
 

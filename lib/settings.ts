@@ -58,6 +58,10 @@ export interface MeshSettings {
 	embeddedPgPort: number;
 	embeddedPgDir: string;
 	metricsEnabled: boolean;
+	/** apply pending migrations/ at start (default on in development, off in production) */
+	migrateOnStart: boolean;
+	/** leader leases for singleton duties (lib/leader-lease.ts) */
+	leaseTtlMs: number;
 }
 
 export class SettingsError extends Error {
@@ -148,6 +152,8 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		embeddedPgPort: readInt(env, "EMBEDDED_PG_PORT", 54329, 1),
 		embeddedPgDir: env.EMBEDDED_PG_DIR ?? "data/pg",
 		metricsEnabled: readBool(env, "METRICS", true),
+		migrateOnStart: readBool(env, "MIGRATE_ON_START", !production),
+		leaseTtlMs: readInt(env, "LEASE_TTL_MS", 5_000, 1_000),
 	};
 	validateForProduction(settings);
 	return settings;

@@ -1,0 +1,28 @@
+/**
+ * `npm run migrate -- up|down|status|dry-run`: applies, rolls back (one step), lists or previews the
+ * SQL migrations in migrations/ against DATABASE_URL / DB_* (or the embedded PostgreSQL in development).
+ */
+import { runMigrations, type MigrationCommand } from "../lib/migrations";
+import { loadSettings } from "../lib/settings";
+import { startEmbeddedPostgres } from "../lib/embedded-postgres";
+
+const COMMANDS: MigrationCommand[] = ["up", "down", "status", "dry-run"];
+
+async function main(): Promise<void> {
+	const command = (process.argv[2] ?? "status") as MigrationCommand;
+	if (!COMMANDS.includes(command)) throw new Error(`unknown command "${command}"; use one of: ${COMMANDS.join(", ")}`);
+	const settings = loadSettings();
+	const embedded = settings.database.url ? null : await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
+	try {
+		const result = await runMigrations(settings.database.url ?? embedded!.url, command, { log: line => process.stdout.write(`${line}\n`) });
+		if (command === "dry-run") process.stdout.write(result.plan.length ? `${result.plan.join("\n\n")}\n` : "nothing pending\n");
+		for (const s of result.status) process.stdout.write(`${s.version}_${s.name}\t${s.state}${s.applied_at ? `\t${s.applied_at}` : ""}\n`);
+	} finally {
+		if (embedded?.owned) await embedded.stop();
+	}
+}
+
+main().catch(err => {
+	process.stderr.write(`migrate: ${(err as Error).message}\n`);
+	process.exit(1);
+});
