@@ -105,3 +105,13 @@ function refuseTooLarge(req: IncomingMessage, next: Next, maxBytes: number): voi
 	req.resume();
 	next(new Errors.MoleculerClientError(`Request body is larger than ${maxBytes} bytes`, 413, "PAYLOAD_TOO_LARGE", { limit: maxBytes }));
 }
+
+/** Idempotency-Key: absent, or 1–128 visible ASCII characters (else a 400 naming the header). */
+export function acceptIdempotencyKey(header: string | string[] | undefined): string | undefined {
+	if (header === undefined) return undefined;
+	const value = Array.isArray(header) ? header[0] : header;
+	if (!/^[\x21-\x7e]{1,128}$/.test(value)) {
+		throw new Errors.MoleculerClientError("Idempotency-Key must be 1-128 visible ASCII characters", 400, "INVALID_HEADER", { field: "Idempotency-Key" });
+	}
+	return value;
+}

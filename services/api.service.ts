@@ -14,7 +14,7 @@ import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
 import { bearerToken, checkAccess, AuthError, verifyToken, type Access, type MeshUser } from "../lib/auth";
 import { buildHealthReport } from "../lib/health";
-import { acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
+import { acceptIdempotencyKey, acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
 import { HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
@@ -101,6 +101,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				bodyParsers: false,
 				mergeParams: true,
 				use: [rateLimitMiddleware(settings.rateLimit), jsonBodyMiddleware(settings.bodyLimit)],
+				onBeforeCall: this.carryIdempotencyKey,
 				onError: this.sendJsonError,
 			};
 		},
@@ -139,6 +140,12 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				if (err instanceof AuthError) throw asClientError(err);
 				throw err;
 			}
+		},
+
+		/** Idempotency-Key header → ctx.meta.idempotencyKey, for writes built on IdempotentWritesMixin. */
+		carryIdempotencyKey(ctx: Context<unknown, { idempotencyKey?: string }>, _route: unknown, req: IncomingMessage) {
+			const key = acceptIdempotencyKey(req.headers["idempotency-key"]);
+			if (key) ctx.meta.idempotencyKey = key;
 		},
 
 		async sendHealth(req: IncomingMessage, res: ServerResponse) {
@@ -192,10 +199,13 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			// moleculer-web raises NOT_FOUND for a path under /api that matches no alias.
 			if (status === 404 && err.type === "NOT_FOUND") return this.send404(req, res);
 			if (status >= 500) this.logger.error(`HTTP ${status} on ${req.method} ${req.url}`, err);
+			const known = err instanceof Errors.MoleculerError;
 			const body =
-				status >= 500 && !(err instanceof Errors.MoleculerError)
+				status >= 500 && !known
 					? { name: "InternalServerError", message: "Internal server error", code: 500, type: "INTERNAL" }
-					: { name: err.name, message: err.message, code: status, type: err.type, data: err.data };
+					: { name: err.name, message: err.message, code: status, type: err.type, data: err.data, retryable: !!(err as { retryable?: boolean }).retryable };
+			// Lost node, timeout, full queue: safe to retry (writes with the same Idempotency-Key).
+			if (known && (err as { retryable?: boolean }).retryable && !res.headersSent) res.setHeader("Retry-After", "1");
 			if (res.headersSent) {
 				res.end();
 				return;

@@ -2,10 +2,12 @@
  * Chaos with real processes, real signals and a real (test-owned) NATS server: NODE1 dies, is
  * stopped, hangs, or loses NATS while a gateway-only node serves steady load; users must not notice.
  */
+import { Client } from "pg";
+import { signToken } from "../../lib/auth";
 import { getJson, waitFor } from "../helpers/cluster";
 import { servedCounts, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
-import { describeWithNats } from "../helpers/requirements";
-import { loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
+import { describeWithNats, LOCAL_DATABASE_URL } from "../helpers/requirements";
+import { JWT_SECRET, loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
 
 jest.setTimeout(120_000);
 
@@ -137,5 +139,59 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		expect(recoveredMs).toBeLessThanOrEqual(5_000);
 		expect(new Set(ids).size).toBe(ids.length);
 		for (const node of [mesh.gateway, mesh.node1, mesh.node2]) expect(node.child.exitCode).toBeNull();
+	});
+
+	it("a write in flight on a killed node applies at most once: a retryable error, no hang, and the keyed retry applies once", async () => {
+		await bothNodesServing();
+		const token = signToken(JWT_SECRET, { id: "drill-user", roles: [], teams: [] });
+		const subject = (i: number) => `drill-${mesh.namespace}-${i}`;
+		const write = (i: number) =>
+			fetch(`${mesh.gateway.url}/api/audit/records`, {
+				method: "POST",
+				headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", "Idempotency-Key": `key-${subject(i)}` },
+				body: JSON.stringify({ action: "drill.write", subject: subject(i), holdMs: 2_000 }),
+			});
+		const ids = [0, 1, 2, 3, 4, 5];
+		const started = Date.now();
+		const inFlight = ids.map(async i => {
+			const res = await write(i);
+			return { i, status: res.status, retryAfter: res.headers.get("retry-after"), body: (await res.json()) as Record<string, unknown>, ms: Date.now() - started };
+		});
+		await sleep(500);
+		mesh.node1.child.kill("SIGKILL");
+		const first = await Promise.all(inFlight);
+		report("write in flight", first.map(r => ({ status: r.status, ms: r.ms, node: r.body.node_id ?? r.body.type })));
+
+		const failed = first.filter(r => r.status !== 200);
+		expect(failed.length).toBeGreaterThan(0); // round robin sent some of the six to NODE1
+		for (const r of failed) {
+			expect(r.status).toBeGreaterThanOrEqual(500);
+			expect(r.body.retryable).toBe(true);
+			expect(r.retryAfter).toBe("1");
+			expect(r.ms).toBeLessThan(6_000); // an answer, not a hang
+		}
+		for (const r of first.filter(r => r.status === 200)) expect(r.body.node_id).toBe("NODE2");
+
+		// The client retries everything with the same keys: failed writes apply now, done ones replay.
+		const retried = await Promise.all(ids.map(async i => ({ i, res: await write(i) })));
+		for (const { i, res } of retried) {
+			expect(res.status).toBe(200);
+			const earlier = first.find(r => r.i === i)!;
+			if (earlier.status === 200) {
+				expect(res.headers.get("idempotent-replayed")).toBe("true");
+				expect(((await res.json()) as { id: string }).id).toBe(earlier.body.id);
+			}
+		}
+		const db = new Client({ connectionString: LOCAL_DATABASE_URL });
+		await db.connect();
+		try {
+			const { rows } = await db.query<{ subject: string; n: string }>(
+				"SELECT subject, count(*) AS n FROM audit_records WHERE subject LIKE $1 GROUP BY subject ORDER BY subject",
+				[`drill-${mesh.namespace}-%`],
+			);
+			expect(rows.map(r => [r.subject, Number(r.n)])).toEqual(ids.map(i => [subject(i), 1]));
+		} finally {
+			await db.end();
+		}
 	});
 });

@@ -100,10 +100,10 @@ export async function getJson(url: string, init?: RequestInit): Promise<{ status
 
 /**
  * Waits until the node's gateway answers /health, its mesh lists `services` as available, and (when
- * `mesh` is among them) its REST aliases route /api/mesh/whoami: moleculer-web builds aliases shortly
- * after the registry learns of a service.
+ * `mesh` is among them) its REST aliases route /api/mesh/whoami, or `routedPath` answers anything but
+ * 404: moleculer-web builds aliases shortly after the registry learns of a service.
  */
-export async function waitForMesh(node: NodeProcess, services: string[], nodesSeen = 1, timeoutMs = 40_000): Promise<void> {
+export async function waitForMesh(node: NodeProcess, services: string[], nodesSeen = 1, timeoutMs = 40_000, routedPath?: string): Promise<void> {
 	await waitFor(
 		`${node.nodeID} to see ${services.join(",")} on ${nodesSeen} node(s)`,
 		async () => {
@@ -111,7 +111,9 @@ export async function waitForMesh(node: NodeProcess, services: string[], nodesSe
 			const { body } = await getJson(`${node.url}/health`);
 			const mesh = body?.mesh;
 			const listed = mesh && mesh.nodes_available >= nodesSeen && services.every((s: string) => mesh.services_available.includes(s));
-			if (!listed || !services.includes("mesh")) return listed;
+			if (!listed) return false;
+			if (routedPath) return (await fetch(`${node.url}${routedPath}`)).status !== 404;
+			if (!services.includes("mesh")) return true;
 			return (await fetch(`${node.url}/api/mesh/whoami`)).status === 200;
 		},
 		timeoutMs,
