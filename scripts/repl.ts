@@ -1,7 +1,8 @@
 /**
  * `npm run repl`: an operator console that joins the running mesh with the same transport settings as
  * the nodes (NATS_URL / TRANSPORTER / MESH_NAMESPACE). Moleculer's commands (nodes, services, actions,
- * call, dcall, emit, metrics, …) plus `mesh`: every node with its role, its actors and its health.
+ * call, dcall, emit, metrics, …) plus `mesh` (every node with its role, its actors and its health) and
+ * `breakers` (circuit breaker states, asked of every node).
  */
 import os from "os";
 import { ServiceBroker } from "moleculer";
@@ -52,14 +53,47 @@ export async function meshTable(broker: ServiceBroker): Promise<string[][]> {
 	return rows;
 }
 
+interface MetricSnapshot {
+	name: string;
+	values: Array<{ labels: Record<string, string>; value: number }>;
+}
+
+const BREAKER_OPEN = "moleculer.circuit-breaker.opened.active";
+const BREAKER_HALF_OPEN = "moleculer.circuit-breaker.half-opened.active";
+const BREAKER_OPENED_TOTAL = "moleculer.circuit-breaker.opened.total";
+
+/** Breakers live in each *caller*: ask every node for its own (via $node.metrics) and list them. */
+export async function breakerTable(broker: ServiceBroker): Promise<string[][]> {
+	const rows = [["Caller", "Affected node", "Action", "State", "Times opened"]];
+	const nodes = (broker.registry.getNodeList({ onlyAvailable: true, withServices: false }) as Array<{ id: string; local: boolean }>).filter(n => !n.local);
+	for (const node of nodes.sort((a, b) => a.id.localeCompare(b.id))) {
+		let metrics: MetricSnapshot[];
+		try {
+			metrics = (await broker.call("$node.metrics", { includes: "moleculer.circuit-breaker.**" }, { nodeID: node.id, timeout: 3_000 })) as MetricSnapshot[];
+		} catch (err) {
+			rows.push([node.id, "-", "-", `unknown: ${(err as Error).message}`, "-"]);
+			continue;
+		}
+		const value = (name: string, labels: Record<string, string>) =>
+			metrics.find(m => m.name === name)?.values.find(v => v.labels.affectedNodeID === labels.affectedNodeID && v.labels.action === labels.action)?.value ?? 0;
+		const seen = metrics.find(m => m.name === BREAKER_OPENED_TOTAL)?.values ?? [];
+		if (!seen.length) rows.push([node.id, "-", "-", "all closed", "0"]);
+		for (const { labels, value: opened } of seen) {
+			const state = value(BREAKER_OPEN, labels) ? "OPEN" : value(BREAKER_HALF_OPEN, labels) ? "half-open" : "closed";
+			rows.push([node.id, labels.affectedNodeID, labels.action, state, String(opened)]);
+		}
+	}
+	return rows;
+}
+
 async function main(): Promise<void> {
 	const settings = loadSettings({ ...process.env, NODE_ID: process.env.NODE_ID ?? `repl-${os.hostname()}-${process.pid}`, NODE_ROLE: "operator" });
 	const transport = await resolveTransport(settings);
 	const options = createBrokerOptions({ ...settings, logLevel: process.env.LOG_LEVEL ?? "warn", metricsEnabled: false }, transport);
-	const broker = new ServiceBroker({ ...options, replOptions: { customCommands: [meshCommand()] } } as never);
+	const broker = new ServiceBroker({ ...options, replOptions: { customCommands: [meshCommand(), breakersCommand()] } } as never);
 	await broker.start();
 	if (transport.warning) broker.logger.warn(transport.warning);
-	process.stdout.write(`Joined mesh "${settings.namespace}" over ${transport.kind} as ${broker.nodeID}. Try: mesh, nodes, services, call mesh.whoami\n`);
+	process.stdout.write(`Joined mesh "${settings.namespace}" over ${transport.kind} as ${broker.nodeID}. Try: mesh, breakers, nodes, services, call mesh.whoami\n`);
 	broker.repl();
 }
 
@@ -69,6 +103,16 @@ function meshCommand() {
 		description: "Nodes as operators see them: role, actors, health of each node",
 		async action(broker: ServiceBroker, _args: unknown, helpers: { table: (rows: string[][]) => string }) {
 			process.stdout.write(helpers.table(await meshTable(broker)) + "\n");
+		},
+	};
+}
+
+function breakersCommand() {
+	return {
+		command: "breakers",
+		description: "Circuit breakers of every node (as a caller): which endpoints are open, half-open or closed",
+		async action(broker: ServiceBroker, _args: unknown, helpers: { table: (rows: string[][]) => string }) {
+			process.stdout.write(helpers.table(await breakerTable(broker)) + "\n");
 		},
 	};
 }

@@ -44,6 +44,8 @@ describeWithNatsAndPostgres("REPL on a live mesh", () => {
 			await type("mesh", /repl-test-node2[^\n]*node2[^\n]*gateway-only/);
 			expect(screen).toMatch(/repl-test-node1[^\n]*node1[^\n]*api, mesh[^\n]*healthy[^\n]*up[^\n]*up/);
 			await type("call mesh.whoami", /nodeID: .*repl-test-node1/);
+			await type("breakers", /repl-test-node2[^\n]*all closed/);
+			expect(screen).toMatch(/repl-test-node1[^\n]*all closed/);
 		} catch (err) {
 			throw new Error(`${(err as Error).message}\n--- REPL screen ---\n${screen.slice(-3000)}`);
 		} finally {
