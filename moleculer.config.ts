@@ -35,6 +35,8 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		requestTimeout: settings.requestTimeout,
 		// stopDelay: after announcing "no services" on SIGTERM, wait for calls already on the wire.
 		registry: { strategy: FailoverStrategy, preferLocal: true, stopDelay: 300 },
+		// Off: measured worse on SIGKILL (docs/FAILOVER.md); kept as a switch for the benchmark.
+		disableBalancer: settings.disableBalancer,
 		// Enabled per action by actionPolicy(): only idempotent actions are retried, on another node.
 		retryPolicy: RETRY_POLICY,
 		// Per action on the node that runs it: excess calls queue, then fail fast with a retryable 429.

@@ -60,6 +60,8 @@ export interface MeshSettings {
 	metricsEnabled: boolean;
 	/** apply pending migrations/ at start (default on in development, off in production) */
 	migrateOnStart: boolean;
+	/** NATS queue groups pick the node instead of Moleculer's balancer (measured in docs/FAILOVER.md; off) */
+	disableBalancer: boolean;
 	/** leader leases for singleton duties (lib/leader-lease.ts) */
 	leaseTtlMs: number;
 }
@@ -154,6 +156,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		metricsEnabled: readBool(env, "METRICS", true),
 		migrateOnStart: readBool(env, "MIGRATE_ON_START", !production),
 		leaseTtlMs: readInt(env, "LEASE_TTL_MS", 5_000, 1_000),
+		disableBalancer: readBool(env, "DISABLE_BALANCER", false),
 	};
 	validateForProduction(settings);
 	return settings;

@@ -1,5 +1,5 @@
 // Baseline for bench/failover: plain Moleculer with its default options (no timeout, no retries,
-// no circuit breaker, heartbeats every 5 s, 15 s timeout). BARE_ROLE=gateway runs a bare moleculer-web.
+// no circuit breaker, heartbeats every 10 s, 30 s timeout). BARE_ROLE=gateway runs a bare moleculer-web.
 import { ServiceBroker } from "moleculer";
 import ApiGateway from "moleculer-web";
 
