@@ -143,3 +143,42 @@ export function registerHttpMetrics(broker: ServiceBroker): void {
 		description: "1 when the dependency (or the node, dependency=\"node\") is healthy, 0 when not",
 	});
 }
+
+interface RegisteredMetric {
+	type: string;
+	name: string;
+	description?: string;
+	labelNames?: string[];
+	unit?: string;
+	buckets?: number[];
+	quantiles?: number[] | null;
+	rate?: boolean;
+}
+
+/**
+ * Moleculer registers its per-request metrics with rolling rates and time-window quantiles; updating
+ * those on every call was the largest single cost of a remote call (docs/BENCHMARKS.md). Prometheus
+ * computes rates and quantiles itself from counters and histogram buckets, so this re-registers every
+ * such metric without them — same names, labels and buckets. Runs from the broker's `created` hook,
+ * after the internal middlewares registered theirs and before any value is recorded.
+ */
+export function dropInProcessAggregations(broker: ServiceBroker): number {
+	const store = (broker.metrics as unknown as { store?: Map<string, RegisteredMetric> }).store;
+	if (!broker.isMetricsEnabled() || !store) return 0;
+	let changed = 0;
+	for (const metric of [...store.values()]) {
+		if (!metric.rate && !(metric.quantiles && metric.quantiles.length)) continue;
+		broker.metrics.register({
+			type: metric.type,
+			name: metric.name,
+			description: metric.description,
+			labelNames: metric.labelNames,
+			unit: metric.unit,
+			buckets: metric.buckets,
+			quantiles: false,
+			rate: false,
+		} as never);
+		changed++;
+	}
+	return changed;
+}

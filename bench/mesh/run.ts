@@ -42,11 +42,13 @@ async function measureRpc(name: string, call: () => Promise<unknown>): Promise<R
 
 async function rpcBenchmarks(): Promise<RpcRow[]> {
 	const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL, LOG_LEVEL: "warn", JWT_SECRET, ...NODE_ENV_EXTRA };
-	await startProcess("bench/mesh/bare-server.ts", env);
+	// Bare baselines get a namespace of their own: their 10 s heartbeats would trip the project's 2.5 s
+	// failure detector (every node of one mesh must share heartbeat settings; docs/FAILOVER.md).
+	await startProcess("bench/mesh/bare-server.ts", { ...env, MESH_NAMESPACE: `${namespace}-bare` });
 	await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-actors", SERVICES: "mesh", PORT: "0", LOG_LEVEL: "info" }, "Service 'mesh' started");
 	await startProcess("bench/mesh/nats-echo-server.ts", env);
 
-	const bare = new ServiceBroker({ namespace, nodeID: "bench-bare-caller", transporter: { type: "NATS", options: { url: NATS_URL } }, logger: false });
+	const bare = new ServiceBroker({ namespace: `${namespace}-bare`, nodeID: "bench-bare-caller", transporter: { type: "NATS", options: { url: NATS_URL } }, logger: false });
 	const settings = loadSettings({ ...env, NODE_ID: "bench-project-caller", LOG_LEVEL: "warn" });
 	const project = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
 	await Promise.all([bare.start(), project.start()]);
@@ -101,8 +103,9 @@ async function httpBenchmarks(): Promise<HttpRow[]> {
 
 	await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "http-actors", SERVICES: "mesh", PORT: "0", LOG_LEVEL: "info" }, "Service 'mesh' started");
 	await startProcess("scripts/run-node.ts", { ...env, ...limits, NODE_ID: "http-gateway", SERVICES: "api", PORT: "9390", LOG_LEVEL: "info" }, "API Gateway listening");
-	await startProcess("bench/mesh/bare-server.ts", env);
-	await startProcess("bench/mesh/bare-gateway.ts", { ...env, PORT: "9391" });
+	const bareEnv = { ...env, MESH_NAMESPACE: `${namespace}-http-bare` };
+	await startProcess("bench/mesh/bare-server.ts", bareEnv);
+	await startProcess("bench/mesh/bare-gateway.ts", { ...bareEnv, PORT: "9391" });
 	await startProcess("bench/mesh/bare-http.ts", { PORT: "9392" });
 	await waitForRoute("http://127.0.0.1:9390/api/mesh/echo", auth);
 	await waitForRoute("http://127.0.0.1:9391/api/echo", {});
