@@ -2,6 +2,7 @@
  * Every environment variable the mesh reads is parsed here, once, into a typed object.
  * Services and scripts receive this object; they never read process.env themselves.
  */
+import { createHash } from "crypto";
 import os from "os";
 import { version } from "../package.json";
 
@@ -60,10 +61,30 @@ export interface MeshSettings {
 	metricsEnabled: boolean;
 	/** apply pending migrations/ at start (default on in development, off in production) */
 	migrateOnStart: boolean;
+	memory: MemorySettings;
+	events: EventSettings;
 	/** NATS queue groups pick the node instead of Moleculer's balancer (measured in docs/FAILOVER.md; off) */
 	disableBalancer: boolean;
 	/** leader leases for singleton duties (lib/leader-lease.ts) */
 	leaseTtlMs: number;
+}
+
+export interface MemorySettings {
+	/** AES-256-GCM key for confidential content */
+	encryptionKey: Buffer;
+	encryptionKeyId: string;
+	/** true when no key was configured and a labelled development key is used */
+	developmentKey: boolean;
+	maxContentBytes: number;
+}
+
+export interface EventSettings {
+	/** JetStream stream the outbox relay publishes to */
+	stream: string;
+	/** prepended to every subject ("" in production; tests and staging meshes sharing a NATS set one) */
+	subjectPrefix: string;
+	outboxMaxAttempts: number;
+	outboxBackoffMs: number;
 }
 
 export class SettingsError extends Error {
@@ -157,9 +178,31 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		migrateOnStart: readBool(env, "MIGRATE_ON_START", !production),
 		leaseTtlMs: readInt(env, "LEASE_TTL_MS", 5_000, 1_000),
 		disableBalancer: readBool(env, "DISABLE_BALANCER", false),
+		memory: readMemorySettings(env, production),
+		events: {
+			stream: env.NATS_STREAM_EVENTS ?? "DAARION_EVENTS",
+			subjectPrefix: env.EVENTS_SUBJECT_PREFIX ?? "",
+			outboxMaxAttempts: readInt(env, "OUTBOX_MAX_ATTEMPTS", 5, 1),
+			outboxBackoffMs: readInt(env, "OUTBOX_BACKOFF_MS", 500, 1),
+		},
 	};
 	validateForProduction(settings);
 	return settings;
+}
+
+const DEV_MEMORY_KEY_LABEL = "daarion-mesh development memory key - not for production";
+
+function readMemorySettings(env: Env, production: boolean): MemorySettings {
+	const maxContentBytes = readInt(env, "MEMORY_MAX_CONTENT_BYTES", 64 * 1024, 1);
+	const raw = env.MEMORY_ENCRYPTION_KEY;
+	if (!raw) {
+		if (production) throw new SettingsError("MEMORY_ENCRYPTION_KEY", "required when NODE_ENV=production (base64 of 32 random bytes)");
+		const key = createHash("sha256").update(DEV_MEMORY_KEY_LABEL).digest();
+		return { encryptionKey: key, encryptionKeyId: "dev", developmentKey: true, maxContentBytes };
+	}
+	const key = Buffer.from(raw, "base64");
+	if (key.length !== 32) throw new SettingsError("MEMORY_ENCRYPTION_KEY", `must be base64 of exactly 32 bytes (got ${key.length})`);
+	return { encryptionKey: key, encryptionKeyId: env.MEMORY_ENCRYPTION_KEY_ID ?? "k1", developmentKey: false, maxContentBytes };
 }
 
 /** Production never runs on guessed defaults: a missing secret or transport is a start-up error. */

@@ -10,7 +10,7 @@ import path from "path";
 import { freePort, ROOT, startNodeProcess, uniqueNamespace, waitFor, type NodeProcess } from "../helpers/cluster";
 import { describeWithNats, LOCAL_DATABASE_URL } from "../helpers/requirements";
 
-const PRODUCTION = { NODE_ENV: "production", JWT_SECRET: "p".repeat(40), DATABASE_URL: LOCAL_DATABASE_URL, MESH_NAMESPACE: uniqueNamespace("prod") };
+const PRODUCTION = { NODE_ENV: "production", JWT_SECRET: "p".repeat(40), MEMORY_ENCRYPTION_KEY: Buffer.alloc(32, 9).toString("base64"), DATABASE_URL: LOCAL_DATABASE_URL, MESH_NAMESPACE: uniqueNamespace("prod") };
 
 async function fatalLine(node: NodeProcess): Promise<string> {
 	expect(await node.exited).toBe(1);

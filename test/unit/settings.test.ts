@@ -30,10 +30,12 @@ describe("settings from the environment", () => {
 	});
 
 	it("in production requires NATS_URL, a database and a long JWT_SECRET", () => {
-		const prod = { NODE_ENV: "production", NATS_URL: "nats://n:4222", DATABASE_URL: "postgres://x@h/d", JWT_SECRET: "x".repeat(32) };
+		const prod = { NODE_ENV: "production", NATS_URL: "nats://n:4222", DATABASE_URL: "postgres://x@h/d", JWT_SECRET: "x".repeat(32), MEMORY_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64") };
 		expect(loadSettings(prod).production).toBe(true);
 		expect(() => loadSettings({ ...prod, JWT_SECRET: undefined })).toThrow(/JWT_SECRET/);
 		expect(() => loadSettings({ ...prod, JWT_SECRET: "short" })).toThrow(/JWT_SECRET/);
+		expect(() => loadSettings({ ...prod, MEMORY_ENCRYPTION_KEY: undefined })).toThrow(/MEMORY_ENCRYPTION_KEY: required/);
+		expect(() => loadSettings({ ...prod, MEMORY_ENCRYPTION_KEY: "c2hvcnQ=" })).toThrow(/exactly 32 bytes \(got 5\)/);
 		expect(() => loadSettings({ ...prod, NATS_URL: undefined })).toThrow(/NATS_URL/);
 		expect(() => loadSettings({ ...prod, DATABASE_URL: undefined })).toThrow(/DATABASE_URL/);
 	});
