@@ -48,6 +48,10 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		logRequest: "debug",
 		logResponse: "debug",
 		logRouteRegistration: "debug",
+		// Never log request params or response bodies, at any level: they carry memory content,
+		// confidential or not (test/integration/memory.test.ts greps the logs for it).
+		logRequestParams: null,
+		logResponseData: null,
 		// REST aliases are rebuilt after this debounce whenever a node joins or leaves; short, so a
 		// freshly started gateway answers 404 for as little time as possible.
 		debounceTime: 100,

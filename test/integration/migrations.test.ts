@@ -10,33 +10,10 @@ import path from "path";
 import { Client } from "pg";
 import { MIGRATIONS_DIR, readMigrations, runMigrations } from "../../lib/migrations";
 import { ROOT } from "../helpers/cluster";
-import { describeWithPostgres, LOCAL_DATABASE_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
+import { describeWithPostgres } from "../helpers/requirements";
 
-async function admin<T>(work: (c: Client) => Promise<T>): Promise<T> {
-	const client = new Client({ connectionString: LOCAL_DATABASE_URL });
-	await client.connect();
-	try {
-		return await work(client);
-	} finally {
-		await client.end();
-	}
-}
-
-const created: string[] = [];
-afterAll(async () => {
-	await admin(async c => {
-		for (const name of created) await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-	}).catch(() => undefined);
-});
-
-async function freshDatabase(): Promise<string> {
-	const name = `migtest_${process.pid}_${Math.floor(Math.random() * 1e9)}`;
-	await admin(c => c.query(`CREATE DATABASE ${name}`));
-	created.push(name);
-	const url = new URL(LOCAL_DATABASE_URL);
-	url.pathname = `/${name}`;
-	return url.toString();
-}
+afterAll(dropFreshDatabases);
 
 async function tables(url: string): Promise<string[]> {
 	const client = new Client({ connectionString: url });
@@ -57,7 +34,7 @@ const LAST = ALL.at(-1) as string;
 
 describeWithPostgres("migrations runner", () => {
 	it("applies every file, rolls back one step with its Rollback section, and applies it again", async () => {
-		const url = await freshDatabase();
+		const url = await freshDatabase("migtest");
 		const up = await runMigrations(url, "up");
 		expect(up.applied).toEqual(ALL);
 		expect(ALL.slice(0, 2)).toEqual(["001_leader_leases", "002_mesh_node_events"]);
@@ -77,7 +54,7 @@ describeWithPostgres("migrations runner", () => {
 	});
 
 	it("refuses to run when an applied file was edited, naming the file", async () => {
-		const url = await freshDatabase();
+		const url = await freshDatabase("migtest");
 		const dir = copyMigrations();
 		await runMigrations(url, "up", { dir });
 		fs.appendFileSync(path.join(dir, "001_leader_leases.sql"), "\n-- a later edit\n");
@@ -85,7 +62,7 @@ describeWithPostgres("migrations runner", () => {
 	});
 
 	it("two runners starting together apply each migration exactly once", async () => {
-		const url = await freshDatabase();
+		const url = await freshDatabase("migtest");
 		const results = await Promise.all([runMigrations(url, "up"), runMigrations(url, "up"), runMigrations(url, "up")]);
 		expect(results.flatMap(r => r.applied).sort()).toEqual(ALL);
 		const client = new Client({ connectionString: url });
@@ -96,7 +73,7 @@ describeWithPostgres("migrations runner", () => {
 	});
 
 	it("dry-run shows the pending SQL and changes nothing", async () => {
-		const url = await freshDatabase();
+		const url = await freshDatabase("migtest");
 		const plan = await runMigrations(url, "dry-run");
 		expect(plan.plan.join("\n")).toContain("CREATE TABLE IF NOT EXISTS leader_leases");
 		expect(await tables(url)).toEqual(["schema_migrations"]);
@@ -105,7 +82,7 @@ describeWithPostgres("migrations runner", () => {
 	it("rejects a file without the seed's header, and the CLI prints status per migration", async () => {
 		const dir = copyMigrations();
 		fs.writeFileSync(path.join(dir, "999_bad.sql"), "BEGIN;\nSELECT 1;\nCOMMIT;\n");
-		const url = await freshDatabase();
+		const url = await freshDatabase("migtest");
 		await expect(runMigrations(url, "up", { dir })).rejects.toThrow(/999_bad\.sql: header line "-- Migration:" is missing/);
 
 		const cli = spawnSync(process.execPath, ["--import", "tsx", "scripts/migrate.ts", "status"], { cwd: ROOT, env: { ...process.env, DATABASE_URL: url }, encoding: "utf8" });

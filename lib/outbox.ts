@@ -1,0 +1,31 @@
+/**
+ * The writing side of the transactional outbox: a service inserts its events into `outbox` in the
+ * same transaction as the change they describe, so an event exists if and only if the change
+ * committed. lib/outbox-relay.ts publishes them.
+ */
+import type { Sequelize, Transaction } from "sequelize";
+import type { EventSettings } from "./settings";
+
+export interface OutboxEvent {
+	aggregateType: string;
+	aggregateId: string;
+	/** Moleculer event name, e.g. "memory.created" */
+	eventType: string;
+	/** JetStream subject without the configured prefix, e.g. "memory.created.public" */
+	subject: string;
+	/** never secrets or confidential content: events are copied to logs, streams and other nodes */
+	payload: Record<string, unknown>;
+}
+
+export function prefixedSubject(events: EventSettings, subject: string): string {
+	return events.subjectPrefix ? `${events.subjectPrefix}.${subject}` : subject;
+}
+
+export async function enqueueEvents(sequelize: Sequelize, t: Transaction, events: EventSettings, items: OutboxEvent[]): Promise<void> {
+	for (const e of items) {
+		await sequelize.query(
+			"INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ($1, $2, $3, $4, $5::jsonb)",
+			{ bind: [e.aggregateType, e.aggregateId, e.eventType, prefixedSubject(events, e.subject), JSON.stringify(e.payload)], transaction: t },
+		);
+	}
+}

@@ -1,0 +1,334 @@
+/**
+ * memory: scoped memories on PostgreSQL (moleculer-db with the Sequelize adapter over the node's own
+ * connection pool). Access: personal → owner (or admin); team → members (JWT `teams`); public → any
+ * user reads, owners write. Privacy: plain-text search covers only public, indexed memories;
+ * confidential content is sealed with AES-256-GCM and appears in no log and no event. Every write
+ * puts its events into the outbox in the same transaction (lib/outbox.ts).
+ */
+import type { Context, Service, ServiceSchema } from "moleculer";
+import { Errors } from "moleculer";
+import DbService from "moleculer-db";
+import SqlAdapter from "moleculer-db-adapter-sequelize";
+import { DataTypes, QueryTypes, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
+import { defineActions, type MeshUser } from "../lib/auth";
+import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { enqueueEvents } from "../lib/outbox";
+import { actionPolicy } from "../lib/resilience";
+import { open, seal } from "../lib/sealed-box";
+import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods } from "../mixins/idempotent-writes.mixin";
+
+export const SCOPES = ["personal", "team", "public"] as const;
+export const KINDS = ["fact", "dialog_summary", "event", "document"] as const;
+type Scope = (typeof SCOPES)[number];
+
+export interface MemoryRow {
+	id: string;
+	scope: Scope;
+	owner_id: string;
+	kind: string;
+	key: string;
+	content: string | null;
+	content_sealed: Buffer | null;
+	key_id: string | null;
+	metadata: Record<string, unknown>;
+	indexed: boolean;
+	confidential: boolean;
+	version: number;
+	created_at: Date;
+	updated_at: Date;
+}
+
+export type MemoryView = Omit<MemoryRow, "content" | "content_sealed" | "key_id"> & { content: string };
+
+type MemoryContext<P> = Context<P, IdempotencyMeta & { user?: MeshUser }>;
+interface MemoryMethods {
+	checkContentSize(content: string): void;
+	contentColumns(content: string, confidential: boolean): Pick<MemoryRow, "content" | "content_sealed" | "key_id">;
+	view(row: MemoryRow): MemoryView;
+	findRow(id: string, t?: Transaction): Promise<MemoryRow>;
+	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string): Promise<void>;
+}
+type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> } };
+
+/** The node's shared pool: moleculer-db must not close it when this service stops. */
+class SharedSequelizeAdapter extends SqlAdapter {
+	disconnect(): Promise<void> {
+		return Promise.resolve();
+	}
+}
+
+const MODEL = {
+	name: "memory",
+	define: {
+		id: { type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 },
+		scope: DataTypes.TEXT,
+		owner_id: DataTypes.TEXT,
+		kind: DataTypes.TEXT,
+		key: DataTypes.TEXT,
+		content: DataTypes.TEXT,
+		content_sealed: DataTypes.BLOB,
+		key_id: DataTypes.TEXT,
+		metadata: DataTypes.JSONB,
+		indexed: DataTypes.BOOLEAN,
+		confidential: DataTypes.BOOLEAN,
+		version: DataTypes.INTEGER,
+		created_at: DataTypes.DATE,
+		updated_at: DataTypes.DATE,
+	},
+	// Schema comes from migrations/004; Sequelize must not invent columns or timestamps.
+	options: { tableName: "memories", timestamps: false },
+};
+
+function isAdmin(user: MeshUser): boolean {
+	return user.roles.includes("admin");
+}
+
+export function canRead(user: MeshUser, row: Pick<MemoryRow, "scope" | "owner_id">): boolean {
+	if (isAdmin(user) || row.scope === "public") return true;
+	if (row.scope === "personal") return row.owner_id === user.id;
+	return user.teams.includes(row.owner_id);
+}
+
+/** Writers: the owner (a user, or a member of the owning team), or an admin. */
+export function canWrite(user: MeshUser, row: Pick<MemoryRow, "scope" | "owner_id">): boolean {
+	if (isAdmin(user)) return true;
+	if (row.scope === "personal") return row.owner_id === user.id;
+	if (row.scope === "team") return user.teams.includes(row.owner_id);
+	return row.owner_id === user.id || user.teams.includes(row.owner_id);
+}
+
+function forbidden(what: string): Errors.MoleculerClientError {
+	return new Errors.MoleculerClientError(`Not allowed to ${what} this memory`, 403, "FORBIDDEN");
+}
+
+function notFound(id: string): Errors.MoleculerClientError {
+	return new Errors.MoleculerClientError(`Memory ${id} not found`, 404, "NOT_FOUND", { id });
+}
+
+function userOf(ctx: MemoryContext<unknown>): MeshUser {
+	const user = ctx.meta.user;
+	if (!user) throw new Errors.MoleculerClientError("Authentication required", 401, "NO_TOKEN");
+	return user;
+}
+
+/** What events say about a memory: never its content. */
+function eventPayload(row: MemoryRow, action: string, actor: string): Record<string, unknown> {
+	return {
+		action,
+		actor,
+		memory: { id: row.id, scope: row.scope, owner_id: row.owner_id, kind: row.kind, key: row.key, version: row.version, confidential: row.confidential, indexed: row.indexed },
+		at: new Date().toISOString(),
+	};
+}
+
+const ID = { type: "uuid" } as const;
+const CONTENT = { type: "string", min: 1 } as const;
+const METADATA = { type: "object", optional: true } as const;
+
+/** moleculer-db reads `model` from the schema. */
+const MemoryService: ServiceSchema & { model: typeof MODEL } = {
+	name: "memory",
+	mixins: [DbService as unknown as ServiceSchema, IdempotentWritesMixin],
+	model: MODEL,
+	settings: { idField: "id" } as ServiceSchema["settings"],
+
+	actions: defineActions({
+		// moleculer-db's generic actions stay off: every access goes through the rules below.
+		find: false as never,
+		count: false as never,
+		insert: false as never,
+
+		create: {
+			...actionPolicy({ idempotent: false, timeout: "standard" }),
+			rest: "POST /memories",
+			access: "user",
+			params: {
+				scope: { type: "enum", values: [...SCOPES] },
+				owner_id: { type: "string", min: 1, max: 200 },
+				kind: { type: "enum", values: [...KINDS] },
+				key: { type: "string", min: 1, max: 300 },
+				content: CONTENT,
+				metadata: METADATA,
+				indexed: { type: "boolean", optional: true, default: false },
+				confidential: { type: "boolean", optional: true, default: false },
+				$$strict: "remove",
+			},
+			async handler(this: Service, ctx: MemoryContext<Omit<MemoryRow, "id" | "version" | "created_at" | "updated_at" | "content_sealed" | "key_id"> & { content: string }>) {
+				const self = this as MemoryThis;
+				const user = userOf(ctx);
+				if (!canWrite(user, ctx.params)) throw forbidden(`create a ${ctx.params.scope} memory for ${ctx.params.owner_id} — you may not`);
+				self.checkContentSize(ctx.params.content);
+				return self.idempotentWrite(ctx, `memory.create:${user.id}`, async t => {
+					const created = await self.adapter.model.create({ ...ctx.params, ...self.contentColumns(ctx.params.content, !!ctx.params.confidential), version: 1 }, { transaction: t });
+					const row = created.get({ plain: true }) as MemoryRow;
+					await self.emitChange(t, row, "created", user.id);
+					return self.view(row);
+				});
+			},
+		},
+
+		get: {
+			...actionPolicy({ idempotent: true, timeout: "fast" }),
+			rest: "GET /memories/:id",
+			access: "user",
+			params: { id: ID, $$strict: "remove" },
+			async handler(this: Service, ctx: MemoryContext<{ id: string }>) {
+				const self = this as MemoryThis;
+				const row = await self.findRow(ctx.params.id);
+				if (!canRead(userOf(ctx), row)) throw forbidden("read");
+				return self.view(row);
+			},
+		},
+
+		update: {
+			...actionPolicy({ idempotent: false, timeout: "standard" }),
+			rest: "PATCH /memories/:id",
+			access: "user",
+			params: {
+				id: ID,
+				version: { type: "number", integer: true, min: 1, convert: true },
+				kind: { type: "enum", values: [...KINDS], optional: true },
+				key: { type: "string", min: 1, max: 300, optional: true },
+				content: { ...CONTENT, optional: true },
+				metadata: METADATA,
+				indexed: { type: "boolean", optional: true },
+				$$strict: "remove",
+			},
+			async handler(this: Service, ctx: MemoryContext<Partial<MemoryRow> & { id: string; version: number }>) {
+				const self = this as MemoryThis;
+				const user = userOf(ctx);
+				if (ctx.params.content !== undefined && ctx.params.content !== null) self.checkContentSize(ctx.params.content);
+				return self.idempotentWrite(ctx, `memory.update:${user.id}`, async t => {
+					const row = await self.findRow(ctx.params.id, t);
+					if (!canWrite(user, row)) throw forbidden("change");
+					if (row.version !== ctx.params.version) {
+						throw new Errors.MoleculerClientError(`Version conflict: memory is at version ${row.version}, you sent ${ctx.params.version}`, 409, "VERSION_CONFLICT", {
+							field: "version",
+							current: row.version,
+						});
+					}
+					const { id, version, content, ...changes } = ctx.params;
+					const values = { ...changes, ...(content != null ? self.contentColumns(content, row.confidential) : {}), version: version + 1, updated_at: new Date() };
+					await self.adapter.model.update(values, { where: { id, version }, transaction: t });
+					const updated = await self.findRow(id, t);
+					await self.emitChange(t, updated, "updated", user.id);
+					return self.view(updated);
+				});
+			},
+		},
+
+		remove: {
+			...actionPolicy({ idempotent: false, timeout: "standard" }),
+			rest: "DELETE /memories/:id",
+			access: "user",
+			params: { id: ID, $$strict: "remove" },
+			async handler(this: Service, ctx: MemoryContext<{ id: string }>) {
+				const self = this as MemoryThis;
+				const user = userOf(ctx);
+				return self.idempotentWrite(ctx, `memory.remove:${user.id}`, async t => {
+					const row = await self.findRow(ctx.params.id, t);
+					if (!canWrite(user, row)) throw forbidden("delete");
+					await self.adapter.model.destroy({ where: { id: row.id }, transaction: t });
+					await self.emitChange(t, row, "deleted", user.id);
+					return { id: row.id, deleted: true };
+				});
+			},
+		},
+
+		list: {
+			...actionPolicy({ idempotent: true, timeout: "fast" }),
+			rest: "GET /memories",
+			access: "user",
+			params: {
+				scope: { type: "enum", values: [...SCOPES], optional: true },
+				owner_id: { type: "string", min: 1, max: 200, optional: true },
+				kind: { type: "enum", values: [...KINDS], optional: true },
+				q: { type: "string", min: 1, max: 200, optional: true },
+				limit: { type: "number", integer: true, min: 1, max: 100, optional: true, convert: true },
+				offset: { type: "number", integer: true, min: 0, optional: true, convert: true },
+				$$strict: "remove",
+			},
+			async handler(this: Service, ctx: MemoryContext<{ scope?: Scope; owner_id?: string; kind?: string; q?: string; limit?: number; offset?: number }>) {
+				const self = this as MemoryThis;
+				const user = userOf(ctx);
+				const { scope, owner_id, kind, q } = ctx.params;
+				if (q && scope && scope !== "public") {
+					throw new Errors.ValidationError("Text search covers public, indexed memories only", "SEARCH_PUBLIC_ONLY", [
+						{ field: "q", message: "search is only available with scope=public (or no scope)" },
+					]);
+				}
+				const limit = ctx.params.limit ?? 20;
+				const offset = ctx.params.offset ?? 0;
+				// The access rule, in SQL: what this user may read at all.
+				const where = [
+					"($1::boolean OR scope = 'public' OR (scope = 'personal' AND owner_id = $2) OR (scope = 'team' AND owner_id = ANY($3::text[])))",
+					"($4::text IS NULL OR scope = $4)",
+					"($5::text IS NULL OR owner_id = $5)",
+					"($6::text IS NULL OR kind = $6)",
+					// Privacy rule: text search only over public, indexed, non-confidential rows.
+					"($7::text IS NULL OR (scope = 'public' AND indexed AND NOT confidential AND to_tsvector('simple', key || ' ' || content) @@ plainto_tsquery('simple', $7)))",
+				].join(" AND ");
+				const bind = [isAdmin(user), user.id, user.teams, scope ?? null, owner_id ?? null, kind ?? null, q ?? null];
+				const sequelize = databaseOf(this.broker);
+				const [rows, [{ total }]] = await Promise.all([
+					sequelize.query<MemoryRow>(`SELECT * FROM memories WHERE ${where} ORDER BY created_at DESC, id LIMIT ${limit} OFFSET ${offset}`, { bind, type: QueryTypes.SELECT }),
+					sequelize.query<{ total: string }>(`SELECT count(*) AS total FROM memories WHERE ${where}`, { bind, type: QueryTypes.SELECT }),
+				]);
+				return { rows: rows.map(r => self.view(r)), total: Number(total), limit, offset };
+			},
+		},
+	}),
+
+	methods: {
+		checkContentSize(content: string) {
+			const max = nodeContextOf(this.broker).settings.memory.maxContentBytes;
+			const bytes = Buffer.byteLength(content, "utf8");
+			if (bytes > max) {
+				throw new Errors.MoleculerClientError(`content is ${bytes} bytes; the limit is ${max}`, 413, "CONTENT_TOO_LARGE", { field: "content", bytes, limit: max });
+			}
+		},
+
+		/** Plain text, or sealed with the node's current key when the memory is confidential. */
+		contentColumns(content: string, confidential: boolean) {
+			if (!confidential) return { content, content_sealed: null, key_id: null };
+			const { encryptionKey, encryptionKeyId } = nodeContextOf(this.broker).settings.memory;
+			const { sealed, keyId } = seal(content, encryptionKey, encryptionKeyId);
+			return { content: null, content_sealed: sealed, key_id: keyId };
+		},
+
+		view(row: MemoryRow): MemoryView {
+			const { content, content_sealed, key_id, ...rest } = row;
+			if (!row.confidential) return { ...rest, content: content as string };
+			const { encryptionKey, encryptionKeyId } = nodeContextOf(this.broker).settings.memory;
+			return { ...rest, content: open(content_sealed as Buffer, key_id as string, new Map([[encryptionKeyId, encryptionKey]])) };
+		},
+
+		async findRow(id: string, t?: Transaction): Promise<MemoryRow> {
+			const found = await (this as MemoryThis).adapter.model.findByPk(id, { transaction: t, lock: t ? t.LOCK.UPDATE : undefined });
+			if (!found) throw notFound(id);
+			return found.get({ plain: true }) as MemoryRow;
+		},
+
+		async emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string) {
+			const { settings } = nodeContextOf(this.broker);
+			const payload = eventPayload(row, action, actor);
+			await enqueueEvents(databaseOf(this.broker) as Sequelize, t, settings.events, [
+				{ aggregateType: "memory", aggregateId: row.id, eventType: `memory.${action}`, subject: `memory.${action}.${row.scope}`, payload },
+				{ aggregateType: "memory", aggregateId: row.id, eventType: `audit.memory.${action}`, subject: `audit.memory.${action}`, payload },
+			]);
+		},
+	},
+
+	created(this: Service) {
+		// moleculer-db made a placeholder adapter in its own created(); use the node's pool instead.
+		const self = this as Service & { adapter: { init(broker: unknown, service: unknown): void } };
+		// Fourth argument: moleculer-db-adapter-sequelize's options; noSync because migrations own the schema.
+		const Adapter = SharedSequelizeAdapter as unknown as new (...args: unknown[]) => { init(broker: unknown, service: unknown): void };
+		self.adapter = new Adapter(databaseOf(this.broker), undefined, undefined, { noSync: true });
+		self.adapter.init(this.broker, this);
+		const { memory } = nodeContextOf(this.broker).settings;
+		if (memory.developmentKey) this.logger.warn("Memory: confidential content is sealed with the DEVELOPMENT key; set MEMORY_ENCRYPTION_KEY for real data");
+	},
+};
+
+export default MemoryService;

@@ -1,0 +1,44 @@
+/**
+ * A PostgreSQL database of its own for a test file (on the machine's server), dropped afterwards.
+ * Suites whose nodes run singleton duties over shared tables (outbox, leases) need this isolation.
+ */
+import { Client } from "pg";
+import { LOCAL_DATABASE_URL } from "./requirements";
+
+const created: string[] = [];
+
+async function admin<T>(work: (c: Client) => Promise<T>): Promise<T> {
+	const client = new Client({ connectionString: LOCAL_DATABASE_URL });
+	await client.connect();
+	try {
+		return await work(client);
+	} finally {
+		await client.end();
+	}
+}
+
+export async function freshDatabase(prefix = "t"): Promise<string> {
+	const name = `${prefix}_${process.pid}_${Math.floor(Math.random() * 1e9)}`;
+	await admin(c => c.query(`CREATE DATABASE ${name}`));
+	created.push(name);
+	const url = new URL(LOCAL_DATABASE_URL);
+	url.pathname = `/${name}`;
+	return url.toString();
+}
+
+/** Call from afterAll: drops every database this file created (connections still open are cut). */
+export async function dropFreshDatabases(): Promise<void> {
+	await admin(async c => {
+		for (const name of created.splice(0)) await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+	}).catch(() => undefined);
+}
+
+export async function query<T extends object>(url: string, sql: string, params: unknown[] = []): Promise<T[]> {
+	const client = new Client({ connectionString: url });
+	await client.connect();
+	try {
+		return (await client.query<T>(sql, params)).rows;
+	} finally {
+		await client.end();
+	}
+}
