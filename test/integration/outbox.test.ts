@@ -1,0 +1,155 @@
+/**
+ * The outbox relay with real processes, real NATS JetStream and real PostgreSQL (a database of its
+ * own): a relay killed between publish and mark publishes again after restart, the stream keeps one
+ * copy (message-id dedup) and an idempotent consumer acts once; an event no stream accepts is retried
+ * with backoff and lands in the DLQ with an ops alert.
+ */
+import { ServiceBroker, type Context } from "moleculer";
+import { connect, type NatsConnection } from "nats";
+import { Sequelize } from "sequelize";
+import { signToken } from "../../lib/auth";
+import { handleOnce } from "../../lib/idempotent-consumer";
+import { loadSettings } from "../../lib/settings";
+import { createBrokerOptions } from "../../moleculer.config";
+import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
+import { dropFreshDatabases, freshDatabase, query } from "../helpers/databases";
+import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
+
+const JWT_SECRET = "integration-secret-0123456789abcdef";
+
+describeWithNatsAndPostgres("outbox relay: crash between publish and mark, dedup, idempotent consumer, DLQ", () => {
+	const namespace = uniqueNamespace("outbox");
+	const prefix = namespace.replace(/-/g, "_");
+	const stream = `TEST_${prefix.toUpperCase()}`;
+	let databaseUrl: string;
+	let env: Record<string, string>;
+	let writer: NodeProcess;
+	let relay: NodeProcess;
+	let nc: NatsConnection;
+	let listener: ServiceBroker;
+	let sequelize: Sequelize;
+	const received: string[] = [];
+	const alerts: Array<{ outbox_id: string; attempts: number }> = [];
+	let processed = 0;
+
+	beforeAll(async () => {
+		databaseUrl = await freshDatabase("outboxtest");
+		env = {
+			MESH_NAMESPACE: namespace,
+			NATS_URL: LOCAL_NATS_URL,
+			DATABASE_URL: databaseUrl,
+			JWT_SECRET,
+			RATE_LIMIT_PER_KEY: "0",
+			EVENTS_SUBJECT_PREFIX: prefix,
+			NATS_STREAM_EVENTS: stream,
+			OUTBOX_MAX_ATTEMPTS: "3",
+			OUTBOX_BACKOFF_MS: "200",
+			LEASE_TTL_MS: "2000",
+		};
+		writer = await startNodeProcess({ ...env, NODE_ID: "writer", SERVICES: "api,memory" });
+		await waitForMesh(writer, ["memory"], 1, 40_000, "/api/memory/memories");
+		nc = await connect({ servers: new URL(LOCAL_NATS_URL).host });
+		sequelize = new Sequelize(databaseUrl, { logging: false });
+
+		// An in-mesh consumer of memory.created that must act once per event, however often it arrives.
+		const settings = loadSettings({ MESH_NAMESPACE: namespace, NODE_ID: "listener", NATS_URL: LOCAL_NATS_URL, LOG_LEVEL: "error" });
+		listener = new ServiceBroker(createBrokerOptions(settings, { kind: "nats", transporter: { type: "NATS", options: { servers: [new URL(LOCAL_NATS_URL).host] } }, reason: "test" }));
+		listener.createService({
+			name: "listener",
+			events: {
+				async "memory.created"(ctx: Context<{ id: string }>) {
+					received.push(ctx.params.id);
+					if (await handleOnce(sequelize, "test-listener", ctx.params.id, async () => undefined)) processed++;
+				},
+				"ops.alert.warning"(ctx: Context<{ outbox_id: string; attempts: number }>) {
+					alerts.push(ctx.params);
+				},
+			},
+		});
+		await listener.start();
+	});
+	afterAll(async () => {
+		await stopAll([writer, relay]);
+		await listener?.stop();
+		await sequelize?.close();
+		if (nc) {
+			await (await nc.jetstreamManager()).streams.delete(stream).catch(() => undefined);
+			await nc.close();
+		}
+		await dropFreshDatabases();
+	});
+
+	async function streamMessages(): Promise<Array<{ subject: string; msgId: string }>> {
+		const jsm = await nc.jetstreamManager();
+		const info = await jsm.streams.info(stream).catch(() => null);
+		const out: Array<{ subject: string; msgId: string }> = [];
+		for (let seq = 1; info && seq <= info.state.last_seq; seq++) {
+			const msg = await jsm.streams.getMessage(stream, { seq }).catch(() => null);
+			if (msg) out.push({ subject: msg.subject, msgId: msg.header?.get("Nats-Msg-Id") ?? "" });
+		}
+		return out;
+	}
+
+	it("a relay killed after publishing and before marking publishes again; the stream holds each event once and the consumer acts once", async () => {
+		relay = await startNodeProcess({ ...env, NODE_ID: "relay", NODE_ROLE: "node1", SERVICES: "outbox", OUTBOX_TEST_CRASH_AFTER_PUBLISH: "1" });
+		await waitFor("the relay to lead", async () => relay.logs.some(l => l.includes("Lease") && l.includes("outbox-relay") && l.includes("acquired")), 30_000);
+
+		const token = signToken(JWT_SECRET, { id: "u1", roles: [], teams: [] });
+		const created = await getJson(`${writer.url}/api/memory/memories`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+			body: JSON.stringify({ scope: "public", owner_id: "u1", kind: "event", key: "relay-crash", content: "published twice, stored once" }),
+		});
+		expect(created.status).toBe(200);
+		const outboxIds = (await query<{ id: string }>(databaseUrl, "SELECT id FROM outbox WHERE aggregate_id = $1 ORDER BY event_type", [created.body.id])).map(r => r.id);
+		expect(outboxIds).toHaveLength(2);
+
+		// The crash hook SIGKILLs the relay right after JetStream acked the batch.
+		await relay.exited;
+		expect(relay.child.signalCode).toBe("SIGKILL");
+		expect((await query<{ status: string }>(databaseUrl, "SELECT status FROM outbox WHERE id = ANY($1)", [outboxIds])).map(r => r.status)).toEqual(["pending", "pending"]);
+		expect((await streamMessages()).map(m => m.msgId).sort()).toEqual([...outboxIds].sort());
+
+		relay = await startNodeProcess({ ...env, NODE_ID: "relay", NODE_ROLE: "node1", SERVICES: "outbox" });
+		await waitFor(
+			"the restarted relay to mark both rows published",
+			async () => (await query<{ status: string }>(databaseUrl, "SELECT status FROM outbox WHERE id = ANY($1)", [outboxIds])).every(r => r.status === "published"),
+			30_000,
+		);
+		await waitFor("the listener to hear memory.created", async () => received.some(id => outboxIds.includes(id)), 10_000);
+		// Published twice (before the crash and after), kept once by the stream's duplicate window.
+		expect((await streamMessages()).map(m => m.msgId).sort()).toEqual([...outboxIds].sort());
+		expect(processed).toBe(1);
+		expect(received.length).toBeGreaterThanOrEqual(1);
+		expect(await query(databaseUrl, "SELECT event_id FROM processed_events WHERE consumer = 'test-listener'")).toHaveLength(1);
+	});
+
+	it("an event no stream accepts is retried with growing backoff, then moved to the DLQ with an ops alert", async () => {
+		const [row] = await query<{ id: string; created_at: Date }>(
+			databaseUrl,
+			"INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ('test', 'x', 'test.unroutable', $1, '{}') RETURNING id, created_at",
+			[`${prefix}.nowhere.unroutable`],
+		);
+		const dead = await waitFor(
+			"the row to reach the DLQ",
+			async () => (await query<{ attempts: number; last_error: string; failed_at: Date; created_at: Date }>(databaseUrl, "SELECT * FROM outbox_dlq WHERE id = $1", [row.id]))[0],
+			20_000,
+		);
+		expect(dead.attempts).toBe(3);
+		expect(dead.last_error).toMatch(/no JetStream stream captures subject/);
+		// Backoff 200 ms then 400 ms: at least 0.6 s between the first attempt and the last, loosely bounded above.
+		const spanMs = dead.failed_at.getTime() - dead.created_at.getTime();
+		expect(spanMs).toBeGreaterThanOrEqual(550);
+		expect(spanMs).toBeLessThan(10_000);
+		expect(await query(databaseUrl, "SELECT id FROM outbox WHERE id = $1", [row.id])).toHaveLength(0);
+		await waitFor("the ops alert", async () => alerts.some(a => a.outbox_id === row.id), 5_000);
+		expect(alerts.find(a => a.outbox_id === row.id)?.attempts).toBe(3);
+
+		const admin = { authorization: `Bearer ${signToken(JWT_SECRET, { id: "op", roles: ["admin"], teams: [] })}` };
+		const status = await waitFor("the gateway to route /api/outbox/status", async () => {
+			const answer = await getJson(`${writer.url}/api/outbox/status`, { headers: admin });
+			return answer.status === 200 && answer;
+		});
+		expect(status.body).toMatchObject({ dead: 1, mode: "jetstream", leader: true, node: "relay" });
+	});
+});
