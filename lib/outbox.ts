@@ -21,11 +21,10 @@ export function prefixedSubject(events: EventSettings, subject: string): string 
 	return events.subjectPrefix ? `${events.subjectPrefix}.${subject}` : subject;
 }
 
+/** One multi-row INSERT for all of a write's events: one round trip inside the write's transaction. */
 export async function enqueueEvents(sequelize: Sequelize, t: Transaction, events: EventSettings, items: OutboxEvent[]): Promise<void> {
-	for (const e of items) {
-		await sequelize.query(
-			"INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ($1, $2, $3, $4, $5::jsonb)",
-			{ bind: [e.aggregateType, e.aggregateId, e.eventType, prefixedSubject(events, e.subject), JSON.stringify(e.payload)], transaction: t },
-		);
-	}
+	if (!items.length) return;
+	const values = items.map((_, i) => `($${i * 5 + 1}, $${i * 5 + 2}, $${i * 5 + 3}, $${i * 5 + 4}, $${i * 5 + 5}::jsonb)`).join(", ");
+	const bind = items.flatMap(e => [e.aggregateType, e.aggregateId, e.eventType, prefixedSubject(events, e.subject), JSON.stringify(e.payload)]);
+	await sequelize.query(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ${values}`, { bind, transaction: t });
 }

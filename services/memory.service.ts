@@ -11,6 +11,7 @@ import DbService from "moleculer-db";
 import SqlAdapter from "moleculer-db-adapter-sequelize";
 import { DataTypes, QueryTypes, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
 import { defineActions, type MeshUser } from "../lib/auth";
+import { fastQuery } from "../lib/database";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { enqueueEvents } from "../lib/outbox";
 import { actionPolicy } from "../lib/resilience";
@@ -303,10 +304,14 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			return { ...rest, content: open(content_sealed as Buffer, key_id as string, new Map([[encryptionKeyId, encryptionKey]])) };
 		},
 
+		/** One indexed SELECT (FOR UPDATE inside a write); plain rows, no model instances on the hot path. */
 		async findRow(id: string, t?: Transaction): Promise<MemoryRow> {
-			const found = await (this as MemoryThis).adapter.model.findByPk(id, { transaction: t, lock: t ? t.LOCK.UPDATE : undefined });
-			if (!found) throw notFound(id);
-			return found.get({ plain: true }) as MemoryRow;
+			const sequelize = databaseOf(this.broker);
+			const [row] = t
+				? await sequelize.query<MemoryRow>("SELECT * FROM memories WHERE id = $1 FOR UPDATE", { bind: [id], type: QueryTypes.SELECT, transaction: t })
+				: await fastQuery<MemoryRow>(sequelize, "SELECT * FROM memories WHERE id = $1", [id]);
+			if (!row) throw notFound(id);
+			return row;
 		},
 
 		async emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string) {

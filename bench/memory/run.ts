@@ -1,0 +1,154 @@
+/**
+ * `npm run bench:memory`: the memory service and the outbox relay, against raw pg in the same run.
+ *   get/create — memory.get / memory.create called over NATS from another process (auth meta, all
+ *                middlewares, moleculer-db, outbox rows in the create transaction) vs a raw pg point
+ *                select / insert into the same table, same concurrency, same pool size (10).
+ *   relay      — 20,000 pending outbox rows drained to JetStream: events/s.
+ *   lag        — memory.create at a steady 300/s: commit → JetStream ack (published_at − created_at).
+ * A database of its own on the local PostgreSQL; every process and the stream are removed at the end.
+ */
+import { ServiceBroker } from "moleculer";
+import { connect } from "nats";
+import { Client, Pool } from "pg";
+import { createBrokerOptions } from "../../moleculer.config";
+import { loadSettings } from "../../lib/settings";
+import { resolveTransport } from "../../lib/transport";
+import { runMigrations } from "../../lib/migrations";
+import { closedLoop, fixedRate, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+
+const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const CONCURRENCY = 50;
+const RELAY_ROWS = 20_000;
+const LAG_RATE = 300;
+const id = `${process.pid}`;
+const namespace = `bench-mem-${id}`;
+const prefix = `benchmem${id}`;
+const stream = `BENCH_MEM_${id}`;
+const dbName = `bench_mem_${id}`;
+const user = { id: "bench", roles: ["admin"], teams: [] };
+
+async function admin(sql: string): Promise<void> {
+	const c = new Client({ connectionString: ADMIN_URL });
+	await c.connect();
+	await c.query(sql);
+	await c.end();
+}
+
+const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
+
+async function main(): Promise<void> {
+	await admin(`CREATE DATABASE ${dbName}`);
+	const url = ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`);
+	await runMigrations(url, "up");
+	const pool = new Pool({ connectionString: url, max: 10 });
+	const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL: url, JWT_SECRET: "bench-secret-0123456789abcdef0123456789", EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "warn", MIGRATE_ON_START: "0" };
+	const nc = await connect({ servers: new URL(NATS_URL).host });
+	let caller: ServiceBroker | null = null;
+	try {
+		await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-memory", NODE_ROLE: "node1", SERVICES: "memory,outbox", PORT: "0", LOG_LEVEL: "info" }, "Service 'outbox' started");
+		const settings = loadSettings({ ...env, NODE_ID: "bench-memory-caller" });
+		caller = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
+		await caller.start();
+		await caller.waitForServices("memory");
+		const broker = caller;
+
+		// Seed rows for reads.
+		const ids: string[] = [];
+		for (let i = 0; i < 500; i++) {
+			const m = (await broker.call("memory.create", { scope: "public", owner_id: "bench", kind: "fact", key: `seed-${i}`, content: `seed content ${i}` }, { meta: { user } })) as { id: string };
+			ids.push(m.id);
+		}
+		const pick = () => ids[Math.floor(Math.random() * ids.length)];
+		await sleep(1_000); // let the relay drain the seed events before measuring
+
+		const measure = async (name: string, call: () => Promise<unknown>): Promise<LoadResult> => {
+			await closedLoop(call, CONCURRENCY, 1_000);
+			const r = await closedLoop(call, CONCURRENCY, SECONDS * 1000);
+			process.stdout.write(`${name}: ${formatNumber(r.perSecond)} ops/s p99 ${formatNumber(r.p99)} ms errors ${r.errors}\n`);
+			return r;
+		};
+		let n = 0;
+		const meshGet = await measure("memory.get over the mesh", () => broker.call("memory.get", { id: pick() }, { meta: { user } }));
+		const rawGet = await measure("raw pg point select", () => pool.query("SELECT * FROM memories WHERE id = $1", [pick()]));
+		const meshCreate = await measure("memory.create over the mesh", () =>
+			broker.call("memory.create", { scope: "personal", owner_id: "bench", kind: "event", key: `c-${n++}`, content: "a new memory" }, { meta: { user } }),
+		);
+		const rawCreate = await measure("raw pg insert", () =>
+			pool.query("INSERT INTO memories (scope, owner_id, kind, key, content) VALUES ('personal', 'bench', 'event', $1, 'a new memory')", [`r-${n++}`]),
+		);
+
+		// Relay throughput: let it catch up, then queue 20,000 rows at once and time the drain.
+		await waitForDrain(pool, 120_000);
+		await pool.query(
+			"INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) SELECT 'bench', g::text, 'bench.event', $1, jsonb_build_object('n', g) FROM generate_series(1, $2) g",
+			[`${prefix}.memory.bench.public`, RELAY_ROWS],
+		);
+		const drainStart = performance.now();
+		await waitForDrain(pool, 120_000);
+		const relayPerSecond = RELAY_ROWS / ((performance.now() - drainStart) / 1000);
+		process.stdout.write(`relay: ${formatNumber(relayPerSecond)} events/s\n`);
+
+		// Lag: steady writes, commit → JetStream ack measured from the rows' own timestamps.
+		const lagFrom = new Date();
+		const paced = await fixedRate(
+			() => broker.call("memory.create", { scope: "public", owner_id: "bench", kind: "event", key: `lag-${n++}`, content: "lag probe" }, { meta: { user } }),
+			LAG_RATE,
+			SECONDS * 1000,
+		);
+		await waitForDrain(pool, 30_000);
+		const { rows } = await pool.query<{ ms: number }>(
+			"SELECT extract(epoch FROM (published_at - created_at)) * 1000 AS ms FROM outbox WHERE created_at >= $1 AND event_type = 'memory.created' ORDER BY 1",
+			[lagFrom],
+		);
+		const lags = rows.map(r => Number(r.ms));
+		const lag = { p50: percentile(lags, 50), p99: percentile(lags, 99), count: lags.length };
+		process.stdout.write(`lag: p50 ${formatNumber(lag.p50)} ms p99 ${formatNumber(lag.p99)} ms over ${lag.count} events (${paced.errors} errors)\n`);
+
+		const ratio = (a: LoadResult, b: LoadResult) => (a.perSecond / b.perSecond).toFixed(2);
+		const body = [
+			`Run ${new Date().toISOString()} on ${machine()}; PostgreSQL ${ADMIN_URL.replace(/\/\/[^@]*@/, "//")}, NATS ${NATS_URL}; ${SECONDS} s per measurement, ${CONCURRENCY} concurrent, pool of 10 on both sides.`,
+			"",
+			table(
+				["operation", "ops/s", "p50 ms", "p99 ms", "errors"],
+				[
+					["memory.get over the mesh", meshGet.perSecond, meshGet.p50, meshGet.p99, meshGet.errors],
+					["raw pg point select", rawGet.perSecond, rawGet.p50, rawGet.p99, rawGet.errors],
+					["memory.create over the mesh (memory + 2 outbox rows, one transaction)", meshCreate.perSecond, meshCreate.p50, meshCreate.p99, meshCreate.errors],
+					["raw pg insert (memory row only)", rawCreate.perSecond, rawCreate.p50, rawCreate.p99, rawCreate.errors],
+				],
+			),
+			"",
+			`- memory.get / raw select: **${ratio(meshGet, rawGet)}** (target ≥ 0.4)`,
+			`- memory.create / raw insert: **${ratio(meshCreate, rawCreate)}**`,
+			`- relay throughput: **${formatNumber(relayPerSecond)} events/s** draining ${RELAY_ROWS.toLocaleString("en-US")} rows to JetStream (target ≥ 2,000)`,
+			`- commit → JetStream ack at ${LAG_RATE} creates/s: p50 ${formatNumber(lag.p50)} ms, **p99 ${formatNumber(lag.p99)} ms** over ${lag.count} events (target ≤ 200 ms)`,
+		].join("\n");
+		writeSection("Memory and outbox (bench/memory)", body);
+		process.stdout.write(`\n${body}\n`);
+	} finally {
+		await caller?.stop().catch(() => undefined);
+		await stopProcesses();
+		await pool.end();
+		await (await nc.jetstreamManager()).streams.delete(stream).catch(() => undefined);
+		await nc.close();
+		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
+	}
+}
+
+async function waitForDrain(pool: Pool, timeoutMs: number): Promise<void> {
+	const deadline = Date.now() + timeoutMs;
+	while (Date.now() < deadline) {
+		const { rows } = await pool.query<{ n: string }>("SELECT count(*) AS n FROM outbox WHERE status = 'pending'");
+		if (Number(rows[0].n) === 0) return;
+		await sleep(20);
+	}
+	throw new Error("the relay did not drain the outbox in time");
+}
+
+main().catch(async err => {
+	process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
+	await stopProcesses();
+	process.exit(1);
+});
