@@ -63,6 +63,10 @@ export interface MeshSettings {
 	migrateOnStart: boolean;
 	memory: MemorySettings;
 	events: EventSettings;
+	presence: PresenceSettings;
+	/** socket clients may read public rooms without a token */
+	wsPublicRead: boolean;
+	cityMaxMessageChars: number;
 	/** NATS queue groups pick the node instead of Moleculer's balancer (measured in docs/FAILOVER.md; off) */
 	disableBalancer: boolean;
 	/** leader leases for singleton duties (lib/leader-lease.ts) */
@@ -85,6 +89,15 @@ export interface EventSettings {
 	subjectPrefix: string;
 	outboxMaxAttempts: number;
 	outboxBackoffMs: number;
+}
+
+export interface PresenceSettings {
+	/** no activity for this long → away (seed: 5 minutes) */
+	awayAfterMs: number;
+	/** a closed or hidden socket stays present this long, in case it reconnects */
+	graceMs: number;
+	/** how often clients send heartbeats; three missed → offline */
+	heartbeatMs: number;
 }
 
 export class SettingsError extends Error {
@@ -179,6 +192,13 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		leaseTtlMs: readInt(env, "LEASE_TTL_MS", 5_000, 1_000),
 		disableBalancer: readBool(env, "DISABLE_BALANCER", false),
 		memory: readMemorySettings(env, production),
+		presence: {
+			awayAfterMs: readInt(env, "PRESENCE_AWAY_AFTER_MS", 5 * 60_000, 100),
+			graceMs: readInt(env, "PRESENCE_GRACE_MS", 3_000, 0),
+			heartbeatMs: readInt(env, "PRESENCE_HEARTBEAT_MS", 10_000, 100),
+		},
+		wsPublicRead: readBool(env, "WS_PUBLIC_READ", false),
+		cityMaxMessageChars: readInt(env, "CITY_MAX_MESSAGE_CHARS", 4_000, 1),
 		events: {
 			stream: env.NATS_STREAM_EVENTS ?? "DAARION_EVENTS",
 			subjectPrefix: env.EVENTS_SUBJECT_PREFIX ?? "",

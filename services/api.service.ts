@@ -9,15 +9,17 @@
  * HTTP metrics. Domain services only declare `rest`, `params` and `access`.
  */
 import type { IncomingMessage, ServerResponse } from "http";
+import path from "path";
 import type { Context, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
-import { bearerToken, checkAccess, AuthError, verifyToken, type Access, type MeshUser } from "../lib/auth";
+import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/auth";
 import { buildHealthReport } from "../lib/health";
 import { acceptIdempotencyKey, acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
 import { HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
+import { SocketIoMixin } from "../mixins/socket-io.mixin";
 
 type GatewayRequest = IncomingMessage & {
 	$route?: { path?: string };
@@ -38,7 +40,7 @@ function asClientError(err: AuthError): Errors.MoleculerClientError {
 
 const ApiService: ServiceSchema<ApiSettingsSchema> = {
 	name: "api",
-	mixins: [ApiGateway],
+	mixins: [ApiGateway, SocketIoMixin],
 
 	settings: {
 		port: 9300,
@@ -48,6 +50,8 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		logRequest: "debug",
 		logResponse: "debug",
 		logRouteRegistration: "debug",
+		// The web page (public/): served for GET requests no route claims.
+		assets: { folder: path.resolve(__dirname, "..", "public") },
 		// Never log request params or response bodies, at any level: they carry memory content,
 		// confidential or not (test/integration/memory.test.ts greps the logs for it).
 		logRequestParams: null,
@@ -85,6 +89,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		}) as unknown as ApiSettingsSchema["rootCallOptions"];
 		// moleculer-web registered settings.routes in its own created(); ours need the node's settings.
 		this.addRoute(this.apiRoute(settings));
+		this.addRoute(this.internalRoute(settings));
 		this.addRoute(this.operationsRoute());
 		registerHttpMetrics(this.broker);
 	},
@@ -110,16 +115,34 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			};
 		},
 
+		/** The seed's service-to-service endpoints outside /api (service or admin role). */
+		internalRoute(settings: ReturnType<typeof nodeContextOf>["settings"]) {
+			return {
+				name: "internal",
+				path: "/internal",
+				mappingPolicy: "restrict",
+				authentication: true,
+				authorization: true,
+				bodyParsers: false,
+				use: [rateLimitMiddleware(settings.rateLimit), jsonBodyMiddleware(settings.bodyLimit)],
+				aliases: { "POST /matrix/presence/online": "presence.internalOnline" },
+				onError: this.sendJsonError,
+			};
+		},
+
 		operationsRoute() {
+			const aliases: Record<string, unknown> = {
+				"GET /health": this.sendHealth,
+				"GET /metrics": this.sendMetrics,
+			};
+			// Development login for the web page; never mounted in production.
+			if (!nodeContextOf(this.broker).settings.production) aliases["GET /auth/dev-token"] = this.sendDevToken;
 			return {
 				name: "operations",
 				path: "/",
 				mappingPolicy: "restrict",
 				bodyParsers: false,
-				aliases: {
-					"GET /health": this.sendHealth,
-					"GET /metrics": this.sendMetrics,
-				},
+				aliases,
 				onError: this.sendJsonError,
 			};
 		},
@@ -160,6 +183,16 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				this.broker.metrics.set(HTTP_METRICS.serviceHealth, dep.status === "up" ? 1 : 0, { dependency: name });
 			}
 			this.sendJson(req, res, healthy ? 200 : 503, report);
+		},
+
+		/** GET /auth/dev-token?user=alice → {token}: a one-hour user token, development only (labelled as such). */
+		sendDevToken(req: IncomingMessage, res: ServerResponse) {
+			const user = new URL(req.url ?? "", "http://x").searchParams.get("user") ?? "";
+			if (!/^[a-z0-9_.-]{1,40}$/i.test(user)) {
+				return this.sendJson(req, res, 422, { name: "ValidationError", message: "user: 1-40 letters, digits, . _ -", code: 422, type: "VALIDATION_ERROR", data: [{ field: "user" }] });
+			}
+			const token = signToken(jwtSecretOf(nodeContextOf(this.broker).settings), { id: user, roles: [], teams: [] });
+			this.sendJson(req, res, 200, { token, user, note: "development login: NODE_ENV is not production" });
 		},
 
 		sendMetrics(_req: IncomingMessage, res: ServerResponse) {

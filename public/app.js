@@ -1,0 +1,184 @@
+/* DAARION City: rooms, messages and presence over socket.io, on whichever node served this page. */
+"use strict";
+(function () {
+	const params = new URLSearchParams(location.search);
+	const HEARTBEAT_MS = Number(params.get("hb")) || 10000;
+	const WS = { path: "/ws/socket.io", transports: ["websocket"] };
+	const state = { token: sessionStorage.getItem("token"), user: sessionStorage.getItem("user"), room: null, roomSocket: null, presenceSocket: null, active: true, seen: new Set() };
+	const deviceId = sessionStorage.getItem("device") || `web-${Math.random().toString(36).slice(2, 10)}`;
+	sessionStorage.setItem("device", deviceId);
+	const $ = id => document.getElementById(id);
+
+	function showError(message) {
+		$("error").textContent = message || "";
+	}
+
+	async function api(method, path, body) {
+		const res = await fetch(path, {
+			method,
+			headers: { authorization: `Bearer ${state.token}`, ...(body ? { "content-type": "application/json" } : {}) },
+			body: body ? JSON.stringify(body) : undefined,
+		});
+		const data = await res.json().catch(() => ({}));
+		if (!res.ok) throw new Error(data.message || `HTTP ${res.status}`);
+		return data;
+	}
+
+	// ---- rooms and messages -------------------------------------------------------------------
+	async function loadRooms() {
+		const rooms = await api("GET", "/api/city/rooms");
+		const list = $("rooms");
+		list.innerHTML = "";
+		for (const room of rooms) {
+			const li = document.createElement("li");
+			const button = document.createElement("button");
+			button.textContent = `# ${room.id}`;
+			button.dataset.room = room.id;
+			button.className = room.id === state.room ? "active" : "";
+			button.onclick = () => openRoom(room.id);
+			li.appendChild(button);
+			list.appendChild(li);
+		}
+	}
+
+	function renderMessage(message) {
+		if (state.seen.has(message.id)) return;
+		state.seen.add(message.id);
+		const li = document.createElement("li");
+		li.dataset.seq = message.seq;
+		li.className = message.author_id === state.user ? "mine" : "";
+		const author = document.createElement("span");
+		author.className = "author";
+		author.textContent = message.author_id;
+		const body = document.createElement("span");
+		body.className = "body";
+		body.textContent = message.body;
+		li.append(author, body);
+		// Keep room order by seq even if two nodes' broadcasts cross on the way.
+		const list = $("messages");
+		const after = [...list.children].find(el => Number(el.dataset.seq) > message.seq);
+		list.insertBefore(li, after || null);
+		list.scrollTop = list.scrollHeight;
+	}
+
+	async function openRoom(roomId) {
+		if (state.roomSocket) state.roomSocket.close();
+		state.room = roomId;
+		state.seen = new Set();
+		$("messages").innerHTML = "";
+		$("room-title").textContent = `# ${roomId}`;
+		showError("");
+		await api("POST", `/api/city/rooms/${roomId}/join`);
+		const page = await api("GET", `/api/city/rooms/${roomId}/messages?limit=50`);
+		page.messages.forEach(renderMessage);
+		state.roomSocket = io(`/city/rooms/${roomId}`, { ...WS, auth: { token: state.token } });
+		state.roomSocket.on("message", renderMessage);
+		state.roomSocket.on("error_event", e => showError(e.message));
+		state.roomSocket.on("connect_error", e => showError(e.message));
+		$("message-body").disabled = false;
+		document.querySelector("#composer button").disabled = false;
+		loadRooms().catch(e => showError(e.message));
+	}
+
+	$("composer").addEventListener("submit", event => {
+		event.preventDefault();
+		const input = $("message-body");
+		const body = input.value.trim();
+		if (!body || !state.roomSocket) return;
+		state.roomSocket.emit("message", { body }, answer => {
+			if (answer && answer.ok) {
+				input.value = "";
+				showError("");
+			} else showError((answer && answer.error && answer.error.message) || "not sent");
+		});
+	});
+
+	$("new-room").addEventListener("submit", async event => {
+		event.preventDefault();
+		const id = $("new-room-id").value.trim();
+		try {
+			await api("POST", "/api/city/rooms", { id, name: id });
+			$("new-room-id").value = "";
+			await openRoom(id);
+		} catch (e) {
+			showError(e.message);
+		}
+	});
+
+	// ---- presence ------------------------------------------------------------------------------
+	const people = new Map();
+	function renderOnline() {
+		const list = $("online");
+		list.innerHTML = "";
+		for (const [userId, status] of [...people.entries()].sort()) {
+			const li = document.createElement("li");
+			li.dataset.user = userId;
+			li.dataset.status = status;
+			const dot = document.createElement("span");
+			dot.className = `dot ${status}`;
+			dot.title = status;
+			const name = document.createElement("span");
+			name.textContent = userId === state.user ? `${userId} (you)` : userId;
+			li.append(dot, name);
+			list.appendChild(li);
+		}
+	}
+
+	function startPresence() {
+		const socket = io("/city/presence", { ...WS, auth: { token: state.token, device: deviceId } });
+		state.presenceSocket = socket;
+		socket.on("presence.snapshot", snapshot => {
+			snapshot.users.forEach(u => people.set(u.user_id, u.status));
+			renderOnline();
+		});
+		socket.on("presence", change => {
+			people.set(change.user_id, change.status);
+			renderOnline();
+		});
+		socket.on("connect", () => socket.emit("heartbeat", { active: true }));
+		// Activity since the last heartbeat keeps us online; none for PRESENCE_AWAY_AFTER → away (server side).
+		for (const type of ["mousemove", "keydown", "click", "scroll", "touchstart"]) {
+			addEventListener(type, () => (state.active = true), { passive: true });
+		}
+		setInterval(() => {
+			if (document.visibilityState !== "visible") return;
+			socket.emit("heartbeat", { active: state.active });
+			state.active = false;
+		}, HEARTBEAT_MS);
+		document.addEventListener("visibilitychange", () => {
+			socket.emit("visibility", { state: document.visibilityState === "hidden" ? "hidden" : "visible" });
+		});
+		// Closing the tab: the socket closes too, but a beacon is delivered even when the page is gone.
+		addEventListener("pagehide", () => {
+			navigator.sendBeacon("/api/presence/beacon", new Blob([JSON.stringify({ token: state.token, device_id: deviceId })], { type: "application/json" }));
+		});
+	}
+
+	// ---- start ---------------------------------------------------------------------------------
+	async function start() {
+		$("login").hidden = true;
+		$("me").hidden = false;
+		$("me").textContent = state.user;
+		$("app").hidden = false;
+		startPresence();
+		await loadRooms();
+		const wanted = params.get("room");
+		if (wanted) await openRoom(wanted);
+	}
+
+	$("login").addEventListener("submit", async event => {
+		event.preventDefault();
+		const user = $("login-user").value.trim();
+		const res = await fetch(`/auth/dev-token?user=${encodeURIComponent(user)}`);
+		const data = await res.json();
+		if (!res.ok) return showError(data.message);
+		state.token = data.token;
+		state.user = user;
+		sessionStorage.setItem("token", data.token);
+		sessionStorage.setItem("user", user);
+		start().catch(e => showError(e.message));
+	});
+
+	fetch("/health").then(r => r.json()).then(h => ($("node").textContent = `served by ${h.node && h.node.id ? h.node.id : location.host}`)).catch(() => undefined);
+	if (state.token) start().catch(e => showError(e.message));
+})();

@@ -1,0 +1,325 @@
+/**
+ * city: rooms and their messages. Messages are numbered per room (a row lock on the room hands out
+ * `seq`), persisted, published through the outbox (`message.{created|edited|deleted}.{room_id}`), and
+ * broadcast on the mesh as `city.message.*` so every gateway pushes them to its room sockets at once.
+ * Public rooms: any signed-in user reads and posts. Private rooms: members only.
+ */
+import type { Context, Service, ServiceSchema } from "moleculer";
+import { Errors } from "moleculer";
+import { QueryTypes, type Transaction } from "sequelize";
+import { defineActions, type MeshUser } from "../lib/auth";
+import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { enqueueEvents } from "../lib/outbox";
+import { actionPolicy } from "../lib/resilience";
+
+export interface Room {
+	id: string;
+	name: string;
+	is_public: boolean;
+	created_by: string;
+	created_at: string;
+}
+
+export interface Message {
+	id: string;
+	room_id: string;
+	seq: number;
+	author_id: string;
+	body: string;
+	created_at: string;
+	edited_at: string | null;
+	deleted_at: string | null;
+}
+
+type CityContext<P> = Context<P, { user?: MeshUser }>;
+
+export const ROOM_ID = { type: "string", pattern: /^[a-z0-9][a-z0-9_-]{0,62}$/, messages: { stringPattern: "room id: lowercase letters, digits, - and _, up to 63" } } as const;
+const READ = actionPolicy({ idempotent: true, timeout: "fast" });
+const WRITE = actionPolicy({ idempotent: false, timeout: "standard" });
+
+function userOf(ctx: CityContext<unknown>): MeshUser {
+	if (!ctx.meta.user) throw new Errors.MoleculerClientError("Authentication required", 401, "NO_TOKEN");
+	return ctx.meta.user;
+}
+
+const isAdmin = (user: MeshUser) => user.roles.includes("admin");
+
+function clientError(message: string, code: number, type: string, data?: unknown): Errors.MoleculerClientError {
+	return new Errors.MoleculerClientError(message, code, type, data);
+}
+
+function normaliseMessage(row: Message): Message {
+	return { ...row, seq: Number(row.seq) };
+}
+
+interface CityMethods {
+	findRoom(roomId: string, t?: Transaction): Promise<Room>;
+	access(room: Room, user: MeshUser | undefined, t?: Transaction): Promise<{ read: boolean; post: boolean }>;
+	checkBody(body: string): void;
+	publish(t: Transaction, room: Room, action: "created" | "edited" | "deleted", message: Message): Promise<void>;
+	findMessage(roomId: string, messageId: string, t: Transaction): Promise<Message>;
+}
+type CityThis = Service & CityMethods;
+
+const CityService: ServiceSchema = {
+	name: "city",
+
+	actions: defineActions({
+		createRoom: {
+			...WRITE,
+			rest: "POST /rooms",
+			access: "user",
+			params: { id: ROOM_ID, name: { type: "string", min: 1, max: 100 }, is_public: { type: "boolean", optional: true, default: true }, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ id: string; name: string; is_public: boolean }>) {
+				const user = userOf(ctx);
+				const sequelize = databaseOf(this.broker);
+				return sequelize.transaction(async t => {
+					const [room] = await sequelize.query<Room>(
+						"INSERT INTO city_rooms (id, name, is_public, created_by) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id, name, is_public, created_by, created_at",
+						{ bind: [ctx.params.id, ctx.params.name, ctx.params.is_public, user.id], type: QueryTypes.SELECT, transaction: t },
+					);
+					if (!room) throw clientError(`Room ${ctx.params.id} already exists`, 409, "ROOM_EXISTS", { field: "id" });
+					await sequelize.query("INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2)", { bind: [room.id, user.id], transaction: t });
+					return room;
+				});
+			},
+		},
+
+		listRooms: {
+			...READ,
+			rest: "GET /rooms",
+			access: "user",
+			async handler(this: Service, ctx: CityContext<unknown>) {
+				const user = userOf(ctx);
+				return databaseOf(this.broker).query<Room>(
+					`SELECT r.id, r.name, r.is_public, r.created_by, r.created_at FROM city_rooms r
+					 WHERE r.is_public OR $2::boolean OR EXISTS (SELECT 1 FROM city_room_members m WHERE m.room_id = r.id AND m.user_id = $1)
+					 ORDER BY r.created_at, r.id`,
+					{ bind: [user.id, isAdmin(user)], type: QueryTypes.SELECT },
+				);
+			},
+		},
+
+		getRoom: {
+			...READ,
+			rest: "GET /rooms/:room_id",
+			access: "user",
+			params: { room_id: ROOM_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
+				const self = this as CityThis;
+				const room = await self.findRoom(ctx.params.room_id);
+				if (!(await self.access(room, userOf(ctx))).read) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+				const members = await databaseOf(this.broker).query<{ user_id: string }>("SELECT user_id FROM city_room_members WHERE room_id = $1 ORDER BY joined_at", {
+					bind: [room.id],
+					type: QueryTypes.SELECT,
+				});
+				return { ...room, members: members.map(m => m.user_id) };
+			},
+		},
+
+		/** For gateways deciding about a socket: does the room exist, may this (maybe anonymous) user read or post? */
+		roomAccess: {
+			...READ,
+			params: { room_id: ROOM_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
+				const self = this as CityThis;
+				const room = await self.findRoom(ctx.params.room_id);
+				return { room, ...(await self.access(room, ctx.meta.user)) };
+			},
+		},
+
+		join: {
+			...WRITE,
+			rest: "POST /rooms/:room_id/join",
+			access: "user",
+			params: { room_id: ROOM_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
+				const self = this as CityThis;
+				const user = userOf(ctx);
+				const room = await self.findRoom(ctx.params.room_id);
+				if (!room.is_public && !isAdmin(user)) throw clientError("Private rooms are joined by invitation", 403, "FORBIDDEN");
+				await databaseOf(this.broker).query("INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", { bind: [room.id, user.id] });
+				return { room_id: room.id, user_id: user.id, member: true };
+			},
+		},
+
+		leave: {
+			...WRITE,
+			rest: "POST /rooms/:room_id/leave",
+			access: "user",
+			params: { room_id: ROOM_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
+				const self = this as CityThis;
+				const user = userOf(ctx);
+				const room = await self.findRoom(ctx.params.room_id);
+				await databaseOf(this.broker).query("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2", { bind: [room.id, user.id] });
+				return { room_id: room.id, user_id: user.id, member: false };
+			},
+		},
+
+		postMessage: {
+			...WRITE,
+			rest: "POST /rooms/:room_id/messages",
+			access: "user",
+			params: { room_id: ROOM_ID, body: { type: "string", min: 1 }, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string; body: string }>) {
+				const self = this as CityThis;
+				const user = userOf(ctx);
+				self.checkBody(ctx.params.body);
+				const sequelize = databaseOf(this.broker);
+				const message = await sequelize.transaction(async t => {
+					// FOR UPDATE on the room: concurrent posts to one room take numbers one at a time.
+					const room = await self.findRoom(ctx.params.room_id, t);
+					if (!(await self.access(room, user, t)).post) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+					const [{ last_seq }] = await sequelize.query<{ last_seq: string }>("UPDATE city_rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", {
+						bind: [room.id],
+						type: QueryTypes.SELECT,
+						transaction: t,
+					});
+					const [row] = await sequelize.query<Message>("INSERT INTO city_messages (room_id, seq, author_id, body) VALUES ($1, $2, $3, $4) RETURNING *", {
+						bind: [room.id, last_seq, user.id, ctx.params.body],
+						type: QueryTypes.SELECT,
+						transaction: t,
+					});
+					const created = normaliseMessage(row);
+					await self.publish(t, room, "created", created);
+					return created;
+				});
+				// After commit: the realtime path to every gateway (the outbox carries the durable copy).
+				ctx.broadcast("city.message.created", message);
+				return message;
+			},
+		},
+
+		listMessages: {
+			...READ,
+			rest: "GET /rooms/:room_id/messages",
+			access: "user",
+			params: {
+				room_id: ROOM_ID,
+				before: { type: "number", integer: true, min: 1, optional: true, convert: true },
+				limit: { type: "number", integer: true, min: 1, max: 200, optional: true, convert: true },
+				$$strict: "remove",
+			},
+			async handler(this: Service, ctx: CityContext<{ room_id: string; before?: number; limit?: number }>) {
+				const self = this as CityThis;
+				const room = await self.findRoom(ctx.params.room_id);
+				if (!(await self.access(room, userOf(ctx))).read) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+				const limit = ctx.params.limit ?? 50;
+				const rows = await databaseOf(this.broker).query<Message>(
+					"SELECT * FROM city_messages WHERE room_id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
+					{ bind: [room.id, ctx.params.before ?? null, limit + 1], type: QueryTypes.SELECT },
+				);
+				const page = rows.slice(0, limit).map(normaliseMessage).reverse();
+				// Cursor: pass next_before to get the page of older messages.
+				return { messages: page, next_before: rows.length > limit ? page[0].seq : null };
+			},
+		},
+
+		editMessage: {
+			...WRITE,
+			rest: "PATCH /rooms/:room_id/messages/:message_id",
+			access: "user",
+			params: { room_id: ROOM_ID, message_id: { type: "uuid" }, body: { type: "string", min: 1 }, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string; message_id: string; body: string }>) {
+				const self = this as CityThis;
+				const user = userOf(ctx);
+				self.checkBody(ctx.params.body);
+				const sequelize = databaseOf(this.broker);
+				const edited = await sequelize.transaction(async t => {
+					const room = await self.findRoom(ctx.params.room_id, t);
+					const message = await self.findMessage(room.id, ctx.params.message_id, t);
+					if (message.author_id !== user.id) throw clientError("Only the author edits a message", 403, "FORBIDDEN");
+					const [row] = await sequelize.query<Message>("UPDATE city_messages SET body = $2, edited_at = now() WHERE id = $1 RETURNING *", {
+						bind: [message.id, ctx.params.body],
+						type: QueryTypes.SELECT,
+						transaction: t,
+					});
+					await self.publish(t, room, "edited", normaliseMessage(row));
+					return normaliseMessage(row);
+				});
+				ctx.broadcast("city.message.edited", edited);
+				return edited;
+			},
+		},
+
+		deleteMessage: {
+			...WRITE,
+			rest: "DELETE /rooms/:room_id/messages/:message_id",
+			access: "user",
+			params: { room_id: ROOM_ID, message_id: { type: "uuid" }, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string; message_id: string }>) {
+				const self = this as CityThis;
+				const user = userOf(ctx);
+				const sequelize = databaseOf(this.broker);
+				const deleted = await sequelize.transaction(async t => {
+					const room = await self.findRoom(ctx.params.room_id, t);
+					const message = await self.findMessage(room.id, ctx.params.message_id, t);
+					if (message.author_id !== user.id && !isAdmin(user)) throw clientError("Only the author or an admin deletes a message", 403, "FORBIDDEN");
+					const [row] = await sequelize.query<Message>("UPDATE city_messages SET deleted_at = now(), body = '' WHERE id = $1 RETURNING *", {
+						bind: [message.id],
+						type: QueryTypes.SELECT,
+						transaction: t,
+					});
+					await self.publish(t, room, "deleted", normaliseMessage(row));
+					return normaliseMessage(row);
+				});
+				ctx.broadcast("city.message.deleted", deleted);
+				return { id: deleted.id, room_id: deleted.room_id, deleted: true };
+			},
+		},
+	}),
+
+	methods: {
+		async findRoom(roomId: string, t?: Transaction): Promise<Room> {
+			const [room] = await databaseOf(this.broker).query<Room>(`SELECT id, name, is_public, created_by, created_at FROM city_rooms WHERE id = $1${t ? " FOR UPDATE" : ""}`, {
+				bind: [roomId],
+				type: QueryTypes.SELECT,
+				transaction: t,
+			});
+			if (!room) throw clientError(`Room ${roomId} not found`, 404, "ROOM_NOT_FOUND", { room_id: roomId });
+			return room;
+		},
+
+		async findMessage(roomId: string, messageId: string, t: Transaction): Promise<Message> {
+			const [message] = await databaseOf(this.broker).query<Message>("SELECT * FROM city_messages WHERE id = $1 AND room_id = $2 AND deleted_at IS NULL FOR UPDATE", {
+				bind: [messageId, roomId],
+				type: QueryTypes.SELECT,
+				transaction: t,
+			});
+			if (!message) throw clientError(`Message ${messageId} not found in ${roomId}`, 404, "MESSAGE_NOT_FOUND");
+			return message;
+		},
+
+		async access(room: Room, user: MeshUser | undefined, t?: Transaction) {
+			if (!user) return { read: room.is_public && nodeContextOf(this.broker).settings.wsPublicRead, post: false };
+			if (room.is_public || isAdmin(user)) return { read: true, post: true };
+			const [member] = await databaseOf(this.broker).query("SELECT 1 FROM city_room_members WHERE room_id = $1 AND user_id = $2", {
+				bind: [room.id, user.id],
+				type: QueryTypes.SELECT,
+				transaction: t,
+			});
+			return { read: !!member, post: !!member };
+		},
+
+		checkBody(body: string) {
+			const max = nodeContextOf(this.broker).settings.cityMaxMessageChars;
+			if (body.length > max) throw clientError(`body is ${body.length} characters; the limit is ${max}`, 413, "MESSAGE_TOO_LARGE", { field: "body", limit: max });
+		},
+
+		async publish(t: Transaction, room: Room, action: "created" | "edited" | "deleted", message: Message) {
+			const { settings } = nodeContextOf(this.broker);
+			await enqueueEvents(databaseOf(this.broker), t, settings.events, [
+				{
+					aggregateType: "city_message",
+					aggregateId: message.id,
+					eventType: `message.${action}`,
+					subject: `message.${action}.${room.id}`,
+					payload: { message: { ...message, body: action === "deleted" ? "" : message.body }, room: { id: room.id, is_public: room.is_public } },
+				},
+			]);
+		},
+	},
+};
+
+export default CityService;

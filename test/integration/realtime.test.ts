@@ -1,0 +1,154 @@
+/**
+ * city and presence over socket.io across two real node processes (real NATS, real PostgreSQL in a
+ * database of its own): presence online → away → online → offline seen from the other node, room
+ * messages from NODE1 arriving in order on NODE2, bad socket input answered without harm, the HTTP
+ * presence endpoints, and a SIGKILLed node's users going offline everywhere within 5 s.
+ */
+import { signToken } from "../../lib/auth";
+import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
+import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
+import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
+import { connectSocket, type Recorder } from "../helpers/sockets";
+
+jest.setTimeout(60_000);
+const JWT_SECRET = "integration-secret-0123456789abcdef";
+const token = (id: string, roles: string[] = []) => signToken(JWT_SECRET, { id, roles, teams: [] });
+const AWAY_AFTER_MS = 1_500;
+
+describeWithNatsAndPostgres("city and presence over socket.io across two nodes", () => {
+	const namespace = uniqueNamespace("realtime");
+	let node1: NodeProcess;
+	let node2: NodeProcess;
+	const sockets: Recorder[] = [];
+	const track = (r: Recorder) => (sockets.push(r), r);
+
+	beforeAll(async () => {
+		const databaseUrl = await freshDatabase("realtime");
+		const env = {
+			MESH_NAMESPACE: namespace,
+			NATS_URL: LOCAL_NATS_URL,
+			DATABASE_URL: databaseUrl,
+			JWT_SECRET,
+			RATE_LIMIT_PER_KEY: "0",
+			EVENTS_SUBJECT_PREFIX: namespace.replace(/-/g, "_"),
+			NATS_STREAM_EVENTS: `T_${namespace.replace(/-/g, "_").toUpperCase()}`,
+			PRESENCE_AWAY_AFTER_MS: String(AWAY_AFTER_MS),
+			PRESENCE_GRACE_MS: "500",
+			PRESENCE_HEARTBEAT_MS: "60000",
+		};
+		[node1, node2] = await Promise.all([startNodeProcess({ ...env, NODE_ID: "rt-node1", NODE_ROLE: "node1" }), startNodeProcess({ ...env, NODE_ID: "rt-node2", NODE_ROLE: "node2" })]);
+		await Promise.all([waitForMesh(node1, ["city", "presence"], 2, 40_000, "/api/city/rooms"), waitForMesh(node2, ["city", "presence"], 2, 40_000, "/api/city/rooms")]);
+	});
+	afterAll(async () => {
+		sockets.forEach(s => s.close());
+		await stopAll([node1, node2]);
+		await dropFreshDatabases();
+	});
+
+	const presenceOf = (r: Recorder, user: string, status: string, timeoutMs?: number) => r.next("presence", d => d.user_id === user && d.status === status, timeoutMs);
+
+	it("A on NODE1 sees B on NODE2 go online → away → online on activity → offline on disconnect", async () => {
+		const alice = track(await connectSocket(node1.url, "/city/presence", { token: token("alice"), device: "alice-laptop" }));
+		await alice.next("presence.snapshot");
+		const bob = track(await connectSocket(node2.url, "/city/presence", { token: token("bob"), device: "bob-phone" }));
+		await presenceOf(alice, "bob", "online");
+
+		const wentAway = Date.now();
+		await presenceOf(alice, "bob", "away", 10_000);
+		expect(Date.now() - wentAway).toBeGreaterThanOrEqual(AWAY_AFTER_MS - 200);
+
+		const ack = await bob.socket.emitWithAck("heartbeat", { active: true });
+		expect(ack).toMatchObject({ ok: true, presence: { user_id: "bob", status: "online" } });
+		await alice.next("presence", d => d.user_id === "bob" && d.status === "online" && d.previous === "away");
+
+		bob.close();
+		await presenceOf(alice, "bob", "offline", 5_000);
+		const { body } = await getJson(`${node1.url}/api/presence/users/bob`, { headers: { authorization: `Bearer ${token("alice")}` } });
+		expect(body).toMatchObject({ user_id: "bob", status: "offline", devices: [{ device_id: "bob-phone", status: "offline", node_id: "rt-node2" }] });
+	});
+
+	it("a room message posted on NODE1 reaches NODE2's subscribers, in order, and the history pages by cursor", async () => {
+		const room = `lobby-${Date.now()}`;
+		const created = await getJson(`${node1.url}/api/city/rooms`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${token("alice")}`, "content-type": "application/json" },
+			body: JSON.stringify({ id: room, name: "Lobby" }),
+		});
+		expect(created.status).toBe(200);
+		const listener = track(await connectSocket(node2.url, `/city/rooms/${room}`, { token: token("bob") }));
+		const poster = track(await connectSocket(node1.url, `/city/rooms/${room}`, { token: token("alice") }));
+		for (let i = 1; i <= 20; i++) {
+			const ack = await poster.socket.emitWithAck("message", { body: `hello ${i}` });
+			expect(ack).toMatchObject({ ok: true, message: { seq: i, body: `hello ${i}`, author_id: "alice" } });
+		}
+		await listener.next("message", m => m.seq === 20);
+		const received = listener.events.filter(e => e.event === "message").map(e => e.data);
+		expect(received.map(m => m.seq)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+		expect(received.map(m => m.body)).toEqual(Array.from({ length: 20 }, (_, i) => `hello ${i + 1}`));
+
+		const page = await getJson(`${node2.url}/api/city/rooms/${room}/messages?limit=5`, { headers: { authorization: `Bearer ${token("bob")}` } });
+		expect(page.body.messages.map((m: { seq: number }) => m.seq)).toEqual([16, 17, 18, 19, 20]);
+		const older = await getJson(`${node2.url}/api/city/rooms/${room}/messages?limit=5&before=${page.body.next_before}`, { headers: { authorization: `Bearer ${token("bob")}` } });
+		expect(older.body.messages.map((m: { seq: number }) => m.seq)).toEqual([11, 12, 13, 14, 15]);
+	});
+
+	it("bad socket input gets an error event; the connection and the other clients carry on", async () => {
+		const room = `errors-${Date.now()}`;
+		await getJson(`${node1.url}/api/city/rooms`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${token("alice")}`, "content-type": "application/json" },
+			body: JSON.stringify({ id: room, name: "Errors" }),
+		});
+		const sender = track(await connectSocket(node1.url, `/city/rooms/${room}`, { token: token("alice") }));
+		const bystander = track(await connectSocket(node2.url, `/city/rooms/${room}`, { token: token("bob") }));
+
+		expect(await sender.socket.emitWithAck("message", "just a string")).toMatchObject({ ok: false, error: { code: 422, field: "body" } });
+		expect(await sender.socket.emitWithAck("message", { body: 42 })).toMatchObject({ ok: false, error: { code: 422, field: "body" } });
+		expect(await sender.socket.emitWithAck("message", { body: "x".repeat(4_001) })).toMatchObject({ ok: false, error: { code: 413, type: "MESSAGE_TOO_LARGE", field: "body" } });
+		expect(await sender.socket.emitWithAck("message", { body: "" })).toMatchObject({ ok: false, error: { code: 422, field: "body" } });
+		await sender.next("error_event", e => e.code === 413);
+
+		await expect(connectSocket(node1.url, "/city/rooms/no-such-room", { token: token("alice") })).rejects.toMatchObject({ data: { code: 404, type: "ROOM_NOT_FOUND" } });
+		await expect(connectSocket(node1.url, `/city/rooms/${room}`, { token: "not-a-jwt" })).rejects.toMatchObject({ data: { code: 401 } });
+		await expect(connectSocket(node1.url, `/city/rooms/${room}`, {})).rejects.toMatchObject({ data: { code: 401 } });
+		await expect(connectSocket(node1.url, "/city/presence", { token: "not-a-jwt" })).rejects.toMatchObject({ data: { code: 401 } });
+
+		expect(sender.socket.connected).toBe(true);
+		expect(await sender.socket.emitWithAck("message", { body: "still here" })).toMatchObject({ ok: true });
+		await bystander.next("message", m => m.body === "still here");
+		expect(bystander.events.filter(e => e.event === "message")).toHaveLength(1);
+	});
+
+	it("HTTP presence: online by token, the seed's internal endpoint for services, per-room lists", async () => {
+		const carol = { authorization: `Bearer ${token("carol")}`, "content-type": "application/json" };
+		expect((await getJson(`${node2.url}/api/presence/online`, { method: "POST", headers: carol, body: JSON.stringify({ device_id: "carol-cli" }) })).body).toMatchObject({ user_id: "carol", status: "online" });
+		const internal = `${node1.url}/internal/matrix/presence/online`;
+		expect((await getJson(internal, { method: "POST", headers: carol, body: JSON.stringify({ user_id: "dave" }) })).status).toBe(403);
+		const asService = { authorization: `Bearer ${token("matrix-bridge", ["service"])}`, "content-type": "application/json" };
+		expect((await getJson(internal, { method: "POST", headers: asService, body: JSON.stringify({ user_id: "dave" }) })).body).toMatchObject({ user_id: "dave", status: "online" });
+		expect((await getJson(internal, { method: "POST", headers: asService, body: JSON.stringify({}) })).body.data[0].field).toBe("user_id");
+
+		const room = `members-${Date.now()}`;
+		await getJson(`${node1.url}/api/city/rooms`, { method: "POST", headers: carol, body: JSON.stringify({ id: room, name: "Members" }) });
+		const list = await getJson(`${node1.url}/api/presence?room_id=${room}`, { headers: carol });
+		expect(list.body).toEqual({ room_id: room, users: [expect.objectContaining({ user_id: "carol", status: "online" })] });
+		expect((await getJson(`${node1.url}/api/presence?room_id=Bad Room`, { headers: carol })).status).toBe(422);
+	});
+
+	it("SIGKILL a node with connected clients: its users are offline on the other node within 5 s, and online again on reconnect", async () => {
+		const watcher = track(await connectSocket(node1.url, "/city/presence", { token: token("watcher"), device: "w" }));
+		await watcher.next("presence.snapshot");
+		track(await connectSocket(node2.url, "/city/presence", { token: token("erin"), device: "erin-tab" }));
+		await presenceOf(watcher, "erin", "online");
+
+		const killedAt = Date.now();
+		node2.child.kill("SIGKILL");
+		await presenceOf(watcher, "erin", "offline", 5_000);
+		const offlineAfterMs = Date.now() - killedAt;
+		process.stdout.write(`[realtime] erin offline ${offlineAfterMs} ms after SIGKILL of her node\n`);
+		expect(offlineAfterMs).toBeLessThanOrEqual(5_000);
+
+		track(await connectSocket(node1.url, "/city/presence", { token: token("erin"), device: "erin-tab" }));
+		await watcher.next("presence", d => d.user_id === "erin" && d.status === "online" && Date.now() > killedAt + offlineAfterMs - 1);
+	});
+});
