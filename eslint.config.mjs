@@ -1,5 +1,6 @@
 // @ts-check
 import js from "@eslint/js";
+import globals from "globals";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
@@ -15,4 +16,6 @@ export default tseslint.config(
 		},
 	},
 	{ files: ["**/*.js", "**/*.cjs"], rules: { "@typescript-eslint/no-require-imports": "off" } },
+	// The web page runs in browsers, with socket.io's client loaded as a global by index.html.
+	{ files: ["public/**/*.js"], languageOptions: { sourceType: "script", globals: { ...globals.browser, io: "readonly" } } },
 );

@@ -58,3 +58,24 @@ function describeWith(deps: Dependency[]) {
 export const describeWithNats = describeWith([NATS]);
 export const describeWithPostgres = describeWith([POSTGRES]);
 export const describeWithNatsAndPostgres = describeWith([NATS, POSTGRES]);
+
+/** Chromium for the browser tests (Debian package `chromium`); CHROMIUM_PATH overrides. */
+export const CHROMIUM_PATH = [process.env.CHROMIUM_PATH, "/usr/bin/chromium", "/usr/bin/chromium-browser"].find(
+	(p): p is string => !!p && spawnSync(p, ["--version"], { timeout: 10_000 }).status === 0,
+);
+
+/** describe() needing NATS, PostgreSQL and Chromium; REQUIRE_BROWSER=1 (CI) turns a missing browser into a failure. */
+export function describeWithBrowser(title: string, body: () => void): void {
+	if (CHROMIUM_PATH) return describeWithNatsAndPostgres(title, body);
+	if (process.env.REQUIRE_BROWSER === "1") {
+		describe(title, () => {
+			it("has Chromium", () => {
+				throw new Error("Chromium not found but REQUIRE_BROWSER=1 (apt-get install chromium, or set CHROMIUM_PATH)");
+			});
+		});
+		return;
+	}
+	process.stdout.write(`SKIP "${title}": Chromium not found (apt-get install chromium; set REQUIRE_BROWSER=1 to fail instead)\n`);
+	// Skipped on purpose: no browser on this machine and none required here.
+	describe.skip(title, body);
+}

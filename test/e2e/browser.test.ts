@@ -1,0 +1,104 @@
+/// <reference lib="dom" />
+/**
+ * The web page end to end in real headless Chromium (playwright-core), two pages on two node
+ * processes: each sees the other online, a message typed in one appears in the other, hiding one turns
+ * it offline in the other. Screenshots (desktop 1280×800 and phone width) go to test-artifacts/.
+ */
+import fs from "fs";
+import path from "path";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { signToken } from "../../lib/auth";
+import { getJson, ROOT, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
+import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
+import { CHROMIUM_PATH, describeWithBrowser, LOCAL_NATS_URL } from "../helpers/requirements";
+
+jest.setTimeout(90_000);
+const JWT_SECRET = "browser-test-secret-0123456789abcdef";
+const ARTIFACTS = path.join(ROOT, "test-artifacts");
+
+describeWithBrowser("the web page in Chromium, one page on each node", () => {
+	const namespace = uniqueNamespace("browser");
+	const room = "plaza";
+	let node1: NodeProcess;
+	let node2: NodeProcess;
+	let browser: Browser;
+
+	beforeAll(async () => {
+		const env = {
+			MESH_NAMESPACE: namespace,
+			NATS_URL: LOCAL_NATS_URL,
+			DATABASE_URL: await freshDatabase("browser"),
+			JWT_SECRET,
+			RATE_LIMIT_PER_KEY: "0",
+			EVENTS_SUBJECT_PREFIX: namespace.replace(/-/g, "_"),
+			NATS_STREAM_EVENTS: `T_${namespace.replace(/-/g, "_").toUpperCase()}`,
+			PRESENCE_GRACE_MS: "500",
+			PRESENCE_HEARTBEAT_MS: "1000",
+		};
+		[node1, node2] = await Promise.all([startNodeProcess({ ...env, NODE_ID: "web-node1", NODE_ROLE: "node1" }), startNodeProcess({ ...env, NODE_ID: "web-node2", NODE_ROLE: "node2" })]);
+		await Promise.all([node1, node2].map(n => waitForMesh(n, ["city", "presence"], 2, 40_000, "/api/city/rooms")));
+		const created = await getJson(`${node1.url}/api/city/rooms`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${signToken(JWT_SECRET, { id: "host", roles: [], teams: [] })}`, "content-type": "application/json" },
+			body: JSON.stringify({ id: room, name: "Plaza" }),
+		});
+		expect(created.status).toBe(200);
+		browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: ["--no-sandbox", "--disable-dev-shm-usage"] });
+		fs.mkdirSync(ARTIFACTS, { recursive: true });
+	});
+	afterAll(async () => {
+		await browser?.close();
+		await stopAll([node1, node2]);
+		await dropFreshDatabases();
+	});
+
+	async function signIn(node: NodeProcess, user: string, viewport = { width: 1280, height: 800 }): Promise<Page> {
+		const context = await browser.newContext({ viewport });
+		const page = await context.newPage();
+		page.on("pageerror", err => process.stdout.write(`[browser ${user}] ${err.message}\n`));
+		page.on("console", msg => msg.type() === "error" && process.stdout.write(`[browser ${user} console] ${msg.text()}\n`));
+		await page.goto(`${node.url}/?hb=1000&room=${room}`);
+		await page.fill("#login-user", user);
+		await page.click("#login button");
+		await page.waitForSelector(`[data-testid=room-title]:has-text("# ${room}")`);
+		expect(await page.isHidden("[data-testid=login]")).toBe(true);
+		return page;
+	}
+
+	const statusOf = (page: Page, user: string, status: string) => page.waitForSelector(`[data-testid=online] li[data-user="${user}"][data-status="${status}"]`, { timeout: 10_000 });
+
+	it("shows each user online to the other, carries a message across nodes, and turns a hidden page offline", async () => {
+		const alice = await signIn(node1, "alice");
+		const bob = await signIn(node2, "bob");
+		await statusOf(alice, "bob", "online");
+		await statusOf(bob, "alice", "online");
+		await alice.waitForSelector('[data-testid=node]:has-text("web-node1")', { timeout: 5_000 });
+		await bob.waitForSelector('[data-testid=node]:has-text("web-node2")', { timeout: 5_000 });
+
+		await alice.fill("[data-testid=message-input]", "Hello from NODE1");
+		await alice.click("[data-testid=send]");
+		await bob.waitForSelector('[data-testid=messages] li:has-text("Hello from NODE1")', { timeout: 10_000 });
+		expect(await bob.textContent("[data-testid=messages] li .author")).toBe("alice");
+		await alice.screenshot({ path: path.join(ARTIFACTS, "city-desktop-alice.png") });
+		await bob.screenshot({ path: path.join(ARTIFACTS, "city-desktop-bob.png") });
+
+		// Headless pages never become hidden by themselves: flip visibilityState and fire the event the
+		// browser would fire when the tab goes to the background; the page's own handler does the rest.
+		await bob.evaluate(() => {
+			Object.defineProperty(document, "visibilityState", { value: "hidden", configurable: true });
+			document.dispatchEvent(new Event("visibilitychange"));
+		});
+		await statusOf(alice, "bob", "offline");
+		await bob.evaluate(() => {
+			Object.defineProperty(document, "visibilityState", { value: "visible", configurable: true });
+			document.dispatchEvent(new Event("visibilitychange"));
+		});
+		await statusOf(alice, "bob", "online");
+
+		const phone = await signIn(node2, "carol", { width: 390, height: 844 });
+		await statusOf(phone, "alice", "online");
+		await phone.screenshot({ path: path.join(ARTIFACTS, "city-phone-carol.png"), fullPage: true });
+		// Tidy at phone width: nothing wider than the screen.
+		expect(await phone.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+	});
+});
