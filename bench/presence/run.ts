@@ -1,0 +1,165 @@
+/**
+ * `npm run bench:presence`: 1,000 socket.io clients split across NODE1 and NODE2 (one room), against a
+ * bare socket.io server broadcasting to the same number of clients, in one run.
+ *   fan-out  — 50 room messages posted on NODE1, 100 ms apart: post → delivery at every client, p50/p99
+ *   presence — 100 users coming online on NODE2, seen by a watcher on NODE1: p99 propagation
+ *   heap     — heap growth per idle socket: NODE2 from its /metrics (no forced GC there), the bare server after a forced GC
+ * Every client lives in this process, so the baseline pays the same receiving cost.
+ */
+import { io, type Socket } from "socket.io-client";
+import { Client } from "pg";
+import { signToken } from "../../lib/auth";
+import { formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
+
+const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
+const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 1_000);
+const MESSAGES = 50;
+const PRESENCE_USERS = 100;
+const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
+const id = `${process.pid}`;
+const dbName = `bench_presence_${id}`;
+const WS = { path: "/ws/socket.io", transports: ["websocket"], reconnection: false, forceNew: true };
+const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
+const token = (user: string) => signToken(JWT_SECRET, { id: user, roles: [], teams: [] });
+
+async function admin(sql: string): Promise<void> {
+	const c = new Client({ connectionString: ADMIN_URL });
+	await c.connect();
+	await c.query(sql);
+	await c.end();
+}
+
+function connect(url: string, auth: Record<string, unknown>): Promise<Socket> {
+	return new Promise((resolve, reject) => {
+		const socket = io(url, { ...WS, auth });
+		socket.once("connect", () => resolve(socket));
+		socket.once("connect_error", err => reject(err));
+	});
+}
+
+/** Connects `count` clients, 50 at a time (a thundering herd would measure the kernel, not us). */
+async function connectMany(count: number, target: (i: number) => { url: string; auth: Record<string, unknown> }): Promise<Socket[]> {
+	const sockets: Socket[] = [];
+	for (let i = 0; i < count; i += 50) {
+		sockets.push(...(await Promise.all(Array.from({ length: Math.min(50, count - i) }, (_, j) => connect(target(i + j).url, target(i + j).auth)))));
+	}
+	return sockets;
+}
+
+interface FanOut {
+	p50: number;
+	p99: number;
+	delivered: number;
+	expected: number;
+}
+
+/** Posts MESSAGES messages through `post(n)`; every client timestamps arrival of message n. */
+async function fanOut(clients: Socket[], post: (n: number) => void, numberOf: (message: any) => number): Promise<FanOut> {
+	const sentAt = new Map<number, number>();
+	const latencies: number[] = [];
+	for (const c of clients) c.on("message", (m: unknown) => latencies.push(performance.now() - (sentAt.get(numberOf(m)) ?? NaN)));
+	for (let n = 1; n <= MESSAGES; n++) {
+		sentAt.set(n, performance.now());
+		post(n);
+		await sleep(100);
+	}
+	await sleep(2_000);
+	const valid = latencies.filter(Number.isFinite).sort((a, b) => a - b);
+	for (const c of clients) c.off("message");
+	return { p50: percentile(valid, 50), p99: percentile(valid, 99), delivered: valid.length, expected: MESSAGES * clients.length };
+}
+
+async function heapOf(url: string, nodeID?: string): Promise<number> {
+	if (!nodeID) {
+		const s = await connect(`${url}/bench`, {});
+		const bytes = await s.emitWithAck("heap");
+		s.close();
+		return bytes as number;
+	}
+	const text = await (await fetch(`${url}/metrics`)).text();
+	const line = text.split("\n").find(l => l.startsWith("process_memory_heap_size_used"));
+	return Number(line?.split(" ").pop());
+}
+
+async function main(): Promise<void> {
+	await admin(`CREATE DATABASE ${dbName}`);
+	const url = ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`);
+	const base = { MESH_NAMESPACE: `bench-presence-${id}`, NATS_URL, DATABASE_URL: url, JWT_SECRET, LOG_LEVEL: "warn", RATE_LIMIT_PER_KEY: "0", EVENTS_SUBJECT_PREFIX: `benchp${id}`, NATS_STREAM_EVENTS: `BENCH_P_${id}`, PRESENCE_HEARTBEAT_MS: "600000" };
+	const sockets: Socket[] = [];
+	try {
+		const ready = "API Gateway listening";
+		await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node1", NODE_ROLE: "node1", PORT: "9481", LOG_LEVEL: "info" }, ready);
+		await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node2", NODE_ROLE: "node2", PORT: "9482", LOG_LEVEL: "info" }, ready);
+		await startProcess("bench/presence/bare-socketio.ts", { PORT: "9483", NODE_OPTIONS: "--expose-gc" });
+		const nodes = ["http://127.0.0.1:9481", "http://127.0.0.1:9482"];
+		for (let i = 0; i < 100; i++) {
+			const res = await fetch(`${nodes[0]}/api/city/rooms`, { method: "POST", headers: { authorization: `Bearer ${token("host")}`, "content-type": "application/json" }, body: JSON.stringify({ id: "bench", name: "Bench" }) }).catch(() => null);
+			if (res && (res.status === 200 || res.status === 409)) break;
+			await sleep(200);
+		}
+
+		// --- project: 1,000 room sockets split across the two nodes ---
+		await sleep(6_000); // let both nodes' process metrics settle before the heap baseline
+		const heapBefore = await heapOf(nodes[1], "bp-node2");
+		const roomClients = await connectMany(CLIENTS, i => ({ url: `${nodes[i % 2]}/city/rooms/bench`, auth: { token: token(`reader-${i}`) } }));
+		sockets.push(...roomClients);
+		await sleep(6_000);
+		const heapAfter = await heapOf(nodes[1], "bp-node2");
+		const poster = await connect(`${nodes[0]}/city/rooms/bench`, { token: token("poster") });
+		sockets.push(poster);
+		const project = await fanOut(roomClients, n => poster.emit("message", { body: String(n) }), m => Number((m as { body: string }).body));
+
+		// --- cross-node presence: users come online on NODE2, a watcher on NODE1 sees them ---
+		const watcher = await connect(`${nodes[0]}/city/presence`, { token: token("watcher"), device: "w" });
+		sockets.push(watcher);
+		const onlineAt = new Map<string, number>();
+		watcher.on("presence", (p: { user_id: string; status: string }) => p.status === "online" && !onlineAt.has(p.user_id) && onlineAt.set(p.user_id, performance.now()));
+		const presenceLatencies: number[] = [];
+		for (let i = 0; i < PRESENCE_USERS; i++) {
+			const user = `arriving-${i}`;
+			const started = performance.now();
+			sockets.push(await connect(`${nodes[1]}/city/presence`, { token: token(user), device: "d" }));
+			for (let w = 0; w < 200 && !onlineAt.has(user); w++) await sleep(2);
+			presenceLatencies.push((onlineAt.get(user) ?? NaN) - started);
+		}
+		presenceLatencies.sort((a, b) => a - b);
+
+		// --- baseline: bare socket.io, same number of clients ---
+		const bareHeapBefore = await heapOf("http://127.0.0.1:9483");
+		const bareClients = await connectMany(CLIENTS, () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }));
+		sockets.push(...bareClients);
+		await sleep(2_000);
+		const bareHeapAfter = await heapOf("http://127.0.0.1:9483");
+		const barePoster = await connect("http://127.0.0.1:9483/bench", {});
+		sockets.push(barePoster);
+		const bare = await fanOut(bareClients, n => barePoster.emit("post", { n }), m => (m as { n: number }).n);
+
+		const kb = (bytes: number, count: number) => bytes / count / 1024;
+		const rows = [
+			["project (2 nodes, mesh fan-out)", project.p50, project.p99, `${project.delivered}/${project.expected}`, kb(heapAfter - heapBefore, CLIENTS / 2)],
+			["bare socket.io (1 process)", bare.p50, bare.p99, `${bare.delivered}/${bare.expected}`, kb(bareHeapAfter - bareHeapBefore, CLIENTS)],
+		];
+		const body = [
+			`Run ${new Date().toISOString()} on ${machine()}; ${CLIENTS} socket.io clients (websocket) in the bench process; project clients split evenly over NODE1 and NODE2; ${MESSAGES} messages 100 ms apart posted on NODE1.`,
+			"",
+			table(["variant", "fan-out p50 ms", "fan-out p99 ms", "delivered", "heap KB / idle socket"], rows as Array<Array<string | number>>),
+			"",
+			`- fan-out p99: **${formatNumber(project.p99)} ms** at ${CLIENTS} clients (target ≤ 100 ms); bare socket.io ${formatNumber(bare.p99)} ms`,
+			`- cross-node presence (online on NODE2 → seen on NODE1): p50 ${formatNumber(percentile(presenceLatencies, 50))} ms, **p99 ${formatNumber(percentile(presenceLatencies, 99))} ms** over ${PRESENCE_USERS} users (target ≤ 50 ms; includes the socket handshake and a PostgreSQL transaction)`,
+			`- heap per idle socket: **${formatNumber(kb(heapAfter - heapBefore, CLIENTS / 2))} KB** on NODE2 (target ≤ 10 KB); bare socket.io ${formatNumber(kb(bareHeapAfter - bareHeapBefore, CLIENTS))} KB`,
+		].join("\n");
+		writeSection("Presence and rooms over socket.io (bench/presence)", body);
+		process.stdout.write(`\n${body}\n`);
+	} finally {
+		for (const s of sockets) s.close();
+		await stopProcesses();
+		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
+	}
+}
+
+main().catch(async err => {
+	process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
+	await stopProcesses();
+	process.exit(1);
+});
