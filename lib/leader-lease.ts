@@ -12,6 +12,7 @@
  */
 import { EventEmitter } from "events";
 import { QueryTypes, type Sequelize } from "sequelize";
+import { databaseOf, nodeContextOf } from "./node-context";
 
 export interface LeaseOptions {
 	sequelize: Sequelize;
@@ -182,4 +183,22 @@ class PgLeaderLease extends EventEmitter implements LeaderLease {
 
 export function createLeaderLease(opts: LeaseOptions): LeaderLease {
 	return new PgLeaderLease(opts);
+}
+
+/**
+ * The lease for one singleton duty of this node's mesh (namespace-scoped name), with the project's
+ * defaults: LEASE_TTL_MS, NODE1 preferred, hand-back after two lease periods.
+ */
+export function createDutyLease(broker: import("moleculer").ServiceBroker, duty: string, log: LeaseOptions["log"]): LeaderLease {
+	const { settings } = nodeContextOf(broker);
+	return createLeaderLease({
+		sequelize: databaseOf(broker),
+		name: `${broker.namespace}:${duty}`,
+		holder: broker.nodeID,
+		ttlMs: settings.leaseTtlMs,
+		preferred: settings.role === "node1",
+		// NODE1 asks for its duties back once it has been up for two lease periods (no flapping).
+		handbackAfterMs: 2 * settings.leaseTtlMs,
+		log,
+	});
 }

@@ -7,8 +7,8 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { QueryTypes } from "sequelize";
 import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
-import { createLeaderLease, type LeaderLease } from "../lib/leader-lease";
-import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
+import { databaseOf } from "../lib/node-context";
 import { actionPolicy, leaveReason } from "../lib/resilience";
 
 const RECONCILE_EVERY_MS = 1_000;
@@ -113,19 +113,8 @@ const NodeRegistryService: ServiceSchema = {
 
 	async started(this: Service) {
 		const self = this as NodeRegistryThis;
-		const sequelize = databaseOf(this.broker);
-		const { settings } = nodeContextOf(this.broker);
 		self.leaseName = `${this.broker.namespace}:node-registry`;
-		self.lease = createLeaderLease({
-			sequelize,
-			name: self.leaseName,
-			holder: this.broker.nodeID,
-			ttlMs: settings.leaseTtlMs,
-			preferred: settings.role === "node1",
-			// NODE1 asks for its duties back once it has been up for two lease periods (no flapping).
-			handbackAfterMs: 2 * settings.leaseTtlMs,
-			log: this.logger,
-		});
+		self.lease = createDutyLease(this.broker, "node-registry", this.logger);
 		await self.lease.start();
 		self.reconcileTimer = setInterval(() => {
 			self.reconcile().catch(err => this.logger.warn(`node-registry reconcile failed: ${(err as Error).message}`));

@@ -6,7 +6,7 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import type { NatsConnection } from "nats";
 import { QueryTypes } from "sequelize";
 import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
-import { createLeaderLease, type LeaderLease } from "../lib/leader-lease";
+import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { ensureStream, OUTBOX_METRICS, OutboxRelay } from "../lib/outbox-relay";
 import { actionPolicy } from "../lib/resilience";
@@ -118,18 +118,9 @@ const OutboxService: ServiceSchema = {
 
 	async started(this: Service) {
 		const self = this as OutboxThis;
-		const { settings } = nodeContextOf(this.broker);
 		self.relay = null;
 		self.mode = "jetstream";
-		self.lease = createLeaderLease({
-			sequelize: databaseOf(this.broker),
-			name: `${this.broker.namespace}:outbox-relay`,
-			holder: this.broker.nodeID,
-			ttlMs: settings.leaseTtlMs,
-			preferred: settings.role === "node1",
-			handbackAfterMs: 2 * settings.leaseTtlMs,
-			log: this.logger,
-		});
+		self.lease = createDutyLease(this.broker, "outbox-relay", this.logger);
 		await self.lease.start();
 		self.running = true;
 		self.loop = self.relayLoop();

@@ -12,7 +12,7 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { AuthError, defineActions, INTERNAL_ACCESS, verifyToken, type MeshUser } from "../lib/auth";
-import { createLeaderLease, type LeaderLease } from "../lib/leader-lease";
+import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { actionPolicy } from "../lib/resilience";
 import { jwtSecretOf } from "../lib/settings";
@@ -245,16 +245,7 @@ const PresenceService: ServiceSchema = {
 
 	async started(this: Service) {
 		const self = this as PresenceThis;
-		const { settings } = nodeContextOf(this.broker);
-		self.lease = createLeaderLease({
-			sequelize: databaseOf(this.broker),
-			name: `${this.broker.namespace}:presence-sweeper`,
-			holder: this.broker.nodeID,
-			ttlMs: settings.leaseTtlMs,
-			preferred: settings.role === "node1",
-			handbackAfterMs: 2 * settings.leaseTtlMs,
-			log: this.logger,
-		});
+		self.lease = createDutyLease(this.broker, "presence-sweeper", this.logger);
 		await self.lease.start();
 		self.sweepTimer = setInterval(() => self.sweep().catch(err => this.logger.warn(`presence sweep failed: ${(err as Error).message}`)), SWEEP_EVERY_MS);
 	},

@@ -80,8 +80,10 @@ describeWithNatsAndPostgres("singleton duties: leader lease with takeover and ha
 		).rows;
 
 		// Holders alternate NODE1 → NODE2 → NODE1 → NODE2 → NODE1, each with the next fencing token.
-		expect(acquisitions.map(a => a.holder)).toEqual(["NODE1", "NODE2", "NODE1", "NODE2", "NODE1"].slice(0, acquisitions.length));
-		expect(acquisitions.length).toBeGreaterThanOrEqual(5);
+		// Both nodes start together, so NODE2 may win the very first round and hand back to NODE1.
+		const holders = acquisitions.map(a => a.holder);
+		if (holders[0] === "NODE2") holders.shift();
+		expect(holders).toEqual(["NODE1", "NODE2", "NODE1", "NODE2", "NODE1"]);
 		acquisitions.forEach((a, i) => expect(Number(a.fencing_token)).toBe(Number(acquisitions[0].fencing_token) + i));
 
 		// Every duty write happened while its writer held that generation: before the next one began.

@@ -9,8 +9,8 @@ import path from "path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { signToken } from "../../lib/auth";
 import { getJson, ROOT, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
-import { CHROMIUM_PATH, describeWithBrowser, LOCAL_NATS_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
+import { CHROMIUM_PATH, describeWithBrowser } from "../helpers/requirements";
 
 jest.setTimeout(90_000);
 const JWT_SECRET = "browser-test-secret-0123456789abcdef";
@@ -25,13 +25,7 @@ describeWithBrowser("the web page in Chromium, one page on each node", () => {
 
 	beforeAll(async () => {
 		const env = {
-			MESH_NAMESPACE: namespace,
-			NATS_URL: LOCAL_NATS_URL,
-			DATABASE_URL: await freshDatabase("browser"),
-			JWT_SECRET,
-			RATE_LIMIT_PER_KEY: "0",
-			EVENTS_SUBJECT_PREFIX: namespace.replace(/-/g, "_"),
-			NATS_STREAM_EVENTS: `T_${namespace.replace(/-/g, "_").toUpperCase()}`,
+			...isolatedMeshEnv(namespace, await freshDatabase("browser"), JWT_SECRET),
 			PRESENCE_GRACE_MS: "500",
 			PRESENCE_HEARTBEAT_MS: "1000",
 		};

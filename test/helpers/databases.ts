@@ -3,7 +3,7 @@
  * Suites whose nodes run singleton duties over shared tables (outbox, leases) need this isolation.
  */
 import { Client } from "pg";
-import { LOCAL_DATABASE_URL } from "./requirements";
+import { LOCAL_DATABASE_URL, LOCAL_NATS_URL } from "./requirements";
 
 const created: string[] = [];
 
@@ -41,4 +41,22 @@ export async function query<T extends object>(url: string, sql: string, params: 
 	} finally {
 		await client.end();
 	}
+}
+
+/** Subject prefix and JetStream stream of a test mesh: tests share one NATS server and must not overlap. */
+export const subjectPrefixFor = (namespace: string) => namespace.replace(/-/g, "_");
+export const streamFor = (namespace: string) => `T_${subjectPrefixFor(namespace).toUpperCase()}`;
+
+/** Env for nodes of a test mesh with its own namespace, database, subjects and stream. */
+export function isolatedMeshEnv(namespace: string, databaseUrl: string, jwtSecret: string): Record<string, string> {
+	return {
+		MESH_NAMESPACE: namespace,
+		NATS_URL: LOCAL_NATS_URL,
+		DATABASE_URL: databaseUrl,
+		JWT_SECRET: jwtSecret,
+		// One client IP sends all test traffic; per-client limits would measure the limiter.
+		RATE_LIMIT_PER_KEY: "0",
+		EVENTS_SUBJECT_PREFIX: subjectPrefixFor(namespace),
+		NATS_STREAM_EVENTS: streamFor(namespace),
+	};
 }

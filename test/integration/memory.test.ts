@@ -7,7 +7,7 @@
 import { connect, type NatsConnection } from "nats";
 import { signToken } from "../../lib/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { dropFreshDatabases, freshDatabase, query } from "../helpers/databases";
+import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query, streamFor, subjectPrefixFor } from "../helpers/databases";
 import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
 
 const JWT_SECRET = "integration-secret-0123456789abcdef";
@@ -16,8 +16,8 @@ const SECRET_TEXT = "the-launch-code-is-0000-and-must-never-leak";
 
 describeWithNatsAndPostgres("memory service across the mesh", () => {
 	const namespace = uniqueNamespace("memory");
-	const prefix = namespace.replace(/-/g, "_");
-	const stream = `TEST_${prefix.toUpperCase()}`;
+	const prefix = subjectPrefixFor(namespace);
+	const stream = streamFor(namespace);
 	let databaseUrl: string;
 	let gateway: NodeProcess;
 	let actors: NodeProcess;
@@ -26,13 +26,7 @@ describeWithNatsAndPostgres("memory service across the mesh", () => {
 	beforeAll(async () => {
 		databaseUrl = await freshDatabase("memtest");
 		const env = {
-			MESH_NAMESPACE: namespace,
-			NATS_URL: LOCAL_NATS_URL,
-			DATABASE_URL: databaseUrl,
-			JWT_SECRET,
-			RATE_LIMIT_PER_KEY: "0",
-			EVENTS_SUBJECT_PREFIX: prefix,
-			NATS_STREAM_EVENTS: stream,
+			...isolatedMeshEnv(namespace, databaseUrl, JWT_SECRET),
 			MEMORY_ENCRYPTION_KEY: Buffer.alloc(32, 3).toString("base64"),
 			MEMORY_ENCRYPTION_KEY_ID: "test-k1",
 			LOG_LEVEL: "debug",

@@ -12,15 +12,15 @@ import { handleOnce } from "../../lib/idempotent-consumer";
 import { loadSettings } from "../../lib/settings";
 import { createBrokerOptions } from "../../moleculer.config";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { dropFreshDatabases, freshDatabase, query } from "../helpers/databases";
+import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query, streamFor, subjectPrefixFor } from "../helpers/databases";
 import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
 
 const JWT_SECRET = "integration-secret-0123456789abcdef";
 
 describeWithNatsAndPostgres("outbox relay: crash between publish and mark, dedup, idempotent consumer, DLQ", () => {
 	const namespace = uniqueNamespace("outbox");
-	const prefix = namespace.replace(/-/g, "_");
-	const stream = `TEST_${prefix.toUpperCase()}`;
+	const prefix = subjectPrefixFor(namespace);
+	const stream = streamFor(namespace);
 	let databaseUrl: string;
 	let env: Record<string, string>;
 	let writer: NodeProcess;
@@ -35,13 +35,7 @@ describeWithNatsAndPostgres("outbox relay: crash between publish and mark, dedup
 	beforeAll(async () => {
 		databaseUrl = await freshDatabase("outboxtest");
 		env = {
-			MESH_NAMESPACE: namespace,
-			NATS_URL: LOCAL_NATS_URL,
-			DATABASE_URL: databaseUrl,
-			JWT_SECRET,
-			RATE_LIMIT_PER_KEY: "0",
-			EVENTS_SUBJECT_PREFIX: prefix,
-			NATS_STREAM_EVENTS: stream,
+			...isolatedMeshEnv(namespace, databaseUrl, JWT_SECRET),
 			OUTBOX_MAX_ATTEMPTS: "3",
 			OUTBOX_BACKOFF_MS: "200",
 			LEASE_TTL_MS: "2000",

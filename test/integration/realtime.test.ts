@@ -6,8 +6,8 @@
  */
 import { signToken } from "../../lib/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
-import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
+import { describeWithNatsAndPostgres } from "../helpers/requirements";
 import { connectSocket, type Recorder } from "../helpers/sockets";
 
 jest.setTimeout(60_000);
@@ -25,13 +25,7 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 	beforeAll(async () => {
 		const databaseUrl = await freshDatabase("realtime");
 		const env = {
-			MESH_NAMESPACE: namespace,
-			NATS_URL: LOCAL_NATS_URL,
-			DATABASE_URL: databaseUrl,
-			JWT_SECRET,
-			RATE_LIMIT_PER_KEY: "0",
-			EVENTS_SUBJECT_PREFIX: namespace.replace(/-/g, "_"),
-			NATS_STREAM_EVENTS: `T_${namespace.replace(/-/g, "_").toUpperCase()}`,
+			...isolatedMeshEnv(namespace, databaseUrl, JWT_SECRET),
 			PRESENCE_AWAY_AFTER_MS: String(AWAY_AFTER_MS),
 			PRESENCE_GRACE_MS: "500",
 			PRESENCE_HEARTBEAT_MS: "60000",
