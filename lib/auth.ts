@@ -58,7 +58,34 @@ function stringList(value: unknown): string[] {
 	return Array.isArray(value) ? value.filter((v): v is string => typeof v === "string") : [];
 }
 
+/**
+ * Verified tokens, per secret, until they expire: a client sends the same token with every request,
+ * and the HMAC check was the gateway's largest cost after I/O (docs/BENCHMARKS.md). Bounded; entries
+ * never outlive the token's own `exp`, so expiry is still enforced to the second.
+ */
+const VERIFIED_CACHE_SIZE = 10_000;
+const verified = new Map<string, Map<string, { user: MeshUser; expiresAt: number }>>();
+
+function cachedUser(secret: string, token: string): MeshUser | undefined {
+	const entry = verified.get(secret)?.get(token);
+	if (!entry) return undefined;
+	if (entry.expiresAt > Date.now()) return entry.user;
+	verified.get(secret)?.delete(token);
+	return undefined;
+}
+
+function remember(secret: string, token: string, user: MeshUser, exp: number | undefined): void {
+	if (!exp) return; // tokens without an expiry are verified every time
+	let bySecret = verified.get(secret);
+	if (!bySecret) verified.set(secret, (bySecret = new Map()));
+	// Oldest first out: a Map iterates in insertion order.
+	if (bySecret.size >= VERIFIED_CACHE_SIZE) bySecret.delete(bySecret.keys().next().value as string);
+	bySecret.set(token, { user, expiresAt: exp * 1000 });
+}
+
 export function verifyToken(secret: string, token: string): MeshUser {
+	const known = cachedUser(secret, token);
+	if (known) return known;
 	let payload: jwt.JwtPayload | string;
 	try {
 		payload = jwt.verify(token, secretKey(secret), { algorithms: ["HS256"] });
@@ -67,7 +94,9 @@ export function verifyToken(secret: string, token: string): MeshUser {
 		throw new AuthError(expired ? "Token expired" : "Invalid token", 401, expired ? "TOKEN_EXPIRED" : "INVALID_TOKEN");
 	}
 	if (typeof payload === "string" || !payload.sub) throw new AuthError("Token has no subject", 401, "INVALID_TOKEN");
-	return { id: payload.sub, roles: stringList(payload.roles), teams: stringList(payload.teams) };
+	const user = { id: payload.sub, roles: stringList(payload.roles), teams: stringList(payload.teams) };
+	remember(secret, token, user, payload.exp);
+	return user;
 }
 
 /** Extracts the token from "Authorization: Bearer <token>"; undefined when the header is absent. */

@@ -49,6 +49,14 @@ describe("auth", () => {
 		const expired = signToken(secret, { id: "u1", roles: [], teams: [] }, -10);
 		expect(() => verifyToken(secret, expired)).toThrow(/expired/);
 	});
+	it("remembers a verified token only under its own secret and only until it expires", async () => {
+		const token = signToken(secret, { id: "u2", roles: [], teams: [] }, 1);
+		expect(verifyToken(secret, token).id).toBe("u2");
+		expect(verifyToken(secret, token).id).toBe("u2"); // from the cache
+		expect(() => verifyToken("x".repeat(32), token)).toThrow(AuthError);
+		await new Promise(resolve => setTimeout(resolve, 2_100));
+		expect(() => verifyToken(secret, token)).toThrow(/expired/);
+	});
 	it("parses only 'Bearer <token>'", () => {
 		expect(bearerToken("Bearer abc")).toBe("abc");
 		expect(bearerToken(undefined)).toBeUndefined();
