@@ -110,4 +110,16 @@ export function stopOnSignals(node: RunningNode): void {
 	};
 	process.once("SIGTERM", onSignal);
 	process.once("SIGINT", onSignal);
+	process.on("SIGUSR2", () => reportHeap(node));
+}
+
+/**
+ * `kill -USR2 <pid>`: one log line with the heap in use — after a full GC when node runs with
+ * --expose-gc (memory investigations, bench/presence), else as it stands.
+ */
+export function reportHeap(node: RunningNode): void {
+	const gc = (globalThis as { gc?: () => void }).gc;
+	gc?.();
+	const { heapUsed, rss } = process.memoryUsage();
+	node.broker.logger.info(`Heap in use: ${heapUsed} bytes${gc ? " after a full GC" : ""}`, { event: "heap", heap_used_bytes: heapUsed, rss_bytes: rss, after_gc: !!gc });
 }

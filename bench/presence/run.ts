@@ -3,9 +3,10 @@
  * bare socket.io server broadcasting to the same number of clients, in one run.
  *   fan-out  — 50 room messages posted on NODE1, 100 ms apart: post → delivery at every client, p50/p99
  *   presence — 100 users coming online on NODE2, seen by a watcher on NODE1: p99 propagation
- *   heap     — heap growth per idle socket: NODE2 from its /metrics (no forced GC there), the bare server after a forced GC
+ *   heap     — heap growth per idle socket after a full GC, on NODE2 (SIGUSR2 heap report) and on the bare server
  * Every client lives in this process, so the baseline pays the same receiving cost.
  */
+import type { ChildProcess } from "child_process";
 import { io, type Socket } from "socket.io-client";
 import { Client } from "pg";
 import { signToken } from "../../lib/auth";
@@ -70,16 +71,27 @@ async function fanOut(clients: Socket[], post: (n: number) => void, numberOf: (m
 	return { p50: percentile(valid, 50), p99: percentile(valid, 99), delivered: valid.length, expected: MESSAGES * clients.length };
 }
 
-async function heapOf(url: string, nodeID?: string): Promise<number> {
-	if (!nodeID) {
-		const s = await connect(`${url}/bench`, {});
-		const bytes = await s.emitWithAck("heap");
-		s.close();
-		return bytes as number;
-	}
-	const text = await (await fetch(`${url}/metrics`)).text();
-	const line = text.split("\n").find(l => l.startsWith("process_memory_heap_size_used"));
-	return Number(line?.split(" ").pop());
+async function bareHeap(url: string): Promise<number> {
+	const s = await connect(`${url}/bench`, {});
+	const bytes = await s.emitWithAck("heap");
+	s.close();
+	return bytes as number;
+}
+
+/** A node's heap after a full GC: SIGUSR2 makes it log one `event: "heap"` line (lib/node-runtime.ts). */
+function nodeHeap(node: ChildProcess): Promise<number> {
+	return new Promise((resolve, reject) => {
+		const timer = setTimeout(() => reject(new Error("no heap line within 5 s")), 5_000);
+		const onData = (chunk: Buffer) => {
+			const match = /"heap_used_bytes":(\d+)/.exec(chunk.toString());
+			if (!match) return;
+			clearTimeout(timer);
+			node.stdout?.off("data", onData);
+			resolve(Number(match[1]));
+		};
+		node.stdout?.on("data", onData);
+		node.kill("SIGUSR2");
+	});
 }
 
 async function main(): Promise<void> {
@@ -90,7 +102,7 @@ async function main(): Promise<void> {
 	try {
 		const ready = "API Gateway listening";
 		await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node1", NODE_ROLE: "node1", PORT: "9481", LOG_LEVEL: "info" }, ready);
-		await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node2", NODE_ROLE: "node2", PORT: "9482", LOG_LEVEL: "info" }, ready);
+		const node2 = await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node2", NODE_ROLE: "node2", PORT: "9482", LOG_LEVEL: "info", NODE_OPTIONS: "--expose-gc" }, ready);
 		await startProcess("bench/presence/bare-socketio.ts", { PORT: "9483", NODE_OPTIONS: "--expose-gc" });
 		const nodes = ["http://127.0.0.1:9481", "http://127.0.0.1:9482"];
 		for (let i = 0; i < 100; i++) {
@@ -100,12 +112,11 @@ async function main(): Promise<void> {
 		}
 
 		// --- project: 1,000 room sockets split across the two nodes ---
-		await sleep(6_000); // let both nodes' process metrics settle before the heap baseline
-		const heapBefore = await heapOf(nodes[1], "bp-node2");
+		const heapBefore = await nodeHeap(node2);
 		const roomClients = await connectMany(CLIENTS, i => ({ url: `${nodes[i % 2]}/city/rooms/bench`, auth: { token: token(`reader-${i}`) } }));
 		sockets.push(...roomClients);
-		await sleep(6_000);
-		const heapAfter = await heapOf(nodes[1], "bp-node2");
+		await sleep(2_000);
+		const heapAfter = await nodeHeap(node2);
 		const poster = await connect(`${nodes[0]}/city/rooms/bench`, { token: token("poster") });
 		sockets.push(poster);
 		const project = await fanOut(roomClients, n => poster.emit("message", { body: String(n) }), m => Number((m as { body: string }).body));
@@ -126,11 +137,11 @@ async function main(): Promise<void> {
 		presenceLatencies.sort((a, b) => a - b);
 
 		// --- baseline: bare socket.io, same number of clients ---
-		const bareHeapBefore = await heapOf("http://127.0.0.1:9483");
+		const bareHeapBefore = await bareHeap("http://127.0.0.1:9483");
 		const bareClients = await connectMany(CLIENTS, () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }));
 		sockets.push(...bareClients);
 		await sleep(2_000);
-		const bareHeapAfter = await heapOf("http://127.0.0.1:9483");
+		const bareHeapAfter = await bareHeap("http://127.0.0.1:9483");
 		const barePoster = await connect("http://127.0.0.1:9483/bench", {});
 		sockets.push(barePoster);
 		const bare = await fanOut(bareClients, n => barePoster.emit("post", { n }), m => (m as { n: number }).n);
@@ -147,7 +158,7 @@ async function main(): Promise<void> {
 			"",
 			`- fan-out p99: **${formatNumber(project.p99)} ms** at ${CLIENTS} clients (target ≤ 100 ms); bare socket.io ${formatNumber(bare.p99)} ms`,
 			`- cross-node presence (online on NODE2 → seen on NODE1): p50 ${formatNumber(percentile(presenceLatencies, 50))} ms, **p99 ${formatNumber(percentile(presenceLatencies, 99))} ms** over ${PRESENCE_USERS} users (target ≤ 50 ms; includes the socket handshake and a PostgreSQL transaction)`,
-			`- heap per idle socket: **${formatNumber(kb(heapAfter - heapBefore, CLIENTS / 2))} KB** on NODE2 (target ≤ 10 KB); bare socket.io ${formatNumber(kb(bareHeapAfter - bareHeapBefore, CLIENTS))} KB`,
+			`- heap per idle socket (after a full GC): **${formatNumber(kb(heapAfter - heapBefore, CLIENTS / 2))} KB** on NODE2 (target ≤ 10 KB); bare socket.io ${formatNumber(kb(bareHeapAfter - bareHeapBefore, CLIENTS))} KB`,
 		].join("\n");
 		writeSection("Presence and rooms over socket.io (bench/presence)", body);
 		process.stdout.write(`\n${body}\n`);
