@@ -71,6 +71,10 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		expect(servedCounts(result.samples, killedAt + 3_000).NODE1 ?? 0).toBeGreaterThan(0); // the restarted one
 		expect(servedCounts(result.samples.filter(s => s.start < restartAt), killedAt + 3_000).NODE1).toBeUndefined();
 		expect(windowStats(result.samples, restartAt, Infinity).failed).toBe(0);
+		// The failover is counted, with its reason, in the gateway's metrics.
+		const metrics = await (await fetch(`${mesh.gateway.url}/metrics`)).text();
+		expect(metrics).toMatch(/mesh_node_left_total\{node_id="NODE1",reason="heartbeat-timeout"\} [1-9]/);
+		expect(metrics).toMatch(/mesh_node_joined_total\{node_id="NODE1",reconnected="(true|false)"\} [1-9]/);
 	});
 
 	it("SIGTERM NODE1 under load: zero errors, and it leaves gracefully", async () => {

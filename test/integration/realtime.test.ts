@@ -86,6 +86,28 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 		expect(older.body.messages.map((m: { seq: number }) => m.seq)).toEqual([11, 12, 13, 14, 15]);
 	});
 
+	it("edits and deletes reach other nodes' sockets; only the author edits, the author or an admin deletes", async () => {
+		const room = `edits-${Date.now()}`;
+		const as = (who: string, roles: string[] = []) => ({ authorization: `Bearer ${token(who, roles)}`, "content-type": "application/json" });
+		await getJson(`${node1.url}/api/city/rooms`, { method: "POST", headers: as("alice"), body: JSON.stringify({ id: room, name: "Edits" }) });
+		const watcher = track(await connectSocket(node2.url, `/city/rooms/${room}`, { token: token("bob") }));
+		const posted = await getJson(`${node1.url}/api/city/rooms/${room}/messages`, { method: "POST", headers: as("alice"), body: JSON.stringify({ body: "first draft" }) });
+		expect(posted.status).toBe(200);
+		const url = `${node1.url}/api/city/rooms/${room}/messages/${posted.body.id}`;
+
+		expect((await getJson(url, { method: "PATCH", headers: as("bob"), body: JSON.stringify({ body: "hijacked" }) })).status).toBe(403);
+		const edited = await getJson(url, { method: "PATCH", headers: as("alice"), body: JSON.stringify({ body: "final text" }) });
+		expect(edited.body).toMatchObject({ body: "final text", edited_at: expect.any(String) });
+		await watcher.next("message.edited", m => m.id === posted.body.id && m.body === "final text");
+
+		expect((await getJson(url, { method: "DELETE", headers: as("bob") })).status).toBe(403);
+		expect((await getJson(url, { method: "DELETE", headers: as("moderator", ["admin"]) })).status).toBe(200);
+		await watcher.next("message.deleted", m => m.id === posted.body.id);
+		expect((await getJson(url, { method: "DELETE", headers: as("alice") })).status).toBe(404);
+		const history = await getJson(`${node2.url}/api/city/rooms/${room}/messages`, { headers: as("bob") });
+		expect(history.body.messages).toEqual([]);
+	});
+
 	it("bad socket input gets an error event; the connection and the other clients carry on", async () => {
 		const room = `errors-${Date.now()}`;
 		await getJson(`${node1.url}/api/city/rooms`, {
