@@ -3,6 +3,7 @@
  * of the "outbox-relay" leader lease, NODE1 by preference — and reports on it.
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
+import { Errors } from "moleculer";
 import type { NatsConnection } from "nats";
 import { QueryTypes } from "sequelize";
 import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
@@ -66,6 +67,24 @@ const OutboxService: ServiceSchema = {
 					bind: [ctx.params.limit ?? 100],
 					type: QueryTypes.SELECT,
 				});
+			},
+		},
+		/** Operators, after fixing the cause: send a dead event again (same id, so JetStream still dedups it). */
+		redrive: {
+			...actionPolicy({ idempotent: true, timeout: "fast" }),
+			rest: "POST /dlq/:id/redrive",
+			access: INTERNAL_ACCESS,
+			params: { id: { type: "uuid" }, $$strict: "remove" },
+			async handler(this: Service, ctx: Context<{ id: string }>) {
+				const [moved] = await databaseOf(this.broker).query<{ id: string }>(
+					`WITH dead AS (DELETE FROM outbox_dlq WHERE id = $1 RETURNING *)
+					 INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, subject, payload, created_at)
+					 SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, created_at FROM dead RETURNING id`,
+					{ bind: [ctx.params.id], type: QueryTypes.SELECT },
+				);
+				if (!moved) throw new Errors.MoleculerClientError(`No dead event ${ctx.params.id}`, 404, "NOT_FOUND", { id: ctx.params.id });
+				this.logger.info(`Outbox event ${ctx.params.id} re-driven from the DLQ`, { event: "outbox.redrive" });
+				return { id: moved.id, status: "pending" };
 			},
 		},
 	}),

@@ -10,6 +10,7 @@ import { chromium, type Browser, type Page } from "playwright-core";
 import { signToken } from "../../lib/auth";
 import { getJson, ROOT, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
+import { connectSocket } from "../helpers/sockets";
 import { CHROMIUM_PATH, describeWithBrowser } from "../helpers/requirements";
 
 jest.setTimeout(90_000);
@@ -27,6 +28,8 @@ describeWithBrowser("the web page in Chromium, one page on each node", () => {
 		const env = {
 			...isolatedMeshEnv(namespace, await freshDatabase("browser"), JWT_SECRET),
 			PRESENCE_GRACE_MS: "500",
+			// Public rooms readable without a token (the anonymous socket below).
+			WS_PUBLIC_READ: "true",
 			PRESENCE_HEARTBEAT_MS: "1000",
 		};
 		[node1, node2] = await Promise.all([startNodeProcess({ ...env, NODE_ID: "web-node1", NODE_ROLE: "node1" }), startNodeProcess({ ...env, NODE_ID: "web-node2", NODE_ROLE: "node2" })]);
@@ -69,10 +72,15 @@ describeWithBrowser("the web page in Chromium, one page on each node", () => {
 		await alice.waitForSelector('[data-testid=node]:has-text("web-node1")', { timeout: 5_000 });
 		await bob.waitForSelector('[data-testid=node]:has-text("web-node2")', { timeout: 5_000 });
 
+		// With WS_PUBLIC_READ, an anonymous socket may read a public room but not post in it.
+		const anonymous = await connectSocket(node2.url, `/city/rooms/${room}`, {});
 		await alice.fill("[data-testid=message-input]", "Hello from NODE1");
 		await alice.click("[data-testid=send]");
 		await bob.waitForSelector('[data-testid=messages] li:has-text("Hello from NODE1")', { timeout: 10_000 });
 		expect(await bob.textContent("[data-testid=messages] li .author")).toBe("alice");
+		expect((await anonymous.next("message", m => m.body === "Hello from NODE1")).author_id).toBe("alice");
+		expect(await anonymous.socket.emitWithAck("message", { body: "anonymous" })).toMatchObject({ ok: false, error: { code: 401 } });
+		anonymous.close();
 		await alice.screenshot({ path: path.join(ARTIFACTS, "city-desktop-alice.png") });
 		await bob.screenshot({ path: path.join(ARTIFACTS, "city-desktop-bob.png") });
 

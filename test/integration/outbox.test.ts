@@ -145,5 +145,15 @@ describeWithNatsAndPostgres("outbox relay: crash between publish and mark, dedup
 			return answer.status === 200 && answer;
 		});
 		expect(status.body).toMatchObject({ dead: 1, mode: "jetstream", leader: true, node: "relay" });
+
+		// The operator fixes the cause (the stream now captures the subject) and re-drives the event.
+		const jsm = await nc.jetstreamManager();
+		const info = await jsm.streams.info(stream);
+		await jsm.streams.update(stream, { ...info.config, subjects: [...(info.config.subjects ?? []), `${prefix}.nowhere.>`] });
+		const redrive = await getJson(`${writer.url}/api/outbox/dlq/${row.id}/redrive`, { method: "POST", headers: admin });
+		expect(redrive.body).toEqual({ id: row.id, status: "pending" });
+		await waitFor("the re-driven event to be published", async () => (await query<{ status: string }>(databaseUrl, "SELECT status FROM outbox WHERE id = $1", [row.id]))[0]?.status === "published", 10_000);
+		expect((await streamMessages()).some(m => m.msgId === row.id)).toBe(true);
+		expect((await getJson(`${writer.url}/api/outbox/dlq/${row.id}/redrive`, { method: "POST", headers: admin })).status).toBe(404);
 	});
 });
