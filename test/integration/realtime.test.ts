@@ -151,6 +151,18 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 		expect((await getJson(`${node1.url}/api/presence?room_id=Bad Room`, { headers: carol })).status).toBe(422);
 	});
 
+	it("a pagehide beacon (token in the body) turns that device offline after the grace period; a bad token is 401", async () => {
+		const watcher = track(await connectSocket(node1.url, "/city/presence", { token: token("beacon-watcher"), device: "bw" }));
+		await watcher.next("presence.snapshot");
+		const frank = track(await connectSocket(node2.url, "/city/presence", { token: token("frank"), device: "frank-tab" }));
+		await presenceOf(watcher, "frank", "online");
+		const beacon = (body: unknown) => getJson(`${node2.url}/api/presence/beacon`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+		expect((await beacon({ token: "forged.token.value", device_id: "frank-tab" })).status).toBe(401);
+		expect((await beacon({ token: token("frank"), device_id: "frank-tab" })).status).toBe(200);
+		await presenceOf(watcher, "frank", "offline", 5_000);
+		frank.close();
+	});
+
 	it("SIGKILL a node with connected clients: its users are offline on the other node within 5 s, and online again on reconnect", async () => {
 		const watcher = track(await connectSocket(node1.url, "/city/presence", { token: token("watcher"), device: "w" }));
 		await watcher.next("presence.snapshot");
