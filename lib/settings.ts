@@ -136,6 +136,14 @@ function readList(raw: string | undefined): string[] | null {
 }
 
 /** DATABASE_URL wins; otherwise the seed's DB_* variables; otherwise null (embedded default). */
+/** What `npm run migrate` needs: only the database, so that a deploy can migrate before nodes and their secrets exist. */
+export function loadMigrationSettings(env: Env = process.env): Pick<MeshSettings, "database" | "embeddedPgDir" | "embeddedPgPort" | "production"> {
+	const production = env.NODE_ENV === "production";
+	const database = resolveDatabaseSettings(env);
+	if (production && !database.url) throw new SettingsError("DATABASE_URL or DB_HOST", "required when NODE_ENV=production");
+	return { production, database, embeddedPgDir: env.EMBEDDED_PG_DIR ?? "data/pg", embeddedPgPort: readInt(env, "EMBEDDED_PG_PORT", 54329, 1) };
+}
+
 export function resolveDatabaseSettings(env: Env): DatabaseSettings {
 	const sslMode = env.DB_SSLMODE ?? "disable";
 	const ssl = !["disable", "allow", "prefer", ""].includes(sslMode);

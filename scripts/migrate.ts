@@ -3,7 +3,7 @@
  * SQL migrations in migrations/ against DATABASE_URL / DB_* (or the embedded PostgreSQL in development).
  */
 import { runMigrations, type MigrationCommand } from "../lib/migrations";
-import { loadSettings } from "../lib/settings";
+import { loadMigrationSettings } from "../lib/settings";
 import { startEmbeddedPostgres } from "../lib/embedded-postgres";
 
 const COMMANDS: MigrationCommand[] = ["up", "down", "status", "dry-run"];
@@ -11,7 +11,8 @@ const COMMANDS: MigrationCommand[] = ["up", "down", "status", "dry-run"];
 async function main(): Promise<void> {
 	const command = (process.argv[2] ?? "status") as MigrationCommand;
 	if (!COMMANDS.includes(command)) throw new Error(`unknown command "${command}"; use one of: ${COMMANDS.join(", ")}`);
-	const settings = loadSettings();
+	// Only the database matters here: a production deploy migrates before any node (and its secrets) starts.
+	const settings = loadMigrationSettings();
 	const embedded = settings.database.url ? null : await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
 	try {
 		const result = await runMigrations(settings.database.url ?? embedded!.url, command, { log: line => process.stdout.write(`${line}\n`) });

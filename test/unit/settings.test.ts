@@ -1,4 +1,4 @@
-import { loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
+import { loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
 import { chooseServices } from "../../lib/node-runtime";
 
 describe("settings from the environment", () => {
@@ -47,4 +47,10 @@ describe("choosing services", () => {
 	it("keeps a gateway-only node gateway-only", () => expect(chooseServices(["api"], all)).toEqual(["api"]));
 	it("adds mesh to any node that runs an actor", () => expect(chooseServices(["api", "memory"], all)).toEqual(["api", "memory", "mesh"]));
 	it("names unknown services", () => expect(() => chooseServices(["api", "nope"], all)).toThrow(/nope/));
+
+	it("migrations need only the database, even in production (they run before nodes and their secrets)", () => {
+		expect(loadMigrationSettings({ NODE_ENV: "production", DATABASE_URL: "postgres://x@h/d" }).database.url).toBe("postgres://x@h/d");
+		expect(() => loadMigrationSettings({ NODE_ENV: "production" })).toThrow(/DATABASE_URL or DB_HOST: required/);
+		expect(loadMigrationSettings({}).database.url).toBeNull();
+	});
 });
