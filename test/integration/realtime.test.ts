@@ -49,7 +49,8 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 
 		const wentAway = Date.now();
 		await presenceOf(alice, "bob", "away", 10_000);
-		expect(Date.now() - wentAway).toBeGreaterThanOrEqual(AWAY_AFTER_MS - 200);
+		// Away only after the inactivity period (measured from when A heard "online"; slack for delivery).
+		expect(Date.now() - wentAway).toBeGreaterThanOrEqual(AWAY_AFTER_MS - 500);
 
 		const ack = await bob.socket.emitWithAck("heartbeat", { active: true });
 		expect(ack).toMatchObject({ ok: true, presence: { user_id: "bob", status: "online" } });
