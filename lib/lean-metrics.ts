@@ -81,10 +81,50 @@ function seriesFor(broker: ServiceBroker, labels: Record<string, unknown>): Seri
 	return series;
 }
 
-function observe(time: HistogramItem, ms: number): void {
+function observe(time: HistogramItem, ms: number, buckets: number[] = REQUEST_TIME_BUCKETS_MS): void {
 	time.sum += ms;
 	time.count++;
-	for (const bucket of REQUEST_TIME_BUCKETS_MS) if (ms <= bucket) time.bucketValues[bucket]++;
+	for (const bucket of buckets) if (ms <= bucket) time.bucketValues[bucket]++;
+}
+
+/**
+ * A counter and a histogram series for one label set, created once through the registry and then
+ * updated in place: for per-request metrics on hot paths (the gateway's HTTP metrics).
+ */
+export class InPlaceSeries {
+	private readonly counters = new Map<string, ValueItem>();
+	private readonly histograms = new Map<string, HistogramItem>();
+
+	constructor(
+		private readonly broker: ServiceBroker,
+		private readonly buckets: number[],
+	) {}
+
+	increment(name: string, key: string, labels: Record<string, unknown>): void {
+		let counter = this.counters.get(key);
+		if (!counter) {
+			counter = item<ValueItem>(this.broker, name, labels, () => this.broker.metrics.increment(name, labels, 0));
+			this.counters.set(key, counter);
+		}
+		counter.value++;
+	}
+
+	observe(name: string, key: string, labels: Record<string, unknown>, observed: number): void {
+		let histogram = this.histograms.get(key);
+		if (!histogram) {
+			let placeholder = false;
+			histogram = item<HistogramItem>(this.broker, name, labels, () => {
+				this.broker.metrics.observe(name, 0, labels);
+				placeholder = true;
+			});
+			if (placeholder) {
+				histogram.count--;
+				for (const bucket of this.buckets) histogram.bucketValues[bucket]--;
+			}
+			this.histograms.set(key, histogram);
+		}
+		observe(histogram, observed, this.buckets);
+	}
 }
 
 function wrap(broker: ServiceBroker, type: "local" | "remote") {

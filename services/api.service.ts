@@ -16,7 +16,8 @@ import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
 import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/auth";
 import { buildHealthReport } from "../lib/health";
 import { acceptIdempotencyKey, acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
-import { HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
+import { InPlaceSeries } from "../lib/lean-metrics";
+import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
 import { SocketIoMixin } from "../mixins/socket-io.mixin";
@@ -254,6 +255,8 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		instrumentServer() {
 			const metrics = this.broker.metrics;
 			if (!metrics.isEnabled()) return;
+			// Per-request series are created once per label set, then updated in place (lib/lean-metrics.ts).
+			const series = new InPlaceSeries(this.broker, HTTP_DURATION_BUCKETS);
 			let open = 0;
 			this.server.on("connection", (socket: NodeJS.EventEmitter) => {
 				metrics.set(HTTP_METRICS.activeConnections, ++open, { kind: "http" });
@@ -264,8 +267,9 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				res.once("finish", () => {
 					const route = routeLabel(req);
 					const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-					metrics.increment(HTTP_METRICS.requests, { method: req.method, route, status: res.statusCode });
-					metrics.observe(HTTP_METRICS.duration, seconds, { method: req.method, route });
+					const key = `${req.method} ${route}`;
+					series.increment(HTTP_METRICS.requests, `${key} ${res.statusCode}`, { method: req.method, route, status: res.statusCode });
+					series.observe(HTTP_METRICS.duration, key, { method: req.method, route }, seconds);
 				});
 			});
 		},

@@ -173,6 +173,14 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 		expect(text).toMatch(/^active_connections\{node_id="gw-node1",kind="http"\} \d+/m);
 		expect(text).toMatch(/^service_health\{node_id="gw-node1",dependency="node"\} 1/m);
 		expect(text).toMatch(/^moleculer_request_total\{/m);
+
+		// Counters count exactly: five more whoami calls, five more in both the counter and the histogram.
+		const whoamiCount = (metrics: string) => Number(/^http_requests_total\{node_id="gw-node1",method="GET",route="\/api\/mesh\/whoami",status="200"\} (\d+)/m.exec(metrics)?.[1]);
+		const histogramCount = (metrics: string) => Number(/^http_request_duration_seconds_count\{node_id="gw-node1",method="GET",route="\/api\/mesh\/whoami"\} (\d+)/m.exec(metrics)?.[1]);
+		for (let i = 0; i < 5; i++) await getJson(`${gateway.url}/api/mesh/whoami`);
+		const after = await (await fetch(`${gateway.url}/metrics`)).text();
+		expect(whoamiCount(after) - whoamiCount(text)).toBe(5);
+		expect(histogramCount(after) - histogramCount(text)).toBe(5);
 		const promtool = spawnSync("promtool", ["check", "metrics"], { input: text, encoding: "utf8" });
 		if (promtool.error && !process.env.CI) {
 			process.stdout.write("promtool not installed (Debian package prometheus): exposition lint not run here\n");
