@@ -4,7 +4,7 @@
  * Seed channels `/ws/<service>/<channel>` map onto socket.io like this: the engine listens at
  * `/ws/socket.io`, and each channel is a namespace —
  *   /ws/city/rooms/{room_id}  →  namespace `/city/rooms/{room_id}`  (events: message, message.edited, message.deleted)
- *   /ws/city/presence         →  namespace `/city/presence`         (events: presence, presence.snapshot)
+ *   /ws/city/presence         →  namespace `/city/presence`         (events: presence, presence.snapshot; `watch` narrows to one room)
  * e.g. `io("https://node1:9300/city/rooms/lobby", { path: "/ws/socket.io", auth: { token } })`.
  *
  * The handshake carries the same JWT as HTTP (`auth.token`, or an Authorization header). Clients on any
@@ -25,6 +25,11 @@ export const WS_PATH = "/ws/socket.io";
 export const PRESENCE_NAMESPACE = "/city/presence";
 export const ROOM_NAMESPACE = /^\/city\/rooms\/[a-z0-9][a-z0-9_-]{0,62}$/;
 const MAX_SOCKET_PAYLOAD_BYTES = 64 * 1024;
+
+/** socket.io rooms inside the presence namespace: what a socket watches (everyone, or one city room). */
+const EVERYONE = "watch:*";
+const watching = (roomId: string) => `watch:room:${roomId}`;
+const ROOM_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 export const WS_METRICS = {
 	fanout: "channel_ws_fanout_latency_seconds",
@@ -93,8 +98,10 @@ export const SocketIoMixin: ServiceSchema = {
 		"city.message.deleted"(this: Service, ctx: Context<{ room_id: string }>) {
 			(this as SocketIoThis).pushToRoom(ctx.params.room_id, "message.deleted", ctx.params);
 		},
-		"presence.changed"(this: Service, ctx: Context<unknown>) {
-			(this as SocketIoThis).io?.of(PRESENCE_NAMESPACE).emit("presence", ctx.params);
+		/** To sockets watching everyone, and to those watching one of the user's rooms (each socket once). */
+		"presence.changed"(this: Service, ctx: Context<{ rooms?: string[] }>) {
+			const targets = [EVERYONE, ...(ctx.params.rooms ?? []).map(watching)];
+			(this as SocketIoThis).io?.of(PRESENCE_NAMESPACE).to(targets).emit("presence", ctx.params);
 		},
 	},
 
@@ -193,6 +200,19 @@ export const SocketIoMixin: ServiceSchema = {
 					.then(answer => typeof ack === "function" && ack({ ok: true, presence: answer }))
 					.catch(err => refuse(socket, ack, asWsError(err)));
 			});
+			// watch {room_id}: only changes of that room's members (and their snapshot); {room_id: null}: everyone.
+			socket.on("watch", (payload: unknown, ack: Ack) => {
+				const roomId = isPlainObject(payload) ? payload.room_id : undefined;
+				if (roomId !== null && (typeof roomId !== "string" || !ROOM_ID_PATTERN.test(roomId))) {
+					return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: "Expected {room_id: string | null}", field: "room_id" });
+				}
+				for (const room of socket.rooms) if (room.startsWith("watch:")) socket.leave(room);
+				socket.join(roomId ? watching(roomId) : EVERYONE);
+				this.broker
+					.call("presence.list", roomId ? { room_id: roomId } : {}, { meta: { user } })
+					.then(snapshot => typeof ack === "function" && ack({ ok: true, snapshot }))
+					.catch(err => refuse(socket, ack, asWsError(err)));
+			});
 			socket.on("visibility", (payload: unknown, ack: Ack) => {
 				const state = isPlainObject(payload) ? payload.state : undefined;
 				if (state !== "hidden" && state !== "visible") {
@@ -201,6 +221,7 @@ export const SocketIoMixin: ServiceSchema = {
 				const call = state === "hidden" ? this.broker.call("presence.gone", who) : this.broker.call("presence.heartbeat", { ...who, node_id: this.broker.nodeID, active: true });
 				call.then(answer => typeof ack === "function" && ack({ ok: true, presence: answer })).catch(err => refuse(socket, ack, asWsError(err)));
 			});
+			socket.join(EVERYONE);
 			await this.broker.call("presence.connect", { ...who, node_id: this.broker.nodeID });
 			socket.emit("presence.snapshot", await this.broker.call("presence.list", {}, { meta: { user } }));
 		},

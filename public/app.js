@@ -75,6 +75,15 @@
 		state.roomSocket.on("message", renderMessage);
 		state.roomSocket.on("error_event", e => showError(e.message));
 		state.roomSocket.on("connect_error", e => showError(e.message));
+		// The online list follows the room: its members' presence only.
+		if (state.presenceSocket) {
+			state.presenceSocket.emit("watch", { room_id: roomId }, answer => {
+				if (!answer || !answer.ok) return;
+				people.clear();
+				answer.snapshot.users.forEach(u => people.set(u.user_id, u.status));
+				renderOnline();
+			});
+		}
 		$("message-body").disabled = false;
 		document.querySelector("#composer button").disabled = false;
 		loadRooms().catch(e => showError(e.message));

@@ -45,7 +45,8 @@ interface PresenceThis extends Service {
 	/** applies `change` to one device and broadcasts if the user's status changed */
 	changeDevice(userId: string, change: (t: Transaction) => Promise<unknown>): Promise<UserPresence>;
 	userStatus(userId: string, t?: Transaction): Promise<UserPresence>;
-	announce(userIds: string[], before?: Map<string, PresenceStatus>): Promise<void>;
+	announce(userIds: string[]): Promise<void>;
+	publishChange(now: UserPresence, previous?: PresenceStatus): Promise<void>;
 	sweep(): Promise<void>;
 	nodeLeft(nodeID: string): Promise<void>;
 }
@@ -200,16 +201,24 @@ const PresenceService: ServiceSchema = {
 				await change(t);
 				return [previous, await this.userStatus(userId, t)];
 			});
-			if (before.status !== after.status) this.broker.broadcast("presence.changed", { ...after, previous: before.status, changed_at: new Date().toISOString() });
+			if (before.status !== after.status) await this.publishChange(after, before.status);
 			return after;
 		},
 
 		/** Broadcasts the current status of users whose devices changed outside changeDevice (sweeps, node loss). */
 		async announce(this: PresenceThis, userIds: string[]) {
 			for (const userId of new Set(userIds)) {
-				const now = await this.userStatus(userId);
-				this.broker.broadcast("presence.changed", { ...now, changed_at: new Date().toISOString() });
+				await this.publishChange(await this.userStatus(userId));
 			}
+		},
+
+		/** Broadcasts a user's new status with the rooms they belong to (gateways route it to room watchers). */
+		async publishChange(this: PresenceThis, now: UserPresence, previous?: PresenceStatus) {
+			const rooms = await databaseOf(this.broker).query<{ room_id: string }>("SELECT room_id FROM city_room_members WHERE user_id = $1", {
+				bind: [now.user_id],
+				type: QueryTypes.SELECT,
+			});
+			this.broker.broadcast("presence.changed", { ...now, ...(previous ? { previous } : {}), rooms: rooms.map(r => r.room_id), changed_at: new Date().toISOString() });
 		},
 
 		async sweep(this: PresenceThis) {

@@ -152,6 +152,24 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 		expect((await getJson(`${node1.url}/api/presence?room_id=Bad Room`, { headers: carol })).status).toBe(422);
 	});
 
+	it("a presence socket can watch one room: its snapshot and changes cover that room's members only", async () => {
+		const room = `watched-${Date.now()}`;
+		const as = (who: string) => ({ authorization: `Bearer ${token(who)}`, "content-type": "application/json" });
+		await getJson(`${node1.url}/api/city/rooms`, { method: "POST", headers: as("gina"), body: JSON.stringify({ id: room, name: "Watched" }) });
+		const watcher = track(await connectSocket(node1.url, "/city/presence", { token: token("room-watcher"), device: "rw" }));
+		await watcher.next("presence.snapshot");
+		expect(await watcher.socket.emitWithAck("watch", { room_id: "Not A Room" })).toMatchObject({ ok: false, error: { code: 422, field: "room_id" } });
+		const watched = await watcher.socket.emitWithAck("watch", { room_id: room });
+		expect(watched).toMatchObject({ ok: true, snapshot: { room_id: room } });
+		expect(watched.snapshot.users.map((u: { user_id: string }) => u.user_id)).toEqual([]);
+
+		track(await connectSocket(node2.url, "/city/presence", { token: token("hank"), device: "h" })); // not a member
+		track(await connectSocket(node2.url, "/city/presence", { token: token("gina"), device: "g" }));
+		await presenceOf(watcher, "gina", "online");
+		await new Promise(r => setTimeout(r, 300));
+		expect(watcher.events.filter(e => e.event === "presence" && e.data.user_id === "hank")).toEqual([]);
+	});
+
 	it("a pagehide beacon (token in the body) turns that device offline after the grace period; a bad token is 401", async () => {
 		const watcher = track(await connectSocket(node1.url, "/city/presence", { token: token("beacon-watcher"), device: "bw" }));
 		await watcher.next("presence.snapshot");
