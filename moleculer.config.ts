@@ -6,7 +6,7 @@
 import type { BrokerOptions } from "moleculer";
 import { jsonLogger } from "./lib/logger";
 import { internalMiddlewaresWithLeanMetrics } from "./lib/lean-metrics";
-import { dropInProcessAggregations, GatewayPrometheusReporter } from "./lib/metrics";
+import { GatewayPrometheusReporter } from "./lib/metrics";
 import { RequestContextMiddleware } from "./lib/request-context";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/resilience";
 import type { MeshSettings } from "./lib/settings";
@@ -65,8 +65,6 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		// Moleculer's own middlewares, with lean request metrics instead of its Metrics middleware.
 		internalMiddlewares: false,
 		middlewares: [RequestContextMiddleware, FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...internalMiddlewaresWithLeanMetrics()],
-		// Counters and buckets only: Prometheus derives rates and quantiles (lib/metrics.ts).
-		created: (broker: import("moleculer").ServiceBroker) => void dropInProcessAggregations(broker),
 		metricsReporter,
 	} as BrokerOptions & BrokerExtras;
 }

@@ -63,33 +63,41 @@ function item<T>(broker: ServiceBroker, name: string, labels: Record<string, unk
 	return metric.values.get(hash) as T;
 }
 
-function seriesFor(broker: ServiceBroker, labels: Record<string, unknown>): Series {
-	let placeholder = false;
-	const series: Series = {
-		total: item(broker, NAMES.total, labels, () => broker.metrics.increment(NAMES.total, labels, 0)),
-		active: item(broker, NAMES.active, labels, () => broker.metrics.set(NAMES.active, 0, labels)),
-		time: item(broker, NAMES.time, labels, () => {
-			broker.metrics.observe(NAMES.time, 0, labels);
-			placeholder = true;
-		}),
-	};
-	if (placeholder) {
-		// observe(0) only created the histogram series; take the placeholder observation back out.
-		series.time.count--;
-		for (const bucket of REQUEST_TIME_BUCKETS_MS) series.time.bucketValues[bucket]--;
-	}
-	return series;
+function counterItem(broker: ServiceBroker, name: string, labels: Record<string, unknown>): ValueItem {
+	return item(broker, name, labels, () => broker.metrics.increment(name, labels, 0));
 }
 
-function observe(time: HistogramItem, ms: number, buckets: number[] = REQUEST_TIME_BUCKETS_MS): void {
-	time.sum += ms;
+/** A histogram series at zero: created by one placeholder observation, which is then taken back out. */
+function histogramItem(broker: ServiceBroker, name: string, labels: Record<string, unknown>, buckets: number[]): HistogramItem {
+	let placeholder = false;
+	const histogram = item<HistogramItem>(broker, name, labels, () => {
+		broker.metrics.observe(name, 0, labels);
+		placeholder = true;
+	});
+	if (placeholder) {
+		histogram.count--;
+		for (const bucket of buckets) histogram.bucketValues[bucket]--;
+	}
+	return histogram;
+}
+
+function seriesFor(broker: ServiceBroker, labels: Record<string, unknown>): Series {
+	return {
+		total: counterItem(broker, NAMES.total, labels),
+		active: item(broker, NAMES.active, labels, () => broker.metrics.set(NAMES.active, 0, labels)),
+		time: histogramItem(broker, NAMES.time, labels, REQUEST_TIME_BUCKETS_MS),
+	};
+}
+
+function observe(time: HistogramItem, observed: number, buckets: number[]): void {
+	time.sum += observed;
 	time.count++;
-	for (const bucket of buckets) if (ms <= bucket) time.bucketValues[bucket]++;
+	for (const bucket of buckets) if (observed <= bucket) time.bucketValues[bucket]++;
 }
 
 /**
- * A counter and a histogram series for one label set, created once through the registry and then
- * updated in place: for per-request metrics on hot paths (the gateway's HTTP metrics).
+ * Counter and histogram series by label set, created once through the registry and then updated in
+ * place: for per-request metrics on hot paths (the gateway's HTTP metrics).
  */
 export class InPlaceSeries {
 	private readonly counters = new Map<string, ValueItem>();
@@ -102,27 +110,13 @@ export class InPlaceSeries {
 
 	increment(name: string, key: string, labels: Record<string, unknown>): void {
 		let counter = this.counters.get(key);
-		if (!counter) {
-			counter = item<ValueItem>(this.broker, name, labels, () => this.broker.metrics.increment(name, labels, 0));
-			this.counters.set(key, counter);
-		}
+		if (!counter) this.counters.set(key, (counter = counterItem(this.broker, name, labels)));
 		counter.value++;
 	}
 
 	observe(name: string, key: string, labels: Record<string, unknown>, observed: number): void {
 		let histogram = this.histograms.get(key);
-		if (!histogram) {
-			let placeholder = false;
-			histogram = item<HistogramItem>(this.broker, name, labels, () => {
-				this.broker.metrics.observe(name, 0, labels);
-				placeholder = true;
-			});
-			if (placeholder) {
-				histogram.count--;
-				for (const bucket of this.buckets) histogram.bucketValues[bucket]--;
-			}
-			this.histograms.set(key, histogram);
-		}
+		if (!histogram) this.histograms.set(key, (histogram = histogramItem(this.broker, name, labels, this.buckets)));
 		observe(histogram, observed, this.buckets);
 	}
 }
@@ -145,12 +139,12 @@ function wrap(broker: ServiceBroker, type: "local" | "remote") {
 			return next(ctx).then(
 				res => {
 					s.active.value--;
-					observe(s.time, performance.now() - started);
+					observe(s.time, performance.now() - started, REQUEST_TIME_BUCKETS_MS);
 					return res;
 				},
 				(err: Error & { code?: number; type?: string }) => {
 					s.active.value--;
-					observe(s.time, performance.now() - started);
+					observe(s.time, performance.now() - started, REQUEST_TIME_BUCKETS_MS);
 					broker.metrics.increment(NAMES.errors, {
 						service,
 						action: action.name,
