@@ -9,6 +9,7 @@
  */
 import { createSecretKey, type KeyObject } from "crypto";
 import jwt from "jsonwebtoken";
+import { Errors } from "moleculer";
 
 export interface MeshUser {
 	id: string;
@@ -97,6 +98,19 @@ export function verifyToken(secret: string, token: string): MeshUser {
 	const user = { id: payload.sub, roles: stringList(payload.roles), teams: stringList(payload.teams) };
 	remember(secret, token, user, payload.exp);
 	return user;
+}
+
+export function isAdmin(user: MeshUser): boolean {
+	return user.roles.includes("admin");
+}
+
+/**
+ * The calling user, for actions that need one: the gateway already enforces `access`, but a mesh
+ * caller may come without a user, and gets the same 401.
+ */
+export function requireUser(ctx: { meta: { user?: MeshUser } }): MeshUser {
+	if (!ctx.meta.user) throw new Errors.MoleculerClientError("Authentication required", 401, "NO_TOKEN");
+	return ctx.meta.user;
 }
 
 /** Extracts the token from "Authorization: Bearer <token>"; undefined when the header is absent. */

@@ -7,7 +7,7 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { defineActions, type MeshUser } from "../lib/auth";
+import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/auth";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { enqueueEvents } from "../lib/outbox";
 import { actionPolicy } from "../lib/resilience";
@@ -37,13 +37,6 @@ export const ROOM_ID = { type: "string", pattern: /^[a-z0-9][a-z0-9_-]{0,62}$/, 
 const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 const WRITE = actionPolicy({ idempotent: false, timeout: "standard" });
 
-function userOf(ctx: CityContext<unknown>): MeshUser {
-	if (!ctx.meta.user) throw new Errors.MoleculerClientError("Authentication required", 401, "NO_TOKEN");
-	return ctx.meta.user;
-}
-
-const isAdmin = (user: MeshUser) => user.roles.includes("admin");
-
 function clientError(message: string, code: number, type: string, data?: unknown): Errors.MoleculerClientError {
 	return new Errors.MoleculerClientError(message, code, type, data);
 }
@@ -71,7 +64,7 @@ const CityService: ServiceSchema = {
 			access: "user",
 			params: { id: ROOM_ID, name: { type: "string", min: 1, max: 100 }, is_public: { type: "boolean", optional: true, default: true }, $$strict: "remove" },
 			async handler(this: Service, ctx: CityContext<{ id: string; name: string; is_public: boolean }>) {
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				const sequelize = databaseOf(this.broker);
 				return sequelize.transaction(async t => {
 					const [room] = await sequelize.query<Room>(
@@ -90,7 +83,7 @@ const CityService: ServiceSchema = {
 			rest: "GET /rooms",
 			access: "user",
 			async handler(this: Service, ctx: CityContext<unknown>) {
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				return databaseOf(this.broker).query<Room>(
 					`SELECT r.id, r.name, r.is_public, r.created_by, r.created_at FROM city_rooms r
 					 WHERE r.is_public OR $2::boolean OR EXISTS (SELECT 1 FROM city_room_members m WHERE m.room_id = r.id AND m.user_id = $1)
@@ -108,7 +101,7 @@ const CityService: ServiceSchema = {
 			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
 				const self = this as CityThis;
 				const room = await self.findRoom(ctx.params.room_id);
-				if (!(await self.access(room, userOf(ctx))).read) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+				if (!(await self.access(room, requireUser(ctx))).read) throw clientError("Not a member of this room", 403, "FORBIDDEN");
 				const members = await databaseOf(this.broker).query<{ user_id: string }>("SELECT user_id FROM city_room_members WHERE room_id = $1 ORDER BY joined_at", {
 					bind: [room.id],
 					type: QueryTypes.SELECT,
@@ -135,7 +128,7 @@ const CityService: ServiceSchema = {
 			params: { room_id: ROOM_ID, $$strict: "remove" },
 			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
 				const self = this as CityThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				const room = await self.findRoom(ctx.params.room_id);
 				if (!room.is_public && !isAdmin(user)) throw clientError("Private rooms are joined by invitation", 403, "FORBIDDEN");
 				await databaseOf(this.broker).query("INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", { bind: [room.id, user.id] });
@@ -150,7 +143,7 @@ const CityService: ServiceSchema = {
 			params: { room_id: ROOM_ID, $$strict: "remove" },
 			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
 				const self = this as CityThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				const room = await self.findRoom(ctx.params.room_id);
 				await databaseOf(this.broker).query("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2", { bind: [room.id, user.id] });
 				return { room_id: room.id, user_id: user.id, member: false };
@@ -164,7 +157,7 @@ const CityService: ServiceSchema = {
 			params: { room_id: ROOM_ID, body: { type: "string", min: 1 }, $$strict: "remove" },
 			async handler(this: Service, ctx: CityContext<{ room_id: string; body: string }>) {
 				const self = this as CityThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				self.checkBody(ctx.params.body);
 				const sequelize = databaseOf(this.broker);
 				const message = await sequelize.transaction(async t => {
@@ -204,7 +197,7 @@ const CityService: ServiceSchema = {
 			async handler(this: Service, ctx: CityContext<{ room_id: string; before?: number; limit?: number }>) {
 				const self = this as CityThis;
 				const room = await self.findRoom(ctx.params.room_id);
-				if (!(await self.access(room, userOf(ctx))).read) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+				if (!(await self.access(room, requireUser(ctx))).read) throw clientError("Not a member of this room", 403, "FORBIDDEN");
 				const limit = ctx.params.limit ?? 50;
 				const rows = await databaseOf(this.broker).query<Message>(
 					"SELECT * FROM city_messages WHERE room_id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
@@ -223,7 +216,7 @@ const CityService: ServiceSchema = {
 			params: { room_id: ROOM_ID, message_id: { type: "uuid" }, body: { type: "string", min: 1 }, $$strict: "remove" },
 			async handler(this: Service, ctx: CityContext<{ room_id: string; message_id: string; body: string }>) {
 				const self = this as CityThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				self.checkBody(ctx.params.body);
 				const sequelize = databaseOf(this.broker);
 				const edited = await sequelize.transaction(async t => {
@@ -250,7 +243,7 @@ const CityService: ServiceSchema = {
 			params: { room_id: ROOM_ID, message_id: { type: "uuid" }, $$strict: "remove" },
 			async handler(this: Service, ctx: CityContext<{ room_id: string; message_id: string }>) {
 				const self = this as CityThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				const sequelize = databaseOf(this.broker);
 				const deleted = await sequelize.transaction(async t => {
 					const room = await self.findRoom(ctx.params.room_id, t);

@@ -10,7 +10,7 @@ import { Errors } from "moleculer";
 import DbService from "moleculer-db";
 import SqlAdapter from "moleculer-db-adapter-sequelize";
 import { DataTypes, QueryTypes, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
-import { defineActions, type MeshUser } from "../lib/auth";
+import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/auth";
 import { fastQuery } from "../lib/database";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { enqueueEvents } from "../lib/outbox";
@@ -80,10 +80,6 @@ const MODEL = {
 	options: { tableName: "memories", timestamps: false },
 };
 
-function isAdmin(user: MeshUser): boolean {
-	return user.roles.includes("admin");
-}
-
 export function canRead(user: MeshUser, row: Pick<MemoryRow, "scope" | "owner_id">): boolean {
 	if (isAdmin(user) || row.scope === "public") return true;
 	if (row.scope === "personal") return row.owner_id === user.id;
@@ -104,12 +100,6 @@ function forbidden(what: string): Errors.MoleculerClientError {
 
 function notFound(id: string): Errors.MoleculerClientError {
 	return new Errors.MoleculerClientError(`Memory ${id} not found`, 404, "NOT_FOUND", { id });
-}
-
-function userOf(ctx: MemoryContext<unknown>): MeshUser {
-	const user = ctx.meta.user;
-	if (!user) throw new Errors.MoleculerClientError("Authentication required", 401, "NO_TOKEN");
-	return user;
 }
 
 /** What events say about a memory: never its content. */
@@ -156,7 +146,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			},
 			async handler(this: Service, ctx: MemoryContext<Omit<MemoryRow, "id" | "version" | "created_at" | "updated_at" | "content_sealed" | "key_id"> & { content: string }>) {
 				const self = this as MemoryThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				if (!canWrite(user, ctx.params)) throw forbidden(`create a ${ctx.params.scope} memory for ${ctx.params.owner_id} — you may not`);
 				self.checkContentSize(ctx.params.content);
 				return self.idempotentWrite(ctx, `memory.create:${user.id}`, async t => {
@@ -176,7 +166,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			async handler(this: Service, ctx: MemoryContext<{ id: string }>) {
 				const self = this as MemoryThis;
 				const row = await self.findRow(ctx.params.id);
-				if (!canRead(userOf(ctx), row)) throw forbidden("read");
+				if (!canRead(requireUser(ctx), row)) throw forbidden("read");
 				return self.view(row);
 			},
 		},
@@ -197,7 +187,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			},
 			async handler(this: Service, ctx: MemoryContext<Partial<MemoryRow> & { id: string; version: number }>) {
 				const self = this as MemoryThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				if (ctx.params.content !== undefined && ctx.params.content !== null) self.checkContentSize(ctx.params.content);
 				return self.idempotentWrite(ctx, `memory.update:${user.id}`, async t => {
 					const row = await self.findRow(ctx.params.id, t);
@@ -225,7 +215,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			params: { id: ID, $$strict: "remove" },
 			async handler(this: Service, ctx: MemoryContext<{ id: string }>) {
 				const self = this as MemoryThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				return self.idempotentWrite(ctx, `memory.remove:${user.id}`, async t => {
 					const row = await self.findRow(ctx.params.id, t);
 					if (!canWrite(user, row)) throw forbidden("delete");
@@ -251,7 +241,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			},
 			async handler(this: Service, ctx: MemoryContext<{ scope?: Scope; owner_id?: string; kind?: string; q?: string; limit?: number; offset?: number }>) {
 				const self = this as MemoryThis;
-				const user = userOf(ctx);
+				const user = requireUser(ctx);
 				const { scope, owner_id, kind, q } = ctx.params;
 				if (q && scope && scope !== "public") {
 					throw new Errors.ValidationError("Text search covers public, indexed memories only", "SEARCH_PUBLIC_ONLY", [

@@ -11,7 +11,7 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { AuthError, defineActions, INTERNAL_ACCESS, verifyToken, type MeshUser } from "../lib/auth";
+import { AuthError, defineActions, INTERNAL_ACCESS, requireUser, verifyToken, type MeshUser } from "../lib/auth";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { actionPolicy } from "../lib/resilience";
@@ -112,7 +112,7 @@ const PresenceService: ServiceSchema = {
 			access: "user",
 			params: { device_id: DEVICE, $$strict: "remove" },
 			async handler(this: Service, ctx: PresenceContext<{ device_id?: string }>) {
-				const user = ctx.meta.user as MeshUser;
+				const user = requireUser(ctx);
 				return ctx.call("presence.heartbeat", { user_id: user.id, device_id: ctx.params.device_id ?? "http", node_id: "http", active: true });
 			},
 		},
