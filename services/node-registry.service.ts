@@ -35,7 +35,6 @@ SELECT DISTINCT ON (node_id) node_id, event FROM mesh_node_events WHERE namespac
 
 interface NodeRegistryThis extends Service {
 	lease: LeaderLease;
-	leaseName: string;
 	reconcileTimer: NodeJS.Timeout | null;
 	/** why each node last left, from $node.disconnected (unexpected = heartbeat timeout) */
 	leaveReasons: Map<string, string>;
@@ -59,12 +58,12 @@ const NodeRegistryService: ServiceSchema = {
 			rest: "GET /leader",
 			access: "public",
 			async handler(this: Service) {
-				const { leaseName } = this as NodeRegistryThis;
+				const { name } = (this as NodeRegistryThis).lease;
 				const [row] = await databaseOf(this.broker).query(
 					"SELECT holder, fencing_token, acquired_at, expires_at, handback_to FROM leader_leases WHERE name = $1",
-					{ bind: [leaseName], type: QueryTypes.SELECT },
+					{ bind: [name], type: QueryTypes.SELECT },
 				);
-				return { lease: leaseName, ...(row ?? { holder: null }) };
+				return { lease: name, ...(row ?? { holder: null }) };
 			},
 		},
 		events: {
@@ -97,7 +96,7 @@ const NodeRegistryService: ServiceSchema = {
 				if (!event || !this.lease.isLeader()) continue;
 				const reason = event === "left" ? (this.leaveReasons.get(node.id) ?? "heartbeat-timeout") : null;
 				await sequelize.query(FENCED_INSERT, {
-					bind: [this.broker.namespace, node.id, node.metadata?.role ?? null, event, reason, this.broker.nodeID, this.lease.fencingToken, this.leaseName],
+					bind: [this.broker.namespace, node.id, node.metadata?.role ?? null, event, reason, this.broker.nodeID, this.lease.fencingToken, this.lease.name],
 				});
 				written++;
 			}
@@ -113,7 +112,6 @@ const NodeRegistryService: ServiceSchema = {
 
 	async started(this: Service) {
 		const self = this as NodeRegistryThis;
-		self.leaseName = `${this.broker.namespace}:node-registry`;
 		self.lease = createDutyLease(this.broker, "node-registry", this.logger);
 		await self.lease.start();
 		self.reconcileTimer = setInterval(() => {

@@ -33,11 +33,12 @@ const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 const WRITE = actionPolicy({ idempotent: false, timeout: "fast" });
 const DEVICE = { type: "string", min: 1, max: 100, optional: true } as const;
 
-const USER_STATUS = `
-SELECT $1::text AS user_id,
+/** A user is as present as their most present device (aggregate over presence_devices rows). */
+const USER_PRESENCE_COLUMNS = `
 	CASE WHEN bool_or(status = 'online') THEN 'online' WHEN bool_or(status = 'away') THEN 'away' ELSE 'offline' END AS status,
-	max(last_active_at) AS last_active_at, max(last_seen_at) AS last_seen_at
-FROM presence_devices WHERE user_id = $1`;
+	max(last_active_at) AS last_active_at, max(last_seen_at) AS last_seen_at`;
+
+const USER_STATUS = `SELECT $1::text AS user_id, ${USER_PRESENCE_COLUMNS} FROM presence_devices WHERE user_id = $1`;
 
 interface PresenceThis extends Service {
 	lease: LeaderLease;
@@ -167,9 +168,7 @@ const PresenceService: ServiceSchema = {
 			params: { room_id: { ...ROOM_ID, optional: true }, $$strict: "remove" },
 			async handler(this: Service, ctx: Context<{ room_id?: string }>) {
 				const rows = await databaseOf(this.broker).query<UserPresence>(
-					`SELECT user_id,
-						CASE WHEN bool_or(status = 'online') THEN 'online' WHEN bool_or(status = 'away') THEN 'away' ELSE 'offline' END AS status,
-						max(last_active_at) AS last_active_at, max(last_seen_at) AS last_seen_at
+					`SELECT user_id, ${USER_PRESENCE_COLUMNS}
 					 FROM presence_devices
 					 WHERE $1::text IS NULL OR user_id IN (SELECT user_id FROM city_room_members WHERE room_id = $1)
 					 GROUP BY user_id ORDER BY user_id`,
