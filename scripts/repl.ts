@@ -97,25 +97,20 @@ async function main(): Promise<void> {
 	broker.repl();
 }
 
-function meshCommand() {
+/** A REPL command that prints one table built from the live mesh. */
+function tableCommand(command: string, description: string, rows: (broker: ServiceBroker) => Promise<string[][]>) {
 	return {
-		command: "mesh",
-		description: "Nodes as operators see them: role, actors, health of each node",
+		command,
+		description,
 		async action(broker: ServiceBroker, _args: unknown, helpers: { table: (rows: string[][]) => string }) {
-			process.stdout.write(helpers.table(await meshTable(broker)) + "\n");
+			process.stdout.write(helpers.table(await rows(broker)) + "\n");
 		},
 	};
 }
 
-function breakersCommand() {
-	return {
-		command: "breakers",
-		description: "Circuit breakers of every node (as a caller): which endpoints are open, half-open or closed",
-		async action(broker: ServiceBroker, _args: unknown, helpers: { table: (rows: string[][]) => string }) {
-			process.stdout.write(helpers.table(await breakerTable(broker)) + "\n");
-		},
-	};
-}
+const meshCommand = () => tableCommand("mesh", "Nodes as operators see them: role, actors, health of each node", meshTable);
+const breakersCommand = () =>
+	tableCommand("breakers", "Circuit breakers of every node (as a caller): which endpoints are open, half-open or closed", breakerTable);
 
 if (require.main === module) {
 	main().catch(err => {
