@@ -89,8 +89,10 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			res.setHeader("X-Request-ID", options.requestID);
 		}) as unknown as ApiSettingsSchema["rootCallOptions"];
 		// moleculer-web registered settings.routes in its own created(); ours need the node's settings.
-		this.addRoute(this.apiRoute(settings));
-		this.addRoute(this.internalRoute(settings));
+		// One rate limiter and body parser for every authenticated route: a client's budget is per gateway.
+		const edge = this.authenticatedRoute(settings);
+		this.addRoute(this.apiRoute(edge));
+		this.addRoute(this.internalRoute(edge));
 		this.addRoute(this.operationsRoute());
 		registerHttpMetrics(this.broker);
 	},
@@ -100,35 +102,25 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 	},
 
 	methods: {
-		apiRoute(settings: ReturnType<typeof nodeContextOf>["settings"]) {
+		/** What /api and /internal share: bearer auth, action access rules, rate limit, JSON bodies, JSON errors. */
+		authenticatedRoute(settings: ReturnType<typeof nodeContextOf>["settings"]) {
 			return {
-				name: "api",
-				path: "/api",
-				autoAliases: true,
 				mappingPolicy: "restrict",
 				authentication: true,
 				authorization: true,
 				bodyParsers: false,
-				mergeParams: true,
 				use: [rateLimitMiddleware(settings.rateLimit), jsonBodyMiddleware(settings.bodyLimit)],
-				onBeforeCall: this.carryIdempotencyKey,
 				onError: this.sendJsonError,
 			};
 		},
 
+		apiRoute(edge: object) {
+			return { ...edge, name: "api", path: "/api", autoAliases: true, mergeParams: true, onBeforeCall: this.carryIdempotencyKey };
+		},
+
 		/** The seed's service-to-service endpoints outside /api (service or admin role). */
-		internalRoute(settings: ReturnType<typeof nodeContextOf>["settings"]) {
-			return {
-				name: "internal",
-				path: "/internal",
-				mappingPolicy: "restrict",
-				authentication: true,
-				authorization: true,
-				bodyParsers: false,
-				use: [rateLimitMiddleware(settings.rateLimit), jsonBodyMiddleware(settings.bodyLimit)],
-				aliases: { "POST /matrix/presence/online": "presence.internalOnline" },
-				onError: this.sendJsonError,
-			};
+		internalRoute(edge: object) {
+			return { ...edge, name: "internal", path: "/internal", aliases: { "POST /matrix/presence/online": "presence.internalOnline" } };
 		},
 
 		operationsRoute() {
