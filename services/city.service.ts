@@ -48,6 +48,7 @@ function normaliseMessage(row: Message): Message {
 interface CityMethods {
 	findRoom(roomId: string, t?: Transaction): Promise<Room>;
 	access(room: Room, user: MeshUser | undefined, t?: Transaction): Promise<{ read: boolean; post: boolean }>;
+	roomAllowing(roomId: string, user: MeshUser, need: "read" | "post", t?: Transaction): Promise<Room>;
 	checkBody(body: string): void;
 	publish(t: Transaction, room: Room, action: "created" | "edited" | "deleted", message: Message): Promise<void>;
 	findMessage(roomId: string, messageId: string, t: Transaction): Promise<Message>;
@@ -100,8 +101,7 @@ const CityService: ServiceSchema = {
 			params: { room_id: ROOM_ID, $$strict: "remove" },
 			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
 				const self = this as CityThis;
-				const room = await self.findRoom(ctx.params.room_id);
-				if (!(await self.access(room, requireUser(ctx))).read) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+				const room = await self.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
 				const members = await databaseOf(this.broker).query<{ user_id: string }>("SELECT user_id FROM city_room_members WHERE room_id = $1 ORDER BY joined_at", {
 					bind: [room.id],
 					type: QueryTypes.SELECT,
@@ -162,8 +162,7 @@ const CityService: ServiceSchema = {
 				const sequelize = databaseOf(this.broker);
 				const message = await sequelize.transaction(async t => {
 					// FOR UPDATE on the room: concurrent posts to one room take numbers one at a time.
-					const room = await self.findRoom(ctx.params.room_id, t);
-					if (!(await self.access(room, user, t)).post) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+					const room = await self.roomAllowing(ctx.params.room_id, user, "post", t);
 					const [{ last_seq }] = await sequelize.query<{ last_seq: string }>("UPDATE city_rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", {
 						bind: [room.id],
 						type: QueryTypes.SELECT,
@@ -196,8 +195,7 @@ const CityService: ServiceSchema = {
 			},
 			async handler(this: Service, ctx: CityContext<{ room_id: string; before?: number; limit?: number }>) {
 				const self = this as CityThis;
-				const room = await self.findRoom(ctx.params.room_id);
-				if (!(await self.access(room, requireUser(ctx))).read) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+				const room = await self.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
 				const limit = ctx.params.limit ?? 50;
 				const rows = await databaseOf(this.broker).query<Message>(
 					"SELECT * FROM city_messages WHERE room_id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
@@ -282,6 +280,13 @@ const CityService: ServiceSchema = {
 			});
 			if (!message) throw clientError(`Message ${messageId} not found in ${roomId}`, 404, "MESSAGE_NOT_FOUND");
 			return message;
+		},
+
+		/** The room (404 if missing), provided this user may read or post in it (403 if not). */
+		async roomAllowing(roomId: string, user: MeshUser, need: "read" | "post", t?: Transaction): Promise<Room> {
+			const room = await (this as CityThis).findRoom(roomId, t);
+			if (!(await (this as CityThis).access(room, user, t))[need]) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+			return room;
 		},
 
 		async access(room: Room, user: MeshUser | undefined, t?: Transaction) {
