@@ -7,7 +7,6 @@ import type { BrokerOptions } from "moleculer";
 import { jsonLogger } from "./lib/logger";
 import { internalMiddlewaresWithLeanMetrics } from "./lib/lean-metrics";
 import { GatewayPrometheusReporter } from "./lib/metrics";
-import { RequestContextMiddleware } from "./lib/request-context";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/resilience";
 import type { MeshSettings } from "./lib/settings";
 import type { TransportChoice } from "./lib/transport";
@@ -64,7 +63,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		},
 		// Moleculer's own middlewares, with lean request metrics instead of its Metrics middleware.
 		internalMiddlewares: false,
-		middlewares: [RequestContextMiddleware, FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...internalMiddlewaresWithLeanMetrics()],
+		middlewares: [FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...internalMiddlewaresWithLeanMetrics()],
 		metricsReporter,
 	} as BrokerOptions & BrokerExtras;
 }

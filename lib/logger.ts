@@ -2,9 +2,14 @@
  * One JSON object per log line: {timestamp, level, service, nodeID, message, request_id, ...}.
  * Secrets never reach the output: keys that name a secret are replaced, and bearer tokens, JWTs
  * and credentials inside URLs are cut out of free text.
+ *
+ * The request id travels explicitly: code serving a request logs through requestLogger(logger, ctx),
+ * and Moleculer's own request-scoped lines (timeouts, retries) already carry a `requestID` field,
+ * which becomes request_id. An AsyncLocalStorage would find the id implicitly, but on Node 20 it
+ * installs promise hooks that tax every promise in the process: it cost 2.5 µs of the 15 µs a served
+ * call took (docs/BENCHMARKS.md).
  */
-import type { LoggerConfig } from "moleculer";
-import { currentRequestID } from "./request-context";
+import type { LoggerConfig, Logger } from "moleculer";
 
 const SECRET_KEY = /pass(word)?|secret|token|authorization|cookie|jwt|api[-_]?key|private[-_]?key/i;
 const REDACTED = "[redacted]";
@@ -52,14 +57,15 @@ function messageOf(args: unknown[]): { message: string; fields: Record<string, u
 
 export function formatLogLine(level: string, args: unknown[], bindings: Bindings): string {
 	const { message, fields } = messageOf(args);
+	const { request_id, requestID, ...rest } = fields;
 	const line: Record<string, unknown> = {
 		timestamp: new Date().toISOString(),
 		level,
 		service: bindings.svc ?? bindings.mod ?? "broker",
 		nodeID: bindings.nodeID,
 		message,
-		request_id: currentRequestID() ?? null,
-		...(redactValue(fields) as Record<string, unknown>),
+		request_id: request_id ?? requestID ?? null,
+		...(redactValue(rest) as Record<string, unknown>),
 	};
 	line.message = redactText(message);
 	return JSON.stringify(line);
@@ -75,4 +81,19 @@ export function jsonLogger(level: string): LoggerConfig {
 			formatter: (type: string, args: unknown[], bindings: Bindings) => [formatLogLine(type, args, bindings)],
 		},
 	} as LoggerConfig;
+}
+
+const LEVELS = ["fatal", "error", "warn", "info", "debug", "trace"] as const;
+
+/** A request, as far as logging cares: Moleculer contexts and anything else with a request id. */
+export interface RequestScoped {
+	requestID?: string | null;
+}
+
+/** The logger for lines written while serving one request: each carries the request's id as request_id. */
+export function requestLogger(logger: Logger, request: RequestScoped | undefined): Logger {
+	const tag = { request_id: request?.requestID ?? null };
+	const scoped = {} as Record<(typeof LEVELS)[number], (...args: unknown[]) => void>;
+	for (const level of LEVELS) scoped[level] = (...args: unknown[]) => logger[level](...args, tag);
+	return scoped as unknown as Logger;
 }

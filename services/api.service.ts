@@ -10,7 +10,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "http";
 import path from "path";
-import type { Context, ServiceSchema } from "moleculer";
+import type { Context, LogLevels, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
 import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/auth";
@@ -18,6 +18,7 @@ import { buildHealthReport } from "../lib/health";
 import { acceptIdempotencyKey, acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
 import { InPlaceSeries } from "../lib/lean-metrics";
 import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
+import { requestLogger } from "../lib/logger";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
 import { SocketIoMixin } from "../mixins/socket-io.mixin";
@@ -102,6 +103,28 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 	},
 
 	methods: {
+		/** The gateway's logger for one HTTP request: its lines carry the request id (X-Request-ID). */
+		httpLogger(req: IncomingMessage & { $ctx?: Context }, res: ServerResponse) {
+			const requestID = req.$ctx?.requestID ?? (res.getHeader("X-Request-ID") as string | undefined);
+			return requestLogger(this.logger, { requestID });
+		},
+
+		/** moleculer-web's "=> GET /path" line, with the request id. */
+		logRequest(req: IncomingMessage & { $route?: { logging?: boolean }; originalUrl?: string }) {
+			const level = this.settings.logRequest as LogLevels | null;
+			if ((req.$route && !req.$route.logging) || !level) return;
+			requestLogger(this.logger, (req as { $ctx?: Context }).$ctx)[level](`=> ${req.method} ${req.originalUrl}`);
+		},
+
+		/** moleculer-web's "<= 200 GET /path [+ms]" line, with the request id and without terminal colours. */
+		logResponse(req: IncomingMessage & { $route?: { logging?: boolean }; $startTime?: [number, number]; originalUrl?: string }, res: ServerResponse) {
+			const level = this.settings.logResponse as LogLevels | null;
+			if ((req.$route && !req.$route.logging) || !level) return;
+			const [seconds, nanos] = process.hrtime(req.$startTime ?? process.hrtime());
+			const ms = Math.round(seconds * 1e6 + nanos / 1e3) / 1e3;
+			this.httpLogger(req, res)[level](`<= ${res.statusCode} ${req.method} ${req.originalUrl} [+${ms} ms]`, { status: res.statusCode, duration_ms: ms });
+		},
+
 		/** What /api and /internal share: bearer auth, action access rules, rate limit, JSON bodies, JSON errors. */
 		authenticatedRoute(settings: ReturnType<typeof nodeContextOf>["settings"]) {
 			return {
@@ -228,7 +251,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			const status = typeof err.code === "number" && err.code >= 400 && err.code < 600 ? err.code : 500;
 			// moleculer-web raises NOT_FOUND for a path under /api that matches no alias.
 			if (status === 404 && err.type === "NOT_FOUND") return this.send404(req, res);
-			if (status >= 500) this.logger.error(`HTTP ${status} on ${req.method} ${req.url}`, err);
+			if (status >= 500) this.httpLogger(req, res).error(`HTTP ${status} on ${req.method} ${req.url}`, err);
 			const known = err instanceof Errors.MoleculerError;
 			const body =
 				status >= 500 && !known

@@ -6,6 +6,7 @@
 import os from "os";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
+import { requestLogger } from "../lib/logger";
 import { buildHealthReport, transportStatus } from "../lib/health";
 import { nodeContextOf } from "../lib/node-context";
 import { actionPolicy } from "../lib/resilience";
@@ -106,7 +107,7 @@ const MeshService: ServiceSchema = {
 				$$strict: "remove",
 			},
 			async handler(this: Service, ctx: Context<{ message: string; delayMs?: number }, { user?: MeshUser }>) {
-				this.logger.debug(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
+				requestLogger(this.logger, ctx).debug(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
 				if (ctx.params.delayMs) await new Promise(resolve => setTimeout(resolve, ctx.params.delayMs));
 				return {
 					message: ctx.params.message,

@@ -7,6 +7,7 @@ import { Errors } from "moleculer";
 import type { NatsConnection } from "nats";
 import { QueryTypes } from "sequelize";
 import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
+import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { ensureStream, OUTBOX_METRICS, OutboxRelay } from "../lib/outbox-relay";
@@ -83,7 +84,7 @@ const OutboxService: ServiceSchema = {
 					{ bind: [ctx.params.id], type: QueryTypes.SELECT },
 				);
 				if (!moved) throw new Errors.MoleculerClientError(`No dead event ${ctx.params.id}`, 404, "NOT_FOUND", { id: ctx.params.id });
-				this.logger.info(`Outbox event ${ctx.params.id} re-driven from the DLQ`, { event: "outbox.redrive" });
+				requestLogger(this.logger, ctx).info(`Outbox event ${ctx.params.id} re-driven from the DLQ`, { event: "outbox.redrive" });
 				return { id: moved.id, status: "pending" };
 			},
 		},

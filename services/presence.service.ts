@@ -12,6 +12,7 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { AuthError, defineActions, INTERNAL_ACCESS, requireUser, verifyToken, type MeshUser } from "../lib/auth";
+import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { actionPolicy } from "../lib/resilience";
@@ -181,7 +182,7 @@ const PresenceService: ServiceSchema = {
 
 	events: {
 		"$node.disconnected"(this: Service, ctx: Context<{ node: { id: string } }>) {
-			(this as PresenceThis).nodeLeft(ctx.params.node.id).catch(err => this.logger.warn(`presence: marking ${ctx.params.node.id}'s devices offline failed: ${(err as Error).message}`));
+			(this as PresenceThis).nodeLeft(ctx.params.node.id).catch(err => requestLogger(this.logger, ctx).warn(`presence: marking ${ctx.params.node.id}'s devices offline failed: ${(err as Error).message}`));
 		},
 	},
 

@@ -35,7 +35,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 	beforeAll(async () => {
 		[gateway, actors] = await startGatewayAndActors(
 			namespace,
-			{ NODE_ID: "gw-node1", NODE_ROLE: "node1", RATE_LIMIT_PER_KEY: "0", BODY_LIMIT: "64kb" },
+			{ NODE_ID: "gw-node1", NODE_ROLE: "node1", RATE_LIMIT_PER_KEY: "0", BODY_LIMIT: "64kb", LOG_LEVEL: "debug" },
 			{ NODE_ID: "actors-node2", NODE_ROLE: "node2", LOG_LEVEL: "debug" },
 		);
 	});
@@ -71,6 +71,12 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 		);
 		expect(remoteLine).toMatchObject({ level: "debug", service: "mesh", message: "echo served for u1" });
 		expect(Object.keys(remoteLine)).toEqual(expect.arrayContaining(["timestamp", "level", "service", "nodeID", "message", "request_id"]));
+		// The gateway's own request and response lines carry it too.
+		const gatewayLines = await waitFor("the gateway's request and response lines", async () => {
+			const lines = gateway.jsonLogs().filter(l => l.request_id === requestID && l.nodeID === "gw-node1");
+			return lines.some(l => String(l.message).startsWith("<= 200 POST /api/mesh/echo")) ? lines : undefined;
+		});
+		expect(gatewayLines.map(l => String(l.message).slice(0, 2))).toEqual(expect.arrayContaining(["=>", "<="]));
 	});
 
 	it("generates a request id when none (or a malformed one) is sent, and echoes it on errors too", async () => {

@@ -1,8 +1,8 @@
 import { TokenBucketLimiter } from "../../lib/rate-limiter";
 import { acceptRequestID, parseByteSize } from "../../lib/http-edge";
 import { AuthError, bearerToken, checkAccess, signToken, verifyToken } from "../../lib/auth";
-import { formatLogLine, redactText } from "../../lib/logger";
-import { runWithRequestID } from "../../lib/request-context";
+import type { Logger } from "moleculer";
+import { formatLogLine, redactText, requestLogger } from "../../lib/logger";
 
 describe("token bucket (10 r/s, burst 20)", () => {
 	it("allows the burst, refuses the next with Retry-After, refills over time", () => {
@@ -73,11 +73,21 @@ describe("auth", () => {
 });
 
 describe("JSON log lines", () => {
-	it("carry timestamp, level, service, nodeID, message and the current request id", () => {
-		const line = runWithRequestID("rid-1", () => formatLogLine("info", ["hello", { extra: 1 }], { nodeID: "n1", svc: "mesh" }));
-		const parsed = JSON.parse(line);
+	it("carry timestamp, level, service, nodeID, message and the request id of a request logger", () => {
+		const lines: string[] = [];
+		const sink = Object.fromEntries(
+			["fatal", "error", "warn", "info", "debug", "trace"].map(level => [level, (...args: unknown[]) => lines.push(formatLogLine(level, args, { nodeID: "n1", svc: "mesh" }))]),
+		) as unknown as Logger;
+		requestLogger(sink, { requestID: "rid-1" }).info("hello", { extra: 1 });
+		const parsed = JSON.parse(lines[0]);
 		expect(parsed).toMatchObject({ level: "info", service: "mesh", nodeID: "n1", message: "hello", request_id: "rid-1", extra: 1 });
 		expect(new Date(parsed.timestamp).toString()).not.toBe("Invalid Date");
+	});
+	it("turn the requestID field of Moleculer's own request lines into request_id, and use null outside requests", () => {
+		const timedOut = JSON.parse(formatLogLine("warn", ["Request 'mesh.echo' is timed out.", { requestID: "rid-2", timeout: 750 }], { nodeID: "n1" }));
+		expect(timedOut).toMatchObject({ request_id: "rid-2", timeout: 750 });
+		expect(timedOut).not.toHaveProperty("requestID");
+		expect(JSON.parse(formatLogLine("info", ["started"], { nodeID: "n1" })).request_id).toBeNull();
 	});
 	it("never print secrets", () => {
 		const jwt = signToken("k".repeat(32), { id: "u", roles: [], teams: [] });
