@@ -5,7 +5,7 @@
  */
 import type { BrokerOptions } from "moleculer";
 import { jsonLogger } from "./lib/logger";
-import { internalMiddlewaresWithLeanMetrics } from "./lib/lean-metrics";
+import { meshInternalMiddlewares } from "./lib/call-pipeline";
 import { GatewayPrometheusReporter } from "./lib/metrics";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/resilience";
 import type { MeshSettings } from "./lib/settings";
@@ -61,9 +61,9 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			enabled: settings.metricsEnabled,
 			reporter: [metricsReporter as never],
 		},
-		// Moleculer's own middlewares, with lean request metrics instead of its Metrics middleware.
+		// Moleculer's own middlewares, three of them in leaner equivalents (lib/call-pipeline.ts).
 		internalMiddlewares: false,
-		middlewares: [FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...internalMiddlewaresWithLeanMetrics()],
+		middlewares: [FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares()],
 		metricsReporter,
 	} as BrokerOptions & BrokerExtras;
 }

@@ -60,9 +60,10 @@ async function rpcBenchmarks(): Promise<RpcRow[]> {
 
 	try {
 		return [
-			await measureRpc("bare Moleculer (defaults)", () => bare.call("echo.echo", payload)),
+			await measureRpc("bare Moleculer (defaults), same call: params + meta.user", () => bare.call("echo.echo", payload, { meta: { user } })),
 			await measureRpc("project remote call (all middlewares)", () => project.call("mesh.echo", payload, { meta: { user } })),
 			await measureRpc("raw nats.js request/reply", () => nc.request(`${namespace}.echo`, encoded, { timeout: 5_000 })),
+			await measureRpc("bare Moleculer (defaults), params only (no meta)", () => bare.call("echo.echo", payload)),
 		];
 	} finally {
 		await Promise.all([bare.stop(), project.stop(), nc.close()]);
@@ -118,7 +119,7 @@ async function httpBenchmarks(): Promise<HttpRow[]> {
 }
 
 function report(rpc: RpcRow[], http: HttpRow[]): string {
-	const [bare, project, nats] = rpc;
+	const [bare, project, nats, bareNoMeta] = rpc;
 	const [node, bareWeb, projectWeb] = http;
 	const ratio = (a: number, b: number) => (a / b).toFixed(2);
 	return [
@@ -131,7 +132,8 @@ function report(rpc: RpcRow[], http: HttpRow[]): string {
 			rpc.map(r => [r.name, r.loaded.perSecond, r.loaded.p50, r.loaded.p99, r.paced.p99, r.loaded.errors + r.paced.errors]),
 		),
 		"",
-		`- project / bare Moleculer: **${ratio(project.loaded.perSecond, bare.loaded.perSecond)}** (target ≥ 0.8)`,
+		`- project / bare Moleculer making the same call: **${ratio(project.loaded.perSecond, bare.loaded.perSecond)}** (target ≥ 0.8)`,
+		`- project / bare Moleculer called without meta: **${ratio(project.loaded.perSecond, bareNoMeta.loaded.perSecond)}** (the caller's \`meta.user\` travels in both directions; this row shows what that costs bare Moleculer too)`,
 		`- project / raw nats.js request-reply: **${ratio(project.loaded.perSecond, nats.loaded.perSecond)}**`,
 		`- project: ${formatNumber(project.loaded.perSecond)} calls/s (target ≥ 30,000); p99 at ${RATE}/s ${formatNumber(project.paced.p99)} ms (target ≤ 2 ms)`,
 		"",

@@ -3,7 +3,8 @@
  * of the installed Moleculer version and check the numbers a Prometheus scrape would see.
  */
 import { Errors, ServiceBroker } from "moleculer";
-import { internalMiddlewaresWithLeanMetrics, REQUEST_TIME_BUCKETS_MS } from "../../lib/lean-metrics";
+import { meshInternalMiddlewares } from "../../lib/call-pipeline";
+import { REQUEST_TIME_BUCKETS_MS } from "../../lib/lean-metrics";
 
 interface Snapshot {
 	name: string;
@@ -11,7 +12,7 @@ interface Snapshot {
 }
 
 describe("lean request metrics", () => {
-	const broker = new ServiceBroker({ logger: false, metrics: { enabled: true }, internalMiddlewares: false, middlewares: internalMiddlewaresWithLeanMetrics() as never });
+	const broker = new ServiceBroker({ logger: false, metrics: { enabled: true }, internalMiddlewares: false, middlewares: meshInternalMiddlewares() as never });
 	broker.createService({
 		name: "probe",
 		actions: {
@@ -44,6 +45,20 @@ describe("lean request metrics", () => {
 		// Cumulative buckets: none of three ~5 ms calls fits under 0.5 ms; all fit under 60 s.
 		expect(time?.buckets?.[String(REQUEST_TIME_BUCKETS_MS[0])]).toBe(0);
 		expect(time?.buckets?.[String(REQUEST_TIME_BUCKETS_MS.at(-1))]).toBe(3);
+	});
+
+	it("shows every later update on every later read (the registry caches snapshots of metrics it did not see change)", async () => {
+		await broker.call("probe.ok");
+		const before = series("moleculer.request.total", "probe.ok")?.value ?? 0;
+		const countBefore = series("moleculer.request.time", "probe.ok")?.count ?? 0;
+		await broker.call("probe.ok");
+		await broker.call("probe.ok");
+		expect(series("moleculer.request.total", "probe.ok")?.value).toBe(before + 2);
+		const time = series("moleculer.request.time", "probe.ok");
+		expect(time?.count).toBe(countBefore + 2);
+		// Buckets stay cumulative and consistent across reads: the last bucket holds every observation.
+		expect(time?.buckets?.[String(REQUEST_TIME_BUCKETS_MS.at(-1))]).toBe(countBefore + 2);
+		expect(time?.buckets?.[String(REQUEST_TIME_BUCKETS_MS[0])]).toBe(0);
 	});
 
 	it("keeps the rest of Moleculer's middleware chain: validation still rejects bad params", async () => {

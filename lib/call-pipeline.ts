@@ -1,0 +1,239 @@
+/**
+ * The middleware chain every broker runs: Moleculer's internal middlewares in their own order, with
+ * three replaced by leaner equivalents that keep their behaviour, names and metrics.
+ *
+ * - ServingGate (in Bulkhead's place) serves a local action through one wrapper that does what
+ *   Bulkhead, ContextTracker and the request metrics did in three: the call is tracked for graceful
+ *   stop, admitted or queued by the bulkhead, and metered. Moleculer's Bulkhead updated two gauges
+ *   through the registry (a label hash each) four times per call.
+ * - ContextTracker keeps Moleculer's (calls this node makes, events, waiting on stop) minus the
+ *   served actions, which ServingGate tracks.
+ * - Timeout does what Moleculer's did with fewer promises per call, and for served actions only
+ *   times calls that started on this node. A call from another node is timed by its caller, which
+ *   gives up and retries elsewhere on its own; a second timer here only produced an error answer
+ *   nobody waits for.
+ * - LeanMetrics meters calls this node makes (lib/lean-metrics.ts).
+ *
+ * bench/mesh/cpu-per-call.ts measures what each costs per call (docs/BENCHMARKS.md).
+ */
+import * as moleculer from "moleculer";
+import type { Context, Middleware, ServiceBroker } from "moleculer";
+import { Errors } from "moleculer";
+import { Stream } from "stream";
+import { gaugeItem, LeanMetricsMiddleware, RequestMeter, type Series, type ValueItem } from "./lean-metrics";
+
+type Handler = (ctx: Context) => Promise<unknown>;
+type ActionDef = { name: string; service?: { fullName: string }; bulkhead?: BulkheadOptions };
+type MiddlewareFactory = (this: ServiceBroker, broker: ServiceBroker) => Middleware & Record<string, unknown>;
+
+interface BulkheadOptions {
+	enabled?: boolean;
+	concurrency?: number;
+	maxQueueSize?: number;
+}
+
+/** Where Moleculer's ContextTracker keeps a node's running calls (per service, or the broker's). */
+interface TrackedContext {
+	service?: { _trackedContexts: Context[] } | null;
+	broker: { _trackedContexts: Context[] };
+}
+
+/** Moleculer exports its middleware factories at runtime; its typings do not declare them. */
+const { Middlewares } = moleculer as unknown as { Middlewares: Record<string, MiddlewareFactory> };
+
+const BULKHEAD_GAUGES = { inFlight: "moleculer.request.bulkhead.inflight", queueSize: "moleculer.request.bulkhead.queue.size" };
+
+/** Moleculer's own middleware object for `name`, built the way the broker builds it. */
+function builtIn(broker: ServiceBroker, name: "Bulkhead" | "ContextTracker"): Middleware & Record<string, unknown> {
+	return Middlewares[name].call(broker, broker);
+}
+
+/** The same lists Moleculer's ContextTracker uses, so its stop hooks wait for these calls too. */
+function trackedList(ctx: Context): Context[] {
+	const tracked = ctx as unknown as TrackedContext;
+	return tracked.service ? tracked.service._trackedContexts : tracked.broker._trackedContexts;
+}
+
+function untrack(ctx: Context): void {
+	const list = trackedList(ctx);
+	const index = list.lastIndexOf(ctx);
+	if (index !== -1) list.splice(index, 1);
+}
+
+interface QueuedCall {
+	ctx: Context;
+	resolve: (value: unknown) => void;
+	reject: (err: unknown) => void;
+}
+
+function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Handler {
+	const bulkhead: BulkheadOptions = { ...(broker.options.bulkhead as BulkheadOptions), ...action.bulkhead };
+	const concurrency = bulkhead.enabled ? (bulkhead.concurrency ?? 3) : Infinity;
+	const trackingOn = !!broker.options.tracking?.enabled;
+	const meter = broker.isMetricsEnabled() ? new RequestMeter(broker, action, "local") : null;
+	const gaugeLabels = { action: action.name, service: action.service?.fullName };
+	const metered = bulkhead.enabled && broker.isMetricsEnabled();
+	// Looked up at the first call: internal services are wrapped before the gauges are registered.
+	let inFlightGauge: ValueItem | null = null;
+	let queueGauge: ValueItem = { value: 0 };
+	const queue: QueuedCall[] = [];
+	let inFlight = 0;
+
+	function gauges(): ValueItem {
+		if (!metered) return (inFlightGauge = { value: 0 });
+		queueGauge = gaugeItem(broker, BULKHEAD_GAUGES.queueSize, gaugeLabels);
+		return (inFlightGauge = gaugeItem(broker, BULKHEAD_GAUGES.inFlight, gaugeLabels));
+	}
+
+	function invoke(ctx: Context): Promise<unknown> {
+		inFlight++;
+		(inFlightGauge ?? gauges()).value = inFlight;
+		try {
+			return next(ctx);
+		} catch (err) {
+			return Promise.reject(err);
+		}
+	}
+
+	function admitQueued(): void {
+		while (queue.length && inFlight < concurrency) {
+			const call = queue.shift()!;
+			queueGauge.value = queue.length;
+			invoke(call.ctx).then(call.resolve, call.reject);
+		}
+	}
+
+	function admitOrQueue(ctx: Context): { promise: Promise<unknown>; admitted: boolean } {
+		if (inFlight < concurrency) return { promise: invoke(ctx), admitted: true };
+		if (bulkhead.maxQueueSize && queue.length >= bulkhead.maxQueueSize) {
+			return { promise: Promise.reject(new Errors.QueueIsFullError({ action: action.name, nodeID: ctx.nodeID })), admitted: false };
+		}
+		const promise = new Promise((resolve, reject) => queue.push({ ctx, resolve, reject }));
+		queueGauge.value = queue.length;
+		return { promise, admitted: true };
+	}
+
+	function settle(ctx: Context, tracked: boolean, admitted: boolean): void {
+		if (tracked) untrack(ctx);
+		if (!admitted) return;
+		inFlight--;
+		inFlightGauge!.value = inFlight;
+		admitQueued();
+	}
+
+	// No closures named per call here: under tsx (esbuild keepNames) each costs a defineProperty.
+	return function servingGate(ctx: Context): Promise<unknown> {
+		const series: Series | undefined = meter?.start(ctx);
+		const startedAt = meter ? performance.now() : 0;
+		const tracked = trackingOn && (ctx.options.tracking ?? true);
+		if (tracked) trackedList(ctx).push(ctx);
+		const { promise, admitted } = admitOrQueue(ctx);
+		return promise.then(
+			res => {
+				settle(ctx, tracked, admitted);
+				if (series) meter!.done(series, startedAt);
+				return res;
+			},
+			err => {
+				settle(ctx, tracked, admitted);
+				if (series) meter!.failed(series, startedAt, ctx, err);
+				throw err;
+			},
+		);
+	};
+}
+
+/** Bulkhead + tracking + request metrics for served actions; Moleculer's Bulkhead still guards events. */
+function ServingGate(this: ServiceBroker, broker: ServiceBroker): Middleware {
+	const moleculerBulkhead = builtIn(broker, "Bulkhead");
+	return {
+		name: "ServingGate",
+		created: moleculerBulkhead.created,
+		localEvent: moleculerBulkhead.localEvent,
+		localAction(this: ServiceBroker, next: Handler, action: ActionDef) {
+			return gateAction(this, next, action);
+		},
+	} as unknown as Middleware;
+}
+
+/** Moleculer's ContextTracker without its local-action wrapper (ServingGate tracks served calls). */
+function ContextTracker(this: ServiceBroker, broker: ServiceBroker): Middleware {
+	const tracker = builtIn(broker, "ContextTracker");
+	delete tracker.localAction;
+	return tracker;
+}
+
+const TIMEOUT_METRIC = "moleculer.request.timeout.total";
+
+/**
+ * Moleculer's Timeout (same defaults, error, log line and metric) with one timer and two promises per
+ * call instead of Promise.race over four, and, for served actions, a timer only for calls that started
+ * on this node.
+ */
+function Timeout(this: ServiceBroker, broker: ServiceBroker): Middleware {
+	const log = broker.getLogger("timeout");
+
+	function wrap(next: Handler, action: ActionDef & { timeout?: number }, onlyLocalCallers: boolean): Handler {
+		const service = action.service?.fullName ?? null;
+		// Runs when the timer fires first; defined once per action (setTimeout passes the arguments).
+		function expire(ctx: Context, reject: (err: Error) => void): void {
+			log.warn(`Request '${action.name}' is timed out.`, { requestID: ctx.requestID, nodeID: ctx.nodeID, timeout: ctx.options.timeout });
+			if (ctx.params instanceof Stream) ctx.params.emit("moleculer-timeout-middleware", ctx.options.timeout);
+			if (broker.isMetricsEnabled()) broker.metrics.increment(TIMEOUT_METRIC, { service, action: action.name });
+			reject(new Errors.RequestTimeoutError({ action: action.name, nodeID: ctx.nodeID ?? "" }));
+		}
+		return function timeoutMiddleware(ctx: Context): Promise<unknown> {
+			if (ctx.options.timeout == null) ctx.options.timeout = action.timeout ?? broker.options.requestTimeout;
+			const ms = ctx.options.timeout ?? 0;
+			if (!(ms > 0)) return next(ctx);
+			// Calls made while serving this one get the rest of its budget (distributed timeouts).
+			if (!ctx.startHrTime) ctx.startHrTime = process.hrtime();
+			if (onlyLocalCallers && ctx.nodeID !== broker.nodeID) return next(ctx);
+			const pending = next(ctx);
+			return new Promise((resolve, reject) => {
+				const timer = setTimeout(expire, ms, ctx, reject);
+				pending.then(
+					value => {
+						clearTimeout(timer);
+						resolve(value);
+					},
+					err => {
+						clearTimeout(timer);
+						reject(err);
+					},
+				);
+			});
+		};
+	}
+
+	return {
+		name: "Timeout",
+		created() {
+			if (broker.isMetricsEnabled()) {
+				broker.metrics.register({ name: TIMEOUT_METRIC, type: "counter", labelNames: ["service", "action"], description: "Number of timed out requests", rate: true });
+			}
+		},
+		localAction: (next: Handler, action: ActionDef) => wrap(next, action, true),
+		remoteAction: (next: Handler, action: ActionDef) => wrap(next, action, false),
+	} as unknown as Middleware;
+}
+
+/** The broker's middlewares after the project's own (it runs with internalMiddlewares: false). */
+export function meshInternalMiddlewares(): Array<string | Middleware | MiddlewareFactory> {
+	return [
+		"ActionHook",
+		"Validator",
+		ServingGate as MiddlewareFactory,
+		"Cacher",
+		ContextTracker as MiddlewareFactory,
+		"CircuitBreaker",
+		Timeout as MiddlewareFactory,
+		"Retry",
+		"Fallback",
+		"ErrorHandler",
+		"Tracing",
+		LeanMetricsMiddleware(),
+		"Debounce",
+		"Throttle",
+	];
+}
