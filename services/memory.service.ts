@@ -12,6 +12,7 @@ import SqlAdapter from "moleculer-db-adapter-sequelize";
 import { DataTypes, QueryTypes, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
 import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/auth";
 import { fastQuery } from "../lib/database";
+import { PointReadBatcher } from "../lib/point-read-batcher";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { enqueueEvents } from "../lib/outbox";
 import { actionPolicy } from "../lib/resilience";
@@ -49,7 +50,7 @@ interface MemoryMethods {
 	findRow(id: string, t?: Transaction): Promise<MemoryRow>;
 	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string): Promise<void>;
 }
-type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> } };
+type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> }; rowsById: PointReadBatcher<MemoryRow> };
 
 /** The node's shared pool: moleculer-db must not close it when this service stops. */
 class SharedSequelizeAdapter extends SqlAdapter {
@@ -294,12 +295,15 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			return { ...rest, content: open(content_sealed as Buffer, key_id as string, new Map([[encryptionKeyId, encryptionKey]])) };
 		},
 
-		/** One indexed SELECT (FOR UPDATE inside a write); plain rows, no model instances on the hot path. */
+		/**
+		 * Inside a write: one SELECT … FOR UPDATE in its transaction. Otherwise a point read, batched with
+		 * the reads other calls make in the same event-loop turn (lib/point-read-batcher.ts). Plain rows,
+		 * no model instances on the hot path.
+		 */
 		async findRow(id: string, t?: Transaction): Promise<MemoryRow> {
-			const sequelize = databaseOf(this.broker);
-			const [row] = t
-				? await sequelize.query<MemoryRow>("SELECT * FROM memories WHERE id = $1 FOR UPDATE", { bind: [id], type: QueryTypes.SELECT, transaction: t })
-				: await fastQuery<MemoryRow>(sequelize, "SELECT * FROM memories WHERE id = $1", [id]);
+			const row = t
+				? (await databaseOf(this.broker).query<MemoryRow>("SELECT * FROM memories WHERE id = $1 FOR UPDATE", { bind: [id], type: QueryTypes.SELECT, transaction: t }))[0]
+				: await (this as MemoryThis).rowsById.get(id.toLowerCase());
 			if (!row) throw notFound(id);
 			return row;
 		},
@@ -321,6 +325,13 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 		const Adapter = SharedSequelizeAdapter as unknown as new (...args: unknown[]) => { init(broker: unknown, service: unknown): void };
 		self.adapter = new Adapter(databaseOf(this.broker), undefined, undefined, { noSync: true });
 		self.adapter.init(this.broker, this);
+		const sequelize = databaseOf(this.broker);
+		(this as MemoryThis).rowsById = new PointReadBatcher<MemoryRow>({
+			// Unnamed on purpose: a prepared `SELECT *` would fail ("cached plan must not change result
+			// type") after another node's migration adds a column, until this node reconnects.
+			load: ids => fastQuery<MemoryRow>(sequelize, "SELECT * FROM memories WHERE id = ANY($1::uuid[])", [ids]),
+			keyOf: row => row.id,
+		});
 		const { memory } = nodeContextOf(this.broker).settings;
 		if (memory.developmentKey) this.logger.warn("Memory: confidential content is sealed with the DEVELOPMENT key; set MEMORY_ENCRYPTION_KEY for real data");
 	},
