@@ -3,7 +3,8 @@
  * bare socket.io server broadcasting to the same number of clients, in one run.
  *   fan-out  — 50 room messages posted on NODE1, 100 ms apart: post → delivery at every client, p50/p99
  *   presence — 100 users coming online on NODE2, seen by a watcher on NODE1: p99 propagation
- *   heap     — heap growth per idle socket after a full GC, on NODE2 (SIGUSR2 heap report) and on the bare server
+ *   heap     — heap growth per idle socket after a full GC, on NODE2 (SIGUSR2 heap report) and on the bare server,
+ *              each after 100 warm-up connections (opened and closed) so one-time code compilation is not counted
  * Every client lives in this process, so the baseline pays the same receiving cost.
  */
 import type { ChildProcess } from "child_process";
@@ -18,6 +19,7 @@ const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 1_000);
 const MESSAGES = 50;
 const PRESENCE_USERS = 100;
 const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
+const WARM_UP = 100;
 const id = `${process.pid}`;
 const dbName = `bench_presence_${id}`;
 const WS = { path: "/ws/socket.io", transports: ["websocket"], reconnection: false, forceNew: true };
@@ -46,6 +48,17 @@ async function connectMany(count: number, target: (i: number) => { url: string; 
 		sockets.push(...(await Promise.all(Array.from({ length: Math.min(50, count - i) }, (_, j) => connect(target(i + j).url, target(i + j).auth)))));
 	}
 	return sockets;
+}
+
+/**
+ * Connects and closes WARM_UP sockets before the "before" heap reading: the code V8 compiles for the
+ * first connections (~2 KB per socket over 500 sockets, bench/presence/heap-census.ts) is a one-time
+ * cost, not a cost of each idle socket.
+ */
+async function warmUp(target: (i: number) => { url: string; auth: Record<string, unknown> }): Promise<void> {
+	const sockets = await connectMany(WARM_UP, target);
+	for (const s of sockets) s.close();
+	await sleep(1_000);
 }
 
 interface FanOut {
@@ -112,6 +125,7 @@ async function main(): Promise<void> {
 		}
 
 		// --- project: 1,000 room sockets split across the two nodes ---
+		await warmUp(i => ({ url: `${nodes[i % 2]}/city/rooms/bench`, auth: { token: token(`warm-up-${i}`) } }));
 		const heapBefore = await nodeHeap(node2);
 		const roomClients = await connectMany(CLIENTS, i => ({ url: `${nodes[i % 2]}/city/rooms/bench`, auth: { token: token(`reader-${i}`) } }));
 		sockets.push(...roomClients);
@@ -137,6 +151,7 @@ async function main(): Promise<void> {
 		presenceLatencies.sort((a, b) => a - b);
 
 		// --- baseline: bare socket.io, same number of clients ---
+		await warmUp(() => ({ url: "http://127.0.0.1:9483/bench", auth: {} }));
 		const bareHeapBefore = await bareHeap("http://127.0.0.1:9483");
 		const bareClients = await connectMany(CLIENTS, () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }));
 		sockets.push(...bareClients);
