@@ -109,17 +109,23 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			return requestLogger(this.logger, { requestID });
 		},
 
+		/** Whether lines at `level` are written at all (LOG_LEVEL): request lines are skipped early when not. */
+		logs(level: LogLevels): boolean {
+			const order = ["fatal", "error", "warn", "info", "debug", "trace"];
+			return order.indexOf(level) <= order.indexOf(nodeContextOf(this.broker).settings.logLevel);
+		},
+
 		/** moleculer-web's "=> GET /path" line, with the request id. */
 		logRequest(req: IncomingMessage & { $route?: { logging?: boolean }; originalUrl?: string }) {
 			const level = this.settings.logRequest as LogLevels | null;
-			if ((req.$route && !req.$route.logging) || !level) return;
+			if ((req.$route && !req.$route.logging) || !level || !this.logs(level)) return;
 			requestLogger(this.logger, (req as { $ctx?: Context }).$ctx)[level](`=> ${req.method} ${req.originalUrl}`);
 		},
 
 		/** moleculer-web's "<= 200 GET /path [+ms]" line, with the request id and without terminal colours. */
 		logResponse(req: IncomingMessage & { $route?: { logging?: boolean }; $startTime?: [number, number]; originalUrl?: string }, res: ServerResponse) {
 			const level = this.settings.logResponse as LogLevels | null;
-			if ((req.$route && !req.$route.logging) || !level) return;
+			if ((req.$route && !req.$route.logging) || !level || !this.logs(level)) return;
 			const [seconds, nanos] = process.hrtime(req.$startTime ?? process.hrtime());
 			const ms = Math.round(seconds * 1e6 + nanos / 1e3) / 1e3;
 			this.httpLogger(req, res)[level](`<= ${res.statusCode} ${req.method} ${req.originalUrl} [+${ms} ms]`, { status: res.statusCode, duration_ms: ms });

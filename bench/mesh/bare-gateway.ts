@@ -1,4 +1,5 @@
 // Baseline: a bare moleculer-web gateway (default options) calling the remote echo action over NATS.
+// It parses the JSON body (moleculer-web's bodyParsers), so it makes the same call as the project's gateway.
 import { ServiceBroker } from "moleculer";
 import ApiGateway from "moleculer-web";
 
@@ -6,7 +7,7 @@ const broker = new ServiceBroker({ namespace: process.env.MESH_NAMESPACE, nodeID
 broker.createService({
 	name: "api",
 	mixins: [ApiGateway],
-	settings: { port: Number(process.env.PORT), routes: [{ path: "/api", aliases: { "POST /echo": "echo.echo" } }] },
+	settings: { port: Number(process.env.PORT), routes: [{ path: "/api", bodyParsers: { json: true }, aliases: { "POST /echo": "echo.echo" } }] },
 });
 broker
 	.start()
