@@ -12,7 +12,9 @@
  *   times calls that started on this node. A call from another node is timed by its caller, which
  *   gives up and retries elsewhere on its own; a second timer here only produced an error answer
  *   nobody waits for.
- * - LeanMetrics meters calls this node makes (lib/lean-metrics.ts).
+ * - CallingGate (in the request metrics' place, outermost) tracks and meters the calls this node
+ *   makes, in one wrapper where ContextTracker and the metrics used two.
+ * - Retry and Fallback wrap a served action only for calls that started on this node (forLocalCallers).
  *
  * bench/mesh/cpu-per-call.ts measures what each costs per call (docs/BENCHMARKS.md).
  */
@@ -20,7 +22,7 @@ import * as moleculer from "moleculer";
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import { Stream } from "stream";
-import { gaugeItem, LeanMetricsMiddleware, RequestMeter, type Series, type ValueItem } from "./lean-metrics";
+import { gaugeItem, registerRequestMetrics, RequestMeter, type Series, type ValueItem } from "./lean-metrics";
 
 type Handler = (ctx: Context) => Promise<unknown>;
 type ActionDef = { name: string; service?: { fullName: string }; bulkhead?: BulkheadOptions };
@@ -44,7 +46,7 @@ const { Middlewares } = moleculer as unknown as { Middlewares: Record<string, Mi
 const BULKHEAD_GAUGES = { inFlight: "moleculer.request.bulkhead.inflight", queueSize: "moleculer.request.bulkhead.queue.size" };
 
 /** Moleculer's own middleware object for `name`, built the way the broker builds it. */
-function builtIn(broker: ServiceBroker, name: "Bulkhead" | "ContextTracker"): Middleware & Record<string, unknown> {
+function builtIn(broker: ServiceBroker, name: "Bulkhead" | "ContextTracker" | "Retry" | "Fallback"): Middleware & Record<string, unknown> {
 	return Middlewares[name].call(broker, broker);
 }
 
@@ -156,11 +158,81 @@ function ServingGate(this: ServiceBroker, broker: ServiceBroker): Middleware {
 	} as unknown as Middleware;
 }
 
-/** Moleculer's ContextTracker without its local-action wrapper (ServingGate tracks served calls). */
+/** Moleculer's ContextTracker for events and stopping; ServingGate and CallingGate track calls. */
 function ContextTracker(this: ServiceBroker, broker: ServiceBroker): Middleware {
 	const tracker = builtIn(broker, "ContextTracker");
 	delete tracker.localAction;
+	delete tracker.remoteAction;
 	return tracker;
+}
+
+function gateCall(broker: ServiceBroker, next: Handler, action: ActionDef): Handler {
+	const trackingOn = !!broker.options.tracking?.enabled;
+	const meter = broker.isMetricsEnabled() ? new RequestMeter(broker, action, "remote") : null;
+	return function callingGate(ctx: Context): Promise<unknown> {
+		const series: Series | undefined = meter?.start(ctx);
+		const startedAt = meter ? performance.now() : 0;
+		const tracked = trackingOn && (ctx.options.tracking ?? true);
+		if (tracked) trackedList(ctx).push(ctx);
+		let pending: Promise<unknown>;
+		try {
+			pending = next(ctx);
+		} catch (err) {
+			pending = Promise.reject(err);
+		}
+		return pending.then(
+			res => {
+				if (tracked) untrack(ctx);
+				if (series) meter!.done(series, startedAt);
+				return res;
+			},
+			err => {
+				if (tracked) untrack(ctx);
+				if (series) meter!.failed(series, startedAt, ctx, err);
+				throw err;
+			},
+		);
+	};
+}
+
+/**
+ * Calls this node makes: tracked for graceful stop and metered, in one wrapper (Moleculer's
+ * ContextTracker and the request metrics used two). Outermost, so a call counts once however its
+ * attempts went; Moleculer's Retry re-enters the chain for each retry, as before.
+ */
+function CallingGate(this: ServiceBroker, broker: ServiceBroker): Middleware {
+	return {
+		name: "CallingGate",
+		created: () => registerRequestMetrics(broker),
+		remoteAction(this: ServiceBroker, next: Handler, action: ActionDef) {
+			return gateCall(this, next, action);
+		},
+	} as unknown as Middleware;
+}
+
+/**
+ * Moleculer's `name` middleware, whose served-action wrapper only runs for calls that started on this
+ * node. Retry never retries a call from another node on the serving side (its caller does), and Fallback
+ * has nothing to do for one unless the action declares a `fallback`: for those calls the wrapper was one
+ * more promise per call and no behaviour.
+ */
+function forLocalCallers(name: "Retry" | "Fallback"): MiddlewareFactory {
+	const factory = function (this: ServiceBroker, broker: ServiceBroker) {
+		const middleware = builtIn(broker, name);
+		const wrapServed = middleware.localAction as (this: ServiceBroker, next: Handler, action: ActionDef) => Handler;
+		return {
+			...middleware,
+			localAction(this: ServiceBroker, next: Handler, action: ActionDef & { fallback?: unknown }) {
+				const wrapped = wrapServed.call(this, next, action);
+				if (wrapped === next || (name === "Fallback" && action.fallback)) return wrapped;
+				return function localCallersOnly(ctx: Context) {
+					return ctx.nodeID === broker.nodeID ? wrapped(ctx) : next(ctx);
+				};
+			},
+		} as unknown as Middleware;
+	};
+	Object.defineProperty(factory, "name", { value: name });
+	return factory as MiddlewareFactory;
 }
 
 const TIMEOUT_METRIC = "moleculer.request.timeout.total";
@@ -228,11 +300,11 @@ export function meshInternalMiddlewares(): Array<string | Middleware | Middlewar
 		ContextTracker as MiddlewareFactory,
 		"CircuitBreaker",
 		Timeout as MiddlewareFactory,
-		"Retry",
-		"Fallback",
+		forLocalCallers("Retry"),
+		forLocalCallers("Fallback"),
 		"ErrorHandler",
 		"Tracing",
-		LeanMetricsMiddleware(),
+		CallingGate as MiddlewareFactory,
 		"Debounce",
 		"Throttle",
 	];

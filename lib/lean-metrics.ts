@@ -4,14 +4,15 @@
  * cost of a call in bench/mesh (docs/BENCHMARKS.md: 29k → 41k calls/s without it).
  *
  * Same metric names and labels as Moleculer's (moleculer_request_total, _active, _error_total,
- * moleculer_request_time histogram in ms), but each handler keeps the series objects of its callers
- * and updates them in place, with no label hashing per call. Per-packet transit/transporter counters
+ * moleculer_request_time histogram in ms), but each action's RequestMeter keeps the series objects of
+ * its callers and updates them in place, with no label hashing per call. ServingGate and CallingGate
+ * (lib/call-pipeline.ts) use it for served and outgoing calls. Per-packet transit/transporter counters
  * are left out (the NATS server reports traffic itself); event counters stay on the registry.
  *
  * Updating series in place relies on the shape of Moleculer 0.15's metric items ({value} for counters
  * and gauges; {sum, count, bucketValues} for histograms); test/unit/lean-metrics.test.ts pins it.
  */
-import type { Context, Middleware, ServiceBroker } from "moleculer";
+import type { Context, ServiceBroker } from "moleculer";
 
 const NAMES = {
 	total: "moleculer.request.total",
@@ -225,39 +226,7 @@ export class RequestMeter {
 	}
 }
 
-function wrap(broker: ServiceBroker, type: "local" | "remote") {
-	return (next: (ctx: Context) => Promise<unknown>, action: { name: string; service?: { fullName: string } }) => {
-		const meter = new RequestMeter(broker, action, type);
-		return function leanMetrics(ctx: Context) {
-			const series = meter.start(ctx);
-			const started = performance.now();
-			return next(ctx).then(
-				res => {
-					meter.done(series, started);
-					return res;
-				},
-				(err: Error & { code?: number; type?: string }) => {
-					meter.failed(series, started, ctx, err);
-					throw err;
-				},
-			);
-		};
-	};
-}
-
-/**
- * Metrics of the calls this node makes to other nodes. Served calls are metered by ServingGate
- * (lib/call-pipeline.ts) with the same RequestMeter. Moleculer calls middleware hooks with the broker
- * as `this` (internal services are wrapped before `created`).
- */
-export function LeanMetricsMiddleware(): Middleware {
-	return {
-		name: "LeanMetrics",
-		created(broker: ServiceBroker) {
-			if (broker.isMetricsEnabled()) register(broker);
-		},
-		remoteAction(this: ServiceBroker, next: never, action: never) {
-			return this.isMetricsEnabled() ? wrap(this, "remote")(next, action) : next;
-		},
-	} as unknown as Middleware;
+/** Registers the request metrics (Moleculer's names) that RequestMeter updates in place. */
+export function registerRequestMetrics(broker: ServiceBroker): void {
+	if (broker.isMetricsEnabled()) register(broker);
 }

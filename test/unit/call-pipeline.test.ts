@@ -79,3 +79,57 @@ describe("call pipeline", () => {
 		await stopped;
 	});
 });
+
+describe("call pipeline across two brokers (in-memory transporter)", () => {
+	const options = (nodeID: string) => ({
+		nodeID,
+		namespace: `pipeline-${process.pid}`,
+		transporter: "Fake",
+		logger: false,
+		metrics: { enabled: true },
+		tracking: { enabled: true, shutdownTimeout: 5_000 },
+		retryPolicy: { enabled: false, retries: 2, delay: 10, maxDelay: 50, factor: 2, check: (err: Error & { retryable?: boolean }) => !!err.retryable },
+		internalMiddlewares: false,
+		middlewares: meshInternalMiddlewares() as never,
+	});
+	const caller = new ServiceBroker(options("caller"));
+	const server = new ServiceBroker(options("server"));
+	let flaky = 0;
+	const retryTwice = { retryPolicy: { enabled: true, retries: 2 } };
+	server.createService({
+		name: "far",
+		actions: {
+			pause: (ctx: { params: { ms: number } }) => new Promise(resolve => setTimeout(() => resolve("finished"), ctx.params.ms)),
+			flaky: {
+				...retryTwice,
+				handler() {
+					if (flaky++ === 0) throw new Errors.MoleculerRetryableError("first attempt fails");
+					return "second attempt";
+				},
+			},
+		},
+	});
+	beforeAll(async () => {
+		await Promise.all([server.start(), caller.start()]);
+		await caller.waitForServices("far");
+	});
+	afterAll(() => server.stop());
+
+	it("retries a retryable failure on the caller's side, and counts the outgoing call in the remote request metrics", async () => {
+		await expect(caller.call("far.flaky")).resolves.toBe("second attempt");
+		expect(flaky).toBe(2);
+		const total = (caller.metrics.list({ includes: "moleculer.request.total" }) as unknown as Array<{ values: Array<{ labels: { action: string; type: string }; value: number }> }>)[0].values.find(
+			v => v.labels.action === "far.flaky" && v.labels.type === "remote",
+		);
+		// Moleculer's Retry sends the second attempt through the whole chain again: two requests counted.
+		expect(total?.value).toBe(2);
+	});
+
+	it("makes a stopping caller wait for the calls it has in flight on another node", async () => {
+		const inFlight = caller.call("far.pause", { ms: 300 });
+		await new Promise(resolve => setTimeout(resolve, 20));
+		const stopped = caller.stop().then(() => "stopped");
+		expect(await Promise.race([inFlight, stopped])).toBe("finished");
+		await stopped;
+	});
+});
