@@ -84,7 +84,7 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 	const options = (nodeID: string) => ({
 		nodeID,
 		namespace: `pipeline-${process.pid}`,
-		transporter: "Fake",
+		transporter: "Fake" as const,
 		logger: false,
 		metrics: { enabled: true },
 		tracking: { enabled: true, shutdownTimeout: 5_000 },
