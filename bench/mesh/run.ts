@@ -31,6 +31,8 @@ interface RpcRow {
 	name: string;
 	loaded: LoadResult;
 	paced: LoadResult;
+	/** calls/s of every round, slowest first */
+	rounds: number[];
 }
 
 /**
@@ -50,7 +52,7 @@ async function measureRpcVariants(variants: Array<{ name: string; call: () => Pr
 		const loaded = byRate[Math.floor(byRate.length / 2)];
 		const paced = await fixedRate(v.call, RATE, SECONDS * 1000);
 		process.stdout.write(`${v.name}: ${byRate.map(r => formatNumber(r.perSecond)).join(" / ")} calls/s (median ${formatNumber(loaded.perSecond)}), p99 @${RATE}/s = ${formatNumber(paced.p99)} ms\n`);
-		rows.push({ name: v.name, loaded, paced });
+		rows.push({ name: v.name, loaded, paced, rounds: byRate.map(r => r.perSecond) });
 	}
 	return rows;
 }
@@ -87,6 +89,8 @@ async function rpcBenchmarks(): Promise<RpcRow[]> {
 
 interface HttpRow {
 	name: string;
+	/** req/s of every round, slowest first */
+	rounds: number[];
 	rps: number;
 	p50: number;
 	p99: number;
@@ -116,7 +120,7 @@ async function measureHttpVariants(variants: HttpVariant[]): Promise<HttpRow[]> 
 		const median = byRate[Math.floor(byRate.length / 2)];
 		const errors = byRate.reduce((sum, r) => sum + r.errors + r.timeouts + r.non2xx, 0);
 		process.stdout.write(`${v.name}: ${byRate.map(r => formatNumber(r.requests.average)).join(" / ")} req/s (median ${formatNumber(median.requests.average)}; errors ${errors})\n`);
-		return { name: v.name, rps: median.requests.average, p50: median.latency.p50, p99: median.latency.p99, errors };
+		return { name: v.name, rps: median.requests.average, p50: median.latency.p50, p99: median.latency.p99, errors, rounds: byRate.map(r => r.requests.average) };
 	});
 }
 
@@ -161,8 +165,8 @@ function report(rpc: RpcRow[], http: HttpRow[]): string {
 		"### Remote calls between two processes over NATS",
 		"",
 		table(
-			["variant", `calls/s @${CONCURRENCY} concurrent`, "p50 ms", "p99 ms", `p99 ms @${RATE}/s`, "errors"],
-			rpc.map(r => [r.name, r.loaded.perSecond, r.loaded.p50, r.loaded.p99, r.paced.p99, r.loaded.errors + r.paced.errors]),
+			["variant", `calls/s @${CONCURRENCY} concurrent (median)`, "rounds", "p50 ms", "p99 ms", `p99 ms @${RATE}/s`, "errors"],
+			rpc.map(r => [r.name, r.loaded.perSecond, r.rounds.map(formatNumber).join(" / "), r.loaded.p50, r.loaded.p99, r.paced.p99, r.loaded.errors + r.paced.errors]),
 		),
 		"",
 		`- project / bare Moleculer making the same call: **${ratio(project.loaded.perSecond, bare.loaded.perSecond)}** (target ≥ 0.8)`,
@@ -172,7 +176,7 @@ function report(rpc: RpcRow[], http: HttpRow[]): string {
 		"",
 		"### HTTP through the gateway to a remote action (autocannon, 50 connections)",
 		"",
-		table(["variant", "req/s", "p50 ms", "p99 ms", "errors"], http.map(h => [h.name, h.rps, h.p50, h.p99, h.errors])),
+		table(["variant", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"], http.map(h => [h.name, h.rps, h.rounds.map(formatNumber).join(" / "), h.p50, h.p99, h.errors])),
 		"",
 		`- project gateway / bare moleculer-web: **${ratio(projectWeb.rps, bareWeb.rps)}** (target ≥ 0.8)`,
 		`- project gateway / bare Node http: **${ratio(projectWeb.rps, node.rps)}**`,
