@@ -1,6 +1,6 @@
 /**
- * The middleware chain every broker runs: Moleculer's internal middlewares in their own order, with
- * three replaced by leaner equivalents that keep their behaviour, names and metrics.
+ * The middleware chain every broker runs: Moleculer's internal middlewares in their own order, some
+ * replaced or narrowed by leaner equivalents that keep their behaviour, names and metrics.
  *
  * - ServingGate (in Bulkhead's place) serves a local action through one wrapper that does what
  *   Bulkhead, ContextTracker and the request metrics did in three: the call is tracked for graceful
@@ -62,6 +62,52 @@ function untrack(ctx: Context): void {
 	if (index !== -1) list.splice(index, 1);
 }
 
+/** Calls `next`, turning a synchronous throw into a rejection, as the promise chain expects. */
+function callNext(next: Handler, ctx: Context): Promise<unknown> {
+	try {
+		return next(ctx);
+	} catch (err) {
+		return Promise.reject(err);
+	}
+}
+
+/** What one call's recorder noted when it began. */
+interface Recording {
+	series: Series | undefined;
+	startedAt: number;
+	tracked: boolean;
+}
+
+/**
+ * What both gates do around a call: track it in Moleculer's lists for graceful stop, and meter it
+ * (RequestMeter, type "local" for served calls, "remote" for calls this node makes).
+ */
+class CallRecorder {
+	private readonly trackingOn: boolean;
+	private readonly meter: RequestMeter | null;
+
+	constructor(broker: ServiceBroker, action: ActionDef, type: "local" | "remote") {
+		this.trackingOn = !!broker.options.tracking?.enabled;
+		this.meter = broker.isMetricsEnabled() ? new RequestMeter(broker, action, type) : null;
+	}
+
+	begin(ctx: Context): Recording {
+		const tracked = this.trackingOn && (ctx.options.tracking ?? true);
+		if (tracked) trackedList(ctx).push(ctx);
+		return { series: this.meter?.start(ctx), startedAt: this.meter ? performance.now() : 0, tracked };
+	}
+
+	succeeded(recording: Recording, ctx: Context): void {
+		if (recording.tracked) untrack(ctx);
+		if (recording.series) this.meter!.done(recording.series, recording.startedAt);
+	}
+
+	failed(recording: Recording, ctx: Context, err: Error): void {
+		if (recording.tracked) untrack(ctx);
+		if (recording.series) this.meter!.failed(recording.series, recording.startedAt, ctx, err);
+	}
+}
+
 interface QueuedCall {
 	ctx: Context;
 	resolve: (value: unknown) => void;
@@ -71,8 +117,7 @@ interface QueuedCall {
 function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Handler {
 	const bulkhead: BulkheadOptions = { ...(broker.options.bulkhead as BulkheadOptions), ...action.bulkhead };
 	const concurrency = bulkhead.enabled ? (bulkhead.concurrency ?? 3) : Infinity;
-	const trackingOn = !!broker.options.tracking?.enabled;
-	const meter = broker.isMetricsEnabled() ? new RequestMeter(broker, action, "local") : null;
+	const recorder = new CallRecorder(broker, action, "local");
 	const gaugeLabels = { action: action.name, service: action.service?.fullName };
 	const metered = bulkhead.enabled && broker.isMetricsEnabled();
 	// Looked up at the first call: internal services are wrapped before the gauges are registered.
@@ -90,11 +135,7 @@ function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Ha
 	function invoke(ctx: Context): Promise<unknown> {
 		inFlight++;
 		(inFlightGauge ?? gauges()).value = inFlight;
-		try {
-			return next(ctx);
-		} catch (err) {
-			return Promise.reject(err);
-		}
+		return callNext(next, ctx);
 	}
 
 	function admitQueued(): void {
@@ -115,8 +156,7 @@ function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Ha
 		return { promise, admitted: true };
 	}
 
-	function settle(ctx: Context, tracked: boolean, admitted: boolean): void {
-		if (tracked) untrack(ctx);
+	function release(admitted: boolean): void {
 		if (!admitted) return;
 		inFlight--;
 		inFlightGauge!.value = inFlight;
@@ -125,20 +165,17 @@ function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Ha
 
 	// No closures named per call here: under tsx (esbuild keepNames) each costs a defineProperty.
 	return function servingGate(ctx: Context): Promise<unknown> {
-		const series: Series | undefined = meter?.start(ctx);
-		const startedAt = meter ? performance.now() : 0;
-		const tracked = trackingOn && (ctx.options.tracking ?? true);
-		if (tracked) trackedList(ctx).push(ctx);
+		const recording = recorder.begin(ctx);
 		const { promise, admitted } = admitOrQueue(ctx);
 		return promise.then(
 			res => {
-				settle(ctx, tracked, admitted);
-				if (series) meter!.done(series, startedAt);
+				release(admitted);
+				recorder.succeeded(recording, ctx);
 				return res;
 			},
 			err => {
-				settle(ctx, tracked, admitted);
-				if (series) meter!.failed(series, startedAt, ctx, err);
+				release(admitted);
+				recorder.failed(recording, ctx, err);
 				throw err;
 			},
 		);
@@ -167,28 +204,16 @@ function ContextTracker(this: ServiceBroker, broker: ServiceBroker): Middleware 
 }
 
 function gateCall(broker: ServiceBroker, next: Handler, action: ActionDef): Handler {
-	const trackingOn = !!broker.options.tracking?.enabled;
-	const meter = broker.isMetricsEnabled() ? new RequestMeter(broker, action, "remote") : null;
+	const recorder = new CallRecorder(broker, action, "remote");
 	return function callingGate(ctx: Context): Promise<unknown> {
-		const series: Series | undefined = meter?.start(ctx);
-		const startedAt = meter ? performance.now() : 0;
-		const tracked = trackingOn && (ctx.options.tracking ?? true);
-		if (tracked) trackedList(ctx).push(ctx);
-		let pending: Promise<unknown>;
-		try {
-			pending = next(ctx);
-		} catch (err) {
-			pending = Promise.reject(err);
-		}
-		return pending.then(
+		const recording = recorder.begin(ctx);
+		return callNext(next, ctx).then(
 			res => {
-				if (tracked) untrack(ctx);
-				if (series) meter!.done(series, startedAt);
+				recorder.succeeded(recording, ctx);
 				return res;
 			},
 			err => {
-				if (tracked) untrack(ctx);
-				if (series) meter!.failed(series, startedAt, ctx, err);
+				recorder.failed(recording, ctx, err);
 				throw err;
 			},
 		);

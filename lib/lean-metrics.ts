@@ -45,7 +45,9 @@ interface MetricLike {
 	setDirty(): void;
 }
 
-function register(broker: ServiceBroker): void {
+/** Registers the request metrics (Moleculer's names) that RequestMeter updates in place. */
+export function registerRequestMetrics(broker: ServiceBroker): void {
+	if (!broker.isMetricsEnabled()) return;
 	const m = broker.metrics;
 	m.register({ name: NAMES.total, type: "counter", labelNames: LABELS, unit: "request", description: "Number of requests" });
 	m.register({ name: NAMES.active, type: "gauge", labelNames: LABELS, unit: "request", description: "Number of active requests" });
@@ -224,9 +226,4 @@ export class RequestMeter {
 			errorType: err?.type ?? null,
 		});
 	}
-}
-
-/** Registers the request metrics (Moleculer's names) that RequestMeter updates in place. */
-export function registerRequestMetrics(broker: ServiceBroker): void {
-	if (broker.isMetricsEnabled()) register(broker);
 }

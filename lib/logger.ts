@@ -83,6 +83,14 @@ export function jsonLogger(level: string): LoggerConfig {
 	} as LoggerConfig;
 }
 
+/** Most to least severe, as LOG_LEVEL orders them. */
+const LEVELS = ["fatal", "error", "warn", "info", "debug", "trace"];
+
+/** Whether a logger configured at `configured` writes lines at `level`. */
+export function logsAt(level: string, configured: string): boolean {
+	return LEVELS.indexOf(level) <= LEVELS.indexOf(configured);
+}
+
 /** A request, as far as logging cares: Moleculer contexts and anything else with a request id. */
 export interface RequestScoped {
 	requestID?: string | null;

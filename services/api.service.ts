@@ -18,7 +18,7 @@ import { buildHealthReport } from "../lib/health";
 import { acceptIdempotencyKey, acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
 import { InPlaceSeries } from "../lib/lean-metrics";
 import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
-import { requestLogger } from "../lib/logger";
+import { logsAt, requestLogger } from "../lib/logger";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
 import { SocketIoMixin } from "../mixins/socket-io.mixin";
@@ -104,22 +104,21 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 
 	methods: {
 		/** The gateway's logger for one HTTP request: its lines carry the request id (X-Request-ID). */
-		httpLogger(req: IncomingMessage & { $ctx?: Context }, res: ServerResponse) {
-			const requestID = req.$ctx?.requestID ?? (res.getHeader("X-Request-ID") as string | undefined);
+		httpLogger(req: IncomingMessage & { $ctx?: Context }, res?: ServerResponse) {
+			const requestID = req.$ctx?.requestID ?? (res?.getHeader("X-Request-ID") as string | undefined);
 			return requestLogger(this.logger, { requestID });
 		},
 
 		/** Whether lines at `level` are written at all (LOG_LEVEL): request lines are skipped early when not. */
 		logs(level: LogLevels): boolean {
-			const order = ["fatal", "error", "warn", "info", "debug", "trace"];
-			return order.indexOf(level) <= order.indexOf(nodeContextOf(this.broker).settings.logLevel);
+			return logsAt(level, nodeContextOf(this.broker).settings.logLevel);
 		},
 
 		/** moleculer-web's "=> GET /path" line, with the request id. */
 		logRequest(req: IncomingMessage & { $route?: { logging?: boolean }; originalUrl?: string }) {
 			const level = this.settings.logRequest as LogLevels | null;
 			if ((req.$route && !req.$route.logging) || !level || !this.logs(level)) return;
-			requestLogger(this.logger, (req as { $ctx?: Context }).$ctx)[level](`=> ${req.method} ${req.originalUrl}`);
+			this.httpLogger(req)[level](`=> ${req.method} ${req.originalUrl}`);
 		},
 
 		/** moleculer-web's "<= 200 GET /path [+ms]" line, with the request id and without terminal colours. */

@@ -2,7 +2,7 @@ import { TokenBucketLimiter } from "../../lib/rate-limiter";
 import { acceptRequestID, parseByteSize } from "../../lib/http-edge";
 import { AuthError, bearerToken, checkAccess, signToken, verifyToken } from "../../lib/auth";
 import type { Logger } from "moleculer";
-import { formatLogLine, redactText, requestLogger } from "../../lib/logger";
+import { formatLogLine, logsAt, redactText, requestLogger } from "../../lib/logger";
 
 describe("token bucket (10 r/s, burst 20)", () => {
 	it("allows the burst, refuses the next with Retry-After, refills over time", () => {
@@ -88,6 +88,12 @@ describe("JSON log lines", () => {
 		expect(timedOut).toMatchObject({ request_id: "rid-2", timeout: 750 });
 		expect(timedOut).not.toHaveProperty("requestID");
 		expect(JSON.parse(formatLogLine("info", ["started"], { nodeID: "n1" })).request_id).toBeNull();
+	});
+	it("are written at the configured level and the levels above it only", () => {
+		expect(logsAt("info", "info")).toBe(true);
+		expect(logsAt("warn", "info")).toBe(true);
+		expect(logsAt("debug", "info")).toBe(false);
+		expect(logsAt("trace", "debug")).toBe(false);
 	});
 	it("never print secrets", () => {
 		const jwt = signToken("k".repeat(32), { id: "u", roles: [], teams: [] });
