@@ -131,7 +131,13 @@ const CityService: ServiceSchema = {
 				const user = requireUser(ctx);
 				const room = await self.findRoom(ctx.params.room_id);
 				if (!room.is_public && !isAdmin(user)) throw clientError("Private rooms are joined by invitation", 403, "FORBIDDEN");
-				await databaseOf(this.broker).query("INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", { bind: [room.id, user.id] });
+				const [inserted] = await databaseOf(this.broker).query<{ room_id: string }>(
+					"INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room_id",
+					{ bind: [room.id, user.id], type: QueryTypes.SELECT },
+				);
+				// A new member's presence now matters to the room's watchers: presence (one instance, a
+				// balanced event) announces it, as it would at the member's next status change.
+				if (inserted) ctx.emit("city.member.joined", { room_id: room.id, user_id: user.id });
 				return { room_id: room.id, user_id: user.id, member: true };
 			},
 		},

@@ -181,6 +181,9 @@ const PresenceService: ServiceSchema = {
 	}),
 
 	events: {
+		"city.member.joined"(this: Service, ctx: Context<{ room_id: string; user_id: string }>) {
+			(this as PresenceThis).announce([ctx.params.user_id]).catch(err => requestLogger(this.logger, ctx).warn(`presence: announcing ${ctx.params.user_id} to room ${ctx.params.room_id} failed: ${(err as Error).message}`));
+		},
 		"$node.disconnected"(this: Service, ctx: Context<{ node: { id: string } }>) {
 			(this as PresenceThis).nodeLeft(ctx.params.node.id).catch(err => requestLogger(this.logger, ctx).warn(`presence: marking ${ctx.params.node.id}'s devices offline failed: ${(err as Error).message}`));
 		},

@@ -168,6 +168,11 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 		await presenceOf(watcher, "gina", "online");
 		await new Promise(r => setTimeout(r, 300));
 		expect(watcher.events.filter(e => e.event === "presence" && e.data.user_id === "hank")).toEqual([]);
+
+		// Hank, online already, joins the room on the other node: the room's watchers learn he is online
+		// (before, they heard of him only at his next status change).
+		expect((await getJson(`${node2.url}/api/city/rooms/${room}/join`, { method: "POST", headers: as("hank") })).status).toBe(200);
+		await presenceOf(watcher, "hank", "online");
 	});
 
 	it("a pagehide beacon (token in the body) turns that device offline after the grace period; a bad token is 401", async () => {
