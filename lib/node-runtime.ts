@@ -8,6 +8,7 @@ import { ServiceBroker, type ServiceSchema } from "moleculer";
 import { createBrokerOptions } from "../moleculer.config";
 import { createSequelize } from "./database";
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "./embedded-postgres";
+import { readHeap } from "./heap";
 import { runMigrations } from "./migrations";
 import { attachNodeContext } from "./node-context";
 import type { MeshSettings } from "./settings";
@@ -119,8 +120,12 @@ export function stopOnSignals(node: RunningNode): void {
  * --expose-gc (memory investigations, bench/presence), else as it stands.
  */
 export function reportHeap(node: RunningNode): void {
-	const gc = (globalThis as { gc?: () => void }).gc;
-	gc?.();
-	const { heapUsed, rss } = process.memoryUsage();
-	node.broker.logger.info(`Heap in use: ${heapUsed} bytes${gc ? " after a full GC" : ""}`, { event: "heap", heap_used_bytes: heapUsed, rss_bytes: rss, after_gc: !!gc });
+	const { heapUsed, codeBytes, afterGc } = readHeap();
+	node.broker.logger.info(`Heap in use: ${heapUsed} bytes (${codeBytes} of them code)${afterGc ? " after a full GC" : ""}`, {
+		event: "heap",
+		heap_used_bytes: heapUsed,
+		heap_code_bytes: codeBytes,
+		rss_bytes: process.memoryUsage().rss,
+		after_gc: afterGc,
+	});
 }

@@ -8,6 +8,7 @@ import { Client } from "pg";
 import { io, type Socket } from "socket.io-client";
 import { signToken } from "../../lib/auth";
 import { startProcess, stopProcesses } from "../lib/harness";
+import { censusDiff } from "./census-diff";
 
 const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
 const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
@@ -70,7 +71,7 @@ async function main(): Promise<void> {
 		for (let i = 0; i < COUNT; i++) await open(i);
 		await sleep(2_000);
 		const second = await snapshot(pid);
-		process.stdout.write(`${first}\n${second}\n`);
+		process.stdout.write(`${first}\n${second}\n${censusDiff(first, second, COUNT)}\n`);
 	} finally {
 		for (const s of sockets) s.close();
 		await stopProcesses();
