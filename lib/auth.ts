@@ -84,7 +84,11 @@ function remember(secret: string, token: string, user: MeshUser, exp: number | u
 	bySecret.set(token, { user, expiresAt: exp * 1000 });
 }
 
-export function verifyToken(secret: string, token: string): MeshUser {
+/**
+ * `cache: false` for a token checked once per connection (a socket handshake): caching it would only
+ * keep one entry alive per open socket.
+ */
+export function verifyToken(secret: string, token: string, { cache = true } = {}): MeshUser {
 	const known = cachedUser(secret, token);
 	if (known) return known;
 	let payload: jwt.JwtPayload | string;
@@ -96,7 +100,7 @@ export function verifyToken(secret: string, token: string): MeshUser {
 	}
 	if (typeof payload === "string" || !payload.sub) throw new AuthError("Token has no subject", 401, "INVALID_TOKEN");
 	const user = { id: payload.sub, roles: stringList(payload.roles), teams: stringList(payload.teams) };
-	remember(secret, token, user, payload.exp);
+	if (cache) remember(secret, token, user, payload.exp);
 	return user;
 }
 

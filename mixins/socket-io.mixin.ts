@@ -12,18 +12,19 @@
  * across the mesh and each gateway pushes them to its own sockets. Bad input on a socket gets an
  * `error_event` (and a failed ack) on that socket only; the connection stays up.
  */
-import type { IncomingMessage } from "http";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Server, type Namespace, type Socket } from "socket.io";
 import type { DefaultEventsMap } from "socket.io/dist/typed-events";
-import { AuthError, bearerToken, verifyToken, type MeshUser } from "../lib/auth";
+import { AuthError, verifyToken, type MeshUser } from "../lib/auth";
 import { HTTP_METRICS } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
+import { keepSlimRequests, takeToken } from "../lib/socket-footprint";
 
 export const WS_PATH = "/ws/socket.io";
 export const PRESENCE_NAMESPACE = "/city/presence";
 export const ROOM_NAMESPACE = /^\/city\/rooms\/[a-z0-9][a-z0-9_-]{0,62}$/;
+const ROOM_PREFIX = "/city/rooms/";
 const MAX_SOCKET_PAYLOAD_BYTES = 64 * 1024;
 
 /** socket.io rooms inside the presence namespace: what a socket watches (everyone, or one city room). */
@@ -45,7 +46,6 @@ interface WsError {
 
 interface SocketData {
 	user?: MeshUser;
-	roomId?: string;
 	canPost?: boolean;
 	device?: string;
 }
@@ -59,9 +59,29 @@ interface SocketIoThis extends Service {
 	attachSocketIo(): void;
 	socketUser(socket: MeshSocket): MeshUser | undefined;
 	pushToRoom(roomId: string, event: string, message: { created_at?: string; room_id?: string }): void;
-	serveRoomSocket(socket: MeshSocket): void;
+	postFromRoomSocket(socket: MeshSocket, payload: unknown, ack: Ack): void;
 	servePresenceSocket(socket: MeshSocket): Promise<void>;
 	countSocket(channel: "rooms" | "presence", delta: number): void;
+}
+
+/** A room socket's room, from its namespace: not stored per socket. */
+function roomIdOf(socket: MeshSocket): string {
+	return socket.nsp.name.slice(ROOM_PREFIX.length);
+}
+
+/**
+ * One pair of listeners for all of a node's room sockets (socket.io calls them with `this` = the
+ * socket): closures per socket would be ~150 B of each idle socket's heap (docs/BENCHMARKS.md).
+ */
+function roomSocketListeners(service: SocketIoThis) {
+	return {
+		disconnect(this: MeshSocket) {
+			service.countSocket("rooms", -1);
+		},
+		message(this: MeshSocket, payload: unknown, ack: Ack) {
+			service.postFromRoomSocket(this, payload, ack);
+		},
+	};
 }
 
 function connectError(problem: WsError): Error & { data: WsError } {
@@ -114,10 +134,11 @@ export const SocketIoMixin: ServiceSchema = {
 				cors: settings.corsOrigins.length ? { origin: settings.corsOrigins } : undefined,
 			});
 			this.io = io;
+			keepSlimRequests(io.engine);
 			const rooms = io.of(ROOM_NAMESPACE);
 			rooms.use((socket, next) => {
 				const s = socket as MeshSocket;
-				const roomId = s.nsp.name.split("/").pop() as string;
+				const roomId = roomIdOf(s);
 				let user: MeshUser | undefined;
 				try {
 					user = this.socketUser(s);
@@ -129,12 +150,17 @@ export const SocketIoMixin: ServiceSchema = {
 					.then(answer => {
 						const access = answer as { read: boolean; post: boolean };
 						if (!access.read) return next(connectError(user ? { code: 403, type: "FORBIDDEN", message: "Not a member of this room" } : { code: 401, type: "NO_TOKEN", message: "A token is required" }));
-						s.data = { user, roomId, canPost: access.post };
+						s.data = { user, canPost: access.post };
 						next();
 					})
 					.catch(err => next(connectError(asWsError(err))));
 			});
-			rooms.on("connection", socket => this.serveRoomSocket(socket as MeshSocket));
+			const roomListeners = roomSocketListeners(this);
+			rooms.on("connection", socket => {
+				this.countSocket("rooms", 1);
+				socket.on("disconnect", roomListeners.disconnect);
+				socket.on("message", roomListeners.message);
+			});
 
 			const presence = io.of(PRESENCE_NAMESPACE);
 			presence.use((socket, next) => {
@@ -152,32 +178,27 @@ export const SocketIoMixin: ServiceSchema = {
 			});
 		},
 
-		/** The handshake's token (auth.token or Authorization header); undefined when none was sent. */
+		/** The handshake token's user; undefined when no token was sent. */
 		socketUser(socket: MeshSocket): MeshUser | undefined {
-			const auth = socket.handshake.auth as { token?: unknown };
-			const token = typeof auth?.token === "string" ? auth.token : bearerToken((socket.request as IncomingMessage).headers.authorization);
+			const token = takeToken(socket);
 			if (!token) return undefined;
 			try {
-				return verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), token);
+				return verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), token, { cache: false });
 			} catch (err) {
 				if (err instanceof AuthError) throw Object.assign(err, { code: 401, type: "INVALID_TOKEN" });
 				throw err;
 			}
 		},
 
-		serveRoomSocket(this: SocketIoThis, socket: MeshSocket) {
-			this.countSocket("rooms", 1);
-			socket.on("disconnect", () => this.countSocket("rooms", -1));
-			socket.on("message", (payload: unknown, ack: Ack) => {
-				if (!isPlainObject(payload) || typeof payload.body !== "string") {
-					return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: "Expected {body: string}", field: "body" });
-				}
-				if (!socket.data.canPost) return refuse(socket, ack, { code: socket.data.user ? 403 : 401, type: "FORBIDDEN", message: "You may not post in this room" });
-				this.broker
-					.call("city.postMessage", { room_id: socket.data.roomId, body: payload.body }, { meta: { user: socket.data.user } })
-					.then(message => typeof ack === "function" && ack({ ok: true, message }))
-					.catch(err => refuse(socket, ack, asWsError(err)));
-			});
+		postFromRoomSocket(this: SocketIoThis, socket: MeshSocket, payload: unknown, ack: Ack) {
+			if (!isPlainObject(payload) || typeof payload.body !== "string") {
+				return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: "Expected {body: string}", field: "body" });
+			}
+			if (!socket.data.canPost) return refuse(socket, ack, { code: socket.data.user ? 403 : 401, type: "FORBIDDEN", message: "You may not post in this room" });
+			this.broker
+				.call("city.postMessage", { room_id: roomIdOf(socket), body: payload.body }, { meta: { user: socket.data.user } })
+				.then(message => typeof ack === "function" && ack({ ok: true, message }))
+				.catch(err => refuse(socket, ack, asWsError(err)));
 		},
 
 		async servePresenceSocket(this: SocketIoThis, socket: MeshSocket) {
@@ -227,7 +248,7 @@ export const SocketIoMixin: ServiceSchema = {
 		},
 
 		pushToRoom(this: SocketIoThis, roomId: string, event: string, message: { created_at?: string; room_id?: string }) {
-			const namespace = (this.io as unknown as { _nsps: Map<string, Namespace> } | null)?._nsps.get(`/city/rooms/${roomId}`);
+			const namespace = (this.io as unknown as { _nsps: Map<string, Namespace> } | null)?._nsps.get(ROOM_PREFIX + roomId);
 			if (!namespace || namespace.sockets.size === 0) return;
 			namespace.emit(event, message);
 			if (event === "message" && message.created_at && this.broker.isMetricsEnabled()) {

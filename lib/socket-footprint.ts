@@ -1,0 +1,71 @@
+/**
+ * What an idle socket.io connection keeps in memory, trimmed to what this mesh reads: socket.io,
+ * engine.io and ws alone hold about 10 KB per idle websocket (docs/BENCHMARKS.md, heap census), and
+ * a node may hold thousands. Measured with bench/presence and bench/presence/heap-census.ts.
+ */
+import { IncomingMessage, type IncomingHttpHeaders } from "http";
+import type { Server, Socket } from "socket.io";
+import type { Duplex } from "stream";
+import { bearerToken } from "./auth";
+
+/**
+ * What engine.io and socket.io read from a connection's first request (headers, url, query, TLS flag),
+ * without the IncomingMessage: engine.io keeps that request for the connection's whole life, and for a
+ * websocket also through a "close" listener on the raw TCP socket, about 1 KB per idle socket
+ * (docs/BENCHMARKS.md, heap census). Idempotent.
+ */
+export function slimRequest(req: IncomingMessage): IncomingMessage {
+	if (!(req instanceof IncomingMessage)) return req;
+	const { method, url, headers, httpVersion, socket } = req;
+	return { method, url, headers, httpVersion, socket, connection: socket, _query: (req as { _query?: unknown })._query } as unknown as IncomingMessage;
+}
+
+/**
+ * The handshake headers an open connection keeps (`socket.handshake.headers`): who and where from.
+ * Not the transport's own (sec-websocket-*, connection, upgrade), nor cookies, which nothing here
+ * reads; the Authorization header only until the handshake has read it (takeToken).
+ */
+export const KEPT_HANDSHAKE_HEADERS = ["host", "origin", "user-agent", "x-forwarded-for", "x-forwarded-proto", "x-real-ip", "x-request-id", "authorization"] as const;
+
+function keptHandshakeHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+	const kept: Record<string, string | string[]> = {};
+	for (const name of KEPT_HANDSHAKE_HEADERS) {
+		const value = headers[name];
+		if (value !== undefined) kept[name] = value;
+	}
+	return kept;
+}
+
+type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+
+/**
+ * Websockets reach engine.io through its public `handleUpgrade`, which we hand the slim request (ws
+ * still reads the full headers to complete the upgrade); once a connection is open, whether it came by
+ * websocket or by HTTP long-polling, its kept request is slim and holds only the kept headers.
+ */
+export function keepSlimRequests(engine: Server["engine"]): void {
+	const handleUpgrade = (engine.handleUpgrade as unknown as UpgradeHandler).bind(engine);
+	(engine as unknown as { handleUpgrade: UpgradeHandler }).handleUpgrade = (req, socket, head) => handleUpgrade(slimRequest(req), socket, head);
+	engine.on("connection", (connection: { request: IncomingMessage }) => {
+		const request = slimRequest(connection.request);
+		request.headers = keptHandshakeHeaders(request.headers);
+		connection.request = request;
+	});
+}
+
+const NO_AUTH = Object.freeze({});
+
+/**
+ * The handshake's token (auth.token, else an Authorization header), taken out of the handshake: a
+ * verified socket needs its user, not its credential, for as long as it stays open.
+ */
+export function takeToken(socket: Pick<Socket, "handshake">): string | undefined {
+	const { headers } = socket.handshake;
+	const headerToken = bearerToken(headers.authorization);
+	if (headers.authorization !== undefined) headers.authorization = undefined;
+	const auth = socket.handshake.auth as { token?: unknown } | undefined;
+	if (typeof auth?.token !== "string") return headerToken;
+	const { token, ...rest } = auth;
+	socket.handshake.auth = Object.keys(rest).length ? rest : NO_AUTH;
+	return token as string;
+}
