@@ -5,6 +5,7 @@
  */
 import { IncomingMessage, type IncomingHttpHeaders } from "http";
 import type { Server, Socket } from "socket.io";
+import { Adapter, type BroadcastOptions, type Room, type SocketId } from "socket.io-adapter";
 import type { Duplex } from "stream";
 import { bearerToken } from "./auth";
 
@@ -68,4 +69,74 @@ export function takeToken(socket: Pick<Socket, "handshake">): string | undefined
 	const { token, ...rest } = auth;
 	socket.handshake.auth = Object.keys(rest).length ? rest : NO_AUTH;
 	return token as string;
+}
+
+/**
+ * socket.io's in-memory adapter with every socket's own room (the room named by its id, which
+ * socket.io joins on connect so that `to(socket.id)` works) left implicit: the default keeps two Sets
+ * and two Map entries per socket for it, about 0.3 KB of each idle socket (docs/BENCHMARKS.md), and a
+ * room socket here is in no other room. Observable behaviour is the default adapter's (tested side by
+ * side in test/unit/socket-footprint.test.ts), except that no create-room/join-room events fire for
+ * own rooms and `socket.leave(socket.id)` does nothing. The namespace's socket map is the list of who
+ * is connected.
+ */
+export class ImplicitOwnRoomAdapter extends Adapter {
+	override addAll(id: SocketId, rooms: Set<Room>): void {
+		if (!rooms.has(id)) return void super.addAll(id, rooms);
+		const explicit = new Set(rooms);
+		explicit.delete(id);
+		if (explicit.size) void super.addAll(id, explicit);
+	}
+
+	override del(id: SocketId, room: Room): void {
+		void super.del(id, room);
+		if (this.sids.get(id)?.size === 0) this.sids.delete(id);
+	}
+
+	override socketRooms(id: SocketId): Set<Room> | undefined {
+		if (!connectedSockets(this).has(id)) return this.sids.get(id);
+		return new Set([id, ...(this.sids.get(id) ?? [])]);
+	}
+}
+
+function connectedSockets(adapter: Adapter): Map<SocketId, unknown> {
+	return (adapter.nsp as { sockets: Map<SocketId, unknown> }).sockets;
+}
+
+/** The explicit members of a room, and the socket whose own room it is. */
+function* membersOf(adapter: Adapter, room: Room): Iterable<SocketId> {
+	if (connectedSockets(adapter).has(room)) yield room;
+	yield* adapter.rooms.get(room) ?? [];
+}
+
+// Every broadcast, fetch and join/leave/disconnect of many sockets goes through these two. They are
+// private in socket.io-adapter's typings (not in its code), which TypeScript does not let a subclass
+// override by name.
+Object.assign(ImplicitOwnRoomAdapter.prototype, {
+	apply(this: ImplicitOwnRoomAdapter, opts: BroadcastOptions, callback: (socket: unknown) => void): void {
+		const connected = connectedSockets(this);
+		const except = exceptSids(this, opts.except);
+		if (opts.rooms.size === 0) {
+			for (const [id, socket] of connected) if (!except.has(id)) callback(socket);
+			return;
+		}
+		const reached = new Set<SocketId>();
+		for (const room of opts.rooms) {
+			for (const id of membersOf(this, room)) {
+				const socket = connected.get(id);
+				if (socket === undefined || reached.has(id) || except.has(id)) continue;
+				reached.add(id);
+				callback(socket);
+			}
+		}
+	},
+	computeExceptSids(this: ImplicitOwnRoomAdapter, exceptRooms?: Set<Room>): Set<SocketId> {
+		return exceptSids(this, exceptRooms);
+	},
+});
+
+function exceptSids(adapter: Adapter, exceptRooms?: Set<Room>): Set<SocketId> {
+	const except = new Set<SocketId>();
+	for (const room of exceptRooms ?? []) for (const id of membersOf(adapter, room)) except.add(id);
+	return except;
 }

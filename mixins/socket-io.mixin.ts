@@ -19,7 +19,7 @@ import { AuthError, verifyToken, type MeshUser } from "../lib/auth";
 import { HTTP_METRICS } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
-import { keepSlimRequests, takeToken } from "../lib/socket-footprint";
+import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../lib/socket-footprint";
 
 export const WS_PATH = "/ws/socket.io";
 export const PRESENCE_NAMESPACE = "/city/presence";
@@ -130,6 +130,7 @@ export const SocketIoMixin: ServiceSchema = {
 			const { settings } = nodeContextOf(this.broker);
 			const io = new Server((this as unknown as { server: import("http").Server }).server, {
 				path: WS_PATH,
+				adapter: ImplicitOwnRoomAdapter,
 				maxHttpBufferSize: MAX_SOCKET_PAYLOAD_BYTES,
 				cors: settings.corsOrigins.length ? { origin: settings.corsOrigins } : undefined,
 			});

@@ -10,7 +10,7 @@ import vm from "vm";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io, type Socket } from "socket.io-client";
 import { signToken, verifyToken } from "../../lib/auth";
-import { keepSlimRequests, takeToken } from "../../lib/socket-footprint";
+import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../../lib/socket-footprint";
 
 v8.setFlagsFromString("--expose-gc");
 const gc = vm.runInNewContext("gc") as () => void;
@@ -24,10 +24,10 @@ interface Running {
 	close(): Promise<void>;
 }
 
-async function startServer(slim: boolean): Promise<Running> {
+async function startServer(slim: boolean, adapter?: typeof ImplicitOwnRoomAdapter): Promise<Running> {
 	const server = http.createServer();
 	const requests: Array<WeakRef<IncomingMessage>> = [];
-	const ioServer = new Server(server, { path: "/ws/socket.io" });
+	const ioServer = new Server(server, { path: "/ws/socket.io", ...(adapter ? { adapter } : {}) });
 	// After attaching: engine.io takes over the server's "request" listeners when it attaches.
 	server.prependListener("upgrade", (req: IncomingMessage) => requests.push(new WeakRef(req)));
 	server.prependListener("request", (req: IncomingMessage) => requests.push(new WeakRef(req)));
@@ -132,5 +132,112 @@ describe("verifyToken with cache: false", () => {
 		const token = signToken(secret, { id: "socket-user", roles: [], teams: [] });
 		expect(verifyToken(secret, token, { cache: false })).not.toBe(verifyToken(secret, token, { cache: false }));
 		expect(verifyToken(secret, token)).toBe(verifyToken(secret, token));
+	});
+});
+
+/** Rejects, naming what was awaited, when it takes longer than 2 s (a broken adapter loses packets). */
+function within<T>(what: string, promise: Promise<T>): Promise<T> {
+	let timer: NodeJS.Timeout | undefined;
+	const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: nothing within 2 s`)), 2_000)));
+	return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * One scenario of rooms and broadcasts, played on a real server with the given adapter; what each
+ * client received per step, and what the server saw, with socket ids replaced by client names.
+ */
+async function roomScenario(adapter?: typeof ImplicitOwnRoomAdapter) {
+	const server = http.createServer();
+	const ioServer = new Server(server, { path: "/ws/socket.io", ...(adapter ? { adapter } : {}) });
+	const nsp = ioServer.of("/t");
+	await new Promise<void>(resolve => server.listen(0, "127.0.0.1", resolve));
+	const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/t`;
+	const names = ["a", "b", "c"] as const;
+	const received: Record<string, string[]> = { a: [], b: [], c: [] };
+	const byName: Record<string, ServerSocket> = {};
+	const fenced: Array<(n: number) => void> = [];
+	try {
+		for (const name of names) {
+			const serverSide = new Promise<ServerSocket>(resolve => nsp.once("connection", resolve));
+			const client = io(url, { path: "/ws/socket.io", transports: ["websocket"], forceNew: true, reconnection: false });
+			clients.push(client);
+			client.on("step", (label: string) => received[name].push(label));
+			client.on("fence", (n: number) => fenced.forEach(f => f(n)));
+			byName[name] = await within(`connection of ${name}`, serverSide);
+		}
+		const nameOf = (id: string) => names.find(n => byName[n].id === id) ?? id;
+		const { a, b, c } = byName;
+		// Each client has seen everything sent to it in step n once it has the fence of step n.
+		let step = 0;
+		const fence = async () => {
+			const n = ++step;
+			const arrived = Promise.all(names.map(() => new Promise<void>(resolve => fenced.push(m => m === n && resolve()))));
+			nsp.emit("fence", n);
+			await within(`fence ${n}`, arrived);
+			fenced.length = 0;
+		};
+		const rooms = () => Object.fromEntries(names.map(n => [n, [...byName[n].rooms].map(nameOf).sort()]));
+
+		b.join("r1");
+		c.join(["r1", "r2"]);
+		const roomsAfterJoin = rooms();
+		nsp.emit("step", "everyone");
+		nsp.to("r1").emit("step", "r1");
+		nsp.to(a.id).emit("step", "own room of a");
+		nsp.to(["r1", a.id, c.id]).emit("step", "r1 + a + c, once each");
+		nsp.except("r2").emit("step", "all but r2");
+		nsp.to("r1").except(c.id).emit("step", "r1 but c");
+		b.broadcast.emit("step", "broadcast from b");
+		b.to("r2").emit("step", "b to r2");
+		await fence();
+		const inR1 = (await nsp.in("r1").fetchSockets()).map(s => nameOf(s.id)).sort();
+		const all = [...(await nsp.allSockets())].map(nameOf).sort();
+		nsp.in("r1").socketsLeave("r1");
+		nsp.to("r1").emit("step", "r1 after socketsLeave");
+		nsp.in(c.id).socketsJoin("r3");
+		nsp.to("r3").emit("step", "r3, joined by id");
+		await fence();
+		const roomsAfterLeave = rooms();
+		const closed = new Promise(resolve => c.once("disconnect", resolve));
+		nsp.in("r3").disconnectSockets(true);
+		await within("disconnect of c", closed);
+		const afterDisconnect = [...(await nsp.allSockets())].map(nameOf).sort();
+		for (const s of [a, b]) s.disconnect(true);
+		await new Promise(resolve => setImmediate(resolve));
+		return { received, roomsAfterJoin, inR1, all, roomsAfterLeave, afterDisconnect, leftRooms: nsp.adapter.rooms.size, leftSids: nsp.adapter.sids.size };
+	} finally {
+		await new Promise(resolve => ioServer.close(() => resolve(undefined)));
+	}
+}
+
+describe("ImplicitOwnRoomAdapter", () => {
+	it("behaves like socket.io's default adapter: broadcasts, own rooms, except, fetch, joins and leaves by query, disconnects", async () => {
+		const withDefault = await roomScenario();
+		const withImplicit = await roomScenario(ImplicitOwnRoomAdapter);
+		expect(withImplicit).toEqual(withDefault);
+		// The scenario itself says something: a control against a scenario that proves nothing.
+		expect(withDefault.received).toEqual({
+			a: ["everyone", "own room of a", "r1 + a + c, once each", "all but r2", "broadcast from b"],
+			b: ["everyone", "r1", "r1 + a + c, once each", "all but r2", "r1 but c"],
+			c: ["everyone", "r1", "r1 + a + c, once each", "broadcast from b", "b to r2", "r3, joined by id"],
+		});
+		expect(withDefault.roomsAfterJoin).toEqual({ a: ["a"], b: ["b", "r1"], c: ["c", "r1", "r2"] });
+		expect(withDefault.roomsAfterLeave).toEqual({ a: ["a"], b: ["b"], c: ["c", "r2", "r3"] });
+		expect(withDefault).toMatchObject({ inR1: ["b", "c"], all: ["a", "b", "c"], afterDisconnect: ["a", "b"], leftRooms: 0, leftSids: 0 });
+	});
+
+	it("keeps nothing per socket for a socket in no room but its own (the default adapter keeps a room and a socket entry)", async () => {
+		const held = async (adapter?: typeof ImplicitOwnRoomAdapter) => {
+			const server = await startServer(false, adapter);
+			try {
+				connect(server.url, ["websocket"]);
+				const { adapter: used } = (await server.connected).nsp;
+				return { rooms: used.rooms.size, sids: used.sids.size };
+			} finally {
+				await server.close();
+			}
+		};
+		expect(await held(ImplicitOwnRoomAdapter)).toEqual({ rooms: 0, sids: 0 });
+		expect(await held()).toEqual({ rooms: 1, sids: 1 });
 	});
 });
