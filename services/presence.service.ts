@@ -41,9 +41,16 @@ const USER_PRESENCE_COLUMNS = `
 
 const USER_STATUS = `SELECT $1::text AS user_id, ${USER_PRESENCE_COLUMNS} FROM presence_devices WHERE user_id = $1`;
 
+const STATUSES: readonly PresenceStatus[] = ["online", "away", "offline"];
+const STATUS_COUNTS = `SELECT status, count(*)::int AS users FROM (SELECT ${USER_PRESENCE_COLUMNS} FROM presence_devices GROUP BY user_id) per_user GROUP BY status`;
+export const PRESENCE_USERS_METRIC = "presence_users";
+/** After a status change anywhere in the mesh, the counts gauge is read again this much later (changes in between share one query). */
+const COUNTS_AFTER_CHANGE_MS = 1_000;
+
 interface PresenceThis extends Service {
 	lease: LeaderLease;
 	sweepTimer: NodeJS.Timeout | null;
+	countsTimer: NodeJS.Timeout | null;
 	/** applies `change` to one device and broadcasts if the user's status changed */
 	changeDevice(userId: string, change: (t: Transaction) => Promise<unknown>): Promise<UserPresence>;
 	userStatus(userId: string, t?: Transaction): Promise<UserPresence>;
@@ -51,6 +58,9 @@ interface PresenceThis extends Service {
 	publishChange(now: UserPresence, previous?: PresenceStatus): Promise<void>;
 	sweep(): Promise<void>;
 	nodeLeft(nodeID: string): Promise<void>;
+	statusCounts(): Promise<Record<PresenceStatus, number>>;
+	refreshCountsSoon(): void;
+	refreshCounts(): Promise<void>;
 }
 
 const PresenceService: ServiceSchema = {
@@ -162,6 +172,17 @@ const PresenceService: ServiceSchema = {
 			},
 		},
 
+		/** Users per status across the mesh: GET /api/presence/counts → {online, away, offline}. */
+		counts: {
+			...READ,
+			rest: "GET /counts",
+			access: "user",
+			params: { $$strict: "remove" },
+			async handler(this: Service) {
+				return (this as PresenceThis).statusCounts();
+			},
+		},
+
 		list: {
 			...READ,
 			rest: "GET /",
@@ -183,6 +204,10 @@ const PresenceService: ServiceSchema = {
 	events: {
 		"city.member.joined"(this: Service, ctx: Context<{ room_id: string; user_id: string }>) {
 			(this as PresenceThis).announce([ctx.params.user_id]).catch(err => requestLogger(this.logger, ctx).warn(`presence: announcing ${ctx.params.user_id} to room ${ctx.params.room_id} failed: ${(err as Error).message}`));
+		},
+		/** Every change, from any node, moves the counts: read them again shortly (one query per burst). */
+		"presence.changed"(this: Service) {
+			(this as PresenceThis).refreshCountsSoon();
 		},
 		"$node.disconnected"(this: Service, ctx: Context<{ node: { id: string } }>) {
 			(this as PresenceThis).nodeLeft(ctx.params.node.id).catch(err => requestLogger(this.logger, ctx).warn(`presence: marking ${ctx.params.node.id}'s devices offline failed: ${(err as Error).message}`));
@@ -243,6 +268,27 @@ const PresenceService: ServiceSchema = {
 			if (changed.length) await this.announce(changed.map(r => r.user_id));
 		},
 
+		async statusCounts(this: PresenceThis): Promise<Record<PresenceStatus, number>> {
+			const rows = await databaseOf(this.broker).query<{ status: PresenceStatus; users: number }>(STATUS_COUNTS, { type: QueryTypes.SELECT });
+			const counts = { online: 0, away: 0, offline: 0 };
+			for (const row of rows) counts[row.status] = row.users;
+			return counts;
+		},
+
+		refreshCountsSoon(this: PresenceThis) {
+			if (this.countsTimer || !this.broker.isMetricsEnabled()) return;
+			this.countsTimer = setTimeout(() => {
+				this.countsTimer = null;
+				this.refreshCounts().catch(err => this.logger.warn(`presence: reading the status counts failed: ${(err as Error).message}`));
+			}, COUNTS_AFTER_CHANGE_MS);
+		},
+
+		/** The presence_users gauge: mesh-wide, so every node running presence reports the same figures. */
+		async refreshCounts(this: PresenceThis) {
+			const counts = await this.statusCounts();
+			for (const status of STATUSES) this.broker.metrics.set(PRESENCE_USERS_METRIC, counts[status], { status });
+		},
+
 		/** The node's sockets died with it: its devices are offline now, not after a grace period. */
 		async nodeLeft(this: PresenceThis, nodeID: string) {
 			const changed = await databaseOf(this.broker).query<{ user_id: string }>(
@@ -255,8 +301,20 @@ const PresenceService: ServiceSchema = {
 		},
 	},
 
+	created(this: Service) {
+		(this as PresenceThis).countsTimer = null;
+		if (!this.broker.isMetricsEnabled()) return;
+		this.broker.metrics.register({
+			name: PRESENCE_USERS_METRIC,
+			type: "gauge",
+			labelNames: ["status"],
+			description: "Users per presence status across the mesh (a user is as present as their most present device); every node reports the same figures",
+		});
+	},
+
 	async started(this: Service) {
 		const self = this as PresenceThis;
+		if (this.broker.isMetricsEnabled()) self.refreshCounts().catch(err => this.logger.warn(`presence: reading the status counts failed: ${(err as Error).message}`));
 		self.lease = createDutyLease(this.broker, "presence-sweeper", this.logger);
 		await self.lease.start();
 		self.sweepTimer = setInterval(() => self.sweep().catch(err => this.logger.warn(`presence sweep failed: ${(err as Error).message}`)), SWEEP_EVERY_MS);
@@ -265,6 +323,7 @@ const PresenceService: ServiceSchema = {
 	async stopped(this: Service) {
 		const self = this as PresenceThis;
 		if (self.sweepTimer) clearInterval(self.sweepTimer);
+		if (self.countsTimer) clearTimeout(self.countsTimer);
 		await self.lease?.stop();
 	},
 };

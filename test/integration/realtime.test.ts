@@ -5,7 +5,7 @@
  * presence endpoints, and a SIGKILLed node's users going offline everywhere within 5 s.
  */
 import { signToken } from "../../lib/auth";
-import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
+import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
 import { describeWithNatsAndPostgres } from "../helpers/requirements";
 import { connectSocket, type Recorder } from "../helpers/sockets";
@@ -41,6 +41,19 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 
 	const presenceOf = (r: Recorder, user: string, status: string, timeoutMs?: number) => r.next("presence", d => d.user_id === user && d.status === status, timeoutMs);
 
+	/** presence_users{status} as a node's /metrics shows it, once it equals `expected` (it follows changes within ~1 s). */
+	const presenceGauge = (node: NodeProcess, expected: Record<string, number>) =>
+		waitFor(
+			`presence_users on ${node.url} to be ${JSON.stringify(expected)}`,
+			async () => {
+				const text = await (await fetch(`${node.url}/metrics`)).text();
+				const shown = Object.fromEntries([...text.matchAll(/^presence_users\{[^}]*status="(\w+)"[^}]*\} (\d+)$/gm)].map(m => [m[1], Number(m[2])]));
+				return Object.keys(shown).length === Object.keys(expected).length && Object.entries(expected).every(([status, users]) => shown[status] === users) && shown;
+			},
+			5_000,
+			200,
+		);
+
 	it("A on NODE1 sees B on NODE2 go online → away → online on activity → offline on disconnect", async () => {
 		const alice = track(await connectSocket(node1.url, "/city/presence", { token: token("alice"), device: "alice-laptop" }));
 		await alice.next("presence.snapshot");
@@ -52,6 +65,11 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 		// Away only after the inactivity period (measured from when A heard "online"; slack for delivery).
 		expect(Date.now() - wentAway).toBeGreaterThanOrEqual(AWAY_AFTER_MS - 500);
 
+		// Users per status, mesh-wide: the same on both nodes, and from the REST endpoint. Alice sends no
+		// activity either and connected first, so she is away by now too.
+		await Promise.all([node1, node2].map(node => presenceGauge(node, { online: 0, away: 2, offline: 0 })));
+		expect((await getJson(`${node2.url}/api/presence/counts`, { headers: { authorization: `Bearer ${token("alice")}` } })).body).toEqual({ online: 0, away: 2, offline: 0 });
+
 		const ack = await bob.socket.emitWithAck("heartbeat", { active: true });
 		expect(ack).toMatchObject({ ok: true, presence: { user_id: "bob", status: "online" } });
 		await alice.next("presence", d => d.user_id === "bob" && d.status === "online" && d.previous === "away");
@@ -60,6 +78,7 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 		await presenceOf(alice, "bob", "offline", 5_000);
 		const { body } = await getJson(`${node1.url}/api/presence/users/bob`, { headers: { authorization: `Bearer ${token("alice")}` } });
 		expect(body).toMatchObject({ user_id: "bob", status: "offline", devices: [{ device_id: "bob-phone", status: "offline", node_id: "rt-node2" }] });
+		await presenceGauge(node1, { online: 0, away: 1, offline: 1 });
 	});
 
 	it("a room message posted on NODE1 reaches NODE2's subscribers, in order, and the history pages by cursor", async () => {
