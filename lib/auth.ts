@@ -75,22 +75,23 @@ function cachedUser(secret: string, token: string): MeshUser | undefined {
 	return undefined;
 }
 
-function remember(secret: string, token: string, user: MeshUser, exp: number | undefined): void {
-	if (!exp) return; // tokens without an expiry are verified every time
+function remember(secret: string, token: string, user: MeshUser, expiresAt: number | null): void {
+	if (!expiresAt) return; // tokens without an expiry are verified every time
 	let bySecret = verified.get(secret);
 	if (!bySecret) verified.set(secret, (bySecret = new Map()));
 	// Oldest first out: a Map iterates in insertion order.
 	if (bySecret.size >= VERIFIED_CACHE_SIZE) bySecret.delete(bySecret.keys().next().value as string);
-	bySecret.set(token, { user, expiresAt: exp * 1000 });
+	bySecret.set(token, { user, expiresAt });
 }
 
-/**
- * `cache: false` for a token checked once per connection (a socket handshake): caching it would only
- * keep one entry alive per open socket.
- */
-export function verifyToken(secret: string, token: string, { cache = true } = {}): MeshUser {
-	const known = cachedUser(secret, token);
-	if (known) return known;
+export interface VerifiedToken {
+	user: MeshUser;
+	/** ms since the epoch; null for a token without `exp` */
+	expiresAt: number | null;
+}
+
+/** Checks signature, algorithm and expiry; nothing is cached (a socket handshake verifies once per connection). */
+export function verifyTokenClaims(secret: string, token: string): VerifiedToken {
 	let payload: jwt.JwtPayload | string;
 	try {
 		payload = jwt.verify(token, secretKey(secret), { algorithms: ["HS256"] });
@@ -99,8 +100,15 @@ export function verifyToken(secret: string, token: string, { cache = true } = {}
 		throw new AuthError(expired ? "Token expired" : "Invalid token", 401, expired ? "TOKEN_EXPIRED" : "INVALID_TOKEN");
 	}
 	if (typeof payload === "string" || !payload.sub) throw new AuthError("Token has no subject", 401, "INVALID_TOKEN");
-	const user = { id: payload.sub, roles: stringList(payload.roles), teams: stringList(payload.teams) };
-	if (cache) remember(secret, token, user, payload.exp);
+	return { user: { id: payload.sub, roles: stringList(payload.roles), teams: stringList(payload.teams) }, expiresAt: payload.exp ? payload.exp * 1000 : null };
+}
+
+/** The token's user, for requests that each carry the token: answered from a cache until the token expires. */
+export function verifyToken(secret: string, token: string): MeshUser {
+	const known = cachedUser(secret, token);
+	if (known) return known;
+	const { user, expiresAt } = verifyTokenClaims(secret, token);
+	remember(secret, token, user, expiresAt);
 	return user;
 }
 

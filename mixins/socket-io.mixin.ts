@@ -15,7 +15,7 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Server, type Namespace, type Socket } from "socket.io";
 import type { DefaultEventsMap } from "socket.io/dist/typed-events";
-import { AuthError, verifyToken, type MeshUser } from "../lib/auth";
+import { AuthError, verifyTokenClaims, type MeshUser, type VerifiedToken } from "../lib/auth";
 import { HTTP_METRICS } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
@@ -26,6 +26,7 @@ export const PRESENCE_NAMESPACE = "/city/presence";
 export const ROOM_NAMESPACE = /^\/city\/rooms\/[a-z0-9][a-z0-9_-]{0,62}$/;
 const ROOM_PREFIX = "/city/rooms/";
 const MAX_SOCKET_PAYLOAD_BYTES = 64 * 1024;
+const TOKEN_SWEEP_MS = 1_000;
 
 /** socket.io rooms inside the presence namespace: what a socket watches (everyone, or one city room). */
 const EVERYONE = "watch:*";
@@ -46,6 +47,8 @@ interface WsError {
 
 interface SocketData {
 	user?: MeshUser;
+	/** when the handshake token expires (ms since the epoch): the socket is closed then */
+	expiresAt?: number | null;
 	canPost?: boolean;
 	device?: string;
 }
@@ -57,7 +60,10 @@ interface SocketIoThis extends Service {
 	io: Server | null;
 	socketCounts: { rooms: number; presence: number };
 	attachSocketIo(): void;
-	socketUser(socket: MeshSocket): MeshUser | undefined;
+	tokenSweep: NodeJS.Timeout | null;
+	socketToken(socket: MeshSocket): VerifiedToken | undefined;
+	closeExpiredSockets(): void;
+	closeSocketConnections(): void;
 	pushToRoom(roomId: string, event: string, message: { created_at?: string; room_id?: string }): void;
 	postFromRoomSocket(socket: MeshSocket, payload: unknown, ack: Ack): void;
 	servePresenceSocket(socket: MeshSocket): Promise<void>;
@@ -128,7 +134,8 @@ export const SocketIoMixin: ServiceSchema = {
 	methods: {
 		attachSocketIo(this: SocketIoThis) {
 			const { settings } = nodeContextOf(this.broker);
-			const io = new Server((this as unknown as { server: import("http").Server }).server, {
+			const server = (this as unknown as { server: import("http").Server }).server;
+			const io = new Server(server, {
 				path: WS_PATH,
 				adapter: ImplicitOwnRoomAdapter,
 				maxHttpBufferSize: MAX_SOCKET_PAYLOAD_BYTES,
@@ -136,22 +143,30 @@ export const SocketIoMixin: ServiceSchema = {
 			});
 			this.io = io;
 			keepSlimRequests(io.engine);
+			// An HTTP server closes only when every connection has ended, websockets included: moleculer-web's
+			// stop (server.close) would wait for them for ever, so closing the server closes them first.
+			const closeServer = server.close.bind(server);
+			server.close = (callback?: (err?: Error) => void) => {
+				this.closeSocketConnections();
+				return closeServer(callback);
+			};
 			const rooms = io.of(ROOM_NAMESPACE);
 			rooms.use((socket, next) => {
 				const s = socket as MeshSocket;
 				const roomId = roomIdOf(s);
-				let user: MeshUser | undefined;
+				let verified: VerifiedToken | undefined;
 				try {
-					user = this.socketUser(s);
+					verified = this.socketToken(s);
 				} catch (err) {
 					return next(connectError(asWsError(err)));
 				}
+				const user = verified?.user;
 				this.broker
 					.call("city.roomAccess", { room_id: roomId }, { meta: { user } })
 					.then(answer => {
 						const access = answer as { read: boolean; post: boolean };
 						if (!access.read) return next(connectError(user ? { code: 403, type: "FORBIDDEN", message: "Not a member of this room" } : { code: 401, type: "NO_TOKEN", message: "A token is required" }));
-						s.data = { user, canPost: access.post };
+						s.data = { user, canPost: access.post, expiresAt: verified?.expiresAt };
 						next();
 					})
 					.catch(err => next(connectError(asWsError(err))));
@@ -166,9 +181,9 @@ export const SocketIoMixin: ServiceSchema = {
 			const presence = io.of(PRESENCE_NAMESPACE);
 			presence.use((socket, next) => {
 				try {
-					const user = this.socketUser(socket as MeshSocket);
-					if (!user) return next(connectError({ code: 401, type: "NO_TOKEN", message: "A token is required" }));
-					(socket as MeshSocket).data = { user };
+					const verified = this.socketToken(socket as MeshSocket);
+					if (!verified) return next(connectError({ code: 401, type: "NO_TOKEN", message: "A token is required" }));
+					(socket as MeshSocket).data = { user: verified.user, expiresAt: verified.expiresAt };
 					next();
 				} catch (err) {
 					next(connectError(asWsError(err)));
@@ -177,16 +192,48 @@ export const SocketIoMixin: ServiceSchema = {
 			presence.on("connection", socket => {
 				this.servePresenceSocket(socket as MeshSocket).catch(err => this.logger.warn(`presence socket failed: ${(err as Error).message}`));
 			});
+			this.tokenSweep = setInterval(() => this.closeExpiredSockets(), TOKEN_SWEEP_MS);
+			this.tokenSweep.unref();
 		},
 
-		/** The handshake token's user; undefined when no token was sent. */
-		socketUser(socket: MeshSocket): MeshUser | undefined {
+		/**
+		 * A token is checked once per connection, so a socket would outlive its token: each one is closed
+		 * (after an error_event TOKEN_EXPIRED, so the client knows to get a new token) within
+		 * TOKEN_SWEEP_MS of its token's expiry, as HTTP requests with that token are refused from then on.
+		 */
+		closeExpiredSockets(this: SocketIoThis) {
+			const now = Date.now();
+			for (const namespace of (this.io as unknown as { _nsps: Map<string, Namespace> })._nsps.values()) {
+				for (const socket of (namespace.sockets as Map<string, MeshSocket>).values()) {
+					const { expiresAt } = socket.data;
+					if (!expiresAt || expiresAt > now) continue;
+					socket.emit("error_event", { code: 401, type: "TOKEN_EXPIRED", message: "Token expired: connect again with a new token" });
+					// Not disconnect(true): other namespaces may share the connection (a page multiplexes its sockets).
+					socket.disconnect();
+				}
+			}
+		},
+
+		/**
+		 * Ends every socket.io connection of this node without a DISCONNECT packet: clients see "transport
+		 * close" and reconnect by themselves (after "io server disconnect" socket.io clients stay away), to
+		 * this node when it is back or, behind a load balancer, to another. Idempotent.
+		 */
+		closeSocketConnections(this: SocketIoThis) {
+			if (this.tokenSweep) clearInterval(this.tokenSweep);
+			this.tokenSweep = null;
+			// Not io.close(): that would close moleculer-web's HTTP server under it.
+			this.io?.engine.close();
+		},
+
+		/** The handshake token's user and expiry; undefined when no token was sent. */
+		socketToken(socket: MeshSocket): VerifiedToken | undefined {
 			const token = takeToken(socket);
 			if (!token) return undefined;
 			try {
-				return verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), token, { cache: false });
+				return verifyTokenClaims(jwtSecretOf(nodeContextOf(this.broker).settings), token);
 			} catch (err) {
-				if (err instanceof AuthError) throw Object.assign(err, { code: 401, type: "INVALID_TOKEN" });
+				if (err instanceof AuthError) throw Object.assign(err, { code: 401 });
 				throw err;
 			}
 		},
@@ -268,6 +315,7 @@ export const SocketIoMixin: ServiceSchema = {
 	created(this: Service) {
 		const self = this as SocketIoThis;
 		self.io = null;
+		self.tokenSweep = null;
 		self.socketCounts = { rooms: 0, presence: 0 };
 		if (!this.broker.isMetricsEnabled()) return;
 		this.broker.metrics.register({
@@ -284,11 +332,7 @@ export const SocketIoMixin: ServiceSchema = {
 		(this as SocketIoThis).attachSocketIo();
 	},
 
-	async stopped(this: Service) {
-		const io = (this as SocketIoThis).io;
-		if (!io) return;
-		// Not io.close(): that would close moleculer-web's HTTP server under it. Clients reconnect elsewhere.
-		io.disconnectSockets(true);
-		io.engine.close();
+	stopped(this: Service) {
+		(this as SocketIoThis).closeSocketConnections();
 	},
 };

@@ -13,13 +13,46 @@
 		$("error").textContent = message || "";
 	}
 
-	async function api(method, path, body) {
+	const isExpired = problem => !!problem && (problem.type === "TOKEN_EXPIRED" || (problem.data && problem.data.type === "TOKEN_EXPIRED"));
+
+	// A token expires (the server then closes our sockets with TOKEN_EXPIRED): get a new one for the same
+	// user from the development login; where there is none (production), sign in again.
+	let renewing = null;
+	function renewToken() {
+		renewing =
+			renewing ||
+			fetch(`/auth/dev-token?user=${encodeURIComponent(state.user)}`)
+				.then(res => (res.ok ? res.json() : Promise.reject(new Error("Session expired: sign in again"))))
+				.then(data => {
+					state.token = data.token;
+					sessionStorage.setItem("token", data.token);
+				})
+				.finally(() => (renewing = null));
+		return renewing;
+	}
+
+	/** Reconnects a socket with a new token when the server closes it (or refuses it) for an expired one. */
+	function renewOnExpiry(socket) {
+		const reconnect = () =>
+			renewToken().then(
+				() => {
+					socket.auth = { ...socket.auth, token: state.token };
+					socket.connect();
+				},
+				err => showError(err.message),
+			);
+		socket.on("error_event", problem => isExpired(problem) && socket.once("disconnect", reconnect));
+		socket.on("connect_error", err => isExpired(err) && reconnect());
+	}
+
+	async function api(method, path, body, renewed = false) {
 		const res = await fetch(path, {
 			method,
 			headers: { authorization: `Bearer ${state.token}`, ...(body ? { "content-type": "application/json" } : {}) },
 			body: body ? JSON.stringify(body) : undefined,
 		});
 		const data = await res.json().catch(() => ({}));
+		if (isExpired(data) && !renewed) return renewToken().then(() => api(method, path, body, true));
 		if (!res.ok) throw new Error(data.message || `HTTP ${res.status}`);
 		return data;
 	}
@@ -72,18 +105,11 @@
 		const page = await api("GET", `/api/city/rooms/${roomId}/messages?limit=50`);
 		page.messages.forEach(renderMessage);
 		state.roomSocket = io(`/city/rooms/${roomId}`, { ...WS, auth: { token: state.token } });
+		renewOnExpiry(state.roomSocket);
 		state.roomSocket.on("message", renderMessage);
-		state.roomSocket.on("error_event", e => showError(e.message));
-		state.roomSocket.on("connect_error", e => showError(e.message));
-		// The online list follows the room: its members' presence only.
-		if (state.presenceSocket) {
-			state.presenceSocket.emit("watch", { room_id: roomId }, answer => {
-				if (!answer || !answer.ok) return;
-				people.clear();
-				answer.snapshot.users.forEach(u => people.set(u.user_id, u.status));
-				renderOnline();
-			});
-		}
+		state.roomSocket.on("error_event", e => isExpired(e) || showError(e.message));
+		state.roomSocket.on("connect_error", e => isExpired(e) || showError(e.message));
+		watchRoom(roomId);
 		$("message-body").disabled = false;
 		document.querySelector("#composer button").disabled = false;
 		loadRooms().catch(e => showError(e.message));
@@ -133,9 +159,21 @@
 		}
 	}
 
+	/** The online list follows the open room: its members' presence only (again after every reconnect). */
+	function watchRoom(roomId) {
+		if (!state.presenceSocket || !state.presenceSocket.connected) return;
+		state.presenceSocket.emit("watch", { room_id: roomId }, answer => {
+			if (!answer || !answer.ok) return;
+			people.clear();
+			answer.snapshot.users.forEach(u => people.set(u.user_id, u.status));
+			renderOnline();
+		});
+	}
+
 	function startPresence() {
 		const socket = io("/city/presence", { ...WS, auth: { token: state.token, device: deviceId } });
 		state.presenceSocket = socket;
+		renewOnExpiry(socket);
 		socket.on("presence.snapshot", snapshot => {
 			snapshot.users.forEach(u => people.set(u.user_id, u.status));
 			renderOnline();
@@ -144,7 +182,10 @@
 			people.set(change.user_id, change.status);
 			renderOnline();
 		});
-		socket.on("connect", () => socket.emit("heartbeat", { active: true }));
+		socket.on("connect", () => {
+			socket.emit("heartbeat", { active: true });
+			if (state.room) watchRoom(state.room);
+		});
 		// Activity since the last heartbeat keeps us online; none for PRESENCE_AWAY_AFTER → away (server side).
 		for (const type of ["mousemove", "keydown", "click", "scroll", "touchstart"]) {
 			addEventListener(type, () => (state.active = true), { passive: true });

@@ -49,11 +49,15 @@ describeWithBrowser("the web page in Chromium, one page on each node", () => {
 		await dropFreshDatabases();
 	});
 
-	async function signIn(node: NodeProcess, user: string, viewport = { width: 1280, height: 800 }): Promise<Page> {
-		const context = await browser.newContext({ viewport });
-		const page = await context.newPage();
+	function reportingErrors(page: Page, user: string): Page {
 		page.on("pageerror", err => process.stdout.write(`[browser ${user}] ${err.message}\n`));
 		page.on("console", msg => msg.type() === "error" && process.stdout.write(`[browser ${user} console] ${msg.text()}\n`));
+		return page;
+	}
+
+	async function signIn(node: NodeProcess, user: string, viewport = { width: 1280, height: 800 }): Promise<Page> {
+		const context = await browser.newContext({ viewport });
+		const page = reportingErrors(await context.newPage(), user);
 		await page.goto(`${node.url}/?hb=1000&room=${room}`);
 		await page.fill("#login-user", user);
 		await page.click("#login button");
@@ -102,5 +106,28 @@ describeWithBrowser("the web page in Chromium, one page on each node", () => {
 		await phone.screenshot({ path: path.join(ARTIFACTS, "city-phone-carol.png"), fullPage: true });
 		// Tidy at phone width: nothing wider than the screen.
 		expect(await phone.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+	});
+
+	it("renews an expired token by itself: the server closes its sockets, the page reconnects with a new token and carries on", async () => {
+		const alice = await signIn(node1, "alice");
+		const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+		const shortLived = signToken(JWT_SECRET, { id: "dora", roles: [], teams: [] }, 2);
+		// Signed in already, with a token that expires in 1-2 s (as a page left open for an hour would be).
+		await context.addInitScript(([token]) => {
+			if (!sessionStorage.getItem("token")) sessionStorage.setItem("token", token);
+			sessionStorage.setItem("user", "dora");
+		}, [shortLived]);
+		const dora = reportingErrors(await context.newPage(), "dora");
+		await dora.goto(`${node2.url}/?hb=1000&room=${room}`);
+		await dora.waitForSelector(`[data-testid=room-title]:has-text("# ${room}")`);
+		await statusOf(alice, "dora", "online");
+
+		await dora.waitForFunction(token => sessionStorage.getItem("token") !== token, shortLived, { timeout: 10_000 });
+		await new Promise(resolve => setTimeout(resolve, 1_500)); // past the grace period, were she gone
+		await statusOf(alice, "dora", "online");
+		await dora.fill("[data-testid=message-input]", "still here after renewal");
+		await dora.click("[data-testid=send]");
+		await alice.waitForSelector('[data-testid=messages] li:has-text("still here after renewal")', { timeout: 10_000 });
+		expect(await dora.textContent("[data-testid=error]")).toBe("");
 	});
 });

@@ -8,7 +8,8 @@ import { signToken } from "../../lib/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
 import { describeWithNatsAndPostgres } from "../helpers/requirements";
-import { connectSocket, type Recorder } from "../helpers/sockets";
+import { io } from "socket.io-client";
+import { connectSocket, record, WS_OPTIONS, type Recorder } from "../helpers/sockets";
 
 jest.setTimeout(60_000);
 const JWT_SECRET = "integration-secret-0123456789abcdef";
@@ -21,10 +22,11 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 	let node2: NodeProcess;
 	const sockets: Recorder[] = [];
 	const track = (r: Recorder) => (sockets.push(r), r);
+	let env: Record<string, string>;
 
 	beforeAll(async () => {
 		const databaseUrl = await freshDatabase("realtime");
-		const env = {
+		env = {
 			...isolatedMeshEnv(namespace, databaseUrl, JWT_SECRET),
 			PRESENCE_AWAY_AFTER_MS: String(AWAY_AFTER_MS),
 			PRESENCE_GRACE_MS: "500",
@@ -155,6 +157,29 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 		expect(bystander.events.filter(e => e.event === "message")).toHaveLength(1);
 	});
 
+	it("a socket is closed when its token expires (error_event TOKEN_EXPIRED first); its user goes offline; others stay", async () => {
+		const room = `expiry-${Date.now()}`;
+		await getJson(`${node1.url}/api/city/rooms`, { method: "POST", headers: { authorization: `Bearer ${token("alice")}`, "content-type": "application/json" }, body: JSON.stringify({ id: room, name: "Expiry" }) });
+		const watcher = track(await connectSocket(node1.url, "/city/presence", { token: token("expiry-watcher"), device: "w" }));
+		const staying = track(await connectSocket(node1.url, `/city/rooms/${room}`, { token: token("alice") }));
+		const shortLived = signToken(JWT_SECRET, { id: "frank", roles: [], teams: [] }, 2);
+		const frankPresence = track(await connectSocket(node2.url, "/city/presence", { token: shortLived, device: "frank-tab" }));
+		const frankRoom = track(await connectSocket(node1.url, `/city/rooms/${room}`, { token: shortLived }));
+		const closedBy = (r: Recorder) => new Promise<string>(resolve => r.socket.once("disconnect", resolve));
+		const closed = [closedBy(frankPresence), closedBy(frankRoom)];
+		await presenceOf(watcher, "frank", "online");
+
+		for (const socket of [frankPresence, frankRoom]) {
+			expect(await socket.next("error_event", e => e.type === "TOKEN_EXPIRED", 5_000)).toMatchObject({ code: 401, type: "TOKEN_EXPIRED" });
+		}
+		expect(await Promise.all(closed)).toEqual(["io server disconnect", "io server disconnect"]);
+		await presenceOf(watcher, "frank", "offline", 5_000);
+		await expect(connectSocket(node2.url, "/city/presence", { token: shortLived, device: "frank-tab" })).rejects.toMatchObject({ data: { code: 401, type: "TOKEN_EXPIRED" } });
+		expect((await getJson(`${node1.url}/api/presence/users/frank`, { headers: { authorization: `Bearer ${shortLived}` } })).body).toMatchObject({ type: "TOKEN_EXPIRED" });
+		expect(staying.socket.connected && watcher.socket.connected).toBe(true);
+		expect(await staying.socket.emitWithAck("message", { body: "after frank left" })).toMatchObject({ ok: true });
+	});
+
 	it("HTTP presence: online by token, the seed's internal endpoint for services, per-room lists", async () => {
 		const carol = { authorization: `Bearer ${token("carol")}`, "content-type": "application/json" };
 		expect((await getJson(`${node2.url}/api/presence/online`, { method: "POST", headers: carol, body: JSON.stringify({ device_id: "carol-cli" }) })).body).toMatchObject({ user_id: "carol", status: "online" });
@@ -221,5 +246,32 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 
 		track(await connectSocket(node1.url, "/city/presence", { token: token("erin"), device: "erin-tab" }));
 		await watcher.next("presence", d => d.user_id === "erin" && d.status === "online" && Date.now() > killedAt + offlineAfterMs - 1);
+	});
+
+	it("a node that stops (SIGTERM) closes its sockets' connections, so clients reconnect by themselves when it is back", async () => {
+		const port = String(node2.port);
+		const watcher = track(await connectSocket(node1.url, "/city/presence", { token: token("drain-watcher"), device: "w" }));
+		let restarted = await startNodeProcess({ ...env, NODE_ID: "rt-node2", NODE_ROLE: "node2", PORT: port });
+		node2 = restarted; // stopped by afterAll
+		await waitForMesh(restarted, ["presence"], 2, 40_000, "/api/city/rooms");
+		// A client as a browser has it: reconnecting on its own (socket.io does not after "io server disconnect").
+		const gina = record(io(`${restarted.url}/city/presence`, { ...WS_OPTIONS, reconnection: true, reconnectionDelay: 200, reconnectionDelayMax: 500, auth: { token: token("gina"), device: "gina-tab" } }));
+		sockets.push(gina);
+		await presenceOf(watcher, "gina", "online");
+		const reasons: string[] = [];
+		gina.socket.on("disconnect", reason => reasons.push(reason));
+
+		// An open websocket used to keep the HTTP server, and so the node, from stopping at all.
+		const stopped = await Promise.race([restarted.kill("SIGTERM"), new Promise(resolve => setTimeout(() => resolve("still running 10 s after SIGTERM"), 10_000).unref())]);
+		expect(stopped).toBe(0);
+		await presenceOf(watcher, "gina", "offline", 5_000);
+		expect(reasons).toEqual(["transport close"]);
+
+		const reconnected = new Promise<void>(resolve => gina.socket.io.once("reconnect", () => resolve()));
+		restarted = await startNodeProcess({ ...env, NODE_ID: "rt-node2", NODE_ROLE: "node2", PORT: port });
+		node2 = restarted; // stopped by afterAll
+		await watcher.next("presence", d => d.user_id === "gina" && d.status === "online" && d.previous === "offline", 30_000);
+		await reconnected;
+		expect(reasons).toEqual(["transport close"]);
 	});
 });

@@ -9,7 +9,7 @@ import v8 from "v8";
 import vm from "vm";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io, type Socket } from "socket.io-client";
-import { signToken, verifyToken } from "../../lib/auth";
+import { signToken, verifyToken, verifyTokenClaims } from "../../lib/auth";
 import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../../lib/socket-footprint";
 
 v8.setFlagsFromString("--expose-gc");
@@ -126,11 +126,14 @@ describe("takeToken", () => {
 	});
 });
 
-describe("verifyToken with cache: false", () => {
-	it("verifies every time (a new user object per call), where the default answers repeats from its cache", () => {
+describe("verifyTokenClaims", () => {
+	it("verifies every time (a new user per call) and gives the expiry, where verifyToken answers repeats from its cache", () => {
 		const secret = "s".repeat(32);
-		const token = signToken(secret, { id: "socket-user", roles: [], teams: [] });
-		expect(verifyToken(secret, token, { cache: false })).not.toBe(verifyToken(secret, token, { cache: false }));
+		const token = signToken(secret, { id: "socket-user", roles: [], teams: [] }, 60);
+		const claims = verifyTokenClaims(secret, token);
+		expect(claims.user).not.toBe(verifyTokenClaims(secret, token).user);
+		expect(claims.expiresAt).toBeGreaterThan(Date.now() + 55_000);
+		expect(claims.expiresAt).toBeLessThanOrEqual(Date.now() + 60_000);
 		expect(verifyToken(secret, token)).toBe(verifyToken(secret, token));
 	});
 });
