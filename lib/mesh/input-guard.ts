@@ -53,7 +53,9 @@ export function findUnsafeValue(params: unknown): Problem | null {
 			if (problem) return problem;
 			continue;
 		}
-		if (value === null || typeof value !== "object" || Buffer.isBuffer(value)) continue;
+		// Only JSON-shaped data: moleculer-web hands its own `api.rest` action the live req/res objects,
+		// and streams or Buffers are not text.
+		if (!isPlainData(value)) continue;
 		if (depth > MAX_DEPTH) return { field: path, type: "objectDepth", message: `The '${path}' field is nested deeper than ${MAX_DEPTH} levels.` };
 		if (Array.isArray(value)) {
 			value.forEach((item, i) => stack.push({ value: item, path: join(path, i), depth: depth + 1 }));
@@ -106,6 +108,13 @@ export function InputGuardMiddleware(): Middleware {
 
 function checkParams(params: unknown, schema: Record<string, Rule> | undefined): Problem | null {
 	return findUnsafeValue(params) ?? (isRecord(params) ? findSchemaProblem(params, schema) : null);
+}
+
+function isPlainData(value: unknown): value is object {
+	if (value === null || typeof value !== "object") return false;
+	if (Array.isArray(value)) return true;
+	const proto = Object.getPrototypeOf(value);
+	return proto === Object.prototype || proto === null;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

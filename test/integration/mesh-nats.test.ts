@@ -4,7 +4,7 @@
  */
 import { spawnSync } from "child_process";
 import { signToken } from "../../lib/auth";
-import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
+import { getJson, startNodeProcess, stopAll, TEST_SERVICES_ENV, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { describeWithNatsAndPostgres, LOCAL_DATABASE_URL, LOCAL_NATS_URL } from "../helpers/requirements";
 
 const JWT_SECRET = "integration-secret-0123456789abcdef";
@@ -21,7 +21,7 @@ function meshEnv(namespace: string, extra: Record<string, string>): Record<strin
 async function startGatewayAndActors(namespace: string, gateway: Record<string, string>, actors: Record<string, string>): Promise<[NodeProcess, NodeProcess]> {
 	const nodes = await Promise.all([
 		startNodeProcess(meshEnv(namespace, { ...gateway, SERVICES: "api" })),
-		startNodeProcess(meshEnv(namespace, { ...actors, SERVICES: "api,mesh" })),
+		startNodeProcess(meshEnv(namespace, { ...actors, ...TEST_SERVICES_ENV, SERVICES: "api,mesh,drill" })),
 	]);
 	await waitForMesh(nodes[0], ["mesh"], 2);
 	return nodes;
@@ -52,7 +52,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 		const { body } = await getJson(`${gateway.url}/api/mesh/nodes`);
 		const byID = Object.fromEntries(body.map((n: { nodeID: string }) => [n.nodeID, n]));
 		expect(byID["gw-node1"]).toMatchObject({ role: "node1", available: true, services: ["api"] });
-		expect(byID["actors-node2"]).toMatchObject({ role: "node2", available: true, services: ["api", "mesh"] });
+		expect(byID["actors-node2"]).toMatchObject({ role: "node2", available: true, services: ["api", "drill", "mesh"] });
 		expect(Date.parse(byID["gw-node1"].lastHeartbeat)).toBeGreaterThan(Date.now() - 60_000);
 	});
 
@@ -127,7 +127,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 				[{}, "message"],
 				[{ message: 5 }, "message"],
 				[{ message: "" }, "message"],
-				[{ message: "ok", delayMs: -1 }, "delayMs"],
+				[{ message: "x".repeat(10_001) }, "message"],
 			] as const) {
 				const res = await post(JSON.stringify(payload));
 				expect(res.status).toBe(422);
@@ -196,7 +196,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 	});
 
 	it("stops gracefully on SIGTERM: the in-flight request finishes, the node leaves, exit code 0", async () => {
-		const inFlight = getJson(`${gateway.url}/api/mesh/echo`, {
+		const inFlight = getJson(`${gateway.url}/api/drill/echo`, {
 			method: "POST",
 			headers: { ...json, ...bearer(userToken) },
 			body: JSON.stringify({ message: "slow", delayMs: 1500 }),
