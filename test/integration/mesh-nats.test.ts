@@ -5,7 +5,8 @@
 import { spawnSync } from "child_process";
 import { signToken } from "../../lib/auth";
 import { getJson, startNodeProcess, stopAll, TEST_SERVICES_ENV, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { describeWithNatsAndPostgres, LOCAL_DATABASE_URL, LOCAL_NATS_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
+import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
 
 const JWT_SECRET = "integration-secret-0123456789abcdef";
 const adminToken = signToken(JWT_SECRET, { id: "op1", roles: ["admin"], teams: [] });
@@ -13,15 +14,20 @@ const userToken = signToken(JWT_SECRET, { id: "u1", roles: ["member"], teams: []
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 const json = { "content-type": "application/json" };
 
-function meshEnv(namespace: string, extra: Record<string, string>): Record<string, string> {
-	return { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: LOCAL_DATABASE_URL, JWT_SECRET, ...extra };
+/** One database for this file, made on first use (the shared one may carry other branches' migrations). */
+let database: Promise<string> | undefined;
+afterAll(() => dropFreshDatabases());
+
+async function meshEnv(namespace: string, extra: Record<string, string>): Promise<Record<string, string>> {
+	database ??= freshDatabase("meshtest");
+	return { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: await database, JWT_SECRET, ...extra };
 }
 
 /** A gateway-only node and a node running the actors, in one namespace, ready to route mesh calls. */
 async function startGatewayAndActors(namespace: string, gateway: Record<string, string>, actors: Record<string, string>): Promise<[NodeProcess, NodeProcess]> {
 	const nodes = await Promise.all([
-		startNodeProcess(meshEnv(namespace, { ...gateway, SERVICES: "api" })),
-		startNodeProcess(meshEnv(namespace, { ...actors, ...TEST_SERVICES_ENV, SERVICES: "api,mesh,drill" })),
+		startNodeProcess(await meshEnv(namespace, { ...gateway, SERVICES: "api" })),
+		startNodeProcess(await meshEnv(namespace, { ...actors, ...TEST_SERVICES_ENV, SERVICES: "api,mesh,drill" })),
 	]);
 	await waitForMesh(nodes[0], ["mesh"], 2);
 	return nodes;
@@ -240,7 +246,7 @@ describeWithNatsAndPostgres("mesh over NATS: the reverse direction", () => {
 describeWithNatsAndPostgres("rate limiting at the gateway", () => {
 	let node: NodeProcess;
 	beforeAll(async () => {
-		node = await startNodeProcess(meshEnv(uniqueNamespace("rate"), { SERVICES: "api,mesh", RATE_LIMIT_PER_KEY: "2", RATE_LIMIT_BURST: "5" }));
+		node = await startNodeProcess(await meshEnv(uniqueNamespace("rate"), { SERVICES: "api,mesh", RATE_LIMIT_PER_KEY: "2", RATE_LIMIT_BURST: "5" }));
 		await waitForMesh(node, ["mesh"]);
 	});
 	afterAll(() => stopAll([node]));
