@@ -322,7 +322,7 @@ function shannonBits(text: string): number {
  */
 export function weakSecretReason(value: string, minLength: number): string | null {
 	const lower = value.toLowerCase();
-	if (KNOWN_SECRETS.has(lower) || /change-?me|example|placeholder|not-for-production|development/.test(lower)) return "is a known development or placeholder value";
+	if (KNOWN_SECRETS.has(lower) || /change-?me|replace[-_]?me|example|placeholder|not-for-production|development/.test(lower)) return "is a known development or placeholder value";
 	if (value.length < minLength) return `must be at least ${minLength} characters in production`;
 	if (new Set(value).size < 8 || shannonBits(value) < 100) return "has too little entropy (use e.g. `openssl rand -base64 48`)";
 	return null;
