@@ -102,7 +102,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		const devLogin = `Development login GET /auth/dev-token: ${settings.devLogin ? "SERVED" : "off"} (${settings.devLoginReason})`;
 		if (settings.devLogin) this.logger.warn(`${devLogin}; anyone can sign in as anyone on this node`);
 		else this.logger.info(devLogin);
-		if (!settings.metricsToken) this.logger.info("GET /metrics is open (set METRICS_TOKEN to require a bearer token)");
+		if (!settings.metricsToken) this.logger.info("GET /metrics is open to every client that reaches this port (METRICS_TOKEN closes it)");
 	},
 
 	started() {
