@@ -22,7 +22,11 @@ export const MAX_DEPTH = 32;
 
 /** NUL, a high surrogate not followed by a low one, or a low surrogate not preceded by a high one. */
 // eslint-disable-next-line no-control-regex -- NUL is exactly what this pattern is for
-const UNSTORABLE = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const UNSTORABLE_EXACT = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+/** The cheap first look (no lookaround): most text has neither NUL nor any surrogate at all. */
+// eslint-disable-next-line no-control-regex -- as above
+const MAYBE_UNSTORABLE = /[\u0000\uD800-\uDFFF]/;
+const UNSTORABLE = { test: (text: string) => MAYBE_UNSTORABLE.test(text) && UNSTORABLE_EXACT.test(text) };
 
 interface Problem {
 	field: string;
@@ -37,45 +41,52 @@ function join(path: string, key: string | number): string {
 	return path ? `${path}.${key}` : key;
 }
 
-function textProblem(field: string, text: string): Problem | null {
-	if (!UNSTORABLE.test(text)) return null;
-	return text.includes("\u0000")
-		? { field, type: "stringNul", message: `The '${field}' field must not contain NUL (\\u0000) characters.` }
-		: { field, type: "stringSurrogate", message: `The '${field}' field must not contain lone UTF-16 surrogates (invalid Unicode).` };
+/**
+ * The first unstorable string or key, or the first place nested deeper than MAX_DEPTH. Recursion stops
+ * at MAX_DEPTH, so any input is safe to inspect; paths are only built for the value that is refused
+ * (this runs on every call: a few hundred ns for a typical body).
+ */
+export function findUnsafeValue(params: unknown): Problem | null {
+	const found = unsafeAt(params, 0);
+	return found ? describe(found.path.reverse(), found.kind) : null;
 }
 
-/** The first unstorable string or key, or the first place nested deeper than MAX_DEPTH; iterative, so any depth is safe to inspect. */
-export function findUnsafeValue(params: unknown): Problem | null {
-	const stack: Array<{ value: unknown; path: string; depth: number }> = [{ value: params, path: "", depth: 0 }];
-	while (stack.length) {
-		const { value, path, depth } = stack.pop()!;
-		if (typeof value === "string") {
-			const problem = textProblem(path || "params", value);
-			if (problem) return problem;
-			continue;
+type Kind = "stringNul" | "stringSurrogate" | "objectDepth";
+
+function unsafeAt(value: unknown, depth: number): { path: Array<string | number>; kind: Kind } | null {
+	if (typeof value === "string") return UNSTORABLE.test(value) ? { path: [], kind: value.includes("\u0000") ? "stringNul" : "stringSurrogate" } : null;
+	// Only JSON-shaped data: moleculer-web hands its own `api.rest` action the live req/res objects,
+	// and streams or Buffers are not text.
+	if (!isPlainData(value)) return null;
+	if (depth > MAX_DEPTH) return { path: [], kind: "objectDepth" };
+	if (Array.isArray(value)) {
+		for (let i = 0; i < value.length; i++) {
+			const found = unsafeAt(value[i], depth + 1);
+			if (found) return found.path.push(i), found;
 		}
-		// Only JSON-shaped data: moleculer-web hands its own `api.rest` action the live req/res objects,
-		// and streams or Buffers are not text.
-		if (!isPlainData(value)) continue;
-		if (depth > MAX_DEPTH) return { field: path, type: "objectDepth", message: `The '${path}' field is nested deeper than ${MAX_DEPTH} levels.` };
-		if (Array.isArray(value)) {
-			value.forEach((item, i) => stack.push({ value: item, path: join(path, i), depth: depth + 1 }));
-			continue;
-		}
-		for (const [key, item] of Object.entries(value)) {
-			const field = join(path, key);
-			const keyProblem = textProblem(field, key);
-			if (keyProblem) return keyProblem;
-			stack.push({ value: item, path: field, depth: depth + 1 });
-		}
+		return null;
+	}
+	for (const key in value) {
+		if (UNSTORABLE.test(key)) return { path: [key], kind: key.includes("\u0000") ? "stringNul" : "stringSurrogate" };
+		const found = unsafeAt((value as Record<string, unknown>)[key], depth + 1);
+		if (found) return found.path.push(key), found;
 	}
 	return null;
+}
+
+function describe(path: Array<string | number>, kind: Kind): Problem {
+	const field = path.reduce<string>((at, key) => join(at, key), "") || "params";
+	if (kind === "objectDepth") return { field, type: kind, message: `The '${field}' field is nested deeper than ${MAX_DEPTH} levels.` };
+	return kind === "stringNul"
+		? { field, type: kind, message: `The '${field}' field must not contain NUL (\\u0000) characters.` }
+		: { field, type: kind, message: `The '${field}' field must not contain lone UTF-16 surrogates (invalid Unicode).` };
 }
 
 /** Declared top-level fields: null where the schema does not say `nullable`, inexact integers. */
 export function findSchemaProblem(params: Record<string, unknown>, schema: Record<string, Rule> | undefined): Problem | null {
 	if (!schema) return null;
-	for (const [field, value] of Object.entries(params)) {
+	for (const field in params) {
+		const value = params[field];
 		const rule = schema[field];
 		if (rule === undefined || field.startsWith("$$")) continue;
 		const ruleObject = typeof rule === "object" && !Array.isArray(rule) ? rule : null;

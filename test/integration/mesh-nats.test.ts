@@ -251,7 +251,7 @@ describeWithNatsAndPostgres("rate limiting at the gateway", () => {
 	});
 	afterAll(() => stopAll([node]));
 
-	it("lets the burst through, then answers 429 with Retry-After and a JSON body; /health is not limited", async () => {
+	it("lets the burst through, then answers 429 with Retry-After and a JSON body; /health has a budget of its own", async () => {
 		// waitForMesh spent tokens on its readiness probe: let the bucket refill (2/s up to 5).
 		await new Promise(r => setTimeout(r, 2_600));
 		const answers = [];
