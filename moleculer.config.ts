@@ -4,7 +4,9 @@
  * lib/transport.ts because choosing it needs a network probe.
  */
 import type { BrokerOptions } from "moleculer";
+import { QueryLimitsMiddleware } from "./lib/data/query-limits";
 import { jsonLogger } from "./lib/logger";
+import { InputGuardMiddleware } from "./lib/mesh/input-guard";
 import { meshInternalMiddlewares } from "./lib/call-pipeline";
 import { GatewayPrometheusReporter } from "./lib/metrics";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/resilience";
@@ -63,7 +65,9 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		},
 		// Moleculer's own middlewares, three of them in leaner equivalents (lib/call-pipeline.ts).
 		internalMiddlewares: false,
-		middlewares: [FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares()],
+		// First listed = innermost: QueryLimits names a database limit before breakers and metrics see the
+		// error. Last = outermost: InputGuard refuses unstorable input before anything else runs.
+		middlewares: [QueryLimitsMiddleware(), FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares(), InputGuardMiddleware()],
 		metricsReporter,
 	} as BrokerOptions & BrokerExtras;
 }

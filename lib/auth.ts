@@ -55,8 +55,22 @@ export function signToken(secret: string, user: MeshUser, expiresInSeconds = 360
 	});
 }
 
-function stringList(value: unknown): string[] {
-	return Array.isArray(value) ? value.filter((v): v is string => typeof v === "string") : [];
+/** `roles` / `teams`: absent, or a list of strings; anything else is a malformed token, not "no roles". */
+function stringList(value: unknown, claim: string): string[] {
+	if (value === undefined) return [];
+	if (!Array.isArray(value) || !value.every(v => typeof v === "string")) throw new AuthError(`Token claim '${claim}' must be a list of strings`, 401, "INVALID_TOKEN");
+	return value;
+}
+
+/**
+ * The claims every token must carry: a string subject and an expiry. A token without `exp` would be
+ * valid forever (and a socket holding one never swept); a numeric `sub` would compare unequal to the
+ * string ids rows store.
+ */
+function userOf(payload: jwt.JwtPayload): MeshUser {
+	if (typeof payload.sub !== "string" || payload.sub === "") throw new AuthError("Token has no subject (string 'sub')", 401, "INVALID_TOKEN");
+	if (typeof payload.exp !== "number") throw new AuthError("Token has no expiry ('exp')", 401, "INVALID_TOKEN");
+	return { id: payload.sub, roles: stringList(payload.roles, "roles"), teams: stringList(payload.teams, "teams") };
 }
 
 /**
@@ -86,8 +100,8 @@ function remember(secret: string, token: string, user: MeshUser, expiresAt: numb
 
 export interface VerifiedToken {
 	user: MeshUser;
-	/** ms since the epoch; null for a token without `exp` */
-	expiresAt: number | null;
+	/** ms since the epoch (every accepted token has `exp`) */
+	expiresAt: number;
 }
 
 /** Checks signature, algorithm and expiry; nothing is cached (a socket handshake verifies once per connection). */
@@ -99,8 +113,8 @@ export function verifyTokenClaims(secret: string, token: string): VerifiedToken 
 		const expired = (err as Error).name === "TokenExpiredError";
 		throw new AuthError(expired ? "Token expired" : "Invalid token", 401, expired ? "TOKEN_EXPIRED" : "INVALID_TOKEN");
 	}
-	if (typeof payload === "string" || !payload.sub) throw new AuthError("Token has no subject", 401, "INVALID_TOKEN");
-	return { user: { id: payload.sub, roles: stringList(payload.roles), teams: stringList(payload.teams) }, expiresAt: payload.exp ? payload.exp * 1000 : null };
+	if (typeof payload === "string") throw new AuthError("Invalid token", 401, "INVALID_TOKEN");
+	return { user: userOf(payload), expiresAt: payload.exp! * 1000 };
 }
 
 /** The token's user, for requests that each carry the token: answered from a cache until the token expires. */

@@ -2,13 +2,22 @@
  * The one place that opens PostgreSQL connections: Sequelize (for moleculer-db) over pg.
  */
 import { Sequelize } from "sequelize";
-import type { DatabaseSettings } from "./settings";
+import type { DatabaseLimits, DatabaseSettings } from "./settings";
 
-export function createSequelize(database: DatabaseSettings & { url: string }, poolMax = 10): Sequelize {
+/**
+ * `limits` caps how long one request can hold a pooled connection: PostgreSQL itself cancels a
+ * statement after statement_timeout and ends a session left idle inside a transaction, so a slow
+ * query or a stalled handler cannot pin the pool (10 connections) while every other caller waits.
+ */
+export function createSequelize(database: DatabaseSettings & { url: string }, limits?: DatabaseLimits, poolMax = 10): Sequelize {
 	return new Sequelize(database.url, {
 		dialect: "postgres",
 		logging: false,
-		dialectOptions: database.ssl ? { ssl: { require: true, rejectUnauthorized: false } } : {},
+		dialectOptions: {
+			...(database.ssl ? { ssl: { require: true, rejectUnauthorized: false } } : {}),
+			...(limits?.statementTimeoutMs ? { statement_timeout: limits.statementTimeoutMs } : {}),
+			...(limits?.idleInTransactionTimeoutMs ? { idle_in_transaction_session_timeout: limits.idleInTransactionTimeoutMs } : {}),
+		},
 		pool: { max: poolMax, min: 0, idle: 10_000, acquire: 5_000 },
 	});
 }

@@ -88,9 +88,20 @@ function renderSeries(name: string, type: string, item: SnapshotItem, base: Reco
 	return lines;
 }
 
+/**
+ * Moleculer's process and OS series that describe the machine and its users rather than the mesh:
+ * the command line (script path), pid, hostname, OS user name, uid and home directory, network
+ * interface addresses and MAC addresses, OS type and release, wall-clock time. Never rendered.
+ */
+export const IDENTIFYING_METRICS = ["process.arguments", "process.pid", "process.ppid", "os.hostname", "os.user.*", "os.network.*", "os.type", "os.release", "os.datetime.*"];
+
 /** A metrics reporter without a server of its own: the gateway asks it for the text. */
 export class GatewayPrometheusReporter extends BaseReporter {
 	private baseLabels: Record<string, unknown> = {};
+
+	constructor(opts: { excludes?: string[] } = {}) {
+		super({ ...opts, excludes: [...IDENTIFYING_METRICS, ...(opts.excludes ?? [])] });
+	}
 
 	init(registry: unknown): void {
 		super.init(registry);
@@ -100,7 +111,7 @@ export class GatewayPrometheusReporter extends BaseReporter {
 	render(): string {
 		const out: string[] = [];
 		for (const metric of this.registry.store.values()) {
-			if (!this.matchMetricName(metric.name) || metric.name.startsWith("os.datetime")) continue;
+			if (!this.matchMetricName(metric.name)) continue;
 			const snapshot = metric.snapshot();
 			if (snapshot.length === 0) continue;
 			const name = metricName(metric.name, metric.type);

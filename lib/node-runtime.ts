@@ -26,6 +26,23 @@ export function availableServices(dir = SERVICES_DIR): string[] {
 		.sort();
 }
 
+/**
+ * Where each service this node may run lives: services/, plus the test doubles of TEST_SERVICES_DIR
+ * (development and tests only; lib/settings.ts refuses it in production, so no production node can
+ * load a test hook).
+ */
+export function serviceDirectories(settings: Pick<MeshSettings, "testServicesDir">): Map<string, string> {
+	const dirs = new Map(availableServices().map(name => [name, SERVICES_DIR]));
+	if (settings.testServicesDir) {
+		const testDir = path.resolve(settings.testServicesDir);
+		for (const name of availableServices(testDir)) {
+			if (dirs.has(name)) throw new Error(`TEST_SERVICES_DIR: "${name}" would shadow the production service of that name`);
+			dirs.set(name, testDir);
+		}
+	}
+	return dirs;
+}
+
 /** SERVICES=api means a gateway-only node; naming any actor service adds the `mesh` service too. */
 export function chooseServices(requested: string[] | null, available: string[]): string[] {
 	if (!requested) return available;
@@ -59,9 +76,10 @@ async function connectDatabase(settings: MeshSettings): Promise<{ url: string; e
 
 export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 	const transport = await resolveTransport(settings);
-	const services = chooseServices(settings.services, availableServices());
+	const directories = serviceDirectories(settings);
+	const services = chooseServices(settings.services, [...directories.keys()].sort());
 	const database = await connectDatabase(settings);
-	const sequelize = createSequelize({ ...settings.database, url: database.url });
+	const sequelize = createSequelize({ ...settings.database, url: database.url }, settings.databaseLimits);
 
 	const options = createBrokerOptions(settings, transport);
 	const broker = new ServiceBroker(options);
@@ -85,7 +103,8 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 		const result = await runMigrations(database.url, "up", { log: line => log.info(`Migration ${line}`) });
 		log.info(`Migrations: ${result.applied.length} applied, ${result.status.length} known`);
 	}
-	for (const name of services) broker.createService(loadServiceSchema(name));
+	if (settings.testServicesDir) log.warn(`Test services loaded from ${settings.testServicesDir}: this node is for development and tests only`);
+	for (const name of services) broker.createService(loadServiceSchema(name, directories.get(name)));
 	await broker.start();
 
 	let stopping: Promise<void> | null = null;

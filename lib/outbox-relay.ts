@@ -60,8 +60,6 @@ export interface RelayOptions {
 	/** null on the TCP fallback: Moleculer events only */
 	jetstream: JetStreamClient | null;
 	batchSize?: number;
-	/** test hook: die (SIGKILL) after publishing a batch, before marking it */
-	crashAfterPublish?: boolean;
 }
 
 const CLAIM_BATCH = `SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, attempts, created_at
@@ -91,7 +89,6 @@ export class OutboxRelay {
 			const rows = await sequelize.query<OutboxRow>(CLAIM_BATCH, { bind: [this.opts.batchSize ?? 500], type: QueryTypes.SELECT, transaction: t });
 			if (!rows.length) return 0;
 			const results = await Promise.all(rows.map(row => this.publish(row).then(() => null, (err: Error) => err)));
-			if (this.opts.crashAfterPublish) process.kill(process.pid, "SIGKILL");
 			const published = rows.filter((_, i) => !results[i]);
 			if (published.length) await sequelize.query(MARK_PUBLISHED, { bind: [published.map(r => r.id)], transaction: t });
 			for (const [i, row] of rows.entries()) {

@@ -52,10 +52,22 @@ export interface MeshSettings {
 	requestTimeout: number;
 	logLevel: string;
 	jwtSecret?: string;
+	/** GET /auth/dev-token is served: the development secret is in use, or DEV_LOGIN=true (never in production) */
+	devLogin: boolean;
+	/** why devLogin is on or off, for the startup log */
+	devLoginReason: string;
 	rateLimit: RateLimitSettings;
 	corsOrigins: string[];
 	bodyLimit: string;
 	database: DatabaseSettings;
+	/** per-connection PostgreSQL limits: no request holds a pool connection longer than this */
+	databaseLimits: DatabaseLimits;
+	/** how long an Idempotency-Key answers with its first response; swept by the lease holder after that */
+	idempotencyTtlMs: number;
+	/** when set, /metrics needs `Authorization: Bearer <token>` */
+	metricsToken?: string;
+	/** development and tests only: extra *.service.ts files (test doubles) this node may run; refused in production */
+	testServicesDir?: string;
 	embeddedPgPort: number;
 	embeddedPgDir: string;
 	metricsEnabled: boolean;
@@ -71,6 +83,13 @@ export interface MeshSettings {
 	disableBalancer: boolean;
 	/** leader leases for singleton duties (lib/leader-lease.ts) */
 	leaseTtlMs: number;
+}
+
+export interface DatabaseLimits {
+	/** PostgreSQL statement_timeout, ms (0 = none) */
+	statementTimeoutMs: number;
+	/** PostgreSQL idle_in_transaction_session_timeout, ms (0 = none) */
+	idleInTransactionTimeoutMs: number;
 }
 
 export interface MemorySettings {
@@ -125,6 +144,18 @@ function readBool(env: Env, name: string, fallback: boolean): boolean {
 	if (/^(1|true|yes|on)$/i.test(raw)) return true;
 	if (/^(0|false|no|off)$/i.test(raw)) return false;
 	throw new SettingsError(name, `expected true/false, got "${raw}"`);
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** A duration: "90" (seconds), or a number with a unit: 500ms, 30s, 15m, 24h, 7d. */
+function readDurationMs(env: Env, name: string, fallbackMs: number, minMs = 0): number {
+	const raw = env[name];
+	if (raw == null || raw === "") return fallbackMs;
+	const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$/i.exec(raw.trim());
+	const ms = match ? Number(match[1]) * DURATION_UNITS[(match[2] ?? "s").toLowerCase()] : NaN;
+	if (!Number.isFinite(ms) || ms < minMs) throw new SettingsError(name, `expected a duration of at least ${minMs} ms (examples: 90, 30s, 15m, 24h), got "${raw}"`);
+	return ms;
 }
 
 function readList(raw: string | undefined): string[] | null {
@@ -185,6 +216,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		requestTimeout: readInt(env, "REQUEST_TIMEOUT", 10_000),
 		logLevel: env.LOG_LEVEL ?? "info",
 		jwtSecret: env.JWT_SECRET || undefined,
+		...readDevLogin(env, production),
 		rateLimit: {
 			perKey: readInt(env, "RATE_LIMIT_PER_KEY", 10),
 			burst: readInt(env, "RATE_LIMIT_BURST", 20),
@@ -193,6 +225,13 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		corsOrigins: readList(env.CORS_ORIGINS) ?? [],
 		bodyLimit: env.BODY_LIMIT ?? "1mb",
 		database: resolveDatabaseSettings(env),
+		databaseLimits: {
+			statementTimeoutMs: readInt(env, "DB_STATEMENT_TIMEOUT_MS", 5_000),
+			idleInTransactionTimeoutMs: readInt(env, "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10_000),
+		},
+		idempotencyTtlMs: readDurationMs(env, "IDEMPOTENCY_TTL", 24 * 3_600_000, 1_000),
+		metricsToken: env.METRICS_TOKEN || undefined,
+		testServicesDir: readTestServicesDir(env, production),
 		embeddedPgPort: readInt(env, "EMBEDDED_PG_PORT", 54329, 1),
 		embeddedPgDir: env.EMBEDDED_PG_DIR ?? "data/pg",
 		metricsEnabled: readBool(env, "METRICS", true),
@@ -225,19 +264,93 @@ function readMemorySettings(env: Env, production: boolean): MemorySettings {
 	const raw = env.MEMORY_ENCRYPTION_KEY;
 	if (!raw) {
 		if (production) throw new SettingsError("MEMORY_ENCRYPTION_KEY", "required when NODE_ENV=production (base64 of 32 random bytes)");
-		const key = createHash("sha256").update(DEV_MEMORY_KEY_LABEL).digest();
-		return { encryptionKey: key, encryptionKeyId: "dev", developmentKey: true, maxContentBytes };
+		return { encryptionKey: developmentMemoryKey(), encryptionKeyId: "dev", developmentKey: true, maxContentBytes };
 	}
 	const key = Buffer.from(raw, "base64");
 	if (key.length !== 32) throw new SettingsError("MEMORY_ENCRYPTION_KEY", `must be base64 of exactly 32 bytes (got ${key.length})`);
 	return { encryptionKey: key, encryptionKeyId: env.MEMORY_ENCRYPTION_KEY_ID ?? "k1", developmentKey: false, maxContentBytes };
 }
 
+/**
+ * The development login mints a token for any name. It is served only where nobody could mistake it
+ * for real authentication: with the development secret (tokens it signs are worthless elsewhere), or
+ * when an operator asks for it with DEV_LOGIN=true outside production.
+ */
+function readDevLogin(env: Env, production: boolean): { devLogin: boolean; devLoginReason: string } {
+	const explicit = env.DEV_LOGIN == null || env.DEV_LOGIN === "" ? undefined : readBool(env, "DEV_LOGIN", false);
+	if (production) {
+		if (explicit) throw new SettingsError("DEV_LOGIN", "the development login is refused when NODE_ENV=production");
+		return { devLogin: false, devLoginReason: "NODE_ENV=production" };
+	}
+	if (explicit !== undefined) return { devLogin: explicit, devLoginReason: `DEV_LOGIN=${explicit}` };
+	if (!env.JWT_SECRET) return { devLogin: true, devLoginReason: "the development JWT secret is in use (no JWT_SECRET)" };
+	return { devLogin: false, devLoginReason: "JWT_SECRET is set and DEV_LOGIN is not true" };
+}
+
+/** Test doubles (test/fixtures/services) are loaded only where no user of a production node can reach them. */
+function readTestServicesDir(env: Env, production: boolean): string | undefined {
+	const dir = env.TEST_SERVICES_DIR || undefined;
+	if (dir && production) throw new SettingsError("TEST_SERVICES_DIR", "test services are refused when NODE_ENV=production");
+	return dir;
+}
+
+/**
+ * Values that are public knowledge: this repository's development secrets and .env.example
+ * placeholders. A production node refuses them, whatever their length.
+ */
+const KNOWN_SECRETS = new Set([
+	"daarion-mesh-development-secret-not-for-production",
+	"change-me-to-a-long-random-secret-of-32-chars-or-more",
+	"change-me",
+	"changeme",
+	"secret",
+	"password",
+]);
+
+/** Bits of entropy per character times length, from the character frequencies: a coarse guess-resistance floor. */
+function shannonBits(text: string): number {
+	const counts = new Map<string, number>();
+	for (const ch of text) counts.set(ch, (counts.get(ch) ?? 0) + 1);
+	let perChar = 0;
+	for (const n of counts.values()) perChar -= (n / text.length) * Math.log2(n / text.length);
+	return perChar * text.length;
+}
+
+/**
+ * Why a secret is unfit for production, or null. Low entropy catches runs of one letter and short
+ * alphabets ("abababab…"); 32 random hex characters score about 120 bits by this estimate, 32 base64 ones about 150.
+ */
+export function weakSecretReason(value: string, minLength: number): string | null {
+	const lower = value.toLowerCase();
+	if (KNOWN_SECRETS.has(lower) || /change-?me|replace[-_]?me|example|placeholder|not-for-production|development/.test(lower)) return "is a known development or placeholder value";
+	if (value.length < minLength) return `must be at least ${minLength} characters in production`;
+	if (new Set(value).size < 8 || shannonBits(value) < 100) return "has too little entropy (use e.g. `openssl rand -base64 48`)";
+	return null;
+}
+
+/** Why a 32-byte key is unfit for production (all zero, one repeated byte, the development key), or null. */
+export function weakKeyReason(key: Buffer): string | null {
+	if (key.equals(developmentMemoryKey())) return "is the development key";
+	if (new Set(key).size < 8) return "has too little entropy (all zero or a repeated byte); use `openssl rand -base64 32`";
+	return null;
+}
+
+function developmentMemoryKey(): Buffer {
+	return createHash("sha256").update(DEV_MEMORY_KEY_LABEL).digest();
+}
+
 /** Production never runs on guessed defaults: a missing secret or transport is a start-up error. */
 function validateForProduction(s: MeshSettings): void {
 	if (!s.production) return;
 	if (!s.jwtSecret) throw new SettingsError("JWT_SECRET", "required when NODE_ENV=production");
-	if (s.jwtSecret.length < 32) throw new SettingsError("JWT_SECRET", "must be at least 32 characters in production");
+	const jwtProblem = weakSecretReason(s.jwtSecret, 32);
+	if (jwtProblem) throw new SettingsError("JWT_SECRET", jwtProblem);
+	if (s.metricsToken) {
+		const tokenProblem = weakSecretReason(s.metricsToken, 24);
+		if (tokenProblem) throw new SettingsError("METRICS_TOKEN", tokenProblem);
+	}
+	const keyProblem = weakKeyReason(s.memory.encryptionKey);
+	if (keyProblem) throw new SettingsError("MEMORY_ENCRYPTION_KEY", keyProblem);
 	if (!s.nats.url && !s.transporter) throw new SettingsError("NATS_URL", "required when NODE_ENV=production");
 	if (!s.database.url) throw new SettingsError("DATABASE_URL or DB_HOST", "required when NODE_ENV=production");
 }

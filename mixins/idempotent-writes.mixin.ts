@@ -3,12 +3,22 @@
  * write and its key commit in one transaction. A retry after a commit gets the first response back;
  * a retry after a crash mid-write finds no key and runs once; two concurrent requests with one key
  * serialise on the key's unique index. Reusing a key for a different request is a 422.
+ *
+ * What a key keeps: by default the response. A write whose response may hold confidential content
+ * passes `remember` (what to keep instead, e.g. only the id) and `replay` (how to answer a retry from
+ * that, under the retrying caller's rights), so that no stored reply holds plaintext and a replay of
+ * a since-deleted resource answers what a fresh read would. The request itself is kept only as an
+ * HMAC under the mesh's memory key: a plain hash of a short secret could be guessed back.
+ *
+ * Keys expire after IDEMPOTENCY_TTL (default 24 h): an expired key is claimed afresh, and the holder
+ * of each service's "idempotency-sweep" lease deletes expired keys of that service's scopes.
  */
-import { createHash } from "crypto";
+import { createHmac } from "crypto";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { databaseOf } from "../lib/node-context";
+import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
+import { databaseOf, nodeContextOf } from "../lib/node-context";
 
 export interface IdempotencyMeta {
 	idempotencyKey?: string;
@@ -16,50 +26,92 @@ export interface IdempotencyMeta {
 	$responseHeaders?: Record<string, string>;
 }
 
-const CLAIM = `INSERT INTO idempotency_keys (scope, key, request_hash, response) VALUES ($1, $2, $3, $4::jsonb)
-ON CONFLICT (scope, key) DO NOTHING RETURNING key`;
+/** Inserts the key, or takes over an expired one; returns nothing when a live key holds it. */
+const CLAIM = `INSERT INTO idempotency_keys AS k (scope, key, request_hash, response) VALUES ($1, $2, $3, 'null'::jsonb)
+ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, response = EXCLUDED.response, created_at = now()
+WHERE k.created_at < now() - $4 * interval '1 millisecond'
+RETURNING key`;
 const EARLIER = `SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2`;
+const SWEEP = `DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+	SELECT ctid FROM idempotency_keys WHERE created_at < now() - $2 * interval '1 millisecond' AND left(scope, length($1)) = $1 LIMIT 5000))`;
 
-function requestHash(params: unknown): string {
-	return createHash("sha256").update(JSON.stringify(params ?? null)).digest("hex");
+/** How often the lease holder sweeps: often enough that keys outlive their TTL by little, at most once a minute. */
+const sweepEveryMs = (ttlMs: number) => Math.min(60_000, Math.max(1_000, ttlMs / 2));
+
+export interface IdempotentWriteOptions<T> {
+	/** what the key keeps instead of the response (default: the response) */
+	remember?: (result: T) => unknown;
+	/** answers a retry from what the key kept, with the caller's rights (default: what was kept) */
+	replay?: (kept: unknown, t: Transaction) => Promise<T>;
 }
 
 export interface IdempotentWriteMethods {
 	/**
-	 * Runs `write` in a transaction; with a key in ctx.meta, at most once per (scope, key).
-	 * `scope` keeps keys of different actions and users apart (e.g. "audit.record:u1").
+	 * Runs `write` in a transaction; with a key in ctx.meta, at most once per (scope, key) while the key lives.
+	 * `scope` keeps keys of different actions and users apart; it starts with the service name ("audit.record:u1").
 	 */
-	idempotentWrite<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>): Promise<T>;
+	idempotentWrite<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options?: IdempotentWriteOptions<T>): Promise<T>;
+}
+
+type IdempotentThis = Service & { idempotencySweep?: { lease: LeaderLease; timer: NodeJS.Timeout } };
+
+function requestHash(service: Service, params: unknown): string {
+	return createHmac("sha256", nodeContextOf(service.broker).settings.memory.encryptionKey)
+		.update(JSON.stringify(params ?? null))
+		.digest("hex");
 }
 
 export const IdempotentWritesMixin: ServiceSchema = {
 	name: "idempotent-writes",
 	methods: {
-		async idempotentWrite<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>): Promise<T> {
+		async idempotentWrite<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options: IdempotentWriteOptions<T> = {}): Promise<T> {
 			const sequelize = databaseOf(this.broker);
 			const key = ctx.meta.idempotencyKey;
 			if (!key) return sequelize.transaction(write);
-			const hash = requestHash(ctx.params);
+			const hash = requestHash(this, ctx.params);
+			const ttlMs = nodeContextOf(this.broker).settings.idempotencyTtlMs;
 			return sequelize.transaction(async t => {
 				// Blocks while another transaction holds the same key, then sees its committed row.
-				const claimed = await sequelize.query(CLAIM, { bind: [scope, key, hash, "null"], type: QueryTypes.SELECT, transaction: t });
+				const claimed = await sequelize.query(CLAIM, { bind: [scope, key, hash, ttlMs], type: QueryTypes.SELECT, transaction: t });
 				if (claimed.length === 0) {
-					const [earlier] = await sequelize.query<{ request_hash: string; response: T }>(EARLIER, { bind: [scope, key], type: QueryTypes.SELECT, transaction: t });
+					const [earlier] = await sequelize.query<{ request_hash: string; response: unknown }>(EARLIER, { bind: [scope, key], type: QueryTypes.SELECT, transaction: t });
 					if (earlier.request_hash !== hash) {
 						throw new Errors.ValidationError("Idempotency-Key was already used for a different request", "IDEMPOTENCY_KEY_REUSED", [
 							{ field: "Idempotency-Key", message: "already used for a different request" },
 						]);
 					}
 					ctx.meta.$responseHeaders = { ...ctx.meta.$responseHeaders, "Idempotent-Replayed": "true" };
-					return earlier.response;
+					return options.replay ? options.replay(earlier.response, t) : (earlier.response as T);
 				}
 				const result = await write(t);
 				await sequelize.query("UPDATE idempotency_keys SET response = $3::jsonb WHERE scope = $1 AND key = $2", {
-					bind: [scope, key, JSON.stringify(result)],
+					bind: [scope, key, JSON.stringify(options.remember ? options.remember(result) : result)],
 					transaction: t,
 				});
 				return result;
 			});
 		},
+	},
+
+	/** One sweeper per service and mesh (lease): two would only delete the same rows twice, harmlessly. */
+	async started(this: Service) {
+		const self = this as IdempotentThis;
+		const ttlMs = nodeContextOf(this.broker).settings.idempotencyTtlMs;
+		const lease = createDutyLease(this.broker, `idempotency-sweep:${this.name}`, this.logger);
+		await lease.start();
+		const timer = setInterval(() => {
+			if (!lease.isLeader()) return;
+			databaseOf(this.broker)
+				.query(SWEEP, { bind: [`${this.name}.`, ttlMs] })
+				.catch(err => this.logger.warn(`Idempotency key sweep failed: ${(err as Error).message}`));
+		}, sweepEveryMs(ttlMs));
+		self.idempotencySweep = { lease, timer };
+	},
+
+	async stopped(this: Service) {
+		const self = this as IdempotentThis;
+		if (!self.idempotencySweep) return;
+		clearInterval(self.idempotencySweep.timer);
+		await self.idempotencySweep.lease.stop();
 	},
 };

@@ -8,7 +8,9 @@
  * HTTP concerns live here and nowhere else: request id, rate limit, body parsing, auth, CORS,
  * HTTP metrics. Domain services only declare `rest`, `params` and `access`.
  */
+import { timingSafeEqual } from "crypto";
 import type { IncomingMessage, ServerResponse } from "http";
+import type { Duplex } from "stream";
 import path from "path";
 import type { Context, LogLevels, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
@@ -94,12 +96,18 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		const edge = this.authenticatedRoute(settings);
 		this.addRoute(this.apiRoute(edge));
 		this.addRoute(this.internalRoute(edge));
-		this.addRoute(this.operationsRoute());
+		// Its own budget per client (same limits): a monitor polling /health spends none of the API's.
+		this.addRoute(this.operationsRoute(rateLimitMiddleware(settings.rateLimit)));
 		registerHttpMetrics(this.broker);
+		const devLogin = `Development login GET /auth/dev-token: ${settings.devLogin ? "SERVED" : "off"} (${settings.devLoginReason})`;
+		if (settings.devLogin) this.logger.warn(`${devLogin}; anyone can sign in as anyone on this node`);
+		else this.logger.info(devLogin);
+		if (!settings.metricsToken) this.logger.info("GET /metrics is open to every client that reaches this port (METRICS_TOKEN closes it)");
 	},
 
 	started() {
 		this.instrumentServer();
+		this.server.on("clientError", (err: Error & { code?: string }, socket: Duplex) => this.answerClientError(err, socket));
 	},
 
 	methods: {
@@ -151,18 +159,20 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			return { ...edge, name: "internal", path: "/internal", aliases: { "POST /matrix/presence/online": "presence.internalOnline" } };
 		},
 
-		operationsRoute() {
+		/** /health (a database ping each), /metrics and the development login: rate-limited like the API. */
+		operationsRoute(rateLimit: ReturnType<typeof rateLimitMiddleware>) {
 			const aliases: Record<string, unknown> = {
 				"GET /health": this.sendHealth,
 				"GET /metrics": this.sendMetrics,
 			};
-			// Development login for the web page; never mounted in production.
-			if (!nodeContextOf(this.broker).settings.production) aliases["GET /auth/dev-token"] = this.sendDevToken;
+			// Development login for the web page: only with the development secret or DEV_LOGIN=true (lib/settings.ts).
+			if (nodeContextOf(this.broker).settings.devLogin) aliases["GET /auth/dev-token"] = this.sendDevToken;
 			return {
 				name: "operations",
 				path: "/",
 				mappingPolicy: "restrict",
 				bodyParsers: false,
+				use: [rateLimit],
 				aliases,
 				onError: this.sendJsonError,
 			};
@@ -213,13 +223,49 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				return this.sendJson(req, res, 422, { name: "ValidationError", message: "user: 1-40 letters, digits, . _ -", code: 422, type: "VALIDATION_ERROR", data: [{ field: "user" }] });
 			}
 			const token = signToken(jwtSecretOf(nodeContextOf(this.broker).settings), { id: user, roles: [], teams: [] });
-			this.sendJson(req, res, 200, { token, user, note: "development login: NODE_ENV is not production" });
+			this.sendJson(req, res, 200, { token, user, note: `development login: ${nodeContextOf(this.broker).settings.devLoginReason}` });
 		},
 
-		sendMetrics(_req: IncomingMessage, res: ServerResponse) {
+		sendMetrics(req: IncomingMessage, res: ServerResponse) {
+			if (!this.metricsAllowed(req)) {
+				res.setHeader("WWW-Authenticate", 'Bearer realm="metrics"');
+				return this.sendJson(req, res, 401, { name: "UnauthorizedError", message: "GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'", code: 401, type: "NO_TOKEN" });
+			}
 			const body = nodeContextOf(this.broker).metricsReporter.render();
 			res.writeHead(200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" });
 			res.end(body);
+		},
+
+		/** With METRICS_TOKEN set, /metrics answers only its bearer (compared in constant time). */
+		metricsAllowed(req: IncomingMessage): boolean {
+			const expected = nodeContextOf(this.broker).settings.metricsToken;
+			if (!expected) return true;
+			const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? "");
+			const given = Buffer.from(match?.[1] ?? "");
+			const wanted = Buffer.from(expected);
+			return given.length === wanted.length && timingSafeEqual(given, wanted);
+		},
+
+		/**
+		 * Requests Node's HTTP parser refuses before any route sees them: over-long URL or headers (431,
+		 * beyond Node's maxHeaderSize, 16 KiB by default) or malformed HTTP (400), answered as JSON like
+		 * every other error instead of Node's empty reply.
+		 */
+		answerClientError(err: Error & { code?: string }, socket: Duplex) {
+			if (err.code === "ECONNRESET" || !socket.writable) {
+				socket.destroy();
+				return;
+			}
+			const tooLarge = err.code === "HPE_HEADER_OVERFLOW";
+			const status = tooLarge ? 431 : 400;
+			const body = JSON.stringify(
+				tooLarge
+					? { name: "RequestHeaderFieldsTooLarge", message: "Request line or headers are too large", code: 431, type: "HEADERS_TOO_LARGE" }
+					: { name: "BadRequestError", message: "Malformed HTTP request", code: 400, type: "BAD_REQUEST" },
+			);
+			socket.end(
+				`HTTP/1.1 ${status} ${tooLarge ? "Request Header Fields Too Large" : "Bad Request"}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+			);
 		},
 
 		sendJson(_req: IncomingMessage, res: ServerResponse, status: number, body: unknown) {

@@ -14,8 +14,6 @@ interface RecordParams {
 	action: string;
 	subject: string;
 	details?: Record<string, unknown>;
-	/** holds the transaction open this long: failover drills kill a node mid-write */
-	holdMs?: number;
 }
 
 interface AuditRecord {
@@ -48,7 +46,6 @@ const AuditService: ServiceSchema = {
 				action: { type: "string", min: 1, max: 100, pattern: /^[a-z][a-z0-9_.-]*$/ },
 				subject: { type: "string", min: 1, max: 300 },
 				details: { type: "object", optional: true },
-				holdMs: { type: "number", integer: true, min: 0, max: 4_000, optional: true, convert: true },
 				$$strict: "remove",
 			},
 			async handler(this: Service, ctx: AuditContext<RecordParams>) {
@@ -60,7 +57,6 @@ const AuditService: ServiceSchema = {
 						type: QueryTypes.SELECT,
 						transaction: t,
 					});
-					if (ctx.params.holdMs) await new Promise(resolve => setTimeout(resolve, ctx.params.holdMs));
 					return row;
 				});
 			},

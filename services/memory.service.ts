@@ -17,16 +17,20 @@ import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { enqueueEvents } from "../lib/outbox";
 import { actionPolicy } from "../lib/resilience";
 import { open, seal } from "../lib/sealed-box";
-import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods } from "../mixins/idempotent-writes.mixin";
+import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions } from "../mixins/idempotent-writes.mixin";
 
 export const SCOPES = ["personal", "team", "public"] as const;
 export const KINDS = ["fact", "dialog_summary", "event", "document"] as const;
+/** Users and teams are separate namespaces: user "t1" is not team "t1". */
+export const OWNER_TYPES = ["user", "team"] as const;
 type Scope = (typeof SCOPES)[number];
+type OwnerType = (typeof OWNER_TYPES)[number];
 
 export interface MemoryRow {
 	id: string;
 	scope: Scope;
 	owner_id: string;
+	owner_type: OwnerType;
 	kind: string;
 	key: string;
 	content: string | null;
@@ -49,6 +53,7 @@ interface MemoryMethods {
 	view(row: MemoryRow): MemoryView;
 	findRow(id: string, t?: Transaction): Promise<MemoryRow>;
 	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string): Promise<void>;
+	replayAsRead(user: MeshUser): IdempotentWriteOptions<MemoryView>;
 }
 type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> }; rowsById: PointReadBatcher<MemoryRow> };
 
@@ -65,6 +70,7 @@ const MODEL = {
 		id: { type: DataTypes.UUID, primaryKey: true, defaultValue: DataTypes.UUIDV4 },
 		scope: DataTypes.TEXT,
 		owner_id: DataTypes.TEXT,
+		owner_type: DataTypes.TEXT,
 		kind: DataTypes.TEXT,
 		key: DataTypes.TEXT,
 		content: DataTypes.TEXT,
@@ -81,18 +87,27 @@ const MODEL = {
 	options: { tableName: "memories", timestamps: false },
 };
 
-export function canRead(user: MeshUser, row: Pick<MemoryRow, "scope" | "owner_id">): boolean {
-	if (isAdmin(user) || row.scope === "public") return true;
-	if (row.scope === "personal") return row.owner_id === user.id;
-	return user.teams.includes(row.owner_id);
+export function canRead(user: MeshUser, row: Pick<MemoryRow, "scope" | "owner_id" | "owner_type">): boolean {
+	return isAdmin(user) || row.scope === "public" || isOwner(user, row);
 }
 
-/** Writers: the owner (a user, or a member of the owning team), or an admin. */
-export function canWrite(user: MeshUser, row: Pick<MemoryRow, "scope" | "owner_id">): boolean {
-	if (isAdmin(user)) return true;
-	if (row.scope === "personal") return row.owner_id === user.id;
-	if (row.scope === "team") return user.teams.includes(row.owner_id);
-	return row.owner_id === user.id || user.teams.includes(row.owner_id);
+/** Writers: the owner (the user, or a member of the owning team), or an admin. */
+export function canWrite(user: MeshUser, row: Pick<MemoryRow, "scope" | "owner_id" | "owner_type">): boolean {
+	return isAdmin(user) || isOwner(user, row);
+}
+
+/** The owner type decides which id space owner_id lives in: a user's id, or one of the token's teams. */
+function isOwner(user: MeshUser, row: Pick<MemoryRow, "owner_id" | "owner_type">): boolean {
+	return row.owner_type === "team" ? user.teams.includes(row.owner_id) : row.owner_id === user.id;
+}
+
+/** personal memories belong to a user, team memories to a team; public ones to either (default: user). */
+function ownerTypeFor(scope: Scope, requested: OwnerType | undefined): OwnerType {
+	const required: OwnerType | undefined = scope === "personal" ? "user" : scope === "team" ? "team" : undefined;
+	if (required && requested && requested !== required) {
+		throw new Errors.ValidationError(`A ${scope} memory is owned by a ${required}`, "VALIDATION_ERROR", [{ field: "owner_type", message: `must be "${required}" for scope ${scope}` }]);
+	}
+	return required ?? requested ?? "user";
 }
 
 function forbidden(what: string): Errors.MoleculerClientError {
@@ -108,7 +123,7 @@ function eventPayload(row: MemoryRow, action: string, actor: string): Record<str
 	return {
 		action,
 		actor,
-		memory: { id: row.id, scope: row.scope, owner_id: row.owner_id, kind: row.kind, key: row.key, version: row.version, confidential: row.confidential, indexed: row.indexed },
+		memory: { id: row.id, scope: row.scope, owner_id: row.owner_id, owner_type: row.owner_type, kind: row.kind, key: row.key, version: row.version, confidential: row.confidential, indexed: row.indexed },
 		at: new Date().toISOString(),
 	};
 }
@@ -137,6 +152,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			params: {
 				scope: { type: "enum", values: [...SCOPES] },
 				owner_id: { type: "string", min: 1, max: 200 },
+				owner_type: { type: "enum", values: [...OWNER_TYPES], optional: true },
 				kind: { type: "enum", values: [...KINDS] },
 				key: { type: "string", min: 1, max: 300 },
 				content: CONTENT,
@@ -148,14 +164,22 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			async handler(this: Service, ctx: MemoryContext<Omit<MemoryRow, "id" | "version" | "created_at" | "updated_at" | "content_sealed" | "key_id"> & { content: string }>) {
 				const self = this as MemoryThis;
 				const user = requireUser(ctx);
-				if (!canWrite(user, ctx.params)) throw forbidden(`create a ${ctx.params.scope} memory for ${ctx.params.owner_id} — you may not`);
+				const owner = { ...ctx.params, owner_type: ownerTypeFor(ctx.params.scope, ctx.params.owner_type) };
+				if (!canWrite(user, owner)) {
+					throw new Errors.MoleculerClientError(`Not allowed to create a ${owner.scope} memory owned by ${owner.owner_type} ${owner.owner_id}`, 403, "FORBIDDEN", { field: "owner_id" });
+				}
 				self.checkContentSize(ctx.params.content);
-				return self.idempotentWrite(ctx, `memory.create:${user.id}`, async t => {
-					const created = await self.adapter.model.create({ ...ctx.params, ...self.contentColumns(ctx.params.content, !!ctx.params.confidential), version: 1 }, { transaction: t });
-					const row = created.get({ plain: true }) as MemoryRow;
-					await self.emitChange(t, row, "created", user.id);
-					return self.view(row);
-				});
+				return self.idempotentWrite(
+					ctx,
+					`memory.create:${user.id}`,
+					async t => {
+						const created = await self.adapter.model.create({ ...owner, ...self.contentColumns(ctx.params.content, !!ctx.params.confidential), version: 1 }, { transaction: t });
+						const row = created.get({ plain: true }) as MemoryRow;
+						await self.emitChange(t, row, "created", user.id);
+						return self.view(row);
+					},
+					self.replayAsRead(user),
+				);
 			},
 		},
 
@@ -205,7 +229,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					const updated = await self.findRow(id, t);
 					await self.emitChange(t, updated, "updated", user.id);
 					return self.view(updated);
-				});
+				}, self.replayAsRead(user));
 			},
 		},
 
@@ -306,6 +330,24 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 				: await (this as MemoryThis).rowsById.get(id.toLowerCase());
 			if (!row) throw notFound(id);
 			return row;
+		},
+
+		/**
+		 * A keyed create/update keeps only the memory's id, never its content (confidential or not); a
+		 * retry answers what reading the memory now would: its current state, 404 once it is deleted,
+		 * 403 for a caller who may no longer read it.
+		 */
+		replayAsRead(user: MeshUser): IdempotentWriteOptions<MemoryView> {
+			return {
+				remember: view => ({ id: view.id }),
+				replay: async (kept, t) => {
+					const { id } = kept as { id: string };
+					const [row] = await databaseOf(this.broker).query<MemoryRow>("SELECT * FROM memories WHERE id = $1", { bind: [id], type: QueryTypes.SELECT, transaction: t });
+					if (!row) throw notFound(id);
+					if (!canRead(user, row)) throw forbidden("read");
+					return (this as MemoryThis).view(row);
+				},
+			};
 		},
 
 		async emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string) {

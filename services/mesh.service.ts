@@ -96,19 +96,17 @@ const MeshService: ServiceSchema = {
 		},
 
 		echo: {
-			// No side effects, so idempotent; "standard" leaves room for delayMs.
+			// No side effects, so idempotent. Tests that need a request held in flight use the drill test
+			// double (test/fixtures/services), which production nodes cannot load.
 			...actionPolicy({ idempotent: true, timeout: "standard" }),
 			rest: "POST /echo",
 			access: "user",
 			params: {
 				message: { type: "string", min: 1, max: 10_000 },
-				// Lets operators and tests hold a request in flight (drain, timeouts, graceful stop).
-				delayMs: { type: "number", integer: true, min: 0, max: 4_000, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: Context<{ message: string; delayMs?: number }, { user?: MeshUser }>) {
+			handler(this: Service, ctx: Context<{ message: string }, { user?: MeshUser }>) {
 				requestLogger(this.logger, ctx).debug(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
-				if (ctx.params.delayMs) await new Promise(resolve => setTimeout(resolve, ctx.params.delayMs));
 				return {
 					message: ctx.params.message,
 					nodeID: this.broker.nodeID,

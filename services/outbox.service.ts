@@ -103,7 +103,6 @@ const OutboxService: ServiceSchema = {
 				events: settings.events,
 				jetstream: nc ? nc.jetstream() : null,
 				batchSize: BATCH_SIZE,
-				crashAfterPublish: process.env.OUTBOX_TEST_CRASH_AFTER_PUBLISH === "1",
 			});
 		},
 

@@ -4,7 +4,7 @@
  */
 import { Client } from "pg";
 import { signToken } from "../../lib/auth";
-import { getJson, waitFor } from "../helpers/cluster";
+import { getJson, TEST_SERVICES_ENV, waitFor } from "../helpers/cluster";
 import { servedCounts, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
 import { describeWithNats, LOCAL_DATABASE_URL } from "../helpers/requirements";
 import { JWT_SECRET, loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
@@ -30,7 +30,8 @@ function report(name: string, stats: object): void {
 describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-owned NATS)", () => {
 	let mesh: ChaosMesh;
 	beforeAll(async () => {
-		mesh = await startChaosMesh();
+		// The drill test double holds writes open so that a node can be killed mid-write.
+		mesh = await startChaosMesh(TEST_SERVICES_ENV);
 	});
 	afterAll(async () => {
 		await mesh?.stop();
@@ -150,7 +151,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const token = signToken(JWT_SECRET, { id: "drill-user", roles: [], teams: [] });
 		const subject = (i: number) => `drill-${mesh.namespace}-${i}`;
 		const write = (i: number) =>
-			fetch(`${mesh.gateway.url}/api/audit/records`, {
+			fetch(`${mesh.gateway.url}/api/drill/records`, {
 				method: "POST",
 				headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", "Idempotency-Key": `key-${subject(i)}` },
 				body: JSON.stringify({ action: "drill.write", subject: subject(i), holdMs: 2_000 }),

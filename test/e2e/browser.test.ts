@@ -31,6 +31,8 @@ describeWithBrowser("the web page in Chromium, one page on each node", () => {
 			// Public rooms readable without a token (the anonymous socket below).
 			WS_PUBLIC_READ: "true",
 			PRESENCE_HEARTBEAT_MS: "1000",
+			// The page signs in through the development login, which a node with JWT_SECRET serves only on request.
+			DEV_LOGIN: "true",
 		};
 		[node1, node2] = await Promise.all([startNodeProcess({ ...env, NODE_ID: "web-node1", NODE_ROLE: "node1" }), startNodeProcess({ ...env, NODE_ID: "web-node2", NODE_ROLE: "node2" })]);
 		await Promise.all([node1, node2].map(n => waitForMesh(n, ["city", "presence"], 2, 40_000, "/api/city/rooms")));

@@ -9,6 +9,12 @@ import path from "path";
 
 export const ROOT = path.resolve(__dirname, "..", "..");
 
+/**
+ * Env that lets a development node run the test doubles in test/fixtures/services (the `drill`
+ * service: writes held open, slow echoes, slow queries). Production nodes refuse it.
+ */
+export const TEST_SERVICES_ENV = { TEST_SERVICES_DIR: path.join(ROOT, "test", "fixtures", "services") };
+
 export interface NodeProcess {
 	nodeID: string;
 	port: number;

@@ -3,10 +3,10 @@
  * first result, concurrent retries create one row, a reused key with a different body and a malformed
  * key are refused with errors naming the header, and bad fields get 422.
  */
-import { Client } from "pg";
 import { signToken } from "../../lib/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { describeWithNatsAndPostgres, LOCAL_DATABASE_URL, LOCAL_NATS_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query } from "../helpers/databases";
+import { describeWithNatsAndPostgres } from "../helpers/requirements";
 
 const JWT_SECRET = "integration-secret-0123456789abcdef";
 const userToken = signToken(JWT_SECRET, { id: "auditor", roles: [], teams: [] });
@@ -15,13 +15,19 @@ describeWithNatsAndPostgres("audit records with Idempotency-Key, across the mesh
 	const namespace = uniqueNamespace("audit");
 	let gateway: NodeProcess;
 	let actors: NodeProcess;
-	const env = { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: LOCAL_DATABASE_URL, JWT_SECRET, RATE_LIMIT_PER_KEY: "0" };
+	let databaseUrl: string;
 
 	beforeAll(async () => {
+		// A database of its own: the shared one may carry other branches' migrations.
+		databaseUrl = await freshDatabase("audittest");
+		const env = isolatedMeshEnv(namespace, databaseUrl, JWT_SECRET);
 		[gateway, actors] = await Promise.all([startNodeProcess({ ...env, SERVICES: "api" }), startNodeProcess({ ...env, SERVICES: "audit" })]);
 		await waitForMesh(gateway, ["audit"], 2, 40_000, "/api/audit/records");
 	});
-	afterAll(() => stopAll([gateway, actors]));
+	afterAll(async () => {
+		await stopAll([gateway, actors]);
+		await dropFreshDatabases();
+	});
 
 	const post = (body: unknown, headers: Record<string, string> = {}) =>
 		getJson(`${gateway.url}/api/audit/records`, {
@@ -31,11 +37,7 @@ describeWithNatsAndPostgres("audit records with Idempotency-Key, across the mesh
 		});
 
 	async function rowsFor(subject: string): Promise<number> {
-		const db = new Client({ connectionString: LOCAL_DATABASE_URL });
-		await db.connect();
-		const { rows } = await db.query("SELECT id FROM audit_records WHERE subject = $1", [subject]);
-		await db.end();
-		return rows.length;
+		return (await query(databaseUrl, "SELECT id FROM audit_records WHERE subject = $1", [subject])).length;
 	}
 
 	it("records a write once however often it is retried, and replays the first answer", async () => {
@@ -52,7 +54,7 @@ describeWithNatsAndPostgres("audit records with Idempotency-Key, across the mesh
 
 	it("concurrent requests with one key create one row and all get its answer", async () => {
 		const subject = `${namespace}-concurrent`;
-		const answers = await Promise.all(Array.from({ length: 8 }, () => post({ action: "x.y", subject, holdMs: 200 }, { "Idempotency-Key": `${subject}-k` })));
+		const answers = await Promise.all(Array.from({ length: 8 }, () => post({ action: "x.y", subject }, { "Idempotency-Key": `${subject}-k` })));
 		expect(answers.map(a => a.status)).toEqual(Array(8).fill(200));
 		expect(new Set(answers.map(a => a.body.id)).size).toBe(1);
 		expect(await rowsFor(subject)).toBe(1);

@@ -4,8 +4,9 @@
  */
 import { spawnSync } from "child_process";
 import { signToken } from "../../lib/auth";
-import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { describeWithNatsAndPostgres, LOCAL_DATABASE_URL, LOCAL_NATS_URL } from "../helpers/requirements";
+import { getJson, startNodeProcess, stopAll, TEST_SERVICES_ENV, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
+import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
+import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
 
 const JWT_SECRET = "integration-secret-0123456789abcdef";
 const adminToken = signToken(JWT_SECRET, { id: "op1", roles: ["admin"], teams: [] });
@@ -13,15 +14,20 @@ const userToken = signToken(JWT_SECRET, { id: "u1", roles: ["member"], teams: []
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 const json = { "content-type": "application/json" };
 
-function meshEnv(namespace: string, extra: Record<string, string>): Record<string, string> {
-	return { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: LOCAL_DATABASE_URL, JWT_SECRET, ...extra };
+/** One database for this file, made on first use (the shared one may carry other branches' migrations). */
+let database: Promise<string> | undefined;
+afterAll(() => dropFreshDatabases());
+
+async function meshEnv(namespace: string, extra: Record<string, string>): Promise<Record<string, string>> {
+	database ??= freshDatabase("meshtest");
+	return { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: await database, JWT_SECRET, ...extra };
 }
 
 /** A gateway-only node and a node running the actors, in one namespace, ready to route mesh calls. */
 async function startGatewayAndActors(namespace: string, gateway: Record<string, string>, actors: Record<string, string>): Promise<[NodeProcess, NodeProcess]> {
 	const nodes = await Promise.all([
-		startNodeProcess(meshEnv(namespace, { ...gateway, SERVICES: "api" })),
-		startNodeProcess(meshEnv(namespace, { ...actors, SERVICES: "api,mesh" })),
+		startNodeProcess(await meshEnv(namespace, { ...gateway, SERVICES: "api" })),
+		startNodeProcess(await meshEnv(namespace, { ...actors, ...TEST_SERVICES_ENV, SERVICES: "api,mesh,drill" })),
 	]);
 	await waitForMesh(nodes[0], ["mesh"], 2);
 	return nodes;
@@ -52,7 +58,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 		const { body } = await getJson(`${gateway.url}/api/mesh/nodes`);
 		const byID = Object.fromEntries(body.map((n: { nodeID: string }) => [n.nodeID, n]));
 		expect(byID["gw-node1"]).toMatchObject({ role: "node1", available: true, services: ["api"] });
-		expect(byID["actors-node2"]).toMatchObject({ role: "node2", available: true, services: ["api", "mesh"] });
+		expect(byID["actors-node2"]).toMatchObject({ role: "node2", available: true, services: ["api", "drill", "mesh"] });
 		expect(Date.parse(byID["gw-node1"].lastHeartbeat)).toBeGreaterThan(Date.now() - 60_000);
 	});
 
@@ -127,7 +133,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 				[{}, "message"],
 				[{ message: 5 }, "message"],
 				[{ message: "" }, "message"],
-				[{ message: "ok", delayMs: -1 }, "delayMs"],
+				[{ message: "x".repeat(10_001) }, "message"],
 			] as const) {
 				const res = await post(JSON.stringify(payload));
 				expect(res.status).toBe(422);
@@ -196,7 +202,7 @@ describeWithNatsAndPostgres("mesh over NATS: gateway on one node, actors on the 
 	});
 
 	it("stops gracefully on SIGTERM: the in-flight request finishes, the node leaves, exit code 0", async () => {
-		const inFlight = getJson(`${gateway.url}/api/mesh/echo`, {
+		const inFlight = getJson(`${gateway.url}/api/drill/echo`, {
 			method: "POST",
 			headers: { ...json, ...bearer(userToken) },
 			body: JSON.stringify({ message: "slow", delayMs: 1500 }),
@@ -240,12 +246,12 @@ describeWithNatsAndPostgres("mesh over NATS: the reverse direction", () => {
 describeWithNatsAndPostgres("rate limiting at the gateway", () => {
 	let node: NodeProcess;
 	beforeAll(async () => {
-		node = await startNodeProcess(meshEnv(uniqueNamespace("rate"), { SERVICES: "api,mesh", RATE_LIMIT_PER_KEY: "2", RATE_LIMIT_BURST: "5" }));
+		node = await startNodeProcess(await meshEnv(uniqueNamespace("rate"), { SERVICES: "api,mesh", RATE_LIMIT_PER_KEY: "2", RATE_LIMIT_BURST: "5" }));
 		await waitForMesh(node, ["mesh"]);
 	});
 	afterAll(() => stopAll([node]));
 
-	it("lets the burst through, then answers 429 with Retry-After and a JSON body; /health is not limited", async () => {
+	it("lets the burst through, then answers 429 with Retry-After and a JSON body; /health has a budget of its own", async () => {
 		// waitForMesh spent tokens on its readiness probe: let the bucket refill (2/s up to 5).
 		await new Promise(r => setTimeout(r, 2_600));
 		const answers = [];

@@ -6,6 +6,7 @@
  */
 import { ServiceBroker, type Context } from "moleculer";
 import { connect, type NatsConnection } from "nats";
+import { Client } from "pg";
 import { Sequelize } from "sequelize";
 import { signToken } from "../../lib/auth";
 import { handleOnce } from "../../lib/idempotent-consumer";
@@ -85,9 +86,6 @@ describeWithNatsAndPostgres("outbox relay: crash between publish and mark, dedup
 	}
 
 	it("a relay killed after publishing and before marking publishes again; the stream holds each event once and the consumer acts once", async () => {
-		relay = await startNodeProcess({ ...env, NODE_ID: "relay", NODE_ROLE: "node1", SERVICES: "outbox", OUTBOX_TEST_CRASH_AFTER_PUBLISH: "1" });
-		await waitFor("the relay to lead", async () => relay.logs.some(l => l.includes("Lease") && l.includes("outbox-relay") && l.includes("acquired")), 30_000);
-
 		const token = signToken(JWT_SECRET, { id: "u1", roles: [], teams: [] });
 		const created = await getJson(`${writer.url}/api/memory/memories`, {
 			method: "POST",
@@ -98,8 +96,25 @@ describeWithNatsAndPostgres("outbox relay: crash between publish and mark, dedup
 		const outboxIds = (await query<{ id: string }>(databaseUrl, "SELECT id FROM outbox WHERE aggregate_id = $1 ORDER BY event_type", [created.body.id])).map(r => r.id);
 		expect(outboxIds).toHaveLength(2);
 
-		// The crash hook SIGKILLs the relay right after JetStream acked the batch.
-		await relay.exited;
+		// No hook in the relay: a SHARE lock lets it claim the rows (FOR UPDATE) and publish them, and
+		// makes its UPDATE … published wait, so killing it then is a crash between publish and mark.
+		const lock = new Client({ connectionString: databaseUrl });
+		await lock.connect();
+		try {
+			await lock.query("BEGIN");
+			await lock.query("LOCK TABLE outbox IN SHARE MODE");
+			relay = await startNodeProcess({ ...env, NODE_ID: "relay", NODE_ROLE: "node1", SERVICES: "outbox" });
+			await waitFor("JetStream to hold the batch", async () => (await streamMessages()).length === outboxIds.length, 30_000);
+			await waitFor(
+				"the relay to wait on its UPDATE",
+				async () => (await lock.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE outbox SET status%'")).rows.length > 0,
+				10_000,
+			);
+			await relay.kill("SIGKILL");
+		} finally {
+			await lock.query("ROLLBACK").catch(() => undefined);
+			await lock.end();
+		}
 		expect(relay.child.signalCode).toBe("SIGKILL");
 		expect((await query<{ status: string }>(databaseUrl, "SELECT status FROM outbox WHERE id = ANY($1)", [outboxIds])).map(r => r.status)).toEqual(["pending", "pending"]);
 		expect((await streamMessages()).map(m => m.msgId).sort()).toEqual([...outboxIds].sort());

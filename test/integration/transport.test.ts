@@ -4,13 +4,14 @@
  * mesh. The fallback runs in a private network namespace where truly nothing answers on port 4222.
  */
 import { spawn, spawnSync, type ChildProcess } from "child_process";
+import { randomBytes } from "crypto";
 import fs from "fs";
 import os from "os";
 import path from "path";
 import { freePort, ROOT, startNodeProcess, uniqueNamespace, waitFor, type NodeProcess } from "../helpers/cluster";
 import { describeWithNats, LOCAL_DATABASE_URL } from "../helpers/requirements";
 
-const PRODUCTION = { NODE_ENV: "production", JWT_SECRET: "p".repeat(40), MEMORY_ENCRYPTION_KEY: Buffer.alloc(32, 9).toString("base64"), DATABASE_URL: LOCAL_DATABASE_URL, MESH_NAMESPACE: uniqueNamespace("prod") };
+const PRODUCTION = { NODE_ENV: "production", JWT_SECRET: randomBytes(36).toString("base64"), MEMORY_ENCRYPTION_KEY: randomBytes(32).toString("base64"), DATABASE_URL: LOCAL_DATABASE_URL, MESH_NAMESPACE: uniqueNamespace("prod") };
 
 async function fatalLine(node: NodeProcess): Promise<string> {
 	expect(await node.exited).toBe(1);

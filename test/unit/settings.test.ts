@@ -1,9 +1,15 @@
+import { spawnSync } from "child_process";
 import fs from "fs";
+import { verifyToken } from "../../lib/auth";
 import os from "os";
 import path from "path";
 import { EmbeddedPostgresError, firstDirClosedToOthers, openForPostgresUser, placeOutsideCheckout } from "../../lib/embedded-postgres";
-import { loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
+import { createHash, randomBytes } from "crypto";
+import { DEV_JWT_SECRET, loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
 import { chooseServices } from "../../lib/node-runtime";
+
+const STRONG_SECRET = randomBytes(36).toString("base64");
+const STRONG_KEY = randomBytes(32).toString("base64");
 
 describe("settings from the environment", () => {
 	it("defaults to a development node1 on port 9300 with the seed's rate limit", () => {
@@ -34,7 +40,7 @@ describe("settings from the environment", () => {
 	});
 
 	it("in production requires NATS_URL, a database and a long JWT_SECRET", () => {
-		const prod = { NODE_ENV: "production", NATS_URL: "nats://n:4222", DATABASE_URL: "postgres://x@h/d", JWT_SECRET: "x".repeat(32), MEMORY_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64") };
+		const prod = { NODE_ENV: "production", NATS_URL: "nats://n:4222", DATABASE_URL: "postgres://x@h/d", JWT_SECRET: STRONG_SECRET, MEMORY_ENCRYPTION_KEY: STRONG_KEY };
 		expect(loadSettings(prod).production).toBe(true);
 		expect(() => loadSettings({ ...prod, JWT_SECRET: undefined })).toThrow(/JWT_SECRET/);
 		expect(() => loadSettings({ ...prod, JWT_SECRET: "short" })).toThrow(/JWT_SECRET/);
@@ -42,6 +48,65 @@ describe("settings from the environment", () => {
 		expect(() => loadSettings({ ...prod, MEMORY_ENCRYPTION_KEY: "c2hvcnQ=" })).toThrow(/exactly 32 bytes \(got 5\)/);
 		expect(() => loadSettings({ ...prod, NATS_URL: undefined })).toThrow(/NATS_URL/);
 		expect(() => loadSettings({ ...prod, DATABASE_URL: undefined })).toThrow(/DATABASE_URL/);
+	});
+});
+
+describe("production refuses known, placeholder and low-entropy secrets, naming the variable", () => {
+	const prod = { NODE_ENV: "production", NATS_URL: "nats://n:4222", DATABASE_URL: "postgres://x@h/d", JWT_SECRET: STRONG_SECRET, MEMORY_ENCRYPTION_KEY: STRONG_KEY };
+	const envExample = Object.fromEntries(
+		fs
+			.readFileSync(path.join(__dirname, "..", "..", ".env.example"), "utf8")
+			.split("\n")
+			.filter(line => /^[A-Z_]+=/.test(line))
+			.map(line => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]),
+	);
+
+	it.each([
+		["JWT_SECRET", "the development secret", DEV_JWT_SECRET, /known development or placeholder/],
+		["JWT_SECRET", "the .env.example placeholder", envExample.JWT_SECRET, /known development or placeholder/],
+		["JWT_SECRET", "32 of one letter", "x".repeat(32), /too little entropy/],
+		["JWT_SECRET", "a two-letter run", "ab".repeat(24), /too little entropy/],
+		["JWT_SECRET", "a short random value", "Zq8#pL2", /at least 32 characters/],
+		["JWT_SECRET", "an upper-cased placeholder", envExample.JWT_SECRET.toUpperCase(), /known development or placeholder/],
+		["MEMORY_ENCRYPTION_KEY", "a zero key", Buffer.alloc(32).toString("base64"), /too little entropy/],
+		["MEMORY_ENCRYPTION_KEY", "one repeated byte", Buffer.alloc(32, 7).toString("base64"), /too little entropy/],
+		["MEMORY_ENCRYPTION_KEY", "the development key", createHash("sha256").update("daarion-mesh development memory key - not for production").digest("base64"), /development key/],
+		["METRICS_TOKEN", "a placeholder", "change-me-metrics-token-please", /known development or placeholder/],
+		["METRICS_TOKEN", "one letter", "m".repeat(40), /too little entropy/],
+		["DEV_LOGIN", "the development login", "true", /refused when NODE_ENV=production/],
+		["TEST_SERVICES_DIR", "test doubles", "test/fixtures/services", /refused when NODE_ENV=production/],
+	])("%s: refuses %s", (variable, _what, value, problem) => {
+		const attempt = () => loadSettings({ ...prod, [variable]: value });
+		expect(attempt).toThrow(SettingsError);
+		expect(attempt).toThrow(new RegExp(`^${variable}: .*${problem.source}`));
+	});
+
+	it("accepts strong random values, and weak ones outside production", () => {
+		expect(loadSettings({ ...prod, METRICS_TOKEN: randomBytes(24).toString("base64"), JWT_SECRET: randomBytes(16).toString("hex") }).production).toBe(true);
+		expect(loadSettings({ ...prod, NODE_ENV: "development", JWT_SECRET: "x".repeat(32), MEMORY_ENCRYPTION_KEY: Buffer.alloc(32).toString("base64") }).production).toBe(false);
+	});
+});
+
+describe("development login", () => {
+	it.each([
+		[{}, true, /development JWT secret/],
+		[{ JWT_SECRET: STRONG_SECRET }, false, /JWT_SECRET is set/],
+		[{ JWT_SECRET: STRONG_SECRET, DEV_LOGIN: "true" }, true, /DEV_LOGIN=true/],
+		[{ DEV_LOGIN: "false" }, false, /DEV_LOGIN=false/],
+	])("%j → served: %s", (env, served, reason) => {
+		const s = loadSettings(env as Record<string, string>);
+		expect(s.devLogin).toBe(served);
+		expect(s.devLoginReason).toMatch(reason);
+	});
+});
+
+describe("durations and limits", () => {
+	it("reads IDEMPOTENCY_TTL with units (default 24 h) and the database timeouts", () => {
+		expect(loadSettings({}).idempotencyTtlMs).toBe(24 * 3_600_000);
+		expect(loadSettings({ IDEMPOTENCY_TTL: "90" }).idempotencyTtlMs).toBe(90_000);
+		expect(loadSettings({ IDEMPOTENCY_TTL: "15m" }).idempotencyTtlMs).toBe(900_000);
+		expect(() => loadSettings({ IDEMPOTENCY_TTL: "soon" })).toThrow(/^IDEMPOTENCY_TTL: /);
+		expect(loadSettings({ DB_STATEMENT_TIMEOUT_MS: "250" }).databaseLimits).toEqual({ statementTimeoutMs: 250, idleInTransactionTimeoutMs: 10_000 });
 	});
 });
 
@@ -132,5 +197,32 @@ describe("embedded PostgreSQL as root", () => {
 			fs.rmSync(base, { recursive: true, force: true });
 			fs.rmSync(outside, { recursive: true, force: true });
 		}
+	});
+});
+
+describe("npm run token", () => {
+	const run = (args: string[], env: Record<string, string> = {}) =>
+		spawnSync(process.execPath, ["--import", "tsx", path.join(__dirname, "..", "..", "scripts", "token.ts"), ...args], {
+			env: { PATH: process.env.PATH ?? "", ...env },
+			encoding: "utf8",
+			timeout: 30_000,
+		});
+
+	it("refuses without JWT_SECRET instead of signing with the development secret", () => {
+		const result = run(["--user", "op"]);
+		expect(result.status).toBe(2);
+		expect(result.stderr).toContain("JWT_SECRET is not set");
+		expect(result.stdout).toBe("");
+	});
+
+	it("signs with JWT_SECRET; --dev explicitly with the development secret, never under NODE_ENV=production", () => {
+		const secret = randomBytes(36).toString("base64");
+		const signed = run(["--user", "op", "--roles", "admin"], { JWT_SECRET: secret });
+		expect(verifyToken(secret, signed.stdout.trim())).toMatchObject({ id: "op", roles: ["admin"] });
+		const dev = run(["--user", "op", "--dev"]);
+		expect(verifyToken(DEV_JWT_SECRET, dev.stdout.trim()).id).toBe("op");
+		const prod = run(["--user", "op", "--dev"], { NODE_ENV: "production", JWT_SECRET: secret, NATS_URL: "nats://n:4222", DATABASE_URL: "postgres://x@h/d", MEMORY_ENCRYPTION_KEY: STRONG_KEY });
+		expect(prod.status).toBe(2);
+		expect(prod.stderr).toContain("--dev: the development secret is refused");
 	});
 });
