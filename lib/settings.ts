@@ -27,6 +27,8 @@ export interface SocketLimitSettings {
 	eventBurstPerUser: number;
 	/** refused events a socket may pile up (refilling at its event rate) before it is disconnected */
 	floodAllowance: number;
+	/** one user's socket events that run at once on a gateway (each may hold a database connection); the rest wait */
+	userConcurrency: number;
 	/** connection and namespace handshakes per second from one client address, and its bucket */
 	handshakesPerAddress: number;
 	handshakeBurst: number;
@@ -230,6 +232,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 			eventsPerUser: readInt(env, "WS_USER_EVENT_RATE", 10),
 			eventBurstPerUser: readInt(env, "WS_USER_EVENT_BURST", 20, 1),
 			floodAllowance: readInt(env, "WS_FLOOD_ALLOWANCE", 40),
+			userConcurrency: readInt(env, "WS_USER_CONCURRENCY", 2),
 			handshakesPerAddress: readInt(env, "WS_HANDSHAKE_RATE", 10),
 			handshakeBurst: readInt(env, "WS_HANDSHAKE_BURST", 40, 1),
 			maxConnectionsPerAddress: readInt(env, "WS_MAX_CONNECTIONS_PER_ADDRESS", 200),

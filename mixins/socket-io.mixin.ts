@@ -27,7 +27,7 @@ import { HTTP_METRICS } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { ROOM_ID_PATTERN } from "../lib/realtime/room-id";
 import { SOCKET_EVENTS, type SocketChannel } from "../lib/realtime/socket-events";
-import { HandshakeGuard, SocketEventBudget } from "../lib/realtime/socket-limits";
+import { HandshakeGuard, KeyedConcurrency, SocketEventBudget } from "../lib/realtime/socket-limits";
 import { jwtSecretOf } from "../lib/settings";
 import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../lib/socket-footprint";
 
@@ -48,7 +48,7 @@ export const WS_METRICS = {
 	fanout: "channel_ws_fanout_latency_seconds",
 	sockets: "ws_sockets",
 	namespaces: "ws_room_namespaces",
-	refused: "ws_refused_events_total",
+	events: "ws_events_total",
 };
 
 type SocketCounts = { rooms: number; presence: number; connections: number };
@@ -84,6 +84,7 @@ interface SocketIoThis extends Service {
 	roomParent: Namespace | null;
 	socketCounts: SocketCounts;
 	budget: SocketEventBudget;
+	lanes: KeyedConcurrency;
 	handshakes: HandshakeGuard;
 	checkers: Record<SocketChannel, Record<string, Checker>>;
 	tokenSweep: NodeJS.Timeout | null;
@@ -247,7 +248,7 @@ export const SocketIoMixin: ServiceSchema = {
 			const listeners = socketListeners(this);
 			const rooms = io.of(ROOM_NAMESPACE);
 			this.roomParent = rooms;
-			io.on("new_namespace", () => this.countNamespaces());
+			io.of("/").on("new_namespace", () => this.countNamespaces());
 			rooms.use((socket, next) => {
 				const s = socket as MeshSocket;
 				// A child namespace exists from the handshake on: one that ends up with no socket is dropped.
@@ -350,11 +351,14 @@ export const SocketIoMixin: ServiceSchema = {
 		 * event packet before any listener, including names nothing listens to.
 		 */
 		onSocketEvent(this: SocketIoThis, socket: MeshSocket, channel: SocketChannel, packet: unknown[]) {
+			// Packets read in the same batch as the one that got the socket cut still arrive here: drop them.
+			if (!socket.connected) return;
 			const [event, ...args] = packet as [string, ...unknown[]];
 			const ack = typeof args[args.length - 1] === "function" ? (args.pop() as Ack) : undefined;
 			const verdict = this.budget.take(socket.id, budgetKey(socket));
+			const count = (outcome: string) => this.broker.isMetricsEnabled() && this.broker.metrics.increment(WS_METRICS.events, { channel, outcome });
 			if (!verdict.allowed) {
-				if (this.broker.isMetricsEnabled()) this.broker.metrics.increment(WS_METRICS.refused, { channel, reason: verdict.flooding ? "flood" : "rate" });
+				count(verdict.flooding ? "disconnected" : "rate_limited");
 				refuse(socket, ack, { code: 429, type: "RATE_LIMITED", message: "Too many socket events, slow down", retryAfter: verdict.retryAfterSeconds });
 				if (verdict.flooding) {
 					this.logger.warn(`socket ${socket.id} of ${budgetKey(socket)} disconnected: it kept sending past its event budget`, { event: "ws.flood" });
@@ -364,14 +368,17 @@ export const SocketIoMixin: ServiceSchema = {
 			}
 			const handler = (HANDLERS[channel] as Record<string, EventHandler>)[event];
 			const check = this.checkers[channel][event];
-			if (!handler || !check) return refuse(socket, ack, { code: 404, type: "UNKNOWN_EVENT", message: `No event "${String(event).slice(0, 40)}" on this channel`, field: "event" });
+			if (!handler || !check) return count("unknown"), refuse(socket, ack, { code: 404, type: "UNKNOWN_EVENT", message: `No event "${String(event).slice(0, 40)}" on this channel`, field: "event" });
 			const params = isPlainObject(args[0]) ? args[0] : {};
 			const problems = check(params);
 			if (problems !== true) {
+				count("invalid");
 				const field = problems[0]?.field;
 				return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: problems[0]?.message ?? "Invalid payload", ...(field ? { field } : {}) });
 			}
-			handler(this, socket, params)
+			count("accepted");
+			this.lanes
+				.run(budgetKey(socket), () => handler(this, socket, params))
 				.then(answer => typeof ack === "function" && ack({ ok: true, ...answer }))
 				.catch(err => refuse(socket, ack, isPlainObject(err) && typeof err.code === "number" && typeof err.type === "string" && !(err instanceof Error) ? (err as unknown as WsError) : asWsError(err)));
 		},
@@ -473,6 +480,7 @@ export const SocketIoMixin: ServiceSchema = {
 		self.socketCounts = { rooms: 0, presence: 0, connections: 0 };
 		const { socketLimits } = nodeContextOf(this.broker).settings;
 		self.budget = new SocketEventBudget(socketLimits);
+		self.lanes = new KeyedConcurrency(socketLimits.userConcurrency);
 		self.handshakes = new HandshakeGuard(socketLimits);
 		const validator = this.broker.validator as unknown as { compile(schema: object): Checker };
 		const compile = (schema: object) => validator.compile(schema);
@@ -490,7 +498,12 @@ export const SocketIoMixin: ServiceSchema = {
 		} as never);
 		this.broker.metrics.register({ name: WS_METRICS.sockets, type: "gauge", labelNames: ["channel"], description: "Open socket.io sockets on this node per channel (rooms, presence), and open connections (connections)" });
 		this.broker.metrics.register({ name: WS_METRICS.namespaces, type: "gauge", description: "Room namespaces this node holds (one per room with sockets here)" });
-		this.broker.metrics.register({ name: WS_METRICS.refused, type: "counter", labelNames: ["channel", "reason"], description: "Socket events refused by the event budget (rate) and sockets disconnected for flooding (flood)" });
+		this.broker.metrics.register({
+			name: WS_METRICS.events,
+			type: "counter",
+			labelNames: ["channel", "outcome"],
+			description: "Socket events received, by outcome: accepted, rate_limited (over budget), disconnected (over budget, socket cut for flooding), invalid (422), unknown (no such event)",
+		});
 	},
 
 	started(this: Service) {

@@ -85,3 +85,34 @@ export class HandshakeGuard {
 		return this.open.get(address) ?? 0;
 	}
 }
+
+/**
+ * At most `limit` of one key's tasks run at a time; the rest wait in order. A user's socket events
+ * each hold a database connection while they run (a heartbeat even waits on the user's advisory lock
+ * holding one): twenty of them at once, all inside the event budget, took the whole pool for about a
+ * second and stalled other users' requests (test/integration/realtime-security.test.ts). Queues stay
+ * short because the event budget bounds what is admitted.
+ */
+export class KeyedConcurrency {
+	private readonly lanes = new Map<string, { running: number; waiting: Array<() => void> }>();
+
+	constructor(private readonly limit: number) {}
+
+	run<T>(key: string, task: () => Promise<T>): Promise<T> {
+		if (this.limit <= 0) return task();
+		let lane = this.lanes.get(key);
+		if (!lane) this.lanes.set(key, (lane = { running: 0, waiting: [] }));
+		const current = lane;
+		const start = (): Promise<T> => {
+			current.running++;
+			return task().finally(() => {
+				current.running--;
+				const next = current.waiting.shift();
+				if (next) next();
+				else if (current.running === 0) this.lanes.delete(key);
+			});
+		};
+		if (current.running < this.limit) return start();
+		return new Promise<T>((resolve, reject) => current.waiting.push(() => void start().then(resolve, reject)));
+	}
+}
