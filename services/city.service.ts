@@ -160,12 +160,13 @@ const CityService: ServiceSchema = {
 				const self = this as CityThis;
 				const user = requireUser(ctx);
 				const room = await self.roomAllowing(ctx.params.room_id, user, "read");
+				if (room.created_by === user.id) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "room_id" });
 				const [left] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
 					bind: [room.id, user.id],
 					type: QueryTypes.SELECT,
 				});
 				if (left) ctx.broadcast("city.member.left", { room_id: room.id, user_id: user.id, is_public: room.is_public });
-				return { room_id: room.id, user_id: user.id, member: room.created_by === user.id };
+				return { room_id: room.id, user_id: user.id, member: false };
 			},
 		},
 

@@ -280,9 +280,9 @@ describeWithNatsAndPostgres("socket security: budgets, private rooms, membership
 		const leaClosed = new Promise<string>(resolve => leaSocket.socket.once("disconnect", resolve));
 		expect((await getJson(`${node1.url}/api/city/rooms/${square}/leave`, { method: "POST", headers: as("lea") })).status).toBe(200);
 		expect(await leaClosed).toBe("io server disconnect");
-		// The owner leaving their own private room does not lock them out.
-		expect((await getJson(`${node1.url}/api/city/rooms/${room}/leave`, { method: "POST", headers: as("ora") })).body).toMatchObject({ member: true });
-		expect((await members("ora")).status).toBe(200);
+		// The owner cannot leave (nor be removed from) their own room: it would be theirs and unreachable.
+		expect((await getJson(`${node1.url}/api/city/rooms/${room}/leave`, { method: "POST", headers: as("ora") })).body).toMatchObject({ code: 409, type: "OWNER_STAYS" });
+		expect((await members("ora")).body.members.map((m: { user_id: string }) => m.user_id)).toContain("ora");
 	});
 
 	it("refused handshakes to random room names leave no namespace behind; a room's namespace goes with its last socket", async () => {
