@@ -17,6 +17,25 @@ export interface RateLimitSettings {
 	global: number;
 }
 
+/** Budgets for socket.io clients (lib/realtime/socket-limits.ts); each 0 switches that limit off. */
+export interface SocketLimitSettings {
+	/** events per second one socket may send, and its bucket */
+	eventsPerSocket: number;
+	eventBurstPerSocket: number;
+	/** events per second one user may send over all their sockets on a gateway, and its bucket */
+	eventsPerUser: number;
+	eventBurstPerUser: number;
+	/** refused events a socket may pile up (refilling at its event rate) before it is disconnected */
+	floodAllowance: number;
+	/** one user's socket events that run at once on a gateway (each may hold a database connection); the rest wait */
+	userConcurrency: number;
+	/** connection and namespace handshakes per second from one client address, and its bucket */
+	handshakesPerAddress: number;
+	handshakeBurst: number;
+	/** open socket.io connections from one client address */
+	maxConnectionsPerAddress: number;
+}
+
 export interface NatsSettings {
 	url?: string;
 	user?: string;
@@ -78,6 +97,7 @@ export interface MeshSettings {
 	presence: PresenceSettings;
 	/** socket clients may read public rooms without a token */
 	wsPublicRead: boolean;
+	socketLimits: SocketLimitSettings;
 	cityMaxMessageChars: number;
 	/** NATS queue groups pick the node instead of Moleculer's balancer (measured in docs/FAILOVER.md; off) */
 	disableBalancer: boolean;
@@ -245,6 +265,17 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 			heartbeatMs: readInt(env, "PRESENCE_HEARTBEAT_MS", 10_000, 100),
 		},
 		wsPublicRead: readBool(env, "WS_PUBLIC_READ", false),
+		socketLimits: {
+			eventsPerSocket: readInt(env, "WS_EVENT_RATE", 10),
+			eventBurstPerSocket: readInt(env, "WS_EVENT_BURST", 20, 1),
+			eventsPerUser: readInt(env, "WS_USER_EVENT_RATE", 10),
+			eventBurstPerUser: readInt(env, "WS_USER_EVENT_BURST", 20, 1),
+			floodAllowance: readInt(env, "WS_FLOOD_ALLOWANCE", 40),
+			userConcurrency: readInt(env, "WS_USER_CONCURRENCY", 2),
+			handshakesPerAddress: readInt(env, "WS_HANDSHAKE_RATE", 10),
+			handshakeBurst: readInt(env, "WS_HANDSHAKE_BURST", 40, 1),
+			maxConnectionsPerAddress: readInt(env, "WS_MAX_CONNECTIONS_PER_ADDRESS", 200),
+		},
 		cityMaxMessageChars: readInt(env, "CITY_MAX_MESSAGE_CHARS", 4_000, 1),
 		events: {
 			stream: env.NATS_STREAM_EVENTS ?? "DAARION_EVENTS",

@@ -9,40 +9,56 @@
  *
  * The handshake carries the same JWT as HTTP (`auth.token`, or an Authorization header). Clients on any
  * node see changes made on every node: services broadcast `city.message.*` and `presence.changed`
- * across the mesh and each gateway pushes them to its own sockets. Bad input on a socket gets an
- * `error_event` (and a failed ack) on that socket only; the connection stays up.
+ * across the mesh and each gateway pushes them to its own sockets.
+ *
+ * Every event a client sends is an endpoint: it passes the socket's and the user's budget
+ * (lib/realtime/socket-limits.ts), must be declared with a schema (lib/realtime/socket-events.ts) and
+ * match it, and is authorized before anything is called. Refusals are an `error_event` and a failed
+ * ack on that socket only; a socket that keeps flooding is disconnected. Handshakes are budgeted per
+ * client address before any token check or query, room namespaces exist only while sockets use them,
+ * and the root namespace is refused.
  */
+import type { IncomingMessage } from "http";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Server, type Namespace, type Socket } from "socket.io";
 import type { DefaultEventsMap } from "socket.io/dist/typed-events";
 import { AuthError, verifyTokenClaims, type MeshUser, type VerifiedToken } from "../lib/auth";
 import { HTTP_METRICS } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
+import { ROOM_ID_PATTERN } from "../lib/realtime/room-id";
+import { SOCKET_EVENTS, type SocketChannel } from "../lib/realtime/socket-events";
+import { HandshakeGuard, KeyedConcurrency, SocketEventBudget } from "../lib/realtime/socket-limits";
 import { jwtSecretOf } from "../lib/settings";
 import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../lib/socket-footprint";
 
 export const WS_PATH = "/ws/socket.io";
 export const PRESENCE_NAMESPACE = "/city/presence";
-export const ROOM_NAMESPACE = /^\/city\/rooms\/[a-z0-9][a-z0-9_-]{0,62}$/;
 const ROOM_PREFIX = "/city/rooms/";
+export const ROOM_NAMESPACE = new RegExp(`^${ROOM_PREFIX}${ROOM_ID_PATTERN.source.slice(1)}`);
 const MAX_SOCKET_PAYLOAD_BYTES = 64 * 1024;
 const TOKEN_SWEEP_MS = 1_000;
+/** A connection that joins no namespace is closed after this (socket.io's default is 45 s). */
+const CONNECT_TIMEOUT_MS = 10_000;
 
 /** socket.io rooms inside the presence namespace: what a socket watches (everyone, or one city room). */
 const EVERYONE = "watch:*";
 const watching = (roomId: string) => `watch:room:${roomId}`;
-const ROOM_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
 export const WS_METRICS = {
 	fanout: "channel_ws_fanout_latency_seconds",
 	sockets: "ws_sockets",
+	namespaces: "ws_room_namespaces",
+	events: "ws_events_total",
 };
+
+type SocketCounts = { rooms: number; presence: number; connections: number };
 
 interface WsError {
 	code: number;
 	type: string;
 	message: string;
 	field?: string;
+	retryAfter?: number;
 }
 
 interface SocketData {
@@ -55,39 +71,42 @@ interface SocketData {
 
 type MeshSocket = Socket<DefaultEventsMap, DefaultEventsMap, DefaultEventsMap, SocketData>;
 type Ack = ((answer: unknown) => void) | undefined;
+type Checker = (params: unknown) => true | Array<{ field?: string; message?: string }>;
+/** An event's work once budget, schema and authorization passed: what its ack carries besides `ok`. */
+type EventHandler = (service: SocketIoThis, socket: MeshSocket, params: Record<string, unknown>) => Promise<Record<string, unknown>>;
+
+/** Private socket.io state this gateway manages: the namespace map, a parent's children, sockets mid-handshake. */
+type NamespaceMap = { _nsps: Map<string, Namespace> };
+type ChildNamespace = { sockets: Map<string, unknown>; _preConnectSockets: Map<string, unknown> };
 
 interface SocketIoThis extends Service {
 	io: Server | null;
-	socketCounts: { rooms: number; presence: number };
-	attachSocketIo(): void;
+	roomParent: Namespace | null;
+	socketCounts: SocketCounts;
+	budget: SocketEventBudget;
+	lanes: KeyedConcurrency;
+	handshakes: HandshakeGuard;
+	checkers: Record<SocketChannel, Record<string, Checker>>;
 	tokenSweep: NodeJS.Timeout | null;
+	attachSocketIo(): void;
+	admitConnection(req: IncomingMessage, answer: (message: string | null, ok: boolean) => void): void;
+	trackConnection(connection: { request: IncomingMessage; once(event: "close", fn: () => void): void }): void;
+	authorizeRoomSocket(socket: MeshSocket): Promise<void>;
+	dropIfIdle(namespace: Namespace): void;
 	socketToken(socket: MeshSocket): VerifiedToken | undefined;
 	closeExpiredSockets(): void;
 	closeSocketConnections(): void;
+	closeMembership(roomId: string, userId: string, isPublic: boolean): void;
 	pushToRoom(roomId: string, event: string, message: { created_at?: string; room_id?: string }): void;
-	postFromRoomSocket(socket: MeshSocket, payload: unknown, ack: Ack): void;
+	onSocketEvent(socket: MeshSocket, channel: SocketChannel, packet: unknown[]): void;
 	servePresenceSocket(socket: MeshSocket): Promise<void>;
-	countSocket(channel: "rooms" | "presence", delta: number): void;
+	countSocket(channel: keyof SocketCounts, delta: number): void;
+	countNamespaces(): void;
 }
 
 /** A room socket's room, from its namespace: not stored per socket. */
 function roomIdOf(socket: MeshSocket): string {
 	return socket.nsp.name.slice(ROOM_PREFIX.length);
-}
-
-/**
- * One pair of listeners for all of a node's room sockets (socket.io calls them with `this` = the
- * socket): closures per socket would be ~150 B of each idle socket's heap (docs/BENCHMARKS.md).
- */
-function roomSocketListeners(service: SocketIoThis) {
-	return {
-		disconnect(this: MeshSocket) {
-			service.countSocket("rooms", -1);
-		},
-		message(this: MeshSocket, payload: unknown, ack: Ack) {
-			service.postFromRoomSocket(this, payload, ack);
-		},
-	};
 }
 
 function connectError(problem: WsError): Error & { data: WsError } {
@@ -96,9 +115,10 @@ function connectError(problem: WsError): Error & { data: WsError } {
 
 /** Moleculer and auth errors as the small JSON shape sockets get. */
 function asWsError(err: unknown): WsError {
-	const e = err as { code?: number; type?: string; message?: string; data?: unknown };
+	const e = err as { code?: number; status?: number; type?: string; message?: string; data?: unknown };
 	const field = Array.isArray(e.data) ? (e.data[0] as { field?: string })?.field : (e.data as { field?: string } | undefined)?.field;
-	const code = typeof e.code === "number" && e.code >= 400 && e.code < 600 ? e.code : 500;
+	const status = e.code ?? (err instanceof AuthError ? e.status : undefined);
+	const code = typeof status === "number" && status >= 400 && status < 600 ? status : 500;
 	return { code, type: e.type ?? (code === 500 ? "INTERNAL" : "ERROR"), message: code === 500 ? "Internal error" : (e.message ?? "error"), ...(field ? { field } : {}) };
 }
 
@@ -109,6 +129,67 @@ function refuse(socket: MeshSocket, ack: Ack, problem: WsError): void {
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
 	return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** "does not exist" and "not yours" answer the same, so that names of private rooms cannot be probed. */
+function roomNotFound(roomId: string): WsError {
+	return { code: 404, type: "ROOM_NOT_FOUND", message: `Room ${roomId} not found` };
+}
+
+const NO_TOKEN: WsError = { code: 401, type: "NO_TOKEN", message: "A token is required" };
+
+/** The user's budget key: anonymous (public-read) sockets share one per client address. */
+function budgetKey(socket: MeshSocket): string {
+	return socket.data.user ? `user:${socket.data.user.id}` : `address:${socket.handshake.address}`;
+}
+
+function presenceOf(socket: MeshSocket) {
+	return { user_id: (socket.data.user as MeshUser).id, device_id: socket.data.device as string };
+}
+
+const HANDLERS: { [C in SocketChannel]: Record<keyof (typeof SOCKET_EVENTS)[C], EventHandler> } = {
+	rooms: {
+		async message(service, socket, params) {
+			if (!socket.data.canPost) throw socket.data.user ? { code: 403, type: "FORBIDDEN", message: "You may not post in this room" } : NO_TOKEN;
+			const message = await service.broker.call("city.postMessage", { room_id: roomIdOf(socket), body: params.body }, { meta: { user: socket.data.user } });
+			return { message };
+		},
+	},
+	presence: {
+		async heartbeat(service, socket, params) {
+			return { presence: await service.broker.call("presence.heartbeat", { ...presenceOf(socket), node_id: service.broker.nodeID, active: params.active }) };
+		},
+		// {room_id}: that room's members only (presence checks read access: 404 otherwise); {room_id: null}: everyone.
+		async watch(service, socket, params) {
+			const roomId = params.room_id as string | null;
+			const snapshot = await service.broker.call("presence.list", roomId ? { room_id: roomId } : {}, { meta: { user: socket.data.user } });
+			for (const room of socket.rooms) if (room.startsWith("watch:")) socket.leave(room);
+			socket.join(roomId ? watching(roomId) : EVERYONE);
+			return { snapshot };
+		},
+		async visibility(service, socket, params) {
+			const who = presenceOf(socket);
+			const presence = params.state === "hidden" ? service.broker.call("presence.gone", who) : service.broker.call("presence.heartbeat", { ...who, node_id: service.broker.nodeID, active: true });
+			return { presence: await presence };
+		},
+	},
+};
+
+/**
+ * Shared listeners (socket.io calls them with `this` = the socket): closures per socket would be
+ * ~150 B of each idle socket's heap (docs/BENCHMARKS.md).
+ */
+function socketListeners(service: SocketIoThis) {
+	return {
+		roomDisconnect(this: MeshSocket) {
+			service.countSocket("rooms", -1);
+			service.dropIfIdle(this.nsp);
+		},
+		presenceDisconnect(this: MeshSocket) {
+			service.countSocket("presence", -1);
+			service.broker.call("presence.gone", presenceOf(this)).catch(err => service.logger.warn(`presence.gone failed: ${(err as Error).message}`));
+		},
+	};
 }
 
 export const SocketIoMixin: ServiceSchema = {
@@ -124,10 +205,18 @@ export const SocketIoMixin: ServiceSchema = {
 		"city.message.deleted"(this: Service, ctx: Context<{ room_id: string }>) {
 			(this as SocketIoThis).pushToRoom(ctx.params.room_id, "message.deleted", ctx.params);
 		},
-		/** To sockets watching everyone, and to those watching one of the user's rooms (each socket once). */
+		/** A member left or was removed: their sockets in that room close at once (and stop watching it if private). */
+		"city.member.left"(this: Service, ctx: Context<{ room_id: string; user_id: string; is_public: boolean }>) {
+			(this as SocketIoThis).closeMembership(ctx.params.room_id, ctx.params.user_id, ctx.params.is_public);
+		},
+		/**
+		 * To sockets watching everyone, and to those watching one of the user's rooms (each socket once).
+		 * The room list only routes: a watcher is not told which other rooms the user is in.
+		 */
 		"presence.changed"(this: Service, ctx: Context<{ rooms?: string[] }>) {
-			const targets = [EVERYONE, ...(ctx.params.rooms ?? []).map(watching)];
-			(this as SocketIoThis).io?.of(PRESENCE_NAMESPACE).to(targets).emit("presence", ctx.params);
+			const { rooms, ...visible } = ctx.params;
+			const targets = [EVERYONE, ...(rooms ?? []).map(watching)];
+			(this as SocketIoThis).io?.of(PRESENCE_NAMESPACE).to(targets).emit("presence", visible);
 		},
 	},
 
@@ -139,10 +228,13 @@ export const SocketIoMixin: ServiceSchema = {
 				path: WS_PATH,
 				adapter: ImplicitOwnRoomAdapter,
 				maxHttpBufferSize: MAX_SOCKET_PAYLOAD_BYTES,
+				connectTimeout: CONNECT_TIMEOUT_MS,
+				allowRequest: (req, answer) => this.admitConnection(req, answer),
 				cors: settings.corsOrigins.length ? { origin: settings.corsOrigins } : undefined,
 			});
 			this.io = io;
 			keepSlimRequests(io.engine);
+			io.engine.on("connection", (connection: Parameters<SocketIoThis["trackConnection"]>[0]) => this.trackConnection(connection));
 			// An HTTP server closes only when every connection has ended, websockets included: moleculer-web's
 			// stop (server.close) would wait for them for ever, so closing the server closes them first.
 			const closeServer = server.close.bind(server);
@@ -150,39 +242,35 @@ export const SocketIoMixin: ServiceSchema = {
 				this.closeSocketConnections();
 				return closeServer(callback);
 			};
+			// Nothing is served on the root namespace: without this it accepted anyone, for ever, uncounted.
+			io.of("/").use((_socket, next) => next(connectError({ code: 404, type: "NAMESPACE_NOT_FOUND", message: "Connect to /city/presence or /city/rooms/{room_id}" })));
+
+			const listeners = socketListeners(this);
 			const rooms = io.of(ROOM_NAMESPACE);
+			this.roomParent = rooms;
+			io.of("/").on("new_namespace", () => this.countNamespaces());
 			rooms.use((socket, next) => {
 				const s = socket as MeshSocket;
-				const roomId = roomIdOf(s);
-				let verified: VerifiedToken | undefined;
-				try {
-					verified = this.socketToken(s);
-				} catch (err) {
-					return next(connectError(asWsError(err)));
-				}
-				const user = verified?.user;
-				this.broker
-					.call("city.roomAccess", { room_id: roomId }, { meta: { user } })
-					.then(answer => {
-						const access = answer as { read: boolean; post: boolean };
-						if (!access.read) return next(connectError(user ? { code: 403, type: "FORBIDDEN", message: "Not a member of this room" } : { code: 401, type: "NO_TOKEN", message: "A token is required" }));
-						s.data = { user, canPost: access.post, expiresAt: verified?.expiresAt };
-						next();
-					})
-					.catch(err => next(connectError(asWsError(err))));
+				// A child namespace exists from the handshake on: one that ends up with no socket is dropped.
+				const done = (err?: Error) => {
+					next(err);
+					setImmediate(() => this.dropIfIdle(s.nsp));
+				};
+				this.authorizeRoomSocket(s).then(() => done(), err => done(connectError(asWsError(err))));
 			});
-			const roomListeners = roomSocketListeners(this);
 			rooms.on("connection", socket => {
 				this.countSocket("rooms", 1);
-				socket.on("disconnect", roomListeners.disconnect);
-				socket.on("message", roomListeners.message);
+				socket.on("disconnect", listeners.roomDisconnect);
+				socket.use(packet => this.onSocketEvent(socket as MeshSocket, "rooms", packet));
 			});
 
 			const presence = io.of(PRESENCE_NAMESPACE);
 			presence.use((socket, next) => {
 				try {
+					const refusal = this.handshakes.handshake(socket.handshake.address);
+					if (refusal) return next(connectError(refusal));
 					const verified = this.socketToken(socket as MeshSocket);
-					if (!verified) return next(connectError({ code: 401, type: "NO_TOKEN", message: "A token is required" }));
+					if (!verified) return next(connectError(NO_TOKEN));
 					(socket as MeshSocket).data = { user: verified.user, expiresAt: verified.expiresAt };
 					next();
 				} catch (err) {
@@ -190,10 +278,109 @@ export const SocketIoMixin: ServiceSchema = {
 				}
 			});
 			presence.on("connection", socket => {
-				this.servePresenceSocket(socket as MeshSocket).catch(err => this.logger.warn(`presence socket failed: ${(err as Error).message}`));
+				const s = socket as MeshSocket;
+				const requested = (s.handshake.auth as { device?: unknown }).device;
+				s.data.device = typeof requested === "string" && /^[\w.:-]{1,100}$/.test(requested) ? requested : s.id;
+				this.countSocket("presence", 1);
+				s.on("disconnect", listeners.presenceDisconnect);
+				s.use(packet => this.onSocketEvent(s, "presence", packet));
+				this.servePresenceSocket(s).catch(err => this.logger.warn(`presence socket failed: ${(err as Error).message}`));
 			});
 			this.tokenSweep = setInterval(() => this.closeExpiredSockets(), TOKEN_SWEEP_MS);
 			this.tokenSweep.unref();
+		},
+
+		/** engine.io `allowRequest`: a new connection's address is within its handshake budget and connection cap. */
+		admitConnection(this: SocketIoThis, req: IncomingMessage, answer: (message: string | null, ok: boolean) => void) {
+			const refusal = this.handshakes.connection(req.socket.remoteAddress ?? "unknown");
+			if (refusal) return answer(refusal.message, false);
+			answer(null, true);
+		},
+
+		/** Every open connection is counted (ws_sockets{channel="connections"}) and held against its address's cap. */
+		trackConnection(this: SocketIoThis, connection: Parameters<SocketIoThis["trackConnection"]>[0]) {
+			const address = connection.request.socket?.remoteAddress ?? "unknown";
+			this.handshakes.opened(address);
+			this.countSocket("connections", 1);
+			connection.once("close", () => {
+				this.handshakes.closed(address);
+				this.countSocket("connections", -1);
+			});
+		},
+
+		/**
+		 * A room handshake: the address's budget first, then the token, then (only for a token, or public
+		 * reads) the room. Rooms that do not exist and rooms the user may not read both answer 404.
+		 */
+		async authorizeRoomSocket(this: SocketIoThis, socket: MeshSocket) {
+			const refusal = this.handshakes.handshake(socket.handshake.address);
+			if (refusal) throw refusal;
+			const verified = this.socketToken(socket);
+			const user = verified?.user;
+			if (!user && !nodeContextOf(this.broker).settings.wsPublicRead) throw NO_TOKEN;
+			const roomId = roomIdOf(socket);
+			let access: { read: boolean; post: boolean };
+			try {
+				access = (await this.broker.call("city.roomAccess", { room_id: roomId }, { meta: { user } })) as typeof access;
+			} catch (err) {
+				if ((err as { code?: number }).code === 404) throw roomNotFound(roomId);
+				throw err;
+			}
+			if (!access.read) throw user ? roomNotFound(roomId) : NO_TOKEN;
+			socket.data = { user, canPost: access.post, expiresAt: verified?.expiresAt };
+		},
+
+		/**
+		 * Forgets a room namespace no socket uses or is joining: socket.io keeps every child namespace it
+		 * creates (one per name ever asked for, even refused ones), and its own cleanup option ignores
+		 * sockets still in their handshake. Runs after a handshake ends and after a room socket leaves.
+		 */
+		dropIfIdle(this: SocketIoThis, namespace: Namespace) {
+			const io = this.io as unknown as NamespaceMap | null;
+			const child = namespace as unknown as ChildNamespace;
+			if (!io || !namespace.name.startsWith(ROOM_PREFIX) || child.sockets.size > 0 || child._preConnectSockets.size > 0) return;
+			if (io._nsps.get(namespace.name) !== namespace) return;
+			io._nsps.delete(namespace.name);
+			(this.roomParent as unknown as { children: Set<Namespace> }).children.delete(namespace);
+			void namespace.adapter.close();
+			this.countNamespaces();
+		},
+
+		/**
+		 * Budget, declared event, schema, then the handler (which authorizes): socket.use sees every
+		 * event packet before any listener, including names nothing listens to.
+		 */
+		onSocketEvent(this: SocketIoThis, socket: MeshSocket, channel: SocketChannel, packet: unknown[]) {
+			// Packets read in the same batch as the one that got the socket cut still arrive here: drop them.
+			if (!socket.connected) return;
+			const [event, ...args] = packet as [string, ...unknown[]];
+			const ack = typeof args[args.length - 1] === "function" ? (args.pop() as Ack) : undefined;
+			const verdict = this.budget.take(socket.id, budgetKey(socket));
+			const count = (outcome: string) => this.broker.isMetricsEnabled() && this.broker.metrics.increment(WS_METRICS.events, { channel, outcome });
+			if (!verdict.allowed) {
+				count(verdict.flooding ? "disconnected" : "rate_limited");
+				refuse(socket, ack, { code: 429, type: "RATE_LIMITED", message: "Too many socket events, slow down", retryAfter: verdict.retryAfterSeconds });
+				if (verdict.flooding) {
+					this.logger.warn(`socket ${socket.id} of ${budgetKey(socket)} disconnected: it kept sending past its event budget`, { event: "ws.flood" });
+					socket.disconnect(true);
+				}
+				return;
+			}
+			const handler = (HANDLERS[channel] as Record<string, EventHandler>)[event];
+			const check = this.checkers[channel][event];
+			if (!handler || !check) return count("unknown"), refuse(socket, ack, { code: 404, type: "UNKNOWN_EVENT", message: `No event "${String(event).slice(0, 40)}" on this channel`, field: "event" });
+			const params = isPlainObject(args[0]) ? args[0] : {};
+			const problems = check(params);
+			if (problems !== true) {
+				count("invalid");
+				const field = problems[0]?.field;
+				return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: problems[0]?.message ?? "Invalid payload", ...(field ? { field } : {}) });
+			}
+			count("accepted");
+			this.lanes
+				.run(budgetKey(socket), () => handler(this, socket, params))
+				.then(answer => typeof ack === "function" && ack({ ok: true, ...answer }))
+				.catch(err => refuse(socket, ack, isPlainObject(err) && typeof err.code === "number" && typeof err.type === "string" && !(err instanceof Error) ? (err as unknown as WsError) : asWsError(err)));
 		},
 
 		/**
@@ -203,7 +390,7 @@ export const SocketIoMixin: ServiceSchema = {
 		 */
 		closeExpiredSockets(this: SocketIoThis) {
 			const now = Date.now();
-			for (const namespace of (this.io as unknown as { _nsps: Map<string, Namespace> })._nsps.values()) {
+			for (const namespace of (this.io as unknown as NamespaceMap)._nsps.values()) {
 				for (const socket of (namespace.sockets as Map<string, MeshSocket>).values()) {
 					const { expiresAt } = socket.data;
 					if (!expiresAt || expiresAt > now) continue;
@@ -211,6 +398,25 @@ export const SocketIoMixin: ServiceSchema = {
 					// Not disconnect(true): other namespaces may share the connection (a page multiplexes its sockets).
 					socket.disconnect();
 				}
+			}
+		},
+
+		/** Membership ended: the user's sockets in the room close now (not at their next event), and stop watching a private room. */
+		closeMembership(this: SocketIoThis, roomId: string, userId: string, isPublic: boolean) {
+			const io = this.io as unknown as NamespaceMap | null;
+			const problem = { code: 403, type: "NOT_A_MEMBER", message: `You are no longer a member of room ${roomId}`, room_id: roomId };
+			const room = io?._nsps.get(ROOM_PREFIX + roomId);
+			for (const socket of [...((room?.sockets ?? new Map()) as Map<string, MeshSocket>).values()]) {
+				if (socket.data.user?.id !== userId) continue;
+				socket.emit("error_event", problem);
+				socket.disconnect();
+			}
+			if (isPublic) return;
+			const presence = io?._nsps.get(PRESENCE_NAMESPACE);
+			for (const socket of ((presence?.sockets ?? new Map()) as Map<string, MeshSocket>).values()) {
+				if (socket.data.user?.id !== userId || !socket.rooms.has(watching(roomId))) continue;
+				socket.leave(watching(roomId));
+				socket.emit("error_event", problem);
 			}
 		},
 
@@ -226,11 +432,11 @@ export const SocketIoMixin: ServiceSchema = {
 			this.io?.engine.close();
 		},
 
-		/** The handshake token's user and expiry; undefined when no token was sent. */
+		/** The handshake token's user and expiry; undefined when no token was sent. A malformed header is a 401. */
 		socketToken(socket: MeshSocket): VerifiedToken | undefined {
-			const token = takeToken(socket);
-			if (!token) return undefined;
 			try {
+				const token = takeToken(socket);
+				if (!token) return undefined;
 				return verifyTokenClaims(jwtSecretOf(nodeContextOf(this.broker).settings), token);
 			} catch (err) {
 				if (err instanceof AuthError) throw Object.assign(err, { code: 401 });
@@ -238,65 +444,14 @@ export const SocketIoMixin: ServiceSchema = {
 			}
 		},
 
-		postFromRoomSocket(this: SocketIoThis, socket: MeshSocket, payload: unknown, ack: Ack) {
-			if (!isPlainObject(payload) || typeof payload.body !== "string") {
-				return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: "Expected {body: string}", field: "body" });
-			}
-			if (!socket.data.canPost) return refuse(socket, ack, { code: socket.data.user ? 403 : 401, type: "FORBIDDEN", message: "You may not post in this room" });
-			this.broker
-				.call("city.postMessage", { room_id: roomIdOf(socket), body: payload.body }, { meta: { user: socket.data.user } })
-				.then(message => typeof ack === "function" && ack({ ok: true, message }))
-				.catch(err => refuse(socket, ack, asWsError(err)));
-		},
-
 		async servePresenceSocket(this: SocketIoThis, socket: MeshSocket) {
-			const user = socket.data.user as MeshUser;
-			const requested = (socket.handshake.auth as { device?: unknown }).device;
-			const device = typeof requested === "string" && /^[\w.:-]{1,100}$/.test(requested) ? requested : socket.id;
-			socket.data.device = device;
-			this.countSocket("presence", 1);
-			const who = { user_id: user.id, device_id: device };
-			socket.on("disconnect", () => {
-				this.countSocket("presence", -1);
-				this.broker.call("presence.gone", who).catch(err => this.logger.warn(`presence.gone failed: ${(err as Error).message}`));
-			});
-			socket.on("heartbeat", (payload: unknown, ack: Ack) => {
-				if (!isPlainObject(payload) || typeof payload.active !== "boolean") {
-					return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: "Expected {active: boolean}", field: "active" });
-				}
-				this.broker
-					.call("presence.heartbeat", { ...who, node_id: this.broker.nodeID, active: payload.active })
-					.then(answer => typeof ack === "function" && ack({ ok: true, presence: answer }))
-					.catch(err => refuse(socket, ack, asWsError(err)));
-			});
-			// watch {room_id}: only changes of that room's members (and their snapshot); {room_id: null}: everyone.
-			socket.on("watch", (payload: unknown, ack: Ack) => {
-				const roomId = isPlainObject(payload) ? payload.room_id : undefined;
-				if (roomId !== null && (typeof roomId !== "string" || !ROOM_ID_PATTERN.test(roomId))) {
-					return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: "Expected {room_id: string | null}", field: "room_id" });
-				}
-				for (const room of socket.rooms) if (room.startsWith("watch:")) socket.leave(room);
-				socket.join(roomId ? watching(roomId) : EVERYONE);
-				this.broker
-					.call("presence.list", roomId ? { room_id: roomId } : {}, { meta: { user } })
-					.then(snapshot => typeof ack === "function" && ack({ ok: true, snapshot }))
-					.catch(err => refuse(socket, ack, asWsError(err)));
-			});
-			socket.on("visibility", (payload: unknown, ack: Ack) => {
-				const state = isPlainObject(payload) ? payload.state : undefined;
-				if (state !== "hidden" && state !== "visible") {
-					return refuse(socket, ack, { code: 422, type: "VALIDATION_ERROR", message: "Expected {state: 'hidden' | 'visible'}", field: "state" });
-				}
-				const call = state === "hidden" ? this.broker.call("presence.gone", who) : this.broker.call("presence.heartbeat", { ...who, node_id: this.broker.nodeID, active: true });
-				call.then(answer => typeof ack === "function" && ack({ ok: true, presence: answer })).catch(err => refuse(socket, ack, asWsError(err)));
-			});
 			socket.join(EVERYONE);
-			await this.broker.call("presence.connect", { ...who, node_id: this.broker.nodeID });
-			socket.emit("presence.snapshot", await this.broker.call("presence.list", {}, { meta: { user } }));
+			await this.broker.call("presence.connect", { ...presenceOf(socket), node_id: this.broker.nodeID });
+			socket.emit("presence.snapshot", await this.broker.call("presence.list", {}, { meta: { user: socket.data.user } }));
 		},
 
 		pushToRoom(this: SocketIoThis, roomId: string, event: string, message: { created_at?: string; room_id?: string }) {
-			const namespace = (this.io as unknown as { _nsps: Map<string, Namespace> } | null)?._nsps.get(ROOM_PREFIX + roomId);
+			const namespace = (this.io as unknown as NamespaceMap | null)?._nsps.get(ROOM_PREFIX + roomId);
 			if (!namespace || namespace.sockets.size === 0) return;
 			namespace.emit(event, message);
 			if (event === "message" && message.created_at && this.broker.isMetricsEnabled()) {
@@ -304,19 +459,35 @@ export const SocketIoMixin: ServiceSchema = {
 			}
 		},
 
-		countSocket(this: SocketIoThis, channel: "rooms" | "presence", delta: number) {
+		countSocket(this: SocketIoThis, channel: keyof SocketCounts, delta: number) {
 			this.socketCounts[channel] += delta;
 			if (!this.broker.isMetricsEnabled()) return;
 			this.broker.metrics.set(WS_METRICS.sockets, this.socketCounts[channel], { channel });
-			this.broker.metrics.set(HTTP_METRICS.activeConnections, this.socketCounts.rooms + this.socketCounts.presence, { kind: "ws" });
+			this.broker.metrics.set(HTTP_METRICS.activeConnections, this.socketCounts.connections, { kind: "ws" });
+		},
+
+		countNamespaces(this: SocketIoThis) {
+			if (!this.broker.isMetricsEnabled() || !this.roomParent) return;
+			this.broker.metrics.set(WS_METRICS.namespaces, (this.roomParent as unknown as { children: Set<Namespace> }).children.size);
 		},
 	},
 
 	created(this: Service) {
 		const self = this as SocketIoThis;
 		self.io = null;
+		self.roomParent = null;
 		self.tokenSweep = null;
-		self.socketCounts = { rooms: 0, presence: 0 };
+		self.socketCounts = { rooms: 0, presence: 0, connections: 0 };
+		const { socketLimits } = nodeContextOf(this.broker).settings;
+		self.budget = new SocketEventBudget(socketLimits);
+		self.lanes = new KeyedConcurrency(socketLimits.userConcurrency);
+		self.handshakes = new HandshakeGuard(socketLimits);
+		const validator = this.broker.validator as unknown as { compile(schema: object): Checker };
+		const compile = (schema: object) => validator.compile(schema);
+		self.checkers = {
+			rooms: Object.fromEntries(Object.entries(SOCKET_EVENTS.rooms).map(([event, schema]) => [event, compile(schema)])),
+			presence: Object.fromEntries(Object.entries(SOCKET_EVENTS.presence).map(([event, schema]) => [event, compile(schema)])),
+		};
 		if (!this.broker.isMetricsEnabled()) return;
 		this.broker.metrics.register({
 			name: WS_METRICS.fanout,
@@ -325,7 +496,14 @@ export const SocketIoMixin: ServiceSchema = {
 			buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
 			description: "Seconds from a room message's commit to its push to this node's sockets",
 		} as never);
-		this.broker.metrics.register({ name: WS_METRICS.sockets, type: "gauge", labelNames: ["channel"], description: "Open socket.io connections on this node" });
+		this.broker.metrics.register({ name: WS_METRICS.sockets, type: "gauge", labelNames: ["channel"], description: "Open socket.io sockets on this node per channel (rooms, presence), and open connections (connections)" });
+		this.broker.metrics.register({ name: WS_METRICS.namespaces, type: "gauge", description: "Room namespaces this node holds (one per room with sockets here)" });
+		this.broker.metrics.register({
+			name: WS_METRICS.events,
+			type: "counter",
+			labelNames: ["channel", "outcome"],
+			description: "Socket events received, by outcome: accepted, rate_limited (over budget), disconnected (over budget, socket cut for flooding), invalid (422), unknown (no such event)",
+		});
 	},
 
 	started(this: Service) {

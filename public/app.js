@@ -2,9 +2,18 @@
 "use strict";
 (function () {
 	const params = new URLSearchParams(location.search);
-	const HEARTBEAT_MS = Number(params.get("hb")) || 10000;
+	// Values from the address bar, the user or the server go into URLs only checked and encoded: a room
+	// "id" like "x/leave?" once steered the page into POSTing to another endpoint.
+	const ROOM_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+	const USER_ID = /^[A-Za-z0-9_.@:-]{1,200}$/;
+	const HEARTBEAT_MS = Math.min(60000, Math.max(1000, Number(params.get("hb")) || 10000));
+	/** /api/city/rooms/<room>/<more…>, every segment encoded; throws for a value that is not a room id. */
+	function roomPath(roomId, ...more) {
+		if (!ROOM_ID.test(String(roomId))) throw new Error(`Not a room id: ${String(roomId).slice(0, 80)}`);
+		return ["/api/city/rooms", roomId, ...more].map((part, i) => (i ? encodeURIComponent(part) : part)).join("/");
+	}
 	const WS = { path: "/ws/socket.io", transports: ["websocket"] };
-	const state = { token: sessionStorage.getItem("token"), user: sessionStorage.getItem("user"), room: null, roomSocket: null, presenceSocket: null, active: true, seen: new Set() };
+	const state = { token: sessionStorage.getItem("token"), user: sessionStorage.getItem("user"), room: null, owner: null, roomSocket: null, presenceSocket: null, active: true, seen: new Set() };
 	const deviceId = sessionStorage.getItem("device") || `web-${Math.random().toString(36).slice(2, 10)}`;
 	sessionStorage.setItem("device", deviceId);
 	const $ = id => document.getElementById(id);
@@ -95,19 +104,21 @@
 	}
 
 	async function openRoom(roomId) {
+		const join = roomPath(roomId, "join"); // refuses anything but a room id, before any request
 		if (state.roomSocket) state.roomSocket.close();
 		state.room = roomId;
 		state.seen = new Set();
 		$("messages").innerHTML = "";
 		$("room-title").textContent = `# ${roomId}`;
 		showError("");
-		await api("POST", `/api/city/rooms/${roomId}/join`);
-		const page = await api("GET", `/api/city/rooms/${roomId}/messages?limit=50`);
+		await api("POST", join);
+		const page = await api("GET", `${roomPath(roomId, "messages")}?limit=50`);
 		page.messages.forEach(renderMessage);
-		state.roomSocket = io(`/city/rooms/${roomId}`, { ...WS, auth: { token: state.token } });
+		state.roomSocket = io(`/city/rooms/${encodeURIComponent(roomId)}`, { ...WS, auth: { token: state.token } });
 		renewOnExpiry(state.roomSocket);
 		state.roomSocket.on("message", renderMessage);
 		state.roomSocket.on("error_event", e => isExpired(e) || showError(e.message));
+		loadMembers().catch(e => showError(e.message));
 		state.roomSocket.on("connect_error", e => isExpired(e) || showError(e.message));
 		watchRoom(roomId);
 		$("message-body").disabled = false;
@@ -128,11 +139,57 @@
 		});
 	});
 
+	// ---- members: everyone in the room sees them; its owner invites and removes -----------------
+	async function loadMembers() {
+		const roomId = state.room;
+		const room = await api("GET", roomPath(roomId, "members"));
+		if (roomId !== state.room) return;
+		state.owner = room.owner;
+		const mine = room.owner === state.user;
+		const list = $("members");
+		list.innerHTML = "";
+		for (const member of room.members) {
+			const li = document.createElement("li");
+			li.dataset.user = member.user_id;
+			li.textContent = member.user_id === room.owner ? `${member.user_id} (owner)` : member.user_id;
+			if (mine && member.user_id !== room.owner) {
+				const remove = document.createElement("button");
+				remove.type = "button";
+				remove.textContent = "remove";
+				remove.dataset.testid = "remove-member";
+				remove.onclick = () => changeMember("DELETE", member.user_id);
+				li.append(" ", remove);
+			}
+			list.appendChild(li);
+		}
+		$("invite").hidden = !mine;
+	}
+
+	async function changeMember(method, userId) {
+		try {
+			if (!USER_ID.test(userId)) throw new Error("user: 1-200 letters, digits, . _ @ : -");
+			if (method === "POST") await api("POST", roomPath(state.room, "members"), { user_id: userId });
+			else await api("DELETE", roomPath(state.room, "members", userId));
+			showError("");
+			await loadMembers();
+		} catch (e) {
+			showError(e.message);
+		}
+	}
+
+	$("invite").addEventListener("submit", async event => {
+		event.preventDefault();
+		const userId = $("invite-user").value.trim();
+		await changeMember("POST", userId);
+		if (!$("error").textContent) $("invite-user").value = "";
+	});
+
 	$("new-room").addEventListener("submit", async event => {
 		event.preventDefault();
 		const id = $("new-room-id").value.trim();
 		try {
-			await api("POST", "/api/city/rooms", { id, name: id });
+			if (!ROOM_ID.test(id)) throw new Error("room id: lowercase letters, digits, - and _, up to 63");
+			await api("POST", "/api/city/rooms", { id, name: id, is_public: !$("new-room-private").checked });
 			$("new-room-id").value = "";
 			await openRoom(id);
 		} catch (e) {
@@ -219,6 +276,7 @@
 	$("login").addEventListener("submit", async event => {
 		event.preventDefault();
 		const user = $("login-user").value.trim();
+		if (!/^[A-Za-z0-9_.-]{1,40}$/.test(user)) return showError("name: 1-40 letters, digits, . _ -");
 		const res = await fetch(`/auth/dev-token?user=${encodeURIComponent(user)}`);
 		const data = await res.json();
 		if (!res.ok) return showError(data.message);

@@ -2,7 +2,10 @@
  * city: rooms and their messages. Messages are numbered per room (a row lock on the room hands out
  * `seq`), persisted, published through the outbox (`message.{created|edited|deleted}.{room_id}`), and
  * broadcast on the mesh as `city.message.*` so every gateway pushes them to its room sockets at once.
- * Public rooms: any signed-in user reads and posts. Private rooms: members only.
+ * Public rooms: any signed-in user reads and posts. Private rooms: members only, and a room's creator
+ * (its owner) or an admin adds and removes members; the owner always keeps access. A private room the
+ * caller may not read answers exactly as a room that does not exist (404), so its name cannot be probed.
+ * Leaving or being removed is broadcast (`city.member.left`): gateways close that user's room sockets.
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
@@ -10,6 +13,7 @@ import { QueryTypes, type Transaction } from "sequelize";
 import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/auth";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { enqueueEvents } from "../lib/outbox";
+import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
 import { actionPolicy } from "../lib/resilience";
 
 export interface Room {
@@ -33,12 +37,16 @@ export interface Message {
 
 type CityContext<P> = Context<P, { user?: MeshUser }>;
 
-export const ROOM_ID = { type: "string", pattern: /^[a-z0-9][a-z0-9_-]{0,62}$/, messages: { stringPattern: "room id: lowercase letters, digits, - and _, up to 63" } } as const;
 const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 const WRITE = actionPolicy({ idempotent: false, timeout: "standard" });
 
 function clientError(message: string, code: number, type: string, data?: unknown): Errors.MoleculerClientError {
 	return new Errors.MoleculerClientError(message, code, type, data);
+}
+
+/** The same answer for a room that does not exist and one the caller may not read. */
+function roomNotFound(roomId: string): Errors.MoleculerClientError {
+	return clientError(`Room ${roomId} not found`, 404, "ROOM_NOT_FOUND", { room_id: roomId });
 }
 
 function normaliseMessage(row: Message): Message {
@@ -49,6 +57,7 @@ interface CityMethods {
 	findRoom(roomId: string, t?: Transaction): Promise<Room>;
 	access(room: Room, user: MeshUser | undefined, t?: Transaction): Promise<{ read: boolean; post: boolean }>;
 	roomAllowing(roomId: string, user: MeshUser, need: "read" | "post", t?: Transaction): Promise<Room>;
+	roomManagedBy(roomId: string, user: MeshUser): Promise<Room>;
 	checkBody(body: string): void;
 	publish(t: Transaction, room: Room, action: "created" | "edited" | "deleted", message: Message): Promise<void>;
 	findMessage(roomId: string, messageId: string, t: Transaction): Promise<Message>;
@@ -129,8 +138,8 @@ const CityService: ServiceSchema = {
 			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
 				const self = this as CityThis;
 				const user = requireUser(ctx);
-				const room = await self.findRoom(ctx.params.room_id);
-				if (!room.is_public && !isAdmin(user)) throw clientError("Private rooms are joined by invitation", 403, "FORBIDDEN");
+				// Private rooms are joined by invitation (POST …/members): to anyone else they do not exist.
+				const room = await self.roomAllowing(ctx.params.room_id, user, "read");
 				const [inserted] = await databaseOf(this.broker).query<{ room_id: string }>(
 					"INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room_id",
 					{ bind: [room.id, user.id], type: QueryTypes.SELECT },
@@ -150,9 +159,77 @@ const CityService: ServiceSchema = {
 			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
 				const self = this as CityThis;
 				const user = requireUser(ctx);
-				const room = await self.findRoom(ctx.params.room_id);
-				await databaseOf(this.broker).query("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2", { bind: [room.id, user.id] });
+				const room = await self.roomAllowing(ctx.params.room_id, user, "read");
+				if (room.created_by === user.id) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "room_id" });
+				const [left] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
+					bind: [room.id, user.id],
+					type: QueryTypes.SELECT,
+				});
+				if (left) ctx.broadcast("city.member.left", { room_id: room.id, user_id: user.id, is_public: room.is_public });
 				return { room_id: room.id, user_id: user.id, member: false };
+			},
+		},
+
+		members: {
+			...READ,
+			rest: "GET /rooms/:room_id/members",
+			access: "user",
+			params: { room_id: ROOM_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
+				const room = await (this as CityThis).roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
+				const members = await databaseOf(this.broker).query<{ user_id: string; joined_at: string }>("SELECT user_id, joined_at FROM city_room_members WHERE room_id = $1 ORDER BY joined_at, user_id", {
+					bind: [room.id],
+					type: QueryTypes.SELECT,
+				});
+				return { room_id: room.id, owner: room.created_by, is_public: room.is_public, members };
+			},
+		},
+
+		/** The owner or an admin adds a member (the only way into a private room). */
+		addMember: {
+			...WRITE,
+			rest: "POST /rooms/:room_id/members",
+			access: "user",
+			params: { room_id: ROOM_ID, user_id: USER_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string; user_id: string }>) {
+				const room = await (this as CityThis).roomManagedBy(ctx.params.room_id, requireUser(ctx));
+				const [inserted] = await databaseOf(this.broker).query<{ room_id: string }>(
+					"INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room_id",
+					{ bind: [room.id, ctx.params.user_id], type: QueryTypes.SELECT },
+				);
+				if (inserted) ctx.emit("city.member.joined", { room_id: room.id, user_id: ctx.params.user_id });
+				return { room_id: room.id, user_id: ctx.params.user_id, member: true };
+			},
+		},
+
+		/** The owner or an admin removes a member; their open sockets in the room close at once (city.member.left). */
+		removeMember: {
+			...WRITE,
+			rest: "DELETE /rooms/:room_id/members/:user_id",
+			access: "user",
+			params: { room_id: ROOM_ID, user_id: USER_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: CityContext<{ room_id: string; user_id: string }>) {
+				const room = await (this as CityThis).roomManagedBy(ctx.params.room_id, requireUser(ctx));
+				if (ctx.params.user_id === room.created_by) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "user_id" });
+				const [removed] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
+					bind: [room.id, ctx.params.user_id],
+					type: QueryTypes.SELECT,
+				});
+				if (removed) ctx.broadcast("city.member.left", { room_id: room.id, user_id: ctx.params.user_id, is_public: room.is_public });
+				return { room_id: room.id, user_id: ctx.params.user_id, member: false };
+			},
+		},
+
+		/** For presence: the rooms a user is a member of (to route their status to those rooms' watchers). */
+		roomsOf: {
+			...READ,
+			params: { user_id: USER_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: Context<{ user_id: string }>) {
+				const rows = await databaseOf(this.broker).query<{ room_id: string }>("SELECT room_id FROM city_room_members WHERE user_id = $1 ORDER BY room_id", {
+					bind: [ctx.params.user_id],
+					type: QueryTypes.SELECT,
+				});
+				return rows.map(r => r.room_id);
 			},
 		},
 
@@ -224,7 +301,7 @@ const CityService: ServiceSchema = {
 				self.checkBody(ctx.params.body);
 				const sequelize = databaseOf(this.broker);
 				const edited = await sequelize.transaction(async t => {
-					const room = await self.findRoom(ctx.params.room_id, t);
+					const room = await self.roomAllowing(ctx.params.room_id, user, "read", t);
 					const message = await self.findMessage(room.id, ctx.params.message_id, t);
 					if (message.author_id !== user.id) throw clientError("Only the author edits a message", 403, "FORBIDDEN");
 					const [row] = await sequelize.query<Message>("UPDATE city_messages SET body = $2, edited_at = now() WHERE id = $1 RETURNING *", {
@@ -250,7 +327,7 @@ const CityService: ServiceSchema = {
 				const user = requireUser(ctx);
 				const sequelize = databaseOf(this.broker);
 				const deleted = await sequelize.transaction(async t => {
-					const room = await self.findRoom(ctx.params.room_id, t);
+					const room = await self.roomAllowing(ctx.params.room_id, user, "read", t);
 					const message = await self.findMessage(room.id, ctx.params.message_id, t);
 					if (message.author_id !== user.id && !isAdmin(user)) throw clientError("Only the author or an admin deletes a message", 403, "FORBIDDEN");
 					const [row] = await sequelize.query<Message>("UPDATE city_messages SET deleted_at = now(), body = '' WHERE id = $1 RETURNING *", {
@@ -274,7 +351,7 @@ const CityService: ServiceSchema = {
 				type: QueryTypes.SELECT,
 				transaction: t,
 			});
-			if (!room) throw clientError(`Room ${roomId} not found`, 404, "ROOM_NOT_FOUND", { room_id: roomId });
+			if (!room) throw roomNotFound(roomId);
 			return room;
 		},
 
@@ -288,16 +365,26 @@ const CityService: ServiceSchema = {
 			return message;
 		},
 
-		/** The room (404 if missing), provided this user may read or post in it (403 if not). */
+		/** The room, provided this user may read it (else 404, as for a missing room) and, for "post", post in it (else 403). */
 		async roomAllowing(roomId: string, user: MeshUser, need: "read" | "post", t?: Transaction): Promise<Room> {
 			const room = await (this as CityThis).findRoom(roomId, t);
-			if (!(await (this as CityThis).access(room, user, t))[need]) throw clientError("Not a member of this room", 403, "FORBIDDEN");
+			const access = await (this as CityThis).access(room, user, t);
+			if (!access.read) throw roomNotFound(roomId);
+			if (!access[need]) throw clientError("You may not post in this room", 403, "FORBIDDEN");
+			return room;
+		},
+
+		/** The room, provided this user manages its members: its owner or an admin (404 if unreadable, 403 if only a member). */
+		async roomManagedBy(roomId: string, user: MeshUser): Promise<Room> {
+			const room = await (this as CityThis).roomAllowing(roomId, user, "read");
+			if (room.created_by !== user.id && !isAdmin(user)) throw clientError("Only the room's owner or an admin manages its members", 403, "FORBIDDEN");
 			return room;
 		},
 
 		async access(room: Room, user: MeshUser | undefined, t?: Transaction) {
 			if (!user) return { read: room.is_public && nodeContextOf(this.broker).settings.wsPublicRead, post: false };
-			if (room.is_public || isAdmin(user)) return { read: true, post: true };
+			// The owner cannot lock themselves out of their own room (by leaving it, say).
+			if (room.is_public || isAdmin(user) || room.created_by === user.id) return { read: true, post: true };
 			const [member] = await databaseOf(this.broker).query("SELECT 1 FROM city_room_members WHERE room_id = $1 AND user_id = $2", {
 				bind: [room.id, user.id],
 				type: QueryTypes.SELECT,

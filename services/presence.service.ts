@@ -11,13 +11,13 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { AuthError, defineActions, INTERNAL_ACCESS, requireUser, verifyToken, type MeshUser } from "../lib/auth";
+import { AuthError, defineActions, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/auth";
 import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
 import { actionPolicy } from "../lib/resilience";
 import { jwtSecretOf } from "../lib/settings";
-import { ROOM_ID } from "./city.service";
 
 export type PresenceStatus = "online" | "away" | "offline";
 
@@ -33,6 +33,15 @@ const SWEEP_EVERY_MS = 500;
 const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 const WRITE = actionPolicy({ idempotent: false, timeout: "fast" });
 const DEVICE = { type: "string", min: 1, max: 100, optional: true } as const;
+
+/** Statuses a service may report: the Matrix names (unavailable = away) and this mesh's own. */
+const REPORTED_STATUS: Record<string, PresenceStatus> = { online: "online", unavailable: "away", away: "away", offline: "offline" };
+
+/** One device reported away or offline by a service (online goes through heartbeat: it also marks activity). */
+const SET_DEVICE_STATUS = `INSERT INTO presence_devices (user_id, device_id, status, node_id) VALUES ($1, $2, $3, 'http')
+	ON CONFLICT (user_id, device_id) DO UPDATE SET status = $3, node_id = 'http', last_heartbeat_at = now(),
+		disconnected_at = CASE WHEN $3 = 'offline' THEN COALESCE(presence_devices.disconnected_at, now()) ELSE NULL END,
+		last_seen_at = now(), updated_at = now()`;
 
 /** A user is as present as their most present device (aggregate over presence_devices rows). */
 const USER_PRESENCE_COLUMNS = `
@@ -128,13 +137,38 @@ const PresenceService: ServiceSchema = {
 			},
 		},
 
-		/** The seed's internal endpoint (POST /internal/matrix/presence/online), for services. */
+		/**
+		 * The seed's internal endpoint (POST /internal/matrix/presence/online), for services. Takes the
+		 * original caller's body `{matrix_user_id, access_token, status: online|unavailable|offline,
+		 * status_msg?}` (unavailable = away; the Matrix access token and status message are accepted and
+		 * dropped: this mesh neither calls Synapse nor keeps them) and this mesh's `{user_id, device_id?,
+		 * status?}`; `status` defaults to online.
+		 */
 		internalOnline: {
 			...WRITE,
 			access: INTERNAL_ACCESS,
-			params: { user_id: { type: "string", min: 1, max: 200 }, device_id: DEVICE, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string; device_id?: string }>) {
-				return ctx.call("presence.heartbeat", { user_id: ctx.params.user_id, device_id: ctx.params.device_id ?? "matrix", node_id: "http", active: true });
+			params: {
+				user_id: { ...USER_ID, optional: true },
+				matrix_user_id: { ...USER_ID, optional: true },
+				device_id: DEVICE,
+				status: { type: "enum", values: Object.keys(REPORTED_STATUS), optional: true },
+				access_token: { type: "string", max: 4096, optional: true },
+				status_msg: { type: "string", max: 1000, optional: true },
+				$$strict: "remove",
+			},
+			async handler(this: Service, ctx: Context<{ user_id?: string; matrix_user_id?: string; device_id?: string; status?: string }>) {
+				const { user_id, matrix_user_id, device_id = "matrix", status = "online" } = ctx.params;
+				const userId = user_id ?? matrix_user_id;
+				if (!userId) throw new Errors.ValidationError("user_id (or matrix_user_id) is required", "VALIDATION_ERROR", [{ field: "user_id", type: "required", message: "user_id or matrix_user_id is required" }]);
+				if (user_id && matrix_user_id && user_id !== matrix_user_id) {
+					throw new Errors.ValidationError("user_id and matrix_user_id name different users", "VALIDATION_ERROR", [{ field: "matrix_user_id", type: "mismatch", message: "must equal user_id when both are given" }]);
+				}
+				const deviceStatus = REPORTED_STATUS[status];
+				const presence =
+					deviceStatus === "online"
+						? await ctx.call<UserPresence, object>("presence.heartbeat", { user_id: userId, device_id, node_id: "http", active: true })
+						: await (this as PresenceThis).changeDevice(userId, t => databaseOf(this.broker).query(SET_DEVICE_STATUS, { bind: [userId, device_id, deviceStatus], transaction: t }));
+				return { ok: true, ...presence, ...(matrix_user_id ? { matrix_user_id } : {}), device_id, device_status: deviceStatus };
 			},
 		},
 
@@ -156,18 +190,22 @@ const PresenceService: ServiceSchema = {
 			},
 		},
 
+		/** A user's status; their devices (ids, nodes) only to themselves and admins. */
 		user: {
 			...READ,
 			rest: "GET /users/:user_id",
 			access: "user",
-			params: { user_id: { type: "string", min: 1, max: 200 }, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string }>) {
+			params: { user_id: USER_ID, $$strict: "remove" },
+			async handler(this: Service, ctx: PresenceContext<{ user_id: string }>) {
 				const self = this as PresenceThis;
+				const caller = requireUser(ctx);
+				const status = await self.userStatus(ctx.params.user_id);
+				if (caller.id !== ctx.params.user_id && !isAdmin(caller)) return status;
 				const devices = await databaseOf(this.broker).query(
 					"SELECT device_id, status, node_id, last_active_at, last_seen_at FROM presence_devices WHERE user_id = $1 ORDER BY device_id",
 					{ bind: [ctx.params.user_id], type: QueryTypes.SELECT },
 				);
-				return { ...(await self.userStatus(ctx.params.user_id)), devices };
+				return { ...status, devices };
 			},
 		},
 
@@ -182,18 +220,28 @@ const PresenceService: ServiceSchema = {
 			},
 		},
 
+		/**
+		 * Everyone's status, or one room's members' (GET /api/presence?room_id=): the room's members come
+		 * from city under the caller's rights, so a room the caller may not read is a 404 as in city.
+		 */
 		list: {
 			...READ,
 			rest: "GET /",
 			access: "user",
 			params: { room_id: { ...ROOM_ID, optional: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ room_id?: string }>) {
+			async handler(this: Service, ctx: PresenceContext<{ room_id?: string }>) {
+				requireUser(ctx);
+				let members: string[] | null = null;
+				if (ctx.params.room_id) {
+					const room = await ctx.call<{ members: Array<{ user_id: string }> }, { room_id: string }>("city.members", { room_id: ctx.params.room_id });
+					members = room.members.map(m => m.user_id);
+				}
 				const rows = await databaseOf(this.broker).query<UserPresence>(
 					`SELECT user_id, ${USER_PRESENCE_COLUMNS}
 					 FROM presence_devices
-					 WHERE $1::text IS NULL OR user_id IN (SELECT user_id FROM city_room_members WHERE room_id = $1)
+					 WHERE $1::text[] IS NULL OR user_id = ANY($1::text[])
 					 GROUP BY user_id ORDER BY user_id`,
-					{ bind: [ctx.params.room_id ?? null], type: QueryTypes.SELECT },
+					{ bind: [members], type: QueryTypes.SELECT },
 				);
 				return { room_id: ctx.params.room_id ?? null, users: rows };
 			},
@@ -239,13 +287,17 @@ const PresenceService: ServiceSchema = {
 			}
 		},
 
-		/** Broadcasts a user's new status with the rooms they belong to (gateways route it to room watchers). */
+		/**
+		 * Broadcasts a user's new status with the rooms they belong to, asked of city over the mesh:
+		 * gateways only route by them (room watchers) and do not pass them on to clients.
+		 */
 		async publishChange(this: PresenceThis, now: UserPresence, previous?: PresenceStatus) {
-			const rooms = await databaseOf(this.broker).query<{ room_id: string }>("SELECT room_id FROM city_room_members WHERE user_id = $1", {
-				bind: [now.user_id],
-				type: QueryTypes.SELECT,
+			// Without city the change still goes to those watching everyone; room watchers miss it.
+			const rooms = await this.broker.call<string[], { user_id: string }>("city.roomsOf", { user_id: now.user_id }).catch(err => {
+				this.logger.warn(`presence: the rooms of ${now.user_id} are unknown (city.roomsOf failed: ${(err as Error).message}); their change reaches room watchers only with the next one`);
+				return [] as string[];
 			});
-			this.broker.broadcast("presence.changed", { ...now, ...(previous ? { previous } : {}), rooms: rooms.map(r => r.room_id), changed_at: new Date().toISOString() });
+			this.broker.broadcast("presence.changed", { ...now, ...(previous ? { previous } : {}), rooms, changed_at: new Date().toISOString() });
 		},
 
 		async sweep(this: PresenceThis) {

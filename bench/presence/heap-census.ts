@@ -47,7 +47,7 @@ async function main(): Promise<void> {
 	const sockets: Socket[] = [];
 	try {
 		const bare = process.env.CENSUS_TARGET === "bare";
-		const node = await startProcess(bare ? "bench/presence/bare-socketio.ts" : "scripts/run-node.ts", { MESH_NAMESPACE: `census-${process.pid}`, DATABASE_URL: url, JWT_SECRET, NODE_ID: "census", PORT: "9489", LOG_LEVEL: "info", RATE_LIMIT_PER_KEY: "0", NODE_OPTIONS: `--expose-gc --heapsnapshot-signal=SIGUSR1 --diagnostic-dir=${dir}` }, bare ? "READY" : "API Gateway listening");
+		const node = await startProcess(bare ? "bench/presence/bare-socketio.ts" : "scripts/run-node.ts", { MESH_NAMESPACE: `census-${process.pid}`, DATABASE_URL: url, JWT_SECRET, NODE_ID: "census", PORT: "9489", LOG_LEVEL: "info", RATE_LIMIT_PER_KEY: "0", WS_HANDSHAKE_RATE: "0", WS_MAX_CONNECTIONS_PER_ADDRESS: "0", NODE_OPTIONS: `--expose-gc --heapsnapshot-signal=SIGUSR1 --diagnostic-dir=${dir}` }, bare ? "READY" : "API Gateway listening");
 		const host = "http://127.0.0.1:9489";
 		const token = (user: string) => signToken(JWT_SECRET, { id: user, roles: [], teams: [] });
 		for (let i = 0; i < 100 && !bare; i++) {

@@ -124,7 +124,7 @@ async function bothNodesHeap(node1: ChildProcess, node2: ChildProcess): Promise<
 async function main(): Promise<void> {
 	await admin(`CREATE DATABASE ${dbName}`);
 	const url = ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`);
-	const base = { MESH_NAMESPACE: `bench-presence-${id}`, NATS_URL, DATABASE_URL: url, JWT_SECRET, LOG_LEVEL: "warn", RATE_LIMIT_PER_KEY: "0", EVENTS_SUBJECT_PREFIX: `benchp${id}`, NATS_STREAM_EVENTS: `BENCH_P_${id}`, PRESENCE_HEARTBEAT_MS: "600000" };
+	const base = { MESH_NAMESPACE: `bench-presence-${id}`, NATS_URL, DATABASE_URL: url, JWT_SECRET, LOG_LEVEL: "warn", RATE_LIMIT_PER_KEY: "0", WS_HANDSHAKE_RATE: "0", WS_MAX_CONNECTIONS_PER_ADDRESS: "0", EVENTS_SUBJECT_PREFIX: `benchp${id}`, NATS_STREAM_EVENTS: `BENCH_P_${id}`, PRESENCE_HEARTBEAT_MS: "600000" };
 	const sockets: Socket[] = [];
 	try {
 		const ready = "API Gateway listening";

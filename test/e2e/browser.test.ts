@@ -3,6 +3,8 @@
  * The web page end to end in real headless Chromium (playwright-core), two pages on two node
  * processes: each sees the other online, a message typed in one appears in the other, hiding one turns
  * it offline in the other. Screenshots (desktop 1280×800 and phone width) go to test-artifacts/.
+ * The page cannot be steered into other API calls by its address (`?room=<id>%2Fleave%3F`), and a
+ * private room's owner invites and removes members from the page.
  */
 import fs from "fs";
 import path from "path";
@@ -108,6 +110,74 @@ describeWithBrowser("the web page in Chromium, one page on each node", () => {
 		await phone.screenshot({ path: path.join(ARTIFACTS, "city-phone-carol.png"), fullPage: true });
 		// Tidy at phone width: nothing wider than the screen.
 		expect(await phone.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+	});
+
+	/** Signs in on a page opened at `query`; every request the page makes is recorded (path and method). */
+	async function signInAt(node: NodeProcess, user: string, query: string): Promise<{ page: Page; requests: string[] }> {
+		const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+		const page = reportingErrors(await context.newPage(), user);
+		const requests: string[] = [];
+		page.on("request", request => requests.push(`${request.method()} ${new URL(request.url()).pathname}${new URL(request.url()).search}`));
+		await page.goto(`${node.url}/${query}`);
+		await page.fill("#login-user", user);
+		await page.click("#login button");
+		await page.waitForSelector("[data-testid=rooms] li");
+		return { page, requests };
+	}
+
+	it("cannot be steered into other API calls by the room in its address; every value it puts into a URL is checked and encoded", async () => {
+		const hideout = "hideout";
+		const ownerHeaders = { authorization: `Bearer ${signToken(JWT_SECRET, { id: "ora", roles: [], teams: [] })}`, "content-type": "application/json" };
+		expect((await getJson(`${node1.url}/api/city/rooms`, { method: "POST", headers: ownerHeaders, body: JSON.stringify({ id: hideout, name: "Hideout", is_public: false }) })).status).toBe(200);
+		const steerings = [`${hideout}/leave?`, `${hideout}/members/ora?`, `../../presence/online?`, `${hideout}%2Fleave`, `${hideout}\\leave`, "Hideout", `${hideout}#x`];
+		const { page, requests } = await signInAt(node1, "ora", `?room=${encodeURIComponent(steerings[0])}`);
+		for (const steering of steerings) {
+			// Signed in already (the token is in sessionStorage): each address starts the page again.
+			if (steering !== steerings[0]) {
+				requests.length = 0;
+				await page.goto(`${node1.url}/?room=${encodeURIComponent(steering)}`);
+			}
+			await page.waitForSelector('[data-testid=error]:has-text("Not a room id")', { timeout: 10_000 });
+			await page.waitForTimeout(300);
+			const apiCalls = requests.filter(r => r.includes("/api/"));
+			expect({ steering, apiCalls }).toEqual({ steering, apiCalls: ["GET /api/city/rooms"] });
+		}
+		await page.context().close();
+		const members = await getJson(`${node1.url}/api/city/rooms/${hideout}/members`, { headers: ownerHeaders });
+		expect(members.body.members.map((m: { user_id: string }) => m.user_id)).toEqual(["ora"]);
+	});
+
+	it("a private room's owner invites a member from the page; the member sees the room; removal closes the member's room at once", async () => {
+		const room = "atelier";
+		const { page: ora } = await signInAt(node1, "ora", "");
+		await ora.fill("#new-room-id", room);
+		await ora.check("[data-testid=new-room-private]");
+		await ora.click("#new-room button");
+		await ora.waitForSelector(`[data-testid=room-title]:has-text("# ${room}")`);
+		await ora.waitForSelector('[data-testid=members] li[data-user="ora"]:has-text("owner")');
+		expect(await ora.isVisible("[data-testid=invite]")).toBe(true);
+		await ora.fill("[data-testid=invite-user]", "bea");
+		await ora.click("[data-testid=invite] button");
+		await ora.waitForSelector('[data-testid=members] li[data-user="bea"]');
+
+		const { page: bea } = await signInAt(node2, "bea", "");
+		await bea.click(`[data-testid=rooms] button[data-room="${room}"]`);
+		await bea.waitForSelector(`[data-testid=room-title]:has-text("# ${room}")`);
+		await bea.waitForSelector('[data-testid=members] li[data-user="ora"]');
+		expect(await bea.isVisible("[data-testid=invite]")).toBe(false);
+		await ora.fill("[data-testid=message-input]", "welcome, bea");
+		await ora.click("[data-testid=send]");
+		await bea.waitForSelector('[data-testid=messages] li:has-text("welcome, bea")', { timeout: 10_000 });
+		await ora.screenshot({ path: path.join(ARTIFACTS, "city-members-owner.png") });
+
+		await ora.click('[data-testid=members] li[data-user="bea"] [data-testid=remove-member]');
+		await ora.waitForSelector('[data-testid=members] li[data-user="bea"]', { state: "detached" });
+		await bea.waitForSelector('[data-testid=error]:has-text("no longer a member")', { timeout: 5_000 });
+		await ora.fill("[data-testid=message-input]", "after bea left");
+		await ora.click("[data-testid=send]");
+		await ora.waitForSelector('[data-testid=messages] li:has-text("after bea left")');
+		await bea.waitForTimeout(500);
+		expect(await bea.isVisible('[data-testid=messages] li:has-text("after bea left")')).toBe(false);
 	});
 
 	it("renews an expired token by itself: the server closes its sockets, the page reconnects with a new token and carries on", async () => {

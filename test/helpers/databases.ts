@@ -56,6 +56,8 @@ export function isolatedMeshEnv(namespace: string, databaseUrl: string, jwtSecre
 		JWT_SECRET: jwtSecret,
 		// One client IP sends all test traffic; per-client limits would measure the limiter.
 		RATE_LIMIT_PER_KEY: "0",
+		WS_HANDSHAKE_RATE: "0",
+		WS_MAX_CONNECTIONS_PER_ADDRESS: "0",
 		EVENTS_SUBJECT_PREFIX: subjectPrefixFor(namespace),
 		NATS_STREAM_EVENTS: streamFor(namespace),
 	};

@@ -78,8 +78,12 @@ describeWithNatsAndPostgres("city and presence over socket.io across two nodes",
 
 		bob.close();
 		await presenceOf(alice, "bob", "offline", 5_000);
-		const { body } = await getJson(`${node1.url}/api/presence/users/bob`, { headers: { authorization: `Bearer ${token("alice")}` } });
+		// Bob's devices are his (and admins') to see; others see his status only.
+		const { body } = await getJson(`${node1.url}/api/presence/users/bob`, { headers: { authorization: `Bearer ${token("bob")}` } });
 		expect(body).toMatchObject({ user_id: "bob", status: "offline", devices: [{ device_id: "bob-phone", status: "offline", node_id: "rt-node2" }] });
+		const asAlice = await getJson(`${node1.url}/api/presence/users/bob`, { headers: { authorization: `Bearer ${token("alice")}` } });
+		expect(asAlice.body).toMatchObject({ user_id: "bob", status: "offline" });
+		expect(asAlice.body).not.toHaveProperty("devices");
 		await presenceGauge(node1, { online: 0, away: 1, offline: 1 });
 	});
 
