@@ -42,6 +42,8 @@ export interface GenerateParams {
 	temperature?: number;
 	tools?: ToolSpec[];
 	stream?: boolean;
+	/** a handle for `cancel` (the router passes its request id) */
+	cancel_key?: string;
 }
 
 interface SwapperThis extends Service {
@@ -182,9 +184,10 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 				temperature: { type: "number", min: 0, max: 2, optional: true, convert: true },
 				tools: { type: "array", optional: true, max: 32, items: TOOL },
 				stream: { type: "boolean", optional: true, convert: true },
+				cancel_key: { type: "string", min: 1, max: 100, optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: SwapperThis, ctx: Context<GenerateParams, { $responseType?: string }>) {
+			async handler(this: SwapperThis, ctx: Context<GenerateParams>) {
 				this.checkModelParam(ctx.params.model);
 				const request: GenerateRequest = {
 					model: ctx.params.model,
@@ -194,8 +197,9 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 					tools: ctx.params.tools,
 				};
 				const controller = new AbortController();
-				this.running.set(ctx.id, controller);
-				const finish = () => this.running.delete(ctx.id);
+				const key = ctx.params.cancel_key ?? ctx.id;
+				this.running.set(key, controller);
+				const finish = () => this.running.delete(key);
 				if (!ctx.params.stream) {
 					return this.generateOnce(ctx, request, controller).finally(finish);
 				}
@@ -211,7 +215,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 			},
 		},
 
-		/** Stops a running generation of this node (the router calls it when its client went away). */
+		/** Stops a running generation of this node by its cancel_key (the router calls it when its client went away). */
 		cancel: {
 			...actionPolicy({ idempotent: true, timeout: "fast" }),
 			visibility: "public",
@@ -252,7 +256,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 			const { swapper } = nodeContextOf(this.broker).settings;
 			// The caller's own timeout when it set one (it stops waiting then), else ours.
 			const callerTimeout = Number(ctx.options?.timeout) || 0;
-			const timeoutMs = callerTimeout > 0 ? Math.min(callerTimeout, swapper.timeoutMs) : swapper.timeoutMs;
+			const timeoutMs = Math.max(1, Math.floor(callerTimeout > 0 ? Math.min(callerTimeout, swapper.timeoutMs) : swapper.timeoutMs));
 			const signal = AbortSignal.any([controller.signal, AbortSignal.timeout(timeoutMs)]);
 			const provider = this.lifecycle.providerOf(request.model);
 			const started = Date.now();

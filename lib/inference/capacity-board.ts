@@ -67,7 +67,7 @@ export class CapacityBoard {
 		return [...this.adverts.values()].flatMap(a => a.models.map(m => ({ ...m, node: a.node }))).sort((a, b) => a.model.localeCompare(b.model) || a.node.localeCompare(b.node));
 	}
 
-	/** Every node that can serve `model` (failed loads excluded), least loaded first, this node first on a tie. */
+	/** Every node that can serve `model`, least loaded first, this node first on a tie. */
 	placements(model: string): Placement[] {
 		const out: Placement[] = [];
 		for (const advert of this.adverts.values()) {
