@@ -182,10 +182,10 @@ function parseRule(check: Checker, raw: unknown, i: number): RuleSpec {
 /** Parses and checks a registry; throws RegistryError naming the line of the first problem. */
 export function parseRegistry(source: string, file: string): AgentRegistry {
 	const lines = new LineCounter();
-	const doc = parseDocument(source, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+	const doc = parseDocument(source, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
 	if (doc.errors.length) {
 		const err = doc.errors[0];
-		throw new RegistryError(file, err.linePos?.[0]?.line ?? null, err.message.split("\n")[0]);
+		throw new RegistryError(file, err.linePos?.[0]?.line ?? null, err.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, ""));
 	}
 	const check = new Checker(doc, lines, file);
 	if (!isMap(doc.contents)) check.fail([], "the file must be a mapping with version and agents");

@@ -295,6 +295,27 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect((await slow).status).toBe(200);
 	});
 
+	it("a streaming client that goes away cancels the generation on NODE2's runtime", async () => {
+		const cancelledBefore = ollama.chatsCancelled;
+		const controller = new AbortController();
+		const res = await fetch(`${node1.url}/api/router/route`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${user}`, "content-type": "application/json" },
+			body: JSON.stringify({ agent: "slow-agent", message: "one two three four five six seven eight nine ten", stream: true }),
+			signal: controller.signal,
+		});
+		expect(res.status).toBe(200);
+		const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+		let seen = "";
+		while (!seen.includes("\ndata: {\"text\"")) seen += new TextDecoder().decode((await reader.read()).value);
+		controller.abort();
+		await waitFor("the runtime's stream to be closed", async () => ollama.chatsCancelled > cancelledBefore, 5_000, 20);
+		await waitFor("NODE2's slot freed", async () => {
+			const { body } = await getJson(`${node2.url}/api/swapper-proxy/status`, { headers: { authorization: `Bearer ${user}` } });
+			return body.models.find((m: { model: string }) => m.model === "slow:1b")?.in_flight === 0;
+		});
+	});
+
 	it("reloads the registry when the file changes, refuses a bad file naming the line, and reports the version in /health", async () => {
 		expect((await getJson(`${node1.url}/health`)).body.router).toMatchObject({ rules_version: "t1" });
 		fs.writeFileSync(agentsFile, REGISTRY("t2"));
