@@ -257,7 +257,10 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 			// The caller's own timeout when it set one (it stops waiting then), else ours.
 			const callerTimeout = Number(ctx.options?.timeout) || 0;
 			const timeoutMs = Math.max(1, Math.floor(callerTimeout > 0 ? Math.min(callerTimeout, swapper.timeoutMs) : swapper.timeoutMs));
-			const signal = AbortSignal.any([controller.signal, AbortSignal.timeout(timeoutMs)]);
+			// One controller and one timer per call: AbortSignal.any/timeout cost a third of a local-echo
+			// call in garbage collection (docs/BENCHMARKS.md, router section).
+			const timer = setTimeout(() => controller.abort(new DOMException("no answer in time", "TimeoutError")), timeoutMs);
+			const signal = controller.signal;
 			const provider = this.lifecycle.providerOf(request.model);
 			const started = Date.now();
 			try {
@@ -282,6 +285,8 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 					type: (meshError as { type?: string }).type,
 				});
 				throw meshError;
+			} finally {
+				clearTimeout(timer);
 			}
 		},
 

@@ -134,6 +134,25 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		});
 	});
 
+	it("loads and unloads a model on another node (admin or service only); users may not call generate directly", async () => {
+		const admin = token("op", ["admin"]);
+		const post = (path: string, who: string, body: unknown = {}) =>
+			getJson(`${node1.url}/api/swapper-proxy${path}`, { method: "POST", headers: { authorization: `Bearer ${who}`, "content-type": "application/json" }, body: JSON.stringify(body) });
+		expect((await post("/models/echo-n2/load", user, { node: "router-n2" })).status).toBe(403);
+		expect((await post("/generate", user, { model: "echo-n1", prompt: "bypass the router" })).status).toBe(403);
+		const loaded = await post("/models/echo-n2/load", admin, { node: "router-n2" });
+		expect(loaded.status).toBe(200);
+		expect(loaded.body).toMatchObject({ node: "router-n2", model: "echo-n2", state: "loaded" });
+		const unloaded = await post("/models/echo-n2/unload", admin, { node: "router-n2" });
+		expect(unloaded.body).toMatchObject({ node: "router-n2", model: "echo-n2", state: "unloaded" });
+		const missing = await post("/models/no-such-model/load", admin, { node: "router-n2" });
+		expect(missing.status).toBe(404);
+		expect(missing.body).toMatchObject({ type: "MODEL_NOT_FOUND", data: { field: "model", retry_elsewhere: true } });
+		const status = await getJson(`${node2.url}/api/swapper-proxy/status`, { headers: { authorization: `Bearer ${user}` } });
+		expect(status.body).toMatchObject({ node: "router-n2", limits: { max_concurrency: 1, queue: 0 }, gpu: null });
+		expect(status.body.providers.map((p: { name: string }) => p.name).sort()).toEqual(["local-echo", "ollama"]);
+	});
+
 	describe("bad input: every field of router.route's schema, plus the handler's own rules", () => {
 		const params = (RouterService.actions?.route as { params: Record<string, { type: string; optional?: boolean }> }).params;
 		const wrongValue: Record<string, unknown> = { string: 12345, enum: "not-a-mode", boolean: "maybe", object: "not-an-object", array: "not-a-list" };
