@@ -44,6 +44,9 @@ agents:
     system_prompt: You are the local backup.
   - id: slow-agent
     model: slow:1b
+  - id: flaky-agent
+    model: slow:1b
+    backup: local-backup
 `;
 
 describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
@@ -312,6 +315,21 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect(refused.body).toMatchObject({ type: "QUEUE_FULL", retryable: true });
 		expect(refused.headers.get("retry-after")).toBe("1");
 		expect((await slow).status).toBe(200);
+	});
+
+	it("auto-routing: an agent failing over 10% of its runs goes to its backup agent, and the decision says why", async () => {
+		ollama.failNext(500, 5);
+		for (let i = 0; i < 5; i++) {
+			const failed = await route({ agent: "flaky-agent", message: "are you there?" });
+			expect(failed.status).toBe(503);
+			expect(failed.body).toMatchObject({ type: "NO_NODE_ANSWERED", data: { attempts: [{ node: "router-n2", error_type: "PROVIDER_FAILED" }] } });
+		}
+		const { status, body } = await route({ agent: "flaky-agent", message: "are you there?" });
+		expect(status).toBe(200);
+		expect(body).toMatchObject({ agent: "local-backup", model: "echo-n1", decision: { agent_requested: "flaky-agent", rules: ["backup-on-errors"], error_rate: 1 } });
+		expect(body.decision.fallbacks[0].reason).toContain("error rate 1.00 > 0.1 over 5 runs");
+		const metrics = await (await fetch(`${node1.url}/metrics`)).text();
+		expect(metrics).toMatch(/agent_error_rate\{[^}]*agent_id="flaky-agent"[^}]*error_type="NO_NODE_ANSWERED"[^}]*\} 1/);
 	});
 
 	it("a streaming client that goes away cancels the generation on NODE2's runtime", async () => {
