@@ -16,9 +16,10 @@ import { Errors } from "moleculer";
 import { defineActions, requireUser, type MeshAction, type MeshUser } from "../lib/auth";
 import { OutboxBatch } from "../lib/data/outbox-batch";
 import { setHealthSection } from "../lib/health";
+import { InPlaceSeries } from "../lib/lean-metrics";
 import { agentsView, loadRegistryFile, MODES, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
-import { retryElsewhere } from "../lib/inference/errors";
+import { nodeHealthFailure, retryElsewhere } from "../lib/inference/errors";
 import { ErrorWindow } from "../lib/inference/error-window";
 import { gateContext, promptBytes, type GatedContext } from "../lib/inference/privacy-gate";
 import type { ChatMessage, ToolCall } from "../lib/inference/provider";
@@ -35,6 +36,8 @@ export const AGENT_METRICS = {
 	errorRate: "agent_error_rate",
 	toolCalls: "agent_tool_calls_total",
 } as const;
+
+const AGENT_LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 interface RouteParams {
 	agent: string;
@@ -66,6 +69,8 @@ interface Run {
 
 interface RouterThis extends Service {
 	registry: AgentRegistry;
+	/** agent metrics updated in place (no label hashing per request); null when metrics are off */
+	series: InPlaceSeries | null;
 	lastReloadError: string | null;
 	errors: ErrorWindow;
 	outbox: OutboxBatch | null;
@@ -102,6 +107,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		route: {
 			// Not retried by Moleculer: the router retries generations itself, on another node.
 			...actionPolicy({ idempotent: false, timeout: "slow" }),
+			circuitBreaker: { check: nodeHealthFailure },
 			rest: "POST /route",
 			access: "user",
 			params: {
@@ -268,6 +274,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			throw new Errors.MoleculerRetryableError(`No node answered for model ${run.decision.model} (${run.attempts.map(a => `${a.node}: ${a.error_type}`).join(", ")})`, status, status === 429 ? "QUEUE_FULL" : "NO_NODE_ANSWERED", {
 				model: run.decision.model,
 				attempts: run.attempts,
+				retry_elsewhere: true,
 			});
 		},
 
@@ -290,10 +297,8 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				} catch (err) {
 					content = JSON.stringify({ error: `${name} failed: ${errorType(err)}` });
 				}
-				if (this.broker.isMetricsEnabled()) {
-					this.broker.metrics.increment(AGENT_METRICS.toolCalls, { agent_id: run.agent.id, tool: name });
-					this.broker.metrics.observe(AGENT_METRICS.latency, Number(process.hrtime.bigint() - started) / 1e9, { agent_id: run.agent.id, operation: "tool" });
-				}
+				this.series?.increment(AGENT_METRICS.toolCalls, `tool|${run.agent.id}|${name}`, { agent_id: run.agent.id, tool: name });
+				this.series?.observe(AGENT_METRICS.latency, `${run.agent.id}|tool`, { agent_id: run.agent.id, operation: "tool" }, Number(process.hrtime.bigint() - started) / 1e9);
 				replies.push({ role: "tool", tool_call_id: call.id, content });
 			}
 			return replies;
@@ -387,16 +392,18 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			// Cancellations are the client's doing, not the agent's: they do not move its error rate.
 			if (type !== "CANCELLED") this.errors.record(agentId, type);
 			const figures = this.errors.figures(agentId);
-			if (this.broker.isMetricsEnabled()) {
-				const m = this.broker.metrics;
-				m.observe(AGENT_METRICS.latency, seconds, { agent_id: agentId, operation: failed ? "route_failed" : "route" });
-				if (outcome.answer) m.observe(AGENT_METRICS.latency, outcome.answer.latency_ms / 1000, { agent_id: agentId, operation: "generate" });
+			const series = this.series;
+			if (series) {
+				const operation = failed ? "route_failed" : "route";
+				series.observe(AGENT_METRICS.latency, `${agentId}|${operation}`, { agent_id: agentId, operation }, seconds);
+				if (outcome.answer) series.observe(AGENT_METRICS.latency, `${agentId}|generate`, { agent_id: agentId, operation: "generate" }, outcome.answer.latency_ms / 1000);
 				if (outcome.usage) {
-					m.increment(AGENT_METRICS.tokensIn, { agent_id: agentId, model: run.decision.model }, outcome.usage.tokens_in);
-					m.increment(AGENT_METRICS.tokensOut, { agent_id: agentId, model: run.decision.model }, outcome.usage.tokens_out);
+					const labels = { agent_id: agentId, model: run.decision.model };
+					series.increment(AGENT_METRICS.tokensIn, `in|${agentId}|${labels.model}`, labels, outcome.usage.tokens_in);
+					series.increment(AGENT_METRICS.tokensOut, `out|${agentId}|${labels.model}`, labels, outcome.usage.tokens_out);
 				}
-				m.set(AGENT_METRICS.errorRate, figures.rate, { agent_id: agentId, error_type: "any" });
-				for (const [t, n] of Object.entries(figures.byType)) m.set(AGENT_METRICS.errorRate, n / Math.max(1, figures.total), { agent_id: agentId, error_type: t });
+				series.set(AGENT_METRICS.errorRate, `rate|${agentId}|any`, { agent_id: agentId, error_type: "any" }, figures.rate);
+				for (const [t, n] of Object.entries(figures.byType)) series.set(AGENT_METRICS.errorRate, `rate|${agentId}|${t}`, { agent_id: agentId, error_type: t }, n / Math.max(1, figures.total));
 			}
 			const fields = { request_id: run.requestId, agent_id: agentId, model: run.decision.model, node: run.decision.node, mode: run.params.mode, latency_ms: Math.round(seconds * 1000) };
 			if (failed) {
@@ -442,9 +449,10 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			? new OutboxBatch(sequelize, settings.events, { onError: (err, rows) => this.logger.warn(`agent.run events not written yet (${rows} rows): ${err.message}`) })
 			: null;
 		if (!this.outbox) this.logger.warn("router: no database on this node; agent.run.* events are not recorded");
-		if (this.broker.isMetricsEnabled() && !this.broker.metrics.getMetric(AGENT_METRICS.latency)) {
+		this.series = this.broker.isMetricsEnabled() ? new InPlaceSeries(this.broker, AGENT_LATENCY_BUCKETS) : null;
+		if (this.series && !this.broker.metrics.getMetric(AGENT_METRICS.latency)) {
 			const m = this.broker.metrics;
-			m.register({ name: AGENT_METRICS.latency, type: "histogram", labelNames: ["agent_id", "operation"], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], description: "Agent run latency by operation (route, generate, tool), seconds" });
+			m.register({ name: AGENT_METRICS.latency, type: "histogram", labelNames: ["agent_id", "operation"], buckets: AGENT_LATENCY_BUCKETS, description: "Agent run latency by operation (route, route_failed, generate, tool), seconds" });
 			m.register({ name: AGENT_METRICS.tokensIn, type: "counter", labelNames: ["agent_id", "model"], description: "Prompt tokens sent to models per agent" });
 			m.register({ name: AGENT_METRICS.tokensOut, type: "counter", labelNames: ["agent_id", "model"], description: "Tokens generated per agent" });
 			m.register({ name: AGENT_METRICS.errorRate, type: "gauge", labelNames: ["agent_id", "error_type"], description: "Share of an agent's runs failing in the sliding window (ROUTER_ERROR_WINDOW_MS), by error type and any" });

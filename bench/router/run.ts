@@ -19,6 +19,7 @@ import { attachNodeContext } from "../../lib/node-context";
 import { loadSettings } from "../../lib/settings";
 import { resolveTransport } from "../../lib/transport";
 import RouterService from "../../services/router.service";
+import SwapperProxyService from "../../services/swapper-proxy.service";
 import { closedLoop, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -31,6 +32,8 @@ const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
 const namespace = `benchrouter-${process.pid}`;
 const dbName = `bench_router_${process.pid}`;
 const user = { id: "bench", roles: [], teams: [] };
+/** BENCH_EVENTS=0: the calling node without a database, so no agent.run.* events (an A/B of their cost; prints only). */
+const EVENTS = process.env.BENCH_EVENTS !== "0";
 
 async function admin(sql: string): Promise<void> {
 	const c = new Client({ connectionString: ADMIN_DATABASE_URL });
@@ -77,6 +80,40 @@ async function firstSsePieceMs(url: string, token: string): Promise<number> {
 	return first;
 }
 
+/**
+ * CPU per call with router and swapper-proxy in one process (no transport): what the router's own work
+ * costs, in CPU microseconds, a figure the other processes on a busy machine disturb far less than
+ * wall-clock latency. Sequential calls, events off (no database), metrics on.
+ */
+async function cpuPerCall(agentsFile: string): Promise<{ direct: number; routed: number }> {
+	const settings = loadSettings({ NODE_ID: "bench-cpu", ROUTER_AGENTS_FILE: agentsFile, SWAPPER_LOCAL_ECHO_MODELS: "bench-echo", SWAPPER_MAX_CONCURRENCY: "256", SWAPPER_QUEUE: "1024", LOG_LEVEL: "warn", JWT_SECRET });
+	const transport = { kind: "none", reason: "in-process" } as unknown as Awaited<ReturnType<typeof resolveTransport>>;
+	const options = createBrokerOptions(settings, transport);
+	const broker = new ServiceBroker({ ...options, transporter: undefined });
+	attachNodeContext(broker, { settings, transport, sequelize: null, metricsReporter: options.metricsReporter, startedAt: Date.now() });
+	broker.createService(SwapperProxyService);
+	broker.createService(RouterService);
+	await broker.start();
+	const message = "how much does the router cost on top of the model call";
+	const calls = {
+		direct: () => broker.call("swapper-proxy.generate", { model: "bench-echo", messages: [{ role: "system", content: "Answer briefly." }, { role: "user", content: message }] }),
+		routed: () => broker.call("router.route", { agent: "bench-agent", message, mode: "public" }, { meta: { user } }),
+	};
+	const result = { direct: [] as number[], routed: [] as number[] };
+	const n = 5_000;
+	for (let round = 0; round < ROUNDS + 1; round++) {
+		for (const name of ["direct", "routed"] as const) {
+			const before = process.cpuUsage();
+			for (let i = 0; i < n; i++) await calls[name]();
+			const used = process.cpuUsage(before);
+			if (round > 0) result[name].push((used.user + used.system) / n); // round 0 warms up
+		}
+	}
+	await broker.stop();
+	const mid = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+	return { direct: mid(result.direct), routed: mid(result.routed) };
+}
+
 async function main(): Promise<void> {
 	await admin(`CREATE DATABASE ${dbName}`);
 	const url = new URL(ADMIN_DATABASE_URL);
@@ -88,6 +125,9 @@ async function main(): Promise<void> {
 	const path = await import("path");
 	const agentsFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "bench-router-")), "agents.yml");
 	fs.writeFileSync(agentsFile, 'version: "bench"\nagents:\n  - id: bench-agent\n    model: bench-echo\n    system_prompt: Answer briefly.\n');
+	const cpu = await cpuPerCall(agentsFile);
+	process.stdout.write(`CPU per call in one process: direct ${formatNumber(cpu.direct)} µs, routed ${formatNumber(cpu.routed)} µs\n`);
+	const loadAtStart = os.loadavg()[0];
 	const env = {
 		MESH_NAMESPACE: namespace,
 		NATS_URL,
@@ -112,7 +152,7 @@ async function main(): Promise<void> {
 		const options = createBrokerOptions(settings, await resolveTransport(settings));
 		const broker = new ServiceBroker(options);
 		const sequelize = createSequelize({ url: databaseUrl, ssl: false });
-		attachNodeContext(broker, { settings, transport: await resolveTransport(settings), sequelize, metricsReporter: options.metricsReporter, startedAt: Date.now() });
+		attachNodeContext(broker, { settings, transport: await resolveTransport(settings), sequelize: EVENTS ? sequelize : null, metricsReporter: options.metricsReporter, startedAt: Date.now() });
 		broker.createService(RouterService);
 		await broker.start();
 		await broker.waitForServices(["swapper-proxy"]);
@@ -154,7 +194,12 @@ async function main(): Promise<void> {
 
 		const overhead = seqRouted.p50 - seqDirect.p50;
 		const text = [
-			`Run ${new Date().toISOString()} on ${machine()}; NATS ${NATS_URL}; three processes on this machine (caller with the router, a gateway node, a model node with local-echo); agent.run.* events on; median of ${ROUNDS} rounds, variants taking turns.`,
+			`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart.toFixed(1)} at the start and ${os.loadavg()[0].toFixed(1)} at the end (other work shares these cores); NATS ${NATS_URL}; three processes on this machine (caller with the router, a gateway node, a model node with local-echo); agent.run.* events on; median of ${ROUNDS} rounds, variants taking turns.`,
+			"",
+			table(
+				["CPU per call, router and swapper-proxy in one process (µs)", "direct swapper-proxy.generate", "router.route", "router's own CPU"],
+				[["sequential, events off, metrics on", cpu.direct, cpu.routed, formatNumber(cpu.routed - cpu.direct)]],
+			),
 			"",
 			table(
 				["", "direct swapper-proxy.generate", "router.route", "difference"],
@@ -178,7 +223,7 @@ async function main(): Promise<void> {
 			`${TTFT_SAMPLES} sequential samples each. The gateway path includes HTTP, auth, rate limit, the router on the gateway's node and the mesh hop to the model node; the direct path is the mesh hop alone.`,
 		].join("\n");
 		process.stdout.write(`\n${text}\n`);
-		writeSection("Router and swapper-proxy (bench/router)", text);
+		if (EVENTS) writeSection("Router and swapper-proxy (bench/router)", text);
 	} finally {
 		await stopProcesses();
 		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);

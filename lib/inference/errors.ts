@@ -41,3 +41,14 @@ export function retryElsewhere(err: unknown): boolean {
 	if (e?.data && typeof e.data.retry_elsewhere === "boolean") return e.data.retry_elsewhere;
 	return !!e?.retryable;
 }
+
+/**
+ * Circuit-breaker check for inference actions: like the broker's (5xx counts), except errors that report
+ * how one model fared (they carry `retry_elsewhere`). A model that fails, is busy or is missing says
+ * nothing about the node's health; counting it would open the breaker for every model and agent of that
+ * node (a router's own endpoint refused all agents for 5 s after one agent's model broke).
+ */
+export function nodeHealthFailure(err: Error & { code?: number; data?: { retry_elsewhere?: unknown } }): boolean {
+	if (err.data && typeof err.data.retry_elsewhere === "boolean") return false;
+	return !err.code || err.code >= 500;
+}
