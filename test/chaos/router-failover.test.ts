@@ -77,4 +77,34 @@ describeWithNatsAndPostgres("router: the serving node dies mid-request, another 
 		expect(elapsed).toBeLessThan(10_000);
 		process.stdout.write(`[chaos] router retry after SIGKILL answered in ${elapsed} ms (${body.decision.attempts[0].error_type})\n`);
 	});
+
+	it("a stream whose node dies after it started ends with a retryable SSE error event within a few seconds", async () => {
+		const res = await fetch(`${gateway.url}/api/router/route`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${user}`, "content-type": "application/json" },
+			body: JSON.stringify({ agent: "shared-agent", message: "one two three four five six seven eight nine ten eleven twelve", stream: true }),
+		});
+		expect(res.status).toBe(200);
+		const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+		const decoder = new TextDecoder();
+		let text = "";
+		while (!text.includes('\ndata: {"text"')) text += decoder.decode((await reader.read()).value);
+		const serving = /"node":"([^"]+)"/.exec(text)?.[1];
+		const victim = [modelA, modelB].find(n => n.nodeID === serving);
+		expect(victim).toBeDefined();
+		const killedAt = Date.now();
+		await victim!.kill("SIGKILL");
+		for (;;) {
+			const { value, done } = await reader.read();
+			if (done) break;
+			text += decoder.decode(value);
+		}
+		const elapsed = Date.now() - killedAt;
+		const error = /event: error\ndata: (.*)/.exec(text)?.[1];
+		expect(error).toBeDefined();
+		expect(JSON.parse(error!)).toMatchObject({ retryable: true, request_id: expect.any(String) });
+		expect(text).not.toContain("event: done");
+		expect(elapsed).toBeLessThan(8_000);
+		process.stdout.write(`[chaos] stream ended with an error event ${elapsed} ms after SIGKILL\n`);
+	});
 });
