@@ -162,9 +162,12 @@ export function checkAccess(access: Access | undefined, user: MeshUser | undefin
  * An action schema with this project's `access` field. Moleculer copies unknown action properties
  * into the catalogue it gossips across the mesh, so a gateway on another node sees `access` too.
  */
-export type MeshAction = import("moleculer").ActionSchema & { access?: Access };
+export type MeshAction<TThis = import("moleculer").Service> = import("moleculer").ActionSchema<TThis> & { access?: Access };
 
-/** Types a service's actions as MeshActions (Moleculer's own typings do not know `access`). */
-export function defineActions<T extends Record<string, MeshAction>>(actions: T): T {
+/**
+ * Types a service's actions as MeshActions (Moleculer's own typings do not know `access`); TThis types
+ * `this` in handlers (the service with its methods and fields).
+ */
+export function defineActions<T extends Record<string, MeshAction<TThis>>, TThis = import("moleculer").Service>(actions: T): T {
 	return actions;
 }

@@ -15,6 +15,18 @@ export interface HealthReport {
 	node: { id: string; role: string; transport: string };
 	dependencies: Record<string, DependencyStatus & { required: boolean }>;
 	mesh: { nodes_seen: number; nodes_available: number; services_available: string[] };
+	/** what services on this node add (e.g. router: the active rules version) */
+	[section: string]: unknown;
+}
+
+const sections = new WeakMap<ServiceBroker, Map<string, () => unknown>>();
+
+/** A service adds a section to its node's health document (removed again with `null`). */
+export function setHealthSection(broker: ServiceBroker, name: string, section: (() => unknown) | null): void {
+	let map = sections.get(broker);
+	if (!map) sections.set(broker, (map = new Map()));
+	if (section) map.set(name, section);
+	else map.delete(name);
 }
 
 interface NatsClientLike {
@@ -56,5 +68,6 @@ export async function buildHealthReport(broker: ServiceBroker): Promise<HealthRe
 		node: { id: broker.nodeID, role: context.settings.role, transport: context.transport.kind },
 		dependencies,
 		mesh: meshSummary(broker),
+		...Object.fromEntries([...(sections.get(broker) ?? new Map<string, () => unknown>())].map(([name, section]) => [name, section()])),
 	};
 }

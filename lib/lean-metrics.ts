@@ -165,6 +165,7 @@ function seriesFor(broker: ServiceBroker, labels: Record<string, unknown>): Seri
  */
 export class InPlaceSeries {
 	private readonly counters = new Map<string, ValueItem>();
+	private readonly gauges = new Map<string, ValueItem>();
 	private readonly histograms = new Map<string, FastHistogram>();
 
 	constructor(
@@ -172,10 +173,16 @@ export class InPlaceSeries {
 		private readonly buckets: number[],
 	) {}
 
-	increment(name: string, key: string, labels: Record<string, unknown>): void {
+	increment(name: string, key: string, labels: Record<string, unknown>, by = 1): void {
 		let counter = this.counters.get(key);
 		if (!counter) this.counters.set(key, (counter = counterItem(this.broker, name, labels)));
-		counter.value++;
+		counter.value += by;
+	}
+
+	set(name: string, key: string, labels: Record<string, unknown>, value: number): void {
+		let gauge = this.gauges.get(key);
+		if (!gauge) this.gauges.set(key, (gauge = gaugeItem(this.broker, name, labels)));
+		gauge.value = value;
 	}
 
 	observe(name: string, key: string, labels: Record<string, unknown>, observed: number): void {

@@ -103,6 +103,41 @@ export interface MeshSettings {
 	disableBalancer: boolean;
 	/** leader leases for singleton duties (lib/leader-lease.ts) */
 	leaseTtlMs: number;
+	swapper: SwapperSettings;
+	router: RouterSettings;
+}
+
+/** swapper-proxy: this node's model runtimes and how their models are kept (docs/ROUTER.md). */
+export interface SwapperSettings {
+	/** the built-in development model; on by default outside production */
+	localEcho: boolean;
+	/** model names local-echo answers as */
+	localEchoModels: string[];
+	/** local-echo: pause between streamed tokens (a development knob to watch streaming; 0 = none) */
+	localEchoTokenMs: number;
+	ollamaUrl: string | null;
+	openai: { baseUrl: string | null; apiKey: string | null; models: string[] | null; local: boolean };
+	/** a loaded model unused this long is unloaded, ms */
+	idleTimeoutMs: number;
+	/** at most this many local models loaded at once (LRU eviction of idle ones) */
+	maxLoaded: number;
+	/** generations running at once per model */
+	maxConcurrency: number;
+	/** generations waiting per model beyond maxConcurrency; more → 429 QUEUE_FULL */
+	queue: number;
+	/** one provider call (load or generation), ms */
+	timeoutMs: number;
+	/** how often the node advertises its models and load to the mesh, ms */
+	advertiseMs: number;
+}
+
+export interface RouterSettings {
+	/** agent registry and routing rules (YAML), reloaded when it changes */
+	agentsFile: string;
+	/** message + history larger than this (UTF-8 bytes) → 413 */
+	maxPromptBytes: number;
+	/** sliding window for an agent's error rate, ms */
+	errorWindowMs: number;
 }
 
 export interface DatabaseLimits {
@@ -277,6 +312,12 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 			maxConnectionsPerAddress: readInt(env, "WS_MAX_CONNECTIONS_PER_ADDRESS", 200),
 		},
 		cityMaxMessageChars: readInt(env, "CITY_MAX_MESSAGE_CHARS", 4_000, 1),
+		swapper: readSwapperSettings(env, production),
+		router: {
+			agentsFile: env.ROUTER_AGENTS_FILE || "config/agents.yml",
+			maxPromptBytes: readInt(env, "ROUTER_MAX_PROMPT_BYTES", 32 * 1024, 1),
+			errorWindowMs: readInt(env, "ROUTER_ERROR_WINDOW_MS", 60_000, 100),
+		},
 		events: {
 			stream: env.NATS_STREAM_EVENTS ?? "DAARION_EVENTS",
 			subjectPrefix: env.EVENTS_SUBJECT_PREFIX ?? "",
@@ -286,6 +327,28 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 	};
 	validateForProduction(settings);
 	return settings;
+}
+
+function readSwapperSettings(env: Env, production: boolean): SwapperSettings {
+	return {
+		localEcho: readBool(env, "SWAPPER_LOCAL_ECHO", !production),
+		localEchoModels: readList(env.SWAPPER_LOCAL_ECHO_MODELS) ?? ["local-echo"],
+		localEchoTokenMs: readInt(env, "SWAPPER_LOCAL_ECHO_TOKEN_MS", 0),
+		ollamaUrl: env.OLLAMA_URL || null,
+		openai: {
+			baseUrl: env.OPENAI_BASE_URL || null,
+			apiKey: env.OPENAI_API_KEY || null,
+			models: readList(env.OPENAI_MODELS),
+			local: readBool(env, "OPENAI_LOCAL", false),
+		},
+		// Seconds, like Ollama's keep_alive; fractions allowed (tests).
+		idleTimeoutMs: readInt(env, "SWAPPER_IDLE_TIMEOUT", 300) * 1000,
+		maxLoaded: readInt(env, "SWAPPER_MAX_LOADED", 2, 1),
+		maxConcurrency: readInt(env, "SWAPPER_MAX_CONCURRENCY", 4, 1),
+		queue: readInt(env, "SWAPPER_QUEUE", 16, 0),
+		timeoutMs: readInt(env, "SWAPPER_TIMEOUT_MS", 60_000, 1),
+		advertiseMs: readInt(env, "SWAPPER_ADVERTISE_MS", 1_000, 50),
+	};
 }
 
 const DEV_MEMORY_KEY_LABEL = "daarion-mesh development memory key - not for production";

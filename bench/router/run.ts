@@ -1,0 +1,237 @@
+/**
+ * `npm run bench:router`: what the router costs on top of the model call, across two nodes with the
+ * built-in local-echo model (no model time, so the mesh and the router are all that is measured).
+ *   - router.route on the calling node (as a gateway's node runs it) → swapper-proxy on another node,
+ *     vs the same caller calling swapper-proxy.generate on that node directly: p50 overhead (one caller,
+ *     sequential) and routed requests/s (100 concurrent), same run, variants taking turns.
+ *   - time to the first streamed piece: through a gateway (HTTP POST, SSE, router, mesh) vs straight
+ *     from swapper-proxy.generate (stream: true) on the mesh.
+ * Events (agent.run.*) are on, written to a fresh database through the outbox batch.
+ */
+import { Client } from "pg";
+import { ServiceBroker } from "moleculer";
+import type { Readable } from "stream";
+import { createBrokerOptions } from "../../moleculer.config";
+import { signToken } from "../../lib/auth";
+import { createSequelize } from "../../lib/database";
+import { runMigrations } from "../../lib/migrations";
+import { attachNodeContext } from "../../lib/node-context";
+import { loadSettings } from "../../lib/settings";
+import { resolveTransport } from "../../lib/transport";
+import RouterService from "../../services/router.service";
+import SwapperProxyService from "../../services/swapper-proxy.service";
+import { closedLoop, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+
+const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+const ADMIN_DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const TTFT_SAMPLES = Number(process.env.BENCH_TTFT_SAMPLES ?? 200);
+const CONCURRENCY = 100;
+const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
+const namespace = `benchrouter-${process.pid}`;
+const dbName = `bench_router_${process.pid}`;
+const user = { id: "bench", roles: [], teams: [] };
+/** BENCH_EVENTS=0: the calling node without a database, so no agent.run.* events (an A/B of their cost; prints only). */
+const EVENTS = process.env.BENCH_EVENTS !== "0";
+
+async function admin(sql: string): Promise<void> {
+	const c = new Client({ connectionString: ADMIN_DATABASE_URL });
+	await c.connect();
+	try {
+		await c.query(sql);
+	} finally {
+		await c.end();
+	}
+}
+
+function median(results: LoadResult[], by: (r: LoadResult) => number): LoadResult {
+	return [...results].sort((a, b) => by(a) - by(b))[Math.floor(results.length / 2)];
+}
+
+/** ms to the first piece of a stream of GenerateChunk objects. */
+async function firstPieceMs(open: () => Promise<Readable>): Promise<number> {
+	const t = performance.now();
+	const stream = await open();
+	return new Promise((resolve, reject) => {
+		let first = -1;
+		stream.on("data", (chunk: { type: string }) => {
+			if (first < 0 && chunk.type === "piece") first = performance.now() - t;
+		});
+		stream.on("end", () => resolve(first));
+		stream.on("error", reject);
+	});
+}
+
+/** ms to the first `data:` piece of the gateway's SSE answer. */
+async function firstSsePieceMs(url: string, token: string): Promise<number> {
+	const t = performance.now();
+	const res = await fetch(url, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: JSON.stringify({ agent: "bench-agent", message: "how fast is the first token", stream: true }) });
+	const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+	const decoder = new TextDecoder();
+	let text = "";
+	let first = -1;
+	for (;;) {
+		const { value, done } = await reader.read();
+		if (done) break;
+		text += decoder.decode(value, { stream: true });
+		if (first < 0 && text.includes('\ndata: {"text"')) first = performance.now() - t;
+	}
+	return first;
+}
+
+/**
+ * CPU per call with router and swapper-proxy in one process (no transport): what the router's own work
+ * costs, in CPU microseconds, a figure the other processes on a busy machine disturb far less than
+ * wall-clock latency. Sequential calls, events off (no database), metrics on.
+ */
+async function cpuPerCall(agentsFile: string): Promise<{ direct: number; routed: number }> {
+	const settings = loadSettings({ NODE_ID: "bench-cpu", ROUTER_AGENTS_FILE: agentsFile, SWAPPER_LOCAL_ECHO_MODELS: "bench-echo", SWAPPER_MAX_CONCURRENCY: "256", SWAPPER_QUEUE: "1024", LOG_LEVEL: "warn", JWT_SECRET });
+	const transport = { kind: "none", reason: "in-process" } as unknown as Awaited<ReturnType<typeof resolveTransport>>;
+	const options = createBrokerOptions(settings, transport);
+	const broker = new ServiceBroker({ ...options, transporter: undefined });
+	attachNodeContext(broker, { settings, transport, sequelize: null, metricsReporter: options.metricsReporter, startedAt: Date.now() });
+	broker.createService(SwapperProxyService);
+	broker.createService(RouterService);
+	await broker.start();
+	const message = "how much does the router cost on top of the model call";
+	const calls = {
+		direct: () => broker.call("swapper-proxy.generate", { model: "bench-echo", messages: [{ role: "system", content: "Answer briefly." }, { role: "user", content: message }] }),
+		routed: () => broker.call("router.route", { agent: "bench-agent", message, mode: "public" }, { meta: { user } }),
+	};
+	const result = { direct: [] as number[], routed: [] as number[] };
+	const n = 5_000;
+	for (let round = 0; round < ROUNDS + 1; round++) {
+		for (const name of ["direct", "routed"] as const) {
+			const before = process.cpuUsage();
+			for (let i = 0; i < n; i++) await calls[name]();
+			const used = process.cpuUsage(before);
+			if (round > 0) result[name].push((used.user + used.system) / n); // round 0 warms up
+		}
+	}
+	await broker.stop();
+	const mid = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+	return { direct: mid(result.direct), routed: mid(result.routed) };
+}
+
+async function main(): Promise<void> {
+	await admin(`CREATE DATABASE ${dbName}`);
+	const url = new URL(ADMIN_DATABASE_URL);
+	url.pathname = `/${dbName}`;
+	const databaseUrl = url.toString();
+	await runMigrations(databaseUrl, "up", { log: () => undefined });
+	const fs = await import("fs");
+	const os = await import("os");
+	const path = await import("path");
+	const agentsFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "bench-router-")), "agents.yml");
+	fs.writeFileSync(agentsFile, 'version: "bench"\nagents:\n  - id: bench-agent\n    model: bench-echo\n    system_prompt: Answer briefly.\n');
+	const cpu = await cpuPerCall(agentsFile);
+	process.stdout.write(`CPU per call in one process: direct ${formatNumber(cpu.direct)} µs, routed ${formatNumber(cpu.routed)} µs\n`);
+	const loadAtStart = os.loadavg()[0];
+	const env = {
+		MESH_NAMESPACE: namespace,
+		NATS_URL,
+		DATABASE_URL: databaseUrl,
+		JWT_SECRET,
+		LOG_LEVEL: "warn",
+		RATE_LIMIT_PER_KEY: "0",
+		ROUTER_AGENTS_FILE: agentsFile,
+		EVENTS_SUBJECT_PREFIX: namespace.replace(/-/g, "_"),
+		SWAPPER_LOCAL_ECHO_MODELS: "bench-echo",
+		SWAPPER_MAX_CONCURRENCY: "256",
+		SWAPPER_QUEUE: "1024",
+		SWAPPER_LOCAL_ECHO: "false",
+	};
+	try {
+		await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-models", SERVICES: "swapper-proxy", PORT: "0", SWAPPER_LOCAL_ECHO: "true", LOG_LEVEL: "info" }, "Service 'swapper-proxy' started");
+		const port = 19_400 + (process.pid % 500);
+		await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-gateway", SERVICES: "api,router", PORT: String(port), LOG_LEVEL: "info" }, "Service 'router' started");
+
+		// The caller runs the router itself, as a gateway's node does (preferLocal): route → local router → remote model.
+		const settings = loadSettings({ ...env, NODE_ID: "bench-caller" });
+		const options = createBrokerOptions(settings, await resolveTransport(settings));
+		const broker = new ServiceBroker(options);
+		const sequelize = createSequelize({ url: databaseUrl, ssl: false });
+		attachNodeContext(broker, { settings, transport: await resolveTransport(settings), sequelize: EVENTS ? sequelize : null, metricsReporter: options.metricsReporter, startedAt: Date.now() });
+		broker.createService(RouterService);
+		await broker.start();
+		await broker.waitForServices(["swapper-proxy"]);
+		const message = "how much does the router cost on top of the model call";
+		const direct = () => broker.call("swapper-proxy.generate", { model: "bench-echo", messages: [{ role: "system", content: "Answer briefly." }, { role: "user", content: message }] }, { nodeID: "bench-models" });
+		const routed = () => broker.call("router.route", { agent: "bench-agent", message, mode: "public" }, { meta: { user } });
+		for (let i = 0; i < 100 && !(await routed().then(() => true, () => false)); i++) await new Promise(r => setTimeout(r, 100)); // the model's advert has arrived
+		await closedLoop(direct, CONCURRENCY, 1_000);
+		await closedLoop(routed, CONCURRENCY, 1_000);
+
+		const seq = { direct: [] as LoadResult[], routed: [] as LoadResult[] };
+		const loaded = { direct: [] as LoadResult[], routed: [] as LoadResult[] };
+		for (let round = 0; round < ROUNDS; round++) {
+			seq.direct.push(await closedLoop(direct, 1, SECONDS * 500));
+			seq.routed.push(await closedLoop(routed, 1, SECONDS * 500));
+			loaded.direct.push(await closedLoop(direct, CONCURRENCY, SECONDS * 1000));
+			loaded.routed.push(await closedLoop(routed, CONCURRENCY, SECONDS * 1000));
+			process.stdout.write(`round ${round + 1}: p50 direct ${formatNumber(seq.direct[round].p50)} ms, routed ${formatNumber(seq.routed[round].p50)} ms; ${formatNumber(loaded.direct[round].perSecond)} vs ${formatNumber(loaded.routed[round].perSecond)} calls/s\n`);
+		}
+		const seqDirect = median(seq.direct, r => r.p50);
+		const seqRouted = median(seq.routed, r => r.p50);
+		const loadDirect = median(loaded.direct, r => r.perSecond);
+		const loadRouted = median(loaded.routed, r => r.perSecond);
+
+		const token = signToken(JWT_SECRET, user);
+		const gatewayUrl = `http://127.0.0.1:${port}/api/router/route`;
+		const provider: number[] = [];
+		const gateway: number[] = [];
+		for (let i = 0; i < 20; i++) await firstSsePieceMs(gatewayUrl, token); // warm-up
+		for (let i = 0; i < TTFT_SAMPLES; i++) {
+			provider.push(await firstPieceMs(() => broker.call("swapper-proxy.generate", { model: "bench-echo", prompt: message, stream: true }, { nodeID: "bench-models" }) as Promise<Readable>));
+			gateway.push(await firstSsePieceMs(gatewayUrl, token));
+		}
+		provider.sort((a, b) => a - b);
+		gateway.sort((a, b) => a - b);
+		const ttft = { provider: percentile(provider, 50), gateway: percentile(gateway, 50), providerP99: percentile(provider, 99), gatewayP99: percentile(gateway, 99) };
+		await broker.stop();
+		await sequelize.close();
+
+		const overhead = seqRouted.p50 - seqDirect.p50;
+		const text = [
+			`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart.toFixed(1)} at the start and ${os.loadavg()[0].toFixed(1)} at the end (other work shares these cores); NATS ${NATS_URL}; three processes on this machine (caller with the router, a gateway node, a model node with local-echo); agent.run.* events on; median of ${ROUNDS} rounds, variants taking turns.`,
+			"",
+			table(
+				["CPU per call, router and swapper-proxy in one process (µs)", "direct swapper-proxy.generate", "router.route", "router's own CPU"],
+				[["sequential, events off, metrics on", cpu.direct, cpu.routed, formatNumber(cpu.routed - cpu.direct)]],
+			),
+			"",
+			table(
+				["", "direct swapper-proxy.generate", "router.route", "difference"],
+				[
+					["p50, one caller, sequential (ms)", seqDirect.p50, seqRouted.p50, `${formatNumber(overhead)} ms (target ≤ 1 ms)`],
+					["p99, one caller, sequential (ms)", seqDirect.p99, seqRouted.p99, formatNumber(seqRouted.p99 - seqDirect.p99)],
+					[`calls/s, ${CONCURRENCY} concurrent`, loadDirect.perSecond, loadRouted.perSecond, `${formatNumber(loadRouted.perSecond / loadDirect.perSecond)}× (target ≥ 5,000 routed/s)`],
+					["errors", loadDirect.errors + seqDirect.errors, loadRouted.errors + seqRouted.errors, ""],
+				],
+			),
+			"",
+			table(
+				["time to the first streamed piece", "p50 (ms)", "p99 (ms)"],
+				[
+					["swapper-proxy.generate, stream: true, over the mesh (the provider's own first token, seen by a caller)", ttft.provider, ttft.providerP99],
+					["HTTP POST /api/router/route, stream: true, through a gateway node (SSE)", ttft.gateway, ttft.gatewayP99],
+					["difference (target ≤ 5 ms)", ttft.gateway - ttft.provider, ttft.gatewayP99 - ttft.providerP99],
+				],
+			),
+			"",
+			`${TTFT_SAMPLES} sequential samples each. The gateway path includes HTTP, auth, rate limit, the router on the gateway's node and the mesh hop to the model node; the direct path is the mesh hop alone.`,
+		].join("\n");
+		process.stdout.write(`\n${text}\n`);
+		if (EVENTS) writeSection("Router and swapper-proxy (bench/router)", text);
+	} finally {
+		await stopProcesses();
+		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
+	}
+}
+
+main().catch(async err => {
+	process.stderr.write(`${(err as Error).stack}\n`);
+	await stopProcesses();
+	process.exit(1);
+});

@@ -1,0 +1,76 @@
+/// <reference lib="dom" />
+/**
+ * The agent panel in real headless Chromium: the page is served by NODE1, which has no model; the
+ * agent's model (local-echo, streaming a piece every 40 ms) lives on NODE2. The answer must appear
+ * piece by piece, then the panel names NODE2 and the model, and shows the decision.
+ */
+import fs from "fs";
+import path from "path";
+import { chromium, type Browser } from "playwright-core";
+import { ROOT, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
+import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
+import { CHROMIUM_PATH, describeWithBrowser } from "../helpers/requirements";
+
+jest.setTimeout(90_000);
+const JWT_SECRET = "agents-browser-secret-0123456789abcdef";
+const ARTIFACTS = path.join(ROOT, "test-artifacts");
+
+describeWithBrowser("the agent panel in Chromium", () => {
+	const namespace = uniqueNamespace("agentsweb");
+	let node1: NodeProcess;
+	let node2: NodeProcess;
+	let browser: Browser;
+
+	beforeAll(async () => {
+		const env = { ...isolatedMeshEnv(namespace, await freshDatabase("agentsweb"), JWT_SECRET), SWAPPER_ADVERTISE_MS: "300" };
+		[node1, node2] = await Promise.all([
+			startNodeProcess({ ...env, NODE_ID: "agents-node1", SWAPPER_LOCAL_ECHO: "false" }),
+			startNodeProcess({ ...env, NODE_ID: "agents-node2", SWAPPER_LOCAL_ECHO_TOKEN_MS: "40" }),
+		]);
+		await Promise.all([node1, node2].map(n => waitForMesh(n, ["router", "swapper-proxy", "city"], 2, 60_000, "/api/router/agents")));
+		browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: ["--no-sandbox", "--disable-dev-shm-usage"] });
+		fs.mkdirSync(ARTIFACTS, { recursive: true });
+	});
+	afterAll(async () => {
+		await browser?.close();
+		await stopAll([node1, node2]);
+		await dropFreshDatabases();
+	});
+
+	it("asks an agent on NODE1's page, streams the answer from NODE2's model, and shows node, model and decision", async () => {
+		const page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
+		page.on("pageerror", err => process.stdout.write(`[browser] ${err.message}\n`));
+		await page.goto(`${node1.url}/`);
+		await page.fill("#login-user", "ada");
+		await page.click("#login button");
+		await page.waitForSelector("[data-testid=agent-pick] option[value=assistant]", { state: "attached", timeout: 15_000 });
+		await page.selectOption("[data-testid=agent-pick]", "assistant");
+		await page.fill("[data-testid=agent-message]", "which node are you on today");
+		await page.click("[data-testid=agent-ask]");
+
+		// Mid-stream: part of the answer is shown while the final event has not arrived yet.
+		await page.waitForSelector('[data-testid=agent-where]:has-text("answering:")', { timeout: 15_000 });
+		const partial = await page.waitForFunction(() => {
+			const text = document.querySelector("[data-testid=agent-answer]")?.textContent ?? "";
+			const where = document.querySelector("[data-testid=agent-where]")?.textContent ?? "";
+			return text.length > 0 && where.startsWith("answering:") ? text : false;
+		});
+		const partialText = (await partial.jsonValue()) as string;
+
+		await page.waitForSelector("[data-testid=agent-where][data-node=agents-node2]", { timeout: 15_000 });
+		const answer = (await page.textContent("[data-testid=agent-answer]")) ?? "";
+		expect(answer.startsWith(partialText)).toBe(true);
+		expect(answer.length).toBeGreaterThan(partialText.length);
+		expect(answer).toContain("which node are you on today");
+		expect(answer).toContain("[development model local-echo]");
+		expect(await page.textContent("[data-testid=agent-where]")).toMatch(/assistant · local-echo on agents-node2 \(local-echo, development model\)/);
+		expect(await page.textContent("[data-testid=agent-why]")).toContain("local-echo on agents-node2");
+		await page.click("details summary");
+		await page.screenshot({ path: path.join(ARTIFACTS, "agents-panel.png"), fullPage: true });
+
+		// Refusals are shown, not swallowed: the empty question never leaves the page (required field).
+		await page.fill("[data-testid=agent-message]", "");
+		await page.click("[data-testid=agent-ask]");
+		expect(await page.evaluate(() => (document.getElementById("agent-message") as HTMLInputElement).validity.valueMissing)).toBe(true);
+	});
+});
