@@ -43,6 +43,8 @@ interface WsError {
 	type: string;
 	message: string;
 	field?: string;
+	/** set on 5xx faults worth sending again (the database restarting, a node lost) */
+	retryable?: boolean;
 }
 
 interface SocketData {
@@ -99,7 +101,15 @@ function asWsError(err: unknown): WsError {
 	const e = err as { code?: number; type?: string; message?: string; data?: unknown };
 	const field = Array.isArray(e.data) ? (e.data[0] as { field?: string })?.field : (e.data as { field?: string } | undefined)?.field;
 	const code = typeof e.code === "number" && e.code >= 400 && e.code < 600 ? e.code : 500;
-	return { code, type: e.type ?? (code === 500 ? "INTERNAL" : "ERROR"), message: code === 500 ? "Internal error" : (e.message ?? "error"), ...(field ? { field } : {}) };
+	// A database fault (or a lost node, a timeout) is retryable: the socket client may send again.
+	const retryable = (err as { retryable?: boolean }).retryable === true && code >= 500;
+	return {
+		code,
+		type: e.type ?? (code === 500 ? "INTERNAL" : "ERROR"),
+		message: code === 500 ? "Internal error" : (e.message ?? "error"),
+		...(field ? { field } : {}),
+		...(retryable ? { retryable } : {}),
+	};
 }
 
 function refuse(socket: MeshSocket, ack: Ack, problem: WsError): void {
