@@ -94,7 +94,6 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 	const stop = () =>
 		(stopping ??= (async () => {
 			await broker.stop();
-			databaseGuardOf(sequelize)?.close();
 			await sequelize.close().catch(() => undefined);
 			if (database.embedded?.owned) await database.embedded.stop();
 		})());
