@@ -4,6 +4,7 @@
  * lib/transport.ts because choosing it needs a network probe.
  */
 import type { BrokerOptions } from "moleculer";
+import { isDatabaseFault, MeshErrorRegenerator } from "./lib/data/db-faults";
 import { QueryLimitsMiddleware } from "./lib/data/query-limits";
 import { jsonLogger } from "./lib/logger";
 import { InputGuardMiddleware } from "./lib/mesh/input-guard";
@@ -26,6 +27,8 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		metadata: { role: settings.role, version: settings.version, transport: transport.kind },
 		transporter: transport.transporter as BrokerOptions["transporter"],
 		serializer: settings.serializer as BrokerOptions["serializer"],
+		// Database faults cross the mesh typed (a retryable 503), not as a plain Error.
+		errorRegenerator: new MeshErrorRegenerator(),
 		logger: jsonLogger(settings.logLevel),
 		logLevel: settings.logLevel as BrokerOptions["logLevel"],
 
@@ -56,7 +59,9 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			minRequestCount: 10,
 			windowTime: 10,
 			halfOpenTime: 5_000,
-			check: (err: Error & { code?: number }) => !err.code || err.code >= 500,
+			// A database fault is the same on every node: opening breakers would only keep callers away
+			// for halfOpenTime after the database is back.
+			check: (err: Error & { code?: number }) => (!err.code || err.code >= 500) && !isDatabaseFault(err),
 		},
 
 		metrics: {

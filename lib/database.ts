@@ -1,25 +1,46 @@
 /**
- * The one place that opens PostgreSQL connections: Sequelize (for moleculer-db) over pg.
+ * The one place that opens PostgreSQL connections: Sequelize (for moleculer-db) over pg. Every
+ * instance made here is guarded (lib/data/db-guard.ts: typed faults, safe retries, fault monitor) and,
+ * with several hosts configured, follows the primary (lib/data/primary-locator.ts).
  */
 import { Sequelize } from "sequelize";
+import { databaseGuardOf, guardSequelize } from "./data/db-guard";
+import { followPrimary, parseDatabaseTargets, PrimaryLocator, primaryOnlyValidator } from "./data/primary-locator";
 import type { DatabaseLimits, DatabaseSettings } from "./settings";
+
+/**
+ * Connection options that make faults show quickly: a host that does not answer fails the connect
+ * after 2 s (instead of the OS's minutes), and TCP keepalive notices a peer that vanished.
+ */
+const FAULT_DETECTION = { connectionTimeoutMillis: 2_000, keepAlive: true };
 
 /**
  * `limits` caps how long one request can hold a pooled connection: PostgreSQL itself cancels a
  * statement after statement_timeout and ends a session left idle inside a transaction, so a slow
  * query or a stalled handler cannot pin the pool (10 connections) while every other caller waits.
  */
+function sessionLimits(limits: DatabaseLimits | undefined): Record<string, number> {
+	return {
+		...(limits?.statementTimeoutMs ? { statement_timeout: limits.statementTimeoutMs } : {}),
+		...(limits?.idleInTransactionTimeoutMs ? { idle_in_transaction_session_timeout: limits.idleInTransactionTimeoutMs } : {}),
+	};
+}
+
 export function createSequelize(database: DatabaseSettings & { url: string }, limits?: DatabaseLimits, poolMax = 10): Sequelize {
-	return new Sequelize(database.url, {
+	const targets = parseDatabaseTargets(database.url);
+	const locator = targets.hosts.length > 1 ? new PrimaryLocator({ targets, ssl: database.ssl }) : null;
+	const sequelize = new Sequelize(locator ? targets.urlFor(targets.hosts[0]) : database.url, {
 		dialect: "postgres",
 		logging: false,
-		dialectOptions: {
-			...(database.ssl ? { ssl: { require: true, rejectUnauthorized: false } } : {}),
-			...(limits?.statementTimeoutMs ? { statement_timeout: limits.statementTimeoutMs } : {}),
-			...(limits?.idleInTransactionTimeoutMs ? { idle_in_transaction_session_timeout: limits.idleInTransactionTimeoutMs } : {}),
-		},
-		pool: { max: poolMax, min: 0, idle: 10_000, acquire: 5_000 },
+		dialectOptions: { ...(database.ssl ? { ssl: { require: true, rejectUnauthorized: false } } : {}), ...FAULT_DETECTION, ...sessionLimits(limits) },
+		pool: { max: poolMax, min: 0, idle: 10_000, acquire: 5_000, ...(locator ? { validate: primaryOnlyValidator(locator) } : {}) },
 	});
+	const guard = guardSequelize(sequelize);
+	if (locator) {
+		followPrimary(sequelize as never, locator);
+		guard.onUnavailable(() => locator.forget());
+	}
+	return sequelize;
 }
 
 export interface DependencyStatus {
@@ -57,14 +78,19 @@ interface ConnectionManagerLike {
 
 /**
  * A read on a connection from Sequelize's own pool, straight through pg: for hot point reads where
- * Sequelize's query formatting and result processing cost more than the query (bench/memory).
+ * Sequelize's query formatting and result processing cost more than the query (bench/memory). It is an
+ * idempotent read, so database faults are retried like any other (lib/data/db-guard.ts).
  */
 export async function fastQuery<T>(sequelize: Sequelize, sql: string, values: unknown[]): Promise<T[]> {
 	const manager = sequelize.connectionManager as unknown as ConnectionManagerLike;
-	const connection = await manager.getConnection({ type: "SELECT" });
-	try {
-		return (await connection.query<T>(sql, values)).rows;
-	} finally {
-		await manager.releaseConnection(connection);
-	}
+	const attempt = async () => {
+		const connection = await manager.getConnection({ type: "SELECT" });
+		try {
+			return (await connection.query<T>(sql, values)).rows;
+		} finally {
+			await manager.releaseConnection(connection);
+		}
+	};
+	const guard = databaseGuardOf(sequelize);
+	return guard ? guard.read(attempt) : attempt();
 }

@@ -1,19 +1,22 @@
 /**
  * The seed's health document, answered by every gateway:
  *   {status, service, version, uptime, dependencies: {database, nats|transport}, node, mesh}
- * `status` is "healthy" (HTTP 200) or "unhealthy" (HTTP 503) when a required dependency is down.
+ * `status` is "healthy" (HTTP 200); "degraded" (HTTP 503) while the database is unreachable — the node
+ * still answers, with retryable 503s for calls that need it, and turns healthy on the first ping that
+ * works; "unhealthy" (HTTP 503) when the transport is down.
  */
 import type { ServiceBroker } from "moleculer";
+import { databaseGuardOf } from "./data/db-guard";
 import { pingDatabase, type DependencyStatus } from "./database";
 import { nodeContextOf } from "./node-context";
 
 export interface HealthReport {
-	status: "healthy" | "unhealthy";
+	status: "healthy" | "degraded" | "unhealthy";
 	service: string;
 	version: string;
 	uptime: number;
 	node: { id: string; role: string; transport: string };
-	dependencies: Record<string, DependencyStatus & { required: boolean }>;
+	dependencies: Record<string, DependencyStatus & { required: boolean; pool?: { size: number; idle: number; waiting: number } }>;
 	mesh: { nodes_seen: number; nodes_available: number; services_available: string[] };
 	/** what services on this node add (e.g. router: the active rules version) */
 	[section: string]: unknown;
@@ -57,11 +60,15 @@ export function meshSummary(broker: ServiceBroker): HealthReport["mesh"] {
 export async function buildHealthReport(broker: ServiceBroker): Promise<HealthReport> {
 	const context = nodeContextOf(broker);
 	const dependencies: HealthReport["dependencies"] = {};
-	if (context.sequelize) dependencies.database = { ...(await pingDatabase(context.sequelize)), required: true };
-	dependencies[context.transport.kind === "nats" ? "nats" : "transport"] = { ...transportStatus(broker), required: true };
-	const healthy = Object.values(dependencies).every(d => d.status === "up" || !d.required);
+	if (context.sequelize) {
+		const pool = databaseGuardOf(context.sequelize)?.poolStats();
+		dependencies.database = { ...(await pingDatabase(context.sequelize)), required: true, ...(pool ? { pool } : {}) };
+	}
+	const transportName = context.transport.kind === "nats" ? "nats" : "transport";
+	dependencies[transportName] = { ...transportStatus(broker), required: true };
+	const down = Object.entries(dependencies).filter(([, d]) => d.status !== "up" && d.required).map(([name]) => name);
 	return {
-		status: healthy ? "healthy" : "unhealthy",
+		status: down.length === 0 ? "healthy" : down.includes(transportName) ? "unhealthy" : "degraded",
 		service: "daarion-mesh",
 		version: context.settings.version,
 		uptime: Math.round((Date.now() - context.startedAt) / 1000),

@@ -12,6 +12,7 @@
  */
 import { EventEmitter } from "events";
 import { QueryTypes, type Sequelize } from "sequelize";
+import { isDatabaseFault } from "./data/db-faults";
 import { databaseOf, nodeContextOf } from "./node-context";
 
 export interface LeaseOptions {
@@ -130,7 +131,8 @@ class PgLeaderLease extends EventEmitter implements LeaderLease {
 			[row] = await this.opts.sequelize.query<LeaseRow>(ACQUIRE_OR_RENEW, { bind: [this.name, this.holder, this.ttlMs], type: QueryTypes.SELECT });
 		} catch (err) {
 			// Keep the lease until its local deadline; the expiry timer turns us into a follower then.
-			this.opts.log?.warn(`Lease ${this.name}: renewal failed: ${(err as Error).message}`);
+			// A database fault is logged once by the database monitor; a renewal every tick would repeat it.
+			if (!isDatabaseFault(err)) this.opts.log?.warn(`Lease ${this.name}: renewal failed: ${(err as Error).message}`);
 			return;
 		}
 		if (!row) return this.follow();

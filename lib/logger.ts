@@ -44,8 +44,9 @@ function messageOf(args: unknown[]): { message: string; fields: Record<string, u
 	let fields: Record<string, unknown> = {};
 	for (const arg of args) {
 		if (arg instanceof Error) {
-			parts.push(arg.message);
-			fields.error = { name: arg.name, message: arg.message, code: (arg as { code?: unknown }).code };
+			// The message's first line only; the stack goes to err.stack, one JSON string, never into message.
+			parts.push(arg.message.split("\n")[0]);
+			fields.err = { name: arg.name, message: arg.message, code: (arg as { code?: unknown }).code, type: (arg as { type?: unknown }).type, stack: arg.stack };
 		} else if (arg != null && typeof arg === "object") {
 			fields = { ...fields, ...(arg as Record<string, unknown>) };
 		} else {

@@ -20,6 +20,7 @@ import { createHash } from "crypto";
 import fs from "fs";
 import path from "path";
 import { Client } from "pg";
+import { primaryUrl } from "./data/primary-locator";
 
 export const MIGRATIONS_DIR = path.resolve(__dirname, "..", "migrations");
 /** pg_advisory_lock key: "daarion-migrations" folded into a bigint-sized constant. */
@@ -194,7 +195,8 @@ export async function runMigrations(
 ): Promise<MigrationResult> {
 	const log = options.log ?? (() => undefined);
 	const files = readMigrations(options.dir);
-	const client = new Client({ connectionString: databaseUrl });
+	// With several hosts (DB_HOSTS), migrations run on the one that accepts writes.
+	const client = new Client({ connectionString: await primaryUrl(databaseUrl) });
 	await client.connect();
 	try {
 		// Session lock: a second node starting at the same moment waits here, then finds nothing pending.

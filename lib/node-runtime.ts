@@ -6,6 +6,7 @@ import fs from "fs";
 import path from "path";
 import { ServiceBroker, type ServiceSchema } from "moleculer";
 import { createBrokerOptions } from "../moleculer.config";
+import { databaseGuardOf } from "./data/db-guard";
 import { createSequelize } from "./database";
 import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "./embedded-postgres";
 import { readHeap } from "./heap";
@@ -91,6 +92,7 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 		startedAt: Date.now(),
 	});
 
+	databaseGuardOf(sequelize)?.observe(broker);
 	const log = broker.getLogger("node");
 	if (transport.warning) log.warn(transport.warning);
 	log.info(`Transport: ${transport.kind} (${transport.reason})`, { transport: transport.kind, nats_url: transport.natsUrl });

@@ -12,6 +12,7 @@
  */
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Strategies } from "moleculer";
+import { isDatabaseFault } from "./data/db-faults";
 
 /** Per-attempt timeouts. A caller waits on a dead node at most this long before retrying elsewhere. */
 export const TIMEOUT_CLASSES = {
@@ -57,7 +58,9 @@ export const RETRY_POLICY = {
 	delay: 20,
 	maxDelay: 400,
 	factor: 4,
-	check: (err: Error & { retryable?: boolean }) => !!err?.retryable,
+	// Not database faults: the database is the same from every node, and the node that met the fault
+	// already retried the read as long as its timeout class allows (lib/data/db-guard.ts).
+	check: (err: Error & { retryable?: boolean }) => !!err?.retryable && !isDatabaseFault(err),
 };
 
 export interface DetectorSettings {

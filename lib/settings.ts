@@ -5,6 +5,7 @@
 import { createHash } from "crypto";
 import os from "os";
 import { version } from "../package.json";
+import { parseHostList } from "./data/db-hosts";
 
 export type NodeRole = "node1" | "node2" | string;
 
@@ -230,16 +231,27 @@ export function loadMigrationSettings(env: Env = process.env): Pick<MeshSettings
 	return { production, database, embeddedPgDir: env.EMBEDDED_PG_DIR ?? "data/pg", embeddedPgPort: readInt(env, "EMBEDDED_PG_PORT", 54329, 1) };
 }
 
+function readHostList(list: string): string {
+	try {
+		const hosts = parseHostList(list);
+		if (!hosts.length) throw new Error("no host");
+		return hosts.map(h => `${h.host.includes(":") ? `[${h.host}]` : h.host}:${h.port}`).join(",");
+	} catch (err) {
+		throw new SettingsError("DB_HOSTS", `expected host:port[,host:port…]: ${(err as Error).message}`);
+	}
+}
+
 export function resolveDatabaseSettings(env: Env): DatabaseSettings {
 	const sslMode = env.DB_SSLMODE ?? "disable";
 	const ssl = !["disable", "allow", "prefer", ""].includes(sslMode);
 	if (env.DATABASE_URL) return { url: env.DATABASE_URL, ssl: ssl || /sslmode=(require|verify)/.test(env.DATABASE_URL) };
-	if (!env.DB_HOST) return { url: null, ssl: false };
+	if (!env.DB_HOST && !env.DB_HOSTS) return { url: null, ssl: false };
 	const user = encodeURIComponent(env.DB_USER ?? "postgres");
 	const password = env.DB_PASSWORD ? `:${encodeURIComponent(env.DB_PASSWORD)}` : "";
-	const port = readInt(env, "DB_PORT", 5432, 1);
 	const name = env.DB_NAME ?? "daarion";
-	return { url: `postgres://${user}${password}@${env.DB_HOST}:${port}/${name}`, ssl };
+	// DB_HOSTS: the primary and its standbys; nodes connect to whichever accepts writes (lib/data/primary-locator.ts).
+	const hosts = env.DB_HOSTS ? readHostList(env.DB_HOSTS) : `${env.DB_HOST}:${readInt(env, "DB_PORT", 5432, 1)}`;
+	return { url: `postgres://${user}${password}@${hosts}/${name}`, ssl };
 }
 
 export function loadSettings(env: Env = process.env): MeshSettings {

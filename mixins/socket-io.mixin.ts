@@ -59,6 +59,8 @@ interface WsError {
 	message: string;
 	field?: string;
 	retryAfter?: number;
+	/** set on 5xx faults worth sending again (the database restarting, a node lost) */
+	retryable?: boolean;
 }
 
 interface SocketData {
@@ -119,7 +121,15 @@ function asWsError(err: unknown): WsError {
 	const field = Array.isArray(e.data) ? (e.data[0] as { field?: string })?.field : (e.data as { field?: string } | undefined)?.field;
 	const status = e.code ?? (err instanceof AuthError ? e.status : undefined);
 	const code = typeof status === "number" && status >= 400 && status < 600 ? status : 500;
-	return { code, type: e.type ?? (code === 500 ? "INTERNAL" : "ERROR"), message: code === 500 ? "Internal error" : (e.message ?? "error"), ...(field ? { field } : {}) };
+	// A database fault (or a lost node, a timeout) is retryable: the socket client may send again.
+	const retryable = (err as { retryable?: boolean }).retryable === true && code >= 500;
+	return {
+		code,
+		type: e.type ?? (code === 500 ? "INTERNAL" : "ERROR"),
+		message: code === 500 ? "Internal error" : (e.message ?? "error"),
+		...(field ? { field } : {}),
+		...(retryable ? { retryable } : {}),
+	};
 }
 
 function refuse(socket: MeshSocket, ack: Ack, problem: WsError): void {

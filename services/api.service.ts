@@ -2,7 +2,7 @@
  * api: the moleculer-web gateway every node runs.
  *
  *   /api/<service>/<endpoint>   REST aliases generated from each action's `rest` declaration
- *   /health                     the seed's health document (200 healthy, 503 unhealthy)
+ *   /health                     the seed's health document (200 healthy, 503 degraded or unhealthy)
  *   /metrics                    Prometheus text: Moleculer's metrics + the seed's HTTP metrics
  *
  * HTTP concerns live here and nowhere else: request id, rate limit, body parsing, auth, CORS,
@@ -16,6 +16,7 @@ import type { Context, LogLevels, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
 import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/auth";
+import { isDatabaseFault } from "../lib/data/db-faults";
 import { buildHealthReport } from "../lib/health";
 import { acceptIdempotencyKey, acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
 import { InPlaceSeries } from "../lib/lean-metrics";
@@ -297,12 +298,23 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			this.sendJson(req, res, 404, { name: "NotFoundError", message: "Not found", code: 404, type: "NOT_FOUND" });
 		},
 
+		/**
+		 * moleculer-web's default logs "Request error!" with the stack inside the message and then sends;
+		 * every route here has onError (sendJsonError), which logs once, with the stack in its own field.
+		 */
+		errorHandler(req: IncomingMessage, res: ServerResponse, err: Error) {
+			this.sendError(req, res, err);
+		},
+
 		/** Every error is JSON: {name, message, code, type, data}; server errors hide their internals. */
 		sendJsonError(req: IncomingMessage, res: ServerResponse, err: Error & { code?: unknown; type?: string; data?: unknown }) {
 			const status = typeof err.code === "number" && err.code >= 400 && err.code < 600 ? err.code : 500;
 			// moleculer-web raises NOT_FOUND for a path under /api that matches no alias.
 			if (status === 404 && err.type === "NOT_FOUND") return this.send404(req, res);
-			if (status >= 500) this.httpLogger(req, res).error(`HTTP ${status} on ${req.method} ${req.url}`, err);
+			// A database fault is logged once per state change by the node that saw it (lib/data/db-guard.ts),
+			// not once per request that met it.
+			if (isDatabaseFault(err)) this.httpLogger(req, res).debug(`HTTP ${status} on ${req.method} ${req.url}: database unavailable`, { fault: err.data?.fault });
+			else if (status >= 500) this.httpLogger(req, res).error(`HTTP ${status} on ${req.method} ${req.url}`, err);
 			const known = err instanceof Errors.MoleculerError;
 			const body =
 				status >= 500 && !known

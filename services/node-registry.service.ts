@@ -6,6 +6,7 @@
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { QueryTypes } from "sequelize";
+import { isDatabaseFault } from "../lib/data/db-faults";
 import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf } from "../lib/node-context";
@@ -115,7 +116,7 @@ const NodeRegistryService: ServiceSchema = {
 		self.lease = createDutyLease(this.broker, "node-registry", this.logger);
 		await self.lease.start();
 		self.reconcileTimer = setInterval(() => {
-			self.reconcile().catch(err => this.logger.warn(`node-registry reconcile failed: ${(err as Error).message}`));
+			self.reconcile().catch(err => isDatabaseFault(err) || this.logger.warn(`node-registry reconcile failed: ${(err as Error).message}`));
 		}, RECONCILE_EVERY_MS);
 	},
 

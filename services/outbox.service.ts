@@ -6,6 +6,7 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import type { NatsConnection } from "nats";
 import { QueryTypes } from "sequelize";
+import { isDatabaseFault } from "../lib/data/db-faults";
 import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
 import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
@@ -124,7 +125,8 @@ const OutboxService: ServiceSchema = {
 					}
 					if (handled < BATCH_SIZE) await sleep(IDLE_POLL_MS);
 				} catch (err) {
-					this.logger.warn(`Outbox relay batch failed: ${(err as Error).message}`);
+					// Database faults: logged once per outage by the database monitor, not once per batch.
+					if (!isDatabaseFault(err)) this.logger.warn(`Outbox relay batch failed: ${(err as Error).message}`);
 					await sleep(ERROR_PAUSE_MS);
 				}
 			}

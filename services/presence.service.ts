@@ -11,6 +11,7 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
+import { isDatabaseFault } from "../lib/data/db-faults";
 import { AuthError, defineActions, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/auth";
 import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
@@ -373,7 +374,7 @@ const PresenceService: ServiceSchema = {
 		void self.refreshCounts();
 		self.lease = createDutyLease(this.broker, "presence-sweeper", this.logger);
 		await self.lease.start();
-		self.sweepTimer = setInterval(() => self.sweep().catch(err => this.logger.warn(`presence sweep failed: ${(err as Error).message}`)), SWEEP_EVERY_MS);
+		self.sweepTimer = setInterval(() => self.sweep().catch(err => isDatabaseFault(err) || this.logger.warn(`presence sweep failed: ${(err as Error).message}`)), SWEEP_EVERY_MS);
 	},
 
 	async stopped(this: Service) {

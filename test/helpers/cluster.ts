@@ -42,11 +42,12 @@ export function freePort(): Promise<number> {
 	});
 }
 
-export async function startNodeProcess(env: Record<string, string>): Promise<NodeProcess> {
+/** `root`: the checkout to run (benchmarks run an older commit's checkout for their "before" numbers). */
+export async function startNodeProcess(env: Record<string, string>, root = ROOT): Promise<NodeProcess> {
 	const port = env.PORT ? Number(env.PORT) : await freePort();
 	const nodeID = env.NODE_ID ?? `node-${port}`;
-	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "scripts", "run-node.ts")], {
-		cwd: ROOT,
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(root, "scripts", "run-node.ts")], {
+		cwd: root,
 		env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", LOG_LEVEL: "info", ...env, PORT: String(port), NODE_ID: nodeID },
 		stdio: ["ignore", "pipe", "pipe"],
 	});
