@@ -1,14 +1,17 @@
 /**
  * The seed's health document, answered by every gateway:
  *   {status, service, version, uptime, dependencies: {database, nats|transport}, node, mesh}
- * `status` is "healthy" (HTTP 200) or "unhealthy" (HTTP 503) when a required dependency is down.
+ * `status` is "healthy" (HTTP 200), "unhealthy" (HTTP 503) when a required dependency is down, or
+ * "degraded" (HTTP 200) when only an optional one is: the JetStream event stream. Why 200 for degraded
+ * (the seed says 503): load balancers and readiness probes read the code, and taking every gateway
+ * out of service because events are queued in the outbox would turn a delay into an outage.
  */
 import type { ServiceBroker } from "moleculer";
 import { pingDatabase, type DependencyStatus } from "./database";
 import { nodeContextOf } from "./node-context";
 
 export interface HealthReport {
-	status: "healthy" | "unhealthy";
+	status: "healthy" | "degraded" | "unhealthy";
 	service: string;
 	version: string;
 	uptime: number;
@@ -47,9 +50,11 @@ export async function buildHealthReport(broker: ServiceBroker): Promise<HealthRe
 	const dependencies: HealthReport["dependencies"] = {};
 	if (context.sequelize) dependencies.database = { ...(await pingDatabase(context.sequelize)), required: true };
 	dependencies[context.transport.kind === "nats" ? "nats" : "transport"] = { ...transportStatus(broker), required: true };
-	const healthy = Object.values(dependencies).every(d => d.status === "up" || !d.required);
+	// Events wait in the outbox while the stream is away: the node still serves, degraded.
+	if (context.eventStream) dependencies.event_stream = { ...context.eventStream(), required: false };
+	const deps = Object.values(dependencies);
 	return {
-		status: healthy ? "healthy" : "unhealthy",
+		status: deps.some(d => d.status !== "up" && d.required) ? "unhealthy" : deps.some(d => d.status !== "up") ? "degraded" : "healthy",
 		service: "daarion-mesh",
 		version: context.settings.version,
 		uptime: Math.round((Date.now() - context.startedAt) / 1000),
@@ -57,4 +62,9 @@ export async function buildHealthReport(broker: ServiceBroker): Promise<HealthRe
 		dependencies,
 		mesh: meshSummary(broker),
 	};
+}
+
+/** The HTTP code of a health report: only "unhealthy" is 503 (see the header for "degraded"). */
+export function healthHttpStatus(report: HealthReport): number {
+	return report.status === "unhealthy" ? 503 : 200;
 }
