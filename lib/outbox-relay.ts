@@ -28,6 +28,9 @@ export const OUTBOX_METRICS = {
 	/** age of the oldest pending event: grows while the relay is paused or behind */
 	oldestPending: "outbox.lag.seconds",
 	paused: "outbox.relay.paused",
+	dlq: "outbox.dlq.size",
+	replicasConfigured: "event_stream.replicas.configured",
+	replicasOnline: "event_stream.replicas.online",
 	lag: "outbox.relay.lag.seconds",
 	published: "outbox.published.total",
 	failed: "outbox.failed.total",
@@ -178,11 +181,11 @@ export class OutboxRelay {
 
 }
 
-/** Pending rows and the age of the oldest, in one query over the partial index (needs no stream). */
-export async function outboxBacklog(sequelize: Sequelize): Promise<{ pending: number; oldestSeconds: number }> {
-	const [row] = await sequelize.query<{ n: string; age: string | null }>(
-		"SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age FROM outbox WHERE status = 'pending'",
+/** Pending rows, the age of the oldest, and the DLQ size (the pending part uses the partial index; needs no stream). */
+export async function outboxBacklog(sequelize: Sequelize): Promise<{ pending: number; oldestSeconds: number; dead: number }> {
+	const [row] = await sequelize.query<{ n: string; age: string | null; dead: string }>(
+		"SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age, (SELECT count(*) FROM outbox_dlq) AS dead FROM outbox WHERE status = 'pending'",
 		{ type: QueryTypes.SELECT },
 	);
-	return { pending: Number(row.n), oldestSeconds: Math.max(0, Number(row.age ?? 0)) };
+	return { pending: Number(row.n), oldestSeconds: Math.max(0, Number(row.age ?? 0)), dead: Number(row.dead) };
 }

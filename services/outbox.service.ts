@@ -21,8 +21,8 @@ const IDLE_POLL_MS = 50;
 /** Pause after an outage or a failed batch: doubles up to the maximum, back to the minimum on success. */
 const PAUSE_MIN_MS = 1_000;
 const PAUSE_MAX_MS = 30_000;
-/** How often a node that does not relay checks the stream for its own /health. */
-const FOLLOWER_PROBE_MS = 5_000;
+/** How often every node running this service asks JetStream about the stream (its /health, replica gauges). */
+const STREAM_PROBE_MS = 5_000;
 const BATCH_SIZE = 500;
 /** Published rows are kept this long for audits and re-drives, then deleted by the leader. */
 const KEEP_PUBLISHED_HOURS = 24;
@@ -40,6 +40,7 @@ interface OutboxThis extends Service {
 	relayOnce(): Promise<boolean>;
 	diagnose(err: Error): Promise<Outage | null>;
 	reportBacklog(): Promise<void>;
+	probeStream(leading: boolean): Promise<void>;
 }
 
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
@@ -50,6 +51,9 @@ function registerMetrics(service: Service): void {
 	metrics.register({ name: OUTBOX_METRICS.pending, type: "gauge", description: "Outbox rows not yet published (reported by the relaying node, 0 elsewhere)" });
 	metrics.register({ name: OUTBOX_METRICS.oldestPending, type: "gauge", description: "Age in seconds of the oldest unpublished outbox event (relaying node)" });
 	metrics.register({ name: OUTBOX_METRICS.paused, type: "gauge", description: "1 while the relay is paused because the event stream is unavailable" });
+	metrics.register({ name: OUTBOX_METRICS.dlq, type: "gauge", description: "Events in outbox_dlq (relaying node, 0 elsewhere)" });
+	metrics.register({ name: OUTBOX_METRICS.replicasConfigured, type: "gauge", description: "Replicas the JetStream event stream is configured with" });
+	metrics.register({ name: OUTBOX_METRICS.replicasOnline, type: "gauge", description: "Replicas of the event stream up to date now, leader included (below configured: a NATS server is down)" });
 	metrics.register({ name: OUTBOX_METRICS.lag, type: "histogram", buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 5, 30], description: "Seconds from commit to publish" } as never);
 	metrics.register({ name: OUTBOX_METRICS.published, type: "counter", labelNames: ["event_type"], description: "Outbox events published" });
 	metrics.register({ name: OUTBOX_METRICS.failed, type: "counter", labelNames: ["event_type"], description: "Failed publish attempts" });
@@ -149,30 +153,45 @@ const OutboxService: ServiceSchema = {
 		},
 
 		async reportBacklog(this: OutboxThis) {
-			const { pending, oldestSeconds } = await outboxBacklog(databaseOf(this.broker));
+			const { pending, oldestSeconds, dead } = await outboxBacklog(databaseOf(this.broker));
 			this.broker.metrics.set(OUTBOX_METRICS.pending, pending);
+			this.broker.metrics.set(OUTBOX_METRICS.dlq, dead);
 			this.broker.metrics.set(OUTBOX_METRICS.oldestPending, oldestSeconds);
 			this.broker.metrics.set(OUTBOX_METRICS.paused, this.stream.paused ? 1 : 0);
 			await databaseOf(this.broker).query(`DELETE FROM outbox WHERE status = 'published' AND published_at < now() - interval '${KEEP_PUBLISHED_HOURS} hours'`);
 		},
 
+		/**
+		 * Every few seconds: the replica gauges, and the stream state for /health. On the relaying node an
+		 * outage found here pauses the relay even when no event is waiting; its recovery is the relay's to see.
+		 */
+		async probeStream(this: OutboxThis, leading: boolean) {
+			if (!this.nats) return;
+			const probe = await probeEventStream(this.nats, nodeContextOf(this.broker).settings.events.stream);
+			if (probe.replicas) {
+				this.broker.metrics.set(OUTBOX_METRICS.replicasConfigured, probe.replicas.configured);
+				this.broker.metrics.set(OUTBOX_METRICS.replicasOnline, probe.replicas.online);
+			}
+			if (!leading || probe.outage) this.stream.set(probe.outage);
+		},
+
 		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: a partial index). */
 		async relayLoop(this: OutboxThis) {
 			let lastHousekeeping = 0;
-			let lastFollowerProbe = 0;
+			let lastStreamProbe = 0;
 			let pauseMs = PAUSE_MIN_MS;
 			let lastError = "";
 			let leading = false;
 			while (this.running) {
+				if (Date.now() - lastStreamProbe > STREAM_PROBE_MS) {
+					lastStreamProbe = Date.now();
+					await this.probeStream(this.lease.isLeader()).catch(() => undefined);
+				}
 				if (!this.lease.isLeader()) {
 					if (leading) {
 						leading = false;
 						this.relay = null;
-						for (const name of [OUTBOX_METRICS.pending, OUTBOX_METRICS.oldestPending, OUTBOX_METRICS.paused]) this.broker.metrics.set(name, 0);
-					}
-					if (this.nats && Date.now() - lastFollowerProbe > FOLLOWER_PROBE_MS) {
-						lastFollowerProbe = Date.now();
-						this.stream.set((await probeEventStream(this.nats, nodeContextOf(this.broker).settings.events.stream)).outage);
+						for (const name of [OUTBOX_METRICS.pending, OUTBOX_METRICS.oldestPending, OUTBOX_METRICS.paused, OUTBOX_METRICS.dlq]) this.broker.metrics.set(name, 0);
 					}
 					await sleep(IDLE_POLL_MS * 4);
 					continue;
