@@ -36,10 +36,14 @@ export function freePort(): Promise<number> {
 	});
 }
 
-export async function startNodeProcess(env: Record<string, string>): Promise<NodeProcess> {
+/** How a node starts: from the TypeScript source through tsx (default), or the compiled build (`npm run build` first). */
+export const TSX_NODE = ["--import", "tsx", path.join(ROOT, "scripts", "run-node.ts")];
+export const COMPILED_NODE = [path.join(ROOT, "dist", "scripts", "run-node.js")];
+
+export async function startNodeProcess(env: Record<string, string>, args: string[] = TSX_NODE): Promise<NodeProcess> {
 	const port = env.PORT ? Number(env.PORT) : await freePort();
 	const nodeID = env.NODE_ID ?? `node-${port}`;
-	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "scripts", "run-node.ts")], {
+	const child = spawn(process.execPath, args, {
 		cwd: ROOT,
 		env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", LOG_LEVEL: "info", ...env, PORT: String(port), NODE_ID: nodeID },
 		stdio: ["ignore", "pipe", "pipe"],
