@@ -1,6 +1,7 @@
 /**
  * `npm run smoke:prod`: the production topology on this machine, from the deployment files themselves.
- *   build → three nats-servers from docker/nats/nats.conf (cluster routes, client + route auth, JetStream)
+ *   build → three nats-servers from docker/nats/nats-tls.conf (= nats.conf: cluster routes, client + route
+ *   auth, JetStream; plus TLS for clients and routes, with a CA this test generates)
  *   → a fresh database migrated by `node dist/scripts/migrate.js up` → NODE1 and NODE2 from dist/ with
  *   NODE_ENV=production and docker/env/*.env (only addresses rewritten) → a real Prometheus with
  *   docker/prometheus/prometheus.yml (targets and intervals rewritten) and alerts.yml.
@@ -44,7 +45,7 @@ interface NatsServer {
 
 const prometheusInstalled = spawnSync("prometheus", ["--version"]).status === 0;
 
-describeWithPostgres("production topology smoke test (compiled nodes, NATS cluster with auth, real Prometheus)", () => {
+describeWithPostgres("production topology smoke test (compiled nodes, NATS cluster with auth and TLS, real Prometheus)", () => {
 	const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "smoke-prod-"));
 	const secrets = {
 		NATS_USER: "daarion",
@@ -64,11 +65,31 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 	let nc: NatsConnection;
 	let caller: ServiceBroker;
 	let migrateOutput: string;
+	let tls: { ca: string; cert: string; key: string };
+
+	/** A throw-away CA and one server certificate for 127.0.0.1, as docs/OPERATIONS.md "TLS for NATS" makes them. */
+	function makeCertificates(): { ca: string; cert: string; key: string } {
+		const dir = path.join(tmp, "certs");
+		fs.mkdirSync(dir);
+		const files = { ca: path.join(dir, "ca.pem"), caKey: path.join(dir, "ca.key"), cert: path.join(dir, "server.pem"), key: path.join(dir, "server.key"), csr: path.join(dir, "server.csr"), ext: path.join(dir, "san.ext") };
+		fs.writeFileSync(files.ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+		const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+		for (const args of [
+			["req", "-x509", ...ec, "-days", "1", "-subj", "/CN=smoke NATS CA", "-keyout", files.caKey, "-out", files.ca],
+			["req", ...ec, "-subj", "/CN=nats", "-keyout", files.key, "-out", files.csr],
+			["x509", "-req", "-in", files.csr, "-CA", files.ca, "-CAkey", files.caKey, "-CAcreateserial", "-days", "1", "-out", files.cert, "-extfile", files.ext],
+		]) {
+			const out = spawnSync("openssl", args, { encoding: "utf8" });
+			if (out.status !== 0) throw new Error(`openssl ${args[0]}: ${out.stderr}`);
+		}
+		return { ca: files.ca, cert: files.cert, key: files.key };
+	}
 
 	async function startNats(): Promise<void> {
 		const names = ["nats1", "nats2", "nats3"];
 		const ports = await Promise.all(names.map(async () => ({ client: await freePort(), route: await freePort(), monitor: await freePort() })));
 		const base = envFile("docker/env/nats.env");
+		tls = makeCertificates();
 		const routes = Object.fromEntries(ports.map((p, i) => [`NATS_ROUTE_${i + 1}`, `nats-route://${secrets.NATS_CLUSTER_USER}:${secrets.NATS_CLUSTER_PASSWORD}@127.0.0.1:${p.route}`]));
 		for (const [i, name] of names.entries()) {
 			const store = path.join(tmp, name);
@@ -84,14 +105,17 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 				NATS_ROUTE_PORT: String(ports[i].route),
 				NATS_MONITOR_LISTEN: `127.0.0.1:${ports[i].monitor}`,
 				NATS_STORE_DIR: store,
+				NATS_TLS_CERT: tls.cert,
+				NATS_TLS_KEY: tls.key,
+				NATS_TLS_CA: tls.ca,
 			};
-			const child = spawn("nats-server", ["-c", path.join(ROOT, "docker", "nats", "nats.conf")], { env, stdio: "ignore" });
+			const child = spawn("nats-server", ["-c", path.join(ROOT, "docker", "nats", "nats-tls.conf")], { env, stdio: "ignore" });
 			nats.push({ name, clientPort: ports[i].client, routePort: ports[i].route, monitorPort: ports[i].monitor, child });
 		}
 		for (const server of nats) {
 			await waitFor(`${server.name} to route to the other two`, async () => (await getJson(`http://127.0.0.1:${server.monitorPort}/routez`)).body.num_routes === 2, 20_000, 200);
 		}
-		natsUrl = nats.map(s => `nats://127.0.0.1:${s.clientPort}`).join(",");
+		natsUrl = nats.map(s => `tls://127.0.0.1:${s.clientPort}`).join(",");
 	}
 
 	function nodeEnv(name: "node1" | "node2", port: number, db: URL): Record<string, string> {
@@ -102,6 +126,8 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 			NATS_URL: natsUrl,
 			NATS_USER: secrets.NATS_USER,
 			NATS_PASSWORD: secrets.NATS_PASSWORD,
+			NATS_TLS: "1",
+			NATS_TLS_CA: tls.ca,
 			DB_HOST: db.hostname,
 			DB_PORT: db.port || "5432",
 			DB_NAME: db.pathname.slice(1),
@@ -156,10 +182,10 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 		for (const name of ["node1", "node2"] as const) nodes[name] = await startNodeProcess(nodeEnv(name, ports[name], db), COMPILED_NODE);
 		await startPrometheus(ports);
 
-		const settings = loadSettings({ MESH_NAMESPACE: mesh.MESH_NAMESPACE, NODE_ID: "smoke-caller", NATS_URL: natsUrl, NATS_USER: secrets.NATS_USER, NATS_PASSWORD: secrets.NATS_PASSWORD, LOG_LEVEL: "error" });
+		const settings = loadSettings({ MESH_NAMESPACE: mesh.MESH_NAMESPACE, NODE_ID: "smoke-caller", NATS_URL: natsUrl, NATS_USER: secrets.NATS_USER, NATS_PASSWORD: secrets.NATS_PASSWORD, NATS_TLS: "1", NATS_TLS_CA: tls.ca, LOG_LEVEL: "error" });
 		caller = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
 		await caller.start();
-		nc = await connect({ servers: nats.map(s => `127.0.0.1:${s.clientPort}`), user: secrets.NATS_USER, pass: secrets.NATS_PASSWORD });
+		nc = await connect({ servers: nats.map(s => `127.0.0.1:${s.clientPort}`), user: secrets.NATS_USER, pass: secrets.NATS_PASSWORD, tls: { caFile: tls.ca } });
 	}, 120_000);
 
 	afterAll(async () => {
@@ -196,6 +222,12 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 		const stream = await waitFor("the event stream", async () => (await (await nc.jetstreamManager()).streams.info(mesh.NATS_STREAM_EVENTS).catch(() => null)) ?? false, 20_000);
 		expect(stream.config.num_replicas).toBe(3);
 		expect(stream.cluster?.replicas).toHaveLength(2);
+	});
+
+	it("refuses NATS clients that do not trust the CA or lack the password", async () => {
+		const servers = [`127.0.0.1:${nats[0].clientPort}`];
+		await expect(connect({ servers, user: secrets.NATS_USER, pass: secrets.NATS_PASSWORD, reconnect: false })).rejects.toThrow(/certificate/i);
+		await expect(connect({ servers, user: secrets.NATS_USER, pass: "wrong", tls: { caFile: tls.ca }, reconnect: false })).rejects.toThrow(/authorization/i);
 	});
 
 	it("answers a cross-node call on each node through the authenticated NATS cluster", async () => {

@@ -187,6 +187,17 @@ describe("docker compose", () => {
 		expect(conf).toMatch(/jetstream\s*\{/);
 		expect(conf).toMatch(/authorization\s*\{\s*user: \$NATS_USER\s*password: \$NATS_PASSWORD/);
 		expect(conf).toMatch(/cluster\s*\{[\s\S]*authorization\s*\{\s*user: \$NATS_CLUSTER_USER/);
+		// nats-tls.conf repeats the cluster block (a block named twice replaces the first): only tls may differ.
+		const clusterBlock = (text: string) =>
+			/^cluster \{[\s\S]*?^\}/m
+				.exec(text)![0]
+				.replace(/^\s*#.*$/gm, "")
+				.replace(/\btls \{[^}]*\}/, "")
+				.replace(/\s+/g, " ");
+		const tlsConf = read("docker/nats/nats-tls.conf");
+		expect(tlsConf).toMatch(/^include \.\/nats\.conf$/m);
+		expect(clusterBlock(tlsConf)).toBe(clusterBlock(conf));
+		expect(tlsConf).toMatch(/^tls \{[\s\S]*ca_file: \$NATS_TLS_CA/m);
 		for (const { def } of natsServers) expect(def.environment.NATS_ROUTE_1).toMatch(/^nats-route:\/\/route:[0-9a-f]+@[^:]+:6222$/);
 		for (const { file, name, def } of all()) {
 			expect(`${file}:${name}:${def.image}`).not.toMatch(/:latest$|^[^:]+$/);
