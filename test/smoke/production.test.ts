@@ -5,7 +5,7 @@
  *   → a fresh database migrated by `node dist/scripts/migrate.js up` → NODE1 and NODE2 from dist/ with
  *   NODE_ENV=production and docker/env/*.env (only addresses rewritten) → a real Prometheus with
  *   docker/prometheus/prometheus.yml (targets and intervals rewritten) and alerts.yml.
- * Checks: health, a cross-node call, a memory write whose event reaches the R3 stream, SIGKILL of the
+ * Checks: health, a cross-node call, a presence round trip between the nodes, a memory write whose event reaches the R3 stream, SIGKILL of the
  * stream leader's NATS server under load (0 failed idempotent calls, the outbox keeps publishing), the
  * node-down alert firing, every dashboard panel's and alert's PromQL returning a series, a clean stop.
  * Secrets are random per run. Loopback only; every process is stopped at the end.
@@ -25,6 +25,7 @@ import { createBrokerOptions } from "../../moleculer.config";
 import { COMPILED_NODE, freePort, getJson, ROOT, startNodeProcess, waitFor, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, query } from "../helpers/databases";
 import { natsServerInstalled } from "../helpers/nats-server";
+import { connectSocket } from "../helpers/sockets";
 import { describeWithPostgres } from "../helpers/requirements";
 
 const SCRAPE = "2s";
@@ -219,9 +220,13 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 			expect(health.body.dependencies).toMatchObject({ database: { status: "up" }, nats: { status: "up" }, event_stream: { status: "up" } });
 			expect(fs.readFileSync(`/proc/${node.child.pid}/cmdline`, "utf8").split("\0")).toEqual([process.execPath, ...COMPILED_NODE, ""]);
 		}
-		const stream = await waitFor("the event stream", async () => (await (await nc.jetstreamManager()).streams.info(mesh.NATS_STREAM_EVENTS).catch(() => null)) ?? false, 20_000);
+		const stream = await waitFor("the event stream with a leader", async () => {
+			const info = await (await nc.jetstreamManager()).streams.info(mesh.NATS_STREAM_EVENTS).catch(() => null);
+			return !!info?.cluster?.leader && info;
+		}, 20_000);
 		expect(stream.config.num_replicas).toBe(3);
-		expect(stream.cluster?.replicas).toHaveLength(2);
+		// a copy on each server: the leader and two replicas
+		expect(new Set([stream.cluster!.leader, ...(stream.cluster!.replicas ?? []).map(r => r.name)])).toEqual(new Set(["nats1", "nats2", "nats3"]));
 	});
 
 	it("refuses NATS clients that do not trust the CA or lack the password", async () => {
@@ -242,6 +247,20 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 		}
 		const { body } = await getJson(`${nodes.node1.url}/api/mesh/nodes`);
 		expect(body.map((n: { nodeID: string }) => n.nodeID)).toEqual(expect.arrayContaining(["node1", "node2"]));
+	});
+
+	it("carries presence across nodes: a user on NODE2 is seen online, then offline, by a user on NODE1", async () => {
+		const token = (user: string) => signToken(secrets.JWT_SECRET, { id: user, roles: [], teams: [] });
+		const alice = await connectSocket(nodes.node1.url, "/city/presence", { token: token("smoke-alice"), device: "laptop" });
+		try {
+			await alice.next("presence.snapshot");
+			const bob = await connectSocket(nodes.node2.url, "/city/presence", { token: token("smoke-bob"), device: "phone" });
+			await alice.next("presence", d => d.user_id === "smoke-bob" && d.status === "online");
+			bob.close();
+			await alice.next("presence", d => d.user_id === "smoke-bob" && d.status === "offline", 15_000);
+		} finally {
+			alice.close();
+		}
 	});
 
 	async function writeMemory(node: NodeProcess, key: string): Promise<string[]> {
