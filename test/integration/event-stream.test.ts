@@ -93,4 +93,14 @@ describeWithNatsAndPostgres("event stream missing: JetStream off on the NATS ser
 		}, 10_000);
 		expect(metric(text, "outbox_pending")).toBe(0);
 	});
+
+	it("stops promptly on SIGTERM while paused (a backoff never holds up a graceful stop)", async () => {
+		await nats.stop();
+		await nats.start(); // again without -js
+		await waitFor("the pause to be reported", async () => (await getJson(`${node.url}/health`).catch(() => null))?.body?.dependencies?.event_stream?.status === "down", 20_000, 250);
+		await new Promise(resolve => setTimeout(resolve, 3_000)); // into the longer backoff steps
+		const began = Date.now();
+		expect(await node.kill("SIGTERM")).toBe(0);
+		expect(Date.now() - began).toBeLessThan(5_000);
+	});
 });
