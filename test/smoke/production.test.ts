@@ -227,7 +227,7 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 		expect(stream.config.num_replicas).toBe(3);
 		// a copy on each server: the leader and two replicas
 		expect(new Set([stream.cluster!.leader, ...(stream.cluster!.replicas ?? []).map(r => r.name)])).toEqual(new Set(["nats1", "nats2", "nats3"]));
-	});
+	}, 90_000);
 
 	it("refuses NATS clients that do not trust the CA or lack the password", async () => {
 		const servers = [`127.0.0.1:${nats[0].clientPort}`];
@@ -334,7 +334,7 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 			return value === 2 && value;
 		}, 20_000, 500);
 		expect(online).toBe(2);
-	});
+	}, 90_000);
 
 	it("fires MeshNodeDown in Prometheus after NODE2 stops (cleanly: exit 0)", async () => {
 		await waitFor("Prometheus to scrape both nodes", async () => (await promQuery('up{job="daarion-mesh"} == 1')).length === 2, 30_000, 500);
