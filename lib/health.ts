@@ -1,9 +1,13 @@
 /**
  * The seed's health document, answered by every gateway:
  *   {status, service, version, uptime, dependencies: {database, nats|transport}, node, mesh}
- * `status` is "healthy" (HTTP 200); "degraded" (HTTP 503) while the database is unreachable — the node
- * still answers, with retryable 503s for calls that need it, and turns healthy on the first ping that
- * works; "unhealthy" (HTTP 503) when the transport is down.
+ * `status` is "healthy" (HTTP 200) when every dependency is up; "unhealthy" (HTTP 503) when the transport
+ * is down (the node cannot reach the mesh); "degraded" otherwise, with the reason in `dependencies`:
+ * - the database unreachable → HTTP 503: the node still answers, with retryable 503s for calls that need
+ *   the database, and turns healthy on the first ping that works;
+ * - only the JetStream event stream away → HTTP 200: events wait in the outbox, nothing is lost. Why 200
+ *   here (the seed says 503 when degraded): load balancers and readiness probes read the code, and taking
+ *   every gateway out of service because events are queued would turn a delay into an outage.
  */
 import type { ServiceBroker } from "moleculer";
 import { databaseGuardOf } from "./data/db-guard";
@@ -66,7 +70,9 @@ export async function buildHealthReport(broker: ServiceBroker): Promise<HealthRe
 	}
 	const transportName = context.transport.kind === "nats" ? "nats" : "transport";
 	dependencies[transportName] = { ...transportStatus(broker), required: true };
-	const down = Object.entries(dependencies).filter(([, d]) => d.status !== "up" && d.required).map(([name]) => name);
+	// Events wait in the outbox while the stream is away: the node still serves, degraded.
+	if (context.eventStream) dependencies.event_stream = { ...context.eventStream(), required: false };
+	const down = Object.entries(dependencies).filter(([, d]) => d.status !== "up").map(([name]) => name);
 	return {
 		status: down.length === 0 ? "healthy" : down.includes(transportName) ? "unhealthy" : "degraded",
 		service: "daarion-mesh",
@@ -77,4 +83,9 @@ export async function buildHealthReport(broker: ServiceBroker): Promise<HealthRe
 		mesh: meshSummary(broker),
 		...Object.fromEntries([...(sections.get(broker) ?? new Map<string, () => unknown>())].map(([name, section]) => [name, section()])),
 	};
+}
+
+/** The HTTP code of a health report: 503 while a required dependency is down (see the header). */
+export function healthHttpStatus(report: HealthReport): number {
+	return Object.values(report.dependencies).some(d => d.required && d.status !== "up") ? 503 : 200;
 }

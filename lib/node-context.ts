@@ -4,6 +4,7 @@
  */
 import type { ServiceBroker } from "moleculer";
 import type { Sequelize } from "sequelize";
+import type { DependencyStatus } from "./database";
 import type { GatewayPrometheusReporter } from "./metrics";
 import type { MeshSettings } from "./settings";
 import type { TransportChoice } from "./transport";
@@ -15,6 +16,8 @@ export interface NodeContext {
 	sequelize: Sequelize | null;
 	metricsReporter: GatewayPrometheusReporter;
 	startedAt: number;
+	/** set by the outbox service on NATS nodes: the JetStream event stream as /health sees it */
+	eventStream?: () => DependencyStatus;
 }
 
 const contexts = new WeakMap<ServiceBroker, NodeContext>();

@@ -8,7 +8,7 @@ import { ServiceBroker, type ServiceSchema } from "moleculer";
 import { createBrokerOptions } from "../moleculer.config";
 import { databaseGuardOf } from "./data/db-guard";
 import { createSequelize } from "./database";
-import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "./embedded-postgres";
+import type { EmbeddedPostgresHandle } from "./embedded-postgres";
 import { readHeap } from "./heap";
 import { runMigrations } from "./migrations";
 import { attachNodeContext } from "./node-context";
@@ -71,6 +71,9 @@ export interface RunningNode {
 
 async function connectDatabase(settings: MeshSettings): Promise<{ url: string; embedded?: EmbeddedPostgresHandle }> {
 	if (settings.database.url) return { url: settings.database.url };
+	// Development only (production requires DATABASE_URL/DB_HOST): loaded lazily so that the compiled
+	// image, which installs no dev dependencies, never needs the embedded-postgres package.
+	const { startEmbeddedPostgres } = await import("./embedded-postgres");
 	const embedded = await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
 	return { url: embedded.url, embedded };
 }

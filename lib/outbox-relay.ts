@@ -8,6 +8,7 @@
 import type { ServiceBroker } from "moleculer";
 import type { JetStreamClient, NatsConnection } from "nats";
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
+import { probeEventStream, subjectMatches, type Outage } from "./data/event-stream";
 import { prefixedSubject } from "./outbox";
 import type { EventSettings } from "./settings";
 
@@ -24,6 +25,12 @@ export interface OutboxRow {
 
 export const OUTBOX_METRICS = {
 	pending: "outbox.pending",
+	/** age of the oldest pending event: grows while the relay is paused or behind */
+	oldestPending: "outbox.lag.seconds",
+	paused: "outbox.relay.paused",
+	dlq: "outbox.dlq.size",
+	replicasConfigured: "event_stream.replicas.configured",
+	replicasOnline: "event_stream.replicas.online",
 	lag: "outbox.relay.lag.seconds",
 	published: "outbox.published.total",
 	failed: "outbox.failed.total",
@@ -35,17 +42,26 @@ export function streamSubjects(events: EventSettings): string[] {
 	return ["memory.>", "audit.>", "ops.>", "message.>", "presence.>"].map(s => prefixedSubject(events, s));
 }
 
-export async function ensureStream(nc: NatsConnection, events: EventSettings): Promise<void> {
+/**
+ * Creates the event stream, or brings an existing one to the configured subjects and replica count
+ * (NATS_STREAM_REPLICAS: 3 on a three-server cluster, so the stream survives one server; 1 on a
+ * single server). Returns what it changed, for the log.
+ */
+export async function ensureStream(nc: NatsConnection, events: EventSettings): Promise<string | null> {
 	const jsm = await nc.jetstreamManager();
 	const subjects = streamSubjects(events);
+	const replicas = events.streamReplicas;
 	try {
 		const info = await jsm.streams.info(events.stream);
 		const missing = subjects.filter(s => !info.config.subjects?.includes(s));
-		if (missing.length) await jsm.streams.update(events.stream, { ...info.config, subjects: [...(info.config.subjects ?? []), ...missing] });
+		if (!missing.length && info.config.num_replicas === replicas) return null;
+		await jsm.streams.update(events.stream, { ...info.config, subjects: [...(info.config.subjects ?? []), ...missing], num_replicas: replicas });
+		return `stream ${events.stream} updated: replicas ${info.config.num_replicas} → ${replicas}${missing.length ? `, subjects + ${missing.join(" ")}` : ""}`;
 	} catch (err) {
 		if (!/stream not found/i.test((err as Error).message)) throw err;
 		// Two minutes of message-id dedup: longer than any relay restart.
-		await jsm.streams.add({ name: events.stream, subjects, duplicate_window: 120 * 1_000_000_000 });
+		await jsm.streams.add({ name: events.stream, subjects, num_replicas: replicas, duplicate_window: 120 * 1_000_000_000 });
+		return `stream ${events.stream} created with ${replicas} replica(s)`;
 	}
 }
 
@@ -58,7 +74,7 @@ export interface RelayOptions {
 	sequelize: Sequelize;
 	events: EventSettings;
 	/** null on the TCP fallback: Moleculer events only */
-	jetstream: JetStreamClient | null;
+	nats: NatsConnection | null;
 	batchSize?: number;
 }
 
@@ -75,37 +91,61 @@ const MOVE_TO_DLQ = `WITH gone AS (DELETE FROM outbox WHERE id = $1 RETURNING *)
 INSERT INTO outbox_dlq (id, aggregate_type, aggregate_id, event_type, subject, payload, attempts, last_error, created_at)
 SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, attempts + 1, $2, created_at FROM gone`;
 
+export interface BatchResult {
+	/** rows claimed (published, failed or left pending) */
+	handled: number;
+	/** set when the stream is unavailable: the failed rows stay pending, the caller pauses */
+	outage: Outage | null;
+}
+
+/** Errors that say "the stream did not answer", not "this event is wrong". */
+const isUnanswered = (err: Error & { code?: string }) => err.code === "503" || err.code === "TIMEOUT" || /timeout/i.test(err.message);
+
 export class OutboxRelay {
-	constructor(private readonly opts: RelayOptions) {}
+	private readonly jetstream: JetStreamClient | null;
+
+	constructor(private readonly opts: RelayOptions) {
+		this.jetstream = opts.nats ? opts.nats.jetstream() : null;
+	}
 
 	private get metrics() {
 		return this.opts.broker.metrics;
 	}
 
-	/** One batch: publish, then mark. Returns how many rows it handled. */
-	async runBatch(): Promise<number> {
+	/** One batch: publish, then mark. */
+	async runBatch(): Promise<BatchResult> {
 		const { sequelize } = this.opts;
 		return sequelize.transaction(async t => {
 			const rows = await sequelize.query<OutboxRow>(CLAIM_BATCH, { bind: [this.opts.batchSize ?? 500], type: QueryTypes.SELECT, transaction: t });
-			if (!rows.length) return 0;
+			if (!rows.length) return { handled: 0, outage: null };
 			const results = await Promise.all(rows.map(row => this.publish(row).then(() => null, (err: Error) => err)));
 			const published = rows.filter((_, i) => !results[i]);
 			if (published.length) await sequelize.query(MARK_PUBLISHED, { bind: [published.map(r => r.id)], transaction: t });
-			for (const [i, row] of rows.entries()) {
-				const err = results[i];
-				if (err) await this.recordFailure(t, row, err);
-			}
 			this.record(published);
-			return rows.length;
+			const failed = rows.flatMap((row, i) => (results[i] ? [{ row, err: results[i] }] : []));
+			if (!failed.length) return { handled: rows.length, outage: null };
+			const probe = this.opts.nats ? await probeEventStream(this.opts.nats, this.opts.events.stream) : { outage: null, subjects: [] };
+			if (probe.outage) return { handled: rows.length, outage: probe.outage };
+			let outage: Outage | null = null;
+			for (const { row, err } of failed) {
+				// The stream is up and captures this subject, yet did not answer: a leader election or a
+				// restart in progress. Keep the row and pause briefly rather than spend one of its attempts.
+				if (isUnanswered(err) && probe.subjects.some(p => subjectMatches(p, row.subject))) {
+					outage = { code: "stream_unavailable", reason: `JetStream did not acknowledge a publish to a captured subject (${err.message}); retrying` };
+				} else await this.recordFailure(t, row, err);
+			}
+			return { handled: rows.length, outage };
 		});
 	}
 
 	private async publish(row: OutboxRow): Promise<void> {
 		const message = { id: row.id, type: row.event_type, aggregate: { type: row.aggregate_type, id: row.aggregate_id }, ...row.payload };
-		if (this.opts.jetstream) {
-			await this.opts.jetstream.publish(row.subject, JSON.stringify(message), { msgID: row.id, timeout: 2_000 }).catch((err: Error) => {
-				// nats.js reports "no stream for this subject" as a bare 503 (no responders).
-				throw err.message === "503" ? new Error(`no JetStream stream captures subject "${row.subject}" (503 no responders)`) : err;
+		if (this.jetstream) {
+			await this.jetstream.publish(row.subject, JSON.stringify(message), { msgID: row.id, timeout: 2_000 }).catch((err: Error & { code?: string }) => {
+				// nats.js reports "no stream for this subject" as a bare 503 (no responders); runBatch
+				// asks the stream whether that was the subject's fault or an outage.
+				if (err.message !== "503") throw err;
+				throw Object.assign(new Error(`no JetStream stream captures subject "${row.subject}" (503 no responders)`), { code: "503" });
 			});
 		}
 		// In-mesh listeners get it as a Moleculer event too (at-least-once, like the stream).
@@ -125,7 +165,7 @@ export class OutboxRelay {
 		const alert = { severity: "warning", source: "outbox-relay", outbox_id: row.id, event_type: row.event_type, subject: row.subject, attempts, error: reason };
 		this.opts.broker.logger.warn(`Outbox event ${row.id} (${row.event_type}) moved to the DLQ after ${attempts} attempts: ${reason}`, { event: "outbox.dead" });
 		await this.opts.broker.broadcast("ops.alert.warning", alert);
-		await this.opts.jetstream?.publish(prefixedSubject(this.opts.events, "ops.alert.warning"), JSON.stringify(alert), { msgID: `dlq-${row.id}` }).catch(() => undefined);
+		await this.jetstream?.publish(prefixedSubject(this.opts.events, "ops.alert.warning"), JSON.stringify(alert), { msgID: `dlq-${row.id}` }).catch(() => undefined);
 	}
 
 	private record(published: OutboxRow[]): void {
@@ -136,8 +176,13 @@ export class OutboxRelay {
 		}
 	}
 
-	async pendingCount(): Promise<number> {
-		const [{ n }] = await this.opts.sequelize.query<{ n: string }>("SELECT count(*) AS n FROM outbox WHERE status = 'pending'", { type: QueryTypes.SELECT });
-		return Number(n);
-	}
+}
+
+/** Pending rows, the age of the oldest, and the DLQ size (the pending part uses the partial index; needs no stream). */
+export async function outboxBacklog(sequelize: Sequelize): Promise<{ pending: number; oldestSeconds: number; dead: number }> {
+	const [row] = await sequelize.query<{ n: string; age: string | null; dead: string }>(
+		"SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age, (SELECT count(*) FROM outbox_dlq) AS dead FROM outbox WHERE status = 'pending'",
+		{ type: QueryTypes.SELECT },
+	);
+	return { pending: Number(row.n), oldestSeconds: Math.max(0, Number(row.age ?? 0)), dead: Number(row.dead) };
 }

@@ -151,6 +151,8 @@ export const FAILOVER_METRICS = {
 	nodeLeft: "mesh.node.left.total",
 	nodeJoined: "mesh.node.joined.total",
 	breakerTransitions: "mesh.circuit-breaker.transitions.total",
+	/** breakers of this node (as a caller) now open or half-open: a state for alerts, not only transitions */
+	breakersOpen: "mesh.circuit-breaker.open",
 };
 
 function registerFailoverMetrics(broker: ServiceBroker): void {
@@ -173,6 +175,8 @@ function registerFailoverMetrics(broker: ServiceBroker): void {
 		labelNames: ["affectedNodeID", "action", "state"],
 		description: "Circuit breaker state changes seen by this node as a caller",
 	});
+	broker.metrics.register({ name: FAILOVER_METRICS.breakersOpen, type: "gauge", description: "Circuit breakers of this node (as a caller) open or half-open now" });
+	broker.metrics.set(FAILOVER_METRICS.breakersOpen, 0);
 }
 
 /** Why a node left: Moleculer flags removals it did not get a DISCONNECT packet for as unexpected. */
@@ -201,6 +205,7 @@ function onNodeEvents(broker: ServiceBroker, log: Logger): void {
 }
 
 function onBreakerEvents(broker: ServiceBroker, log: Logger): void {
+	const notClosed = new Set<string>();
 	for (const state of ["opened", "half-opened", "closed"] as const) {
 		// Moleculer broadcasts these mesh-wide, but only the caller whose breaker changed sees them on
 		// its localBus: the counter is "breakers of this node as a caller".
@@ -214,6 +219,10 @@ function onBreakerEvents(broker: ServiceBroker, log: Logger): void {
 				failures: payload.failures,
 			});
 			broker.metrics?.increment(FAILOVER_METRICS.breakerTransitions, { affectedNodeID: payload.nodeID, action: payload.action, state });
+			const key = `${payload.nodeID}:${payload.action}`;
+			if (state === "closed") notClosed.delete(key);
+			else notClosed.add(key);
+			broker.metrics?.set(FAILOVER_METRICS.breakersOpen, notClosed.size);
 		});
 	}
 }

@@ -160,6 +160,8 @@ export interface MemorySettings {
 export interface EventSettings {
 	/** JetStream stream the outbox relay publishes to */
 	stream: string;
+	/** replicas of that stream: 3 on a three-server NATS cluster, 1 on a single server */
+	streamReplicas: number;
 	/** prepended to every subject ("" in production; tests and staging meshes sharing a NATS set one) */
 	subjectPrefix: string;
 	outboxMaxAttempts: number;
@@ -332,6 +334,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		},
 		events: {
 			stream: env.NATS_STREAM_EVENTS ?? "DAARION_EVENTS",
+			streamReplicas: readInt(env, "NATS_STREAM_REPLICAS", 1, 1),
 			subjectPrefix: env.EVENTS_SUBJECT_PREFIX ?? "",
 			outboxMaxAttempts: readInt(env, "OUTBOX_MAX_ATTEMPTS", 5, 1),
 			outboxBackoffMs: readInt(env, "OUTBOX_BACKOFF_MS", 500, 1),

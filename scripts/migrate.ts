@@ -4,7 +4,6 @@
  */
 import { runMigrations, type MigrationCommand } from "../lib/migrations";
 import { loadMigrationSettings } from "../lib/settings";
-import { startEmbeddedPostgres } from "../lib/embedded-postgres";
 
 const COMMANDS: MigrationCommand[] = ["up", "down", "status", "dry-run"];
 
@@ -13,7 +12,8 @@ async function main(): Promise<void> {
 	if (!COMMANDS.includes(command)) throw new Error(`unknown command "${command}"; use one of: ${COMMANDS.join(", ")}`);
 	// Only the database matters here: a production deploy migrates before any node (and its secrets) starts.
 	const settings = loadMigrationSettings();
-	const embedded = settings.database.url ? null : await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
+	// The embedded PostgreSQL is a development convenience, loaded only when no database is configured.
+	const embedded = settings.database.url ? null : await (await import("../lib/embedded-postgres")).startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
 	try {
 		const result = await runMigrations(settings.database.url ?? embedded!.url, command, { log: line => process.stdout.write(`${line}\n`) });
 		if (command === "dry-run") process.stdout.write(result.plan.length ? `${result.plan.join("\n\n")}\n` : "nothing pending\n");

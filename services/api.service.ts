@@ -2,7 +2,7 @@
  * api: the moleculer-web gateway every node runs.
  *
  *   /api/<service>/<endpoint>   REST aliases generated from each action's `rest` declaration
- *   /health                     the seed's health document (200 healthy, 503 degraded or unhealthy)
+ *   /health                     the seed's health document (200 healthy; 503 unhealthy, or degraded with a required dependency down)
  *   /metrics                    Prometheus text: Moleculer's metrics + the seed's HTTP metrics
  *
  * HTTP concerns live here and nowhere else: request id, rate limit, body parsing, auth, CORS,
@@ -17,7 +17,7 @@ import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
 import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/auth";
 import { isDatabaseFault } from "../lib/data/db-faults";
-import { buildHealthReport } from "../lib/health";
+import { buildHealthReport, healthHttpStatus } from "../lib/health";
 import { acceptIdempotencyKey, acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
 import { InPlaceSeries } from "../lib/lean-metrics";
 import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
@@ -209,12 +209,12 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 
 		async sendHealth(req: IncomingMessage, res: ServerResponse) {
 			const report = await buildHealthReport(this.broker);
-			const healthy = report.status === "healthy";
+			const healthy = report.status !== "unhealthy";
 			this.broker.metrics.set(HTTP_METRICS.serviceHealth, healthy ? 1 : 0, { dependency: "node" });
 			for (const [name, dep] of Object.entries(report.dependencies)) {
 				this.broker.metrics.set(HTTP_METRICS.serviceHealth, dep.status === "up" ? 1 : 0, { dependency: name });
 			}
-			this.sendJson(req, res, healthy ? 200 : 503, report);
+			this.sendJson(req, res, healthHttpStatus(report), report);
 		},
 
 		/** GET /auth/dev-token?user=alice → {token}: a one-hour user token, development only (labelled as such). */

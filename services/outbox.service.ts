@@ -1,6 +1,9 @@
 /**
  * outbox: runs the outbox relay (lib/outbox-relay.ts) on exactly one node of the mesh — the holder
- * of the "outbox-relay" leader lease, NODE1 by preference — and reports on it.
+ * of the "outbox-relay" leader lease, NODE1 by preference — and reports on it. When the event stream
+ * is unavailable the relay pauses with backoff (events stay pending); every node running this service
+ * reports the stream as the `event_stream` dependency of /health, and the leader exports
+ * outbox_pending, outbox_lag_seconds and outbox_relay_paused.
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
@@ -11,11 +14,19 @@ import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
 import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
-import { ensureStream, OUTBOX_METRICS, OutboxRelay } from "../lib/outbox-relay";
+import { EventStreamState, probeEventStream, type Outage } from "../lib/data/event-stream";
+import { ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay } from "../lib/outbox-relay";
 import { actionPolicy } from "../lib/resilience";
 
 const IDLE_POLL_MS = 50;
-const ERROR_PAUSE_MS = 1_000;
+/**
+ * Pause after an outage or a failed batch: doubles up to the maximum, back to the minimum on success. The
+ * maximum bounds how late the relay notices a recovery; one probe per 10 s costs the stream nothing.
+ */
+const PAUSE_MIN_MS = 1_000;
+const PAUSE_MAX_MS = 10_000;
+/** How often every node running this service asks JetStream about the stream (its /health, replica gauges). */
+const STREAM_PROBE_MS = 5_000;
 const BATCH_SIZE = 500;
 /** Published rows are kept this long for audits and re-drives, then deleted by the leader. */
 const KEEP_PUBLISHED_HOURS = 24;
@@ -26,8 +37,15 @@ interface OutboxThis extends Service {
 	running: boolean;
 	loop: Promise<void> | null;
 	mode: "jetstream" | "moleculer-events-only";
+	stream: EventStreamState;
+	nats: NatsConnection | null;
 	startRelay(): Promise<void>;
 	relayLoop(): Promise<void>;
+	relayOnce(): Promise<boolean>;
+	diagnose(err: Error): Promise<Outage | null>;
+	reportBacklog(): Promise<void>;
+	probeStream(leading: boolean): Promise<void>;
+	pauseFor(ms: number): Promise<void>;
 }
 
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
@@ -35,7 +53,12 @@ const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 function registerMetrics(service: Service): void {
 	const metrics = service.broker.metrics;
 	if (!service.broker.isMetricsEnabled()) return;
-	metrics.register({ name: OUTBOX_METRICS.pending, type: "gauge", description: "Outbox rows not yet published" });
+	metrics.register({ name: OUTBOX_METRICS.pending, type: "gauge", description: "Outbox rows not yet published (reported by the relaying node, 0 elsewhere)" });
+	metrics.register({ name: OUTBOX_METRICS.oldestPending, type: "gauge", description: "Age in seconds of the oldest unpublished outbox event (relaying node)" });
+	metrics.register({ name: OUTBOX_METRICS.paused, type: "gauge", description: "1 while the relay is paused because the event stream is unavailable" });
+	metrics.register({ name: OUTBOX_METRICS.dlq, type: "gauge", description: "Events in outbox_dlq (relaying node, 0 elsewhere)" });
+	metrics.register({ name: OUTBOX_METRICS.replicasConfigured, type: "gauge", description: "Replicas the JetStream event stream is configured with" });
+	metrics.register({ name: OUTBOX_METRICS.replicasOnline, type: "gauge", description: "Replicas of the event stream up to date now, leader included (below configured: a NATS server is down)" });
 	metrics.register({ name: OUTBOX_METRICS.lag, type: "histogram", buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 5, 30], description: "Seconds from commit to publish" } as never);
 	metrics.register({ name: OUTBOX_METRICS.published, type: "counter", labelNames: ["event_type"], description: "Outbox events published" });
 	metrics.register({ name: OUTBOX_METRICS.failed, type: "counter", labelNames: ["event_type"], description: "Failed publish attempts" });
@@ -93,42 +116,118 @@ const OutboxService: ServiceSchema = {
 
 	methods: {
 		async startRelay(this: OutboxThis) {
-			const { settings, transport } = nodeContextOf(this.broker);
-			const nc = transport.kind === "nats" ? ((this.broker.transit as unknown as { tx: { client?: NatsConnection } }).tx.client ?? null) : null;
-			this.mode = nc ? "jetstream" : "moleculer-events-only";
-			if (nc) await ensureStream(nc, settings.events);
-			else this.logger.warn("Outbox relay: no NATS (TCP fallback), so events go out as Moleculer events only, not to JetStream");
+			const { settings } = nodeContextOf(this.broker);
+			this.mode = this.nats ? "jetstream" : "moleculer-events-only";
+			if (this.nats) {
+				const changed = await ensureStream(this.nats, settings.events);
+				if (changed) this.logger.info(`Outbox relay: ${changed}`, { event: "outbox.stream" });
+			} else this.logger.warn("Outbox relay: no NATS (TCP fallback), so events go out as Moleculer events only, not to JetStream");
 			this.relay = new OutboxRelay({
 				broker: this.broker,
 				sequelize: databaseOf(this.broker),
 				events: settings.events,
-				jetstream: nc ? nc.jetstream() : null,
+				nats: this.nats,
 				batchSize: BATCH_SIZE,
 			});
+		},
+
+		/** After a failure: is the stream the cause (pause, events stay pending) or something else? */
+		async diagnose(this: OutboxThis, err: Error) {
+			if (!this.nats) return null;
+			const { outage } = await probeEventStream(this.nats, nodeContextOf(this.broker).settings.events.stream);
+			// ensureStream met a stream it could not create or update (e.g. R3 asked of a single server).
+			return outage ?? (this.relay ? null : { code: "stream_unavailable", reason: `The event stream could not be set up: ${err.message}` });
+		},
+
+		/** One step while leading; true when the caller should pause (outage or failure). */
+		async relayOnce(this: OutboxThis) {
+			const { settings } = nodeContextOf(this.broker);
+			if (this.stream.paused && this.nats && this.relay) {
+				// Paused: ask the stream first instead of timing out a whole batch again.
+				const { outage } = await probeEventStream(this.nats, settings.events.stream);
+				this.stream.set(outage);
+				if (outage) return true;
+			}
+			if (!this.relay) await this.startRelay();
+			const { handled, outage } = await this.relay!.runBatch();
+			this.stream.set(outage);
+			if (outage) return true;
+			if (handled < BATCH_SIZE) await sleep(IDLE_POLL_MS);
+			return false;
+		},
+
+		async reportBacklog(this: OutboxThis) {
+			const { pending, oldestSeconds, dead } = await outboxBacklog(databaseOf(this.broker));
+			this.broker.metrics.set(OUTBOX_METRICS.pending, pending);
+			this.broker.metrics.set(OUTBOX_METRICS.dlq, dead);
+			this.broker.metrics.set(OUTBOX_METRICS.oldestPending, oldestSeconds);
+			this.broker.metrics.set(OUTBOX_METRICS.paused, this.stream.paused ? 1 : 0);
+			await databaseOf(this.broker).query(`DELETE FROM outbox WHERE status = 'published' AND published_at < now() - interval '${KEEP_PUBLISHED_HOURS} hours'`);
+		},
+
+		/**
+		 * Every few seconds: the replica gauges, and the stream state for /health. On the relaying node an
+		 * outage found here pauses the relay even when no event is waiting; its recovery is the relay's to see.
+		 */
+		async probeStream(this: OutboxThis, leading: boolean) {
+			if (!this.nats) return;
+			const probe = await probeEventStream(this.nats, nodeContextOf(this.broker).settings.events.stream);
+			if (probe.replicas) {
+				this.broker.metrics.set(OUTBOX_METRICS.replicasConfigured, probe.replicas.configured);
+				this.broker.metrics.set(OUTBOX_METRICS.replicasOnline, probe.replicas.online);
+			}
+			if (!leading || probe.outage) this.stream.set(probe.outage);
+		},
+
+		/** A pause that a stopping node cuts short: SIGTERM must not wait out a backoff. */
+		async pauseFor(this: OutboxThis, ms: number) {
+			const until = Date.now() + ms;
+			while (this.running && Date.now() < until) await sleep(Math.min(100, until - Date.now()));
 		},
 
 		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: a partial index). */
 		async relayLoop(this: OutboxThis) {
 			let lastHousekeeping = 0;
+			let lastStreamProbe = 0;
+			let pauseMs = PAUSE_MIN_MS;
+			let lastError = "";
+			let leading = false;
 			while (this.running) {
+				if (Date.now() - lastStreamProbe > STREAM_PROBE_MS) {
+					lastStreamProbe = Date.now();
+					await this.probeStream(this.lease.isLeader()).catch(() => undefined);
+				}
 				if (!this.lease.isLeader()) {
+					if (leading) {
+						leading = false;
+						this.relay = null;
+						for (const name of [OUTBOX_METRICS.pending, OUTBOX_METRICS.oldestPending, OUTBOX_METRICS.paused, OUTBOX_METRICS.dlq]) this.broker.metrics.set(name, 0);
+					}
 					await sleep(IDLE_POLL_MS * 4);
 					continue;
 				}
+				leading = true;
+				let pause = false;
 				try {
-					if (!this.relay) await this.startRelay();
-					const handled = await this.relay!.runBatch();
-					if (Date.now() - lastHousekeeping > 1_000) {
-						lastHousekeeping = Date.now();
-						this.broker.metrics.set(OUTBOX_METRICS.pending, await this.relay!.pendingCount());
-						await databaseOf(this.broker).query(`DELETE FROM outbox WHERE status = 'published' AND published_at < now() - interval '${KEEP_PUBLISHED_HOURS} hours'`);
-					}
-					if (handled < BATCH_SIZE) await sleep(IDLE_POLL_MS);
+					pause = await this.relayOnce();
+					lastError = "";
 				} catch (err) {
-					// Database faults: logged once per outage by the database monitor, not once per batch.
-					if (!isDatabaseFault(err)) this.logger.warn(`Outbox relay batch failed: ${(err as Error).message}`);
-					await sleep(ERROR_PAUSE_MS);
+					const outage = await this.diagnose(err as Error);
+					this.stream.set(outage);
+					// Not the stream: one line per distinct error, not one per retry; database faults are logged
+					// once per outage by the database monitor (lib/data/db-guard.ts).
+					if (!outage && !isDatabaseFault(err) && (err as Error).message !== lastError) this.logger.warn(`Outbox relay batch failed, retrying with backoff: ${(err as Error).message}`);
+					lastError = (err as Error).message;
+					pause = true;
 				}
+				if (Date.now() - lastHousekeeping > 1_000) {
+					lastHousekeeping = Date.now();
+					await this.reportBacklog().catch(() => undefined);
+				}
+				if (pause) {
+					await this.pauseFor(pauseMs);
+					pauseMs = Math.min(pauseMs * 2, PAUSE_MAX_MS);
+				} else pauseMs = PAUSE_MIN_MS;
 			}
 		},
 	},
@@ -141,6 +240,10 @@ const OutboxService: ServiceSchema = {
 		const self = this as OutboxThis;
 		self.relay = null;
 		self.mode = "jetstream";
+		const context = nodeContextOf(this.broker);
+		self.nats = context.transport.kind === "nats" ? ((this.broker.transit as unknown as { tx: { client?: NatsConnection } }).tx.client ?? null) : null;
+		self.stream = new EventStreamState(this.logger);
+		if (self.nats) context.eventStream = () => self.stream.dependency();
 		self.lease = createDutyLease(this.broker, "outbox-relay", this.logger);
 		await self.lease.start();
 		self.running = true;
@@ -151,6 +254,7 @@ const OutboxService: ServiceSchema = {
 		const self = this as OutboxThis;
 		self.running = false;
 		await self.loop;
+		nodeContextOf(this.broker).eventStream = undefined;
 		await self.lease?.stop();
 	},
 };

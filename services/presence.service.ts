@@ -53,6 +53,8 @@ const USER_STATUS = `SELECT $1::text AS user_id, ${USER_PRESENCE_COLUMNS} FROM p
 
 const STATUS_COUNTS = `SELECT status, count(*)::int AS users FROM (SELECT ${USER_PRESENCE_COLUMNS} FROM presence_devices GROUP BY user_id) per_user GROUP BY status`;
 export const PRESENCE_USERS_METRIC = "presence_users";
+/** Unix time of the last completed sweep on this node (0 where it never swept): the "sweeper not running" alert reads its max. */
+export const PRESENCE_SWEEP_METRIC = "presence.sweep.last.timestamp.seconds";
 /** After a status change anywhere in the mesh, the counts gauge is read again this much later (changes in between share one query). */
 const COUNTS_AFTER_CHANGE_MS = 1_000;
 
@@ -317,6 +319,7 @@ const PresenceService: ServiceSchema = {
 				 RETURNING user_id`,
 				{ bind: [graceMs, awayAfterMs, 3 * heartbeatMs], type: QueryTypes.SELECT },
 			);
+			this.broker.metrics?.set(PRESENCE_SWEEP_METRIC, Date.now() / 1000);
 			if (changed.length) await this.announce(changed.map(r => r.user_id));
 		},
 
@@ -367,6 +370,8 @@ const PresenceService: ServiceSchema = {
 			labelNames: ["status"],
 			description: "Users per presence status across the mesh (a user is as present as their most present device); every node reports the same figures",
 		});
+		this.broker.metrics.register({ name: PRESENCE_SWEEP_METRIC, type: "gauge", description: "Unix time of the last presence sweep on this node (0: never; only the lease holder sweeps)" });
+		this.broker.metrics.set(PRESENCE_SWEEP_METRIC, 0);
 	},
 
 	async started(this: Service) {

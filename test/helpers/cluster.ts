@@ -42,12 +42,16 @@ export function freePort(): Promise<number> {
 	});
 }
 
-/** `root`: the checkout to run (benchmarks run an older commit's checkout for their "before" numbers). */
-export async function startNodeProcess(env: Record<string, string>, root = ROOT): Promise<NodeProcess> {
+/** How a node starts: from the TypeScript source of a checkout through tsx (benchmarks run an older commit's checkout for their "before" numbers), or the compiled build (`npm run build` first). */
+export const tsxNode = (root = ROOT) => ["--import", "tsx", path.join(root, "scripts", "run-node.ts")];
+export const TSX_NODE = tsxNode();
+export const COMPILED_NODE = [path.join(ROOT, "dist", "scripts", "run-node.js")];
+
+export async function startNodeProcess(env: Record<string, string>, args: string[] = TSX_NODE, cwd = ROOT): Promise<NodeProcess> {
 	const port = env.PORT ? Number(env.PORT) : await freePort();
 	const nodeID = env.NODE_ID ?? `node-${port}`;
-	const child = spawn(process.execPath, ["--import", "tsx", path.join(root, "scripts", "run-node.ts")], {
-		cwd: root,
+	const child = spawn(process.execPath, args, {
+		cwd,
 		env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", LOG_LEVEL: "info", ...env, PORT: String(port), NODE_ID: nodeID },
 		stdio: ["ignore", "pipe", "pipe"],
 	});

@@ -11,7 +11,7 @@
  */
 import { randomUUID } from "crypto";
 import { signToken } from "../../lib/auth";
-import { startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "./cluster";
+import { startNodeProcess, tsxNode, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "./cluster";
 import { subjectPrefixFor, streamFor } from "./databases";
 import { LOCAL_NATS_URL } from "./requirements";
 
@@ -74,9 +74,9 @@ export async function startChaosMesh(options: ChaosMeshOptions): Promise<ChaosMe
 		...options.extraEnv,
 	};
 	// One first, so that the two do not race for the migration lock on a fresh database.
-	const first = await startNodeProcess({ ...env, NODE_ID: `${namespace}-a`, NODE_ROLE: "node1" }, options.root);
+	const first = await startNodeProcess({ ...env, NODE_ID: `${namespace}-a`, NODE_ROLE: "node1" }, tsxNode(options.root), options.root);
 	await waitForMesh(first, ["memory"], 1, 60_000, "/api/memory/memories");
-	const second = await startNodeProcess({ ...env, NODE_ID: `${namespace}-b`, NODE_ROLE: "node2" }, options.root);
+	const second = await startNodeProcess({ ...env, NODE_ID: `${namespace}-b`, NODE_ROLE: "node2" }, tsxNode(options.root), options.root);
 	await waitForMesh(second, ["memory"], 2, 60_000, "/api/memory/memories");
 	return { nodes: [first, second], env, stop: () => stopAll([first, second]) };
 }

@@ -11,7 +11,8 @@ export interface TestNatsServer {
 	port: number;
 	url: string;
 	stop(): Promise<void>;
-	start(): Promise<void>;
+	/** starts again on the same port, with other arguments when given (e.g. -js added) */
+	start(args?: string[]): Promise<void>;
 }
 
 function portAnswers(port: number): boolean {
@@ -25,8 +26,8 @@ export async function startNatsServer(extraArgs: string[] = []): Promise<TestNat
 	const server: TestNatsServer = {
 		port,
 		url: `nats://127.0.0.1:${port}`,
-		async start() {
-			child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), ...extraArgs], { stdio: "ignore" });
+		async start(args = extraArgs) {
+			child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), ...args], { stdio: "ignore" });
 			await waitFor(`nats-server on ${port}`, async () => portAnswers(port), 10_000, 50);
 		},
 		async stop() {
