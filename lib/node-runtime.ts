@@ -57,7 +57,8 @@ async function connectDatabase(settings: MeshSettings): Promise<{ url: string; e
 	return { url: embedded.url, embedded };
 }
 
-export async function startNode(settings: MeshSettings): Promise<RunningNode> {
+/** `extraServices`: schemas loaded besides the chosen services/ files (test doubles). */
+export async function startNode(settings: MeshSettings, extraServices: ServiceSchema[] = []): Promise<RunningNode> {
 	const transport = await resolveTransport(settings);
 	const services = chooseServices(settings.services, availableServices());
 	const database = await connectDatabase(settings);
@@ -86,6 +87,7 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 		log.info(`Migrations: ${result.applied.length} applied, ${result.status.length} known`);
 	}
 	for (const name of services) broker.createService(loadServiceSchema(name));
+	for (const schema of extraServices) broker.createService(schema);
 	await broker.start();
 
 	let stopping: Promise<void> | null = null;

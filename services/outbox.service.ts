@@ -4,11 +4,11 @@
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
-import type { NatsConnection } from "nats";
 import { QueryTypes } from "sequelize";
 import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
 import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
+import { natsConnectionOf } from "../lib/mesh/nats-connection";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { ensureStream, OUTBOX_METRICS, OutboxRelay } from "../lib/outbox-relay";
 import { actionPolicy } from "../lib/resilience";
@@ -92,8 +92,8 @@ const OutboxService: ServiceSchema = {
 
 	methods: {
 		async startRelay(this: OutboxThis) {
-			const { settings, transport } = nodeContextOf(this.broker);
-			const nc = transport.kind === "nats" ? ((this.broker.transit as unknown as { tx: { client?: NatsConnection } }).tx.client ?? null) : null;
+			const { settings } = nodeContextOf(this.broker);
+			const nc = natsConnectionOf(this.broker);
 			this.mode = nc ? "jetstream" : "moleculer-events-only";
 			if (nc) await ensureStream(nc, settings.events);
 			else this.logger.warn("Outbox relay: no NATS (TCP fallback), so events go out as Moleculer events only, not to JetStream");

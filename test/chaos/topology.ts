@@ -20,8 +20,9 @@ export interface ChaosMesh {
 	stop(): Promise<void>;
 }
 
+/** Actor nodes carry the test doubles too (the drill write that holds its transaction open). */
 export async function startActorNode(env: Record<string, string>, nodeID: string, role: string): Promise<NodeProcess> {
-	return startNodeProcess({ ...env, NODE_ID: nodeID, NODE_ROLE: role });
+	return startNodeProcess({ ...env, NODE_ID: nodeID, NODE_ROLE: role }, "test/helpers/run-node-with-doubles.ts");
 }
 
 /** Every node sees every other one, and the gateway routes /api/mesh/* to the actors. */

@@ -36,10 +36,11 @@ export function freePort(): Promise<number> {
 	});
 }
 
-export async function startNodeProcess(env: Record<string, string>): Promise<NodeProcess> {
+/** `script`: the entry point, relative to the checkout (test/helpers/run-node-with-doubles.ts adds test doubles). */
+export async function startNodeProcess(env: Record<string, string>, script = path.join("scripts", "run-node.ts")): Promise<NodeProcess> {
 	const port = env.PORT ? Number(env.PORT) : await freePort();
 	const nodeID = env.NODE_ID ?? `node-${port}`;
-	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "scripts", "run-node.ts")], {
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, script)], {
 		cwd: ROOT,
 		env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", LOG_LEVEL: "info", ...env, PORT: String(port), NODE_ID: nodeID },
 		stdio: ["ignore", "pipe", "pipe"],
