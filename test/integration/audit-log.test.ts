@@ -6,13 +6,17 @@
  * role while its trigger is on, the application role cannot disable the trigger, and a superuser's
  * edit with the trigger off is named by /verify as the first broken link.
  */
+import { spawnSync } from "child_process";
 import { randomUUID } from "crypto";
+import fs from "fs";
+import os from "os";
+import path from "path";
 import { connect, type NatsConnection } from "nats";
 import { Client } from "pg";
 import { Sequelize } from "sequelize";
 import { signToken } from "../../lib/auth";
 import { AuditWriter, FencedOutError } from "../../lib/data/audit-writer";
-import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
+import { getJson, ROOT, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query, streamFor, subjectPrefixFor } from "../helpers/databases";
 import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
 
@@ -160,6 +164,26 @@ describeWithNatsAndPostgres("audit_log: hash chain, exactly once, append-only", 
 		} finally {
 			await sequelize.close();
 		}
+	});
+
+	it("npm run audit:export writes the chain as JSON lines that verify on their own, and a changed line is named", async () => {
+		const dir = fs.mkdtempSync(path.join(os.tmpdir(), "audit-export-"));
+		const file = path.join(dir, "audit.jsonl");
+		const run = (args: string[]) => spawnSync(process.execPath, ["--import", "tsx", path.join(ROOT, "scripts", "audit-export.ts"), ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? "", DATABASE_URL: databaseUrl }, encoding: "utf8" });
+		const from = new Date(Date.now() - 3_600_000).toISOString();
+		const exported = run(["--from", from, "--to", new Date(Date.now() + 60_000).toISOString(), "--out", file]);
+		expect(exported.stderr).toMatch(/rows/);
+		const lines = fs.readFileSync(file, "utf8").trim().split("\n");
+		expect(JSON.parse(lines[0])).toMatchObject({ type: "audit-export", first_seq: 1, count: await count(), anchor: "0".repeat(64) });
+		expect(lines).toHaveLength((await count()) + 1);
+		expect(JSON.parse(run(["--verify", file]).stdout)).toEqual({ ok: true, checked: await count() });
+
+		const row = JSON.parse(lines[7]);
+		lines[7] = JSON.stringify({ ...row, actor: "someone-else" });
+		fs.writeFileSync(file, lines.join("\n"));
+		const tampered = run(["--verify", file]);
+		expect(tampered.status).toBe(2);
+		expect(JSON.parse(tampered.stdout)).toEqual({ ok: false, first_broken: { id: row.id, seq: row.seq } });
 	});
 
 	it("append-only: UPDATE/DELETE/TRUNCATE rejected for every role; the app role cannot disable the trigger; a superuser's edit is named by /verify", async () => {
