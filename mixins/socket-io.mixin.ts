@@ -16,6 +16,7 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { Server, type Namespace, type Socket } from "socket.io";
 import type { DefaultEventsMap } from "socket.io/dist/typed-events";
 import { AuthError, verifyTokenClaims, type MeshUser, type VerifiedToken } from "../lib/auth";
+import { auditSecurityDecision } from "../lib/data/audit-events";
 import { HTTP_METRICS } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { jwtSecretOf } from "../lib/settings";
@@ -233,7 +234,10 @@ export const SocketIoMixin: ServiceSchema = {
 			try {
 				return verifyTokenClaims(jwtSecretOf(nodeContextOf(this.broker).settings), token);
 			} catch (err) {
-				if (err instanceof AuthError) throw Object.assign(err, { code: 401 });
+				if (err instanceof AuthError) {
+					auditSecurityDecision(this.broker, null, { service: "socket", action: "authn_failed", client: socket.handshake.address, reason: err.type, target: socket.nsp.name });
+					throw Object.assign(err, { code: 401 });
+				}
 				throw err;
 			}
 		},

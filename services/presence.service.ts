@@ -12,6 +12,7 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { AuthError, defineActions, INTERNAL_ACCESS, requireUser, verifyToken, type MeshUser } from "../lib/auth";
+import { auditEvent } from "../lib/data/audit-events";
 import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
@@ -133,8 +134,10 @@ const PresenceService: ServiceSchema = {
 			...WRITE,
 			access: INTERNAL_ACCESS,
 			params: { user_id: { type: "string", min: 1, max: 200 }, device_id: DEVICE, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string; device_id?: string }>) {
-				return ctx.call("presence.heartbeat", { user_id: ctx.params.user_id, device_id: ctx.params.device_id ?? "matrix", node_id: "http", active: true });
+			async handler(this: Service, ctx: Context<{ user_id: string; device_id?: string }, { user?: MeshUser }>) {
+				const result = await ctx.call("presence.heartbeat", { user_id: ctx.params.user_id, device_id: ctx.params.device_id ?? "matrix", node_id: "http", active: true });
+				await auditEvent(this.broker, ctx, { service: "presence", action: "marked_online", actor: ctx.meta.user?.id ?? "mesh", target: ctx.params.user_id });
+				return result;
 			},
 		},
 
