@@ -6,8 +6,12 @@
  * input (table-driven from the register schema), unknown nodes, missing tokens, wrong roles and a
  * heartbeat flood get 422/404/401/403/429; /api/v1/broadcast reaches NATS and the page's sockets.
  */
+import { ServiceBroker } from "moleculer";
 import { connect, type NatsConnection, type Subscription } from "nats";
 import { signToken } from "../../lib/auth";
+import { loadSettings } from "../../lib/settings";
+import { createBrokerOptions } from "../../moleculer.config";
+import { meshTable } from "../../scripts/repl";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, streamFor, subjectPrefixFor } from "../helpers/databases";
 import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
@@ -149,6 +153,22 @@ describeWithNatsAndPostgres("node registry: /api/v1/nodes on every gateway", () 
 		expect(statuses.filter(s => s === 200).length).toBeGreaterThanOrEqual(5);
 		expect(statuses.every(s => s === 200 || s === 429)).toBe(true);
 		expect(answers.find(a => a.status === 429)?.body).toMatchObject({ type: "RATE_LIMITED", data: { node_id: "ext-flood" } });
+	});
+
+	it("the REPL's mesh view shows registry status, external nodes included", async () => {
+		const settings = loadSettings({ MESH_NAMESPACE: namespace, NODE_ID: `${namespace}-repl`, NATS_URL: LOCAL_NATS_URL, LOG_LEVEL: "error" });
+		const repl = new ServiceBroker(createBrokerOptions(settings, { kind: "nats", transporter: { type: "NATS", options: { servers: [new URL(LOCAL_NATS_URL).host] } }, reason: "test" }));
+		await repl.start();
+		try {
+			const table = await waitFor("the mesh table with the registry column", async () => {
+				const rows = await meshTable(repl);
+				return rows.some(r => r[0] === "reg-node1" && r[8] === "online") && rows;
+			});
+			expect(table[0][8]).toBe("Registry");
+			expect(table.find(r => r[0] === "ext-1")).toEqual(["ext-1", "worker", "external", "-", "-", "-", "-", "-", "offline"]);
+		} finally {
+			await repl.stop();
+		}
 	});
 
 	it("POST /api/v1/broadcast (admin) reaches NATS system.broadcast and every page's socket as a banner", async () => {
