@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
 	writer text NOT NULL,
 	fencing_token bigint NOT NULL,
 	prev_hash text NOT NULL CHECK (prev_hash ~ '^[0-9a-f]{64}$'),
-	hash text NOT NULL UNIQUE CHECK (hash ~ '^[0-9a-f]{64}$')
+	hash text NOT NULL CHECK (hash ~ '^[0-9a-f]{64}$')
 );
 CREATE INDEX IF NOT EXISTS audit_log_occurred ON audit_log (occurred_at);
 CREATE INDEX IF NOT EXISTS audit_log_service_action ON audit_log (service, action, seq);

@@ -116,6 +116,8 @@ async function main(): Promise<void> {
 		const lag = { p50: percentile(lags, 50), p99: percentile(lags, 99), count: lags.length };
 		process.stdout.write(`lag: p50 ${formatNumber(lag.p50)} ms p99 ${formatNumber(lag.p99)} ms over ${lag.count} events\n`);
 		const verify = await countRows(pool, "SELECT count(*) AS n FROM audit_log");
+		const batches = await countRows(pool, "SELECT count(DISTINCT recorded_at) AS n FROM audit_log WHERE action = 'pipeline'");
+		process.stdout.write(`pipeline batches: ${batches} (average ${formatNumber(PIPELINE_EVENTS / batches)} events)\n`);
 
 		const body = [
 			`Machine: ${machine()}; ${new Date().toISOString().slice(0, 10)}; local PostgreSQL and NATS (JetStream), other work on the machine at the same time.`,

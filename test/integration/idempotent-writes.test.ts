@@ -7,7 +7,8 @@
 import { Client } from "pg";
 import { signToken } from "../../lib/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { describeWithNatsAndPostgres, LOCAL_DATABASE_URL, LOCAL_NATS_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
+import { describeWithNatsAndPostgres } from "../helpers/requirements";
 
 const JWT_SECRET = "integration-secret-0123456789abcdef";
 const userToken = signToken(JWT_SECRET, { id: "auditor", roles: [], teams: [] });
@@ -16,15 +17,20 @@ describeWithNatsAndPostgres("keyed writes with Idempotency-Key, across the mesh"
 	const namespace = uniqueNamespace("keyed");
 	let gateway: NodeProcess;
 	let actors: NodeProcess;
-	const env = { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: LOCAL_DATABASE_URL, JWT_SECRET, RATE_LIMIT_PER_KEY: "0" };
+	let databaseUrl: string;
 
 	beforeAll(async () => {
+		databaseUrl = await freshDatabase("keyed");
+		const env = isolatedMeshEnv(namespace, databaseUrl, JWT_SECRET);
 		[gateway, actors] = await Promise.all([startNodeProcess({ ...env, SERVICES: "api" }), startNodeProcess({ ...env, SERVICES: "mesh" }, "test/helpers/run-node-with-doubles.ts")]);
 		await waitForMesh(gateway, ["drill"], 2, 40_000);
 		// POST-only route: routed once an anonymous POST gets 401 instead of 404.
 		await waitFor("the gateway to route /api/drill/writes", async () => (await fetch(`${gateway.url}/api/drill/writes`, { method: "POST" })).status === 401);
 	});
-	afterAll(() => stopAll([gateway, actors]));
+	afterAll(async () => {
+		await stopAll([gateway, actors]);
+		await dropFreshDatabases();
+	});
 
 	const post = (body: unknown, headers: Record<string, string> = {}) =>
 		getJson(`${gateway.url}/api/drill/writes`, {
@@ -34,7 +40,7 @@ describeWithNatsAndPostgres("keyed writes with Idempotency-Key, across the mesh"
 		});
 
 	async function rowsFor(subject: string): Promise<number> {
-		const db = new Client({ connectionString: LOCAL_DATABASE_URL });
+		const db = new Client({ connectionString: databaseUrl });
 		await db.connect();
 		const { rows } = await db.query("SELECT id FROM drill_writes WHERE subject = $1", [subject]);
 		await db.end();
