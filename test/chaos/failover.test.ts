@@ -6,7 +6,7 @@ import { Client } from "pg";
 import { signToken } from "../../lib/auth";
 import { getJson, waitFor } from "../helpers/cluster";
 import { servedCounts, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
-import { describeWithNats, LOCAL_DATABASE_URL } from "../helpers/requirements";
+import { describeWithNats } from "../helpers/requirements";
 import { JWT_SECRET, loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
 
 jest.setTimeout(120_000);
@@ -186,7 +186,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 				expect(((await res.json()) as { id: string }).id).toBe(earlier.body.id);
 			}
 		}
-		const db = new Client({ connectionString: LOCAL_DATABASE_URL });
+		const db = new Client({ connectionString: mesh.env.DATABASE_URL });
 		await db.connect();
 		try {
 			const { rows } = await db.query<{ subject: string; n: string }>(
