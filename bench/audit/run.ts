@@ -9,6 +9,7 @@
  *              created_at) → audit_log row (recorded_at), p50/p99.
  * A database of its own on the local PostgreSQL; every process and the stream are removed at the end.
  */
+import os from "os";
 import { connect } from "nats";
 import { Client, Pool } from "pg";
 import { Sequelize } from "sequelize";
@@ -120,7 +121,7 @@ async function main(): Promise<void> {
 		process.stdout.write(`pipeline batches: ${batches} (average ${formatNumber(PIPELINE_EVENTS / batches)} events)\n`);
 
 		const body = [
-			`Machine: ${machine()}; ${new Date().toISOString().slice(0, 10)}; local PostgreSQL and NATS (JetStream), other work on the machine at the same time.`,
+			`Machine: ${machine()}; ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC; local PostgreSQL and NATS (JetStream); load average at the end ${os.loadavg().map(l => l.toFixed(1)).join(" / ")} (other work shared the 2 cores).`,
 			"",
 			table(
 				["what", "events/s", "note"],
