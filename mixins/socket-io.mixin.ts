@@ -166,6 +166,7 @@ export const SocketIoMixin: ServiceSchema = {
 					.call("city.roomAccess", { room_id: roomId }, { meta: { user } })
 					.then(answer => {
 						const access = answer as { read: boolean; post: boolean };
+						if (!access.read && user) auditSecurityDecision(this.broker, null, { service: "socket", action: "authz_failed", client: s.handshake.address, reason: "FORBIDDEN", actor: user.id, target: s.nsp.name });
 						if (!access.read) return next(connectError(user ? { code: 403, type: "FORBIDDEN", message: "Not a member of this room" } : { code: 401, type: "NO_TOKEN", message: "A token is required" }));
 						s.data = { user, canPost: access.post, expiresAt: verified?.expiresAt };
 						next();

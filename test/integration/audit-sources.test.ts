@@ -223,6 +223,16 @@ describeWithNatsAndPostgres("audit sources: every actor reports its audit event"
 			},
 		},
 		{
+			name: "socket handshake: authorization failure (a private room, not a member)",
+			service: "socket",
+			action: "authz_failed",
+			trigger: async () => {
+				expect((await http("POST", "/api/city/rooms", owner, { id: "private-room", name: "Private", is_public: false })).status).toBe(200);
+				await expect(connectSocket(gateway.url, "/city/rooms/private-room", { token: member })).rejects.toThrow();
+				return { target: "/city/rooms/private-room", requestID: null, actor: "bob", outcome: "denied" };
+			},
+		},
+		{
 			name: "operator note",
 			service: "operator",
 			action: "incident.opened",

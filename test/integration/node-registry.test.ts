@@ -12,12 +12,45 @@ import { signToken } from "../../lib/auth";
 import { loadSettings } from "../../lib/settings";
 import { createBrokerOptions } from "../../moleculer.config";
 import { meshTable } from "../../scripts/repl";
+import { REGISTER_PARAMS } from "../../services/node-registry.service";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, streamFor, subjectPrefixFor } from "../helpers/databases";
 import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
 import { connectSocket } from "../helpers/sockets";
 
 const JWT_SECRET = "integration-secret-0123456789abcdef";
+
+interface Rule {
+	type: string;
+	optional?: boolean;
+	min?: number;
+	pattern?: RegExp;
+	props?: Record<string, Rule>;
+}
+
+/** Bad values for every field of a fastest-validator schema, one per rule it declares (nested props too). */
+function badValues(schema: Record<string, Rule>, prefix = ""): Array<[string, unknown]> {
+	return Object.entries(schema)
+		.filter(([key]) => !key.startsWith("$$"))
+		.flatMap(([key, rule]): Array<[string, unknown]> => {
+			const field = `${prefix}${key}`;
+			const cases: Array<[string, unknown]> = [];
+			if (!rule.optional) cases.push([field, undefined]);
+			if (rule.type === "string") {
+				cases.push([field, 42]);
+				if (rule.min) cases.push([field, ""]);
+				if (rule.pattern) cases.push([field, "has spaces & symbols!"]);
+			}
+			if (rule.type === "enum") cases.push([field, "not-one-of-them"]);
+			if (rule.type === "number") cases.push([field, "many"], [field, (rule.min ?? 0) - 1]);
+			if (rule.type === "array") cases.push([field, "not-a-list"], [field, [7, 8]]);
+			if (rule.type === "object") {
+				cases.push([field, "not-an-object"]);
+				if (rule.props) cases.push(...badValues(rule.props, `${field}.`));
+			}
+			return cases;
+		});
+}
 const bearer = (id: string, roles: string[]) => ({ authorization: `Bearer ${signToken(JWT_SECRET, { id, roles, teams: [] })}` });
 const service = bearer("edge-agent", ["service"]);
 const admin = bearer("op", ["admin"]);
@@ -104,28 +137,15 @@ describeWithNatsAndPostgres("node registry: /api/v1/nodes on every gateway", () 
 		expect((await v1("/nodes/no-such-node", { headers: user })).status).toBe(404);
 		expect((await post("/nodes/no-such-node/heartbeat", {})).status).toBe(404);
 		const valid = { node_id: "ext-bad", role: "worker" };
-		const cases: Array<[string, unknown]> = [
-			["node_id", "has spaces"],
-			["node_id", 42],
-			["name", ""],
-			["role", "Not A Role"],
-			["role", undefined],
-			["hostname", 7],
-			["ip", "not-an-ip"],
-			["version", ""],
-			["status", "offline"],
-			["capabilities", "lots"],
-			["capabilities.cpu_count", 0],
-			["capabilities.services", "api"],
-			["capabilities.models", [1, 2]],
-			["capabilities.labels", "x"],
-		];
+		const cases = badValues(REGISTER_PARAMS as unknown as Record<string, Rule>);
+		expect(cases.length).toBeGreaterThan(15);
 		for (const [field, value] of cases) {
 			const body: Record<string, unknown> = { ...valid };
 			if (field.startsWith("capabilities.")) body.capabilities = { [field.split(".")[1]]: value };
+			else if (value === undefined) delete body[field];
 			else body[field] = value;
 			const answer = await post("/nodes/register", body);
-			expect([field, answer.status]).toEqual([field, 422]);
+			expect([field, value, answer.status]).toEqual([field, value, 422]);
 			expect(answer.body.data[0].field).toMatch(new RegExp(`^${field.replace(".", "\\.")}`));
 		}
 		const heartbeatCases: Array<[string, unknown]> = [
