@@ -106,6 +106,7 @@ export interface MeshSettings {
 	leaseTtlMs: number;
 	swapper: SwapperSettings;
 	router: RouterSettings;
+	registry: RegistrySettings;
 }
 
 /** swapper-proxy: this node's model runtimes and how their models are kept (docs/ROUTER.md). */
@@ -146,6 +147,15 @@ export interface DatabaseLimits {
 	statementTimeoutMs: number;
 	/** PostgreSQL idle_in_transaction_session_timeout, ms (0 = none) */
 	idleInTransactionTimeoutMs: number;
+}
+
+export interface RegistrySettings {
+	/** how often a mesh node writes its registry heartbeat (with capabilities and metrics) */
+	heartbeatMs: number;
+	/** no heartbeat for this long → offline; for half of it → degraded (mesh nodes go offline at once on disconnect) */
+	offlineAfterMs: number;
+	/** heartbeat_log rows older than this are pruned by the registry leader */
+	retentionHours: number;
 }
 
 export interface MemorySettings {
@@ -307,6 +317,11 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		migrateOnStart: readBool(env, "MIGRATE_ON_START", !production),
 		leaseTtlMs: readInt(env, "LEASE_TTL_MS", 5_000, 1_000),
 		disableBalancer: readBool(env, "DISABLE_BALANCER", false),
+		registry: {
+			heartbeatMs: readInt(env, "NODE_HEARTBEAT_MS", 10_000, 100),
+			offlineAfterMs: readInt(env, "NODE_OFFLINE_AFTER_MS", 90_000, 200),
+			retentionHours: readInt(env, "NODE_HEARTBEAT_RETENTION_HOURS", 24, 1),
+		},
 		memory: readMemorySettings(env, production),
 		presence: {
 			awayAfterMs: readInt(env, "PRESENCE_AWAY_AFTER_MS", 5 * 60_000, 100),

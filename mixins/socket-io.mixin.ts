@@ -23,6 +23,7 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { Server, type Namespace, type Socket } from "socket.io";
 import type { DefaultEventsMap } from "socket.io/dist/typed-events";
 import { AuthError, verifyTokenClaims, type MeshUser, type VerifiedToken } from "../lib/auth";
+import { auditSecurityDecision } from "../lib/data/audit-events";
 import { HTTP_METRICS } from "../lib/metrics";
 import { nodeContextOf } from "../lib/node-context";
 import { ROOM_ID_PATTERN } from "../lib/realtime/room-id";
@@ -336,6 +337,7 @@ export const SocketIoMixin: ServiceSchema = {
 				if ((err as { code?: number }).code === 404) throw roomNotFound(roomId);
 				throw err;
 			}
+			if (!access.read && user) auditSecurityDecision(this.broker, null, { service: "socket", action: "authz_failed", client: socket.handshake.address, reason: "FORBIDDEN", actor: user.id, target: socket.nsp.name });
 			if (!access.read) throw user ? roomNotFound(roomId) : NO_TOKEN;
 			socket.data = { user, canPost: access.post, expiresAt: verified?.expiresAt };
 		},
@@ -449,7 +451,10 @@ export const SocketIoMixin: ServiceSchema = {
 				if (!token) return undefined;
 				return verifyTokenClaims(jwtSecretOf(nodeContextOf(this.broker).settings), token);
 			} catch (err) {
-				if (err instanceof AuthError) throw Object.assign(err, { code: 401 });
+				if (err instanceof AuthError) {
+					auditSecurityDecision(this.broker, null, { service: "socket", action: "authn_failed", client: socket.handshake.address, reason: err.type, target: socket.nsp.name });
+					throw Object.assign(err, { code: 401 });
+				}
 				throw err;
 			}
 		},

@@ -239,6 +239,12 @@
 			people.set(change.user_id, change.status);
 			renderOnline();
 		});
+		// An operator's system.broadcast (POST /api/v1/broadcast), pushed by every gateway.
+		socket.on("banner", banner => {
+			$("banner").textContent = banner.message;
+			$("banner").dataset.severity = banner.severity;
+			$("banner").hidden = false;
+		});
 		socket.on("connect", () => {
 			socket.emit("heartbeat", { active: true });
 			if (state.room) watchRoom(state.room);

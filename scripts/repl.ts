@@ -1,7 +1,8 @@
 /**
  * `npm run repl`: an operator console that joins the running mesh with the same transport settings as
  * the nodes (NATS_URL / TRANSPORTER / MESH_NAMESPACE). Moleculer's commands (nodes, services, actions,
- * call, dcall, emit, metrics, …) plus `mesh` (every node with its role, its actors and its health) and
+ * call, dcall, emit, metrics, …) plus `mesh` (every node with its role, its actors, its health and its
+ * node-registry status, plus registered external nodes) and
  * `breakers` (circuit breaker states, asked of every node).
  */
 import os from "os";
@@ -32,11 +33,24 @@ async function healthOf(broker: ServiceBroker, node: MeshNodeView): Promise<Node
 	}
 }
 
+/** node_id → status in the node registry (online | degraded | offline), when a node-registry runs. */
+async function registryStatus(broker: ServiceBroker): Promise<Map<string, { status: string; kind: string; role: string }>> {
+	const running = (broker.registry.getServiceList({ onlyAvailable: true }) as Array<{ name: string }>).some(s => s.name === "node-registry");
+	if (!running) return new Map();
+	try {
+		const { nodes } = (await broker.call("node-registry.list", { limit: 1_000 }, { timeout: 3_000 })) as { nodes: Array<{ node_id: string; status: string; kind: string; role: string }> };
+		return new Map(nodes.map(n => [n.node_id, n]));
+	} catch {
+		return new Map();
+	}
+}
+
 export async function meshTable(broker: ServiceBroker): Promise<string[][]> {
 	const nodes = (broker.registry.getNodeList({ onlyAvailable: false, withServices: true }) as never[])
 		.map(describeNode)
 		.filter(n => !n.local); // the REPL itself is a node too; operators want the others
-	const rows = [["Node", "Role", "Available", "Actors", "Health", "Database", "Transport", "Last heartbeat"]];
+	const registry = await registryStatus(broker);
+	const rows = [["Node", "Role", "Available", "Actors", "Health", "Database", "Transport", "Last heartbeat", "Registry"]];
 	for (const node of nodes.sort((a, b) => a.nodeID.localeCompare(b.nodeID))) {
 		const health = await healthOf(broker, node);
 		rows.push([
@@ -48,7 +62,13 @@ export async function meshTable(broker: ServiceBroker): Promise<string[][]> {
 			health.database,
 			health.transport,
 			node.lastHeartbeat ?? (node.local ? "local" : "-"),
+			registry.get(node.nodeID)?.status ?? "-",
 		]);
+	}
+	// Registered nodes the mesh does not see: external ones (HTTP heartbeats) and mesh nodes gone for good.
+	const inMesh = new Set(nodes.map(n => n.nodeID));
+	for (const [id, entry] of [...registry].filter(([id]) => !inMesh.has(id) && id !== broker.nodeID).sort(([a], [b]) => a.localeCompare(b))) {
+		rows.push([id, entry.role, entry.kind === "external" ? "external" : "NO", "-", "-", "-", "-", "-", entry.status]);
 	}
 	return rows;
 }

@@ -17,8 +17,9 @@ import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
 import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/auth";
 import { isDatabaseFault } from "../lib/data/db-faults";
+import { auditSecurityDecision } from "../lib/data/audit-events";
 import { buildHealthReport, healthHttpStatus } from "../lib/health";
-import { acceptIdempotencyKey, acceptRequestID, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
+import { acceptIdempotencyKey, acceptRequestID, clientKey, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
 import { InPlaceSeries } from "../lib/lean-metrics";
 import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
 import { logsAt, requestLogger } from "../lib/logger";
@@ -67,6 +68,14 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		routes: [],
 	},
 
+	events: {
+		/** An operator's broadcast (POST /api/v1/broadcast): a banner on every page this gateway serves. */
+		"system.broadcast"(ctx: Context<{ id: string; message: string; severity: string }>) {
+			const banner = { id: ctx.params.id, message: ctx.params.message, severity: ctx.params.severity };
+			for (const namespace of this.io?._nsps.values() ?? []) namespace.emit("banner", banner);
+		},
+	},
+
 	created() {
 		// Remember every service the mesh has offered, so that when its last node leaves the gateway
 		// answers 503 "unavailable, retry" rather than a misleading 404 "no such endpoint".
@@ -95,6 +104,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		// moleculer-web registered settings.routes in its own created(); ours need the node's settings.
 		// One rate limiter and body parser for every authenticated route: a client's budget is per gateway.
 		const edge = this.authenticatedRoute(settings);
+		this.addRoute(this.registryRoute(edge));
 		this.addRoute(this.apiRoute(edge));
 		this.addRoute(this.internalRoute(edge));
 		// Its own budget per client (same limits): a monitor polling /health spends none of the API's.
@@ -155,6 +165,23 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			return { ...edge, name: "api", path: "/api", autoAliases: true, mergeParams: true, onBeforeCall: this.carryIdempotencyKey };
 		},
 
+		/** The seed's node-registry API keeps its /api/v1 paths (DAARION_API §7), beside the /api/<service> aliases. */
+		registryRoute(edge: object) {
+			return {
+				...edge,
+				name: "registry-v1",
+				path: "/api/v1",
+				mergeParams: true,
+				aliases: {
+					"POST /nodes/register": "node-registry.register",
+					"POST /nodes/:node_id/heartbeat": "node-registry.heartbeat",
+					"GET /nodes": "node-registry.list",
+					"GET /nodes/:node_id": "node-registry.get",
+					"POST /broadcast": "node-registry.broadcast",
+				},
+			};
+		},
+
 		/** The seed's service-to-service endpoints outside /api (service or admin role). */
 		internalRoute(edge: object) {
 			return { ...edge, name: "internal", path: "/internal", aliases: { "POST /matrix/presence/online": "presence.internalOnline" } };
@@ -180,13 +207,13 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		},
 
 		/** moleculer-web hook: a bearer token, when present, must be valid; it becomes ctx.meta.user. */
-		authenticate(_ctx: Context, _route: unknown, req: IncomingMessage): MeshUser | null {
+		authenticate(ctx: Context, _route: unknown, req: GatewayRequest): MeshUser | null {
 			try {
 				const token = bearerToken(req.headers.authorization);
 				if (!token) return null;
 				return verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), token);
 			} catch (err) {
-				if (err instanceof AuthError) throw asClientError(err);
+				if (err instanceof AuthError) throw this.auditedAuthError(ctx, req, err);
 				throw err;
 			}
 		},
@@ -196,9 +223,22 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			try {
 				checkAccess(req.$action?.access, ctx.meta.user ?? undefined);
 			} catch (err) {
-				if (err instanceof AuthError) throw asClientError(err);
+				if (err instanceof AuthError) throw this.auditedAuthError(ctx, req, err);
 				throw err;
 			}
+		},
+
+		/** Every 401/403 the gateway decides is an audit event (flood-guarded), then a JSON client error. */
+		auditedAuthError(ctx: Context<unknown, { user?: MeshUser }>, req: GatewayRequest, err: AuthError): Errors.MoleculerClientError {
+			auditSecurityDecision(this.broker, ctx, {
+				service: "api",
+				action: err.status === 401 ? "authn_failed" : "authz_failed",
+				client: clientKey(req),
+				reason: err.type,
+				actor: ctx.meta.user?.id,
+				target: req.$action?.name ?? null,
+			});
+			return asClientError(err);
 		},
 
 		/** Idempotency-Key header → ctx.meta.idempotencyKey, for writes built on IdempotentWritesMixin. */

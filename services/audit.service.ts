@@ -1,84 +1,342 @@
 /**
- * audit: an append-only record of who did what. `record` is a write and therefore never retried by
- * the mesh on its own; with an Idempotency-Key it applies at most once however often a client
- * retries (the failover drill in test/chaos relies on that).
+ * audit: the append-only, tamper-evident audit trail (docs/AUDIT.md).
+ *
+ * Every actor reports `audit.{service}.{action}` events through the outbox (lib/data/audit-events.ts);
+ * the relay publishes them to JetStream. Exactly one node — the holder of the "audit-writer" leader
+ * lease, NODE1 by preference — consumes them from a durable JetStream consumer and appends them to
+ * audit_log as one hash chain (lib/data/audit-writer.ts: fenced by the lease in SQL, deduplicated by
+ * event id), acking only after the commit. A writer that dies leaves its unacked events to be
+ * redelivered to the next leader, which skips what was already stored.
+ *
+ * On the TCP fallback (development without NATS) there is no JetStream: the leader reads audit events
+ * straight from the outbox table instead, with the same dedupe.
+ *
+ * Router decisions (services/router.service.ts, when present) arrive as `audit.router.{action}` like
+ * any other source: no list of sources to extend here.
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
-import { QueryTypes, type Transaction } from "sequelize";
+import { AckPolicy, DeliverPolicy, nanos, type ConsumerMessages, type JsMsg } from "nats";
+import { QueryTypes } from "sequelize";
 import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
-import { databaseOf } from "../lib/node-context";
+import { checkLinks, EMPTY_CHAIN, normaliseEntry, type AuditEntry } from "../lib/data/audit-chain";
+import { auditOutboxEvent, type AuditOutcome } from "../lib/data/audit-events";
+import { AuditWriter, FencedOutError, type IncomingAuditEvent } from "../lib/data/audit-writer";
+import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
+import { requestLogger } from "../lib/logger";
+import { natsConnectionOf } from "../lib/mesh/nats-connection";
+import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { enqueueEvents, prefixedSubject } from "../lib/outbox";
+import { ensureStream } from "../lib/outbox-relay";
 import { actionPolicy } from "../lib/resilience";
 import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods } from "../mixins/idempotent-writes.mixin";
 
-interface RecordParams {
+/** JetStream durable consumer of audit.> (per stream, so per mesh). */
+const CONSUMER = "audit-writer";
+const BATCH_SIZE = 500;
+const FLUSH_EVERY_MS = 10;
+const ERROR_PAUSE_MS = 1_000;
+/** Unacked events go to the next leader after this long (a SIGKILLed writer cannot nak them). */
+const ACK_WAIT_MS = 5_000;
+const VERIFY_PAGE = 5_000;
+
+const OUTBOX_AUDIT_BATCH = `SELECT o.id::text AS event_id, o.event_type AS type, o.payload FROM outbox o
+WHERE o.event_type LIKE 'audit.%' AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = o.id::text)
+ORDER BY o.created_at LIMIT $1`;
+
+export const AUDIT_METRICS = { appended: "audit.appended.total", duplicates: "audit.duplicates.total", lag: "audit.append.lag.seconds" };
+
+interface EventsParams {
+	service?: string;
+	action?: string;
+	actor?: string;
+	request_id?: string;
+	from?: Date;
+	to?: Date;
+	limit?: number;
+	cursor?: string;
+}
+
+interface NoteParams {
 	action: string;
 	subject: string;
 	details?: Record<string, unknown>;
 }
 
-interface AuditRecord {
-	id: string;
-	actor_id: string;
-	action: string;
-	subject: string;
-	details: Record<string, unknown>;
-	node_id: string;
-	request_id: string | null;
-	created_at: string;
+interface AuditThis extends Service, IdempotentWriteMethods {
+	lease: LeaderLease;
+	writer: AuditWriter;
+	mode: "jetstream" | "outbox-table";
+	running: boolean;
+	buffer: JsMsg[];
+	messages: ConsumerMessages | null;
+	loop: Promise<void> | null;
+	stats: { appended: number; duplicates: number; rejected: number; lastError: string | null };
+	writeLoop(): Promise<void>;
+	startConsuming(): Promise<void>;
+	stopConsuming(): Promise<void>;
+	flushJetStream(): Promise<number>;
+	flushOutboxTable(): Promise<number>;
+	appendBatch(events: IncomingAuditEvent[]): Promise<number>;
 }
 
-type AuditThis = Service & IdempotentWriteMethods;
 type AuditContext<P> = Context<P, IdempotencyMeta & { user?: MeshUser }>;
 
-const INSERT = `INSERT INTO audit_records (actor_id, action, subject, details, node_id, request_id)
-VALUES ($1, $2, $3, $4::jsonb, $5, $6) RETURNING *`;
+const READ = actionPolicy({ idempotent: true, timeout: "standard" });
+const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
+const SERVICE_NAME = { type: "string", min: 1, max: 40, pattern: /^[a-z][a-z0-9_-]*$/, optional: true } as const;
+
+function registerMetrics(service: Service): void {
+	if (!service.broker.isMetricsEnabled()) return;
+	const metrics = service.broker.metrics;
+	metrics.register({ name: AUDIT_METRICS.appended, type: "counter", description: "Audit events appended to audit_log" });
+	metrics.register({ name: AUDIT_METRICS.duplicates, type: "counter", description: "Audit event deliveries skipped as already stored" });
+	metrics.register({ name: AUDIT_METRICS.lag, type: "histogram", buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30], description: "Seconds from the audited action to its audit_log row" } as never);
+}
+
+function incoming(msg: JsMsg): IncomingAuditEvent | null {
+	try {
+		const data = msg.json<Record<string, unknown>>();
+		const id = typeof data.id === "string" ? data.id : msg.headers?.get("Nats-Msg-Id");
+		if (!id || typeof data.type !== "string") return null;
+		return { event_id: id, type: data.type, payload: data };
+	} catch {
+		return null;
+	}
+}
 
 const AuditService: ServiceSchema = {
 	name: "audit",
 	mixins: [IdempotentWritesMixin],
 
 	actions: defineActions({
+		/** An operator's note (deploy started, incident opened…): one more source of audit_log rows. */
 		record: {
 			...actionPolicy({ idempotent: false, timeout: "standard" }),
 			rest: "POST /records",
-			access: "user",
+			access: ["admin", "operator", "service"],
 			params: {
-				action: { type: "string", min: 1, max: 100, pattern: /^[a-z][a-z0-9_.-]*$/ },
+				action: { type: "string", min: 1, max: 80, pattern: /^[a-z][a-z0-9_.-]*$/ },
 				subject: { type: "string", min: 1, max: 300 },
 				details: { type: "object", optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: AuditContext<RecordParams>) {
+			async handler(this: Service, ctx: AuditContext<NoteParams>) {
 				const self = this as AuditThis;
 				const actor = ctx.meta.user?.id ?? "mesh";
-				return self.idempotentWrite(ctx, `audit.record:${actor}`, async (t: Transaction) => {
-					const [row] = await databaseOf(this.broker).query<AuditRecord>(INSERT, {
-						bind: [actor, ctx.params.action, ctx.params.subject, JSON.stringify(ctx.params.details ?? {}), this.broker.nodeID, ctx.requestID ?? null],
-						type: QueryTypes.SELECT,
-						transaction: t,
+				const { settings } = nodeContextOf(this.broker);
+				return self.idempotentWrite(ctx, `audit.record:${actor}`, async t => {
+					const event = auditOutboxEvent(ctx.requestID, this.broker.nodeID, {
+						service: "operator",
+						action: ctx.params.action,
+						actor,
+						target: ctx.params.subject,
+						details: ctx.params.details ?? {},
 					});
-					return row;
+					await enqueueEvents(databaseOf(this.broker), t, settings.events, [event]);
+					return { accepted: true, type: event.eventType, actor, target: ctx.params.subject, node: this.broker.nodeID, request_id: ctx.requestID ?? null };
 				});
 			},
 		},
 
-		list: {
-			...actionPolicy({ idempotent: true, timeout: "fast" }),
-			rest: "GET /records",
-			access: INTERNAL_ACCESS,
+		/** For sources on nodes without a database (a gateway-only node's authentication failures). */
+		report: {
+			...actionPolicy({ idempotent: false, timeout: "standard" }),
+			visibility: "public",
 			params: {
-				subject: { type: "string", min: 1, max: 300, optional: true },
-				limit: { type: "number", integer: true, min: 1, max: 500, optional: true, convert: true },
+				type: { type: "string", pattern: /^audit\.[a-z][a-z0-9_-]*\.[a-z][a-z0-9_.-]*$/, max: 120 },
+				actor: { type: "string", min: 1, max: 200 },
+				target: { type: "string", max: 300, optional: true, nullable: true },
+				outcome: { type: "enum", values: ["success", "denied", "failure"] },
+				node: { type: "string", min: 1, max: 200 },
+				details: { type: "object", optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: Context<{ subject?: string; limit?: number }>) {
-				return databaseOf(this.broker).query<AuditRecord>(
-					"SELECT * FROM audit_records WHERE ($1::text IS NULL OR subject = $1) ORDER BY created_at DESC LIMIT $2",
-					{ bind: [ctx.params.subject ?? null, ctx.params.limit ?? 100], type: QueryTypes.SELECT },
+			async handler(this: Service, ctx: Context<{ type: string; actor: string; target?: string | null; outcome: AuditOutcome; node: string; details?: Record<string, unknown> }>) {
+				const [, service, ...action] = ctx.params.type.split(".");
+				const event = auditOutboxEvent(ctx.requestID, ctx.params.node, { ...ctx.params, service, action: action.join(".") });
+				const sequelize = databaseOf(this.broker);
+				await sequelize.transaction(t => enqueueEvents(sequelize, t, nodeContextOf(this.broker).settings.events, [event]));
+				return { accepted: true };
+			},
+		},
+
+		events: {
+			...READ,
+			rest: "GET /events",
+			access: INTERNAL_ACCESS,
+			params: {
+				service: SERVICE_NAME,
+				action: { type: "string", min: 1, max: 80, optional: true },
+				actor: { type: "string", min: 1, max: 200, optional: true },
+				request_id: { type: "string", min: 1, max: 200, optional: true },
+				from: { type: "date", convert: true, optional: true },
+				to: { type: "date", convert: true, optional: true },
+				limit: { type: "number", integer: true, min: 1, max: 500, optional: true, convert: true },
+				cursor: { type: "string", pattern: /^[1-9][0-9]{0,18}$/, optional: true, messages: { stringPattern: "cursor: pass next_cursor from the previous page" } },
+				$$strict: "remove",
+			},
+			/** Newest first; `next_cursor` pages to older rows. */
+			async handler(this: Service, ctx: Context<EventsParams>) {
+				const p = ctx.params;
+				const limit = p.limit ?? 100;
+				const rows = await databaseOf(this.broker).query<Record<string, unknown>>(
+					`SELECT * FROM audit_log
+					 WHERE ($1::text IS NULL OR service = $1) AND ($2::text IS NULL OR action = $2) AND ($3::text IS NULL OR actor = $3)
+					   AND ($4::text IS NULL OR request_id = $4) AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at < $6)
+					   AND ($7::bigint IS NULL OR seq < $7)
+					 ORDER BY seq DESC LIMIT $8`,
+					{ bind: [p.service ?? null, p.action ?? null, p.actor ?? null, p.request_id ?? null, p.from ?? null, p.to ?? null, p.cursor ?? null, limit + 1], type: QueryTypes.SELECT },
 				);
+				const page = rows.slice(0, limit).map(normaliseEntry);
+				return { events: page, next_cursor: rows.length > limit ? String(page[page.length - 1].seq) : null };
+			},
+		},
+
+		/** Walks the whole chain: {ok: true, checked} or {ok: false, first_broken: {id, seq}, checked}. */
+		verify: {
+			...actionPolicy({ idempotent: true, timeout: "slow" }),
+			rest: "GET /verify",
+			access: INTERNAL_ACCESS,
+			async handler(this: Service, ctx: Context) {
+				const sequelize = databaseOf(this.broker);
+				let tail = EMPTY_CHAIN;
+				let checked = 0;
+				for (;;) {
+					const rows = await sequelize.query<Record<string, unknown>>("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", {
+						bind: [tail.seq, VERIFY_PAGE],
+						type: QueryTypes.SELECT,
+					});
+					const entries: AuditEntry[] = rows.map(normaliseEntry);
+					const result = checkLinks(tail, entries);
+					if (result.broken) {
+						requestLogger(this.logger, ctx).warn(`Audit chain broken at seq ${result.broken.seq}`, { event: "audit.chain_broken", seq: result.broken.seq });
+						return { ok: false, checked: checked + entries.indexOf(result.broken), first_broken: { id: result.broken.id, seq: result.broken.seq } };
+					}
+					checked += entries.length;
+					tail = result.tail;
+					if (rows.length < VERIFY_PAGE) return { ok: true, checked, last: tail.seq ? tail : null };
+				}
+			},
+		},
+
+		/** Who writes the chain, how, and how much it has written since it started. */
+		writer: {
+			...READ,
+			rest: "GET /writer",
+			access: INTERNAL_ACCESS,
+			handler(this: Service) {
+				const self = this as AuditThis;
+				return { node: this.broker.nodeID, leader: self.lease?.isLeader() ?? false, mode: self.mode, ...self.stats };
 			},
 		},
 	}),
+
+	methods: {
+		async appendBatch(this: AuditThis, events: IncomingAuditEvent[]): Promise<number> {
+			const result = await this.writer.append(events);
+			this.stats.appended += result.appended.length;
+			this.stats.duplicates += result.duplicates;
+			this.stats.rejected += result.rejected.length;
+			if (result.rejected.length) this.logger.warn(`Audit writer: ${result.rejected.length} event(s) that are not audit.{service}.{action} were skipped`);
+			if (this.broker.isMetricsEnabled()) {
+				this.broker.metrics.increment(AUDIT_METRICS.appended, undefined, result.appended.length);
+				if (result.duplicates) this.broker.metrics.increment(AUDIT_METRICS.duplicates, undefined, result.duplicates);
+				const now = Date.now();
+				for (const e of result.appended) this.broker.metrics.observe(AUDIT_METRICS.lag, (now - Date.parse(e.occurred_at)) / 1000);
+			}
+			return events.length;
+		},
+
+		async startConsuming(this: AuditThis) {
+			const nc = natsConnectionOf(this.broker);
+			this.mode = nc ? "jetstream" : "outbox-table";
+			if (!nc) return;
+			const { events } = nodeContextOf(this.broker).settings;
+			await ensureStream(nc, events);
+			const jsm = await nc.jetstreamManager();
+			await jsm.consumers.add(events.stream, {
+				durable_name: CONSUMER,
+				ack_policy: AckPolicy.Explicit,
+				deliver_policy: DeliverPolicy.All,
+				filter_subject: prefixedSubject(events, "audit.>"),
+				ack_wait: nanos(ACK_WAIT_MS),
+				max_ack_pending: 20_000,
+			});
+			const consumer = await nc.jetstream().consumers.get(events.stream, CONSUMER);
+			this.messages = await consumer.consume({ max_messages: 2 * BATCH_SIZE, callback: msg => this.buffer.push(msg) });
+		},
+
+		async stopConsuming(this: AuditThis) {
+			const messages = this.messages;
+			this.messages = null;
+			if (messages) await messages.close().catch(() => undefined);
+			// Hand what this node had not stored to the next leader at once rather than after ack_wait.
+			for (const msg of this.buffer.splice(0)) msg.nak();
+		},
+
+		async flushJetStream(this: AuditThis): Promise<number> {
+			const msgs = this.buffer.slice(0, BATCH_SIZE);
+			if (!msgs.length) return 0;
+			const parsed = msgs.map(incoming);
+			for (const [i, event] of parsed.entries()) if (!event) msgs[i].term();
+			await this.appendBatch(parsed.filter((e): e is IncomingAuditEvent => !!e));
+			// Acked only after the commit: a crash before this line means redelivery, which dedupe absorbs.
+			this.buffer.splice(0, msgs.length);
+			for (const [i, msg] of msgs.entries()) if (parsed[i]) msg.ack();
+			return msgs.length;
+		},
+
+		async flushOutboxTable(this: AuditThis): Promise<number> {
+			const rows = await databaseOf(this.broker).query<IncomingAuditEvent>(OUTBOX_AUDIT_BATCH, { bind: [BATCH_SIZE], type: QueryTypes.SELECT });
+			return rows.length ? this.appendBatch(rows) : 0;
+		},
+
+		/** While leader: consume and append; a fenced-out or failing writer stops and lets go. */
+		async writeLoop(this: AuditThis) {
+			while (this.running) {
+				if (!this.lease.isLeader()) {
+					if (this.messages || this.buffer.length) await this.stopConsuming();
+					await sleep(FLUSH_EVERY_MS * 10);
+					continue;
+				}
+				try {
+					if (!this.messages && this.mode === "jetstream") await this.startConsuming();
+					const handled = this.mode === "jetstream" ? await this.flushJetStream() : await this.flushOutboxTable();
+					if (handled < BATCH_SIZE) await sleep(this.mode === "jetstream" ? FLUSH_EVERY_MS : FLUSH_EVERY_MS * 5);
+				} catch (err) {
+					this.stats.lastError = (err as Error).message;
+					this.logger.warn(`Audit writer: ${(err as Error).message}`, { event: err instanceof FencedOutError ? "audit.fenced_out" : "audit.write_failed" });
+					if (err instanceof FencedOutError) await this.stopConsuming();
+					await sleep(ERROR_PAUSE_MS);
+				}
+			}
+		},
+	},
+
+	created(this: Service) {
+		registerMetrics(this);
+	},
+
+	async started(this: Service) {
+		const self = this as AuditThis;
+		self.buffer = [];
+		self.messages = null;
+		self.stats = { appended: 0, duplicates: 0, rejected: 0, lastError: null };
+		self.mode = natsConnectionOf(this.broker) ? "jetstream" : "outbox-table";
+		self.lease = createDutyLease(this.broker, "audit-writer", this.logger);
+		self.writer = new AuditWriter(databaseOf(this.broker), { lease: self.lease.name, holder: this.broker.nodeID, fencingToken: () => self.lease.fencingToken });
+		await self.lease.start();
+		self.running = true;
+		self.loop = self.writeLoop();
+	},
+
+	async stopped(this: Service) {
+		const self = this as AuditThis;
+		self.running = false;
+		await self.loop;
+		await self.stopConsuming();
+		await self.lease?.stop();
+	},
 };
 
 export default AuditService;

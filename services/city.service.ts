@@ -12,6 +12,7 @@ import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/auth";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { auditEvent } from "../lib/data/audit-events";
 import { enqueueEvents } from "../lib/outbox";
 import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
 import { actionPolicy } from "../lib/resilience";
@@ -83,6 +84,7 @@ const CityService: ServiceSchema = {
 					);
 					if (!room) throw clientError(`Room ${ctx.params.id} already exists`, 409, "ROOM_EXISTS", { field: "id" });
 					await sequelize.query("INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2)", { bind: [room.id, user.id], transaction: t });
+					await auditEvent(this.broker, ctx, { service: "city", action: "room_created", actor: user.id, target: room.id, details: { is_public: room.is_public } }, t);
 					return room;
 				});
 			},
@@ -147,6 +149,7 @@ const CityService: ServiceSchema = {
 				// A new member's presence now matters to the room's watchers: presence (one instance, a
 				// balanced event) announces it, as it would at the member's next status change.
 				if (inserted) ctx.emit("city.member.joined", { room_id: room.id, user_id: user.id });
+				if (inserted) await auditEvent(this.broker, ctx, { service: "city", action: "member_joined", actor: user.id, target: room.id });
 				return { room_id: room.id, user_id: user.id, member: true };
 			},
 		},
@@ -165,7 +168,10 @@ const CityService: ServiceSchema = {
 					bind: [room.id, user.id],
 					type: QueryTypes.SELECT,
 				});
-				if (left) ctx.broadcast("city.member.left", { room_id: room.id, user_id: user.id, is_public: room.is_public });
+				if (left) {
+					ctx.broadcast("city.member.left", { room_id: room.id, user_id: user.id, is_public: room.is_public });
+					await auditEvent(this.broker, ctx, { service: "city", action: "member_left", actor: user.id, target: room.id });
+				}
 				return { room_id: room.id, user_id: user.id, member: false };
 			},
 		},
@@ -310,6 +316,7 @@ const CityService: ServiceSchema = {
 						transaction: t,
 					});
 					await self.publish(t, room, "edited", normaliseMessage(row));
+					await auditEvent(this.broker, ctx, { service: "city", action: "message_edited", actor: user.id, target: message.id, details: { room_id: room.id } }, t);
 					return normaliseMessage(row);
 				});
 				ctx.broadcast("city.message.edited", edited);
@@ -336,6 +343,7 @@ const CityService: ServiceSchema = {
 						transaction: t,
 					});
 					await self.publish(t, room, "deleted", normaliseMessage(row));
+					await auditEvent(this.broker, ctx, { service: "city", action: "message_deleted", actor: user.id, target: message.id, details: { room_id: room.id, author_id: message.author_id, moderated: message.author_id !== user.id } }, t);
 					return normaliseMessage(row);
 				});
 				ctx.broadcast("city.message.deleted", deleted);

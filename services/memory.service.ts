@@ -14,6 +14,7 @@ import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/auth"
 import { fastQuery } from "../lib/database";
 import { PointReadBatcher } from "../lib/point-read-batcher";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { auditOutboxEvent } from "../lib/data/audit-events";
 import { enqueueEvents } from "../lib/outbox";
 import { actionPolicy } from "../lib/resilience";
 import { open, seal } from "../lib/sealed-box";
@@ -52,7 +53,7 @@ interface MemoryMethods {
 	contentColumns(content: string, confidential: boolean): Pick<MemoryRow, "content" | "content_sealed" | "key_id">;
 	view(row: MemoryRow): MemoryView;
 	findRow(id: string, t?: Transaction): Promise<MemoryRow>;
-	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string): Promise<void>;
+	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): Promise<void>;
 	replayAsRead(user: MeshUser): IdempotentWriteOptions<MemoryView>;
 }
 type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> }; rowsById: PointReadBatcher<MemoryRow> };
@@ -175,7 +176,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					async t => {
 						const created = await self.adapter.model.create({ ...owner, ...self.contentColumns(ctx.params.content, !!ctx.params.confidential), version: 1 }, { transaction: t });
 						const row = created.get({ plain: true }) as MemoryRow;
-						await self.emitChange(t, row, "created", user.id);
+						await self.emitChange(t, row, "created", user.id, ctx.requestID);
 						return self.view(row);
 					},
 					self.replayAsRead(user),
@@ -227,7 +228,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					const values = { ...changes, ...(content != null ? self.contentColumns(content, row.confidential) : {}), version: version + 1, updated_at: new Date() };
 					await self.adapter.model.update(values, { where: { id, version }, transaction: t });
 					const updated = await self.findRow(id, t);
-					await self.emitChange(t, updated, "updated", user.id);
+					await self.emitChange(t, updated, "updated", user.id, ctx.requestID);
 					return self.view(updated);
 				}, self.replayAsRead(user));
 			},
@@ -245,7 +246,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					const row = await self.findRow(ctx.params.id, t);
 					if (!canWrite(user, row)) throw forbidden("delete");
 					await self.adapter.model.destroy({ where: { id: row.id }, transaction: t });
-					await self.emitChange(t, row, "deleted", user.id);
+					await self.emitChange(t, row, "deleted", user.id, ctx.requestID);
 					return { id: row.id, deleted: true };
 				});
 			},
@@ -350,12 +351,14 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			};
 		},
 
-		async emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string) {
+		async emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null) {
 			const { settings } = nodeContextOf(this.broker);
 			const payload = eventPayload(row, action, actor);
+			// The audit record names the memory, never its content (nor its key when confidential).
+			const audited = { scope: row.scope, owner_id: row.owner_id, kind: row.kind, version: row.version, confidential: row.confidential, ...(row.confidential ? {} : { key: row.key }) };
 			await enqueueEvents(databaseOf(this.broker) as Sequelize, t, settings.events, [
 				{ aggregateType: "memory", aggregateId: row.id, eventType: `memory.${action}`, subject: `memory.${action}.${row.scope}`, payload },
-				{ aggregateType: "memory", aggregateId: row.id, eventType: `audit.memory.${action}`, subject: `audit.memory.${action}`, payload },
+				auditOutboxEvent(requestID, this.broker.nodeID, { service: "memory", action, actor, target: row.id, details: audited }),
 			]);
 		},
 	},

@@ -3,9 +3,11 @@
  * Runs wherever actor services run; a gateway-only node (SERVICES=api) does not run it, so every
  * call it takes is served by another node.
  */
+import { createHash } from "crypto";
 import os from "os";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
+import { auditEvent } from "../lib/data/audit-events";
 import { requestLogger } from "../lib/logger";
 import { buildHealthReport, transportStatus } from "../lib/health";
 import { nodeContextOf } from "../lib/node-context";
@@ -135,6 +137,14 @@ const MeshService: ServiceSchema = {
 			},
 		},
 	}),
+
+	/** A node (re)starting is when its configuration (re)loads: audited with a digest, never secrets. */
+	started(this: Service) {
+		const { settings } = nodeContextOf(this.broker);
+		const visible = { version: settings.version, role: settings.role, services: settings.services, heartbeat: [settings.heartbeatInterval, settings.heartbeatTimeout], rateLimit: settings.rateLimit, production: settings.production };
+		const digest = createHash("sha256").update(JSON.stringify(visible)).digest("hex").slice(0, 16);
+		void auditEvent(this.broker, null, { service: "mesh", action: "config_loaded", actor: `node:${this.broker.nodeID}`, target: this.broker.nodeID, details: { ...visible, digest } });
+	},
 };
 
 export default MeshService;

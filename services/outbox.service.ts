@@ -7,12 +7,12 @@
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
-import type { NatsConnection } from "nats";
 import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
 import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
+import type { NatsConnection } from "nats";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
 import { EventStreamState, probeEventStream, type Outage } from "../lib/data/event-stream";
 import { ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay } from "../lib/outbox-relay";

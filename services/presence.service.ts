@@ -13,6 +13,7 @@ import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { AuthError, defineActions, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/auth";
+import { auditEvent } from "../lib/data/audit-events";
 import { requestLogger } from "../lib/logger";
 import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/node-context";
@@ -159,7 +160,7 @@ const PresenceService: ServiceSchema = {
 				status_msg: { type: "string", max: 1000, optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: Context<{ user_id?: string; matrix_user_id?: string; device_id?: string; status?: string }>) {
+			async handler(this: Service, ctx: Context<{ user_id?: string; matrix_user_id?: string; device_id?: string; status?: string }, { user?: MeshUser }>) {
 				const { user_id, matrix_user_id, device_id = "matrix", status = "online" } = ctx.params;
 				const userId = user_id ?? matrix_user_id;
 				if (!userId) throw new Errors.ValidationError("user_id (or matrix_user_id) is required", "VALIDATION_ERROR", [{ field: "user_id", type: "required", message: "user_id or matrix_user_id is required" }]);
@@ -171,6 +172,7 @@ const PresenceService: ServiceSchema = {
 					deviceStatus === "online"
 						? await ctx.call<UserPresence, object>("presence.heartbeat", { user_id: userId, device_id, node_id: "http", active: true })
 						: await (this as PresenceThis).changeDevice(userId, t => databaseOf(this.broker).query(SET_DEVICE_STATUS, { bind: [userId, device_id, deviceStatus], transaction: t }));
+				await auditEvent(this.broker, ctx, { service: "presence", action: `marked_${deviceStatus}`, actor: ctx.meta.user?.id ?? "mesh", target: userId });
 				return { ok: true, ...presence, ...(matrix_user_id ? { matrix_user_id } : {}), device_id, device_status: deviceStatus };
 			},
 		},

@@ -6,7 +6,7 @@ import { Client } from "pg";
 import { signToken } from "../../lib/auth";
 import { getJson, TEST_SERVICES_ENV, waitFor } from "../helpers/cluster";
 import { servedCounts, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
-import { describeWithNats, LOCAL_DATABASE_URL } from "../helpers/requirements";
+import { describeWithNats } from "../helpers/requirements";
 import { JWT_SECRET, loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
 
 jest.setTimeout(120_000);
@@ -151,10 +151,10 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const token = signToken(JWT_SECRET, { id: "drill-user", roles: [], teams: [] });
 		const subject = (i: number) => `drill-${mesh.namespace}-${i}`;
 		const write = (i: number) =>
-			fetch(`${mesh.gateway.url}/api/drill/records`, {
+			fetch(`${mesh.gateway.url}/api/drill/writes`, {
 				method: "POST",
 				headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", "Idempotency-Key": `key-${subject(i)}` },
-				body: JSON.stringify({ action: "drill.write", subject: subject(i), holdMs: 2_000 }),
+				body: JSON.stringify({ subject: subject(i), holdMs: 2_000 }),
 			});
 		const ids = [0, 1, 2, 3, 4, 5];
 		const started = Date.now();
@@ -187,11 +187,11 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 				expect(((await res.json()) as { id: string }).id).toBe(earlier.body.id);
 			}
 		}
-		const db = new Client({ connectionString: LOCAL_DATABASE_URL });
+		const db = new Client({ connectionString: mesh.env.DATABASE_URL });
 		await db.connect();
 		try {
 			const { rows } = await db.query<{ subject: string; n: string }>(
-				"SELECT subject, count(*) AS n FROM audit_records WHERE subject LIKE $1 GROUP BY subject ORDER BY subject",
+				"SELECT subject, count(*) AS n FROM drill_writes WHERE subject LIKE $1 GROUP BY subject ORDER BY subject",
 				[`drill-${mesh.namespace}-%`],
 			);
 			expect(rows.map(r => [r.subject, Number(r.n)])).toEqual(ids.map(i => [subject(i), 1]));

@@ -2,9 +2,9 @@
  * The chaos topology from issue #4: NODE1 and NODE2 run the actor services, a gateway-only node
  * (SERVICES=api) takes the load, all on a test-owned nats-server that tests may stop and restart.
  */
-import { startNodeProcess, uniqueNamespace, waitFor, waitForMesh, getJson, type NodeProcess } from "../helpers/cluster";
+import { startNodeProcess, TEST_SERVICES_ENV, uniqueNamespace, waitFor, waitForMesh, getJson, type NodeProcess } from "../helpers/cluster";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats-server";
-import { LOCAL_DATABASE_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
 
 export const JWT_SECRET = "chaos-test-secret-that-is-long-enough";
 
@@ -20,8 +20,9 @@ export interface ChaosMesh {
 	stop(): Promise<void>;
 }
 
+/** Actor nodes carry the test doubles too (the drill write that holds its transaction open). */
 export async function startActorNode(env: Record<string, string>, nodeID: string, role: string): Promise<NodeProcess> {
-	return startNodeProcess({ ...env, NODE_ID: nodeID, NODE_ROLE: role });
+	return startNodeProcess({ ...TEST_SERVICES_ENV, ...env, NODE_ID: nodeID, NODE_ROLE: role });
 }
 
 /** Every node sees every other one, and the gateway routes /api/mesh/* to the actors. */
@@ -41,10 +42,12 @@ export async function waitForChaosMesh(gateway: NodeProcess, actorNodes: string[
 export async function startChaosMesh(extraEnv: Record<string, string> = {}): Promise<ChaosMesh> {
 	const nats = await startNatsServer();
 	const namespace = uniqueNamespace("chaos");
+	// A database of its own: chaos nodes migrate on start, and leases/outbox rows stay with this mesh.
+	const databaseUrl = await freshDatabase("chaos");
 	const env = {
 		MESH_NAMESPACE: namespace,
 		NATS_URL: nats.url,
-		DATABASE_URL: LOCAL_DATABASE_URL,
+		DATABASE_URL: databaseUrl,
 		JWT_SECRET,
 		// One client IP sends all the load; per-client limits would measure the limiter, not failover.
 		RATE_LIMIT_PER_KEY: "0",
@@ -69,6 +72,7 @@ export async function startChaosMesh(extraEnv: Record<string, string> = {}): Pro
 		async stop() {
 			await Promise.all([mesh.gateway, mesh.node1, mesh.node2].map(n => n.kill("SIGKILL")));
 			await nats.stop();
+			await dropFreshDatabases();
 		},
 	};
 	await waitForChaosMesh(gateway, ["NODE1", "NODE2"]);

@@ -3,22 +3,28 @@
  */
 import { spawn } from "child_process";
 import { ROOT, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
-import { describeWithNatsAndPostgres, LOCAL_DATABASE_URL, LOCAL_NATS_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
+import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
 
 describeWithNatsAndPostgres("REPL on a live mesh", () => {
 	const namespace = uniqueNamespace("repl");
-	const env = { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: LOCAL_DATABASE_URL };
+	let env: Record<string, string>;
 	let node1: NodeProcess;
 	let node2: NodeProcess;
 
 	beforeAll(async () => {
+		// A database of its own: nodes migrate on start.
+		env = { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: await freshDatabase("repl") };
 		[node1, node2] = await Promise.all([
 			startNodeProcess({ ...env, NODE_ID: "repl-test-node1", NODE_ROLE: "node1", SERVICES: "api,mesh" }),
 			startNodeProcess({ ...env, NODE_ID: "repl-test-node2", NODE_ROLE: "node2", SERVICES: "api" }),
 		]);
 		await waitForMesh(node2, ["mesh"], 2);
 	});
-	afterAll(() => stopAll([node1, node2]));
+	afterAll(async () => {
+		await stopAll([node1, node2]);
+		await dropFreshDatabases();
+	});
 
 	it("shows both nodes with roles, actors and health, and calls an action", async () => {
 		const repl = spawn("script", ["-qfec", `${process.execPath} --import tsx scripts/repl.ts`, "/dev/null"], {
