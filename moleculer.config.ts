@@ -7,6 +7,7 @@ import type { BrokerOptions } from "moleculer";
 import { jsonLogger } from "./lib/logger";
 import { meshInternalMiddlewares } from "./lib/call-pipeline";
 import { GatewayPrometheusReporter } from "./lib/metrics";
+import { LivenessProbeMiddleware } from "./lib/mesh/liveness-probe";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/resilience";
 import type { MeshSettings } from "./lib/settings";
 import type { TransportChoice } from "./lib/transport";
@@ -63,7 +64,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		},
 		// Moleculer's own middlewares, three of them in leaner equivalents (lib/call-pipeline.ts).
 		internalMiddlewares: false,
-		middlewares: [FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares()],
+		middlewares: [FailureDetectorMiddleware(), LivenessProbeMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares()],
 		metricsReporter,
 	} as BrokerOptions & BrokerExtras;
 }

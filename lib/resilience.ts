@@ -2,8 +2,9 @@
  * Failover policy: how a caller chooses a node, notices a dead one, and routes around it.
  * docs/FAILOVER.md explains each number here and the measurements behind it.
  *
- * - FailoverStrategy: round-robin that skips *suspect* nodes (a heartbeat overdue) and, on a retry,
- *   the node that just failed, long before Moleculer's heartbeat timeout removes them.
+ * - FailoverStrategy: round-robin that skips *suspect* nodes (a heartbeat overdue, or a liveness probe
+ *   unanswered: lib/mesh/liveness-probe.ts) and, on a retry, the node that just failed, long before
+ *   Moleculer's heartbeat timeout removes them.
  * - FailureDetectorMiddleware: checks remote heartbeats every 250 ms instead of once per
  *   heartbeatTimeout, so a dead node leaves the registry at most ~250 ms after its timeout.
  * - actionPolicy(): what an action declares: whether it is idempotent (then callers retry it on
@@ -12,6 +13,7 @@
  */
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Strategies } from "moleculer";
+import { suspectNodesOf, takeDeclaredLost } from "./mesh/liveness-probe";
 
 /** Per-attempt timeouts. A caller waits on a dead node at most this long before retrying elsewhere. */
 export const TIMEOUT_CLASSES = {
@@ -100,9 +102,10 @@ export class FailoverStrategy extends Strategies.RoundRobin {
 
 	select(list: Endpoint[], ctx?: Context): Endpoint {
 		const avoid = nodesToAvoid(ctx as RetryContext | undefined);
+		const unresponsive = suspectNodesOf(this.broker);
 		const now = process.uptime();
 		const healthy = list.filter(ep => {
-			if (avoid?.has(ep.id)) return false;
+			if (avoid?.has(ep.id) || unresponsive?.has(ep.id)) return false;
 			if (ep.local) return true;
 			const last = (ep.node as { lastHeartbeatTime?: number }).lastHeartbeatTime;
 			return last == null || now - last <= this.suspectAfter;
@@ -156,7 +159,7 @@ function registerFailoverMetrics(broker: ServiceBroker): void {
 		name: FAILOVER_METRICS.nodeLeft,
 		type: "counter",
 		labelNames: ["nodeID", "reason"],
-		description: "Nodes that left the mesh, by reason (graceful, heartbeat-timeout)",
+		description: "Nodes that left the mesh, by reason (graceful, liveness-probe, heartbeat-timeout)",
 	});
 	broker.metrics.register({
 		name: FAILOVER_METRICS.nodeJoined,
@@ -172,14 +175,18 @@ function registerFailoverMetrics(broker: ServiceBroker): void {
 	});
 }
 
-/** Why a node left: Moleculer flags removals it did not get a DISCONNECT packet for as unexpected. */
-export function leaveReason(unexpected: boolean | undefined): "heartbeat-timeout" | "graceful" {
-	return unexpected ? "heartbeat-timeout" : "graceful";
+/**
+ * Why a node left: Moleculer flags removals it did not get a DISCONNECT packet for as unexpected;
+ * among those, the liveness probe's own (lib/mesh/liveness-probe.ts) are told apart.
+ */
+export function leaveReason(unexpected: boolean | undefined, byProbe = false): "liveness-probe" | "heartbeat-timeout" | "graceful" {
+	if (!unexpected) return "graceful";
+	return byProbe ? "liveness-probe" : "heartbeat-timeout";
 }
 
 function onNodeEvents(broker: ServiceBroker, log: Logger): void {
 	broker.localBus.on("$node.disconnected", (payload: NodeEventPayload) => {
-		const reason = leaveReason(payload.unexpected);
+		const reason = leaveReason(payload.unexpected, takeDeclaredLost(broker, payload.node.id));
 		const role = payload.node.metadata?.role ?? "?";
 		const message = `Node ${payload.node.id} (${role}) left the mesh: ${reason}; its endpoints are out of rotation`;
 		if (payload.unexpected) log.warn(message, { event: "node.left", node_id: payload.node.id, reason });

@@ -57,23 +57,30 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const result: LoadReport = await load.stop();
 
 		const during = windowStats(result.samples, killedAt, restartAt);
+		// Calls already on their way to NODE1 when it died count too: they started just before the kill.
+		const aroundKill = windowStats(result.samples, killedAt - 100, restartAt);
 		const leftAt = loggedAt(mesh.gateway, killedWallClock, l => l.event === "node.left" && l.node_id === "NODE1");
 		const outOfRotationMs = leftAt == null ? null : leftAt - killedWallClock;
-		report("SIGKILL", { ...during, outOfRotationMs, shed: result.shed });
+		process.stdout.write(JSON.stringify(mesh.gateway.jsonLogs().filter(l => Number(new Date(String(l.timestamp))) >= killedWallClock - 50).slice(0, 25).map(l => [Number(new Date(String(l.timestamp))) - killedWallClock, l.level, l.event, String(l.message).slice(0, 140)])) + "\n");
+		report("SIGKILL", { ...during, aroundKillMaxMs: aroundKill.maxMs, outOfRotationMs, shed: result.shed });
 
 		expect(result.shed).toBe(0);
 		expect(during.failures).toEqual([]);
 		expect(during.failed).toBe(0);
 		expect(during.longestGapMs).toBeLessThanOrEqual(1_000);
 		expect(outOfRotationMs).not.toBeNull();
-		expect(outOfRotationMs!).toBeLessThanOrEqual(3_000);
+		// The liveness probe notices the death from NATS within tens of milliseconds (goal: every call
+		// answered within 100 ms; 250 ms here for CI noise) and takes NODE1 out of rotation at once.
+		expect(aroundKill.failed).toBe(0);
+		expect(aroundKill.maxMs).toBeLessThanOrEqual(250);
+		expect(outOfRotationMs!).toBeLessThanOrEqual(500);
 		// Out of rotation means out: nothing started 3 s after the kill was served by NODE1's old process.
 		expect(servedCounts(result.samples, killedAt + 3_000).NODE1 ?? 0).toBeGreaterThan(0); // the restarted one
 		expect(servedCounts(result.samples.filter(s => s.start < restartAt), killedAt + 3_000).NODE1).toBeUndefined();
 		expect(windowStats(result.samples, restartAt, Infinity).failed).toBe(0);
 		// The failover is counted, with its reason, in the gateway's metrics.
 		const metrics = await (await fetch(`${mesh.gateway.url}/metrics`)).text();
-		expect(metrics).toMatch(/mesh_node_left_total\{node_id="NODE1",reason="heartbeat-timeout"\} [1-9]/);
+		expect(metrics).toMatch(/mesh_node_left_total\{node_id="NODE1",reason="liveness-probe"\} [1-9]/);
 		expect(metrics).toMatch(/mesh_node_joined_total\{node_id="NODE1",reconnected="(true|false)"\} [1-9]/);
 	});
 
@@ -113,9 +120,13 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const result = await load.stop();
 
 		const during = windowStats(result.samples, stoppedAt, resumedAt);
+		const aroundStop = windowStats(result.samples, stoppedAt - 100, resumedAt);
 		const after = windowStats(result.samples, resumedAt, Infinity);
-		report("SIGSTOP", { during, after });
+		report("SIGSTOP", { during, aroundStopMaxMs: aroundStop.maxMs, after });
 		expect(during.failed).toBe(0);
+		// An unanswered liveness probe makes NODE1 suspect: its idempotent calls retry elsewhere at once
+		// and it gets no new ones (goal 300 ms for the slowest; 600 ms here for CI noise).
+		expect(aroundStop.maxMs).toBeLessThanOrEqual(600);
 		expect(after.failed).toBe(0);
 		expect(servedCounts(result.samples, resumedAt + 3_000).NODE1).toBeGreaterThan(0);
 		const metrics = await (await fetch(`${mesh.gateway.url}/metrics`)).text();
