@@ -13,7 +13,7 @@
  */
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Strategies } from "moleculer";
-import { suspectNodesOf, takeDeclaredLost } from "./mesh/liveness-probe";
+import { suspectNodesOf } from "./mesh/liveness-probe";
 
 /** Per-attempt timeouts. A caller waits on a dead node at most this long before retrying elsewhere. */
 export const TIMEOUT_CLASSES = {
@@ -159,7 +159,7 @@ function registerFailoverMetrics(broker: ServiceBroker): void {
 		name: FAILOVER_METRICS.nodeLeft,
 		type: "counter",
 		labelNames: ["nodeID", "reason"],
-		description: "Nodes that left the mesh, by reason (graceful, liveness-probe, heartbeat-timeout)",
+		description: "Nodes that left the mesh, by reason (graceful, heartbeat-timeout)",
 	});
 	broker.metrics.register({
 		name: FAILOVER_METRICS.nodeJoined,
@@ -175,18 +175,14 @@ function registerFailoverMetrics(broker: ServiceBroker): void {
 	});
 }
 
-/**
- * Why a node left: Moleculer flags removals it did not get a DISCONNECT packet for as unexpected;
- * among those, the liveness probe's own (lib/mesh/liveness-probe.ts) are told apart.
- */
-export function leaveReason(unexpected: boolean | undefined, byProbe = false): "liveness-probe" | "heartbeat-timeout" | "graceful" {
-	if (!unexpected) return "graceful";
-	return byProbe ? "liveness-probe" : "heartbeat-timeout";
+/** Why a node left: Moleculer flags removals it did not get a DISCONNECT packet for as unexpected. */
+export function leaveReason(unexpected: boolean | undefined): "heartbeat-timeout" | "graceful" {
+	return unexpected ? "heartbeat-timeout" : "graceful";
 }
 
 function onNodeEvents(broker: ServiceBroker, log: Logger): void {
 	broker.localBus.on("$node.disconnected", (payload: NodeEventPayload) => {
-		const reason = leaveReason(payload.unexpected, takeDeclaredLost(broker, payload.node.id));
+		const reason = leaveReason(payload.unexpected);
 		const role = payload.node.metadata?.role ?? "?";
 		const message = `Node ${payload.node.id} (${role}) left the mesh: ${reason}; its endpoints are out of rotation`;
 		if (payload.unexpected) log.warn(message, { event: "node.left", node_id: payload.node.id, reason });

@@ -10,15 +10,18 @@
  * - a caller that has a call pending on a node for longer than `probeAfterMs` sends that node one probe
  *   (at most one in flight per node, and none within `reprobeMs` of the last answer);
  * - "no responders" means the NATS server holds no subscription for the node: its process is gone (the
- *   server drops a dead process's subscriptions the moment its TCP connection closes). The node is
- *   declared lost exactly as a heartbeat timeout would: its services leave the registry and every call
- *   pending on it is rejected with a retryable error, so idempotent calls retry elsewhere and writes
- *   answer "retry" (at most once, as before);
+ *   server drops a dead process's subscriptions the moment its TCP connection closes), or its NATS
+ *   connection is being re-established after a NATS server died. Either way no call pending on it will
+ *   be answered through this connection: every one is rejected with a retryable error (idempotent calls
+ *   retry elsewhere, writes answer "retry" — at most once with an Idempotency-Key, as before) and the
+ *   node becomes suspect. It is *not* removed from the registry: a node that was only reconnecting
+ *   answers the next probe and is back in rotation at once; a dead one is removed by the heartbeat
+ *   timeout as before;
  * - no answer within `probeTimeoutMs` means the process is alive but not running its event loop (SIGSTOP,
- *   a stuck loop, a frozen VM): the node becomes *suspect* — FailoverStrategy sends it no new call —
- *   and idempotent calls pending on it are rejected so they retry elsewhere at once. Writes keep
- *   waiting: the node may still apply them. A suspect node is probed every `suspectReprobeMs` and
- *   cleared by its first answer.
+ *   a stuck loop, a frozen VM): the node becomes suspect and idempotent calls pending on it are rejected
+ *   so they retry elsewhere at once. Writes keep waiting: the node may still apply them;
+ * - FailoverStrategy sends a suspect node no new call while another node can take it. A suspect node is
+ *   probed every `suspectReprobeMs` and cleared by its first answer.
  *
  * Cost at steady state: none while no call is overdue; otherwise at most one ~100-byte request per
  * node per `reprobeMs`, plus a scan of this node's pending calls every `scanEveryMs`.
@@ -27,7 +30,6 @@ import type { Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import type { NatsConnection, Subscription } from "nats";
 import {
-	declareNodeLost,
 	natsConnectionOf,
 	pendingRequestsOf,
 	remoteNodeMetadata,
@@ -72,13 +74,7 @@ export function suspectNodesOf(broker: ServiceBroker): ReadonlySet<string> | und
 	return suspectsByBroker.get(broker);
 }
 
-/** Nodes a broker's probe declared lost, until their `$node.disconnected` is reported (once). */
-const declaredLostByBroker = new WeakMap<ServiceBroker, Set<string>>();
 
-/** True once for a node this broker's probe declared lost: the reason a failover event reports. */
-export function takeDeclaredLost(broker: ServiceBroker, nodeID: string): boolean {
-	return declaredLostByBroker.get(broker)?.delete(nodeID) ?? false;
-}
 
 function livenessSubject(broker: ServiceBroker, nodeID: string): string {
 	return `${subjectPrefixOf(broker)}.ALIVE.${nodeID}`;
@@ -98,7 +94,6 @@ class LivenessProbe {
 	private readonly inFlight = new Set<string>();
 	private readonly lastAnswer = new Map<string, number>();
 	private readonly suspects = new Set<string>();
-	private readonly declaredLost = new Set<string>();
 	private readonly log: ReturnType<ServiceBroker["getLogger"]>;
 
 	constructor(
@@ -108,7 +103,6 @@ class LivenessProbe {
 	) {
 		this.log = broker.getLogger("liveness");
 		suspectsByBroker.set(broker, this.suspects);
-		declaredLostByBroker.set(broker, this.declaredLost);
 	}
 
 	start(): void {
@@ -169,34 +163,32 @@ class LivenessProbe {
 		if (outcome === "alive") {
 			if (this.suspects.delete(nodeID)) this.log.info(`Node ${nodeID} answers again; no longer suspect`, { event: "node.unsuspected", node_id: nodeID });
 		} else if (outcome === "gone") {
-			this.log.warn(`Node ${nodeID} is gone (NATS holds no subscription for it); declared lost`, { event: "node.lost", node_id: nodeID });
-			this.declaredLost.add(nodeID);
-			declareNodeLost(this.broker, nodeID);
+			this.markSuspect(nodeID, "no NATS subscription (process gone, or reconnecting to NATS)", "node.lost");
+			this.rejectCallsOn(nodeID, () => true);
 		} else if (outcome === "unresponsive") {
-			this.markSuspect(nodeID);
+			this.markSuspect(nodeID, `no answer to a liveness probe within ${this.opts.probeTimeoutMs} ms`, "node.suspect");
+			this.rejectCallsOn(nodeID, isIdempotent);
 		}
 	}
 
-	private markSuspect(nodeID: string): void {
-		if (!this.suspects.has(nodeID)) {
-			this.suspects.add(nodeID);
-			this.log.warn(`Node ${nodeID} did not answer a liveness probe within ${this.opts.probeTimeoutMs} ms; suspect`, { event: "node.suspect", node_id: nodeID });
-		}
-		this.rejectIdempotentCallsOn(nodeID);
+	private markSuspect(nodeID: string, why: string, event: string): void {
+		if (this.suspects.has(nodeID)) return;
+		this.suspects.add(nodeID);
+		this.log.warn(`Node ${nodeID} is suspect: ${why}; out of rotation until it answers`, { event, node_id: nodeID });
 	}
 
-	/** Idempotent calls waiting on an unresponsive node are safe to run elsewhere now; writes wait. */
-	private rejectIdempotentCallsOn(nodeID: string): void {
+	private rejectCallsOn(nodeID: string, which: (req: PendingRequest) => boolean): void {
 		const pending = pendingRequestsOf(this.broker);
 		if (!pending) return;
 		for (const [id, req] of pending) {
-			if (req.nodeID !== nodeID || !isIdempotent(req)) continue;
+			if (req.nodeID !== nodeID || !which(req)) continue;
 			pending.delete(id);
 			req.reject(new Errors.RequestRejectedError({ action: req.action?.name, nodeID }));
 		}
 	}
 }
 
+/** Idempotent calls waiting on an unresponsive node are safe to run elsewhere now; writes wait. */
 function isIdempotent(req: PendingRequest): boolean {
 	return req.action?.idempotent === true;
 }

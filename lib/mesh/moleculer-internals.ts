@@ -42,15 +42,6 @@ export function subjectPrefixOf(broker: ServiceBroker): string {
 	return transitOf(broker)?.tx?.prefix ?? (broker.namespace ? `MOL-${broker.namespace}` : "MOL");
 }
 
-/**
- * Removes a node as Moleculer does when its heartbeat times out: its services leave the registry,
- * `$node.disconnected` (unexpected) is broadcast locally and every call pending on it is rejected with
- * a retryable RequestRejectedError. A node that is in fact alive rejoins on its next heartbeat.
- */
-export function declareNodeLost(broker: ServiceBroker, nodeID: string): void {
-	(broker.registry as unknown as { nodes: { disconnected(id: string, unexpected: boolean): void } }).nodes.disconnected(nodeID, true);
-}
-
 export function remoteNodeMetadata(broker: ServiceBroker, nodeID: string): Record<string, unknown> | null {
 	const node = (broker.registry as unknown as { nodes: { get(id: string): { metadata?: Record<string, unknown>; available?: boolean } | undefined } }).nodes.get(nodeID);
 	return node?.available ? (node.metadata ?? {}) : null;

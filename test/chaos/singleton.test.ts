@@ -5,7 +5,7 @@
  */
 import { Client } from "pg";
 import { getJson, waitFor } from "../helpers/cluster";
-import { describeWithNatsAndPostgres, LOCAL_DATABASE_URL } from "../helpers/requirements";
+import { describeWithNatsAndPostgres } from "../helpers/requirements";
 import { startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
 
 jest.setTimeout(120_000);
@@ -33,7 +33,7 @@ describeWithNatsAndPostgres("singleton duties: leader lease with takeover and ha
 	let db: Client;
 	beforeAll(async () => {
 		mesh = await startChaosMesh({ LEASE_TTL_MS: String(LEASE_TTL_MS) });
-		db = new Client({ connectionString: LOCAL_DATABASE_URL });
+		db = new Client({ connectionString: mesh.databaseUrl });
 		await db.connect();
 	});
 	afterAll(async () => {

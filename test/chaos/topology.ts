@@ -4,13 +4,15 @@
  */
 import { startNodeProcess, uniqueNamespace, waitFor, waitForMesh, getJson, type NodeProcess } from "../helpers/cluster";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats-server";
-import { LOCAL_DATABASE_URL } from "../helpers/requirements";
+import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
 
 export const JWT_SECRET = "chaos-test-secret-that-is-long-enough";
 
 export interface ChaosMesh {
 	nats: TestNatsServer;
 	namespace: string;
+	/** a database of this mesh's own, so its migrations and leases meet no other test's */
+	databaseUrl: string;
 	gateway: NodeProcess;
 	node1: NodeProcess;
 	node2: NodeProcess;
@@ -41,10 +43,11 @@ export async function waitForChaosMesh(gateway: NodeProcess, actorNodes: string[
 export async function startChaosMesh(extraEnv: Record<string, string> = {}): Promise<ChaosMesh> {
 	const nats = await startNatsServer();
 	const namespace = uniqueNamespace("chaos");
+	const databaseUrl = await freshDatabase("chaos");
 	const env = {
 		MESH_NAMESPACE: namespace,
 		NATS_URL: nats.url,
-		DATABASE_URL: LOCAL_DATABASE_URL,
+		DATABASE_URL: databaseUrl,
 		JWT_SECRET,
 		// One client IP sends all the load; per-client limits would measure the limiter, not failover.
 		RATE_LIMIT_PER_KEY: "0",
@@ -58,6 +61,7 @@ export async function startChaosMesh(extraEnv: Record<string, string> = {}): Pro
 	const mesh: ChaosMesh = {
 		nats,
 		namespace,
+		databaseUrl,
 		gateway,
 		node1,
 		node2,
@@ -69,6 +73,7 @@ export async function startChaosMesh(extraEnv: Record<string, string> = {}): Pro
 		async stop() {
 			await Promise.all([mesh.gateway, mesh.node1, mesh.node2].map(n => n.kill("SIGKILL")));
 			await nats.stop();
+			await dropFreshDatabases();
 		},
 	};
 	await waitForChaosMesh(gateway, ["NODE1", "NODE2"]);
