@@ -10,6 +10,7 @@ import { jsonLogger } from "./lib/logger";
 import { InputGuardMiddleware } from "./lib/mesh/input-guard";
 import { meshInternalMiddlewares } from "./lib/call-pipeline";
 import { GatewayPrometheusReporter } from "./lib/metrics";
+import { LivenessProbeMiddleware } from "./lib/mesh/liveness-probe";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/resilience";
 import type { MeshSettings } from "./lib/settings";
 import type { TransportChoice } from "./lib/transport";
@@ -72,7 +73,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		internalMiddlewares: false,
 		// First listed = innermost: QueryLimits names a database limit before breakers and metrics see the
 		// error. Last = outermost: InputGuard refuses unstorable input before anything else runs.
-		middlewares: [QueryLimitsMiddleware(), FailureDetectorMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares(), InputGuardMiddleware()],
+		middlewares: [QueryLimitsMiddleware(), FailureDetectorMiddleware(), LivenessProbeMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares(), InputGuardMiddleware()],
 		metricsReporter,
 	} as BrokerOptions & BrokerExtras;
 }

@@ -2,8 +2,9 @@
  * Failover policy: how a caller chooses a node, notices a dead one, and routes around it.
  * docs/FAILOVER.md explains each number here and the measurements behind it.
  *
- * - FailoverStrategy: round-robin that skips *suspect* nodes (a heartbeat overdue) and, on a retry,
- *   the node that just failed, long before Moleculer's heartbeat timeout removes them.
+ * - FailoverStrategy: round-robin that skips *suspect* nodes (a heartbeat overdue, or a liveness probe
+ *   unanswered: lib/mesh/liveness-probe.ts) and, on a retry, the node that just failed, long before
+ *   Moleculer's heartbeat timeout removes them.
  * - FailureDetectorMiddleware: checks remote heartbeats every 250 ms instead of once per
  *   heartbeatTimeout, so a dead node leaves the registry at most ~250 ms after its timeout.
  * - actionPolicy(): what an action declares: whether it is idempotent (then callers retry it on
@@ -13,6 +14,7 @@
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Strategies } from "moleculer";
 import { isDatabaseFault } from "./data/db-faults";
+import { suspectNodesOf } from "./mesh/liveness-probe";
 
 /** Per-attempt timeouts. A caller waits on a dead node at most this long before retrying elsewhere. */
 export const TIMEOUT_CLASSES = {
@@ -103,9 +105,10 @@ export class FailoverStrategy extends Strategies.RoundRobin {
 
 	select(list: Endpoint[], ctx?: Context): Endpoint {
 		const avoid = nodesToAvoid(ctx as RetryContext | undefined);
+		const unresponsive = suspectNodesOf(this.broker);
 		const now = process.uptime();
 		const healthy = list.filter(ep => {
-			if (avoid?.has(ep.id)) return false;
+			if (avoid?.has(ep.id) || unresponsive?.has(ep.id)) return false;
 			if (ep.local) return true;
 			const last = (ep.node as { lastHeartbeatTime?: number }).lastHeartbeatTime;
 			return last == null || now - last <= this.suspectAfter;

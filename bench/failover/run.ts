@@ -1,13 +1,15 @@
 /**
- * `npm run bench:failover`: the same SIGKILL (and SIGTERM) scenario against (a) plain Moleculer
- * defaults and (b) this project's failover policy, in one run. Two actor nodes and a gateway-only
- * node over NATS; 200 req/s of GET /api/mesh/whoami through the gateway; NODE1 killed 3 s in.
- * Reported: failed requests, longest time without a successful answer, latency p99/max during the
- * event, and how long after the signal requests were still disrupted (slow > 500 ms or failed).
+ * `npm run bench:failover`: the same SIGKILL, SIGSTOP (5 s) and SIGTERM scenarios against (a) plain
+ * Moleculer defaults and (b) this project's failover policy, in one run. Two actor nodes and a
+ * gateway-only node over NATS; 200 req/s of GET /api/mesh/whoami through the gateway; NODE1 gets the
+ * signal 3 s in. Reported: failed requests, longest time without a successful answer, latency p99/max
+ * during the event, how long after the signal requests were still disrupted (slow > 500 ms or failed),
+ * the latency distribution per 100 ms window around the signal (docs/FAILOVER.md), and the liveness
+ * probes the gateway sent during the steady 3 s before it (their cost when nothing fails).
  */
 import type { ChildProcess } from "child_process";
 import { startLoad, windowStats, type Sample } from "../../test/helpers/load";
-import { machine, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
+import { machine, percentile, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
@@ -16,6 +18,10 @@ const RATE = 200;
 const OBSERVE_DEFAULTS_MS = Number(process.env.BENCH_FAILOVER_OBSERVE_MS ?? 65_000);
 const OBSERVE_POLICY_MS = 10_000;
 const SLOW_MS = 500;
+const STOPPED_FOR_MS = 5_000;
+const WINDOW_MS = 100;
+/** windows from 200 ms before the signal to 1 s after it */
+const WINDOWS = Array.from({ length: 12 }, (_, i) => (i - 2) * WINDOW_MS);
 
 interface Topology {
 	name: string;
@@ -33,6 +39,9 @@ interface Row {
 	p99Ms: number;
 	maxMs: number;
 	disruptedMs: number;
+	/** liveness probes the gateway sent in the steady 3 s before the signal; null where there is no probe */
+	steadyProbes: number | null;
+	windows: Array<{ fromMs: number; requests: number; p50Ms: number; p99Ms: number; maxMs: number }>;
 }
 
 let portSeq = 19_500 + (process.pid % 200) * 3;
@@ -89,13 +98,41 @@ function disruptedFor(samples: Sample[], signalAt: number): number {
 	return bad.length ? Math.round(Math.max(...bad.map(s => s.end)) - signalAt) : 0;
 }
 
+/** Latency of the requests that *started* in each 100 ms window around the signal. */
+function windowsAround(samples: Sample[], signalAt: number): Row["windows"] {
+	return WINDOWS.map(fromMs => {
+		const latencies = samples
+			.filter(s => s.start >= signalAt + fromMs && s.start < signalAt + fromMs + WINDOW_MS)
+			.map(s => s.end - s.start)
+			.sort((a, b) => a - b);
+		const round = (n: number) => Math.round(n * 10) / 10;
+		return { fromMs, requests: latencies.length, p50Ms: round(percentile(latencies, 50)), p99Ms: round(percentile(latencies, 99)), maxMs: round(latencies.at(-1) ?? 0) };
+	});
+}
+
+/** The gateway's liveness probes so far (all outcomes), or null if it exports none. */
+async function probesSent(gatewayUrl: string): Promise<number | null> {
+	const text = await fetch(`${gatewayUrl}/metrics`).then(r => (r.ok ? r.text() : ""), () => "");
+	const lines = text.split("\n").filter(l => l.startsWith("mesh_liveness_probes_total"));
+	if (!text.includes("mesh_liveness_probes_total")) return null;
+	return lines.reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+}
+
 async function scenario(topology: Topology, signal: NodeJS.Signals): Promise<Row> {
 	await waitForBothNodes(topology.gatewayUrl);
 	const load = startLoad({ url: `${topology.gatewayUrl}/api/mesh/whoami`, ratePerSecond: RATE, maxInFlight: 20_000, clientTimeoutMs: 60_000 });
+	const probesBefore = await probesSent(topology.gatewayUrl);
 	await new Promise(r => setTimeout(r, 3_000));
+	const probesAtSignal = await probesSent(topology.gatewayUrl);
 	const signalAt = load.now();
 	topology.node1.kill(signal);
-	await new Promise(r => setTimeout(r, signal === "SIGKILL" ? topology.observeMs : 5_000));
+	if (signal === "SIGSTOP") {
+		await new Promise(r => setTimeout(r, STOPPED_FOR_MS));
+		topology.node1.kill("SIGCONT");
+		await new Promise(r => setTimeout(r, 3_000));
+	} else {
+		await new Promise(r => setTimeout(r, signal === "SIGKILL" ? topology.observeMs : 5_000));
+	}
 	const { samples } = await load.stop();
 	const stats = windowStats(samples, signalAt, Infinity);
 	const row = {
@@ -107,6 +144,8 @@ async function scenario(topology: Topology, signal: NodeJS.Signals): Promise<Row
 		p99Ms: stats.p99Ms,
 		maxMs: stats.maxMs,
 		disruptedMs: disruptedFor(samples, signalAt),
+		steadyProbes: probesBefore == null || probesAtSignal == null ? null : probesAtSignal - probesBefore,
+		windows: windowsAround(samples, signalAt),
 	};
 	process.stdout.write(`${JSON.stringify(row)}\n`);
 	return row;
@@ -115,7 +154,7 @@ async function scenario(topology: Topology, signal: NodeJS.Signals): Promise<Row
 async function main(): Promise<void> {
 	const rows: Row[] = [];
 	try {
-		for (const signal of ["SIGKILL", "SIGTERM"] as const) {
+		for (const signal of ["SIGKILL", "SIGSTOP", "SIGTERM"] as const) {
 			const queueGroups = () => projectTopology({ DISABLE_BALANCER: "true" }, "(c) policy + NATS queue groups");
 			for (const build of [bareTopology, () => projectTopology(), queueGroups]) {
 				rows.push(await scenario(await build(), signal));
@@ -133,10 +172,34 @@ async function main(): Promise<void> {
 			rows.map(r => [r.policy, r.signal, r.requests, String(r.failed), String(r.longestGapMs), String(r.p99Ms), String(r.maxMs), String(r.disruptedMs)]),
 		),
 		"",
-		"Targets for (b): longest gap ≤ 1,000 ms, 0 failed idempotent requests on SIGKILL, 0 errors on SIGTERM. Out-of-rotation time (≤ 3 s) is asserted by test/chaos from the gateway's `node.left` log line.",
+		"Targets for (b): every request around a SIGKILL answered within 100 ms (max, not p99) and 0 failed; around a SIGSTOP the slowest ≤ 300 ms and 0 failed; 0 errors on SIGTERM. The per-100 ms distribution around each event is in docs/FAILOVER.md; test/chaos asserts the bounds with CI slack (250 ms / 600 ms).",
 	].join("\n");
 	writeSection("Failover (bench/failover)", body);
 	process.stdout.write(`\n${body}\n`);
+	const timeline = timelineSection(rows);
+	writeSection("Around the event, per 100 ms (bench/failover)", timeline, "FAILOVER.md");
+	process.stdout.write(`\n${timeline}\n`);
+}
+
+function timelineSection(rows: Row[]): string {
+	const parts = [
+		`Run ${new Date().toISOString().slice(0, 10)} on ${machine()}, by \`npm run bench:failover\` (same run as the table in docs/BENCHMARKS.md). Each cell: p50 / p99 / max latency in ms of the requests that *started* in that 100 ms window (${RATE} req/s, so ~20 per window); the signal reaches NODE1 at 0. SIGSTOP lasts ${STOPPED_FOR_MS / 1000} s.`,
+		"",
+	];
+	for (const signal of ["SIGKILL", "SIGSTOP"]) {
+		const mine = rows.filter(r => r.signal === signal);
+		parts.push(`**${signal}**`, "");
+		parts.push(
+			table(
+				["window (ms)", ...mine.map(r => r.policy)],
+				WINDOWS.map((fromMs, i) => [`${fromMs} … ${fromMs + WINDOW_MS}`, ...mine.map(r => `${r.windows[i].p50Ms} / ${r.windows[i].p99Ms} / ${r.windows[i].maxMs}`)]),
+			),
+			"",
+		);
+	}
+	const probes = rows.filter(r => r.steadyProbes != null).map(r => `${r.policy} before ${r.signal}: ${r.steadyProbes}`);
+	parts.push(`Liveness probes sent by the gateway in the steady 3 s before each signal (${RATE * 3} requests): ${probes.join("; ")}.`);
+	return parts.join("\n");
 }
 
 main().catch(async err => {

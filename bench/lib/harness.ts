@@ -127,9 +127,9 @@ export function formatNumber(n: number): string {
 	return n.toFixed(2);
 }
 
-/** Replaces (or appends) the `## <title>` section of docs/BENCHMARKS.md. */
-export function writeSection(title: string, body: string): void {
-	const file = path.join(ROOT, "docs", "BENCHMARKS.md");
+/** Replaces (or appends) the `## <title>` section of docs/BENCHMARKS.md (or another file under docs/). */
+export function writeSection(title: string, body: string, docsFile = "BENCHMARKS.md"): void {
+	const file = path.join(ROOT, "docs", docsFile);
 	const header = "# Benchmarks\n\nWritten by `npm run bench*`; every ratio compares figures measured in the same run on the same machine.\n";
 	const current = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : header;
 	const section = `## ${title}\n\n${body.trim()}\n`;

@@ -43,7 +43,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		await waitForChaosMesh(mesh.gateway, ["NODE1", "NODE2"]);
 	}
 
-	it("SIGKILL NODE1: no failed request, no gap over 1 s, out of rotation within 3 s; NODE1 gets traffic when it returns", async () => {
+	it("SIGKILL NODE1: no failed request, every call answered within 250 ms, out of rotation within 0.5 s and removed within 3 s; NODE1 gets traffic when it returns", async () => {
 		await bothNodesServing();
 		const load = whoamiLoad(mesh);
 		await sleep(2_000);
@@ -58,16 +58,27 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const result: LoadReport = await load.stop();
 
 		const during = windowStats(result.samples, killedAt, restartAt);
+		// Calls already on their way to NODE1 when it died count too: they started just before the kill.
+		const aroundKill = windowStats(result.samples, killedAt - 100, restartAt);
 		const leftAt = loggedAt(mesh.gateway, killedWallClock, l => l.event === "node.left" && l.node_id === "NODE1");
-		const outOfRotationMs = leftAt == null ? null : leftAt - killedWallClock;
-		report("SIGKILL", { ...during, outOfRotationMs, shed: result.shed });
+		const removedMs = leftAt == null ? null : leftAt - killedWallClock;
+		const lostAt = loggedAt(mesh.gateway, killedWallClock, l => l.event === "node.lost" && l.node_id === "NODE1");
+		const outOfRotationMs = lostAt == null ? null : lostAt - killedWallClock;
+		report("SIGKILL", { ...during, aroundKillMaxMs: aroundKill.maxMs, outOfRotationMs, removedMs, shed: result.shed });
 
 		expect(result.shed).toBe(0);
 		expect(during.failures).toEqual([]);
 		expect(during.failed).toBe(0);
 		expect(during.longestGapMs).toBeLessThanOrEqual(1_000);
 		expect(outOfRotationMs).not.toBeNull();
-		expect(outOfRotationMs!).toBeLessThanOrEqual(3_000);
+		expect(removedMs).not.toBeNull();
+		expect(removedMs!).toBeLessThanOrEqual(3_000);
+		// The liveness probe learns of the death from NATS within tens of milliseconds and takes NODE1 out
+		// of rotation at once (goal: every call answered within 100 ms; 250 ms here for CI noise); the
+		// heartbeat timeout removes it from the registry later, as before.
+		expect(aroundKill.failed).toBe(0);
+		expect(aroundKill.maxMs).toBeLessThanOrEqual(250);
+		expect(outOfRotationMs!).toBeLessThanOrEqual(500);
 		// Out of rotation means out: nothing started 3 s after the kill was served by NODE1's old process.
 		expect(servedCounts(result.samples, killedAt + 3_000).NODE1 ?? 0).toBeGreaterThan(0); // the restarted one
 		expect(servedCounts(result.samples.filter(s => s.start < restartAt), killedAt + 3_000).NODE1).toBeUndefined();
@@ -114,9 +125,13 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const result = await load.stop();
 
 		const during = windowStats(result.samples, stoppedAt, resumedAt);
+		const aroundStop = windowStats(result.samples, stoppedAt - 100, resumedAt);
 		const after = windowStats(result.samples, resumedAt, Infinity);
-		report("SIGSTOP", { during, after });
+		report("SIGSTOP", { during, aroundStopMaxMs: aroundStop.maxMs, after });
 		expect(during.failed).toBe(0);
+		// An unanswered liveness probe makes NODE1 suspect: its idempotent calls retry elsewhere at once
+		// and it gets no new ones (goal 300 ms for the slowest; 600 ms here for CI noise).
+		expect(aroundStop.maxMs).toBeLessThanOrEqual(600);
 		expect(after.failed).toBe(0);
 		expect(servedCounts(result.samples, resumedAt + 3_000).NODE1).toBeGreaterThan(0);
 		const metrics = await (await fetch(`${mesh.gateway.url}/metrics`)).text();

@@ -1,0 +1,227 @@
+/**
+ * Liveness probe: a caller learns within tens of milliseconds that the node its call is waiting on
+ * has died or hung, instead of waiting out a timeout class (750 ms for `fast` reads) or the heartbeat
+ * timeout (2.5 s). docs/FAILOVER.md has the timelines and the measurements.
+ *
+ * How, over NATS:
+ * - every node subscribes to `<prefix>.ALIVE.<nodeID>` on its own NATS connection and answers at once;
+ *   it advertises this in its node metadata (`livenessProbe`), so nodes of an older version, or on
+ *   another transporter, are never probed;
+ * - a caller that has a call pending on a node for longer than `probeAfterMs` sends that node one probe
+ *   (at most one in flight per node, and none within `reprobeMs` of the last answer);
+ * - "no responders" means the NATS server holds no subscription for the node: its process is gone (the
+ *   server drops a dead process's subscriptions the moment its TCP connection closes), or its NATS
+ *   connection is being re-established after a NATS server died. Either way no call pending on it will
+ *   be answered through this connection: every one is rejected with a retryable error (idempotent calls
+ *   retry elsewhere, writes answer "retry" — at most once with an Idempotency-Key, as before) and the
+ *   node becomes suspect. It is *not* removed from the registry: a node that was only reconnecting
+ *   answers the next probe and is back in rotation at once; a dead one is removed by the heartbeat
+ *   timeout as before;
+ * - no answer within `probeTimeoutMs` means the process is alive but not running its event loop (SIGSTOP,
+ *   a stuck loop, a frozen VM): the node becomes suspect and idempotent calls pending on it are rejected
+ *   so they retry elsewhere at once. Writes keep waiting: the node may still apply them;
+ * - FailoverStrategy sends a suspect node no new call while another node can take it. A suspect node is
+ *   probed every `suspectReprobeMs` and cleared by its first answer.
+ *
+ * Cost at steady state: none while no call is overdue; otherwise at most one ~100-byte request per
+ * node per `reprobeMs`, plus a scan of this node's pending calls every `scanEveryMs`.
+ */
+import type { Middleware, ServiceBroker } from "moleculer";
+import { Errors } from "moleculer";
+import type { NatsConnection, Subscription } from "nats";
+import {
+	natsConnectionOf,
+	pendingRequestsOf,
+	remoteNodeMetadata,
+	subjectPrefixOf,
+	usesNatsTransporter,
+	type PendingRequest,
+} from "./moleculer-internals";
+
+export interface LivenessProbeOptions {
+	/** how often pending calls are scanned */
+	scanEveryMs: number;
+	/** a call pending this long makes its node worth a probe */
+	probeAfterMs: number;
+	/** a probe unanswered this long makes the node suspect */
+	probeTimeoutMs: number;
+	/** no second probe of a node within this long of its last answer */
+	reprobeMs: number;
+	/** how often a suspect node is probed to clear it */
+	suspectReprobeMs: number;
+}
+
+export const LIVENESS_DEFAULTS: LivenessProbeOptions = {
+	scanEveryMs: 10,
+	probeAfterMs: 20,
+	probeTimeoutMs: 100,
+	reprobeMs: 50,
+	suspectReprobeMs: 50,
+};
+
+export const LIVENESS_METADATA_KEY = "livenessProbe";
+
+export const LIVENESS_METRICS = {
+	probes: "mesh.liveness.probes.total",
+};
+
+type ProbeOutcome = "alive" | "gone" | "unresponsive" | "unknown";
+
+/** Nodes a broker's probe found unresponsive; FailoverStrategy skips them while others are available. */
+const suspectsByBroker = new WeakMap<ServiceBroker, Set<string>>();
+
+export function suspectNodesOf(broker: ServiceBroker): ReadonlySet<string> | undefined {
+	return suspectsByBroker.get(broker);
+}
+
+
+
+function livenessSubject(broker: ServiceBroker, nodeID: string): string {
+	return `${subjectPrefixOf(broker)}.ALIVE.${nodeID}`;
+}
+
+/** nats.js rejects a request nobody is subscribed to with code "503" (NATS ≥ 2.2 servers). */
+function outcomeOf(err: unknown): ProbeOutcome {
+	const code = (err as { code?: string } | null)?.code;
+	if (code === "503") return "gone";
+	if (code === "TIMEOUT") return "unresponsive";
+	return "unknown";
+}
+
+class LivenessProbe {
+	private timer: NodeJS.Timeout | null = null;
+	private subscription: Subscription | null = null;
+	private readonly inFlight = new Set<string>();
+	private readonly lastAnswer = new Map<string, number>();
+	private readonly suspects = new Set<string>();
+	private readonly log: ReturnType<ServiceBroker["getLogger"]>;
+
+	constructor(
+		private readonly broker: ServiceBroker,
+		private readonly nc: NatsConnection,
+		private readonly opts: LivenessProbeOptions,
+	) {
+		this.log = broker.getLogger("liveness");
+		suspectsByBroker.set(broker, this.suspects);
+	}
+
+	start(): void {
+		this.subscription = this.nc.subscribe(livenessSubject(this.broker, this.broker.nodeID), {
+			callback: (_err, msg) => msg.respond(),
+		});
+		this.timer = setInterval(() => this.scan(), this.opts.scanEveryMs);
+		this.timer.unref();
+		this.broker.localBus.on("$node.disconnected", ({ node }: { node: { id: string } }) => this.forget(node.id));
+	}
+
+	stop(): void {
+		if (this.timer) clearInterval(this.timer);
+		this.timer = null;
+		this.subscription?.unsubscribe();
+		this.subscription = null;
+	}
+
+	private forget(nodeID: string): void {
+		this.suspects.delete(nodeID);
+		this.lastAnswer.delete(nodeID);
+	}
+
+	/** Nodes with a call pending longer than probeAfterMs, and suspect nodes due for a re-probe. */
+	private scan(): void {
+		const pending = pendingRequestsOf(this.broker);
+		if (!pending) return;
+		const now = performance.now();
+		const due = new Set<string>();
+		for (const req of pending.values()) {
+			if (req.probeSeenAt === undefined) req.probeSeenAt = now;
+			else if (now - req.probeSeenAt >= this.opts.probeAfterMs) due.add(req.nodeID);
+		}
+		for (const nodeID of this.suspects) due.add(nodeID);
+		for (const nodeID of due) this.maybeProbe(nodeID, now);
+	}
+
+	private maybeProbe(nodeID: string, now: number): void {
+		if (this.inFlight.has(nodeID)) return;
+		const quiet = this.suspects.has(nodeID) ? this.opts.suspectReprobeMs : this.opts.reprobeMs;
+		if (now - (this.lastAnswer.get(nodeID) ?? -Infinity) < quiet) return;
+		const metadata = remoteNodeMetadata(this.broker, nodeID);
+		if (!metadata?.[LIVENESS_METADATA_KEY]) return;
+		this.inFlight.add(nodeID);
+		this.nc
+			.request(livenessSubject(this.broker, nodeID), undefined, { timeout: this.opts.probeTimeoutMs })
+			.then(
+				() => "alive" as const,
+				err => outcomeOf(err),
+			)
+			.then(outcome => this.settle(nodeID, outcome))
+			.finally(() => this.inFlight.delete(nodeID));
+	}
+
+	private settle(nodeID: string, outcome: ProbeOutcome): void {
+		this.lastAnswer.set(nodeID, performance.now());
+		this.broker.metrics?.increment(LIVENESS_METRICS.probes, { outcome });
+		if (outcome === "alive") {
+			if (this.suspects.delete(nodeID)) this.log.info(`Node ${nodeID} answers again; no longer suspect`, { event: "node.unsuspected", node_id: nodeID });
+		} else if (outcome === "gone") {
+			this.markSuspect(nodeID, "no NATS subscription (process gone, or reconnecting to NATS)", "node.lost");
+			this.rejectCallsOn(nodeID, () => true);
+		} else if (outcome === "unresponsive") {
+			this.markSuspect(nodeID, `no answer to a liveness probe within ${this.opts.probeTimeoutMs} ms`, "node.suspect");
+			this.rejectCallsOn(nodeID, isIdempotent);
+		}
+	}
+
+	private markSuspect(nodeID: string, why: string, event: string): void {
+		if (this.suspects.has(nodeID)) return;
+		this.suspects.add(nodeID);
+		this.log.warn(`Node ${nodeID} is suspect: ${why}; out of rotation until it answers`, { event, node_id: nodeID });
+	}
+
+	private rejectCallsOn(nodeID: string, which: (req: PendingRequest) => boolean): void {
+		const pending = pendingRequestsOf(this.broker);
+		if (!pending) return;
+		for (const [id, req] of pending) {
+			if (req.nodeID !== nodeID || !which(req)) continue;
+			pending.delete(id);
+			req.reject(new Errors.RequestRejectedError({ action: req.action?.name, nodeID }));
+		}
+	}
+}
+
+/** Idempotent calls waiting on an unresponsive node are safe to run elsewhere now; writes wait. */
+function isIdempotent(req: PendingRequest): boolean {
+	return req.action?.idempotent === true;
+}
+
+function registerLivenessMetrics(broker: ServiceBroker): void {
+	if (!broker.isMetricsEnabled()) return;
+	broker.metrics.register({
+		name: LIVENESS_METRICS.probes,
+		type: "counter",
+		labelNames: ["outcome"],
+		description: "Liveness probes sent to nodes with overdue calls, by outcome (alive, gone, unresponsive, unknown)",
+	});
+}
+
+export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> = {}): Middleware {
+	const opts = { ...LIVENESS_DEFAULTS, ...options };
+	let probe: LivenessProbe | null = null;
+	return {
+		name: "LivenessProbe",
+		created(broker: ServiceBroker) {
+			registerLivenessMetrics(broker);
+			// Gossiped with INFO: callers probe only nodes that answer probes.
+			if (usesNatsTransporter(broker)) (broker.metadata as Record<string, unknown>)[LIVENESS_METADATA_KEY] = true;
+		},
+		async started(broker: ServiceBroker) {
+			const nc = natsConnectionOf(broker);
+			if (!nc) return;
+			probe = new LivenessProbe(broker, nc, opts);
+			probe.start();
+		},
+		async stopped() {
+			probe?.stop();
+			probe = null;
+		},
+	} as Middleware;
+}

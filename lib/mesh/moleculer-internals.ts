@@ -1,0 +1,48 @@
+/**
+ * The private parts of Moleculer 0.15 this project reaches into, in one place, typed as narrowly as
+ * they are used. Moleculer is pinned to a tilde range in package.json for these; a unit test
+ * (test/unit/liveness-probe.test.ts) pins the shapes so an upgrade that changes them fails loudly.
+ */
+import { Transporters, type ServiceBroker } from "moleculer";
+import type { NatsConnection } from "nats";
+
+/** One call this node sent and still waits for (Transit#pendingRequests). */
+export interface PendingRequest {
+	nodeID: string;
+	action?: { name?: string; idempotent?: boolean };
+	reject(err: Error): void;
+	/** stamped by the liveness probe the first time it sees the request */
+	probeSeenAt?: number;
+}
+
+interface TransitInternals {
+	pendingRequests: Map<string, PendingRequest>;
+	tx?: { prefix?: string; client?: NatsConnection | null };
+}
+
+function transitOf(broker: ServiceBroker): TransitInternals | null {
+	return (broker.transit as unknown as TransitInternals | undefined) ?? null;
+}
+
+export function pendingRequestsOf(broker: ServiceBroker): Map<string, PendingRequest> | null {
+	return transitOf(broker)?.pendingRequests ?? null;
+}
+
+export function usesNatsTransporter(broker: ServiceBroker): boolean {
+	return transitOf(broker)?.tx instanceof Transporters.NATS;
+}
+
+/** The NATS connection of the NATS transporter (once connected), or null on any other transporter. */
+export function natsConnectionOf(broker: ServiceBroker): NatsConnection | null {
+	return usesNatsTransporter(broker) ? (transitOf(broker)?.tx?.client ?? null) : null;
+}
+
+/** Moleculer's subject prefix: `MOL` or `MOL-<namespace>`. */
+export function subjectPrefixOf(broker: ServiceBroker): string {
+	return transitOf(broker)?.tx?.prefix ?? (broker.namespace ? `MOL-${broker.namespace}` : "MOL");
+}
+
+export function remoteNodeMetadata(broker: ServiceBroker, nodeID: string): Record<string, unknown> | null {
+	const node = (broker.registry as unknown as { nodes: { get(id: string): { metadata?: Record<string, unknown>; available?: boolean } | undefined } }).nodes.get(nodeID);
+	return node?.available ? (node.metadata ?? {}) : null;
+}

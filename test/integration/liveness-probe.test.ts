@@ -1,0 +1,113 @@
+/**
+ * The liveness probe (lib/mesh/liveness-probe.ts) with real processes on a real NATS server: calls
+ * pending on a node that is SIGKILLed or SIGSTOPped are settled long before any timeout could.
+ * Every action here has the `standard` class (5 s), so only the probe can explain a fast answer.
+ */
+import { spawn, type ChildProcess } from "child_process";
+import path from "path";
+import { ServiceBroker } from "moleculer";
+import { createBrokerOptions } from "../../moleculer.config";
+import { loadSettings } from "../../lib/settings";
+import { resolveTransport } from "../../lib/transport";
+import { ROOT, uniqueNamespace, waitFor } from "../helpers/cluster";
+import { describeWithNats, LOCAL_NATS_URL } from "../helpers/requirements";
+
+jest.setTimeout(60_000);
+
+const namespace = uniqueNamespace("liveness");
+const children: ChildProcess[] = [];
+
+function startTarget(nodeID: string, holdMs: number): Promise<ChildProcess> {
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "test", "fixtures", "liveness-target.ts")], {
+		cwd: ROOT,
+		env: { PATH: process.env.PATH ?? "", NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: namespace, NODE_ID: nodeID, HOLD_MS: String(holdMs), LOG_LEVEL: "warn", METRICS: "false" },
+		stdio: ["ignore", "pipe", "inherit"],
+	});
+	children.push(child);
+	return new Promise((resolve, reject) => {
+		child.stdout!.on("data", (chunk: Buffer) => chunk.toString().includes("READY") && resolve(child));
+		child.once("exit", code => reject(new Error(`${nodeID} exited with ${code}`)));
+	});
+}
+
+interface Outcome {
+	ok: boolean;
+	nodeID?: string;
+	code?: number;
+	retryable?: boolean;
+	endedAt: number;
+}
+
+function call(broker: ServiceBroker, action: string): Promise<Outcome> {
+	return broker.call<{ nodeID: string }>(action).then(
+		res => ({ ok: true, nodeID: res.nodeID, endedAt: performance.now() }),
+		(err: { code?: number; retryable?: boolean }) => ({ ok: false, code: err.code, retryable: err.retryable, endedAt: performance.now() }),
+	);
+}
+
+const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
+
+describeWithNats("liveness probe: calls pending on a dead or hung node", () => {
+	let caller: ServiceBroker;
+
+	async function targetsVisible(nodeIDs: string[]): Promise<void> {
+		await waitFor(`${nodeIDs.join(", ")} to offer target.read`, async () => {
+			const nodes = caller.registry.getServiceList({ onlyAvailable: true }).filter(s => s.name === "target").map(s => s.nodeID);
+			return nodeIDs.every(id => nodes.includes(id));
+		});
+	}
+
+	beforeAll(async () => {
+		const settings = loadSettings({ NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: namespace, NODE_ID: "caller", LOG_LEVEL: "warn", METRICS: "false" });
+		caller = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
+		await caller.start();
+	});
+
+	afterAll(async () => {
+		for (const child of children) child.kill("SIGKILL");
+		await caller?.stop();
+	});
+
+	it("SIGKILL: pending reads finish on the other node and pending writes fail retryably, both within a second", async () => {
+		const [slow] = await Promise.all([startTarget("SLOW1", 30_000), startTarget("FAST1", 0)]);
+		await targetsVisible(["SLOW1", "FAST1"]);
+		const reads = Array.from({ length: 8 }, () => call(caller, "target.read"));
+		const writes = Array.from({ length: 4 }, () => call(caller, "target.write"));
+		await sleep(200);
+		const killedAt = performance.now();
+		slow.kill("SIGKILL");
+		const [readOutcomes, writeOutcomes] = await Promise.all([Promise.all(reads), Promise.all(writes)]);
+
+		expect(readOutcomes.every(o => o.ok && o.nodeID === "FAST1")).toBe(true);
+		const latest = Math.max(...[...readOutcomes, ...writeOutcomes].map(o => o.endedAt - killedAt));
+		expect(latest).toBeLessThan(1_000);
+		// Writes that were on SLOW1 are not retried by the mesh: the caller learns "retry" at once.
+		const onSlow = writeOutcomes.filter(o => !o.ok);
+		expect(onSlow.length).toBeGreaterThan(0);
+		expect(onSlow.every(o => o.code === 503 && o.retryable === true)).toBe(true);
+		expect(writeOutcomes.filter(o => o.ok).every(o => o.nodeID === "FAST1")).toBe(true);
+	});
+
+	it("SIGSTOP: pending reads retry elsewhere within a second, writes keep waiting and are answered by the stopped node once it resumes", async () => {
+		const [slow] = await Promise.all([startTarget("SLOW2", 1_200), startTarget("FAST2", 0)]);
+		await targetsVisible(["SLOW2", "FAST2"]);
+		await sleep(300); // SLOW2's first heartbeat, so it is not suspect for being new
+		const reads = Array.from({ length: 8 }, () => call(caller, "target.read"));
+		const writes = Array.from({ length: 4 }, () => call(caller, "target.write"));
+		await sleep(100);
+		const stoppedAt = performance.now();
+		slow.kill("SIGSTOP");
+		const readOutcomes = await Promise.all(reads);
+		const readsDoneAfter = performance.now() - stoppedAt;
+		await sleep(Math.max(0, 1_100 - readsDoneAfter));
+		slow.kill("SIGCONT");
+		const writeOutcomes = await Promise.all(writes);
+
+		process.stdout.write(`[liveness] SIGSTOP: reads settled ${Math.round(readsDoneAfter)} ms after the stop\n`);
+		expect(readOutcomes.every(o => o.ok && o.nodeID !== "SLOW2")).toBe(true);
+		expect(readsDoneAfter).toBeLessThan(1_000);
+		// Suspicion never cancels a write: the stopped node may still apply it, and it does.
+		expect(writeOutcomes.every(o => o.ok)).toBe(true);
+		expect(writeOutcomes.some(o => o.nodeID === "SLOW2")).toBe(true);
+	});
+});
