@@ -10,11 +10,11 @@ const ROOT = path.resolve(__dirname, "..", "..");
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), "utf8");
 const yamlDocs = (file: string) => YAML.parseAllDocuments(read(file)).map(d => d.toJS());
 
-/** Every variable lib/settings.ts reads, from its source: env.X, env["X"], readInt(env, "X"…), readBool(env, "X"…). */
+/** Every variable lib/settings.ts reads, from its source: env.X, env["X"], readInt/readBool/readDurationMs(env, "X"…). */
 function variablesTheCodeReads(): Set<string> {
 	const source = read("lib/settings.ts");
 	const names = new Set<string>();
-	for (const m of source.matchAll(/env(?:\.|\[")([A-Z][A-Z0-9_]*)|read(?:Int|Bool)\(env, "([A-Z][A-Z0-9_]*)"/g)) names.add(m[1] ?? m[2]);
+	for (const m of source.matchAll(/env(?:\.|\[")([A-Z][A-Z0-9_]*)|read(?:Int|Bool|DurationMs)\(env, "([A-Z][A-Z0-9_]*)"/g)) names.add(m[1] ?? m[2]);
 	return names;
 }
 
