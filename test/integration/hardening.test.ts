@@ -42,7 +42,8 @@ describeWithNatsAndPostgres("hardening on a development mesh", () => {
 			...isolatedMeshEnv(namespace, databaseUrl, JWT_SECRET),
 			MEMORY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
 			LOG_LEVEL: "debug",
-			IDEMPOTENCY_TTL: "4s",
+			// Long enough for the replays below under load; the expiry test backdates its keys instead of waiting.
+			IDEMPOTENCY_TTL: "20s",
 			DB_STATEMENT_TIMEOUT_MS: "400",
 			DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: "400",
 			METRICS_TOKEN,
@@ -87,16 +88,25 @@ describeWithNatsAndPostgres("hardening on a development mesh", () => {
 		expect(updateReplay.status).toBe(404);
 	});
 
-	it("expires idempotency keys after IDEMPOTENCY_TTL: swept from the table, and the key applies afresh", async () => {
-		const key = { "Idempotency-Key": `ttl-${namespace}` };
-		const first = await call(gateway, "POST", "/api/audit/records", token("u1"), { action: "ttl.test", subject: `ttl-${namespace}` }, key);
+	it("expires idempotency keys after IDEMPOTENCY_TTL: an expired key applies afresh, and the sweeper deletes expired keys", async () => {
+		const record = (key: string) => call(gateway, "POST", "/api/audit/records", token("u1"), { action: "ttl.test", subject: `ttl-${namespace}` }, { "Idempotency-Key": key });
+		const age = (key: string, seconds: number) => query(databaseUrl, "UPDATE idempotency_keys SET created_at = now() - $2 * interval '1 second' WHERE key = $1", [key, seconds]);
+		const kept = (key: string) => query(databaseUrl, "SELECT 1 FROM idempotency_keys WHERE key = $1", [key]);
+		const [live, expired, swept] = ["live", "expired", "swept"].map(k => `ttl-${k}-${namespace}`);
+		const first = await record(expired);
 		expect(first.status).toBe(200);
-		expect(await query(databaseUrl, "SELECT 1 FROM idempotency_keys WHERE key = $1", [key["Idempotency-Key"]])).toHaveLength(1);
-		await waitFor("the sweeper to delete the expired key", async () => (await query(databaseUrl, "SELECT 1 FROM idempotency_keys WHERE key = $1", [key["Idempotency-Key"]])).length === 0, 15_000, 250);
-		const again = await call(gateway, "POST", "/api/audit/records", token("u1"), { action: "ttl.test", subject: `ttl-${namespace}` }, key);
+		await age(expired, 21);
+		const again = await record(expired);
 		expect(again.status).toBe(200);
 		expect(again.headers.get("idempotent-replayed")).toBeNull();
 		expect(again.body.id).not.toBe(first.body.id);
+
+		expect((await record(live)).status).toBe(200);
+		expect((await record(swept)).status).toBe(200);
+		await age(swept, 21);
+		await waitFor("the sweeper to delete the expired key", async () => (await kept(swept)).length === 0, 30_000, 250);
+		expect(await kept(live)).toHaveLength(1);
+		expect((await record(live)).headers.get("idempotent-replayed")).toBe("true");
 	});
 
 	it("cuts a slow statement and an idle transaction with a 503 naming the limit, and other users and /health stay fine meanwhile", async () => {
