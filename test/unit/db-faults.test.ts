@@ -7,6 +7,7 @@ import { Errors } from "moleculer";
 import { asDatabaseFault, classifyDbFault, DatabaseUnavailableError, DB_FAULT_CLASSES, isDatabaseFault, MeshErrorRegenerator, type DbFaultClass } from "../../lib/data/db-faults";
 import { backoffWithJitter, DatabaseMonitor, isIdempotentRead } from "../../lib/data/db-guard";
 import { parseDatabaseTargets } from "../../lib/data/db-hosts";
+import { formatLogLine } from "../../lib/logger";
 import { resolveDatabaseSettings, SettingsError } from "../../lib/settings";
 
 /** pg's error shape (code = SQLSTATE) wrapped the way Sequelize wraps it (parent/original). */
@@ -149,5 +150,16 @@ describe("database hosts", () => {
 			expect(() => resolveDatabaseSettings({ DB_HOSTS: bad })).toThrow(SettingsError);
 			expect(() => resolveDatabaseSettings({ DB_HOSTS: bad })).toThrow(/DB_HOSTS/);
 		}
+	});
+});
+
+describe("error log lines", () => {
+	it("keep the stack in err.stack, not in message (one line, valid JSON)", () => {
+		const err = new Error("boom\nsecond line of detail");
+		const line = JSON.parse(formatLogLine("error", ["HTTP 500 on GET /api/x", err], { nodeID: "n1", svc: "api" }));
+		expect(line.message).toBe("HTTP 500 on GET /api/x boom");
+		expect(line.message).not.toMatch(/\n/);
+		expect(line.err).toMatchObject({ name: "Error", message: "boom\nsecond line of detail" });
+		expect(line.err.stack).toMatch(/\n\s+at /);
 	});
 });
