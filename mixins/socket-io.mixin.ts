@@ -117,7 +117,7 @@ function connectError(problem: WsError): Error & { data: WsError } {
 }
 
 /** Moleculer and auth errors as the small JSON shape sockets get. */
-function asWsError(err: unknown): WsError {
+export function asWsError(err: unknown): WsError {
 	const e = err as { code?: number; status?: number; type?: string; message?: string; data?: unknown };
 	const field = Array.isArray(e.data) ? (e.data[0] as { field?: string })?.field : (e.data as { field?: string } | undefined)?.field;
 	const status = e.code ?? (err instanceof AuthError ? e.status : undefined);

@@ -10,6 +10,7 @@
  * write whether it was acknowledged, to be checked against the rows in the database.
  */
 import { randomUUID } from "crypto";
+import http from "http";
 import { signToken } from "../../lib/auth";
 import { startNodeProcess, tsxNode, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "./cluster";
 import { subjectPrefixFor, streamFor } from "./databases";
@@ -26,6 +27,8 @@ export interface Answer {
 	status: number;
 	retryAfter: string | null;
 	type?: string;
+	/** why a request got no HTTP answer at all (status 0) */
+	error?: string;
 }
 
 export interface WriteOutcome {
@@ -84,20 +87,40 @@ export async function startChaosMesh(options: ChaosMeshOptions): Promise<ChaosMe
 const token = signToken(CHAOS_JWT_SECRET, { id: OWNER, roles: [], teams: [] });
 const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
 
-async function answer(kind: Answer["kind"], clock: () => number, url: string, init: RequestInit): Promise<Answer & { body?: unknown }> {
+/**
+ * One connection per request: with keep-alive, a request sent just as the server closes an idle socket
+ * (its 5 s keep-alive timeout, late on a starved machine) fails with ECONNRESET, a client-side race that
+ * would be counted as a failed answer although the server never saw the request.
+ */
+const agent = new http.Agent({ keepAlive: false });
+
+function send(url: string, init: { method?: string; headers?: Record<string, string>; body?: string }): Promise<{ status: number; retryAfter: string | null; text: string }> {
+	return new Promise((resolve, reject) => {
+		const req = http.request(url, { method: init.method ?? "GET", headers: init.headers, agent, timeout: 15_000 }, res => {
+			const chunks: Buffer[] = [];
+			res.on("data", (c: Buffer) => chunks.push(c));
+			res.on("end", () => resolve({ status: res.statusCode ?? 0, retryAfter: (res.headers["retry-after"] as string | undefined) ?? null, text: Buffer.concat(chunks).toString("utf8") }));
+			res.on("error", reject);
+		});
+		req.on("timeout", () => req.destroy(new Error("client timeout")));
+		req.on("error", reject);
+		req.end(init.body);
+	});
+}
+
+async function answer(kind: Answer["kind"], clock: () => number, url: string, init: { method?: string; headers?: Record<string, string>; body?: string }): Promise<Answer & { body?: unknown }> {
 	const start = clock();
 	try {
-		const res = await fetch(url, { ...init, signal: AbortSignal.timeout(15_000) });
-		const text = await res.text();
+		const res = await send(url, init);
 		let body: unknown;
 		try {
-			body = JSON.parse(text);
+			body = JSON.parse(res.text);
 		} catch {
-			body = text;
+			body = res.text;
 		}
-		return { kind, start, end: clock(), status: res.status, retryAfter: res.headers.get("retry-after"), type: (body as { type?: string })?.type, body };
-	} catch {
-		return { kind, start, end: clock(), status: 0, retryAfter: null };
+		return { kind, start, end: clock(), status: res.status, retryAfter: res.retryAfter, type: (body as { type?: string })?.type, body };
+	} catch (err) {
+		return { kind, start, end: clock(), status: 0, retryAfter: null, error: `${(err as Error).name}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` };
 	}
 }
 
@@ -192,7 +215,8 @@ export function faultWindow(answers: Answer[], from: number, to: number, kind?: 
 	if (failed.length) {
 		const firstFailure = Math.min(...failed.map(a => a.end));
 		const firstSuccessAfter = inWindow.filter(a => a.status === 200 && a.end > firstFailure).reduce((m, a) => Math.min(m, a.end), Infinity);
-		windowMs = Math.round((Number.isFinite(firstSuccessAfter) ? firstSuccessAfter : to) - firstFailure);
+		const lastEnd = Math.max(...inWindow.map(a => a.end));
+		windowMs = Math.round((Number.isFinite(firstSuccessAfter) ? firstSuccessAfter : lastEnd) - firstFailure);
 	}
 	return {
 		answers: inWindow.length,

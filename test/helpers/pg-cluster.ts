@@ -104,7 +104,9 @@ export class TestPostgres {
 		const { dir, port } = await TestPostgres.workspace();
 		const server = new TestPostgres(dir, port);
 		await asPostgres("pg_basebackup", ["-h", "127.0.0.1", "-p", String(primary.port), "-U", "postgres", "-D", server.dataDir, "-R", "-X", "stream", "--no-sync"]);
-		fs.appendFileSync(path.join(server.dataDir, "postgresql.conf"), `\nport = ${port}\nunix_socket_directories = '${dir}'\n`);
+		// The copied configuration would make the standby, once promoted, wait for a synchronous standby of
+		// its own that does not exist (every COMMIT would hang): a promoted standby runs alone until one joins.
+		fs.appendFileSync(path.join(server.dataDir, "postgresql.conf"), `\nport = ${port}\nunix_socket_directories = '${dir}'\nsynchronous_standby_names = ''\n`);
 		await server.start();
 		return server;
 	}

@@ -7,6 +7,8 @@ import { Errors } from "moleculer";
 import { asDatabaseFault, classifyDbFault, DatabaseUnavailableError, DB_FAULT_CLASSES, isDatabaseFault, MeshErrorRegenerator, type DbFaultClass } from "../../lib/data/db-faults";
 import { backoffWithJitter, DatabaseMonitor, isIdempotentRead } from "../../lib/data/db-guard";
 import { parseDatabaseTargets } from "../../lib/data/db-hosts";
+import { formatLogLine } from "../../lib/logger";
+import { asWsError } from "../../mixins/socket-io.mixin";
 import { resolveDatabaseSettings, SettingsError } from "../../lib/settings";
 
 /** pg's error shape (code = SQLSTATE) wrapped the way Sequelize wraps it (parent/original). */
@@ -149,5 +151,29 @@ describe("database hosts", () => {
 			expect(() => resolveDatabaseSettings({ DB_HOSTS: bad })).toThrow(SettingsError);
 			expect(() => resolveDatabaseSettings({ DB_HOSTS: bad })).toThrow(/DB_HOSTS/);
 		}
+	});
+});
+
+describe("error log lines", () => {
+	it("keep the stack in err.stack, not in message (one line, valid JSON)", () => {
+		const err = new Error("boom\nsecond line of detail");
+		const line = JSON.parse(formatLogLine("error", ["HTTP 500 on GET /api/x", err], { nodeID: "n1", svc: "api" }));
+		expect(line.message).toBe("HTTP 500 on GET /api/x boom");
+		expect(line.message).not.toMatch(/\n/);
+		expect(line.err).toMatchObject({ name: "Error", message: "boom\nsecond line of detail" });
+		expect(line.err.stack).toMatch(/\n\s+at /);
+	});
+});
+
+describe("socket acks", () => {
+	it("carry a database fault as the same retryable 503, and hide a bug behind a plain 500", () => {
+		expect(asWsError(new DatabaseUnavailableError("shutdown"))).toEqual({
+			code: 503,
+			type: "SERVICE_UNAVAILABLE",
+			message: "The database is restarting; retry",
+			retryable: true,
+		});
+		const bug = asWsError(new TypeError("Cannot read properties of undefined (reading 'x')"));
+		expect(bug).toEqual({ code: 500, type: "INTERNAL", message: "Internal error" });
 	});
 });

@@ -1,0 +1,139 @@
+/**
+ * Which database errors are infrastructure faults (the database restarted, failed over, dropped a
+ * connection, or made a transaction lose a race) rather than bugs, and the one error they become:
+ * DatabaseUnavailableError, a retryable 503 SERVICE_UNAVAILABLE. The gateway answers it with
+ * Retry-After, sockets with a failed ack carrying the same shape, and callers on the mesh get it back
+ * typed (MeshErrorRegenerator) with `retryable: true`. Anything not listed here stays what it was, so a
+ * real bug is still a 500.
+ *
+ * Classes are a closed set: they are metric label values and log fields, never free text.
+ */
+import { Errors } from "moleculer";
+
+export const DB_FAULT_CLASSES = ["connection", "shutdown", "starting", "not-primary", "pool-timeout", "serialization", "deadlock"] as const;
+export type DbFaultClass = (typeof DB_FAULT_CLASSES)[number];
+
+/** Faults that say "the database cannot be reached right now" (as opposed to a lost race inside it). */
+export function isUnavailability(fault: DbFaultClass): boolean {
+	return fault !== "serialization" && fault !== "deadlock";
+}
+
+/** SQLSTATE → class. 08xxx (connection exceptions) are matched by prefix below. */
+const SQLSTATES: Record<string, DbFaultClass> = {
+	"57P01": "shutdown", // admin_shutdown: the server is stopping (fast/immediate) or pg_terminate_backend
+	"57P02": "shutdown", // crash_shutdown
+	"57P03": "starting", // cannot_connect_now: starting up, shutting down, or in recovery
+	"53300": "connection", // too_many_connections
+	"25006": "not-primary", // read_only_sql_transaction: we reached a standby
+	"40001": "serialization",
+	"40P01": "deadlock",
+};
+
+/** Socket-level errno codes of a connection that failed or broke. */
+const ERRNO = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ECONNABORTED"]);
+
+/** Sequelize's connection errors, by name (its ConnectionError subclasses). AccessDenied is a config bug, not listed. */
+const SEQUELIZE_NAMES: Record<string, DbFaultClass> = {
+	SequelizeConnectionRefusedError: "connection",
+	SequelizeConnectionTimedOutError: "connection",
+	SequelizeHostNotReachableError: "connection",
+	SequelizeConnectionAcquireTimeoutError: "pool-timeout",
+};
+
+/** node-postgres reports a broken socket with these messages and no code. */
+const PG_MESSAGES: Array<[RegExp, DbFaultClass]> = [
+	[/Connection terminated|connection error and is not queryable|Client was closed and is not queryable|Connection timed out|timeout exceeded when trying to connect/i, "connection"],
+	[/the database system is (starting up|in recovery mode|not yet accepting connections)/i, "starting"],
+	[/the database system is shutting down|terminating connection due to administrator command/i, "shutdown"],
+	[/cannot execute \w+ in a read-only transaction/i, "not-primary"],
+];
+
+interface ErrorLike {
+	name?: string;
+	code?: unknown;
+	message?: string;
+	parent?: unknown;
+	original?: unknown;
+	cause?: unknown;
+}
+
+function classifyOne(err: ErrorLike): DbFaultClass | null {
+	if (typeof err.code === "string") {
+		if (SQLSTATES[err.code]) return SQLSTATES[err.code];
+		if (/^08[0-9A-Z]{3}$/.test(err.code)) return "connection";
+		if (ERRNO.has(err.code)) return "connection";
+	}
+	if (err.name && SEQUELIZE_NAMES[err.name]) return SEQUELIZE_NAMES[err.name];
+	if (err.name === "DatabaseUnavailableError") return ((err as { data?: { fault?: DbFaultClass } }).data?.fault ?? "connection") as DbFaultClass;
+	const message = err.message ?? "";
+	for (const [pattern, fault] of PG_MESSAGES) if (pattern.test(message)) return fault;
+	return null;
+}
+
+/**
+ * The fault class of an error from Sequelize or pg, or null for anything else. Sequelize wraps pg's
+ * error (with its SQLSTATE) in `parent`/`original`; the most specific answer wins, so a wrapper whose
+ * own name only says "connection" defers to the SQLSTATE it carries.
+ */
+export function classifyDbFault(err: unknown, depth = 0): DbFaultClass | null {
+	if (err == null || typeof err !== "object" || depth > 4) return null;
+	const e = err as ErrorLike;
+	const inner = classifyDbFault(e.parent ?? e.original ?? e.cause, depth + 1);
+	return inner ?? classifyOne(e);
+}
+
+/** Seconds a client should wait before retrying, per class: a lost race is retried at once. */
+function retryAfterSeconds(fault: DbFaultClass): number {
+	return isUnavailability(fault) ? 1 : 0;
+}
+
+const MESSAGES: Record<DbFaultClass, string> = {
+	connection: "The database cannot be reached right now; retry",
+	shutdown: "The database is restarting; retry",
+	starting: "The database is starting; retry",
+	"not-primary": "The database is failing over to a new primary; retry",
+	"pool-timeout": "No database connection became free in time; retry",
+	serialization: "The transaction lost a race with a concurrent one; retry",
+	deadlock: "The transaction lost a race with a concurrent one; retry",
+};
+
+/**
+ * An infrastructure fault of the database: 503, retryable. `data` carries only the class (no SQL, no
+ * host names, no parameters), so it is safe to send to clients and to log.
+ */
+export class DatabaseUnavailableError extends Errors.MoleculerRetryableError {
+	constructor(fault: DbFaultClass, message = MESSAGES[fault]) {
+		super(message, 503, "SERVICE_UNAVAILABLE", { dependency: "database", fault, retry_after: retryAfterSeconds(fault) });
+		this.name = "DatabaseUnavailableError";
+	}
+
+	get fault(): DbFaultClass {
+		return (this.data as { fault: DbFaultClass }).fault;
+	}
+}
+
+/** The typed error for an infrastructure fault; the error itself otherwise (bugs stay bugs). */
+export function asDatabaseFault(err: unknown): unknown {
+	if (err instanceof DatabaseUnavailableError) return err;
+	const fault = classifyDbFault(err);
+	return fault ? new DatabaseUnavailableError(fault) : err;
+}
+
+/** Whether an error (local or restored from the mesh) is a database fault. */
+export function isDatabaseFault(err: unknown): err is DatabaseUnavailableError {
+	return err instanceof DatabaseUnavailableError || (err as { name?: string } | null)?.name === "DatabaseUnavailableError";
+}
+
+/**
+ * Restores DatabaseUnavailableError on the caller's side of a mesh call; Moleculer's own regenerator
+ * only knows its built-in classes and would hand back a plain Error (which the gateway would hide
+ * behind a 500).
+ */
+export class MeshErrorRegenerator extends Errors.Regenerator {
+	// Moleculer's typing says Error; its code treats a falsy answer as "not mine" and carries on.
+	restoreCustomError(plainError: { name?: string; message?: string; data?: { fault?: DbFaultClass } }): Error {
+		if (plainError.name !== "DatabaseUnavailableError") return undefined as unknown as Error;
+		const fault = DB_FAULT_CLASSES.includes(plainError.data?.fault as DbFaultClass) ? (plainError.data!.fault as DbFaultClass) : "connection";
+		return new DatabaseUnavailableError(fault, plainError.message);
+	}
+}
