@@ -254,13 +254,11 @@ const AuditService: ServiceSchema = {
 			const { events } = nodeContextOf(this.broker).settings;
 			await ensureStream(nc, events);
 			const jsm = await nc.jetstreamManager();
-			await jsm.consumers.add(events.stream, {
-				durable_name: CONSUMER,
-				ack_policy: AckPolicy.Explicit,
-				deliver_policy: DeliverPolicy.All,
-				filter_subject: prefixedSubject(events, "audit.>"),
-				ack_wait: nanos(ACK_WAIT_MS),
-				max_ack_pending: 20_000,
+			const config = { ack_wait: nanos(ACK_WAIT_MS), max_ack_pending: 20_000, filter_subject: prefixedSubject(events, "audit.>") };
+			await jsm.consumers.add(events.stream, { durable_name: CONSUMER, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ...config }).catch(async (err: Error) => {
+				// A durable made by an older release with other limits: bring it to these (its position is kept).
+				if (!/already (exists|in use)/i.test(err.message)) throw err;
+				await jsm.consumers.update(events.stream, CONSUMER, config);
 			});
 			const consumer = await nc.jetstream().consumers.get(events.stream, CONSUMER);
 			this.messages = await consumer.consume({ max_messages: 2 * BATCH_SIZE, callback: msg => this.buffer.push(msg) });
