@@ -33,7 +33,10 @@ import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethod
 /** JetStream durable consumer of audit.> (per stream, so per mesh). */
 const CONSUMER = "audit-writer";
 const BATCH_SIZE = 500;
-const FLUSH_EVERY_MS = 10;
+/** An idle leader looks at its buffer this often at most; a delivery wakes it at once. */
+const IDLE_WAIT_MS = 100;
+const OUTBOX_TABLE_POLL_MS = 50;
+const COALESCE_MS = 10;
 const ERROR_PAUSE_MS = 1_000;
 /** Unacked events go to the next leader after this long (a SIGKILLed writer cannot nak them). */
 const ACK_WAIT_MS = 5_000;
@@ -68,10 +71,13 @@ interface AuditThis extends Service, IdempotentWriteMethods {
 	mode: "jetstream" | "outbox-table";
 	running: boolean;
 	buffer: JsMsg[];
+	/** resolves the idle wait when a message arrives */
+	wake: (() => void) | null;
 	messages: ConsumerMessages | null;
 	loop: Promise<void> | null;
 	stats: { appended: number; duplicates: number; rejected: number; lastError: string | null };
 	writeLoop(): Promise<void>;
+	idle(ms: number): Promise<void>;
 	startConsuming(): Promise<void>;
 	stopConsuming(): Promise<void>;
 	flushJetStream(): Promise<number>;
@@ -254,16 +260,20 @@ const AuditService: ServiceSchema = {
 			const { events } = nodeContextOf(this.broker).settings;
 			await ensureStream(nc, events);
 			const jsm = await nc.jetstreamManager();
-			await jsm.consumers.add(events.stream, {
-				durable_name: CONSUMER,
-				ack_policy: AckPolicy.Explicit,
-				deliver_policy: DeliverPolicy.All,
-				filter_subject: prefixedSubject(events, "audit.>"),
-				ack_wait: nanos(ACK_WAIT_MS),
-				max_ack_pending: 20_000,
+			const config = { ack_wait: nanos(ACK_WAIT_MS), max_ack_pending: 20_000, filter_subject: prefixedSubject(events, "audit.>") };
+			await jsm.consumers.add(events.stream, { durable_name: CONSUMER, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ...config }).catch(async (err: Error) => {
+				// A durable made by an older release with other limits: bring it to these (its position is kept).
+				if (!/already (exists|in use)/i.test(err.message)) throw err;
+				await jsm.consumers.update(events.stream, CONSUMER, config);
 			});
 			const consumer = await nc.jetstream().consumers.get(events.stream, CONSUMER);
-			this.messages = await consumer.consume({ max_messages: 2 * BATCH_SIZE, callback: msg => this.buffer.push(msg) });
+			this.messages = await consumer.consume({
+				max_messages: 2 * BATCH_SIZE,
+				callback: msg => {
+					this.buffer.push(msg);
+					this.wake?.();
+				},
+			});
 		},
 
 		async stopConsuming(this: AuditThis) {
@@ -291,18 +301,35 @@ const AuditService: ServiceSchema = {
 			return rows.length ? this.appendBatch(rows) : 0;
 		},
 
+		/** Waits until a message arrives (JetStream) or `ms` passed. */
+		idle(this: AuditThis, ms: number): Promise<void> {
+			return new Promise(resolve => {
+				const timer = setTimeout(() => {
+					this.wake = null;
+					resolve();
+				}, ms);
+				this.wake = () => {
+					clearTimeout(timer);
+					this.wake = null;
+					resolve();
+				};
+			});
+		},
+
 		/** While leader: consume and append; a fenced-out or failing writer stops and lets go. */
 		async writeLoop(this: AuditThis) {
 			while (this.running) {
 				if (!this.lease.isLeader()) {
 					if (this.messages || this.buffer.length) await this.stopConsuming();
-					await sleep(FLUSH_EVERY_MS * 10);
+					await sleep(IDLE_WAIT_MS);
 					continue;
 				}
 				try {
 					if (!this.messages && this.mode === "jetstream") await this.startConsuming();
 					const handled = this.mode === "jetstream" ? await this.flushJetStream() : await this.flushOutboxTable();
-					if (handled < BATCH_SIZE) await sleep(this.mode === "jetstream" ? FLUSH_EVERY_MS : FLUSH_EVERY_MS * 5);
+					// Idle: wait for a delivery. Busy but not full: let 10 ms of events gather into the next batch.
+					if (handled === 0) await this.idle(this.mode === "jetstream" ? IDLE_WAIT_MS : OUTBOX_TABLE_POLL_MS);
+					else if (handled < BATCH_SIZE) await sleep(COALESCE_MS);
 				} catch (err) {
 					this.stats.lastError = (err as Error).message;
 					this.logger.warn(`Audit writer: ${(err as Error).message}`, { event: err instanceof FencedOutError ? "audit.fenced_out" : "audit.write_failed" });
@@ -320,6 +347,7 @@ const AuditService: ServiceSchema = {
 	async started(this: Service) {
 		const self = this as AuditThis;
 		self.buffer = [];
+		self.wake = null;
 		self.messages = null;
 		self.stats = { appended: 0, duplicates: 0, rejected: 0, lastError: null };
 		self.mode = natsConnectionOf(this.broker) ? "jetstream" : "outbox-table";

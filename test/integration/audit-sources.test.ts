@@ -262,14 +262,22 @@ describeWithNatsAndPostgres("audit sources: every actor reports its audit event"
 
 	it("a flood of bad tokens is recorded a handful of times; the rest is counted as suppressed", async () => {
 		const before = (await rows("api", "authn_failed")).length;
+		const started = Date.now();
 		await Promise.all(Array.from({ length: 60 }, () => http("GET", "/api/city/rooms", "flood.bad.token")));
 		await new Promise(r => setTimeout(r, 1_500));
 		const after = await http("GET", "/api/city/rooms", "flood.bad.token");
 		expect(after.status).toBe(401);
-		const last = await waitFor("the report carrying the suppressed count", async () => (await rows("api", "authn_failed")).find(r => r.request_id === after.requestID), 20_000);
-		const recorded = (await rows("api", "authn_failed")).length - before;
-		expect(recorded).toBeLessThanOrEqual(7);
-		expect(Number(last.details.suppressed)).toBeGreaterThanOrEqual(50);
+		// Per client: a burst of 5, then 1 per second (however long the flood took on a loaded machine).
+		const allowed = 5 + Math.ceil((Date.now() - started) / 1000);
+		await waitFor("the last report", async () => (await rows("api", "authn_failed")).find(r => r.request_id === after.requestID), 20_000);
+		const flood = (await rows("api", "authn_failed")).slice(before);
+		expect(flood.length).toBeLessThanOrEqual(allowed);
+		// Nothing unaccounted for: each of the 61 failures is either a row or counted in a later row's
+		// `suppressed` (the first row may also count probes suppressed before the flood).
+		const suppressed = flood.reduce((sum, r) => sum + Number(r.details.suppressed ?? 0), 0);
+		expect(flood.length + suppressed).toBeGreaterThanOrEqual(61);
+		expect(flood.length + suppressed).toBeLessThanOrEqual(61 + 40);
+		expect(suppressed).toBeGreaterThanOrEqual(61 - allowed);
 		expect(await getJson(`${gateway.url}/api/audit/verify`, { headers: { authorization: `Bearer ${admin}` } })).toMatchObject({ status: 200, body: { ok: true } });
 	});
 });
