@@ -335,7 +335,8 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			ctx.meta.$responseHeaders = { "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
 			let upstream: Readable;
 			try {
-				upstream = (await this.generateWithRetry(ctx, run, { messages: run.gated.messages, stream: true, cancel_key: run.requestId })) as unknown as Readable;
+				// The context id, not the request id: a client chooses its X-Request-ID, so two runs may share one.
+				upstream = (await this.generateWithRetry(ctx, run, { messages: run.gated.messages, stream: true, cancel_key: ctx.id })) as unknown as Readable;
 			} catch (err) {
 				this.finish(run, { error: err });
 				throw err;
@@ -378,7 +379,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				upstream.destroy();
 				this.finish(run, { error: new Errors.MoleculerClientError("The client went away", 499, "CANCELLED") });
 				if (node !== this.broker.nodeID) {
-					ctx.call("swapper-proxy.cancel", { id: run.requestId }, { nodeID: node }).catch(() => undefined);
+					ctx.call("swapper-proxy.cancel", { id: ctx.id }, { nodeID: node }).catch(() => undefined);
 				}
 			});
 			return out;

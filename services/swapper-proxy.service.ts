@@ -59,7 +59,7 @@ interface SwapperThis extends Service {
 	advert(): NodeAdvert;
 	advertise(): void;
 	scheduleAdvertise(): void;
-	generateOnce(ctx: Context<GenerateParams>, request: GenerateRequest, controller: AbortController, onPiece?: (text: string) => void): Promise<GenerateAnswer>;
+	generateOnce(ctx: Context<GenerateParams>, request: GenerateRequest, controller: AbortController, onPiece?: (text: string) => void, held?: () => void): Promise<GenerateAnswer>;
 	checkModelParam(model: string): void;
 }
 
@@ -204,8 +204,16 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 				if (!ctx.params.stream) {
 					return this.generateOnce(ctx, request, controller).finally(finish);
 				}
+				// Slot and load first: a full queue or no room is the call's error, before any stream exists.
+				let release: () => void;
+				try {
+					release = await this.lifecycle.begin(request.model, controller.signal);
+				} catch (err) {
+					finish();
+					throw toMeshError(err, this.broker.nodeID);
+				}
 				const stream = chunkStream(() => controller.abort(new Error("reader went away")));
-				this.generateOnce(ctx, request, controller, text => stream.push({ type: "piece", text } satisfies GenerateChunk))
+				this.generateOnce(ctx, request, controller, text => stream.push({ type: "piece", text } satisfies GenerateChunk), release)
 					.then(({ text: _text, ...done }) => {
 						stream.push({ type: "done", ...done } satisfies GenerateChunk);
 						stream.push(null);
@@ -253,7 +261,8 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 			}
 		},
 
-		async generateOnce(this: SwapperThis, ctx: Context<GenerateParams>, request: GenerateRequest, controller: AbortController, onPiece?: (text: string) => void): Promise<GenerateAnswer> {
+		/** One generation; `held` is the release of a slot the caller already took (streams), else one is taken here. */
+		async generateOnce(this: SwapperThis, ctx: Context<GenerateParams>, request: GenerateRequest, controller: AbortController, onPiece?: (text: string) => void, held?: () => void): Promise<GenerateAnswer> {
 			const { swapper } = nodeContextOf(this.broker).settings;
 			// The caller's own timeout when it set one (it stops waiting then), else ours.
 			const callerTimeout = Number(ctx.options?.timeout) || 0;
@@ -265,7 +274,8 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 			const provider = this.lifecycle.providerOf(request.model);
 			const started = Date.now();
 			try {
-				const result = await this.lifecycle.run(request.model, signal, () => provider.generate(request, { signal, onPiece }));
+				const generate = () => provider.generate(request, { signal, onPiece });
+				const result = held ? await generate().finally(held) : await this.lifecycle.run(request.model, signal, generate);
 				return {
 					model: request.model,
 					provider: provider.name,

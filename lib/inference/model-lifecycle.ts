@@ -122,16 +122,36 @@ export class ModelLifecycle {
 	 * model being loaded for a caller counts as in use and cannot be evicted meanwhile.
 	 */
 	async run<T>(model: string, signal: AbortSignal, work: () => Promise<T>): Promise<T> {
+		const release = await this.begin(model, signal);
+		try {
+			return await work();
+		} finally {
+			release();
+		}
+	}
+
+	/**
+	 * The first half of run(): a slot taken and the model loaded; call the returned function exactly once
+	 * when the generation is over. For streams, whose refusal (queue full, no room) must come back as the
+	 * call's error before the stream opens, so that the caller can still try another node.
+	 */
+	async begin(model: string, signal: AbortSignal): Promise<() => void> {
 		const entry = this.entry(model);
 		await this.acquire(entry, signal);
 		try {
 			await this.ensureLoaded(entry);
-			entry.lastUsed = Date.now();
-			return await work();
-		} finally {
+		} catch (err) {
+			this.release(entry);
+			throw err;
+		}
+		entry.lastUsed = Date.now();
+		let released = false;
+		return () => {
+			if (released) return;
+			released = true;
 			entry.lastUsed = Date.now();
 			this.release(entry);
-		}
+		};
 	}
 
 	/** Explicit load (admin): same path as a lazy load. */

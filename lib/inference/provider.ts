@@ -133,6 +133,37 @@ export function countTokens(text: string): number {
 	return text.match(/[\p{L}\p{N}_]+|[^\s\p{L}\p{N}_]/gu)?.length ?? 0;
 }
 
+/**
+ * One HTTP call to a runtime: JSON body in, the Response out when it is 2xx; otherwise a ProviderError
+ * whose message is the runtime's own (`messageOf` picks it from the JSON error body), and whose kind
+ * follows the status. Network failures and aborts become unavailable / timeout / cancelled.
+ */
+export async function callRuntime(
+	provider: string,
+	url: string,
+	init: { method: string; signal: AbortSignal; headers?: Record<string, string>; body?: unknown },
+	messageOf: (errorBody: unknown) => string | undefined,
+): Promise<Response> {
+	const headers: Record<string, string> = { ...init.headers };
+	if (init.body !== undefined) headers["content-type"] = "application/json";
+	let res: Response;
+	try {
+		res = await fetch(url, { method: init.method, signal: init.signal, headers, body: init.body === undefined ? undefined : JSON.stringify(init.body) });
+	} catch (err) {
+		throw fetchFailure(provider, err, init.signal);
+	}
+	if (res.ok) return res;
+	const text = await res.text().catch(() => "");
+	let message = text.slice(0, 200);
+	try {
+		message = messageOf(JSON.parse(text)) ?? message;
+	} catch {
+		/* not JSON: keep the text */
+	}
+	const path = new URL(url).pathname;
+	throw new ProviderError(provider, kindOfStatus(res.status), `HTTP ${res.status} on ${path}: ${message}`, res.status);
+}
+
 /** Reads a fetch body line by line (NDJSON, SSE), stopping when the signal aborts. */
 export async function* readLines(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
 	const decoder = new TextDecoder();

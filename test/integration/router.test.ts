@@ -314,6 +314,11 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect(refused.status).toBe(429);
 		expect(refused.body).toMatchObject({ type: "QUEUE_FULL", retryable: true });
 		expect(refused.headers.get("retry-after")).toBe("1");
+		// A stream is refused the same way, as JSON before any event: it never opened.
+		const refusedStream = await route({ agent: "slow-agent", message: "me too", stream: true });
+		expect(refusedStream.status).toBe(429);
+		expect(refusedStream.headers.get("content-type")).toContain("application/json");
+		expect(refusedStream.body).toMatchObject({ type: "QUEUE_FULL", retryable: true });
 		expect((await slow).status).toBe(200);
 	});
 
@@ -381,9 +386,11 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 	});
 
 	it("NODE2 SIGKILLed mid-request: a clear retryable 503 within a few seconds (no other node serves the model)", async () => {
+		const chats = () => ollama.received.filter(r => r.path === "/api/chat").length;
+		const chatsBefore = chats();
 		const started = Date.now();
 		const pending = route({ agent: "slow-agent", message: "a long answer please, with many many words in it" });
-		await waitFor("the run to reach NODE2's runtime", async () => ollama.received.filter(r => r.path === "/api/chat").length >= 2, 10_000, 20);
+		await waitFor("the run to reach NODE2's runtime", async () => chats() > chatsBefore, 10_000, 20);
 		await node2.kill("SIGKILL");
 		const { status, body, headers } = await pending;
 		const elapsed = Date.now() - started;
@@ -392,8 +399,11 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect(headers.get("retry-after")).toBe("1");
 		expect(elapsed).toBeLessThan(8_000);
 		// Afterwards: NODE1 knows the model is gone and says so at once.
-		await waitFor("NODE2 off the board", async () => (await route({ agent: "slow-agent", message: "again" })).status === 503);
-		const gone = await route({ agent: "slow-agent", message: "again" });
-		expect(gone.body.type).toBe("MODEL_UNAVAILABLE");
+		const gone = await waitFor("NODE2 off the board", async () => {
+			const answer = await route({ agent: "slow-agent", message: "again" });
+			return answer.body.type === "MODEL_UNAVAILABLE" ? answer : undefined;
+		});
+		expect(gone.status).toBe(503);
+		expect(gone.body.message).toContain("No node serves model slow:1b");
 	});
 });

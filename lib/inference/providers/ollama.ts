@@ -10,7 +10,7 @@
  * Every request sets keep_alive -1: swapper-proxy decides when a model leaves memory (its idle timeout
  * and LRU), not Ollama's own 5-minute default.
  */
-import { countTokens, fetchFailure, kindOfStatus, ProviderError, readLines, type CallOptions, type ChatMessage, type GenerateRequest, type GenerateResult, type ModelProvider, type ToolCall } from "../provider";
+import { callRuntime, countTokens, fetchFailure, ProviderError, readLines, type CallOptions, type ChatMessage, type GenerateRequest, type GenerateResult, type ModelProvider, type ToolCall } from "../provider";
 
 interface OllamaMessage {
 	role: string;
@@ -101,29 +101,8 @@ export class OllamaProvider implements ModelProvider {
 		};
 	}
 
-	private async send(method: string, path: string, body: unknown, signal: AbortSignal): Promise<Response> {
-		let res: Response;
-		try {
-			res = await fetch(`${this.base}${path}`, {
-				method,
-				signal,
-				headers: body === undefined ? undefined : { "content-type": "application/json" },
-				body: body === undefined ? undefined : JSON.stringify(body),
-			});
-		} catch (err) {
-			throw fetchFailure(this.name, err, signal);
-		}
-		if (!res.ok) {
-			const text = await res.text().catch(() => "");
-			let message = text.slice(0, 200);
-			try {
-				message = (JSON.parse(text) as { error?: string }).error ?? message;
-			} catch {
-				/* not JSON: keep the text */
-			}
-			throw new ProviderError(this.name, kindOfStatus(res.status), `HTTP ${res.status} on ${path}: ${message}`, res.status);
-		}
-		return res;
+	private send(method: string, path: string, body: unknown, signal: AbortSignal): Promise<Response> {
+		return callRuntime(this.name, `${this.base}${path}`, { method, signal, body }, b => (b as { error?: string }).error);
 	}
 
 	private async json(method: string, path: string, body: unknown, signal: AbortSignal): Promise<unknown> {

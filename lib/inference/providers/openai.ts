@@ -8,7 +8,7 @@
  * Errors come as {error: {message, type, code}} with an HTTP status. A remote provider (the prompt
  * leaves the mesh) unless OPENAI_LOCAL=true. Nothing to load: load/unload only check the model exists.
  */
-import { countTokens, fetchFailure, kindOfStatus, ProviderError, readLines, type CallOptions, type ChatMessage, type GenerateRequest, type GenerateResult, type Locality, type ModelProvider, type ToolCall } from "../provider";
+import { callRuntime, countTokens, fetchFailure, ProviderError, readLines, type CallOptions, type ChatMessage, type GenerateRequest, type GenerateResult, type Locality, type ModelProvider, type ToolCall } from "../provider";
 
 interface DeltaToolCall {
 	index?: number;
@@ -134,26 +134,8 @@ export class OpenAiProvider implements ModelProvider {
 		};
 	}
 
-	private async send(method: string, path: string, body: unknown, signal: AbortSignal): Promise<Response> {
-		const headers: Record<string, string> = {};
-		if (this.options.apiKey) headers.authorization = `Bearer ${this.options.apiKey}`;
-		if (body !== undefined) headers["content-type"] = "application/json";
-		let res: Response;
-		try {
-			res = await fetch(`${this.base}${path}`, { method, signal, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-		} catch (err) {
-			throw fetchFailure(this.name, err, signal);
-		}
-		if (!res.ok) {
-			const text = await res.text().catch(() => "");
-			let message = text.slice(0, 200);
-			try {
-				message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? message;
-			} catch {
-				/* not JSON: keep the text */
-			}
-			throw new ProviderError(this.name, kindOfStatus(res.status), `HTTP ${res.status} on ${path}: ${message}`, res.status);
-		}
-		return res;
+	private send(method: string, path: string, body: unknown, signal: AbortSignal): Promise<Response> {
+		const headers: Record<string, string> = this.options.apiKey ? { authorization: `Bearer ${this.options.apiKey}` } : {};
+		return callRuntime(this.name, `${this.base}${path}`, { method, signal, headers, body }, b => (b as { error?: { message?: string } }).error?.message);
 	}
 }
