@@ -12,7 +12,6 @@
 import fs from "fs";
 import { Client } from "pg";
 import { checkLinks, normaliseEntry, type AuditEntry } from "../lib/data/audit-chain";
-import { startEmbeddedPostgres } from "../lib/embedded-postgres";
 import { loadMigrationSettings } from "../lib/settings";
 
 const PAGE = 5_000;
@@ -75,7 +74,8 @@ async function main(): Promise<void> {
 	const to = instant(option(args, "to"), "to");
 	const outFile = option(args, "out");
 	const settings = loadMigrationSettings();
-	const embedded = settings.database.url ? null : await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
+	// The embedded PostgreSQL is a development convenience, loaded only when no database is configured.
+	const embedded = settings.database.url ? null : await (await import("../lib/embedded-postgres")).startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
 	const out = outFile ? fs.createWriteStream(outFile) : process.stdout;
 	try {
 		const written = await exportWindow(settings.database.url ?? embedded!.url, from, to, out);
