@@ -182,7 +182,10 @@ describeWithNatsAndPostgres("socket security: budgets, private rooms, membership
 					checked++;
 					await sleep(1000 / RATE + 20);
 				}
-				expect(await recorder.socket.timeout(5_000).emitWithAck("no-such-event", {})).toMatchObject({ ok: false, error: { code: 404, type: "UNKNOWN_EVENT" } });
+				for (const unknown of ["no-such-event", "constructor", "toString", "__proto__"]) {
+					expect(await recorder.socket.timeout(5_000).emitWithAck(unknown, {})).toMatchObject({ ok: false, error: { code: 404, type: "UNKNOWN_EVENT" } });
+					await sleep(1000 / RATE + 20);
+				}
 				expect(recorder.socket.connected).toBe(true);
 			}
 		}
