@@ -378,8 +378,10 @@ export const SocketIoMixin: ServiceSchema = {
 				}
 				return;
 			}
-			const handler = (HANDLERS[channel] as Record<string, EventHandler>)[event];
-			const check = this.checkers[channel][event];
+			// Own properties only: "constructor" or "toString" are not events.
+			const declared = typeof event === "string" && Object.hasOwn(HANDLERS[channel], event) && Object.hasOwn(this.checkers[channel], event);
+			const handler = declared ? (HANDLERS[channel] as Record<string, EventHandler>)[event] : undefined;
+			const check = declared ? this.checkers[channel][event] : undefined;
 			if (!handler || !check) return count("unknown"), refuse(socket, ack, { code: 404, type: "UNKNOWN_EVENT", message: `No event "${String(event).slice(0, 40)}" on this channel`, field: "event" });
 			const params = isPlainObject(args[0]) ? args[0] : {};
 			const problems = check(params);

@@ -89,9 +89,9 @@ export class HandshakeGuard {
 /**
  * At most `limit` of one key's tasks run at a time; the rest wait in order. A user's socket events
  * each hold a database connection while they run (a heartbeat even waits on the user's advisory lock
- * holding one): twenty of them at once, all inside the event budget, took the whole pool for about a
- * second and stalled other users' requests (test/integration/realtime-security.test.ts). Queues stay
- * short because the event budget bounds what is admitted.
+ * holding one): a burst of them at once, all inside the event budget, stalled other users' requests
+ * for a second and more (measured in docs/REALTIME.md). Queues stay short because the event budget
+ * bounds what is admitted.
  */
 export class KeyedConcurrency {
 	private readonly lanes = new Map<string, { running: number; waiting: Array<() => void> }>();
