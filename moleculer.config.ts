@@ -1,19 +1,19 @@
 /**
  * The one broker configuration. Everything that varies between nodes comes from MeshSettings
- * (parsed from the environment in lib/settings.ts); the transporter is chosen beforehand by
- * lib/transport.ts because choosing it needs a network probe.
+ * (parsed from the environment in lib/runtime/settings.ts); the transporter is chosen beforehand by
+ * lib/runtime/transport.ts because choosing it needs a network probe.
  */
 import type { BrokerOptions } from "moleculer";
 import { isDatabaseFault, MeshErrorRegenerator } from "./lib/data/db-faults";
 import { QueryLimitsMiddleware } from "./lib/data/query-limits";
-import { jsonLogger } from "./lib/logger";
+import { jsonLogger } from "./lib/runtime/logger";
 import { InputGuardMiddleware } from "./lib/mesh/input-guard";
-import { meshInternalMiddlewares } from "./lib/call-pipeline";
-import { GatewayPrometheusReporter } from "./lib/metrics";
+import { meshInternalMiddlewares } from "./lib/mesh/call-pipeline";
+import { GatewayPrometheusReporter } from "./lib/http/prometheus";
 import { LivenessProbeMiddleware } from "./lib/mesh/liveness-probe";
-import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/resilience";
-import type { MeshSettings } from "./lib/settings";
-import type { TransportChoice } from "./lib/transport";
+import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/mesh/failover-policy";
+import type { MeshSettings } from "./lib/runtime/settings";
+import type { TransportChoice } from "./lib/runtime/transport";
 
 export interface BrokerExtras {
 	/** the reporter the gateway renders /metrics from */
@@ -37,7 +37,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		// removed (FailureDetectorMiddleware checks every 250 ms), and skipped as suspect well before that.
 		heartbeatInterval: settings.heartbeatInterval,
 		heartbeatTimeout: settings.heartbeatTimeout,
-		// The ceiling for actions without a timeout class (lib/resilience.ts TIMEOUT_CLASSES).
+		// The ceiling for actions without a timeout class (lib/mesh/failover-policy.ts TIMEOUT_CLASSES).
 		requestTimeout: settings.requestTimeout,
 		// stopDelay: after announcing "no services" on SIGTERM, wait for calls already on the wire.
 		registry: { strategy: FailoverStrategy, preferLocal: true, stopDelay: 300 },
@@ -48,7 +48,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		// Per action on the node that runs it: excess calls queue, then fail fast with a retryable 429.
 		bulkhead: { enabled: true, concurrency: 256, maxQueueSize: 2_048 },
 
-		// lib/node-runtime.ts owns SIGTERM/SIGINT (one graceful stop, then exit 0).
+		// lib/runtime/node-runtime.ts owns SIGTERM/SIGINT (one graceful stop, then exit 0).
 		skipProcessEventRegistration: true,
 		// Finish in-flight requests before leaving the mesh on SIGTERM.
 		tracking: { enabled: true, shutdownTimeout: 10_000 },
@@ -69,7 +69,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			enabled: settings.metricsEnabled,
 			reporter: [metricsReporter as never],
 		},
-		// Moleculer's own middlewares, three of them in leaner equivalents (lib/call-pipeline.ts).
+		// Moleculer's own middlewares, three of them in leaner equivalents (lib/mesh/call-pipeline.ts).
 		internalMiddlewares: false,
 		// First listed = innermost: QueryLimits names a database limit before breakers and metrics see the
 		// error. Last = outermost: InputGuard refuses unstorable input before anything else runs.

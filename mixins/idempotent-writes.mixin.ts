@@ -17,8 +17,8 @@ import { createHmac } from "crypto";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
-import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
+import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 
 export interface IdempotencyMeta {
 	idempotencyKey?: string;

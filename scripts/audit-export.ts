@@ -12,7 +12,7 @@
 import fs from "fs";
 import { Client } from "pg";
 import { checkLinks, normaliseEntry, type AuditEntry } from "../lib/data/audit-chain";
-import { loadMigrationSettings } from "../lib/settings";
+import { loadMigrationSettings } from "../lib/runtime/settings";
 
 const PAGE = 5_000;
 
@@ -75,7 +75,7 @@ async function main(): Promise<void> {
 	const outFile = option(args, "out");
 	const settings = loadMigrationSettings();
 	// The embedded PostgreSQL is a development convenience, loaded only when no database is configured.
-	const embedded = settings.database.url ? null : await (await import("../lib/embedded-postgres")).startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
+	const embedded = settings.database.url ? null : await (await import("../dev/embedded-postgres")).startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
 	const out = outFile ? fs.createWriteStream(outFile) : process.stdout;
 	try {
 		const written = await exportWindow(settings.database.url ?? embedded!.url, from, to, out);

@@ -2,8 +2,8 @@
  * `npm run migrate -- up|down|status|dry-run`: applies, rolls back (one step), lists or previews the
  * SQL migrations in migrations/ against DATABASE_URL / DB_* (or the embedded PostgreSQL in development).
  */
-import { runMigrations, type MigrationCommand } from "../lib/migrations";
-import { loadMigrationSettings } from "../lib/settings";
+import { runMigrations, type MigrationCommand } from "../lib/data/migrations";
+import { loadMigrationSettings } from "../lib/runtime/settings";
 
 const COMMANDS: MigrationCommand[] = ["up", "down", "status", "dry-run"];
 
@@ -13,7 +13,7 @@ async function main(): Promise<void> {
 	// Only the database matters here: a production deploy migrates before any node (and its secrets) starts.
 	const settings = loadMigrationSettings();
 	// The embedded PostgreSQL is a development convenience, loaded only when no database is configured.
-	const embedded = settings.database.url ? null : await (await import("../lib/embedded-postgres")).startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
+	const embedded = settings.database.url ? null : await (await import("../dev/embedded-postgres")).startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
 	try {
 		const result = await runMigrations(settings.database.url ?? embedded!.url, command, { log: line => process.stdout.write(`${line}\n`) });
 		if (command === "dry-run") process.stdout.write(result.plan.length ? `${result.plan.join("\n\n")}\n` : "nothing pending\n");

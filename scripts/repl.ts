@@ -8,9 +8,9 @@
 import os from "os";
 import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../moleculer.config";
-import { describeNode, type MeshNodeView } from "../services/mesh.service";
-import { loadSettings } from "../lib/settings";
-import { resolveTransport } from "../lib/transport";
+import { describeNode, type MeshNodeView } from "../lib/mesh/node-view";
+import { loadSettings } from "../lib/runtime/settings";
+import { resolveTransport } from "../lib/runtime/transport";
 
 interface NodeHealthLine {
 	database: string;

@@ -2,8 +2,8 @@
  * `npm run node`: one mesh node from the environment. This is how NODE1/NODE2 and the tests start nodes.
  * Exits non-zero with one clear line when the configuration or the transport is unusable.
  */
-import { startNode, stopOnSignals } from "../lib/node-runtime";
-import { loadSettings } from "../lib/settings";
+import { startNode, stopOnSignals } from "../lib/runtime/node-runtime";
+import { loadSettings } from "../lib/runtime/settings";
 
 async function main(): Promise<void> {
 	const settings = loadSettings();

@@ -4,8 +4,8 @@
  * it refuses: a token signed with the development secret must never be minted by accident for a
  * production mesh. `--dev` asks for the development secret explicitly (refused when NODE_ENV=production).
  */
-import { signToken } from "../lib/auth";
-import { DEV_JWT_SECRET, loadSettings } from "../lib/settings";
+import { signToken } from "../lib/http/auth";
+import { DEV_JWT_SECRET, loadSettings } from "../lib/runtime/settings";
 
 function option(args: string[], name: string): string | undefined {
 	const at = args.indexOf(`--${name}`);

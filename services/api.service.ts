@@ -15,16 +15,16 @@ import path from "path";
 import type { Context, LogLevels, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
-import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/auth";
+import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/http/auth";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { auditSecurityDecision } from "../lib/data/audit-events";
-import { buildHealthReport, healthHttpStatus } from "../lib/health";
-import { acceptIdempotencyKey, acceptRequestID, clientKey, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http-edge";
-import { InPlaceSeries } from "../lib/lean-metrics";
-import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib/metrics";
-import { logsAt, requestLogger } from "../lib/logger";
-import { nodeContextOf } from "../lib/node-context";
-import { jwtSecretOf } from "../lib/settings";
+import { buildHealthReport, healthHttpStatus } from "../lib/http/health";
+import { acceptIdempotencyKey, acceptRequestID, clientKey, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http/edge-middlewares";
+import { InPlaceSeries } from "../lib/mesh/request-metrics";
+import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib/http/prometheus";
+import { logsAt, requestLogger } from "../lib/runtime/logger";
+import { nodeContextOf } from "../lib/runtime/node-resources";
+import { jwtSecretOf } from "../lib/runtime/settings";
 import { SocketIoMixin } from "../mixins/socket-io.mixin";
 
 type GatewayRequest = IncomingMessage & {
@@ -193,7 +193,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				"GET /health": this.sendHealth,
 				"GET /metrics": this.sendMetrics,
 			};
-			// Development login for the web page: only with the development secret or DEV_LOGIN=true (lib/settings.ts).
+			// Development login for the web page: only with the development secret or DEV_LOGIN=true (lib/runtime/settings.ts).
 			if (nodeContextOf(this.broker).settings.devLogin) aliases["GET /auth/dev-token"] = this.sendDevToken;
 			return {
 				name: "operations",
@@ -373,7 +373,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		instrumentServer() {
 			const metrics = this.broker.metrics;
 			if (!metrics.isEnabled()) return;
-			// Per-request series are created once per label set, then updated in place (lib/lean-metrics.ts).
+			// Per-request series are created once per label set, then updated in place (lib/mesh/request-metrics.ts).
 			const series = new InPlaceSeries(this.broker, HTTP_DURATION_BUCKETS);
 			let open = 0;
 			this.server.on("connection", (socket: NodeJS.EventEmitter) => {

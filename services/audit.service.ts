@@ -17,17 +17,17 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { AckPolicy, DeliverPolicy, nanos, type ConsumerMessages, type JsMsg } from "nats";
 import { QueryTypes } from "sequelize";
-import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
+import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
 import { checkLinks, EMPTY_CHAIN, normaliseEntry, type AuditEntry } from "../lib/data/audit-chain";
 import { auditOutboxEvent, type AuditOutcome } from "../lib/data/audit-events";
 import { AuditWriter, FencedOutError, type IncomingAuditEvent } from "../lib/data/audit-writer";
-import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
-import { requestLogger } from "../lib/logger";
-import { natsConnectionOf } from "../lib/mesh/nats-connection";
-import { databaseOf, nodeContextOf } from "../lib/node-context";
-import { enqueueEvents, prefixedSubject } from "../lib/outbox";
-import { ensureStream } from "../lib/outbox-relay";
-import { actionPolicy } from "../lib/resilience";
+import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
+import { requestLogger } from "../lib/runtime/logger";
+import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
+import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
+import { enqueueEvents, prefixedSubject } from "../lib/data/outbox/enqueue";
+import { ensureStream } from "../lib/data/outbox/relay";
+import { actionPolicy } from "../lib/mesh/failover-policy";
 import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods } from "../mixins/idempotent-writes.mixin";
 
 /** JetStream durable consumer of audit.> (per stream, so per mesh). */

@@ -10,12 +10,12 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/auth";
-import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
+import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { auditEvent } from "../lib/data/audit-events";
-import { enqueueEvents } from "../lib/outbox";
+import { enqueueEvents } from "../lib/data/outbox/enqueue";
 import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
-import { actionPolicy } from "../lib/resilience";
+import { actionPolicy } from "../lib/mesh/failover-policy";
 
 export interface Room {
 	id: string;

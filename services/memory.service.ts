@@ -3,21 +3,21 @@
  * connection pool). Access: personal → owner (or admin); team → members (JWT `teams`); public → any
  * user reads, owners write. Privacy: plain-text search covers only public, indexed memories;
  * confidential content is sealed with AES-256-GCM and appears in no log and no event. Every write
- * puts its events into the outbox in the same transaction (lib/outbox.ts).
+ * puts its events into the outbox in the same transaction (lib/data/outbox/enqueue.ts).
  */
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import DbService from "moleculer-db";
 import SqlAdapter from "moleculer-db-adapter-sequelize";
 import { DataTypes, QueryTypes, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
-import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/auth";
-import { fastQuery } from "../lib/database";
-import { PointReadBatcher } from "../lib/point-read-batcher";
-import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
+import { fastQuery } from "../lib/data/database";
+import { PointReadBatcher } from "../lib/data/point-read-batcher";
+import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { auditOutboxEvent } from "../lib/data/audit-events";
-import { enqueueEvents } from "../lib/outbox";
-import { actionPolicy } from "../lib/resilience";
-import { open, seal } from "../lib/sealed-box";
+import { enqueueEvents } from "../lib/data/outbox/enqueue";
+import { actionPolicy } from "../lib/mesh/failover-policy";
+import { open, seal } from "../lib/crypto/content-cipher";
 import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions } from "../mixins/idempotent-writes.mixin";
 
 export const SCOPES = ["personal", "team", "public"] as const;
@@ -322,7 +322,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 
 		/**
 		 * Inside a write: one SELECT … FOR UPDATE in its transaction. Otherwise a point read, batched with
-		 * the reads other calls make in the same event-loop turn (lib/point-read-batcher.ts). Plain rows,
+		 * the reads other calls make in the same event-loop turn (lib/data/point-read-batcher.ts). Plain rows,
 		 * no model instances on the hot path.
 		 */
 		async findRow(id: string, t?: Transaction): Promise<MemoryRow> {

@@ -6,59 +6,17 @@
 import { createHash } from "crypto";
 import os from "os";
 import type { Context, Service, ServiceSchema } from "moleculer";
-import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/auth";
+import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
-import { requestLogger } from "../lib/logger";
-import { buildHealthReport, transportStatus } from "../lib/health";
-import { nodeContextOf } from "../lib/node-context";
-import { actionPolicy } from "../lib/resilience";
+import { requestLogger } from "../lib/runtime/logger";
+import { buildHealthReport, transportStatus } from "../lib/http/health";
+import { nodeContextOf } from "../lib/runtime/node-resources";
+import { actionPolicy } from "../lib/mesh/failover-policy";
+import { describeNode, type RegistryNode } from "../lib/mesh/node-view";
 
 /** Everything here only reads: safe to retry on another node. */
 const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 
-interface RegistryNode {
-	id: string;
-	available: boolean;
-	local: boolean;
-	lastHeartbeatTime?: number;
-	metadata?: { role?: string; version?: string; transport?: string };
-	hostname?: string;
-	services?: Array<{ name: string }>;
-	cpu?: number | null;
-}
-
-export interface MeshNodeView {
-	nodeID: string;
-	role: string | null;
-	version: string | null;
-	available: boolean;
-	local: boolean;
-	hostname: string | null;
-	services: string[];
-	lastHeartbeat: string | null;
-	cpu: number | null;
-}
-
-/** Moleculer stamps heartbeats with the local process.uptime() in seconds, not with wall-clock time. */
-function heartbeatTime(uptimeSeconds: number | undefined): string | null {
-	if (uptimeSeconds == null) return null;
-	return new Date(Date.now() - (process.uptime() - uptimeSeconds) * 1000).toISOString();
-}
-
-/** Internal ($node) services are left out: operators think in actors. */
-export function describeNode(node: RegistryNode): MeshNodeView {
-	return {
-		nodeID: node.id,
-		role: node.metadata?.role ?? null,
-		version: node.metadata?.version ?? null,
-		available: node.available,
-		local: node.local,
-		hostname: node.hostname ?? null,
-		services: [...new Set((node.services ?? []).map(s => s.name).filter(n => !n.startsWith("$")))].sort(),
-		lastHeartbeat: node.local ? null : heartbeatTime(node.lastHeartbeatTime),
-		cpu: node.cpu ?? null,
-	};
-}
 
 const MeshService: ServiceSchema = {
 	name: "mesh",

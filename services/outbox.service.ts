@@ -1,5 +1,5 @@
 /**
- * outbox: runs the outbox relay (lib/outbox-relay.ts) on exactly one node of the mesh — the holder
+ * outbox: runs the outbox relay (lib/data/outbox/relay.ts) on exactly one node of the mesh — the holder
  * of the "outbox-relay" leader lease, NODE1 by preference — and reports on it. When the event stream
  * is unavailable the relay pauses with backoff (events stay pending); every node running this service
  * reports the stream as the `event_stream` dependency of /health, and the leader exports
@@ -9,14 +9,15 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
-import { defineActions, INTERNAL_ACCESS } from "../lib/auth";
-import { requestLogger } from "../lib/logger";
-import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
+import { defineActions, INTERNAL_ACCESS } from "../lib/http/auth";
+import { requestLogger } from "../lib/runtime/logger";
+import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
 import type { NatsConnection } from "nats";
-import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { EventStreamState, probeEventStream, type Outage } from "../lib/data/event-stream";
-import { ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay } from "../lib/outbox-relay";
-import { actionPolicy } from "../lib/resilience";
+import { ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay } from "../lib/data/outbox/relay";
+import { actionPolicy } from "../lib/mesh/failover-policy";
+import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
 
 const IDLE_POLL_MS = 50;
 /**
@@ -241,7 +242,7 @@ const OutboxService: ServiceSchema = {
 		self.relay = null;
 		self.mode = "jetstream";
 		const context = nodeContextOf(this.broker);
-		self.nats = context.transport.kind === "nats" ? ((this.broker.transit as unknown as { tx: { client?: NatsConnection } }).tx.client ?? null) : null;
+		self.nats = natsConnectionOf(this.broker);
 		self.stream = new EventStreamState(this.logger);
 		if (self.nats) context.eventStream = () => self.stream.dependency();
 		self.lease = createDutyLease(this.broker, "outbox-relay", this.logger);

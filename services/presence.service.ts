@@ -12,14 +12,14 @@ import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
-import { AuthError, defineActions, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/auth";
+import { AuthError, defineActions, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
-import { requestLogger } from "../lib/logger";
-import { createDutyLease, type LeaderLease } from "../lib/leader-lease";
-import { databaseOf, nodeContextOf } from "../lib/node-context";
+import { requestLogger } from "../lib/runtime/logger";
+import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
+import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
-import { actionPolicy } from "../lib/resilience";
-import { jwtSecretOf } from "../lib/settings";
+import { actionPolicy } from "../lib/mesh/failover-policy";
+import { jwtSecretOf } from "../lib/runtime/settings";
 
 export type PresenceStatus = "online" | "away" | "offline";
 

@@ -13,21 +13,20 @@ import fs from "fs";
 import { PassThrough, type Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { defineActions, requireUser, type MeshAction, type MeshUser } from "../lib/auth";
+import { defineActions, requireUser, type MeshAction, type MeshUser } from "../lib/http/auth";
 import { OutboxBatch } from "../lib/data/outbox-batch";
-import { setHealthSection } from "../lib/health";
-import { InPlaceSeries } from "../lib/lean-metrics";
+import { setHealthSection } from "../lib/http/health";
+import { InPlaceSeries } from "../lib/mesh/request-metrics";
 import { agentsView, loadRegistryFile, MODES, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { nodeHealthFailure, retryElsewhere } from "../lib/inference/errors";
 import { ErrorWindow } from "../lib/inference/error-window";
 import { gateContext, promptBytes, type GatedContext } from "../lib/inference/privacy-gate";
-import type { ChatMessage, ToolCall } from "../lib/inference/provider";
+import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, ToolCall } from "../lib/inference/provider";
 import { decide, type Decision } from "../lib/inference/routing-rules";
 import { TOOL_CATALOGUE, toolByFunctionName } from "../lib/inference/tools";
-import { nodeContextOf } from "../lib/node-context";
-import { actionPolicy } from "../lib/resilience";
-import type { GenerateAnswer, GenerateChunk, GenerateParams } from "./swapper-proxy.service";
+import { nodeContextOf } from "../lib/runtime/node-resources";
+import { actionPolicy } from "../lib/mesh/failover-policy";
 
 export const AGENT_METRICS = {
 	latency: "agent_latency_seconds",

@@ -9,43 +9,17 @@
 import { Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { defineActions, INTERNAL_ACCESS, type MeshAction } from "../lib/auth";
+import { defineActions, INTERNAL_ACCESS, type MeshAction } from "../lib/http/auth";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { nodeHealthFailure, toMeshError } from "../lib/inference/errors";
 import { readGpu, type GpuReading } from "../lib/inference/gpu";
 import { ModelLifecycle } from "../lib/inference/model-lifecycle";
-import type { ChatMessage, GenerateRequest, GenerateResult, ModelProvider, ToolSpec } from "../lib/inference/provider";
+import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, GenerateRequest, ModelProvider } from "../lib/inference/provider";
 import { providersFrom } from "../lib/inference/providers";
-import { nodeContextOf } from "../lib/node-context";
-import { actionPolicy } from "../lib/resilience";
+import { nodeContextOf } from "../lib/runtime/node-resources";
+import { actionPolicy } from "../lib/mesh/failover-policy";
 
 /** What `generate` streams, one object per chunk: text pieces, then one `done`. */
-export type GenerateChunk = { type: "piece"; text: string } | ({ type: "done" } & Omit<GenerateAnswer, "text">);
-
-export interface GenerateAnswer {
-	model: string;
-	provider: string;
-	locality: string;
-	node: string;
-	text: string;
-	usage: { tokens_in: number; tokens_out: number };
-	tool_calls: GenerateResult["tool_calls"];
-	development: boolean;
-	latency_ms: number;
-}
-
-export interface GenerateParams {
-	model: string;
-	prompt?: string;
-	messages?: ChatMessage[];
-	max_tokens?: number;
-	temperature?: number;
-	tools?: ToolSpec[];
-	stream?: boolean;
-	/** a handle for `cancel` (the router passes its request id) */
-	cancel_key?: string;
-}
-
 interface SwapperThis extends Service {
 	lifecycle: ModelLifecycle;
 	providers: ModelProvider[];

@@ -15,7 +15,7 @@ import { Client, Pool } from "pg";
 import { Sequelize } from "sequelize";
 import { AuditWriter, columnarInsert, type IncomingAuditEvent } from "../../lib/data/audit-writer";
 import type { AuditEntry } from "../../lib/data/audit-chain";
-import { runMigrations } from "../../lib/migrations";
+import { runMigrations } from "../../lib/data/migrations";
 import { fixedRate, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";

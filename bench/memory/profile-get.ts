@@ -1,9 +1,9 @@
 // Profiling aid (not part of npm run bench:memory): memory.get from another process for 6 s, for node --cpu-prof.
 import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
-import { loadSettings } from "../../lib/settings";
-import { resolveTransport } from "../../lib/transport";
-import { closedLoop } from "../../bench/lib/harness";
+import { loadSettings } from "../../lib/runtime/settings";
+import { resolveTransport } from "../../lib/runtime/transport";
+import { closedLoop } from "../lib/harness";
 (async () => {
 	const settings = loadSettings({ ...process.env, NODE_ID: "pc", LOG_LEVEL: "warn" });
 	const b = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));

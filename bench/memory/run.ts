@@ -12,10 +12,10 @@ import { ServiceBroker } from "moleculer";
 import { connect } from "nats";
 import { Client, Pool } from "pg";
 import { createBrokerOptions } from "../../moleculer.config";
-import { loadSettings } from "../../lib/settings";
-import { resolveTransport } from "../../lib/transport";
-import { runMigrations } from "../../lib/migrations";
-import { PointReadBatcher } from "../../lib/point-read-batcher";
+import { loadSettings } from "../../lib/runtime/settings";
+import { resolveTransport } from "../../lib/runtime/transport";
+import { runMigrations } from "../../lib/data/migrations";
+import { PointReadBatcher } from "../../lib/data/point-read-batcher";
 import { closedLoop, fixedRate, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -74,7 +74,7 @@ async function main(): Promise<void> {
 		let n = 0;
 		const meshGet = await measure("memory.get over the mesh", () => broker.call("memory.get", { id: pick() }, { meta: { user } }));
 		const rawGet = await measure("raw pg point select", () => pool.query("SELECT * FROM memories WHERE id = $1", [pick()]));
-		// memory.get batches concurrent reads (lib/point-read-batcher.ts); the same batching over raw pg
+		// memory.get batches concurrent reads (lib/data/point-read-batcher.ts); the same batching over raw pg
 		// shows how much of the difference is the batching and how much is the mesh.
 		const rawBatcher = new PointReadBatcher<{ id: string }>({
 			load: async keys => (await pool.query<{ id: string }>("SELECT * FROM memories WHERE id = ANY($1::uuid[])", [keys])).rows,

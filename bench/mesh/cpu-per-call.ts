@@ -7,8 +7,8 @@ import fs from "node:fs";
 import { execSync } from "node:child_process";
 import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
-import { loadSettings } from "../../lib/settings";
-import { resolveTransport } from "../../lib/transport";
+import { loadSettings } from "../../lib/runtime/settings";
+import { resolveTransport } from "../../lib/runtime/transport";
 import { closedLoop, startProcess, stopProcesses } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";

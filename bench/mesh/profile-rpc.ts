@@ -2,8 +2,8 @@
 // started node for PROFILE_SECONDS at 100 concurrent, to run under `node --cpu-prof`.
 import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
-import { loadSettings } from "../../lib/settings";
-import { resolveTransport } from "../../lib/transport";
+import { loadSettings } from "../../lib/runtime/settings";
+import { resolveTransport } from "../../lib/runtime/transport";
 import { closedLoop, formatNumber } from "../lib/harness";
 
 async function main(): Promise<void> {

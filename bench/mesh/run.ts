@@ -10,9 +10,9 @@ import autocannon from "autocannon";
 import { ServiceBroker } from "moleculer";
 import { connect } from "nats";
 import { createBrokerOptions } from "../../moleculer.config";
-import { signToken } from "../../lib/auth";
-import { loadSettings } from "../../lib/settings";
-import { resolveTransport } from "../../lib/transport";
+import { signToken } from "../../lib/http/auth";
+import { loadSettings } from "../../lib/runtime/settings";
+import { resolveTransport } from "../../lib/runtime/transport";
 import { closedLoop, fixedRate, formatNumber, machine, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";

@@ -2,7 +2,7 @@
 // is broadcast to every socket of the namespace; "heap" answers with this process's heap reading.
 import http from "http";
 import { Server } from "socket.io";
-import { readHeap, type HeapReading } from "../../lib/heap";
+import { readHeap, type HeapReading } from "../../lib/runtime/heap";
 
 const server = http.createServer();
 const io = new Server(server, { path: "/ws/socket.io" });

@@ -6,7 +6,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Client } from "pg";
 import { io, type Socket } from "socket.io-client";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { startProcess, stopProcesses } from "../lib/harness";
 import { censusDiff } from "./census-diff";
 

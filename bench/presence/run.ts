@@ -5,14 +5,14 @@
  *   presence — 100 users coming online on NODE2, seen by a watcher on NODE1: p99 propagation
  *   heap     — heap growth per idle socket after a full GC, over both nodes (SIGUSR2 heap report) and on the bare
  *              server, each after 100 warm-up connections (opened and closed); compiled code is reported apart
- *              (lib/heap.ts): it grows with what background timers run meanwhile, not with the sockets
+ *              (lib/runtime/heap.ts): it grows with what background timers run meanwhile, not with the sockets
  * Every client lives in this process, so the baseline pays the same receiving cost.
  */
 import type { ChildProcess } from "child_process";
 import { io, type Socket } from "socket.io-client";
 import { Client } from "pg";
-import { signToken } from "../../lib/auth";
-import type { HeapReading } from "../../lib/heap";
+import { signToken } from "../../lib/http/auth";
+import type { HeapReading } from "../../lib/runtime/heap";
 import { formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -93,7 +93,7 @@ async function bareHeap(url: string): Promise<HeapReading> {
 	return reading as HeapReading;
 }
 
-/** A node's heap after a full GC: SIGUSR2 makes it log one `event: "heap"` line (lib/node-runtime.ts). */
+/** A node's heap after a full GC: SIGUSR2 makes it log one `event: "heap"` line (lib/runtime/node-runtime.ts). */
 function nodeHeap(node: ChildProcess): Promise<HeapReading> {
 	return new Promise((resolve, reject) => {
 		const timer = setTimeout(() => reject(new Error("no heap line within 5 s")), 5_000);

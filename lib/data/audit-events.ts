@@ -12,9 +12,9 @@
  */
 import type { Context, ServiceBroker } from "moleculer";
 import type { Transaction } from "sequelize";
-import { nodeContextOf } from "../node-context";
-import { enqueueEvents, type OutboxEvent } from "../outbox";
-import { TokenBucketLimiter } from "../rate-limiter";
+import { nodeContextOf } from "../runtime/node-resources";
+import { enqueueEvents, type OutboxEvent } from "./outbox/enqueue";
+import { TokenBucketLimiter } from "../http/rate-limiter";
 
 export type AuditOutcome = "success" | "denied" | "failure";
 

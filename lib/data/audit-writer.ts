@@ -13,7 +13,7 @@
  *  - Exactly once: the event id (outbox id = JetStream message id) is UNIQUE in audit_log; each batch
  *    drops ids already stored — read under the same serialisation — and duplicates within itself.
  *    Delivery is at least once (JetStream redelivers what was not acked, e.g. after a SIGKILL), so the
- *    effect is once: the idempotent-consumer pattern (lib/idempotent-consumer.ts) with audit_log
+ *    effect is once: the idempotent-consumer pattern (lib/data/outbox/idempotent-consumer.ts) with audit_log
  *    itself as the record of handled ids.
  */
 import { randomUUID } from "crypto";

@@ -1,6 +1,6 @@
 /**
  * Database host lists: DB_HOSTS (`h1:5432,h2:5432`) and multi-host URLs (`postgres://u:p@h1:5432,h2:5432/db`).
- * No driver here, so lib/settings.ts can validate DB_HOSTS without loading pg.
+ * No driver here, so lib/runtime/settings.ts can validate DB_HOSTS without loading pg.
  */
 export interface DbHost {
 	host: string;

@@ -9,7 +9,7 @@
  * the JetStream API step by step (account → stream → leader) to tell them apart.
  */
 import type { NatsConnection, StreamInfo } from "nats";
-import type { DependencyStatus } from "../database";
+import type { DependencyStatus } from "./database";
 
 export type OutageCode = "jetstream_disabled" | "nats_unreachable" | "stream_unavailable" | "stream_no_leader";
 

@@ -4,11 +4,11 @@
  * row per event would put a database round trip on every routed request; instead events are
  * buffered and written in one multi-row INSERT every `flushMs` (or sooner at `maxRows`). The cost:
  * events buffered when a node dies (at most flushMs worth) are lost — acceptable for run telemetry,
- * not for state changes, which keep writing their events in their own transaction (lib/outbox.ts).
+ * not for state changes, which keep writing their events in their own transaction (lib/data/outbox/enqueue.ts).
  */
 import type { Sequelize } from "sequelize";
-import { enqueueEvents, type OutboxEvent } from "../outbox";
-import type { EventSettings } from "../settings";
+import { enqueueEvents, type OutboxEvent } from "./outbox/enqueue";
+import type { EventSettings } from "../runtime/settings";
 
 export interface OutboxBatchOptions {
 	flushMs?: number;

@@ -1,6 +1,6 @@
 /**
  * What a caller hears when PostgreSQL cut its work short because of the per-connection limits
- * (lib/database.ts: statement_timeout, idle_in_transaction_session_timeout): a 503 naming the limit,
+ * (lib/data/database.ts: statement_timeout, idle_in_transaction_session_timeout): a 503 naming the limit,
  * not an anonymous 500. Not retryable on purpose: a statement that ran into the limit once would
  * most likely run into it again on another node, and retrying it would multiply the load that made
  * it slow.

@@ -179,3 +179,30 @@ export async function* readLines(body: ReadableStream<Uint8Array>): AsyncGenerat
 	}
 	if (buffered) yield buffered;
 }
+
+/** The `swapper-proxy.generate` call as the mesh sees it: what callers (the router) send and get back. */
+export type GenerateChunk = { type: "piece"; text: string } | ({ type: "done" } & Omit<GenerateAnswer, "text">);
+
+export interface GenerateAnswer {
+	model: string;
+	provider: string;
+	locality: string;
+	node: string;
+	text: string;
+	usage: { tokens_in: number; tokens_out: number };
+	tool_calls: GenerateResult["tool_calls"];
+	development: boolean;
+	latency_ms: number;
+}
+
+export interface GenerateParams {
+	model: string;
+	prompt?: string;
+	messages?: ChatMessage[];
+	max_tokens?: number;
+	temperature?: number;
+	tools?: ToolSpec[];
+	stream?: boolean;
+	/** a handle for `cancel` (the router passes its request id) */
+	cancel_key?: string;
+}

@@ -32,7 +32,11 @@ export function usesNatsTransporter(broker: ServiceBroker): boolean {
 	return transitOf(broker)?.tx instanceof Transporters.NATS;
 }
 
-/** The NATS connection of the NATS transporter (once connected), or null on any other transporter. */
+/**
+ * The NATS connection Moleculer's NATS transporter already holds (once connected), for JetStream and
+ * plain subjects (outbox relay, audit writer, node-registry subjects, liveness probe): one connection per
+ * node instead of a second one. Null on any other transporter (the TCP fallback).
+ */
 export function natsConnectionOf(broker: ServiceBroker): NatsConnection | null {
 	return usesNatsTransporter(broker) ? (transitOf(broker)?.tx?.client ?? null) : null;
 }

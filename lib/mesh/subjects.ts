@@ -3,12 +3,12 @@
  * `system.broadcast`, `ops.health.{service}`, `ops.alert.{severity}`. Each goes out as a core NATS
  * message on that subject (with EVENTS_SUBJECT_PREFIX) when NATS is the transport — for consumers
  * outside the mesh — and as a Moleculer event of the same name to every node of the mesh. Best effort,
- * at most once: durable facts go through the outbox instead (lib/outbox.ts).
+ * at most once: durable facts go through the outbox instead (lib/data/outbox/enqueue.ts).
  */
 import type { ServiceBroker } from "moleculer";
-import { nodeContextOf } from "../node-context";
-import { prefixedSubject } from "../outbox";
-import { natsConnectionOf } from "./nats-connection";
+import { nodeContextOf } from "../runtime/node-resources";
+import { prefixedSubject } from "../data/outbox/enqueue";
+import { natsConnectionOf } from "./moleculer-internals";
 
 export type AlertSeverity = "warning" | "critical";
 

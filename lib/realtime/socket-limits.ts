@@ -12,8 +12,8 @@
  *
  * Budgets are per gateway, as the HTTP limiter's are.
  */
-import { TokenBucketLimiter } from "../rate-limiter";
-import type { SocketLimitSettings } from "../settings";
+import { TokenBucketLimiter } from "../http/rate-limiter";
+import type { SocketLimitSettings } from "../runtime/settings";
 
 export interface EventVerdict {
 	allowed: boolean;

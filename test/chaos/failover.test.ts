@@ -3,7 +3,7 @@
  * stopped, hangs, or loses NATS while a gateway-only node serves steady load; users must not notice.
  */
 import { Client } from "pg";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { getJson, TEST_SERVICES_ENV, waitFor } from "../helpers/cluster";
 import { servedCounts, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
 import { describeWithNats } from "../helpers/requirements";

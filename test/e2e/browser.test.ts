@@ -9,7 +9,7 @@
 import fs from "fs";
 import path from "path";
 import { chromium, type Browser, type Page } from "playwright-core";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { getJson, ROOT, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
 import { connectSocket } from "../helpers/sockets";

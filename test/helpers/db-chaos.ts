@@ -11,7 +11,7 @@
  */
 import { randomUUID } from "crypto";
 import http from "http";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { startNodeProcess, tsxNode, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "./cluster";
 import { subjectPrefixFor, streamFor } from "./databases";
 import { LOCAL_NATS_URL } from "./requirements";

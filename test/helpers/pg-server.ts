@@ -4,7 +4,7 @@
  * [CHECKOUT OUTSIDE]` (see startEmbeddedPostgres's options). Prints each note, then "READY <url>" when it
  * accepts connections; SIGTERM stops PostgreSQL and exits.
  */
-import { startEmbeddedPostgres } from "../../lib/embedded-postgres";
+import { startEmbeddedPostgres } from "../../dev/embedded-postgres";
 
 async function main(): Promise<void> {
 	const [dir, port, checkout, outside] = process.argv.slice(2);

@@ -14,7 +14,7 @@ import path from "path";
 import { connect, type NatsConnection } from "nats";
 import { Client } from "pg";
 import { Sequelize } from "sequelize";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { AuditWriter, FencedOutError } from "../../lib/data/audit-writer";
 import { getJson, ROOT, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query, streamFor, subjectPrefixFor } from "../helpers/databases";

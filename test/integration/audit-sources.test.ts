@@ -4,7 +4,7 @@
  * PostgreSQL). Confidential memory content and keys never reach the trail, and a flood of bad tokens
  * is recorded a handful of times with the rest counted as suppressed.
  */
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query } from "../helpers/databases";
 import { describeWithNatsAndPostgres } from "../helpers/requirements";

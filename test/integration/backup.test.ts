@@ -7,7 +7,7 @@ import { spawnSync } from "child_process";
 import fs from "fs";
 import os from "os";
 import path from "path";
-import { runMigrations } from "../../lib/migrations";
+import { runMigrations } from "../../lib/data/migrations";
 import { ROOT } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, query } from "../helpers/databases";
 import { describeWithPostgres } from "../helpers/requirements";

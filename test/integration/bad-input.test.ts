@@ -6,7 +6,7 @@
  * field added later is covered without touching this file.
  */
 import { randomUUID } from "crypto";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { readCatalogue, type CatalogueAction } from "../helpers/catalogue";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query } from "../helpers/databases";

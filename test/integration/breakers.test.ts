@@ -5,7 +5,7 @@
  */
 import { Errors, ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
-import { loadSettings } from "../../lib/settings";
+import { loadSettings } from "../../lib/runtime/settings";
 import { breakerTable } from "../../scripts/repl";
 import { uniqueNamespace } from "../helpers/cluster";
 import { describeWithNats, LOCAL_NATS_URL } from "../helpers/requirements";

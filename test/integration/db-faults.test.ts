@@ -1,5 +1,5 @@
 /**
- * The guarded Sequelize of lib/database.ts against a real PostgreSQL (a fresh database of its own):
+ * The guarded Sequelize of lib/data/database.ts against a real PostgreSQL (a fresh database of its own):
  * real faults become retryable 503s and real bugs do not; a read whose backend is terminated mid-query
  * is retried and answers; a write is not retried; serialization failures and deadlocks between two
  * concurrent transactions are retried until both are applied.
@@ -8,7 +8,7 @@ import { Client } from "pg";
 import { QueryTypes, Transaction, type Sequelize } from "sequelize";
 import { DatabaseUnavailableError } from "../../lib/data/db-faults";
 import { databaseGuardOf } from "../../lib/data/db-guard";
-import { createSequelize, fastQuery } from "../../lib/database";
+import { createSequelize, fastQuery } from "../../lib/data/database";
 import { freePort } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
 import { describeWithPostgres } from "../helpers/requirements";

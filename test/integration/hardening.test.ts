@@ -8,8 +8,8 @@
 import { spawnSync } from "child_process";
 import { randomBytes } from "crypto";
 import os from "os";
-import { signToken } from "../../lib/auth";
-import { runMigrations } from "../../lib/migrations";
+import { signToken } from "../../lib/http/auth";
+import { runMigrations } from "../../lib/data/migrations";
 import { getJson, startNodeProcess, stopAll, TEST_SERVICES_ENV, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { readCatalogue } from "../helpers/catalogue";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query } from "../helpers/databases";

@@ -5,7 +5,7 @@
  * The write is the test double `drill.write` (test/fixtures/services), which can hold its transaction open.
  */
 import { Client } from "pg";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { getJson, startNodeProcess, stopAll, TEST_SERVICES_ENV, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
 import { describeWithNatsAndPostgres } from "../helpers/requirements";

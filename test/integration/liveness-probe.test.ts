@@ -7,8 +7,8 @@ import { spawn, type ChildProcess } from "child_process";
 import path from "path";
 import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
-import { loadSettings } from "../../lib/settings";
-import { resolveTransport } from "../../lib/transport";
+import { loadSettings } from "../../lib/runtime/settings";
+import { resolveTransport } from "../../lib/runtime/transport";
 import { ROOT, uniqueNamespace, waitFor } from "../helpers/cluster";
 import { describeWithNats, LOCAL_NATS_URL } from "../helpers/requirements";
 

@@ -5,7 +5,7 @@
  * and every write's events on JetStream.
  */
 import { connect, type NatsConnection } from "nats";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query, streamFor, subjectPrefixFor } from "../helpers/databases";
 import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";

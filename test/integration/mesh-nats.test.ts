@@ -3,7 +3,7 @@
  * the other, so every call below crosses the mesh.
  */
 import { spawnSync } from "child_process";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { getJson, startNodeProcess, stopAll, TEST_SERVICES_ENV, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
 import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";

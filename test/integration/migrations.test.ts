@@ -8,7 +8,7 @@ import fs from "fs";
 import os from "os";
 import path from "path";
 import { Client } from "pg";
-import { MIGRATIONS_DIR, readMigrations, runMigrations } from "../../lib/migrations";
+import { MIGRATIONS_DIR, readMigrations, runMigrations } from "../../lib/data/migrations";
 import { ROOT } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase } from "../helpers/databases";
 import { describeWithPostgres } from "../helpers/requirements";

@@ -8,8 +8,8 @@
  */
 import { ServiceBroker } from "moleculer";
 import { connect, type NatsConnection, type Subscription } from "nats";
-import { signToken } from "../../lib/auth";
-import { loadSettings } from "../../lib/settings";
+import { signToken } from "../../lib/http/auth";
+import { loadSettings } from "../../lib/runtime/settings";
 import { createBrokerOptions } from "../../moleculer.config";
 import { meshTable } from "../../scripts/repl";
 import { REGISTER_PARAMS } from "../../services/node-registry.service";

@@ -15,7 +15,7 @@
 import { spawn, spawnSync } from "child_process";
 import path from "path";
 import { Manager, io } from "socket.io-client";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { SOCKET_EVENTS } from "../../lib/realtime/socket-events";
 import { getJson, ROOT, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";

@@ -4,7 +4,7 @@
  * messages from NODE1 arriving in order on NODE2, bad socket input answered without harm, the HTTP
  * presence endpoints, and a SIGKILLed node's users going offline everywhere within 5 s.
  */
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv } from "../helpers/databases";
 import { describeWithNatsAndPostgres } from "../helpers/requirements";

@@ -11,7 +11,7 @@
 import fs from "fs";
 import os from "os";
 import path from "path";
-import { signToken } from "../../lib/auth";
+import { signToken } from "../../lib/http/auth";
 import RouterService from "../../services/router.service";
 import { getJson, startNodeProcess, stopAll, uniqueNamespace, waitFor, waitForMesh, type NodeProcess } from "../helpers/cluster";
 import { dropFreshDatabases, freshDatabase, isolatedMeshEnv, query } from "../helpers/databases";

@@ -3,7 +3,7 @@
  * `roles`/`teams`, when present, must be lists of strings (a string "admin" is refused, not ignored).
  */
 import jwt from "jsonwebtoken";
-import { AuthError, signToken, verifyToken, verifyTokenClaims } from "../../lib/auth";
+import { AuthError, signToken, verifyToken, verifyTokenClaims } from "../../lib/http/auth";
 
 const SECRET = "unit-secret-for-claims-0123456789abcdef";
 const mint = (claims: Record<string, unknown>, options: jwt.SignOptions = {}) => jwt.sign(claims, SECRET, { algorithm: "HS256", ...options });

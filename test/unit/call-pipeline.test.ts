@@ -3,7 +3,7 @@
  * local-caller Timeout: the behaviour Moleculer's own Bulkhead, ContextTracker and Timeout gave.
  */
 import { Errors, ServiceBroker } from "moleculer";
-import { meshInternalMiddlewares } from "../../lib/call-pipeline";
+import { meshInternalMiddlewares } from "../../lib/mesh/call-pipeline";
 
 /** An action timeout, as actionPolicy() declares it (Moleculer's typings do not list `timeout`). */
 const fiftyMs = { timeout: 50 };

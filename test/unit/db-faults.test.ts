@@ -7,9 +7,9 @@ import { Errors } from "moleculer";
 import { asDatabaseFault, classifyDbFault, DatabaseUnavailableError, DB_FAULT_CLASSES, isDatabaseFault, MeshErrorRegenerator, type DbFaultClass } from "../../lib/data/db-faults";
 import { backoffWithJitter, DatabaseMonitor, isIdempotentRead } from "../../lib/data/db-guard";
 import { parseDatabaseTargets } from "../../lib/data/db-hosts";
-import { formatLogLine } from "../../lib/logger";
+import { formatLogLine } from "../../lib/runtime/logger";
 import { asWsError } from "../../mixins/socket-io.mixin";
-import { resolveDatabaseSettings, SettingsError } from "../../lib/settings";
+import { resolveDatabaseSettings, SettingsError } from "../../lib/runtime/settings";
 
 /** pg's error shape (code = SQLSTATE) wrapped the way Sequelize wraps it (parent/original). */
 function sequelizeWrapped(name: string, code: string | undefined, message: string): Error {

@@ -17,9 +17,9 @@ const read = (file: string) => fs.readFileSync(path.join(ROOT, file), "utf8");
 const yamlDocs = (file: string) => YAML.parseAllDocuments(read(file), { merge: true }).map(d => d.toJS({}) as any);
 const { version } = JSON.parse(read("package.json")) as { version: string };
 
-/** Every variable lib/settings.ts reads, from its source: env.X, env["X"], readInt/readBool/readDurationMs(env, "X"…). */
+/** Every variable lib/runtime/settings.ts reads, from its source: env.X, env["X"], readInt/readBool/readDurationMs(env, "X"…). */
 function variablesTheCodeReads(): Set<string> {
-	const source = read("lib/settings.ts");
+	const source = read("lib/runtime/settings.ts");
 	const names = new Set<string>();
 	for (const m of source.matchAll(/env(?:\.|\[")([A-Z][A-Z0-9_]*)|read(?:Int|Bool|DurationMs)\(env, "([A-Z][A-Z0-9_]*)"/g)) names.add(m[1] ?? m[2]);
 	return names;

@@ -1,8 +1,8 @@
-import { TokenBucketLimiter } from "../../lib/rate-limiter";
-import { acceptRequestID, parseByteSize } from "../../lib/http-edge";
-import { AuthError, bearerToken, checkAccess, signToken, verifyToken } from "../../lib/auth";
+import { TokenBucketLimiter } from "../../lib/http/rate-limiter";
+import { acceptRequestID, parseByteSize } from "../../lib/http/edge-middlewares";
+import { AuthError, bearerToken, checkAccess, signToken, verifyToken } from "../../lib/http/auth";
 import type { Logger } from "moleculer";
-import { formatLogLine, logsAt, redactText, requestLogger } from "../../lib/logger";
+import { formatLogLine, logsAt, redactText, requestLogger } from "../../lib/runtime/logger";
 
 describe("token bucket (10 r/s, burst 20)", () => {
 	it("allows the burst, refuses the next with Retry-After, refills over time", () => {

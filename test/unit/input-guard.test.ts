@@ -4,7 +4,7 @@
  * and names the field by its path.
  */
 import { Errors, ServiceBroker } from "moleculer";
-import { meshInternalMiddlewares } from "../../lib/call-pipeline";
+import { meshInternalMiddlewares } from "../../lib/mesh/call-pipeline";
 import { findUnsafeValue, InputGuardMiddleware, MAX_DEPTH } from "../../lib/mesh/input-guard";
 
 function nested(levels: number): Record<string, unknown> {

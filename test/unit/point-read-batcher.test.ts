@@ -1,4 +1,4 @@
-import { PointReadBatcher } from "../../lib/point-read-batcher";
+import { PointReadBatcher } from "../../lib/data/point-read-batcher";
 
 interface Row {
 	id: string;

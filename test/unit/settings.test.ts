@@ -1,12 +1,12 @@
 import { spawnSync } from "child_process";
 import fs from "fs";
-import { verifyToken } from "../../lib/auth";
+import { verifyToken } from "../../lib/http/auth";
 import os from "os";
 import path from "path";
-import { EmbeddedPostgresError, firstDirClosedToOthers, openForPostgresUser, placeOutsideCheckout } from "../../lib/embedded-postgres";
+import { EmbeddedPostgresError, firstDirClosedToOthers, openForPostgresUser, placeOutsideCheckout } from "../../dev/embedded-postgres";
 import { createHash, randomBytes } from "crypto";
-import { DEV_JWT_SECRET, loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/settings";
-import { chooseServices } from "../../lib/node-runtime";
+import { DEV_JWT_SECRET, loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/runtime/settings";
+import { chooseServices } from "../../lib/runtime/node-runtime";
 
 const STRONG_SECRET = randomBytes(36).toString("base64");
 const STRONG_KEY = randomBytes(32).toString("base64");

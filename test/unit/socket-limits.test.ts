@@ -4,7 +4,7 @@
  * events running at most N at a time.
  */
 import { HandshakeGuard, KeyedConcurrency, SocketEventBudget } from "../../lib/realtime/socket-limits";
-import type { SocketLimitSettings } from "../../lib/settings";
+import type { SocketLimitSettings } from "../../lib/runtime/settings";
 
 const LIMITS: SocketLimitSettings = {
 	eventsPerSocket: 10,

@@ -1,5 +1,5 @@
 /** The providers a node runs, from its settings (SWAPPER_LOCAL_ECHO, OLLAMA_URL, OPENAI_*), in serving priority order. */
-import type { SwapperSettings } from "../../settings";
+import type { SwapperSettings } from "../../runtime/settings";
 import type { ModelProvider } from "../provider";
 import { LocalEchoProvider } from "./local-echo";
 import { OllamaProvider } from "./ollama";

@@ -6,11 +6,11 @@
  * Same metric names and labels as Moleculer's (moleculer_request_total, _active, _error_total,
  * moleculer_request_time histogram in ms), but each action's RequestMeter keeps the series objects of
  * its callers and updates them in place, with no label hashing per call. ServingGate and CallingGate
- * (lib/call-pipeline.ts) use it for served and outgoing calls. Per-packet transit/transporter counters
+ * (lib/mesh/call-pipeline.ts) use it for served and outgoing calls. Per-packet transit/transporter counters
  * are left out (the NATS server reports traffic itself); event counters stay on the registry.
  *
  * Updating series in place relies on the shape of Moleculer 0.15's metric items ({value} for counters
- * and gauges; {sum, count, bucketValues} for histograms); test/unit/lean-metrics.test.ts pins it.
+ * and gauges; {sum, count, bucketValues} for histograms); test/unit/request-metrics.test.ts pins it.
  */
 import type { Context, ServiceBroker } from "moleculer";
 

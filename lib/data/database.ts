@@ -4,9 +4,9 @@
  * with several hosts configured, follows the primary (lib/data/primary-locator.ts).
  */
 import { Sequelize } from "sequelize";
-import { databaseGuardOf, guardSequelize } from "./data/db-guard";
-import { followPrimary, parseDatabaseTargets, PrimaryLocator, primaryOnlyValidator } from "./data/primary-locator";
-import type { DatabaseLimits, DatabaseSettings } from "./settings";
+import { databaseGuardOf, guardSequelize } from "./db-guard";
+import { followPrimary, parseDatabaseTargets, PrimaryLocator, primaryOnlyValidator } from "./primary-locator";
+import type { DatabaseLimits, DatabaseSettings } from "../runtime/settings";
 
 /**
  * Connection options that make faults show quickly: a host that does not answer fails the connect

@@ -7,7 +7,7 @@ import { IncomingMessage, type IncomingHttpHeaders } from "http";
 import type { Server, Socket } from "socket.io";
 import { Adapter, type BroadcastOptions, type Room, type SocketId } from "socket.io-adapter";
 import type { Duplex } from "stream";
-import { bearerToken } from "./auth";
+import { bearerToken } from "../http/auth";
 
 /**
  * What engine.io and socket.io read from a connection's first request (headers, url, query, TLS flag),
@@ -76,7 +76,7 @@ export function takeToken(socket: Pick<Socket, "handshake">): string | undefined
  * socket.io joins on connect so that `to(socket.id)` works) left implicit: the default keeps two Sets
  * and two Map entries per socket for it, about 0.3 KB of each idle socket (docs/BENCHMARKS.md), and a
  * room socket here is in no other room. Observable behaviour is the default adapter's (tested side by
- * side in test/unit/socket-footprint.test.ts), except that no create-room/join-room events fire for
+ * side in test/unit/socket-connections.test.ts), except that no create-room/join-room events fire for
  * own rooms and `socket.leave(socket.id)` does nothing. The namespace's socket map is the list of who
  * is connected.
  */

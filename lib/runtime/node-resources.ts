@@ -4,8 +4,8 @@
  */
 import type { ServiceBroker } from "moleculer";
 import type { Sequelize } from "sequelize";
-import type { DependencyStatus } from "./database";
-import type { GatewayPrometheusReporter } from "./metrics";
+import type { DependencyStatus } from "../data/database";
+import type { GatewayPrometheusReporter } from "../http/prometheus";
 import type { MeshSettings } from "./settings";
 import type { TransportChoice } from "./transport";
 

@@ -12,8 +12,8 @@
  */
 import { EventEmitter } from "events";
 import { QueryTypes, type Sequelize } from "sequelize";
-import { isDatabaseFault } from "./data/db-faults";
-import { databaseOf, nodeContextOf } from "./node-context";
+import { isDatabaseFault } from "./db-faults";
+import { databaseOf, nodeContextOf } from "../runtime/node-resources";
 
 export interface LeaseOptions {
 	sequelize: Sequelize;

@@ -6,7 +6,7 @@ import { randomUUID } from "crypto";
 import type { IncomingMessage, ServerResponse } from "http";
 import { Errors } from "moleculer";
 import { TokenBucketLimiter } from "./rate-limiter";
-import type { RateLimitSettings } from "./settings";
+import type { RateLimitSettings } from "../runtime/settings";
 
 type Next = (err?: unknown) => void;
 export type HttpMiddleware = (req: IncomingMessage & { body?: unknown }, res: ServerResponse, next: Next) => void;

@@ -1,10 +1,10 @@
 /**
  * The writing side of the transactional outbox: a service inserts its events into `outbox` in the
  * same transaction as the change they describe, so an event exists if and only if the change
- * committed. lib/outbox-relay.ts publishes them.
+ * committed. lib/data/outbox/relay.ts publishes them.
  */
 import type { Sequelize, Transaction } from "sequelize";
-import type { EventSettings } from "./settings";
+import type { EventSettings } from "../../runtime/settings";
 
 export interface OutboxEvent {
 	aggregateType: string;

@@ -20,9 +20,9 @@ import { createHash } from "crypto";
 import fs from "fs";
 import path from "path";
 import { Client } from "pg";
-import { primaryUrl } from "./data/primary-locator";
+import { primaryUrl } from "./primary-locator";
 
-export const MIGRATIONS_DIR = path.resolve(__dirname, "..", "migrations");
+export const MIGRATIONS_DIR = path.resolve(__dirname, "..", "..", "migrations");
 /** pg_advisory_lock key: "daarion-migrations" folded into a bigint-sized constant. */
 const MIGRATION_LOCK_KEY = 7_311_020_301;
 const FILE_PATTERN = /^(\d{3})_([a-z0-9_]+)\.sql$/;

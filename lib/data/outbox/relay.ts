@@ -8,9 +8,9 @@
 import type { ServiceBroker } from "moleculer";
 import type { JetStreamClient, NatsConnection } from "nats";
 import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
-import { probeEventStream, subjectMatches, type Outage } from "./data/event-stream";
-import { prefixedSubject } from "./outbox";
-import type { EventSettings } from "./settings";
+import { probeEventStream, subjectMatches, type Outage } from "../event-stream";
+import { prefixedSubject } from "./enqueue";
+import type { EventSettings } from "../../runtime/settings";
 
 export interface OutboxRow {
 	id: string;

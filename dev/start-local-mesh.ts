@@ -8,9 +8,9 @@
 import { spawn, type ChildProcess } from "child_process";
 import os from "os";
 import path from "path";
-import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "../lib/embedded-postgres";
-import { loadSettings, type MeshSettings } from "../lib/settings";
-import { resolveTransport, type TransportChoice } from "../lib/transport";
+import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "./embedded-postgres";
+import { loadSettings, type MeshSettings } from "../lib/runtime/settings";
+import { resolveTransport, type TransportChoice } from "../lib/runtime/transport";
 
 const ROOT = path.resolve(__dirname, "..");
 

@@ -22,7 +22,7 @@ import * as moleculer from "moleculer";
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import { Stream } from "stream";
-import { gaugeItem, registerRequestMetrics, RequestMeter, type Series, type ValueItem } from "./lean-metrics";
+import { gaugeItem, registerRequestMetrics, RequestMeter, type Series, type ValueItem } from "./request-metrics";
 
 type Handler = (ctx: Context) => Promise<unknown>;
 type ActionDef = { name: string; service?: { fullName: string }; bulkhead?: BulkheadOptions };

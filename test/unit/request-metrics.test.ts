@@ -3,8 +3,8 @@
  * of the installed Moleculer version and check the numbers a Prometheus scrape would see.
  */
 import { Errors, ServiceBroker } from "moleculer";
-import { meshInternalMiddlewares } from "../../lib/call-pipeline";
-import { REQUEST_TIME_BUCKETS_MS } from "../../lib/lean-metrics";
+import { meshInternalMiddlewares } from "../../lib/mesh/call-pipeline";
+import { REQUEST_TIME_BUCKETS_MS } from "../../lib/mesh/request-metrics";
 
 interface Snapshot {
 	name: string;

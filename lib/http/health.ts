@@ -10,9 +10,9 @@
  *   every gateway out of service because events are queued would turn a delay into an outage.
  */
 import type { ServiceBroker } from "moleculer";
-import { databaseGuardOf } from "./data/db-guard";
-import { pingDatabase, type DependencyStatus } from "./database";
-import { nodeContextOf } from "./node-context";
+import { databaseGuardOf } from "../data/db-guard";
+import { pingDatabase, type DependencyStatus } from "../data/database";
+import { nodeContextOf } from "../runtime/node-resources";
 
 export interface HealthReport {
 	status: "healthy" | "degraded" | "unhealthy";

@@ -5,17 +5,17 @@
 import fs from "fs";
 import path from "path";
 import { ServiceBroker, type ServiceSchema } from "moleculer";
-import { createBrokerOptions } from "../moleculer.config";
-import { databaseGuardOf } from "./data/db-guard";
-import { createSequelize } from "./database";
-import type { EmbeddedPostgresHandle } from "./embedded-postgres";
+import { createBrokerOptions } from "../../moleculer.config";
+import { databaseGuardOf } from "../data/db-guard";
+import { createSequelize } from "../data/database";
+import type { EmbeddedPostgresHandle } from "../../dev/embedded-postgres";
 import { readHeap } from "./heap";
-import { runMigrations } from "./migrations";
-import { attachNodeContext } from "./node-context";
+import { runMigrations } from "../data/migrations";
+import { attachNodeContext } from "./node-resources";
 import type { MeshSettings } from "./settings";
 import { resolveTransport, type TransportChoice } from "./transport";
 
-export const SERVICES_DIR = path.resolve(__dirname, "..", "services");
+export const SERVICES_DIR = path.resolve(__dirname, "..", "..", "services");
 /** Services every node with actor services also runs (the gateway decides nothing about them). */
 const INFRASTRUCTURE_SERVICES = new Set(["api", "mesh"]);
 
@@ -29,7 +29,7 @@ export function availableServices(dir = SERVICES_DIR): string[] {
 
 /**
  * Where each service this node may run lives: services/, plus the test doubles of TEST_SERVICES_DIR
- * (development and tests only; lib/settings.ts refuses it in production, so no production node can
+ * (development and tests only; lib/runtime/settings.ts refuses it in production, so no production node can
  * load a test hook).
  */
 export function serviceDirectories(settings: Pick<MeshSettings, "testServicesDir">): Map<string, string> {
@@ -73,7 +73,7 @@ async function connectDatabase(settings: MeshSettings): Promise<{ url: string; e
 	if (settings.database.url) return { url: settings.database.url };
 	// Development only (production requires DATABASE_URL/DB_HOST): loaded lazily so that the compiled
 	// image, which installs no dev dependencies, never needs the embedded-postgres package.
-	const { startEmbeddedPostgres } = await import("./embedded-postgres");
+	const { startEmbeddedPostgres } = await import("../../dev/embedded-postgres");
 	const embedded = await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
 	return { url: embedded.url, embedded };
 }

@@ -4,8 +4,8 @@
  */
 import { createHash } from "crypto";
 import os from "os";
-import { version } from "../package.json";
-import { parseHostList } from "./data/db-hosts";
+import { version } from "../../package.json";
+import { parseHostList } from "../data/db-hosts";
 
 export type NodeRole = "node1" | "node2" | string;
 
@@ -102,7 +102,7 @@ export interface MeshSettings {
 	cityMaxMessageChars: number;
 	/** NATS queue groups pick the node instead of Moleculer's balancer (measured in docs/FAILOVER.md; off) */
 	disableBalancer: boolean;
-	/** leader leases for singleton duties (lib/leader-lease.ts) */
+	/** leader leases for singleton duties (lib/data/leader-lease.ts) */
 	leaseTtlMs: number;
 	swapper: SwapperSettings;
 	router: RouterSettings;

@@ -1,5 +1,5 @@
 /**
- * lib/socket-footprint.ts against a real socket.io server and real clients: an open connection no
+ * lib/realtime/socket-connections.ts against a real socket.io server and real clients: an open connection no
  * longer keeps its upgrade (or first polling) request alive, keeps only the named handshake headers,
  * and a verified socket keeps no token. The control case shows that socket.io alone does keep the request.
  */
@@ -9,8 +9,8 @@ import v8 from "v8";
 import vm from "vm";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io, type Socket } from "socket.io-client";
-import { signToken, verifyToken, verifyTokenClaims } from "../../lib/auth";
-import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../../lib/socket-footprint";
+import { signToken, verifyToken, verifyTokenClaims } from "../../lib/http/auth";
+import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../../lib/realtime/socket-connections";
 
 v8.setFlagsFromString("--expose-gc");
 const gc = vm.runInNewContext("gc") as () => void;

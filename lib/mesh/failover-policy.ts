@@ -13,8 +13,8 @@
  */
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Strategies } from "moleculer";
-import { isDatabaseFault } from "./data/db-faults";
-import { suspectNodesOf } from "./mesh/liveness-probe";
+import { isDatabaseFault } from "../data/db-faults";
+import { suspectNodesOf } from "./liveness-probe";
 
 /** Per-attempt timeouts. A caller waits on a dead node at most this long before retrying elsewhere. */
 export const TIMEOUT_CLASSES = {
