@@ -11,15 +11,14 @@
  */
 import os from "os";
 import { connect } from "nats";
-import { Client, Pool } from "pg";
+import { Pool } from "pg";
 import { Sequelize } from "sequelize";
 import { AuditWriter, columnarInsert, type IncomingAuditEvent } from "../../lib/data/audit-writer";
 import type { AuditEntry } from "../../lib/data/audit-chain";
 import { runMigrations } from "../../lib/data/migrations";
-import { fixedRate, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
+import { fixedRate, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, adminQuery, ADMIN_DATABASE_URL } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
-const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
 const APPEND_EVENTS = 30_000;
 const BATCH = 500;
 const PIPELINE_EVENTS = 20_000;
@@ -32,12 +31,6 @@ const stream = `BENCH_AUDIT_${id}`;
 const dbName = `bench_audit_${id}`;
 const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
 
-async function admin(sql: string): Promise<void> {
-	const c = new Client({ connectionString: ADMIN_URL });
-	await c.connect();
-	await c.query(sql);
-	await c.end();
-}
 
 function event(i: number, tag: string): IncomingAuditEvent {
 	return {
@@ -57,8 +50,8 @@ async function countRows(pool: Pool, sql: string, params: unknown[] = []): Promi
 }
 
 async function main(): Promise<void> {
-	await admin(`CREATE DATABASE ${dbName}`);
-	const url = ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`);
+	await adminQuery(`CREATE DATABASE ${dbName}`);
+	const url = ADMIN_DATABASE_URL.replace(/\/[^/]*$/, `/${dbName}`);
 	await runMigrations(url, "up");
 	const pool = new Pool({ connectionString: url, max: 10 });
 	const nc = await connect({ servers: new URL(NATS_URL).host });
@@ -145,7 +138,7 @@ async function main(): Promise<void> {
 		await nc.close();
 		await sequelize.close();
 		await pool.end();
-		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+		await adminQuery(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
 	}
 }
 

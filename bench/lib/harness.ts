@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from "child_process";
 import fs from "fs";
 import os from "os";
 import path from "path";
+import { Client } from "pg";
 
 export const ROOT = path.resolve(__dirname, "..", "..");
 const running = new Set<ChildProcess>();
@@ -137,4 +138,18 @@ export function writeSection(title: string, body: string, docsFile = "BENCHMARKS
 	const next = pattern.test(current) ? current.replace(pattern, section) : `${current.trimEnd()}\n\n${section}`;
 	fs.mkdirSync(path.dirname(file), { recursive: true });
 	fs.writeFileSync(file, next);
+}
+
+/** The machine's PostgreSQL, where benchmarks create and drop databases of their own. */
+export const ADMIN_DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
+
+/** One statement on the admin connection (CREATE/DROP DATABASE). */
+export async function adminQuery(sql: string): Promise<void> {
+	const client = new Client({ connectionString: ADMIN_DATABASE_URL });
+	await client.connect();
+	try {
+		await client.query(sql);
+	} finally {
+		await client.end();
+	}
 }

@@ -4,13 +4,11 @@
 // both paths; compare them by constructor with any heap snapshot tool (docs/BENCHMARKS.md has the result).
 import fs from "node:fs";
 import path from "node:path";
-import { Client } from "pg";
 import { io, type Socket } from "socket.io-client";
 import { signToken } from "../../lib/http/auth";
-import { startProcess, stopProcesses } from "../lib/harness";
+import { startProcess, stopProcesses, adminQuery, ADMIN_DATABASE_URL } from "../lib/harness";
 import { censusDiff } from "./census-diff";
 
-const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
 const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
 const COUNT = Number(process.env.CENSUS_SOCKETS ?? 500);
 const WARM_UP = Number(process.env.CENSUS_WARM_UP ?? 100);
@@ -18,12 +16,6 @@ const dir = fs.mkdtempSync("/tmp/heap-census-");
 const dbName = `heap_census_${process.pid}`;
 const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
 
-async function admin(sql: string): Promise<void> {
-	const c = new Client({ connectionString: ADMIN_URL });
-	await c.connect();
-	await c.query(sql);
-	await c.end();
-}
 
 async function snapshot(pid: number): Promise<string> {
 	const before = new Set(fs.readdirSync(dir));
@@ -42,8 +34,8 @@ async function snapshot(pid: number): Promise<string> {
 }
 
 async function main(): Promise<void> {
-	await admin(`CREATE DATABASE ${dbName}`);
-	const url = ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`);
+	await adminQuery(`CREATE DATABASE ${dbName}`);
+	const url = ADMIN_DATABASE_URL.replace(/\/[^/]*$/, `/${dbName}`);
 	const sockets: Socket[] = [];
 	try {
 		const bare = process.env.CENSUS_TARGET === "bare";
@@ -75,7 +67,7 @@ async function main(): Promise<void> {
 	} finally {
 		for (const s of sockets) s.close();
 		await stopProcesses();
-		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
+		await adminQuery(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
 	}
 }
 
