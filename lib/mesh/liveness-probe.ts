@@ -45,6 +45,8 @@ export interface LivenessProbeOptions {
 	probeAfterMs: number;
 	/** a probe unanswered this long makes the node suspect */
 	probeTimeoutMs: number;
+	/** a second probe goes out if the first has no answer this long (see probe()) */
+	recheckAfterMs: number;
 	/** no second probe of a node within this long of its last answer */
 	reprobeMs: number;
 	/** how often a suspect node is probed to clear it */
@@ -55,6 +57,7 @@ export const LIVENESS_DEFAULTS: LivenessProbeOptions = {
 	scanEveryMs: 10,
 	probeAfterMs: 20,
 	probeTimeoutMs: 100,
+	recheckAfterMs: 25,
 	reprobeMs: 50,
 	suspectReprobeMs: 50,
 };
@@ -66,6 +69,8 @@ export const LIVENESS_METRICS = {
 };
 
 type ProbeOutcome = "alive" | "gone" | "unresponsive" | "unknown";
+
+const sleep = (ms: number) => new Promise<void>(resolve => setTimeout(resolve, ms).unref());
 
 /** Nodes a broker's probe found unresponsive; FailoverStrategy skips them while others are available. */
 const suspectsByBroker = new WeakMap<ServiceBroker, Set<string>>();
@@ -147,14 +152,29 @@ class LivenessProbe {
 		const metadata = remoteNodeMetadata(this.broker, nodeID);
 		if (!metadata?.[LIVENESS_METADATA_KEY]) return;
 		this.inFlight.add(nodeID);
-		this.nc
-			.request(livenessSubject(this.broker, nodeID), undefined, { timeout: this.opts.probeTimeoutMs })
-			.then(
-				() => "alive" as const,
-				err => outcomeOf(err),
-			)
+		this.probe(nodeID)
 			.then(outcome => this.settle(nodeID, outcome))
 			.finally(() => this.inFlight.delete(nodeID));
+	}
+
+	/**
+	 * One probe, and a second one if the first has no answer after `recheckAfterMs`. A probe that reached
+	 * the server while it still held a just-killed process's subscription is never answered; the second
+	 * one, sent after the server has dropped it, gets "no responders" at once. The first decisive answer
+	 * (alive or gone) from either wins; otherwise the first probe's outcome stands.
+	 */
+	private async probe(nodeID: string): Promise<ProbeOutcome> {
+		const ask = (timeout: number): Promise<ProbeOutcome> =>
+			this.nc.request(livenessSubject(this.broker, nodeID), undefined, { timeout }).then(
+				() => "alive" as const,
+				err => outcomeOf(err),
+			);
+		const first = ask(this.opts.probeTimeoutMs);
+		const early = await Promise.race([first, sleep(this.opts.recheckAfterMs).then(() => null)]);
+		if (early !== null) return early;
+		const second = ask(this.opts.probeTimeoutMs - this.opts.recheckAfterMs);
+		const decisive = (p: Promise<ProbeOutcome>) => p.then(o => (o === "alive" || o === "gone" ? o : new Promise<ProbeOutcome>(() => undefined)));
+		return Promise.race([decisive(first), decisive(second), first.then(async o => (await second, o))]);
 	}
 
 	private settle(nodeID: string, outcome: ProbeOutcome): void {

@@ -62,7 +62,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const aroundKill = windowStats(result.samples, killedAt - 100, restartAt);
 		const leftAt = loggedAt(mesh.gateway, killedWallClock, l => l.event === "node.left" && l.node_id === "NODE1");
 		const removedMs = leftAt == null ? null : leftAt - killedWallClock;
-		const lostAt = loggedAt(mesh.gateway, killedWallClock, l => l.event === "node.lost" && l.node_id === "NODE1");
+		const lostAt = loggedAt(mesh.gateway, killedWallClock, l => (l.event === "node.lost" || l.event === "node.suspect") && l.node_id === "NODE1");
 		const outOfRotationMs = lostAt == null ? null : lostAt - killedWallClock;
 		report("SIGKILL", { ...during, aroundKillMaxMs: aroundKill.maxMs, outOfRotationMs, removedMs, shed: result.shed });
 
