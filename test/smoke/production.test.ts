@@ -42,6 +42,8 @@ interface NatsServer {
 	routePort: number;
 	monitorPort: number;
 	child: ChildProcess;
+	/** its stderr (nats-server logs there), for the failure message when it does not come up */
+	log: string[];
 }
 
 const prometheusInstalled = spawnSync("prometheus", ["--version"]).status === 0;
@@ -110,11 +112,16 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 				NATS_TLS_KEY: tls.key,
 				NATS_TLS_CA: tls.ca,
 			};
-			const child = spawn("nats-server", ["-c", path.join(ROOT, "docker", "nats", "nats-tls.conf")], { env, stdio: "ignore" });
-			nats.push({ name, clientPort: ports[i].client, routePort: ports[i].route, monitorPort: ports[i].monitor, child });
+			const child = spawn("nats-server", ["-c", path.join(ROOT, "docker", "nats", "nats-tls.conf")], { env, stdio: ["ignore", "ignore", "pipe"] });
+			const log: string[] = [];
+			child.stderr!.on("data", (chunk: Buffer) => log.push(...chunk.toString().split("\n").filter(Boolean)));
+			nats.push({ name, clientPort: ports[i].client, routePort: ports[i].route, monitorPort: ports[i].monitor, child, log });
 		}
 		for (const server of nats) {
-			await waitFor(`${server.name} to route to the other two`, async () => (await getJson(`http://127.0.0.1:${server.monitorPort}/routez`)).body.num_routes === 2, 20_000, 200);
+			await waitFor(`${server.name} to route to the other two`, async () => (await getJson(`http://127.0.0.1:${server.monitorPort}/routez`)).body.num_routes === 2, 20_000, 200).catch(err => {
+				const exited = server.child.exitCode ?? server.child.signalCode;
+				throw new Error(`${(err as Error).message}\n${server.name}${exited == null ? "" : ` exited (${exited})`}, last log lines:\n${server.log.slice(-15).join("\n")}`);
+			});
 		}
 		natsUrl = nats.map(s => `tls://127.0.0.1:${s.clientPort}`).join(",");
 	}
