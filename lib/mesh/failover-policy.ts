@@ -107,14 +107,16 @@ export class FailoverStrategy extends Strategies.RoundRobin {
 		const avoid = nodesToAvoid(ctx as RetryContext | undefined);
 		const unresponsive = suspectNodesOf(this.broker);
 		const now = process.uptime();
-		const healthy = list.filter(ep => {
-			if (avoid?.has(ep.id) || unresponsive?.has(ep.id)) return false;
+		// A retry never goes back to a node this call already failed on while another node offers the action.
+		const untried = avoid ? list.filter(ep => !avoid.has(ep.id)) : list;
+		const healthy = untried.filter(ep => {
+			if (unresponsive?.has(ep.id)) return false;
 			if (ep.local) return true;
 			const last = (ep.node as { lastHeartbeatTime?: number }).lastHeartbeatTime;
 			return last == null || now - last <= this.suspectAfter;
 		});
-		// Every candidate suspect: a late heartbeat is a hint, not proof; keep serving.
-		return super.select(healthy.length ? healthy : list);
+		// Every candidate suspect: a late heartbeat or a slow probe answer is a hint, not proof; keep serving.
+		return super.select(healthy.length ? healthy : untried.length ? untried : list);
 	}
 }
 
