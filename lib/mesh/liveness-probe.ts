@@ -20,6 +20,9 @@
  * - no answer within `probeTimeoutMs` means the process is alive but not running its event loop (SIGSTOP,
  *   a stuck loop, a frozen VM): the node becomes suspect and idempotent calls pending on it are rejected
  *   so they retry elsewhere at once. Writes keep waiting: the node may still apply them;
+ * - a rejected call whose response is already streaming (its promise resolved, the request still pending
+ *   until the last chunk) has its stream destroyed with an error, as Moleculer does for a node that left:
+ *   once the probe has taken the call off the pending list, Moleculer's own clean-up never finds it;
  * - FailoverStrategy sends a suspect node no new call while another node can take it. A suspect node is
  *   probed every `suspectReprobeMs` and cleared by its first answer.
  *
@@ -30,6 +33,7 @@ import type { Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import type { NatsConnection, Subscription } from "nats";
 import {
+	abandonPendingRequest,
 	natsConnectionOf,
 	pendingRequestsOf,
 	remoteNodeMetadata,
@@ -200,10 +204,10 @@ class LivenessProbe {
 	private rejectCallsOn(nodeID: string, which: (req: PendingRequest) => boolean): void {
 		const pending = pendingRequestsOf(this.broker);
 		if (!pending) return;
-		for (const [id, req] of pending) {
+		for (const [id, req] of [...pending]) {
 			if (req.nodeID !== nodeID || !which(req)) continue;
-			pending.delete(id);
-			req.reject(new Errors.RequestRejectedError({ action: req.action?.name, nodeID }));
+			// A call already streaming its response is ended too: its stream errors instead of waiting forever.
+			abandonPendingRequest(this.broker, id, nodeID, new Errors.RequestRejectedError({ action: req.action?.name, nodeID }));
 		}
 	}
 }

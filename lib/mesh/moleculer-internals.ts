@@ -17,6 +17,10 @@ export interface PendingRequest {
 
 interface TransitInternals {
 	pendingRequests: Map<string, PendingRequest>;
+	/** the response stream of a call whose first chunk has arrived (its promise already resolved with it) */
+	_deletePendingResStream(id: string, origin: string): void;
+	/** the request stream a call is sending */
+	_deletePendingReqStream(id: string, origin: string): void;
 	tx?: { prefix?: string; client?: NatsConnection | null };
 }
 
@@ -26,6 +30,21 @@ function transitOf(broker: ServiceBroker): TransitInternals | null {
 
 export function pendingRequestsOf(broker: ServiceBroker): Map<string, PendingRequest> | null {
 	return transitOf(broker)?.pendingRequests ?? null;
+}
+
+/**
+ * Gives up on one pending call to `nodeID`, as Transit#removePendingRequestByNodeID does for a node that
+ * left: rejects it with `err` and destroys its streams. A streamed call stays in pendingRequests while its
+ * response streams, with its promise already resolved: only destroying the stream tells its consumer.
+ */
+export function abandonPendingRequest(broker: ServiceBroker, id: string, nodeID: string, err: Error): void {
+	const transit = transitOf(broker);
+	const req = transit?.pendingRequests.get(id);
+	if (!transit || !req) return;
+	transit.pendingRequests.delete(id);
+	req.reject(err);
+	transit._deletePendingReqStream(id, nodeID);
+	transit._deletePendingResStream(id, nodeID);
 }
 
 export function usesNatsTransporter(broker: ServiceBroker): boolean {

@@ -20,20 +20,22 @@ describeWithNatsAndPostgres("router: the serving node dies mid-request, another 
 	let gateway: NodeProcess;
 	let modelA: NodeProcess;
 	let modelB: NodeProcess;
-	let ollama: OllamaFixture;
+	// One runtime per model node: the runtime that receives the chat names the node running the generation.
+	let ollamaA: OllamaFixture;
+	let ollamaB: OllamaFixture;
 	let dir: string;
 	const user = signToken(JWT_SECRET, { id: "u1", roles: [], teams: [] });
 
 	beforeAll(async () => {
-		ollama = await startOllamaFixture({ models: ["shared:7b"], pieceDelayMs: 150 });
+		[ollamaA, ollamaB] = await Promise.all([0, 1].map(() => startOllamaFixture({ models: ["shared:7b"], pieceDelayMs: 150 })));
 		dir = fs.mkdtempSync(path.join(os.tmpdir(), "router-chaos-"));
 		const agentsFile = path.join(dir, "agents.yml");
 		fs.writeFileSync(agentsFile, 'version: "chaos"\nagents:\n  - id: shared-agent\n    model: shared:7b\n');
 		const env = { ...isolatedMeshEnv(namespace, await freshDatabase("routerchaos"), JWT_SECRET), ROUTER_AGENTS_FILE: agentsFile, SWAPPER_ADVERTISE_MS: "200", SWAPPER_LOCAL_ECHO: "false" };
 		[gateway, modelA, modelB] = await Promise.all([
 			startNodeProcess({ ...env, NODE_ID: "chaos-gateway", SERVICES: "api,router" }),
-			startNodeProcess({ ...env, NODE_ID: "chaos-model-a", SERVICES: "swapper-proxy", OLLAMA_URL: ollama.url }),
-			startNodeProcess({ ...env, NODE_ID: "chaos-model-b", SERVICES: "swapper-proxy", OLLAMA_URL: ollama.url }),
+			startNodeProcess({ ...env, NODE_ID: "chaos-model-a", SERVICES: "swapper-proxy", OLLAMA_URL: ollamaA.url }),
+			startNodeProcess({ ...env, NODE_ID: "chaos-model-b", SERVICES: "swapper-proxy", OLLAMA_URL: ollamaB.url }),
 		]);
 		await waitForMesh(gateway, ["router", "swapper-proxy"], 3, 60_000, "/api/router/agents");
 		await waitFor("both model nodes on the gateway's board", async () => {
@@ -47,26 +49,28 @@ describeWithNatsAndPostgres("router: the serving node dies mid-request, another 
 	});
 	afterAll(async () => {
 		await stopAll([gateway, modelA, modelB]);
-		await ollama?.close();
+		await Promise.all([ollamaA?.close(), ollamaB?.close()]);
 		await dropFreshDatabases();
 		fs.rmSync(dir, { recursive: true, force: true });
 	});
 
 	it("retries on the other node and answers 200 within a few seconds", async () => {
-		const chatsBefore = ollama.received.filter(r => r.path === "/api/chat").length;
+		const chats = (o: OllamaFixture) => o.received.filter(r => r.path === "/api/chat").length;
+		const chatsBefore = [chats(ollamaA), chats(ollamaB)];
 		const started = Date.now();
 		const pending = getJson(`${gateway.url}/api/router/route`, {
 			method: "POST",
 			headers: { authorization: `Bearer ${user}`, "content-type": "application/json" },
 			body: JSON.stringify({ agent: "shared-agent", message: "one two three four five six seven eight nine ten eleven twelve" }),
 		});
-		await waitFor("the generation to reach a runtime", async () => ollama.received.filter(r => r.path === "/api/chat").length > chatsBefore, 10_000, 20);
-		// Which node runs it: the one the mesh-wide model list (from the nodes' adverts) shows it in flight on.
-		const serving = await waitFor("a node with the run in flight", async () => {
-			const { body } = await getJson(`${gateway.url}/api/swapper-proxy/models`, { headers: { authorization: `Bearer ${user}` } });
-			const busy = (body.models ?? []).find((m: { in_flight: number }) => m.in_flight > 0);
-			return busy ? [modelA, modelB].find(n => n.nodeID === busy.node) : undefined;
-		}, 5_000, 20);
+		// Which node runs it: the one whose runtime received the chat. (Not the mesh-wide model list: an advert
+		// sent during the warm-up can still show in_flight > 0 on the other node for up to SWAPPER_ADVERTISE_MS.)
+		const serving = await waitFor(
+			"the generation to reach a runtime",
+			async () => (chats(ollamaA) > chatsBefore[0] ? modelA : chats(ollamaB) > chatsBefore[1] ? modelB : undefined),
+			10_000,
+			20,
+		);
 		const survivor = serving === modelA ? modelB : modelA;
 		await serving.kill("SIGKILL");
 		const { status, body } = await pending;
