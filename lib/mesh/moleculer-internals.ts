@@ -1,7 +1,7 @@
 /**
  * The private parts of Moleculer 0.15 this project reaches into, in one place, typed as narrowly as
  * they are used. Moleculer is pinned to a tilde range in package.json for these; a unit test
- * (test/unit/liveness-probe.test.ts) pins the shapes so an upgrade that changes them fails loudly.
+ * (test/unit/moleculer-internals.test.ts) pins the shapes so an upgrade that changes them fails loudly.
  */
 import { Transporters, type ServiceBroker } from "moleculer";
 import type { NatsConnection } from "nats";

@@ -1,0 +1,32 @@
+/**
+ * Pins the private parts of Moleculer that lib/mesh/moleculer-internals.ts reaches into, on a real
+ * broker with Moleculer's in-memory transporter: an upgrade that renames or reshapes them fails here,
+ * not silently in the liveness probe or the outbox.
+ */
+import { ServiceBroker } from "moleculer";
+import { pendingRequestsOf, remoteNodeMetadata, subjectPrefixOf, usesNatsTransporter } from "../../lib/mesh/moleculer-internals";
+
+describe("Moleculer internals the mesh relies on", () => {
+	const broker = new ServiceBroker({ namespace: "pin", nodeID: "pin-node", transporter: "Fake", logger: false });
+	beforeAll(() => broker.start());
+	afterAll(() => broker.stop());
+
+	it("keeps pending requests in transit.pendingRequests, with the stream clean-up methods beside it", () => {
+		expect(pendingRequestsOf(broker)).toBeInstanceOf(Map);
+		const transit = broker.transit as unknown as Record<string, unknown>;
+		expect(typeof transit._deletePendingReqStream).toBe("function");
+		expect(typeof transit._deletePendingResStream).toBe("function");
+		expect(typeof transit.removePendingRequestByNodeID).toBe("function");
+	});
+
+	it("prefixes subjects with MOL-<namespace> and tells the NATS transporter from others", () => {
+		expect(subjectPrefixOf(broker)).toBe("MOL-pin");
+		expect(usesNatsTransporter(broker)).toBe(false);
+	});
+
+	it("finds a node's gossiped metadata in registry.nodes (the local node here)", () => {
+		(broker.metadata as Record<string, unknown>).pinned = true;
+		expect(remoteNodeMetadata(broker, "pin-node")).toMatchObject({ pinned: true });
+		expect(remoteNodeMetadata(broker, "no-such-node")).toBeNull();
+	});
+});
