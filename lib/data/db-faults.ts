@@ -4,7 +4,9 @@
  * DatabaseUnavailableError, a retryable 503 SERVICE_UNAVAILABLE. The gateway answers it with
  * Retry-After, sockets with a failed ack carrying the same shape, and callers on the mesh get it back
  * typed (MeshErrorRegenerator) with `retryable: true`. Anything not listed here stays what it was, so a
- * real bug is still a 500.
+ * real bug is still a 500. PostgreSQL enforcing one of our per-connection limits (statement timeout,
+ * idle-in-transaction timeout) is classified here too, first, as a 503 naming the
+ * setting, and not a sign that the database is down.
  *
  * Classes are a closed set: they are metric label values and log fields, never free text.
  */
@@ -71,12 +73,54 @@ function classifyOne(err: ErrorLike): DbFaultClass | null {
 }
 
 /**
- * The fault class of an error from Sequelize or pg, or null for anything else. Sequelize wraps pg's
- * error (with its SQLSTATE) in `parent`/`original`; the most specific answer wins, so a wrapper whose
- * own name only says "connection" defers to the SQLSTATE it carries.
+ * The per-connection limits (lib/data/database.ts: statement_timeout, idle_in_transaction_session_timeout)
+ * by SQLSTATE: query_canceled and idle_in_transaction_session_timeout. PostgreSQL enforcing a limit is
+ * neither a bug nor an unavailable database, so these are checked before the fault classes: the caller
+ * hears a 503 naming the setting (databaseLimitError below), and the database monitor stays up.
+ */
+const LIMITS: Record<string, { type: string; message: string; limit: string }> = {
+	"57014": { type: "QUERY_TIMEOUT", message: "The request was stopped: the statement ran longer than the database's statement timeout", limit: "DB_STATEMENT_TIMEOUT_MS" },
+	"25P03": {
+		type: "DATABASE_SESSION_ENDED",
+		message: "The database ended this request's session: it stayed idle in a transaction longer than allowed",
+		limit: "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+	},
+};
+
+/**
+ * The SQLSTATE of a database limit an error carries (on itself or on what Sequelize wrapped), or null.
+ * When PostgreSQL ends a session idle in a transaction, pg reports 25P03 as an event of the connection
+ * and the transaction's next query only says "not queryable"; the guard's pg client (lib/data/db-guard.ts)
+ * puts the SQLSTATE that ended the session on that error, so it is told apart from a lost connection here.
+ */
+export function databaseLimitOf(err: unknown, depth = 0): string | null {
+	if (err == null || typeof err !== "object" || depth > 4 || err instanceof Errors.MoleculerError) return null;
+	const e = err as ErrorLike;
+	if (typeof e.code === "string" && LIMITS[e.code]) return e.code;
+	return databaseLimitOf(e.parent ?? e.original ?? e.cause, depth + 1);
+}
+
+/**
+ * A database limit cut the request short: 503 naming the setting in `data.limit`, retryable for the
+ * client like any 503 (the gateway adds Retry-After). A plain MoleculerServerError (no class of its
+ * own), so Moleculer's own regenerator restores it, type and data, across the mesh.
+ */
+export function databaseLimitError(err: unknown): Errors.MoleculerServerError | null {
+	const sqlState = databaseLimitOf(err);
+	if (!sqlState) return null;
+	const limit = LIMITS[sqlState];
+	return new Errors.MoleculerServerError(limit.message, 503, limit.type, { limit: limit.limit });
+}
+
+/**
+ * The fault class of an error from Sequelize or pg, or null for anything else (a database limit
+ * included: see LIMITS). Sequelize wraps pg's error (with its SQLSTATE) in `parent`/`original`; the
+ * most specific answer wins, so a wrapper whose own name only says "connection" defers to the SQLSTATE
+ * it carries.
  */
 export function classifyDbFault(err: unknown, depth = 0): DbFaultClass | null {
 	if (err == null || typeof err !== "object" || depth > 4) return null;
+	if (depth === 0 && databaseLimitOf(err)) return null;
 	const e = err as ErrorLike;
 	const inner = classifyDbFault(e.parent ?? e.original ?? e.cause, depth + 1);
 	return inner ?? classifyOne(e);
@@ -112,9 +156,14 @@ export class DatabaseUnavailableError extends Errors.MoleculerRetryableError {
 	}
 }
 
-/** The typed error for an infrastructure fault; the error itself otherwise (bugs stay bugs). */
+/**
+ * The typed error for a database error: a limit → databaseLimitError (503 naming the setting), an
+ * infrastructure fault → DatabaseUnavailableError (retryable 503); the error itself otherwise (bugs stay bugs).
+ */
 export function asDatabaseFault(err: unknown): unknown {
 	if (err instanceof DatabaseUnavailableError) return err;
+	const limit = databaseLimitError(err);
+	if (limit) return limit;
 	const fault = classifyDbFault(err);
 	return fault ? new DatabaseUnavailableError(fault) : err;
 }

@@ -192,7 +192,8 @@ export class DatabaseGuard {
 	fault(err: unknown): unknown {
 		if (isDatabaseFault(err)) return err;
 		const converted = asDatabaseFault(err);
-		if (!isDatabaseFault(converted)) return err;
+		// A bug stays itself; a database limit (databaseLimitError) is typed but says nothing about availability.
+		if (!isDatabaseFault(converted)) return converted;
 		const fault = converted.fault;
 		this.broker?.metrics?.increment(DB_METRICS.errors, { class: fault });
 		if (isUnavailability(fault)) {
@@ -309,7 +310,7 @@ export function databaseGuardOf(sequelize: Sequelize): DatabaseGuard | undefined
 
 type AnyFn = (...args: unknown[]) => Promise<unknown>;
 
-type ClientClass = new (...args: unknown[]) => EventEmitter & { _invalid?: boolean };
+type ClientClass = new (...args: unknown[]) => EventEmitter & { _invalid?: boolean; _queryable?: boolean; query(...args: unknown[]): unknown };
 
 /**
  * Every pg client Sequelize makes gets an 'error' listener from birth. Sequelize adds its own only once
@@ -317,17 +318,40 @@ type ClientClass = new (...args: unknown[]) => EventEmitter & { _invalid?: boole
  * connection setup) emitted 'error' on a client nobody listened to, and Node ended the whole process —
  * measured: pg_terminate_backend under load killed a node. Such a client is marked invalid, so the pool
  * drops it if it ever gets it.
+ *
+ * The listener also keeps the SQLSTATE the server ended the session with: PostgreSQL ending a session
+ * idle in a transaction (25P03) reaches pg as such an event, and the transaction's next query fails
+ * with only "not queryable". That error gets the SQLSTATE as its `code`, so db-faults tells the
+ * idle-in-transaction limit apart from a lost connection.
  */
 function listenForStrayErrors(sequelize: Sequelize): void {
 	const manager = sequelize.connectionManager as unknown as { lib?: { Client?: ClientClass } };
 	const Base = manager.lib?.Client;
 	if (!manager.lib || !Base) return;
 	class ListenedClient extends Base {
+		private endedBy: string | undefined;
+
 		constructor(...args: unknown[]) {
 			super(...args);
-			this.on("error", () => {
+			this.on("error", (err: { code?: unknown } | undefined) => {
 				this._invalid = true;
+				if (typeof err?.code === "string") this.endedBy ??= err.code;
 			});
+		}
+
+		query(...args: unknown[]): unknown {
+			const endedBy = this.endedBy;
+			if (this._queryable !== false || !endedBy) return super.query(...args);
+			const withCode = (err: unknown) => {
+				const e = err as { code?: unknown } | null;
+				if (e && typeof e === "object" && e.code === undefined) e.code = endedBy;
+				return err;
+			};
+			const last = args.length - 1;
+			const callback = args[last];
+			if (typeof callback === "function") args[last] = (err: unknown, ...rest: unknown[]) => callback(err ? withCode(err) : err, ...rest);
+			const result = super.query(...args);
+			return result instanceof Promise ? result.catch(err => Promise.reject(withCode(err))) : result;
 		}
 	}
 	// The pg module has lazy getters (pg.native); inherit them instead of copying.

@@ -4,7 +4,7 @@
  * PostgreSQL, are checked in test/integration/db-faults.test.ts.
  */
 import { Errors } from "moleculer";
-import { asDatabaseFault, classifyDbFault, DatabaseUnavailableError, DB_FAULT_CLASSES, isDatabaseFault, MeshErrorRegenerator, type DbFaultClass } from "../../lib/data/db-faults";
+import { asDatabaseFault, classifyDbFault, databaseLimitError, DatabaseUnavailableError, DB_FAULT_CLASSES, isDatabaseFault, MeshErrorRegenerator, type DbFaultClass } from "../../lib/data/db-faults";
 import { backoffWithJitter, DatabaseMonitor, isIdempotentRead } from "../../lib/data/db-guard";
 import { parseDatabaseTargets } from "../../lib/data/db-hosts";
 import { formatLogLine } from "../../lib/runtime/logger";
@@ -59,6 +59,32 @@ describe("classifyDbFault", () => {
 	it.each(bugs.map(([name, err]) => ({ name, err })))("$name stays what it was (a bug is a 500, a client error a 4xx)", ({ err }) => {
 		expect(classifyDbFault(err)).toBeNull();
 		expect(asDatabaseFault(err)).toBe(err);
+	});
+});
+
+describe("database limits: one classifier, a 503 naming the setting, not an unavailable database", () => {
+	const limits: Array<[string, unknown, string, string]> = [
+		["statement timeout 57014", sequelizeWrapped("SequelizeDatabaseError", "57014", "canceling statement due to statement timeout"), "QUERY_TIMEOUT", "DB_STATEMENT_TIMEOUT_MS"],
+		["idle-in-transaction timeout 25P03", sequelizeWrapped("SequelizeDatabaseError", "25P03", "terminating connection due to idle-in-transaction timeout"), "DATABASE_SESSION_ENDED", "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS"],
+		// The query after the session ended: pg says only "not queryable"; the guard's client adds the SQLSTATE that ended it.
+		[
+			"not queryable after a 25P03",
+			sequelizeWrapped("SequelizeDatabaseError", "25P03", "Client has encountered a connection error and is not queryable"),
+			"DATABASE_SESSION_ENDED",
+			"DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+		],
+	];
+	it.each(limits.map(([name, err, type, limit]) => ({ name, err, type, limit })))("$name → $type naming $limit", ({ err, type, limit }) => {
+		expect(classifyDbFault(err)).toBeNull();
+		const converted = asDatabaseFault(err);
+		expect(converted).not.toBeInstanceOf(DatabaseUnavailableError);
+		expect(converted).toBeInstanceOf(Errors.MoleculerServerError);
+		expect(converted).toMatchObject({ code: 503, type, retryable: true, data: { limit } });
+		expect(databaseLimitError(converted)).toBeNull();
+		expect(asDatabaseFault(converted)).toBe(converted);
+	});
+	it("leaves a connection lost without a limit a retryable connection fault", () => {
+		expect(databaseLimitError(new Error("Client has encountered a connection error and is not queryable"))).toBeNull();
 	});
 });
 
