@@ -30,6 +30,7 @@ import type { Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import type { NatsConnection, Subscription } from "nats";
 import {
+	abortPendingRequest,
 	natsConnectionOf,
 	pendingRequestsOf,
 	remoteNodeMetadata,
@@ -182,8 +183,7 @@ class LivenessProbe {
 		if (!pending) return;
 		for (const [id, req] of pending) {
 			if (req.nodeID !== nodeID || !which(req)) continue;
-			pending.delete(id);
-			req.reject(new Errors.RequestRejectedError({ action: req.action?.name, nodeID }));
+			abortPendingRequest(this.broker, id, new Errors.RequestRejectedError({ action: req.action?.name, nodeID }));
 		}
 	}
 }

@@ -17,6 +17,8 @@ export interface PendingRequest {
 
 interface TransitInternals {
 	pendingRequests: Map<string, PendingRequest>;
+	_deletePendingReqStream?(id: string, origin: string): void;
+	_deletePendingResStream?(id: string, origin: string): void;
 	tx?: { prefix?: string; client?: NatsConnection | null };
 }
 
@@ -26,6 +28,22 @@ function transitOf(broker: ServiceBroker): TransitInternals | null {
 
 export function pendingRequestsOf(broker: ServiceBroker): Map<string, PendingRequest> | null {
 	return transitOf(broker)?.pendingRequests ?? null;
+}
+
+/**
+ * Drops a pending call as Transit#removePendingRequestByNodeID does for a node that left: out of
+ * pendingRequests, rejected, and its request/response streams destroyed. A streamed answer resolves
+ * its call at the first chunk but stays pending until the last; rejecting it alone is a no-op, and
+ * dropping only the pendingRequests entry would leave its stream open forever (nothing else ends it).
+ */
+export function abortPendingRequest(broker: ServiceBroker, id: string, err: Error): void {
+	const transit = transitOf(broker);
+	const req = transit?.pendingRequests.get(id);
+	if (!transit || !req) return;
+	transit.pendingRequests.delete(id);
+	req.reject(err);
+	transit._deletePendingReqStream?.(id, req.nodeID);
+	transit._deletePendingResStream?.(id, req.nodeID);
 }
 
 export function usesNatsTransporter(broker: ServiceBroker): boolean {
