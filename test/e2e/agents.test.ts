@@ -22,7 +22,8 @@ describeWithBrowser("the agent panel in Chromium", () => {
 	let browser: Browser;
 
 	beforeAll(async () => {
-		const env = { ...isolatedMeshEnv(namespace, await freshDatabase("agentsweb"), JWT_SECRET), SWAPPER_ADVERTISE_MS: "300" };
+		// The page signs in through the development login, which a node with its own JWT_SECRET serves only when asked.
+		const env = { ...isolatedMeshEnv(namespace, await freshDatabase("agentsweb"), JWT_SECRET), SWAPPER_ADVERTISE_MS: "300", DEV_LOGIN: "true" };
 		[node1, node2] = await Promise.all([
 			startNodeProcess({ ...env, NODE_ID: "agents-node1", SWAPPER_LOCAL_ECHO: "false" }),
 			startNodeProcess({ ...env, NODE_ID: "agents-node2", SWAPPER_LOCAL_ECHO_TOKEN_MS: "40" }),
