@@ -10,6 +10,7 @@ import { jsonLogger } from "./lib/runtime/logger";
 import { InputGuardMiddleware } from "./lib/mesh/input-guard";
 import { meshInternalMiddlewares } from "./lib/mesh/call-pipeline";
 import { GatewayPrometheusReporter } from "./lib/http/prometheus";
+import { nodeHealthFailure } from "./lib/inference/errors";
 import { LivenessProbeMiddleware } from "./lib/mesh/liveness-probe";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/mesh/failover-policy";
 import type { MeshSettings } from "./lib/runtime/settings";
@@ -61,8 +62,13 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			windowTime: 10,
 			halfOpenTime: 5_000,
 			// A database fault is the same on every node: opening breakers would only keep callers away
-			// for halfOpenTime after the database is back.
-			check: (err: Error & { code?: number }) => (!err.code || err.code >= 500) && !isDatabaseFault(err),
+			// for halfOpenTime after the database is back. An error carrying `retry_elsewhere` reports how
+			// one model fared, not the node's health (nodeHealthFailure). This broker-wide check is the one
+			// that counts: a caller's breaker wraps the *remote* endpoint, whose action definition came over
+			// the wire without functions, so an action's own `circuitBreaker.check` never reaches callers
+			// (five PROVIDER_FAILED from one flaky model opened swapper-proxy.generate on that node for
+			// every model, and the next runs there failed at once).
+			check: (err: Error & { code?: number }) => nodeHealthFailure(err) && !isDatabaseFault(err),
 		},
 
 		metrics: {

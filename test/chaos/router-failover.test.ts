@@ -46,6 +46,13 @@ describeWithNatsAndPostgres("router: the serving node dies mid-request, another 
 			});
 			return body?.decision?.candidates?.length === 2;
 		});
+		// The test finds the serving node by its in-flight count on the board: no warm-up run may still
+		// show there (an advert sent while a warm-up ran can arrive after it finished).
+		await waitFor("no warm-up run in flight on the board", async () => {
+			const { body } = await getJson(`${gateway.url}/api/swapper-proxy/models`, { headers: { authorization: `Bearer ${user}` } });
+			const models = (body.models ?? []) as Array<{ in_flight: number }>;
+			return models.length === 2 && models.every(m => m.in_flight === 0);
+		});
 	});
 	afterAll(async () => {
 		await stopAll([gateway, modelA, modelB]);

@@ -375,7 +375,9 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect(rules.rules.map((r: { id: string }) => r.id)).toEqual(["backup-on-errors", "offload-when-busy"]);
 		const agents = await getJson(`${node1.url}/api/router/agents`, { headers: { authorization: `Bearer ${user}` } });
 		expect(agents.body.agents.map((a: { id: string }) => a.id)).toContain("echo-agent");
-		expect((await route({ agent: "echo-agent", message: "still routed" })).body.rules_version).toBe("t2");
+		// The whole answer on failure: a refused or failed run says why, not only that rules_version is missing.
+		const stillRouted = await route({ agent: "echo-agent", message: "still routed" });
+		expect({ status: stillRouted.status, body: stillRouted.body }).toMatchObject({ status: 200, body: { rules_version: "t2" } });
 		const reload = await getJson(`${node1.url}/api/router/reload`, { method: "POST", headers: { authorization: `Bearer ${token("op", ["admin"])}` } });
 		expect(reload.status).toBe(422);
 		expect(reload.body).toMatchObject({ type: "REGISTRY_INVALID", data: { line: 3, active_version: "t2" } });
@@ -390,7 +392,11 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		const chatsBefore = chats();
 		const started = Date.now();
 		const pending = route({ agent: "slow-agent", message: "a long answer please, with many many words in it" });
-		await waitFor("the run to reach NODE2's runtime", async () => chats() > chatsBefore, 10_000, 20);
+		await waitFor("the run to reach NODE2's runtime", async () => chats() > chatsBefore, 10_000, 20).catch(async (err: Error) => {
+			// Say what became of the run: refused or failed before it reached the runtime, or still waiting.
+			const answer = await Promise.race([pending.then(r => ({ status: r.status, body: r.body })), new Promise(r => setTimeout(() => r("no answer yet"), 100))]);
+			throw new Error(`${err.message}; the route answered ${JSON.stringify(answer)}`);
+		});
 		await node2.kill("SIGKILL");
 		const { status, body, headers } = await pending;
 		const elapsed = Date.now() - started;
