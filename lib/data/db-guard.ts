@@ -291,6 +291,9 @@ export class DatabaseGuard {
 			metrics.set(DB_METRICS.poolWaiting, stats.waiting);
 		};
 		sample();
+		// db_available follows the state at once (a scrape right after recovery must not read the old value).
+		this.monitor.on("up", () => metrics.set(DB_METRICS.available, 1));
+		this.monitor.on("down", () => metrics.set(DB_METRICS.available, 0));
 		this.gaugeTimer = setInterval(sample, 1_000);
 		this.gaugeTimer.unref();
 	}
