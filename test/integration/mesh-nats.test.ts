@@ -23,13 +23,27 @@ async function meshEnv(namespace: string, extra: Record<string, string>): Promis
 	return { MESH_NAMESPACE: namespace, NATS_URL: LOCAL_NATS_URL, DATABASE_URL: await database, JWT_SECRET, ...extra };
 }
 
-/** A gateway-only node and a node running the actors, in one namespace, ready to route mesh calls. */
+/**
+ * A gateway-only node and a node running the actors, in one namespace, ready to route mesh calls, each
+ * knowing the other. Discovery is not symmetric in time: the gateway learns of the actors from their
+ * INFO while its own INFO goes out only after its services started (Moleculer debounces it by 1 s and a
+ * node answers no DISCOVER in its first 500 ms; a first INFO may list no services yet), and its HTTP port
+ * answers before that. So both views are awaited: the gateway's (it routes to the actors) and the
+ * actors' (mesh.nodes, served there, lists the gateway as available with its api service).
+ */
 async function startGatewayAndActors(namespace: string, gateway: Record<string, string>, actors: Record<string, string>): Promise<[NodeProcess, NodeProcess]> {
 	const nodes = await Promise.all([
 		startNodeProcess(await meshEnv(namespace, { ...gateway, SERVICES: "api" })),
 		startNodeProcess(await meshEnv(namespace, { ...actors, ...TEST_SERVICES_ENV, SERVICES: "api,mesh,drill" })),
 	]);
-	await waitForMesh(nodes[0], ["mesh"], 2);
+	const [gatewayNode, actorsNode] = nodes;
+	await Promise.all([
+		waitForMesh(gatewayNode, ["mesh"], 2),
+		waitFor(`${actorsNode.nodeID} to list ${gatewayNode.nodeID} with its services`, async () => {
+			const { status, body } = await getJson(`${actorsNode.url}/api/mesh/nodes`);
+			return status === 200 && (body as Array<{ nodeID: string; available: boolean; services: string[] }>).some(n => n.nodeID === gatewayNode.nodeID && n.available && n.services.includes("api"));
+		}, 40_000),
+	]);
 	return nodes;
 }
 
