@@ -285,10 +285,24 @@ const PresenceService: ServiceSchema = {
 			return after;
 		},
 
-		/** Broadcasts the current status of users whose devices changed outside changeDevice (sweeps, node loss). */
+		/**
+		 * Broadcasts the current status of users whose devices changed outside changeDevice (sweeps, node
+		 * loss) or who joined a room. The status is read under the user's lock, as changeDevice changes it:
+		 * read without it, a new member's announce raced their first connect (its transaction not yet
+		 * committed) and broadcast "offline" while changeDevice broadcast "online" — the two broadcasts come
+		 * from different nodes, and when the stale one arrived last the room's watchers kept the member offline.
+		 * A user with no device at all has no presence to announce (room snapshots leave them out too):
+		 * their first connect broadcasts it, with their rooms.
+		 */
 		async announce(this: PresenceThis, userIds: string[]) {
+			const sequelize = databaseOf(this.broker);
 			for (const userId of new Set(userIds)) {
-				await this.publishChange(await this.userStatus(userId));
+				const now = await sequelize.transaction(async t => {
+					await sequelize.query("SELECT pg_advisory_xact_lock(hashtext($1))", { bind: [`presence:${userId}`], transaction: t });
+					return this.userStatus(userId, t);
+				});
+				if (now.last_seen_at === null) continue;
+				await this.publishChange(now);
 			}
 		},
 
