@@ -39,7 +39,8 @@ describeWithNats("database faults under load", () => {
 		});
 
 		/** What every scenario must show; `backAt` is when the database accepts connections again. */
-		async function expectNonEvent(name: string, answers: Answer[], writes: WriteOutcome[], faultAt: number, backAt: number, logsBefore: number[]): Promise<void> {
+		/** `faultEvents`: how many times the database was taken away (one restart, three rounds of terminations). */
+		async function expectNonEvent(name: string, answers: Answer[], writes: WriteOutcome[], faultAt: number, backAt: number, logsBefore: number[], faultEvents: number): Promise<void> {
 			const failed = answers.filter(a => a.status !== 200);
 			report(name, {
 				timeouts_504: failed.filter(a => a.status === 504).length,
@@ -69,12 +70,14 @@ describeWithNats("database faults under load", () => {
 			expect(lateReadFailures.map(a => `${Math.round(a.start - backAt)} ms after: ${a.status}`)).toEqual([]);
 			expect(answers.some(a => a.kind === "read" && a.start >= backAt && a.start < backAt + 1_000 && a.status === 200)).toBe(true);
 
-			// One line per state change per node, none per failed request; stacks never inside message.
+			// One line per state change per node, none per failed request; stacks never inside message. An outage
+			// may show as two short down/up flaps on a node (pooled connections that die one after the other),
+			// so up to two per fault event (at least 4), far below one per failed request.
 			mesh.nodes.forEach((node, i) => {
 				const lines = node.jsonLogs().slice(logsBefore[i]);
 				const downs = lines.filter(l => l.event === "db.down");
 				expect(downs.length).toBeGreaterThanOrEqual(1);
-				expect(downs.length).toBeLessThanOrEqual(4);
+				expect(downs.length).toBeLessThanOrEqual(Math.max(4, 2 * faultEvents));
 				expect(lines.filter(l => l.event === "db.up").length).toBe(downs.length);
 				expect(lines.filter(l => l.level === "error")).toEqual([]);
 				expect(lines.filter(l => /\n\s+at /.test(String(l.message)))).toEqual([]);
@@ -90,7 +93,7 @@ describeWithNats("database faults under load", () => {
 			const backAt = load.now();
 			await sleep(4_000);
 			const { answers, writes } = await load.stop();
-			await expectNonEvent("restart", answers, writes, faultAt, backAt, logsBefore);
+			await expectNonEvent("restart", answers, writes, faultAt, backAt, logsBefore, 1);
 		});
 
 		it("pg_terminate_backend of every backend, three times, under read and keyed-write load", async () => {
@@ -108,7 +111,7 @@ describeWithNats("database faults under load", () => {
 			await sleep(3_000);
 			const { answers, writes } = await load.stop();
 			expect(terminated).toBeGreaterThan(3);
-			await expectNonEvent("terminate", answers, writes, faultAt, backAt, logsBefore);
+			await expectNonEvent("terminate", answers, writes, faultAt, backAt, logsBefore, 3);
 		});
 	});
 });
