@@ -56,7 +56,9 @@ describeWithNats("database faults under load", () => {
 			// other work) the mesh's own retryable 504 REQUEST_TIMEOUT, reported separately.
 			expect(answers.filter(a => a.status === 500 || a.status === 0)).toEqual([]);
 			expect(failed.filter(a => !(isDatabase503(a) || a.status === 504) || !a.retryAfter).map(a => `${a.kind} ${a.status} ${a.type}`)).toEqual([]);
-			expect(failed.some(isDatabase503)).toBe(true);
+			// A restart keeps the database away for about a second, so some answers must have been the retryable
+			// 503; terminated backends may be absorbed entirely by the read retries and the pool refill.
+			if (faultEvents === 1) expect(failed.some(isDatabase503)).toBe(true);
 
 			// Every keyed write the client retried is applied exactly once (keys are unique per logical write,
 			// so a write applied twice shows as two rows under its key).
