@@ -40,6 +40,16 @@ export interface HttpAnswer {
 	headers: Headers;
 }
 
+export interface HttpOptions {
+	/** signs a bearer token for this user */
+	user?: MeshUser;
+	/** sent as JSON */
+	body?: unknown;
+	/** sent as it is (broken JSON, other media types); set Content-Type in headers */
+	rawBody?: string;
+	headers?: Record<string, string>;
+}
+
 export interface InProcessNode {
 	broker: ServiceBroker;
 	settings: MeshSettings;
@@ -51,7 +61,7 @@ export interface InProcessNode {
 	/** a bearer token this node's gateway accepts */
 	tokenFor(user: MeshUser): string;
 	/** an HTTP request to the in-process gateway (needs "api" among the services) */
-	http(method: string, path: string, options?: { user?: MeshUser; body?: unknown; headers?: Record<string, string> }): Promise<HttpAnswer>;
+	http(method: string, path: string, options?: HttpOptions): Promise<HttpAnswer>;
 	stop(): Promise<void>;
 }
 
@@ -122,7 +132,7 @@ export async function startInProcessNode(options: InProcessOptions): Promise<InP
 		call: (action, params = {}, callOptions) => broker.call(action, params, callOptions),
 		callAs: (who, action, params = {}, callOptions) => broker.call(action, params, { ...callOptions, meta: { ...callOptions?.meta, user: who } }),
 		tokenFor: who => signToken(secret, who),
-		http(method, path, { user: who, body, headers = {} } = {}) {
+		http(method, path, { user: who, body, rawBody, headers = {} } = {}) {
 			return getJson(`${gatewayUrl(broker)}${path}`, {
 				method,
 				headers: {
@@ -130,7 +140,7 @@ export async function startInProcessNode(options: InProcessOptions): Promise<InP
 					...(body !== undefined ? { "Content-Type": "application/json" } : {}),
 					...headers,
 				},
-				body: body === undefined ? undefined : JSON.stringify(body),
+				body: rawBody ?? (body === undefined ? undefined : JSON.stringify(body)),
 			});
 		},
 		async stop() {
