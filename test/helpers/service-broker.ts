@@ -35,7 +35,6 @@ export interface InProcessOptions {
 
 export interface HttpAnswer {
 	status: number;
-	// eslint-disable-next-line @typescript-eslint/no-explicit-any
 	body: any;
 	headers: Headers;
 }

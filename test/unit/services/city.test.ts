@@ -60,11 +60,11 @@ describeWithPostgres("city service (in-process broker)", () => {
 
 	describe("a private room", () => {
 		it("is a 404 to a stranger, exactly like a room that does not exist", async () => {
-			const hidden = await node.callAs(stranger, "city.getRoom", { room_id: "attic" }).catch(err => err);
-			const missing = await node.callAs(stranger, "city.getRoom", { room_id: "nowhere" }).catch(err => err);
+			const hidden = await node.callAs(stranger, "city.getRoom", { room_id: "attic" }).catch((err: Error) => err);
+			const missing = await node.callAs(stranger, "city.getRoom", { room_id: "nowhere" }).catch((err: Error) => err);
 			expect(hidden).toMatchObject({ code: 404, type: "ROOM_NOT_FOUND" });
 			expect(missing).toMatchObject({ code: 404, type: "ROOM_NOT_FOUND" });
-			expect(hidden.message.replace("attic", "ROOM")).toBe(missing.message.replace("nowhere", "ROOM"));
+			expect((hidden as Error).message.replace("attic", "ROOM")).toBe((missing as Error).message.replace("nowhere", "ROOM"));
 			for (const action of ["city.listMessages", "city.members", "city.join"]) {
 				await expect(node.callAs(stranger, action, { room_id: "attic" })).rejects.toMatchObject({ code: 404 });
 			}

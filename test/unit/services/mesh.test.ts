@@ -27,8 +27,8 @@ describe("mesh service (in-process broker)", () => {
 		const refused = node.call("mesh.echo", {});
 		await expect(refused).rejects.toBeInstanceOf(Errors.ValidationError);
 		await expect(refused).rejects.toMatchObject({ code: 422, data: [expect.objectContaining({ field: "message" })] });
-		const tooLong = await node.call("mesh.echo", { message: "x".repeat(10_001) }).catch(err => err);
-		expect(tooLong.data[0]).toMatchObject({ field: "message", type: "stringMax" });
+		const tooLong = await node.call("mesh.echo", { message: "x".repeat(10_001) }).catch((err: Errors.ValidationError) => err);
+		expect((tooLong as Errors.ValidationError).data[0]).toMatchObject({ field: "message", type: "stringMax" });
 	});
 
 	it("lists this node among the mesh's nodes", async () => {
