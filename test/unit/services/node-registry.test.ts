@@ -47,7 +47,7 @@ describeWithPostgres("node-registry service (in-process broker)", () => {
 	it("limits heartbeats per node: beyond the burst a 429 naming the node", async () => {
 		await node.callAs(service, "node-registry.register", { node_id: "chatty", role: "edge" });
 		const answers = [];
-		for (let i = 0; i < 8; i++) answers.push(await node.callAs(service, "node-registry.heartbeat", { node_id: "chatty" }).catch(err => err));
+		for (let i = 0; i < 15; i++) answers.push(await node.callAs(service, "node-registry.heartbeat", { node_id: "chatty" }).catch(err => err));
 		const limited = answers.filter(a => a instanceof Error);
 		expect(limited.length).toBeGreaterThan(0);
 		expect(limited[0]).toMatchObject({ code: 429, type: "RATE_LIMITED", data: { node_id: "chatty" } });

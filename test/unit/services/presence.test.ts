@@ -34,31 +34,36 @@ describeWithPostgres("presence service (in-process broker)", () => {
 	const device = (userId: string, deviceId: string) => ({ user_id: userId, device_id: deviceId, node_id: node.broker.nodeID });
 	const changed = (userId: string, status: string) => events.seen<Presence>("presence.changed", p => p.user_id === userId && p.status === status);
 
-	it("goes online → away → offline, broadcasting each change with the user's rooms (and the previous status when a report caused it)", async () => {
+	it("goes online → away (the lease holder's sweep, after inactivity) → online → offline, broadcasting each change with the user's rooms", async () => {
 		await node.callAs(user("ann"), "city.createRoom", { id: "lobby", name: "Lobby" });
 		await expect(node.call("presence.connect", device("ann", "phone"))).resolves.toMatchObject({ user_id: "ann", status: "online" });
 		expect(await changed("ann", "online")).toMatchObject({ previous: "offline", rooms: ["lobby"] });
 
-		await sleep(AWAY_AFTER_MS + 50);
-		await expect(node.call("presence.heartbeat", { ...device("ann", "phone"), active: false })).resolves.toMatchObject({ status: "away" });
-		expect(await changed("ann", "away")).toMatchObject({ previous: "online" });
-
+		// No activity for PRESENCE_AWAY_AFTER_MS: the sweep marks the device away and announces it.
+		expect(await changed("ann", "away")).toMatchObject({ rooms: ["lobby"] });
 		await expect(node.call("presence.heartbeat", { ...device("ann", "phone"), active: true })).resolves.toMatchObject({ status: "online" });
+		await events.seen<Presence>("presence.changed", p => p.user_id === "ann" && p.status === "online" && p.previous === "away");
 
 		await node.call("presence.gone", { user_id: "ann", device_id: "phone" });
-		// With no grace period, the lease holder's sweep marks the device offline and announces it.
+		// With no grace period, the next sweep marks the device offline.
 		expect(await changed("ann", "offline")).toMatchObject({ rooms: ["lobby"] });
 		await expect(node.callAs(user("ann"), "presence.user", { user_id: "ann" })).resolves.toMatchObject({ status: "offline" });
 	});
 
+	it("reports a device away at once when its heartbeat says the user has been idle that long", async () => {
+		await node.call("presence.connect", device("ida", "desk"));
+		await sleep(AWAY_AFTER_MS + 50);
+		// Whether the sweep got there first or not, the device is away now.
+		await expect(node.call("presence.heartbeat", { ...device("ida", "desk"), active: false })).resolves.toMatchObject({ status: "away" });
+	});
+
 	it("keeps a user as present as their most present device", async () => {
-		await node.call("presence.connect", device("ben", "laptop"));
-		await node.call("presence.connect", device("ben", "phone"));
-		const afterOne = await node.call("presence.internalOnline", { user_id: "ben", device_id: "phone", status: "offline" });
-		expect(afterOne).toMatchObject({ status: "online", device_status: "offline" });
-		const afterBoth = await node.call("presence.internalOnline", { user_id: "ben", device_id: "laptop", status: "unavailable" });
-		expect(afterBoth).toMatchObject({ status: "away", device_status: "away" });
-		await expect(node.callAs(user("x"), "presence.counts")).resolves.toMatchObject({ away: expect.any(Number) });
+		// Reported statuses: the sweep leaves an away device alone (no disconnect, fresh heartbeat).
+		await expect(node.call("presence.internalOnline", { user_id: "ben", device_id: "laptop", status: "unavailable" })).resolves.toMatchObject({ status: "away", device_status: "away" });
+		await expect(node.call("presence.internalOnline", { user_id: "ben", device_id: "phone", status: "online" })).resolves.toMatchObject({ status: "online", device_status: "online" });
+		await expect(node.call("presence.internalOnline", { user_id: "ben", device_id: "phone", status: "offline" })).resolves.toMatchObject({ status: "away", device_status: "offline" });
+		await expect(node.call("presence.internalOnline", { user_id: "ben", device_id: "laptop", status: "offline" })).resolves.toMatchObject({ status: "offline" });
+		await expect(node.callAs(user("x"), "presence.counts")).resolves.toMatchObject({ offline: expect.any(Number) });
 	});
 
 	it("refuses bad input as a ValidationError naming the field", async () => {
