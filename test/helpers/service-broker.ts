@@ -114,8 +114,7 @@ function gatewayUrl(broker: ServiceBroker): string {
 export async function startInProcessNode(options: InProcessOptions): Promise<InProcessNode> {
 	const databaseUrl = options.database ? await migratedDatabase() : null;
 	const settings = settingsFor(options, databaseUrl);
-	// A small pool: one test file runs its calls one at a time.
-	const sequelize = databaseUrl ? createSequelize({ ...settings.database, url: databaseUrl }, settings.databaseLimits, 4) : null;
+	const sequelize = databaseUrl ? createSequelize({ ...settings.database, url: databaseUrl }, settings.databaseLimits) : null;
 	const broker = createBroker(settings, sequelize);
 	for (const name of options.services) broker.createService(loadServiceSchema(name));
 	for (const schema of options.extraServices ?? []) broker.createService(schema);
