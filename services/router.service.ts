@@ -19,7 +19,7 @@ import { setHealthSection } from "../lib/http/health";
 import { InPlaceSeries } from "../lib/mesh/request-metrics";
 import { agentsView, loadRegistryFile, MODES, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
-import { nodeHealthFailure, retryElsewhere } from "../lib/inference/errors";
+import { retryElsewhere } from "../lib/inference/errors";
 import { ErrorWindow } from "../lib/inference/error-window";
 import { gateContext, promptBytes, type GatedContext } from "../lib/inference/privacy-gate";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, ToolCall } from "../lib/inference/provider";
@@ -106,7 +106,6 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		route: {
 			// Not retried by Moleculer: the router retries generations itself, on another node.
 			...actionPolicy({ idempotent: false, timeout: "slow" }),
-			circuitBreaker: { check: nodeHealthFailure },
 			rest: "POST /route",
 			access: "user",
 			params: {

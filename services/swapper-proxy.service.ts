@@ -11,7 +11,7 @@ import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "mole
 import { Errors } from "moleculer";
 import { defineActions, INTERNAL_ACCESS, type MeshAction } from "../lib/http/auth";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
-import { nodeHealthFailure, toMeshError } from "../lib/inference/errors";
+import { toMeshError } from "../lib/inference/errors";
 import { readGpu, type GpuReading } from "../lib/inference/gpu";
 import { ModelLifecycle } from "../lib/inference/model-lifecycle";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, GenerateRequest, ModelProvider } from "../lib/inference/provider";
@@ -148,7 +148,6 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 		 */
 		generate: {
 			...actionPolicy({ idempotent: false, timeout: "slow" }),
-			circuitBreaker: { check: nodeHealthFailure },
 			rest: "POST /generate",
 			access: INTERNAL_ACCESS,
 			params: {
