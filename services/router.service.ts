@@ -20,6 +20,7 @@ import { InPlaceSeries } from "../lib/mesh/request-metrics";
 import { agentsView, loadRegistryFile, MODES, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { retryElsewhere } from "../lib/inference/errors";
+import { CANCEL_EVENT, CancelScope, cancelBoardOf, cancelKeyOf, isCancellation, requestCancel } from "../lib/inference/cancellation";
 import { ErrorWindow } from "../lib/inference/error-window";
 import { gateContext, promptBytes, type GatedContext } from "../lib/inference/privacy-gate";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, ToolCall } from "../lib/inference/provider";
@@ -64,6 +65,10 @@ interface Run {
 	started: number;
 	attempts: Array<{ node: string; error_type: string }>;
 	tools: Array<{ tool: string; allowed: boolean }>;
+	/** the entry point's cancel key (ctx.meta.cancel_key), else this call's id; passed to every generation */
+	cancelKey: string;
+	/** cancelled when the client goes away (lib/inference/cancellation.ts) */
+	cancel: CancelScope;
 }
 
 interface RouterThis extends Service {
@@ -108,6 +113,8 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			...actionPolicy({ idempotent: false, timeout: "slow" }),
 			rest: "POST /route",
 			access: "user",
+			// The gateway gives the call a cancel key and cancels it when the client disconnects.
+			cancellable: true,
 			params: {
 				agent: { type: "string", min: 1, max: 64 },
 				message: { type: "string", min: 1, trim: true, optional: true },
@@ -145,7 +152,21 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				}
 				const { agentSpec, ...plain } = decision;
 				// The sanitized context is rebuilt for a backup agent: its own system prompt.
-				const run: Run = { requestId, user, params, registry, decision: plain, agent: agentSpec, gated: agentSpec === agent ? gated : gateContext(agentSpec.system_prompt, params), started: Date.now(), attempts: [], tools: [] };
+				const run: Run = {
+					requestId,
+					user,
+					params,
+					registry,
+					decision: plain,
+					agent: agentSpec,
+					gated: agentSpec === agent ? gated : gateContext(agentSpec.system_prompt, params),
+					started: Date.now(),
+					attempts: [],
+					tools: [],
+					// The context id when no entry point gave a key: a client chooses its X-Request-ID, so two runs may share one.
+					cancelKey: cancelKeyOf(ctx) ?? ctx.id,
+					cancel: new CancelScope(),
+				};
 				this.logger.info(`Route ${requestId}: ${plain.explanation}`, { event: "router.decision", request_id: requestId, agent_id: plain.agent, model: plain.model, node: plain.node, mode: params.mode, rules: plain.rules });
 				this.emitRun(run, "started");
 				return params.stream ? this.routeStream(ctx, run) : this.routeOnce(ctx, run);
@@ -194,6 +215,9 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 	events: {
 		[ADVERT_EVENT](this: RouterThis, ctx: Context<NodeAdvert>) {
 			capacityBoardOf(this.broker).update(ctx.params);
+		},
+		[CANCEL_EVENT](this: RouterThis, ctx: Context<{ key?: unknown }>) {
+			if (typeof ctx.params?.key === "string") cancelBoardOf(this.broker).cancel(ctx.params.key);
 		},
 		"$node.disconnected"(this: RouterThis, ctx: Context<{ node: { id: string } }>) {
 			capacityBoardOf(this.broker).drop(ctx.params.node.id);
@@ -248,12 +272,16 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			const nodes = run.decision.candidates.slice(0, 3).map(c => c.node);
 			let lastError: unknown;
 			for (const node of nodes) {
+				run.cancel.check();
 				const done = board.begin(node, run.decision.model);
 				try {
-					const answer = (await ctx.call("swapper-proxy.generate", { ...request, model: run.decision.model }, { nodeID: node })) as GenerateAnswer;
+					const call = ctx.call("swapper-proxy.generate", { ...request, model: run.decision.model, cancel_key: run.cancelKey }, { nodeID: node }) as Promise<GenerateAnswer>;
+					// Abandoned at once when the client goes away; the same cancel stops it on its node.
+					const answer = await run.cancel.race(call);
 					run.decision.node = node;
 					return answer;
 				} catch (err) {
+					if (run.cancel.reason) throw run.cancel.reason;
 					lastError = err;
 					run.attempts.push({ node, error_type: errorType(err) });
 					this.logger.warn(`Route ${run.requestId}: generation on ${node} failed (${errorType(err)})${retryElsewhere(err) ? "; trying the next node" : ""}`, {
@@ -305,6 +333,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		async routeOnce(this: RouterThis, ctx: RouteContext, run: Run) {
 			// Tools only with consent: their results are memory, which a sanitized context never carries.
 			const tools = run.params.consent ? run.agent.tools.map(t => TOOL_CATALOGUE[t].spec) : [];
+			const untrack = cancelBoardOf(this.broker).track(run.cancelKey, run.cancel);
 			try {
 				let answer = await this.generateWithRetry(ctx, run, { messages: run.gated.messages, ...(tools.length ? { tools } : {}) });
 				const usage = { ...answer.usage };
@@ -315,11 +344,15 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 					usage.tokens_in += answer.usage.tokens_in;
 					usage.tokens_out += answer.usage.tokens_out;
 				}
+				// A cancel that came after the last answer: the client is gone, the run did not reach it.
+				run.cancel.check();
 				this.finish(run, { answer, usage });
 				return this.answerOf(run, answer, answer.text, usage);
 			} catch (err) {
 				this.finish(run, { error: err });
 				throw err;
+			} finally {
+				untrack();
 			}
 		},
 
@@ -331,11 +364,12 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		async routeStream(this: RouterThis, ctx: RouteContext, run: Run) {
 			ctx.meta.$responseType = "text/event-stream; charset=utf-8";
 			ctx.meta.$responseHeaders = { "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
+			const untrack = cancelBoardOf(this.broker).track(run.cancelKey, run.cancel);
 			let upstream: Readable;
 			try {
-				// The context id, not the request id: a client chooses its X-Request-ID, so two runs may share one.
-				upstream = (await this.generateWithRetry(ctx, run, { messages: run.gated.messages, stream: true, cancel_key: ctx.id })) as unknown as Readable;
+				upstream = (await this.generateWithRetry(ctx, run, { messages: run.gated.messages, stream: true })) as unknown as Readable;
 			} catch (err) {
+				untrack();
 				this.finish(run, { error: err });
 				throw err;
 			}
@@ -343,42 +377,43 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			const node = run.decision.node;
 			out.write(sse({ request_id: run.requestId, agent: run.decision.agent, model: run.decision.model, node, decision: run.decision }, "start"));
 			let finished = false;
+			const end = (outcome: Parameters<RouterThis["finish"]>[1], last?: string) => {
+				if (finished) return false;
+				finished = true;
+				untrack();
+				this.finish(run, outcome);
+				if (last !== undefined) out.end(last);
+				return true;
+			};
 			upstream.on("data", (chunk: GenerateChunk) => {
+				if (finished) return;
 				if (chunk.type === "piece") {
 					out.write(sse({ text: chunk.text }));
 					return;
 				}
-				finished = true;
 				const answer: GenerateAnswer = { ...chunk, text: "" };
-				this.finish(run, { answer, usage: answer.usage });
 				// The text went out piece by piece; the final event carries everything else.
 				const final: Record<string, unknown> = this.answerOf(run, answer, "", answer.usage);
 				delete final.response;
-				out.end(sse(final, "done"));
+				end({ answer, usage: answer.usage }, sse(final, "done"));
 			});
 			upstream.on("error", err => {
-				if (finished) return;
-				finished = true;
-				this.finish(run, { error: err });
 				const e = err as Errors.MoleculerError;
-				out.end(sse({ name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }, "error"));
+				end({ error: err }, sse({ name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }, "error"));
 			});
 			upstream.on("end", () => {
-				if (finished) return;
-				finished = true;
 				const err = new Errors.MoleculerRetryableError("The stream ended without a final answer", 503, "STREAM_INCOMPLETE");
-				this.finish(run, { error: err });
-				out.end(sse({ name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }, "error"));
+				end({ error: err }, sse({ name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }, "error"));
 			});
-			// The client went away: stop the generation where it runs.
-			out.on("close", () => {
-				if (finished) return;
-				finished = true;
+			// Cancelled (the client went away, seen here or by the gateway): stop reading and end the run.
+			run.cancel.onAbort(reason => {
+				if (!end({ error: reason })) return;
 				upstream.destroy();
-				this.finish(run, { error: new Errors.MoleculerClientError("The client went away", 499, "CANCELLED") });
-				if (node !== this.broker.nodeID) {
-					ctx.call("swapper-proxy.cancel", { id: ctx.id }, { nodeID: node }).catch(() => undefined);
-				}
+				out.destroy();
+			});
+			// The reader of our stream went away: cancel the run on every node (the generation's included).
+			out.on("close", () => {
+				if (!finished) requestCancel(this.broker, run.cancelKey);
 			});
 			return out;
 		},
@@ -387,9 +422,10 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			const seconds = (Date.now() - run.started) / 1000;
 			const agentId = run.decision.agent;
 			const failed = outcome.error !== undefined;
-			const type = failed ? errorType(outcome.error) : null;
+			const cancelled = failed && isCancellation(outcome.error);
+			const type = failed ? (cancelled ? "CANCELLED" : errorType(outcome.error)) : null;
 			// Cancellations are the client's doing, not the agent's: they do not move its error rate.
-			if (type !== "CANCELLED") this.errors.record(agentId, type);
+			if (!cancelled) this.errors.record(agentId, type);
 			const figures = this.errors.figures(agentId);
 			const series = this.series;
 			if (series) {

@@ -358,6 +358,44 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		});
 	});
 
+	it("a non-streaming client that goes away cancels its generation on NODE2's runtime; the run ends failed CANCELLED, never completed", async () => {
+		const marker = `cancel-plain-${Date.now()}`;
+		const requestId = `cancel-${Date.now()}`;
+		const controller = new AbortController();
+		const answered = fetch(`${node1.url}/api/router/route`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${user}`, "content-type": "application/json", "x-request-id": requestId },
+			// 12 pieces at 150 ms: the runtime answers in ~1.8 s unless cancelled.
+			body: JSON.stringify({ agent: "slow-agent", message: `${marker} one two three four five six seven eight nine ten` }),
+			signal: controller.signal,
+		}).then(
+			() => "answered",
+			(err: Error) => err.name,
+		);
+		await waitFor("NODE2's runtime to receive the chat", async () => ollama.received.some(r => r.path === "/api/chat" && JSON.stringify(r.body).includes(marker)), 10_000, 10);
+		const abortedAt = Date.now();
+		controller.abort();
+		expect(await answered).toBe("AbortError");
+		const closed = await waitFor("the runtime's request to be closed", async () => ollama.chatsClosed.find(c => c.lastUser.includes(marker)), 5_000, 10);
+		// Gateway sees the close → cancel broadcast → NODE2's swapper-proxy aborts the runtime's HTTP call.
+		expect(closed.at - abortedAt).toBeLessThan(1_000);
+		await waitFor("NODE2's slot freed", async () => {
+			const { body } = await getJson(`${node2.url}/api/swapper-proxy/status`, { headers: { authorization: `Bearer ${user}` } });
+			return body.models.find((m: { model: string }) => m.model === "slow:1b")?.in_flight === 0;
+		});
+		const events = await waitFor("the run's agent.run.failed event", async () => {
+			const rows = await query<{ event_type: string; payload: Record<string, unknown> }>(databaseUrl, "SELECT event_type, payload FROM outbox WHERE aggregate_id = $1", [requestId]);
+			return rows.some(r => r.event_type === "agent.run.failed") ? rows : undefined;
+		});
+		expect(events.map(e => e.event_type).sort()).toEqual(["agent.run.failed", "agent.run.requested", "agent.run.started"]);
+		expect(events.find(e => e.event_type === "agent.run.failed")?.payload).toMatchObject({ request_id: requestId, agent_id: "slow-agent", error_type: "CANCELLED" });
+		// Nothing claims success afterwards either (a late answer from NODE2 is ignored).
+		await new Promise(r => setTimeout(r, 2_000));
+		const later = await query<{ event_type: string }>(databaseUrl, "SELECT event_type FROM outbox WHERE aggregate_id = $1 AND event_type = 'agent.run.completed'", [requestId]);
+		expect(later).toEqual([]);
+		expect(node1.logs.some(l => l.includes(requestId) && l.includes("agent.run.completed"))).toBe(false);
+	});
+
 	it("reloads the registry when the file changes, refuses a bad file naming the line, and reports the version in /health", async () => {
 		expect((await getJson(`${node1.url}/health`)).body.router).toMatchObject({ rules_version: "t1" });
 		fs.writeFileSync(agentsFile, REGISTRY("t2"));
