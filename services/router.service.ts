@@ -21,7 +21,7 @@ import { agentsView, loadRegistryFile, MODES, RegistryError, type AgentRegistry,
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { retryElsewhere } from "../lib/inference/errors";
 import { CANCEL_EVENT, CancelScope, cancelBoardOf, cancelKeyOf, isCancellation, requestCancel } from "../lib/inference/cancellation";
-import { ErrorWindow } from "../lib/inference/error-window";
+import { errorWindowOf, withRemote, type ErrorFigures, type ErrorWindow } from "../lib/inference/error-window";
 import { gateContext, promptBytes, type GatedContext } from "../lib/inference/privacy-gate";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, ToolCall } from "../lib/inference/provider";
 import { decide, type Decision } from "../lib/inference/routing-rules";
@@ -80,6 +80,7 @@ interface RouterThis extends Service {
 	outbox: OutboxBatch | null;
 	watching: string | null;
 	reload(reason: string): AgentRegistry;
+	meshErrors(agent: string): ErrorFigures;
 	emitRun(run: Pick<Run, "requestId" | "user" | "params" | "registry"> & Partial<Run>, phase: "requested" | "started" | "completed" | "failed", extra?: Record<string, unknown>): void;
 	generateWithRetry(ctx: RouteContext, run: Run, request: Omit<GenerateParams, "model">): Promise<GenerateAnswer>;
 	runTools(ctx: RouteContext, run: Run, calls: ToolCall[]): Promise<ChatMessage[]>;
@@ -145,7 +146,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				const board = capacityBoardOf(this.broker);
 				let decision: Decision & { agentSpec: AgentSpec };
 				try {
-					decision = decide(registry, { agent, mode: params.mode }, { placements: m => board.placements(m), errors: a => this.errors.figures(a) });
+					decision = decide(registry, { agent, mode: params.mode }, { placements: m => board.placements(m), errors: a => this.meshErrors(a) });
 				} catch (err) {
 					this.emitRun({ requestId, user, params, registry }, "failed", { error_type: errorType(err) });
 					throw err;
@@ -243,6 +244,12 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				if (this.registry) this.logger.warn(`Agent registry refused, ${this.registry.version} stays active: ${this.lastReloadError}`, { event: "router.registry.refused", line: (err as RegistryError).line });
 				throw err;
 			}
+		},
+
+		/** The agent's error figures across the mesh: this node's window plus the other nodes' adverts. */
+		meshErrors(this: RouterThis, agent: string): ErrorFigures {
+			const windowMs = nodeContextOf(this.broker).settings.router.errorWindowMs;
+			return withRemote(this.errors.figures(agent), capacityBoardOf(this.broker).remoteOutcomes(agent, windowMs));
 		},
 
 		emitRun(this: RouterThis, run, phase, extra = {}) {
@@ -475,7 +482,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 
 	created(this: RouterThis) {
 		const { settings, sequelize } = nodeContextOf(this.broker);
-		this.errors = new ErrorWindow(settings.router.errorWindowMs);
+		this.errors = errorWindowOf(this.broker, settings.router.errorWindowMs) as ErrorWindow;
 		this.lastReloadError = null;
 		this.watching = null;
 		// A bad file at start stops the node with the line named: there is no older version to keep.

@@ -13,6 +13,7 @@ import { defineActions, INTERNAL_ACCESS, type MeshAction } from "../lib/http/aut
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { toMeshError } from "../lib/inference/errors";
 import { CANCEL_EVENT, cancelBoardOf, cancelKeyOf, cancelledError } from "../lib/inference/cancellation";
+import { errorWindowOf } from "../lib/inference/error-window";
 import { readGpu, type GpuReading } from "../lib/inference/gpu";
 import { ModelLifecycle } from "../lib/inference/model-lifecycle";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, GenerateRequest, ModelProvider } from "../lib/inference/provider";
@@ -310,6 +311,8 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 				limits: { max_concurrency: swapper.maxConcurrency, queue: swapper.queue, max_loaded: swapper.maxLoaded },
 				gpu: this.gpu,
 				models: this.lifecycle.list(),
+				// This node's router outcomes ride along, so every router sees the mesh-wide error rate.
+				agents: errorWindowOf(this.broker)?.counts(),
 			};
 		},
 

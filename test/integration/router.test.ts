@@ -47,6 +47,9 @@ agents:
   - id: flaky-agent
     model: slow:1b
     backup: local-backup
+  - id: flaky-mesh
+    model: slow:1b
+    backup: local-backup
 `;
 
 describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
@@ -335,6 +338,32 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect(body.decision.fallbacks[0].reason).toContain("error rate 1.00 > 0.1 over 5 runs");
 		const metrics = await (await fetch(`${node1.url}/metrics`)).text();
 		expect(metrics).toMatch(/agent_error_rate\{[^}]*agent_id="flaky-agent"[^}]*error_type="NO_NODE_ANSWERED"[^}]*\} 1/);
+	});
+
+	it("auto-routing sees the mesh-wide error rate: runs failing through NODE2's router send NODE1's next run to the backup agent", async () => {
+		const first = await route({ agent: "flaky-mesh", message: "hi" });
+		expect(first.body).toMatchObject({ agent: "flaky-mesh", model: "slow:1b" });
+		ollama.failNext(500, 5);
+		for (let i = 0; i < 5; i++) {
+			const failed = await route({ agent: "flaky-mesh", message: "hi" }, user, () => node2);
+			expect(failed.status).toBe(503);
+		}
+		// NODE1 itself saw one run and no error; NODE2's counts reach it with NODE2's next advert (300 ms here).
+		const flipped = await waitFor(
+			"NODE1 to route flaky-mesh to its backup",
+			async () => {
+				const r = await route({ agent: "flaky-mesh", message: "hi" });
+				return r.body.agent === "local-backup" ? r : undefined;
+			},
+			10_000,
+			100,
+		);
+		expect(flipped.body).toMatchObject({ model: "echo-n1", decision: { agent_requested: "flaky-mesh", rules: ["backup-on-errors"] } });
+		expect(flipped.body.decision.error_rate).toBeGreaterThan(0.1);
+		expect(flipped.body.decision.fallbacks[0].reason).toMatch(/error rate \d\.\d\d > 0\.1 over \d+ runs mesh-wide/);
+		const metrics = await (await fetch(`${node1.url}/metrics`)).text();
+		// NODE1's own window holds no error for this agent: the flip came from NODE2's figures.
+		expect(metrics).toMatch(/agent_error_rate\{[^}]*agent_id="flaky-mesh"[^}]*error_type="any"[^}]*\} 0\s/);
 	});
 
 	it("a streaming client that goes away cancels the generation on NODE2's runtime", async () => {
