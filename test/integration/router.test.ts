@@ -343,12 +343,14 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 	it("auto-routing sees the mesh-wide error rate: runs failing through NODE2's router send NODE1's next run to the backup agent", async () => {
 		const first = await route({ agent: "flaky-mesh", message: "hi" });
 		expect(first.body).toMatchObject({ agent: "flaky-mesh", model: "slow:1b" });
-		ollama.failNext(500, 5);
-		for (let i = 0; i < 5; i++) {
+		// Four: NODE2 also counts NODE1's run, so with a fifth failure it would flip itself (5 runs, 4 errors).
+		ollama.failNext(500, 4);
+		for (let i = 0; i < 4; i++) {
 			const failed = await route({ agent: "flaky-mesh", message: "hi" }, user, () => node2);
 			expect(failed.status).toBe(503);
 		}
-		// NODE1 itself saw one run and no error; NODE2's counts reach it with NODE2's next advert (300 ms here).
+		// NODE1 itself saw one run and no error (alone: rate 0); with NODE2's counts, which reach it with
+		// NODE2's next advert (300 ms here), 4 errors in 5 runs.
 		const flipped = await waitFor(
 			"NODE1 to route flaky-mesh to its backup",
 			async () => {
@@ -378,7 +380,12 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect(res.status).toBe(200);
 		const reader = (res.body as ReadableStream<Uint8Array>).getReader();
 		let seen = "";
-		while (!seen.includes("\ndata: {\"text\"")) seen += new TextDecoder().decode((await reader.read()).value);
+		while (!seen.includes("\ndata: {\"text\"")) {
+			const { value, done } = await reader.read();
+			// An ended stream would otherwise spin here without ever yielding to a timer.
+			if (done) throw new Error(`the stream ended before its first piece: ${seen}`);
+			seen += new TextDecoder().decode(value);
+		}
 		controller.abort();
 		await waitFor("the runtime's stream to be closed", async () => ollama.chatsCancelled > cancelledBefore, 5_000, 20);
 		await waitFor("NODE2's slot freed", async () => {
