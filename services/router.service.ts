@@ -26,6 +26,7 @@ import { gateContext, promptBytes, type GatedContext } from "../lib/inference/pr
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, ToolCall } from "../lib/inference/provider";
 import { decide, type Decision } from "../lib/inference/routing-rules";
 import { TOOL_CATALOGUE, toolByFunctionName } from "../lib/inference/tools";
+import { logsAt } from "../lib/runtime/logger";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 
@@ -76,6 +77,8 @@ interface RouterThis extends Service {
 	/** agent metrics updated in place (no label hashing per request); null when metrics are off */
 	series: InPlaceSeries | null;
 	lastReloadError: string | null;
+	/** LOG_LEVEL lets info lines through: the per-run info lines are not even built otherwise (hot path) */
+	logsInfo: boolean;
 	errors: ErrorWindow;
 	outbox: OutboxBatch | null;
 	watching: string | null;
@@ -168,7 +171,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 					cancelKey: cancelKeyOf(ctx) ?? ctx.id,
 					cancel: new CancelScope(),
 				};
-				this.logger.info(`Route ${requestId}: ${plain.explanation}`, { event: "router.decision", request_id: requestId, agent_id: plain.agent, model: plain.model, node: plain.node, mode: params.mode, rules: plain.rules });
+				if (this.logsInfo) this.logger.info(`Route ${requestId}: ${plain.explanation}`, { event: "router.decision", request_id: requestId, agent_id: plain.agent, model: plain.model, node: plain.node, mode: params.mode, rules: plain.rules });
 				this.emitRun(run, "started");
 				return params.stream ? this.routeStream(ctx, run) : this.routeOnce(ctx, run);
 			},
@@ -453,7 +456,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				this.logger.warn(`Agent run ${run.requestId} failed: ${type}`, { event: "agent.run.failed", ...fields, error_type: type });
 			} else {
 				this.emitRun(run, "completed", { latency_ms: fields.latency_ms, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out, attempts: run.attempts, tools: run.tools });
-				this.logger.info(`Agent run ${run.requestId} completed`, { event: "agent.run.completed", ...fields, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out });
+				if (this.logsInfo) this.logger.info(`Agent run ${run.requestId} completed`, { event: "agent.run.completed", ...fields, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out });
 			}
 		},
 
@@ -483,6 +486,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 	created(this: RouterThis) {
 		const { settings, sequelize } = nodeContextOf(this.broker);
 		this.errors = errorWindowOf(this.broker, settings.router.errorWindowMs) as ErrorWindow;
+		this.logsInfo = logsAt("info", settings.logLevel);
 		this.lastReloadError = null;
 		this.watching = null;
 		// A bad file at start stops the node with the line named: there is no older version to keep.

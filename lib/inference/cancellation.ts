@@ -42,7 +42,8 @@ export function isCancellation(err: unknown): boolean {
 
 /** What one node runs under each cancel key. */
 export class CancelBoard {
-	private readonly running = new Map<string, Set<Cancellable>>();
+	/** One piece of work per key is the common case (a run, or its generation): no Set for it. */
+	private readonly running = new Map<string, Cancellable | Set<Cancellable>>();
 	private readonly cancelled = new Map<string, number>();
 
 	constructor(private readonly now: () => number = Date.now) {}
@@ -53,30 +54,36 @@ export class CancelBoard {
 			work.abort(cancelledError());
 			return () => undefined;
 		}
-		let set = this.running.get(key);
-		if (!set) this.running.set(key, (set = new Set()));
-		set.add(work);
-		return () => {
-			const held = this.running.get(key);
-			if (!held) return;
-			held.delete(work);
-			if (!held.size) this.running.delete(key);
-		};
+		const held = this.running.get(key);
+		if (!held) this.running.set(key, work);
+		else if (held instanceof Set) held.add(work);
+		else this.running.set(key, new Set([held, work]));
+		return () => this.untrack(key, work);
 	}
 
 	/** Aborts everything running under `key` here and remembers the key a while; returns how much was aborted. */
 	cancel(key: string, reason: Error = cancelledError()): number {
 		this.remember(key);
-		const set = this.running.get(key);
-		if (!set) return 0;
+		const held = this.running.get(key);
+		if (!held) return 0;
 		this.running.delete(key);
-		for (const work of set) work.abort(reason);
-		return set.size;
+		const works = held instanceof Set ? [...held] : [held];
+		for (const work of works) work.abort(reason);
+		return works.length;
 	}
 
 	/** Keys with work running now (tests, status). */
 	size(): number {
 		return this.running.size;
+	}
+
+	private untrack(key: string, work: Cancellable): void {
+		const held = this.running.get(key);
+		if (held === work) this.running.delete(key);
+		else if (held instanceof Set) {
+			held.delete(work);
+			if (!held.size) this.running.delete(key);
+		}
 	}
 
 	private remember(key: string): void {
