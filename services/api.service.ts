@@ -17,6 +17,7 @@ import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
 import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/http/auth";
 import { isDatabaseFault } from "../lib/data/db-faults";
+import { cancelMeta, cancelWhenClientLeaves } from "../lib/inference/cancellation";
 import { auditSecurityDecision } from "../lib/data/audit-events";
 import { buildHealthReport, healthHttpStatus } from "../lib/http/health";
 import { acceptIdempotencyKey, acceptRequestID, clientKey, jsonBodyMiddleware, rateLimitMiddleware } from "../lib/http/edge-middlewares";
@@ -30,7 +31,7 @@ import { SocketIoMixin } from "../mixins/socket-io.mixin";
 type GatewayRequest = IncomingMessage & {
 	$route?: { path?: string };
 	$alias?: { path?: string; method?: string };
-	$action?: { access?: Access; name?: string };
+	$action?: { access?: Access; name?: string; cancellable?: boolean };
 	$startedAt?: bigint;
 };
 
@@ -162,7 +163,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		},
 
 		apiRoute(edge: object) {
-			return { ...edge, name: "api", path: "/api", autoAliases: true, mergeParams: true, onBeforeCall: this.carryIdempotencyKey };
+			return { ...edge, name: "api", path: "/api", autoAliases: true, mergeParams: true, onBeforeCall: this.beforeCall };
 		},
 
 		/** The seed's node-registry API keeps its /api/v1 paths (DAARION_API §7), beside the /api/<service> aliases. */
@@ -241,10 +242,18 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			return asClientError(err);
 		},
 
-		/** Idempotency-Key header → ctx.meta.idempotencyKey, for writes built on IdempotentWritesMixin. */
-		carryIdempotencyKey(ctx: Context<unknown, { idempotencyKey?: string }>, _route: unknown, req: IncomingMessage) {
+		/**
+		 * Before an /api call: Idempotency-Key header → ctx.meta.idempotencyKey (writes built on
+		 * IdempotentWritesMixin); for a `cancellable` action (an agent run, a generation) a cancel key in
+		 * meta, broadcast when the client disconnects before its answer (lib/inference/cancellation.ts).
+		 */
+		beforeCall(ctx: Context<unknown, { idempotencyKey?: string; cancel_key?: string }>, _route: unknown, req: GatewayRequest, res: ServerResponse) {
 			const key = acceptIdempotencyKey(req.headers["idempotency-key"]);
 			if (key) ctx.meta.idempotencyKey = key;
+			if (req.$action?.cancellable) {
+				Object.assign(ctx.meta, cancelMeta(ctx.id));
+				cancelWhenClientLeaves(this.broker, ctx.id, res);
+			}
 		},
 
 		async sendHealth(req: IncomingMessage, res: ServerResponse) {

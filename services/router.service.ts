@@ -19,12 +19,14 @@ import { setHealthSection } from "../lib/http/health";
 import { InPlaceSeries } from "../lib/mesh/request-metrics";
 import { agentsView, loadRegistryFile, MODES, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
-import { nodeHealthFailure, retryElsewhere } from "../lib/inference/errors";
-import { ErrorWindow } from "../lib/inference/error-window";
+import { retryElsewhere } from "../lib/inference/errors";
+import { CANCEL_EVENT, CancelScope, cancelBoardOf, cancelKeyOf, isCancellation, requestCancel } from "../lib/inference/cancellation";
+import { errorWindowOf, withRemote, type ErrorFigures, type ErrorWindow } from "../lib/inference/error-window";
 import { gateContext, promptBytes, type GatedContext } from "../lib/inference/privacy-gate";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, ToolCall } from "../lib/inference/provider";
 import { decide, type Decision } from "../lib/inference/routing-rules";
 import { TOOL_CATALOGUE, toolByFunctionName } from "../lib/inference/tools";
+import { logsAt } from "../lib/runtime/logger";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 
@@ -64,6 +66,10 @@ interface Run {
 	started: number;
 	attempts: Array<{ node: string; error_type: string }>;
 	tools: Array<{ tool: string; allowed: boolean }>;
+	/** the entry point's cancel key (ctx.meta.cancel_key), else this call's id; passed to every generation */
+	cancelKey: string;
+	/** cancelled when the client goes away (lib/inference/cancellation.ts) */
+	cancel: CancelScope;
 }
 
 interface RouterThis extends Service {
@@ -71,10 +77,13 @@ interface RouterThis extends Service {
 	/** agent metrics updated in place (no label hashing per request); null when metrics are off */
 	series: InPlaceSeries | null;
 	lastReloadError: string | null;
+	/** LOG_LEVEL lets info lines through: the per-run info lines are not even built otherwise (hot path) */
+	logsInfo: boolean;
 	errors: ErrorWindow;
 	outbox: OutboxBatch | null;
 	watching: string | null;
 	reload(reason: string): AgentRegistry;
+	meshErrors(agent: string): ErrorFigures;
 	emitRun(run: Pick<Run, "requestId" | "user" | "params" | "registry"> & Partial<Run>, phase: "requested" | "started" | "completed" | "failed", extra?: Record<string, unknown>): void;
 	generateWithRetry(ctx: RouteContext, run: Run, request: Omit<GenerateParams, "model">): Promise<GenerateAnswer>;
 	runTools(ctx: RouteContext, run: Run, calls: ToolCall[]): Promise<ChatMessage[]>;
@@ -106,9 +115,10 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		route: {
 			// Not retried by Moleculer: the router retries generations itself, on another node.
 			...actionPolicy({ idempotent: false, timeout: "slow" }),
-			circuitBreaker: { check: nodeHealthFailure },
 			rest: "POST /route",
 			access: "user",
+			// The gateway gives the call a cancel key and cancels it when the client disconnects.
+			cancellable: true,
 			params: {
 				agent: { type: "string", min: 1, max: 64 },
 				message: { type: "string", min: 1, trim: true, optional: true },
@@ -139,15 +149,29 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				const board = capacityBoardOf(this.broker);
 				let decision: Decision & { agentSpec: AgentSpec };
 				try {
-					decision = decide(registry, { agent, mode: params.mode }, { placements: m => board.placements(m), errors: a => this.errors.figures(a) });
+					decision = decide(registry, { agent, mode: params.mode }, { placements: m => board.placements(m), errors: a => this.meshErrors(a) });
 				} catch (err) {
 					this.emitRun({ requestId, user, params, registry }, "failed", { error_type: errorType(err) });
 					throw err;
 				}
 				const { agentSpec, ...plain } = decision;
 				// The sanitized context is rebuilt for a backup agent: its own system prompt.
-				const run: Run = { requestId, user, params, registry, decision: plain, agent: agentSpec, gated: agentSpec === agent ? gated : gateContext(agentSpec.system_prompt, params), started: Date.now(), attempts: [], tools: [] };
-				this.logger.info(`Route ${requestId}: ${plain.explanation}`, { event: "router.decision", request_id: requestId, agent_id: plain.agent, model: plain.model, node: plain.node, mode: params.mode, rules: plain.rules });
+				const run: Run = {
+					requestId,
+					user,
+					params,
+					registry,
+					decision: plain,
+					agent: agentSpec,
+					gated: agentSpec === agent ? gated : gateContext(agentSpec.system_prompt, params),
+					started: Date.now(),
+					attempts: [],
+					tools: [],
+					// The context id when no entry point gave a key: a client chooses its X-Request-ID, so two runs may share one.
+					cancelKey: cancelKeyOf(ctx) ?? ctx.id,
+					cancel: new CancelScope(),
+				};
+				if (this.logsInfo) this.logger.info(`Route ${requestId}: ${plain.explanation}`, { event: "router.decision", request_id: requestId, agent_id: plain.agent, model: plain.model, node: plain.node, mode: params.mode, rules: plain.rules });
 				this.emitRun(run, "started");
 				return params.stream ? this.routeStream(ctx, run) : this.routeOnce(ctx, run);
 			},
@@ -196,6 +220,9 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		[ADVERT_EVENT](this: RouterThis, ctx: Context<NodeAdvert>) {
 			capacityBoardOf(this.broker).update(ctx.params);
 		},
+		[CANCEL_EVENT](this: RouterThis, ctx: Context<{ key?: unknown }>) {
+			if (typeof ctx.params?.key === "string") cancelBoardOf(this.broker).cancel(ctx.params.key);
+		},
 		"$node.disconnected"(this: RouterThis, ctx: Context<{ node: { id: string } }>) {
 			capacityBoardOf(this.broker).drop(ctx.params.node.id);
 		},
@@ -220,6 +247,12 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				if (this.registry) this.logger.warn(`Agent registry refused, ${this.registry.version} stays active: ${this.lastReloadError}`, { event: "router.registry.refused", line: (err as RegistryError).line });
 				throw err;
 			}
+		},
+
+		/** The agent's error figures across the mesh: this node's window plus the other nodes' adverts. */
+		meshErrors(this: RouterThis, agent: string): ErrorFigures {
+			const windowMs = nodeContextOf(this.broker).settings.router.errorWindowMs;
+			return withRemote(this.errors.figures(agent), capacityBoardOf(this.broker).remoteOutcomes(agent, windowMs));
 		},
 
 		emitRun(this: RouterThis, run, phase, extra = {}) {
@@ -249,12 +282,16 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			const nodes = run.decision.candidates.slice(0, 3).map(c => c.node);
 			let lastError: unknown;
 			for (const node of nodes) {
+				run.cancel.check();
 				const done = board.begin(node, run.decision.model);
 				try {
-					const answer = (await ctx.call("swapper-proxy.generate", { ...request, model: run.decision.model }, { nodeID: node })) as GenerateAnswer;
+					const call = ctx.call("swapper-proxy.generate", { ...request, model: run.decision.model, cancel_key: run.cancelKey }, { nodeID: node }) as Promise<GenerateAnswer>;
+					// Abandoned at once when the client goes away; the same cancel stops it on its node.
+					const answer = await run.cancel.race(call);
 					run.decision.node = node;
 					return answer;
 				} catch (err) {
+					if (run.cancel.reason) throw run.cancel.reason;
 					lastError = err;
 					run.attempts.push({ node, error_type: errorType(err) });
 					this.logger.warn(`Route ${run.requestId}: generation on ${node} failed (${errorType(err)})${retryElsewhere(err) ? "; trying the next node" : ""}`, {
@@ -306,6 +343,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		async routeOnce(this: RouterThis, ctx: RouteContext, run: Run) {
 			// Tools only with consent: their results are memory, which a sanitized context never carries.
 			const tools = run.params.consent ? run.agent.tools.map(t => TOOL_CATALOGUE[t].spec) : [];
+			const untrack = cancelBoardOf(this.broker).track(run.cancelKey, run.cancel);
 			try {
 				let answer = await this.generateWithRetry(ctx, run, { messages: run.gated.messages, ...(tools.length ? { tools } : {}) });
 				const usage = { ...answer.usage };
@@ -316,11 +354,15 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 					usage.tokens_in += answer.usage.tokens_in;
 					usage.tokens_out += answer.usage.tokens_out;
 				}
+				// A cancel that came after the last answer: the client is gone, the run did not reach it.
+				run.cancel.check();
 				this.finish(run, { answer, usage });
 				return this.answerOf(run, answer, answer.text, usage);
 			} catch (err) {
 				this.finish(run, { error: err });
 				throw err;
+			} finally {
+				untrack();
 			}
 		},
 
@@ -332,11 +374,12 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		async routeStream(this: RouterThis, ctx: RouteContext, run: Run) {
 			ctx.meta.$responseType = "text/event-stream; charset=utf-8";
 			ctx.meta.$responseHeaders = { "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
+			const untrack = cancelBoardOf(this.broker).track(run.cancelKey, run.cancel);
 			let upstream: Readable;
 			try {
-				// The context id, not the request id: a client chooses its X-Request-ID, so two runs may share one.
-				upstream = (await this.generateWithRetry(ctx, run, { messages: run.gated.messages, stream: true, cancel_key: ctx.id })) as unknown as Readable;
+				upstream = (await this.generateWithRetry(ctx, run, { messages: run.gated.messages, stream: true })) as unknown as Readable;
 			} catch (err) {
+				untrack();
 				this.finish(run, { error: err });
 				throw err;
 			}
@@ -344,42 +387,43 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			const node = run.decision.node;
 			out.write(sse({ request_id: run.requestId, agent: run.decision.agent, model: run.decision.model, node, decision: run.decision }, "start"));
 			let finished = false;
+			const end = (outcome: Parameters<RouterThis["finish"]>[1], last?: string) => {
+				if (finished) return false;
+				finished = true;
+				untrack();
+				this.finish(run, outcome);
+				if (last !== undefined) out.end(last);
+				return true;
+			};
 			upstream.on("data", (chunk: GenerateChunk) => {
+				if (finished) return;
 				if (chunk.type === "piece") {
 					out.write(sse({ text: chunk.text }));
 					return;
 				}
-				finished = true;
 				const answer: GenerateAnswer = { ...chunk, text: "" };
-				this.finish(run, { answer, usage: answer.usage });
 				// The text went out piece by piece; the final event carries everything else.
 				const final: Record<string, unknown> = this.answerOf(run, answer, "", answer.usage);
 				delete final.response;
-				out.end(sse(final, "done"));
+				end({ answer, usage: answer.usage }, sse(final, "done"));
 			});
 			upstream.on("error", err => {
-				if (finished) return;
-				finished = true;
-				this.finish(run, { error: err });
 				const e = err as Errors.MoleculerError;
-				out.end(sse({ name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }, "error"));
+				end({ error: err }, sse({ name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }, "error"));
 			});
 			upstream.on("end", () => {
-				if (finished) return;
-				finished = true;
 				const err = new Errors.MoleculerRetryableError("The stream ended without a final answer", 503, "STREAM_INCOMPLETE");
-				this.finish(run, { error: err });
-				out.end(sse({ name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }, "error"));
+				end({ error: err }, sse({ name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }, "error"));
 			});
-			// The client went away: stop the generation where it runs.
-			out.on("close", () => {
-				if (finished) return;
-				finished = true;
+			// Cancelled (the client went away, seen here or by the gateway): stop reading and end the run.
+			run.cancel.onAbort(reason => {
+				if (!end({ error: reason })) return;
 				upstream.destroy();
-				this.finish(run, { error: new Errors.MoleculerClientError("The client went away", 499, "CANCELLED") });
-				if (node !== this.broker.nodeID) {
-					ctx.call("swapper-proxy.cancel", { id: ctx.id }, { nodeID: node }).catch(() => undefined);
-				}
+				out.destroy();
+			});
+			// The reader of our stream went away: cancel the run on every node (the generation's included).
+			out.on("close", () => {
+				if (!finished) requestCancel(this.broker, run.cancelKey);
 			});
 			return out;
 		},
@@ -388,9 +432,10 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			const seconds = (Date.now() - run.started) / 1000;
 			const agentId = run.decision.agent;
 			const failed = outcome.error !== undefined;
-			const type = failed ? errorType(outcome.error) : null;
+			const cancelled = failed && isCancellation(outcome.error);
+			const type = failed ? (cancelled ? "CANCELLED" : errorType(outcome.error)) : null;
 			// Cancellations are the client's doing, not the agent's: they do not move its error rate.
-			if (type !== "CANCELLED") this.errors.record(agentId, type);
+			if (!cancelled) this.errors.record(agentId, type);
 			const figures = this.errors.figures(agentId);
 			const series = this.series;
 			if (series) {
@@ -411,7 +456,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				this.logger.warn(`Agent run ${run.requestId} failed: ${type}`, { event: "agent.run.failed", ...fields, error_type: type });
 			} else {
 				this.emitRun(run, "completed", { latency_ms: fields.latency_ms, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out, attempts: run.attempts, tools: run.tools });
-				this.logger.info(`Agent run ${run.requestId} completed`, { event: "agent.run.completed", ...fields, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out });
+				if (this.logsInfo) this.logger.info(`Agent run ${run.requestId} completed`, { event: "agent.run.completed", ...fields, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out });
 			}
 		},
 
@@ -440,7 +485,8 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 
 	created(this: RouterThis) {
 		const { settings, sequelize } = nodeContextOf(this.broker);
-		this.errors = new ErrorWindow(settings.router.errorWindowMs);
+		this.errors = errorWindowOf(this.broker, settings.router.errorWindowMs) as ErrorWindow;
+		this.logsInfo = logsAt("info", settings.logLevel);
 		this.lastReloadError = null;
 		this.watching = null;
 		// A bad file at start stops the node with the line named: there is no older version to keep.

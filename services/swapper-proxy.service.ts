@@ -11,7 +11,9 @@ import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "mole
 import { Errors } from "moleculer";
 import { defineActions, INTERNAL_ACCESS, type MeshAction } from "../lib/http/auth";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
-import { nodeHealthFailure, toMeshError } from "../lib/inference/errors";
+import { toMeshError } from "../lib/inference/errors";
+import { CANCEL_EVENT, cancelBoardOf, cancelKeyOf, cancelledError } from "../lib/inference/cancellation";
+import { errorWindowOf } from "../lib/inference/error-window";
 import { readGpu, type GpuReading } from "../lib/inference/gpu";
 import { ModelLifecycle } from "../lib/inference/model-lifecycle";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, GenerateRequest, ModelProvider } from "../lib/inference/provider";
@@ -24,7 +26,8 @@ interface SwapperThis extends Service {
 	lifecycle: ModelLifecycle;
 	providers: ModelProvider[];
 	pendingDiscovery: Set<ModelProvider>;
-	running: Map<string, AbortController>;
+	/** every generation running here, aborted when the node stops */
+	running: Set<AbortController>;
 	gpu: GpuReading | null;
 	advertTimer: NodeJS.Timeout | null;
 	advertSoon: NodeJS.Timeout | null;
@@ -148,9 +151,10 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 		 */
 		generate: {
 			...actionPolicy({ idempotent: false, timeout: "slow" }),
-			circuitBreaker: { check: nodeHealthFailure },
 			rest: "POST /generate",
 			access: INTERNAL_ACCESS,
+			// The gateway gives the call a cancel key and cancels it when the client disconnects.
+			cancellable: true,
 			params: {
 				model: MODEL,
 				prompt: { type: "string", min: 1, optional: true },
@@ -172,9 +176,13 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 					tools: ctx.params.tools,
 				};
 				const controller = new AbortController();
-				const key = ctx.params.cancel_key ?? ctx.id;
-				this.running.set(key, controller);
-				const finish = () => this.running.delete(key);
+				// The router's key for its run, else the entry point's (a direct HTTP call), else this call's.
+				const untrack = cancelBoardOf(this.broker).track(ctx.params.cancel_key ?? cancelKeyOf(ctx) ?? ctx.id, controller);
+				this.running.add(controller);
+				const finish = () => {
+					untrack();
+					this.running.delete(controller);
+				};
 				if (!ctx.params.stream) {
 					return this.generateOnce(ctx, request, controller).finally(finish);
 				}
@@ -198,15 +206,17 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 			},
 		},
 
-		/** Stops a running generation of this node by its cancel_key (the router calls it when its client went away). */
+		/**
+		 * Stops the generations of this node running under a cancel key. The router and the gateway cancel
+		 * mesh-wide with the CANCEL_EVENT broadcast instead (lib/inference/cancellation.ts); this is for a
+		 * caller that knows the node.
+		 */
 		cancel: {
 			...actionPolicy({ idempotent: true, timeout: "fast" }),
 			visibility: "public",
 			params: { id: { type: "string", min: 1, max: 100 }, $$strict: "remove" },
 			handler(this: SwapperThis, ctx: Context<{ id: string }>) {
-				const controller = this.running.get(ctx.params.id);
-				controller?.abort(new Error("cancelled by the caller"));
-				return { cancelled: !!controller };
+				return { cancelled: cancelBoardOf(this.broker).cancel(ctx.params.id, cancelledError("Cancelled by the caller")) > 0 };
 			},
 		},
 	}),
@@ -217,6 +227,9 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 		},
 		"$node.disconnected"(this: SwapperThis, ctx: Context<{ node: { id: string } }>) {
 			capacityBoardOf(this.broker).drop(ctx.params.node.id);
+		},
+		[CANCEL_EVENT](this: SwapperThis, ctx: Context<{ key?: unknown }>) {
+			if (typeof ctx.params?.key === "string") cancelBoardOf(this.broker).cancel(ctx.params.key);
 		},
 		"$node.connected"(this: SwapperThis) {
 			// A newcomer knows nothing yet: tell it now rather than at the next tick.
@@ -298,6 +311,8 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 				limits: { max_concurrency: swapper.maxConcurrency, queue: swapper.queue, max_loaded: swapper.maxLoaded },
 				gpu: this.gpu,
 				models: this.lifecycle.list(),
+				// This node's router outcomes ride along, so every router sees the mesh-wide error rate.
+				agents: errorWindowOf(this.broker)?.counts(),
 			};
 		},
 
@@ -322,7 +337,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 		const { swapper } = nodeContextOf(this.broker).settings;
 		this.providers = providersFrom(swapper);
 		this.pendingDiscovery = new Set(this.providers);
-		this.running = new Map();
+		this.running = new Set();
 		this.gpu = null;
 		this.advertTimer = null;
 		this.advertSoon = null;
@@ -362,7 +377,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 	stopped(this: SwapperThis) {
 		if (this.advertTimer) clearInterval(this.advertTimer);
 		if (this.advertSoon) clearTimeout(this.advertSoon);
-		for (const controller of this.running.values()) controller.abort(new Error("node stopping"));
+		for (const controller of this.running) controller.abort(new Error("node stopping"));
 		this.lifecycle.close();
 	},
 };

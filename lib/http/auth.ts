@@ -159,10 +159,12 @@ export function checkAccess(access: Access | undefined, user: MeshUser | undefin
 }
 
 /**
- * An action schema with this project's `access` field. Moleculer copies unknown action properties
- * into the catalogue it gossips across the mesh, so a gateway on another node sees `access` too.
+ * An action schema with this project's `access` and `cancellable` fields. Moleculer copies unknown action
+ * properties into the catalogue it gossips across the mesh, so a gateway on another node sees them too.
+ * `cancellable`: the gateway gives the call a cancel key and cancels it mesh-wide when the client
+ * disconnects before the answer (lib/inference/cancellation.ts).
  */
-export type MeshAction<TThis = import("moleculer").Service> = import("moleculer").ActionSchema<TThis> & { access?: Access };
+export type MeshAction<TThis = import("moleculer").Service> = import("moleculer").ActionSchema<TThis> & { access?: Access; cancellable?: boolean };
 
 /**
  * Types a service's actions as MeshActions (Moleculer's own typings do not know `access`); TThis types

@@ -8,6 +8,7 @@
  * model and not seen answered, so a burst from one router spreads before the next advert arrives.
  */
 import type { ServiceBroker } from "moleculer";
+import type { AgentCounts } from "./error-window";
 import type { GpuReading } from "./gpu";
 import type { ModelView } from "./model-lifecycle";
 
@@ -18,6 +19,8 @@ export interface NodeAdvert {
 	limits: { max_concurrency: number; queue: number; max_loaded: number };
 	gpu: GpuReading | null;
 	models: ModelView[];
+	/** the sender's router outcomes per agent in its error window (absent on a node without a router) */
+	agents?: AgentCounts;
 }
 
 export interface Placement {
@@ -41,17 +44,24 @@ export interface MeshModelView extends ModelView {
 export class CapacityBoard {
 	private readonly adverts = new Map<string, NodeAdvert>();
 	private readonly pending = new Map<string, number>();
+	/** when each node's advert arrived, by this node's clock (senders' clocks may differ) */
+	private readonly received = new Map<string, number>();
 
-	constructor(readonly localNode: string) {}
+	constructor(
+		readonly localNode: string,
+		private readonly now: () => number = Date.now,
+	) {}
 
 	update(advert: NodeAdvert): void {
 		const held = this.adverts.get(advert.node);
 		if (held && held.at > advert.at) return;
 		this.adverts.set(advert.node, advert);
+		this.received.set(advert.node, this.now());
 	}
 
 	drop(node: string): void {
 		this.adverts.delete(node);
+		this.received.delete(node);
 		for (const key of this.pending.keys()) if (key.startsWith(`${node}\u0000`)) this.pending.delete(key);
 	}
 
@@ -90,6 +100,23 @@ export class CapacityBoard {
 			});
 		}
 		return out.sort((a, b) => a.load - b.load || Number(b.local) - Number(a.local) || a.node.localeCompare(b.node));
+	}
+
+	/**
+	 * Runs and errors of `agent` that the *other* nodes' routers advertised (this node's own are live in
+	 * its window). An advert older than `maxAgeMs` no longer counts: its window has moved on.
+	 */
+	remoteOutcomes(agent: string, maxAgeMs: number): { total: number; errors: number } {
+		const horizon = this.now() - maxAgeMs;
+		let total = 0;
+		let errors = 0;
+		for (const [node, advert] of this.adverts) {
+			const counts = advert.agents?.[agent];
+			if (!counts || node === this.localNode || (this.received.get(node) ?? 0) < horizon) continue;
+			total += counts[0];
+			errors += counts[1];
+		}
+		return { total, errors };
 	}
 
 	/** This node sent a generation to `node`; call the returned function when it is answered. */

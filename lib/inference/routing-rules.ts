@@ -85,7 +85,7 @@ export function decide(registry: AgentRegistry, ask: RouteAsk, figures: Figures)
 		if (threshold !== undefined && !(errorRate.total >= minRuns && errorRate.rate > threshold)) continue;
 		if (rule.then === "refuse") refuse(`Agent ${agent.id} may not run in ${ask.mode} mode (rule ${rule.id})`, "RULE_REFUSED", { rule: rule.id, agent: agent.id, mode: ask.mode });
 		if (rule.then === "fallback_to_backup_agent") {
-			const why = threshold !== undefined ? `error rate ${errorRate.rate.toFixed(2)} > ${threshold} over ${errorRate.total} runs` : `no node serves ${model}`;
+			const why = threshold !== undefined ? `error rate ${errorRate.rate.toFixed(2)} > ${threshold} over ${errorRate.total} runs mesh-wide` : `no node serves ${model}`;
 			if (toBackup(`rule ${rule.id}: ${why}`)) rules.push(rule.id);
 			else notes.push(`rule ${rule.id} matched (${why}) but ${agent.id} has no backup agent`);
 		} else if (typeof rule.then === "object") {

@@ -47,6 +47,9 @@ agents:
   - id: flaky-agent
     model: slow:1b
     backup: local-backup
+  - id: flaky-mesh
+    model: slow:1b
+    backup: local-backup
 `;
 
 describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
@@ -337,6 +340,34 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect(metrics).toMatch(/agent_error_rate\{[^}]*agent_id="flaky-agent"[^}]*error_type="NO_NODE_ANSWERED"[^}]*\} 1/);
 	});
 
+	it("auto-routing sees the mesh-wide error rate: runs failing through NODE2's router send NODE1's next run to the backup agent", async () => {
+		const first = await route({ agent: "flaky-mesh", message: "hi" });
+		expect(first.body).toMatchObject({ agent: "flaky-mesh", model: "slow:1b" });
+		// Four: NODE2 also counts NODE1's run, so with a fifth failure it would flip itself (5 runs, 4 errors).
+		ollama.failNext(500, 4);
+		for (let i = 0; i < 4; i++) {
+			const failed = await route({ agent: "flaky-mesh", message: "hi" }, user, () => node2);
+			expect(failed.status).toBe(503);
+		}
+		// NODE1 itself saw one run and no error (alone: rate 0); with NODE2's counts, which reach it with
+		// NODE2's next advert (300 ms here), 4 errors in 5 runs.
+		const flipped = await waitFor(
+			"NODE1 to route flaky-mesh to its backup",
+			async () => {
+				const r = await route({ agent: "flaky-mesh", message: "hi" });
+				return r.body.agent === "local-backup" ? r : undefined;
+			},
+			10_000,
+			100,
+		);
+		expect(flipped.body).toMatchObject({ model: "echo-n1", decision: { agent_requested: "flaky-mesh", rules: ["backup-on-errors"] } });
+		expect(flipped.body.decision.error_rate).toBeGreaterThan(0.1);
+		expect(flipped.body.decision.fallbacks[0].reason).toMatch(/error rate \d\.\d\d > 0\.1 over \d+ runs mesh-wide/);
+		const metrics = await (await fetch(`${node1.url}/metrics`)).text();
+		// NODE1's own window holds no error for this agent: the flip came from NODE2's figures.
+		expect(metrics).toMatch(/agent_error_rate\{[^}]*agent_id="flaky-mesh"[^}]*error_type="any"[^}]*\} 0\s/);
+	});
+
 	it("a streaming client that goes away cancels the generation on NODE2's runtime", async () => {
 		const cancelledBefore = ollama.chatsCancelled;
 		const controller = new AbortController();
@@ -349,13 +380,56 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 		expect(res.status).toBe(200);
 		const reader = (res.body as ReadableStream<Uint8Array>).getReader();
 		let seen = "";
-		while (!seen.includes("\ndata: {\"text\"")) seen += new TextDecoder().decode((await reader.read()).value);
+		while (!seen.includes("\ndata: {\"text\"")) {
+			const { value, done } = await reader.read();
+			// An ended stream would otherwise spin here without ever yielding to a timer.
+			if (done) throw new Error(`the stream ended before its first piece: ${seen}`);
+			seen += new TextDecoder().decode(value);
+		}
 		controller.abort();
 		await waitFor("the runtime's stream to be closed", async () => ollama.chatsCancelled > cancelledBefore, 5_000, 20);
 		await waitFor("NODE2's slot freed", async () => {
 			const { body } = await getJson(`${node2.url}/api/swapper-proxy/status`, { headers: { authorization: `Bearer ${user}` } });
 			return body.models.find((m: { model: string }) => m.model === "slow:1b")?.in_flight === 0;
 		});
+	});
+
+	it("a non-streaming client that goes away cancels its generation on NODE2's runtime; the run ends failed CANCELLED, never completed", async () => {
+		const marker = `cancel-plain-${Date.now()}`;
+		const requestId = `cancel-${Date.now()}`;
+		const controller = new AbortController();
+		const answered = fetch(`${node1.url}/api/router/route`, {
+			method: "POST",
+			headers: { authorization: `Bearer ${user}`, "content-type": "application/json", "x-request-id": requestId },
+			// 12 pieces at 150 ms: the runtime answers in ~1.8 s unless cancelled.
+			body: JSON.stringify({ agent: "slow-agent", message: `${marker} one two three four five six seven eight nine ten` }),
+			signal: controller.signal,
+		}).then(
+			() => "answered",
+			(err: Error) => err.name,
+		);
+		await waitFor("NODE2's runtime to receive the chat", async () => ollama.received.some(r => r.path === "/api/chat" && JSON.stringify(r.body).includes(marker)), 10_000, 10);
+		const abortedAt = Date.now();
+		controller.abort();
+		expect(await answered).toBe("AbortError");
+		const closed = await waitFor("the runtime's request to be closed", async () => ollama.chatsClosed.find(c => c.lastUser.includes(marker)), 5_000, 10);
+		// Gateway sees the close → cancel broadcast → NODE2's swapper-proxy aborts the runtime's HTTP call.
+		expect(closed.at - abortedAt).toBeLessThan(1_000);
+		await waitFor("NODE2's slot freed", async () => {
+			const { body } = await getJson(`${node2.url}/api/swapper-proxy/status`, { headers: { authorization: `Bearer ${user}` } });
+			return body.models.find((m: { model: string }) => m.model === "slow:1b")?.in_flight === 0;
+		});
+		const events = await waitFor("the run's agent.run.failed event", async () => {
+			const rows = await query<{ event_type: string; payload: Record<string, unknown> }>(databaseUrl, "SELECT event_type, payload FROM outbox WHERE aggregate_id = $1", [requestId]);
+			return rows.some(r => r.event_type === "agent.run.failed") ? rows : undefined;
+		});
+		expect(events.map(e => e.event_type).sort()).toEqual(["agent.run.failed", "agent.run.requested", "agent.run.started"]);
+		expect(events.find(e => e.event_type === "agent.run.failed")?.payload).toMatchObject({ request_id: requestId, agent_id: "slow-agent", error_type: "CANCELLED" });
+		// Nothing claims success afterwards either (a late answer from NODE2 is ignored).
+		await new Promise(r => setTimeout(r, 2_000));
+		const later = await query<{ event_type: string }>(databaseUrl, "SELECT event_type FROM outbox WHERE aggregate_id = $1 AND event_type = 'agent.run.completed'", [requestId]);
+		expect(later).toEqual([]);
+		expect(node1.logs.some(l => l.includes(requestId) && l.includes("agent.run.completed"))).toBe(false);
 	});
 
 	it("reloads the registry when the file changes, refuses a bad file naming the line, and reports the version in /health", async () => {
