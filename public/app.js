@@ -245,6 +245,7 @@
 			$("banner").dataset.severity = banner.severity;
 			$("banner").hidden = false;
 		});
+		socket.on("registry", refreshNodesSoon);
 		socket.on("connect", () => {
 			socket.emit("heartbeat", { active: true });
 			if (state.room) watchRoom(state.room);
@@ -267,6 +268,57 @@
 		});
 	}
 
+	// ---- node registry: status of every node, as GET /api/v1/nodes serves it --------------------
+	// Status is derived from heartbeat age when read (a node that stops heartbeating ages into degraded
+	// and offline without any event), so the page polls; a registry event pushed by the gateway (a node
+	// joined, left, registered, changed status) refreshes at once instead of waiting for the next poll.
+	const NODES_POLL_MS = Math.min(60000, Math.max(500, Number(params.get("nodes")) || 5000));
+	let nodesRefresh = null;
+
+	function ago(iso) {
+		const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+		return seconds < 90 ? `${seconds} s ago` : seconds < 5400 ? `${Math.round(seconds / 60)} min ago` : `${Math.round(seconds / 3600)} h ago`;
+	}
+
+	async function loadNodes() {
+		const { nodes } = await api("GET", "/api/v1/nodes?limit=200");
+		const list = $("nodes");
+		list.innerHTML = "";
+		for (const node of nodes) {
+			const li = document.createElement("li");
+			li.dataset.node = node.node_id;
+			li.dataset.status = node.status;
+			li.dataset.role = node.role;
+			const dot = document.createElement("span");
+			dot.className = `dot ${node.status}`;
+			dot.title = node.status;
+			const name = document.createElement("span");
+			name.className = "node-name";
+			name.textContent = node.name || node.node_id;
+			const meta = document.createElement("span");
+			meta.className = "node-meta";
+			meta.textContent = `${node.role} · ${node.status} · ${ago(node.last_heartbeat)}`;
+			meta.title = `last heartbeat ${node.last_heartbeat}`;
+			li.append(dot, name, meta);
+			list.appendChild(li);
+		}
+	}
+
+	function refreshNodesSoon() {
+		if (nodesRefresh) return;
+		nodesRefresh = setTimeout(() => {
+			nodesRefresh = null;
+			loadNodes().catch(() => undefined);
+		}, 200);
+	}
+
+	function startNodes() {
+		// The registry may live on no node of this mesh (404/503): the section then stays empty, quietly.
+		const poll = () => loadNodes().catch(() => undefined);
+		poll();
+		setInterval(poll, NODES_POLL_MS);
+	}
+
 	// ---- start ---------------------------------------------------------------------------------
 	async function start() {
 		$("login").hidden = true;
@@ -274,6 +326,7 @@
 		$("me").textContent = state.user;
 		$("app").hidden = false;
 		startPresence();
+		startNodes();
 		await loadRooms();
 		const wanted = params.get("room");
 		if (wanted) await openRoom(wanted);

@@ -29,6 +29,8 @@ const PAUSE_MAX_MS = 10_000;
 /** How often every node running this service asks JetStream about the stream (its /health, replica gauges). */
 const STREAM_PROBE_MS = 5_000;
 const BATCH_SIZE = 500;
+/** Batches in flight at once (OutboxRelay.runBatches); each holds a pooled connection while in flight. */
+const PIPELINE_DEPTH = 4;
 /** Published rows are kept this long for audits and re-drives, then deleted by the leader. */
 const KEEP_PUBLISHED_HOURS = 24;
 
@@ -150,7 +152,7 @@ const OutboxService: ServiceSchema = {
 				if (outage) return true;
 			}
 			if (!this.relay) await this.startRelay();
-			const { handled, outage } = await this.relay!.runBatch();
+			const { handled, outage } = await this.relay!.runBatches(PIPELINE_DEPTH);
 			this.stream.set(outage);
 			if (outage) return true;
 			if (handled < BATCH_SIZE) await sleep(IDLE_POLL_MS);

@@ -3,6 +3,9 @@
  *   append   — 30,000 events through AuditWriter.append in batches of 500 (fenced, deduplicated,
  *              hash-chained, append-only trigger, unique indexes) vs a plain multi-row INSERT of the
  *              same rows into a table of the same columns without trigger or indexes: events/s, ratio.
+ *   relay    — the outbox relay alone (in this process, a broker without transporter, a real NATS
+ *              connection): 20,000 rows drained to JetStream one batch at a time (depth 1, the baseline)
+ *              and with 4 batches in flight (OutboxRelay.runBatches, what outbox.service runs), alternated.
  *   pipeline — 20,000 audit events committed to the outbox at once, drained by a real node (outbox
  *              relay → JetStream → audit writer) until all are in audit_log: events/s sustained.
  *   lag      — one source transaction per event at a steady 300 events/s: source commit (outbox
@@ -12,7 +15,10 @@
 import os from "os";
 import { connect } from "nats";
 import { Pool } from "pg";
+import { ServiceBroker } from "moleculer";
 import { Sequelize } from "sequelize";
+import { ensureStream, OutboxRelay } from "../../lib/data/outbox/relay";
+import { loadSettings } from "../../lib/runtime/settings";
 import { AuditWriter, columnarInsert, type IncomingAuditEvent } from "../../lib/data/audit-writer";
 import type { AuditEntry } from "../../lib/data/audit-chain";
 import { runMigrations } from "../../lib/data/migrations";
@@ -22,6 +28,8 @@ const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const APPEND_EVENTS = 30_000;
 const BATCH = 500;
 const PIPELINE_EVENTS = 20_000;
+const RELAY_EVENTS = 20_000;
+const RELAY_DEPTH = 4;
 const LAG_RATE = 300;
 const LAG_SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const id = `${process.pid}`;
@@ -30,6 +38,8 @@ const prefix = `benchaudit${id}`;
 const stream = `BENCH_AUDIT_${id}`;
 const dbName = `bench_audit_${id}`;
 const sleep = (ms: number) => new Promise(r => setTimeout(r, ms));
+/** 1-minute load average now: every number is printed next to the load it was measured under. */
+const loadNow = () => os.loadavg()[0].toFixed(1);
 
 
 function event(i: number, tag: string): IncomingAuditEvent {
@@ -47,6 +57,27 @@ async function plainInsert(pool: Pool, entries: AuditEntry[]): Promise<void> {
 
 async function countRows(pool: Pool, sql: string, params: unknown[] = []): Promise<number> {
 	return Number((await pool.query<{ n: string }>(sql, params)).rows[0].n);
+}
+
+/**
+ * Drains `RELAY_EVENTS` outbox rows on a subject outside audit.> (the node started later must not
+ * consume them) with `depth` batches in flight; events/s from the first claim to the last mark.
+ */
+async function relayRate(pool: Pool, relay: OutboxRelay, subject: string, depth: number): Promise<number> {
+	await pool.query("DELETE FROM outbox");
+	await pool.query(
+		`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload)
+		 SELECT 'bench', 'relay', 'bench.relay', $1, jsonb_build_object('actor', 'bench', 'target', 't-' || g, 'outcome', 'success') FROM generate_series(1, $2) g`,
+		[subject, RELAY_EVENTS],
+	);
+	const start = performance.now();
+	let handled = 0;
+	while (handled < RELAY_EVENTS) {
+		const result = await relay.runBatches(depth);
+		if (result.outage) throw new Error(`relay stage: ${result.outage.reason}`);
+		handled += result.handled;
+	}
+	return (RELAY_EVENTS / (performance.now() - start)) * 1000;
 }
 
 async function main(): Promise<void> {
@@ -73,9 +104,27 @@ async function main(): Promise<void> {
 		const plainMs = performance.now() - plainStart;
 		const chainRate = (APPEND_EVENTS / chainMs) * 1000;
 		const plainRate = (APPEND_EVENTS / plainMs) * 1000;
-		process.stdout.write(`append: chain ${formatNumber(chainRate)} events/s, plain INSERT ${formatNumber(plainRate)} events/s\n`);
+		const appendLoad = loadNow();
+		process.stdout.write(`append: chain ${formatNumber(chainRate)} events/s, plain INSERT ${formatNumber(plainRate)} events/s (load ${appendLoad})\n`);
 
-		// 2 and 3 run through a real node: outbox relay → JetStream → audit writer.
+		// 2. The relay alone, one batch at a time vs pipelined, alternated so that load changes hit both.
+		const events = loadSettings({ EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "error" }).events;
+		await ensureStream(nc, events);
+		const relayBroker = new ServiceBroker({ logger: false, metrics: false, transporter: null });
+		await relayBroker.start();
+		const relay = new OutboxRelay({ broker: relayBroker, sequelize, events, nats: nc, batchSize: BATCH });
+		const relayRuns: Record<number, number[]> = { 1: [], [RELAY_DEPTH]: [] };
+		for (let round = 0; round < 2; round++) {
+			for (const depth of [1, RELAY_DEPTH]) relayRuns[depth].push(await relayRate(pool, relay, `${prefix}.ops.bench.relay`, depth));
+		}
+		await relayBroker.stop();
+		await pool.query("DELETE FROM outbox");
+		const relaySerial = Math.max(...relayRuns[1]);
+		const relayPipelined = Math.max(...relayRuns[RELAY_DEPTH]);
+		const relayLoad = loadNow();
+		process.stdout.write(`relay: depth 1 ${relayRuns[1].map(formatNumber).join(", ")} events/s; depth ${RELAY_DEPTH} ${relayRuns[RELAY_DEPTH].map(formatNumber).join(", ")} events/s (load ${relayLoad})\n`);
+
+		// 3 and 4 run through a real node: outbox relay → JetStream → audit writer.
 		const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL: url, JWT_SECRET: "bench-secret-0123456789abcdef0123456789", EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "info", MIGRATE_ON_START: "0", PORT: "0" };
 		await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-audit", NODE_ROLE: "node1", SERVICES: "audit,outbox" }, "Service 'audit' started");
 		await sleep(1_000);
@@ -84,9 +133,17 @@ async function main(): Promise<void> {
 			FROM generate_series(1, $2) g`;
 		const pipelineStart = performance.now();
 		await pool.query(INSERT_OUTBOX, [`${prefix}.audit.bench.pipeline`, PIPELINE_EVENTS]);
-		while ((await countRows(pool, "SELECT count(*) AS n FROM audit_log WHERE action = 'pipeline'")) < PIPELINE_EVENTS) await sleep(50);
+		// When the outbox has no pending row left, the relay stage is done; the writer may still be behind.
+		let relayMs = 0;
+		for (;;) {
+			if (!relayMs && (await countRows(pool, "SELECT count(*) AS n FROM outbox WHERE status = 'pending'")) === 0) relayMs = performance.now() - pipelineStart;
+			if ((await countRows(pool, "SELECT count(*) AS n FROM audit_log WHERE action = 'pipeline'")) >= PIPELINE_EVENTS) break;
+			await sleep(50);
+		}
 		const pipelineRate = (PIPELINE_EVENTS / (performance.now() - pipelineStart)) * 1000;
-		process.stdout.write(`pipeline: ${formatNumber(pipelineRate)} events/s\n`);
+		const pipelineRelayRate = (PIPELINE_EVENTS / (relayMs || performance.now() - pipelineStart)) * 1000;
+		const pipelineLoad = loadNow();
+		process.stdout.write(`pipeline: ${formatNumber(pipelineRate)} events/s end to end; its relay stage ${formatNumber(pipelineRelayRate)} events/s (load ${pipelineLoad})\n`);
 
 		const lagFrom = new Date();
 		const paced = await fixedRate(
@@ -108,7 +165,8 @@ async function main(): Promise<void> {
 		);
 		const lags = rows.map(r => Number(r.ms));
 		const lag = { p50: percentile(lags, 50), p99: percentile(lags, 99), count: lags.length };
-		process.stdout.write(`lag: p50 ${formatNumber(lag.p50)} ms p99 ${formatNumber(lag.p99)} ms over ${lag.count} events\n`);
+		const lagLoad = loadNow();
+		process.stdout.write(`lag: p50 ${formatNumber(lag.p50)} ms p99 ${formatNumber(lag.p99)} ms over ${lag.count} events (load ${lagLoad})\n`);
 		const verify = await countRows(pool, "SELECT count(*) AS n FROM audit_log");
 		// Full batches mean the writer is the bottleneck; smaller ones mean it waited for the relay.
 		const batches = await countRows(pool, "SELECT count(DISTINCT recorded_at) AS n FROM audit_log WHERE action = 'pipeline'");
@@ -120,15 +178,18 @@ async function main(): Promise<void> {
 			table(
 				["what", "events/s", "note"],
 				[
-					["append to audit_log (AuditWriter: lease lock, dedupe, sha256 chain, trigger, unique indexes), batches of 500", chainRate, `${APPEND_EVENTS} events`],
-					["plain INSERT of the same rows (same columnar statement) (no trigger, no index), batches of 500", plainRate, "same run"],
-					["outbox → relay → JetStream → writer → audit_log, 20,000 events committed at once", pipelineRate, "sustained, end to end"],
+					["append to audit_log (AuditWriter: lease lock, dedupe, sha256 chain, trigger, unique indexes), batches of 500", chainRate, `${APPEND_EVENTS} events; load ${appendLoad}`],
+					["plain INSERT of the same rows (same columnar statement) (no trigger, no index), batches of 500", plainRate, `same run; load ${appendLoad}`],
+					["outbox relay → JetStream alone, one batch of 500 at a time (baseline)", relaySerial, `best of 2, ${RELAY_EVENTS} events each; load ${relayLoad}`],
+					[`outbox relay → JetStream alone, ${RELAY_DEPTH} batches in flight (as outbox.service runs it)`, relayPipelined, `best of 2, alternated with the baseline; load ${relayLoad}`],
+					["outbox → relay → JetStream → writer → audit_log, 20,000 events committed at once", pipelineRate, `sustained, end to end; load ${pipelineLoad}`],
 				],
 			),
 			"",
-			`- chain / plain ratio: **${formatNumber(chainRate / plainRate)}** (the chain costs ${formatNumber(plainRate / chainRate)}× a plain INSERT); target ≥ 3,000 events/s: ${pipelineRate >= 3_000 && chainRate >= 3_000 ? "met" : "**not met**"}`,
-			`- source commit → audit_log row at ${LAG_RATE} events/s (one transaction per event, ${LAG_SECONDS} s): p50 ${formatNumber(lag.p50)} ms, **p99 ${formatNumber(lag.p99)} ms** over ${lag.count} events (target ≤ 500 ms)`,
-			`- pipeline: the writer's batches averaged ${formatNumber(PIPELINE_EVENTS / batches)} events of at most 500 (${batches} batches): ${PIPELINE_EVENTS / batches > 450 ? "the writer was the bottleneck" : "it waited for input, so the outbox relay → JetStream stage bounded the rate"}`,
+			`- chain / plain ratio: **${formatNumber(chainRate / plainRate)}** (the chain costs ${formatNumber(plainRate / chainRate)}× a plain INSERT); target ≥ 3,000 events/s end to end: ${pipelineRate >= 3_000 ? "met" : "**not met**"}`,
+			`- relay pipelined / one batch at a time: **${formatNumber(relayPipelined / relaySerial)}×** (runs: depth 1 ${relayRuns[1].map(formatNumber).join(", ")}; depth ${RELAY_DEPTH} ${relayRuns[RELAY_DEPTH].map(formatNumber).join(", ")} events/s)`,
+			`- source commit → audit_log row at ${LAG_RATE} events/s (one transaction per event, ${LAG_SECONDS} s): p50 ${formatNumber(lag.p50)} ms, **p99 ${formatNumber(lag.p99)} ms** over ${lag.count} events (target ≤ 500 ms; load ${lagLoad})`,
+			`- pipeline: the relay stage emptied the outbox at ${formatNumber(pipelineRelayRate)} events/s, the writer finished at ${formatNumber(pipelineRate)} events/s; its batches averaged ${formatNumber(PIPELINE_EVENTS / batches)} events of at most 500 (${batches} batches)`,
 			`- ${verify} rows in the chain at the end of the run`,
 		].join("\n");
 		writeSection("Audit trail (bench/audit)", body);

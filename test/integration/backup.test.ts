@@ -25,8 +25,8 @@ describeWithPostgres("database backup and restore scripts", () => {
 		if (!pgToolsInstalled) throw new Error("pg_dump/pg_restore not found (Debian package postgresql-client)");
 		const source = await freshDatabase("backuptest");
 		await runMigrations(source, "up");
-		await query(source, "INSERT INTO audit_records (actor_id, action, subject, node_id) SELECT 'u' || g, 'a.b', 's' || g, 'n' FROM generate_series(1, 50) g");
-		const before = await query<{ subject: string }>(source, "SELECT subject FROM audit_records ORDER BY subject");
+		await query(source, "INSERT INTO idempotency_keys (scope, key, request_hash, response) SELECT 'backup', 'k' || g, 'h', jsonb_build_object('n', g) FROM generate_series(1, 50) g");
+		const before = await query<{ key: string }>(source, "SELECT key, response FROM idempotency_keys ORDER BY key");
 
 		const dir = fs.mkdtempSync(path.join(os.tmpdir(), "backups-"));
 		const stale = path.join(dir, "daarion-20000101-000000.dump");
@@ -40,7 +40,7 @@ describeWithPostgres("database backup and restore scripts", () => {
 		expect(dumps[0]).toMatch(/^daarion-\d{8}-\d{6}\.dump$/);
 		expect(fs.existsSync(stale)).toBe(false);
 
-		await query(source, "DROP TABLE audit_records");
+		await query(source, "DROP TABLE idempotency_keys");
 		const target = await freshDatabase("restoretest");
 		const refused = run("restore-db.sh", [path.join(dir, dumps[0]), target], {});
 		expect(refused.status).toBe(3); // freshDatabase created it already: no overwrite
@@ -49,7 +49,7 @@ describeWithPostgres("database backup and restore scripts", () => {
 		const restore = run("restore-db.sh", [path.join(dir, dumps[0]), restoredUrl], {});
 		expect(restore.status).toBe(0);
 		try {
-			expect(await query(restoredUrl, "SELECT subject FROM audit_records ORDER BY subject")).toEqual(before);
+			expect(await query(restoredUrl, "SELECT key, response FROM idempotency_keys ORDER BY key")).toEqual(before);
 			expect((await query(restoredUrl, "SELECT version FROM schema_migrations")).length).toBeGreaterThan(0);
 		} finally {
 			await query(source.replace(/\/[^/]+$/, "/postgres"), `DROP DATABASE IF EXISTS ${restoredUrl.split("/").pop()} WITH (FORCE)`);

@@ -14,7 +14,7 @@ import { describeWithNatsAndPostgres } from "../helpers/requirements";
 
 const JWT_SECRET = "bad-input-secret-0123456789abcdefghij";
 const SERVICES = ["audit", "city", "memory", "mesh", "node-registry", "outbox", "presence"];
-const TABLES = ["memories", "audit_records", "outbox", "idempotency_keys", "city_rooms", "city_room_members", "city_messages", "presence_devices"];
+const TABLES = ["memories", "outbox", "idempotency_keys", "city_rooms", "city_room_members", "city_messages", "presence_devices"];
 
 type Rule = { type?: string; values?: unknown[]; min?: number; max?: number; optional?: boolean; default?: unknown } | string;
 /** `numeric`: bad only where a number is expected (as text, "1e30" is a fine string). */

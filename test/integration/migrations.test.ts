@@ -39,6 +39,9 @@ describeWithPostgres("migrations runner", () => {
 		expect(up.applied).toEqual(ALL);
 		expect(ALL.slice(0, 2)).toEqual(["001_leader_leases", "002_mesh_node_events"]);
 		expect(await tables(url)).toEqual(expect.arrayContaining(["schema_migrations", "leader_leases", "leader_lease_events", "mesh_node_events"]));
+		// 010 dropped the pre-009 audit table: operator notes live in audit_log.
+		expect(await tables(url)).not.toContain("audit_records");
+		expect(await tables(url)).toContain("audit_log");
 
 		const down = await runMigrations(url, "down");
 		expect(down.rolledBack).toEqual([LAST]);

@@ -139,6 +139,10 @@ describeWithNatsAndPostgres("outbox relay: crash between publish and mark, dedup
 	});
 
 	it("an event no stream accepts is retried with growing backoff, then moved to the DLQ with an ops alert", async () => {
+		// Consumers outside the mesh see the alert as a plain NATS subject too.
+		type Alert = { outbox_id: string; severity: string; attempts: number; subject: string };
+		const natsAlerts: Alert[] = [];
+		const alertSub = nc.subscribe(`${prefix}.ops.alert.>`, { callback: (_err, m) => natsAlerts.push({ ...m.json<Alert>(), subject: m.subject }) });
 		const [row] = await query<{ id: string; created_at: Date }>(
 			databaseUrl,
 			"INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ('test', 'x', 'test.unroutable', $1, '{}') RETURNING id, created_at",
@@ -158,6 +162,9 @@ describeWithNatsAndPostgres("outbox relay: crash between publish and mark, dedup
 		expect(await query(databaseUrl, "SELECT id FROM outbox WHERE id = $1", [row.id])).toHaveLength(0);
 		await waitFor("the ops alert", async () => alerts.some(a => a.outbox_id === row.id), 5_000);
 		expect(alerts.find(a => a.outbox_id === row.id)?.attempts).toBe(3);
+		await waitFor("the alert on NATS ops.alert.warning", async () => natsAlerts.some(a => a.outbox_id === row.id), 5_000);
+		expect(natsAlerts.find(a => a.outbox_id === row.id)).toMatchObject({ severity: "warning", attempts: 3, subject: `${prefix}.ops.alert.warning` });
+		alertSub.unsubscribe();
 
 		const admin = { authorization: `Bearer ${signToken(JWT_SECRET, { id: "op", roles: ["admin"], teams: [] })}` };
 		const status = await waitFor("the gateway to route /api/outbox/status", async () => {

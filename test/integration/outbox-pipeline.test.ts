@@ -1,0 +1,102 @@
+/**
+ * The outbox relay with several batches in flight (OutboxRelay.runBatches), against real JetStream and a
+ * PostgreSQL database of its own: every row is published once, in created_at order, and marked published;
+ * a second call finds nothing; a batch that fails to publish leaves its rows pending without blocking the
+ * others' marks.
+ */
+import { ServiceBroker } from "moleculer";
+import { connect, type NatsConnection } from "nats";
+import { Sequelize } from "sequelize";
+import { runMigrations } from "../../lib/data/migrations";
+import { ensureStream, OutboxRelay } from "../../lib/data/outbox/relay";
+import { loadSettings, type EventSettings } from "../../lib/runtime/settings";
+import { uniqueNamespace } from "../helpers/cluster";
+import { dropFreshDatabases, freshDatabase, query, streamFor, subjectPrefixFor } from "../helpers/databases";
+import { describeWithNatsAndPostgres, LOCAL_NATS_URL } from "../helpers/requirements";
+
+const BATCH = 100;
+const ROWS = 1_050;
+
+describeWithNatsAndPostgres("outbox relay: batches in flight", () => {
+	const namespace = uniqueNamespace("pipeline");
+	const prefix = subjectPrefixFor(namespace);
+	const stream = streamFor(namespace);
+	let databaseUrl: string;
+	let nc: NatsConnection;
+	let sequelize: Sequelize;
+	let broker: ServiceBroker;
+	let events: EventSettings;
+
+	beforeAll(async () => {
+		databaseUrl = await freshDatabase("pipeline");
+		await runMigrations(databaseUrl, "up");
+		nc = await connect({ servers: new URL(LOCAL_NATS_URL).host });
+		sequelize = new Sequelize(databaseUrl, { logging: false, pool: { max: 6 } });
+		events = loadSettings({ EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "error" }).events;
+		await ensureStream(nc, events);
+		broker = new ServiceBroker({ logger: false, metrics: false, transporter: null });
+		await broker.start();
+	});
+	afterAll(async () => {
+		await broker?.stop();
+		await sequelize?.close();
+		if (nc) {
+			await (await nc.jetstreamManager()).streams.delete(stream).catch(() => undefined);
+			await nc.close();
+		}
+		await dropFreshDatabases();
+	});
+
+	async function streamIds(): Promise<string[]> {
+		const jsm = await nc.jetstreamManager();
+		const info = await jsm.streams.info(stream);
+		const ids: string[] = [];
+		for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+			const msg = await jsm.streams.getMessage(stream, { seq }).catch(() => null);
+			if (msg) ids.push(msg.header?.get("Nats-Msg-Id") ?? "");
+		}
+		return ids;
+	}
+
+	it("publishes every row once, in created_at order, and marks them all; a second call finds nothing", async () => {
+		const rows = await query<{ id: string }>(
+			databaseUrl,
+			`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload, created_at)
+			 SELECT 'test', 'p', 'test.pipeline', $1, jsonb_build_object('i', g), now() + g * interval '1 microsecond' FROM generate_series(1, $2) g RETURNING id`,
+			[`${prefix}.ops.test.pipeline`, ROWS],
+		);
+		const relay = new OutboxRelay({ broker, sequelize, events, nats: nc, batchSize: BATCH });
+		let handled = 0;
+		let calls = 0;
+		while (handled < ROWS) {
+			const result = await relay.runBatches(4);
+			expect(result.outage).toBeNull();
+			handled += result.handled;
+			calls++;
+		}
+		expect(handled).toBe(ROWS);
+		// 1,050 rows in batches of 100, four in flight: three calls (400, 400, 250), not eleven.
+		expect(calls).toBe(3);
+		expect(await relay.runBatches(4)).toEqual({ handled: 0, outage: null });
+		expect(await query(databaseUrl, "SELECT id FROM outbox WHERE status <> 'published'")).toEqual([]);
+		expect(await streamIds()).toEqual(rows.map(r => r.id));
+	}, 60_000);
+
+	it("rows of a subject no stream captures stay pending with their attempt counted; the other rows are marked", async () => {
+		await query(databaseUrl, "DELETE FROM outbox");
+		await query(
+			databaseUrl,
+			`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload, created_at)
+			 SELECT 'test', 'p', 'test.pipeline', CASE WHEN g % 50 = 0 THEN $2 ELSE $1 END, jsonb_build_object('i', g), now() + g * interval '1 microsecond' FROM generate_series(1, 300) g`,
+			[`${prefix}.ops.test.pipeline`, `${prefix}.nowhere.pipeline`],
+		);
+		// A backoff longer than the test: a failed row is not claimed again by a later batch of the same call.
+		const patient = { ...events, outboxBackoffMs: 60_000 };
+		const relay = new OutboxRelay({ broker, sequelize, events: patient, nats: nc, batchSize: BATCH });
+		expect(await relay.runBatches(4)).toEqual({ handled: 300, outage: null });
+		const left = await query<{ attempts: number; last_error: string }>(databaseUrl, "SELECT attempts, last_error FROM outbox WHERE status = 'pending'");
+		expect(left).toHaveLength(6);
+		for (const row of left) expect(row).toMatchObject({ attempts: 1, last_error: expect.stringMatching(/no JetStream stream captures subject/) });
+		expect(await query(databaseUrl, "SELECT id FROM outbox WHERE status = 'published'")).toHaveLength(294);
+	}, 60_000);
+});
