@@ -11,13 +11,14 @@ import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { defineActions, INTERNAL_ACCESS } from "../lib/http/auth";
 import { requestLogger } from "../lib/runtime/logger";
-import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
+import type { LeaderLease } from "../lib/data/leader-lease";
 import type { NatsConnection } from "nats";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { EventStreamState, probeEventStream, type Outage } from "../lib/data/event-stream";
 import { ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay } from "../lib/data/outbox/relay";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
+import { LeaderDutyMixin, type LeaderDuty } from "../mixins/leader-duty.mixin";
 
 const IDLE_POLL_MS = 50;
 /**
@@ -35,18 +36,15 @@ const KEEP_PUBLISHED_HOURS = 24;
 interface OutboxThis extends Service {
 	lease: LeaderLease;
 	relay: OutboxRelay | null;
-	running: boolean;
-	loop: Promise<void> | null;
 	mode: "jetstream" | "moleculer-events-only";
 	stream: EventStreamState;
 	nats: NatsConnection | null;
 	startRelay(): Promise<void>;
-	relayLoop(): Promise<void>;
+	relayLoop(duty: LeaderDuty): Promise<void>;
 	relayOnce(): Promise<boolean>;
 	diagnose(err: Error): Promise<Outage | null>;
 	reportBacklog(): Promise<void>;
 	probeStream(leading: boolean): Promise<void>;
-	pauseFor(ms: number): Promise<void>;
 }
 
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
@@ -68,6 +66,7 @@ function registerMetrics(service: Service): void {
 
 const OutboxService: ServiceSchema = {
 	name: "outbox",
+	mixins: [LeaderDutyMixin<OutboxThis>({ duty: "outbox-relay", loop(duty) { return this.relayLoop(duty); } })],
 
 	actions: defineActions({
 		status: {
@@ -180,20 +179,17 @@ const OutboxService: ServiceSchema = {
 			if (!leading || probe.outage) this.stream.set(probe.outage);
 		},
 
-		/** A pause that a stopping node cuts short: SIGTERM must not wait out a backoff. */
-		async pauseFor(this: OutboxThis, ms: number) {
-			const until = Date.now() + ms;
-			while (this.running && Date.now() < until) await sleep(Math.min(100, until - Date.now()));
-		},
-
 		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: a partial index). */
-		async relayLoop(this: OutboxThis) {
+		async relayLoop(this: OutboxThis, duty: LeaderDuty) {
+			// The transporter is connected by now (services start after it), not yet when the service was created.
+			this.nats = natsConnectionOf(this.broker);
+			if (this.nats) nodeContextOf(this.broker).eventStream = () => this.stream.dependency();
 			let lastHousekeeping = 0;
 			let lastStreamProbe = 0;
 			let pauseMs = PAUSE_MIN_MS;
 			let lastError = "";
 			let leading = false;
-			while (this.running) {
+			while (duty.running) {
 				if (Date.now() - lastStreamProbe > STREAM_PROBE_MS) {
 					lastStreamProbe = Date.now();
 					await this.probeStream(this.lease.isLeader()).catch(() => undefined);
@@ -226,7 +222,8 @@ const OutboxService: ServiceSchema = {
 					await this.reportBacklog().catch(() => undefined);
 				}
 				if (pause) {
-					await this.pauseFor(pauseMs);
+					// Cut short by a stopping node: SIGTERM must not wait out a backoff.
+					await duty.pause(pauseMs);
 					pauseMs = Math.min(pauseMs * 2, PAUSE_MAX_MS);
 				} else pauseMs = PAUSE_MIN_MS;
 			}
@@ -234,29 +231,16 @@ const OutboxService: ServiceSchema = {
 	},
 
 	created(this: Service) {
-		registerMetrics(this);
-	},
-
-	async started(this: Service) {
 		const self = this as OutboxThis;
+		registerMetrics(this);
 		self.relay = null;
 		self.mode = "jetstream";
-		const context = nodeContextOf(this.broker);
-		self.nats = natsConnectionOf(this.broker);
+		self.nats = null;
 		self.stream = new EventStreamState(this.logger);
-		if (self.nats) context.eventStream = () => self.stream.dependency();
-		self.lease = createDutyLease(this.broker, "outbox-relay", this.logger);
-		await self.lease.start();
-		self.running = true;
-		self.loop = self.relayLoop();
 	},
 
-	async stopped(this: Service) {
-		const self = this as OutboxThis;
-		self.running = false;
-		await self.loop;
+	stopped(this: Service) {
 		nodeContextOf(this.broker).eventStream = undefined;
-		await self.lease?.stop();
 	},
 };
 
