@@ -26,7 +26,7 @@ import { requestLogger } from "../lib/runtime/logger";
 import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { enqueueEvents, prefixedSubject } from "../lib/data/outbox/enqueue";
-import { ensureStream } from "../lib/data/outbox/relay";
+import { declaredSubjects, ensureStream, PUBLISHES } from "../lib/data/outbox/relay";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods } from "../mixins/idempotent-writes.mixin";
 import { LeaderDutyMixin, type LeaderDuty } from "../mixins/leader-duty.mixin";
@@ -111,6 +111,8 @@ function incoming(msg: JsMsg): IncomingAuditEvent | null {
 
 const AuditService: ServiceSchema = {
 	name: "audit",
+	/** audit.{service}.{action}: every actor reports through the outbox; this service owns the subject and consumes it. */
+	metadata: { [PUBLISHES]: ["audit.>"] },
 	mixins: [IdempotentWritesMixin, LeaderDutyMixin<AuditThis>({ duty: "audit-writer", loop(duty) { return this.writeLoop(duty); } })],
 
 	actions: defineActions({
@@ -257,7 +259,7 @@ const AuditService: ServiceSchema = {
 			this.mode = nc ? "jetstream" : "outbox-table";
 			if (!nc) return;
 			const { events } = nodeContextOf(this.broker).settings;
-			await ensureStream(nc, events);
+			await ensureStream(nc, events, declaredSubjects(this.broker, this.metadata));
 			const jsm = await nc.jetstreamManager();
 			const config = { ack_wait: nanos(ACK_WAIT_MS), max_ack_pending: 20_000, filter_subject: prefixedSubject(events, "audit.>") };
 			await jsm.consumers.add(events.stream, { durable_name: CONSUMER, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ...config }).catch(async (err: Error) => {

@@ -29,6 +29,7 @@ import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { TokenBucketLimiter } from "../lib/http/rate-limiter";
 import { actionPolicy, leaveReason } from "../lib/mesh/failover-policy";
 import { LeaderDutyMixin } from "../mixins/leader-duty.mixin";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 const RECONCILE_EVERY_MS = 1_000;
 const PRUNE_EVERY_MS = 60_000;
@@ -123,6 +124,8 @@ function notFound(nodeID: string): Errors.MoleculerClientError {
 
 const NodeRegistryService: ServiceSchema = {
 	name: "node-registry",
+	/** Published through the outbox (the event stream captures it): its audit events; ops.health.* and ops.alert.* go out on NATS and the stream keeps them. */
+	metadata: { [PUBLISHES]: ["audit.>", "ops.>"] },
 	mixins: [LeaderDutyMixin<NodeRegistryThis>({ duty: "node-registry", everyMs: RECONCILE_EVERY_MS, what: "node-registry reconcile", run() { return this.leaderRound(); } })],
 
 	events: {

@@ -15,7 +15,7 @@ import type { LeaderLease } from "../lib/data/leader-lease";
 import type { NatsConnection } from "nats";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { EventStreamState, probeEventStream, type Outage } from "../lib/data/event-stream";
-import { ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay } from "../lib/data/outbox/relay";
+import { declaredSubjects, ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay, PUBLISHES } from "../lib/data/outbox/relay";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
 import { LeaderDutyMixin, type LeaderDuty } from "../mixins/leader-duty.mixin";
@@ -36,6 +36,8 @@ const KEEP_PUBLISHED_HOURS = 24;
 interface OutboxThis extends Service {
 	lease: LeaderLease;
 	relay: OutboxRelay | null;
+	/** the subjects the stream was last brought to (a service declaring others makes the relay start afresh) */
+	ensuredSubjects: string;
 	mode: "jetstream" | "moleculer-events-only";
 	stream: EventStreamState;
 	nats: NatsConnection | null;
@@ -66,6 +68,8 @@ function registerMetrics(service: Service): void {
 
 const OutboxService: ServiceSchema = {
 	name: "outbox",
+	/** ops.alert.warning when an event goes to the DLQ */
+	metadata: { [PUBLISHES]: ["ops.>"] },
 	mixins: [LeaderDutyMixin<OutboxThis>({ duty: "outbox-relay", loop(duty) { return this.relayLoop(duty); } })],
 
 	actions: defineActions({
@@ -118,8 +122,10 @@ const OutboxService: ServiceSchema = {
 		async startRelay(this: OutboxThis) {
 			const { settings } = nodeContextOf(this.broker);
 			this.mode = this.nats ? "jetstream" : "moleculer-events-only";
+			const subjects = declaredSubjects(this.broker, this.metadata);
+			this.ensuredSubjects = subjects.join(" ");
 			if (this.nats) {
-				const changed = await ensureStream(this.nats, settings.events);
+				const changed = await ensureStream(this.nats, settings.events, subjects);
 				if (changed) this.logger.info(`Outbox relay: ${changed}`, { event: "outbox.stream" });
 			} else this.logger.warn("Outbox relay: no NATS (TCP fallback), so events go out as Moleculer events only, not to JetStream");
 			this.relay = new OutboxRelay({
@@ -148,7 +154,8 @@ const OutboxService: ServiceSchema = {
 				this.stream.set(outage);
 				if (outage) return true;
 			}
-			if (!this.relay) await this.startRelay();
+			// A service that joined the mesh may publish subjects the stream does not capture yet.
+			if (!this.relay || declaredSubjects(this.broker, this.metadata).join(" ") !== this.ensuredSubjects) await this.startRelay();
 			const { handled, outage } = await this.relay!.runBatch();
 			this.stream.set(outage);
 			if (outage) return true;
@@ -234,6 +241,7 @@ const OutboxService: ServiceSchema = {
 		const self = this as OutboxThis;
 		registerMetrics(this);
 		self.relay = null;
+		self.ensuredSubjects = "";
 		self.mode = "jetstream";
 		self.nats = null;
 		self.stream = new EventStreamState(this.logger);

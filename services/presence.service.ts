@@ -19,6 +19,7 @@ import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { jwtSecretOf } from "../lib/runtime/settings";
 import { LeaderDutyMixin } from "../mixins/leader-duty.mixin";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 export type PresenceStatus = "online" | "away" | "offline";
 
@@ -74,6 +75,8 @@ interface PresenceThis extends Service {
 
 const PresenceService: ServiceSchema = {
 	name: "presence",
+	/** Published through the outbox (the event stream captures it): its audit events; presence.> stays captured as before. */
+	metadata: { [PUBLISHES]: ["presence.>", "audit.>"] },
 	mixins: [LeaderDutyMixin<PresenceThis>({ duty: "presence-sweeper", everyMs: SWEEP_EVERY_MS, what: "presence sweep", run() { return this.sweep(); } })],
 
 	actions: defineActions({

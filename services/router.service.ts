@@ -27,6 +27,7 @@ import { decide, type Decision } from "../lib/inference/routing-rules";
 import { TOOL_CATALOGUE, toolByFunctionName } from "../lib/inference/tools";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { actionPolicy } from "../lib/mesh/failover-policy";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 export const AGENT_METRICS = {
 	latency: "agent_latency_seconds",
@@ -101,6 +102,8 @@ function sse(data: unknown, event?: string): string {
 
 const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, RouterThis> = {
 	name: "router",
+	/** Published through the outbox (the event stream captures it): agent.run.{phase}.{agent_id} (lib/data/outbox-batch.ts), and its audit events. */
+	metadata: { [PUBLISHES]: ["agent.>", "audit.>"] },
 
 	actions: defineActions<Record<string, MeshAction<RouterThis>>, RouterThis>({
 		route: {
