@@ -79,10 +79,13 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 
 	const options = createBrokerOptions(settings, transport);
 	const broker = new ServiceBroker(options);
+	let codeBase: Array<Record<string, unknown>> | null = null;
 	attachNodeContext(broker, {
 		settings,
 		transport,
 		sequelize,
+		// Loaded on first use (the relay's leader), not at every node's start.
+		codeBaseMetadata: () => (codeBase ??= [...directories].map(([name, dir]) => loadServiceSchema(name, dir).metadata ?? {})),
 		metricsReporter: options.metricsReporter,
 		startedAt: Date.now(),
 	});

@@ -6,6 +6,7 @@
 import { ServiceBroker } from "moleculer";
 import { connect, type NatsConnection } from "nats";
 import { declaredSubjects, ensureStream, PUBLISHES } from "../../lib/data/outbox/relay";
+import { attachNodeContext, type NodeContext } from "../../lib/runtime/node-resources";
 import { loadSettings } from "../../lib/runtime/settings";
 import { describeWithNats, LOCAL_NATS_URL } from "../helpers/requirements";
 
@@ -22,6 +23,12 @@ describe("declaredSubjects", () => {
 	it("unites what the registry's services declare with the caller's own, sorted, once each", () => {
 		expect(declaredSubjects(broker)).toEqual(["audit.>", "memory.>", "message.>"]);
 		expect(declaredSubjects(broker, { [PUBLISHES]: ["ops.>", "memory.>"] })).toEqual(["audit.>", "memory.>", "message.>", "ops.>"]);
+	});
+
+	it("adds what the node's code base declares, for producers that are not in the mesh now", () => {
+		const other = new ServiceBroker({ nodeID: "code-base", logger: false });
+		attachNodeContext(other, { codeBaseMetadata: () => [{ [PUBLISHES]: ["agent.>"] }, {}] } as unknown as NodeContext);
+		expect(declaredSubjects(other, { [PUBLISHES]: ["ops.>"] })).toEqual(["agent.>", "ops.>"]);
 	});
 });
 

@@ -11,6 +11,7 @@ import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { probeEventStream, subjectMatches, type Outage } from "../event-stream";
 import { prefixedSubject } from "./enqueue";
 import type { EventSettings } from "../../runtime/settings";
+import { nodeContextIfAny } from "../../runtime/node-resources";
 
 export interface OutboxRow {
 	id: string;
@@ -46,12 +47,16 @@ export const OUTBOX_METRICS = {
 export const PUBLISHES = "publishes";
 
 /**
- * The subjects the services known to this node (its own and remote ones) declare, deduplicated and
- * sorted. `own` is the calling service's metadata: a service still starting is not in the registry yet.
+ * The subjects declared by the services of this node's code base (running or not: a producer that left
+ * the mesh may have events still pending) and by the services the registry knows on other nodes,
+ * deduplicated and sorted. `own` is the calling service's metadata, for nodes built without a code base
+ * (in-process tests): a service still starting is not in the registry yet.
  */
 export function declaredSubjects(broker: ServiceBroker, own: Record<string, unknown> = {}): string[] {
 	const services = broker.registry.getServiceList({ skipInternal: true }) as Array<{ metadata?: Record<string, unknown> }>;
-	const subjects = [own, ...services.map(s => s.metadata ?? {})].flatMap(m => m[PUBLISHES]).filter((s): s is string => typeof s === "string");
+	const codeBase = nodeContextIfAny(broker)?.codeBaseMetadata?.() ?? [];
+	const metadata = [own, ...codeBase, ...services.map(s => s.metadata ?? {})];
+	const subjects = metadata.flatMap(m => m[PUBLISHES]).filter((s): s is string => typeof s === "string");
 	return [...new Set(subjects)].sort();
 }
 
