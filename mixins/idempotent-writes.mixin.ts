@@ -17,8 +17,8 @@ import { createHmac } from "crypto";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
+import { LeaderDutyMixin } from "./leader-duty.mixin";
 
 export interface IdempotencyMeta {
 	idempotencyKey?: string;
@@ -53,16 +53,29 @@ export interface IdempotentWriteMethods {
 	idempotentWrite<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options?: IdempotentWriteOptions<T>): Promise<T>;
 }
 
-type IdempotentThis = Service & { idempotencySweep?: { lease: LeaderLease; timer: NodeJS.Timeout } };
-
 function requestHash(service: Service, params: unknown): string {
 	return createHmac("sha256", nodeContextOf(service.broker).settings.memory.encryptionKey)
 		.update(JSON.stringify(params ?? null))
 		.digest("hex");
 }
 
+/** Deletes expired keys of the service's own scopes, in bounded batches. */
+function sweepExpiredKeys(this: Service): Promise<unknown> {
+	return databaseOf(this.broker).query(SWEEP, { bind: [`${this.name}.`, nodeContextOf(this.broker).settings.idempotencyTtlMs] });
+}
+
 export const IdempotentWritesMixin: ServiceSchema = {
 	name: "idempotent-writes",
+	/** One sweeper per service and mesh (lease): two would only delete the same rows twice, harmlessly. */
+	mixins: [
+		LeaderDutyMixin({
+			duty: service => `idempotency-sweep:${service.name}`,
+			leaseKey: "idempotencySweepLease",
+			everyMs: service => sweepEveryMs(nodeContextOf(service.broker).settings.idempotencyTtlMs),
+			what: "Idempotency key sweep",
+			run: sweepExpiredKeys,
+		}),
+	],
 	methods: {
 		async idempotentWrite<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options: IdempotentWriteOptions<T> = {}): Promise<T> {
 			const sequelize = databaseOf(this.broker);
@@ -91,27 +104,5 @@ export const IdempotentWritesMixin: ServiceSchema = {
 				return result;
 			});
 		},
-	},
-
-	/** One sweeper per service and mesh (lease): two would only delete the same rows twice, harmlessly. */
-	async started(this: Service) {
-		const self = this as IdempotentThis;
-		const ttlMs = nodeContextOf(this.broker).settings.idempotencyTtlMs;
-		const lease = createDutyLease(this.broker, `idempotency-sweep:${this.name}`, this.logger);
-		await lease.start();
-		const timer = setInterval(() => {
-			if (!lease.isLeader()) return;
-			databaseOf(this.broker)
-				.query(SWEEP, { bind: [`${this.name}.`, ttlMs] })
-				.catch(err => this.logger.warn(`Idempotency key sweep failed: ${(err as Error).message}`));
-		}, sweepEveryMs(ttlMs));
-		self.idempotencySweep = { lease, timer };
-	},
-
-	async stopped(this: Service) {
-		const self = this as IdempotentThis;
-		if (!self.idempotencySweep) return;
-		clearInterval(self.idempotencySweep.timer);
-		await self.idempotencySweep.lease.stop();
 	},
 };

@@ -187,8 +187,8 @@ const HANDLERS: { [C in SocketChannel]: Record<keyof (typeof SOCKET_EVENTS)[C], 
 };
 
 /**
- * Shared listeners (socket.io calls them with `this` = the socket): closures per socket would be
- * ~150 B of each idle socket's heap (docs/BENCHMARKS.md).
+ * Shared listeners (socket.io calls them with `this` = the socket): closures per socket would be kept
+ * in each idle socket's heap (docs/BENCHMARKS.md, "Heap per idle socket").
  */
 function socketListeners(service: SocketIoThis) {
 	return {

@@ -12,6 +12,7 @@
 import fs from "fs";
 import { Client } from "pg";
 import { checkLinks, normaliseEntry, type AuditEntry } from "../lib/data/audit-chain";
+import { withDatabase } from "../lib/data/database-location";
 import { loadMigrationSettings } from "../lib/runtime/settings";
 
 const PAGE = 5_000;
@@ -73,18 +74,11 @@ async function main(): Promise<void> {
 	const from = instant(option(args, "from"), "from");
 	const to = instant(option(args, "to"), "to");
 	const outFile = option(args, "out");
-	const settings = loadMigrationSettings();
-	// The embedded PostgreSQL is a development convenience, loaded only when no database is configured.
-	const embedded = settings.database.url ? null : await (await import("../dev/embedded-postgres")).startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
 	const out = outFile ? fs.createWriteStream(outFile) : process.stdout;
-	try {
-		const written = await exportWindow(settings.database.url ?? embedded!.url, from, to, out);
-		if (outFile) {
-			await new Promise(resolve => (out as fs.WriteStream).end(resolve));
-			process.stderr.write(`audit:export: ${written} rows → ${outFile}\n`);
-		}
-	} finally {
-		if (embedded?.owned) await embedded.stop();
+	const written = await withDatabase(loadMigrationSettings(), url => exportWindow(url, from, to, out));
+	if (outFile) {
+		await new Promise(resolve => (out as fs.WriteStream).end(resolve));
+		process.stderr.write(`audit:export: ${written} rows → ${outFile}\n`);
 	}
 }
 

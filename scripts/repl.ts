@@ -5,11 +5,10 @@
  * node-registry status, plus registered external nodes) and
  * `breakers` (circuit breaker states, asked of every node).
  */
-import os from "os";
 import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../moleculer.config";
 import { describeNode, type MeshNodeView } from "../lib/mesh/node-view";
-import { loadSettings } from "../lib/runtime/settings";
+import { loadReplSettings } from "../lib/runtime/settings";
 import { resolveTransport } from "../lib/runtime/transport";
 
 interface NodeHealthLine {
@@ -107,9 +106,9 @@ export async function breakerTable(broker: ServiceBroker): Promise<string[][]> {
 }
 
 async function main(): Promise<void> {
-	const settings = loadSettings({ ...process.env, NODE_ID: process.env.NODE_ID ?? `repl-${os.hostname()}-${process.pid}`, NODE_ROLE: "operator" });
+	const settings = loadReplSettings();
 	const transport = await resolveTransport(settings);
-	const options = createBrokerOptions({ ...settings, logLevel: process.env.LOG_LEVEL ?? "warn", metricsEnabled: false }, transport);
+	const options = createBrokerOptions(settings, transport);
 	const broker = new ServiceBroker({ ...options, replOptions: { customCommands: [meshCommand(), breakersCommand()] } } as never);
 	await broker.start();
 	if (transport.warning) broker.logger.warn(transport.warning);

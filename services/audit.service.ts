@@ -21,14 +21,15 @@ import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth"
 import { checkLinks, EMPTY_CHAIN, normaliseEntry, type AuditEntry } from "../lib/data/audit-chain";
 import { auditOutboxEvent, type AuditOutcome } from "../lib/data/audit-events";
 import { AuditWriter, FencedOutError, type IncomingAuditEvent } from "../lib/data/audit-writer";
-import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
+import type { LeaderLease } from "../lib/data/leader-lease";
 import { requestLogger } from "../lib/runtime/logger";
 import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { enqueueEvents, prefixedSubject } from "../lib/data/outbox/enqueue";
-import { ensureStream } from "../lib/data/outbox/relay";
+import { declaredSubjects, ensureStream, PUBLISHES } from "../lib/data/outbox/relay";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods } from "../mixins/idempotent-writes.mixin";
+import { LeaderDutyMixin, type LeaderDuty } from "../mixins/leader-duty.mixin";
 
 /** JetStream durable consumer of audit.> (per stream, so per mesh). */
 const CONSUMER = "audit-writer";
@@ -69,14 +70,12 @@ interface AuditThis extends Service, IdempotentWriteMethods {
 	lease: LeaderLease;
 	writer: AuditWriter;
 	mode: "jetstream" | "outbox-table";
-	running: boolean;
 	buffer: JsMsg[];
 	/** resolves the idle wait when a message arrives */
 	wake: (() => void) | null;
 	messages: ConsumerMessages | null;
-	loop: Promise<void> | null;
 	stats: { appended: number; duplicates: number; rejected: number; lastError: string | null };
-	writeLoop(): Promise<void>;
+	writeLoop(duty: LeaderDuty): Promise<void>;
 	idle(ms: number): Promise<void>;
 	startConsuming(): Promise<void>;
 	stopConsuming(): Promise<void>;
@@ -112,7 +111,9 @@ function incoming(msg: JsMsg): IncomingAuditEvent | null {
 
 const AuditService: ServiceSchema = {
 	name: "audit",
-	mixins: [IdempotentWritesMixin],
+	/** audit.{service}.{action}: every actor reports through the outbox; this service owns the subject and consumes it. */
+	metadata: { [PUBLISHES]: ["audit.>"] },
+	mixins: [IdempotentWritesMixin, LeaderDutyMixin<AuditThis>({ duty: "audit-writer", loop(duty) { return this.writeLoop(duty); } })],
 
 	actions: defineActions({
 		/** An operator's note (deploy started, incident opened…): one more source of audit_log rows. */
@@ -258,7 +259,7 @@ const AuditService: ServiceSchema = {
 			this.mode = nc ? "jetstream" : "outbox-table";
 			if (!nc) return;
 			const { events } = nodeContextOf(this.broker).settings;
-			await ensureStream(nc, events);
+			await ensureStream(nc, events, declaredSubjects(this.broker, this.metadata));
 			const jsm = await nc.jetstreamManager();
 			const config = { ack_wait: nanos(ACK_WAIT_MS), max_ack_pending: 20_000, filter_subject: prefixedSubject(events, "audit.>") };
 			await jsm.consumers.add(events.stream, { durable_name: CONSUMER, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ...config }).catch(async (err: Error) => {
@@ -317,9 +318,11 @@ const AuditService: ServiceSchema = {
 		},
 
 		/** While leader: consume and append; a fenced-out or failing writer stops and lets go. */
-		async writeLoop(this: AuditThis) {
-			while (this.running) {
-				if (!this.lease.isLeader()) {
+		async writeLoop(this: AuditThis, duty: LeaderDuty) {
+			// The transporter is connected by now (services start after it), not yet when the service was created.
+			this.mode = natsConnectionOf(this.broker) ? "jetstream" : "outbox-table";
+			while (duty.running) {
+				if (!duty.lease.isLeader()) {
 					if (this.messages || this.buffer.length) await this.stopConsuming();
 					await sleep(IDLE_WAIT_MS);
 					continue;
@@ -334,36 +337,23 @@ const AuditService: ServiceSchema = {
 					this.stats.lastError = (err as Error).message;
 					this.logger.warn(`Audit writer: ${(err as Error).message}`, { event: err instanceof FencedOutError ? "audit.fenced_out" : "audit.write_failed" });
 					if (err instanceof FencedOutError) await this.stopConsuming();
-					await sleep(ERROR_PAUSE_MS);
+					await duty.pause(ERROR_PAUSE_MS);
 				}
 			}
+			await this.stopConsuming();
 		},
 	},
 
+	/** The lease exists from here on (LeaderDutyMixin); the writer fences every append with its token. */
 	created(this: Service) {
-		registerMetrics(this);
-	},
-
-	async started(this: Service) {
 		const self = this as AuditThis;
+		registerMetrics(this);
 		self.buffer = [];
 		self.wake = null;
 		self.messages = null;
 		self.stats = { appended: 0, duplicates: 0, rejected: 0, lastError: null };
-		self.mode = natsConnectionOf(this.broker) ? "jetstream" : "outbox-table";
-		self.lease = createDutyLease(this.broker, "audit-writer", this.logger);
+		self.mode = "outbox-table";
 		self.writer = new AuditWriter(databaseOf(this.broker), { lease: self.lease.name, holder: this.broker.nodeID, fencingToken: () => self.lease.fencingToken });
-		await self.lease.start();
-		self.running = true;
-		self.loop = self.writeLoop();
-	},
-
-	async stopped(this: Service) {
-		const self = this as AuditThis;
-		self.running = false;
-		await self.loop;
-		await self.stopConsuming();
-		await self.lease?.stop();
 	},
 };
 

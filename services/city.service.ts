@@ -16,6 +16,7 @@ import { auditEvent } from "../lib/data/audit-events";
 import { enqueueEvents } from "../lib/data/outbox/enqueue";
 import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
 import { actionPolicy } from "../lib/mesh/failover-policy";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 export interface Room {
 	id: string;
@@ -67,6 +68,8 @@ type CityThis = Service & CityMethods;
 
 const CityService: ServiceSchema = {
 	name: "city",
+	/** Published through the outbox (the event stream captures it): message.{created|edited|deleted}.{room_id}, and its audit events. */
+	metadata: { [PUBLISHES]: ["message.>", "audit.>"] },
 
 	actions: defineActions({
 		createRoom: {

@@ -19,6 +19,7 @@ import { enqueueEvents } from "../lib/data/outbox/enqueue";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { open, seal } from "../lib/crypto/content-cipher";
 import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions } from "../mixins/idempotent-writes.mixin";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 export const SCOPES = ["personal", "team", "public"] as const;
 export const KINDS = ["fact", "dialog_summary", "event", "document"] as const;
@@ -136,6 +137,8 @@ const METADATA = { type: "object", optional: true } as const;
 /** moleculer-db reads `model` from the schema. */
 const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 	name: "memory",
+	/** Published through the outbox (the event stream captures it): memory.{created|updated|deleted}.{scope}, and its audit events. */
+	metadata: { [PUBLISHES]: ["memory.>", "audit.>"] },
 	mixins: [DbService as unknown as ServiceSchema, IdempotentWritesMixin],
 	model: MODEL,
 	settings: { idField: "id" } as ServiceSchema["settings"],

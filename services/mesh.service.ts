@@ -13,6 +13,7 @@ import { buildHealthReport, transportStatus } from "../lib/http/health";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { describeNode, type RegistryNode } from "../lib/mesh/node-view";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 /** Everything here only reads: safe to retry on another node. */
 const READ = actionPolicy({ idempotent: true, timeout: "fast" });
@@ -20,6 +21,8 @@ const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 
 const MeshService: ServiceSchema = {
 	name: "mesh",
+	/** Published through the outbox (the event stream captures it): its audit events. */
+	metadata: { [PUBLISHES]: ["audit.>"] },
 
 	actions: defineActions({
 		whoami: {

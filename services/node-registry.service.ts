@@ -23,11 +23,13 @@ import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth"
 import { auditEvent } from "../lib/data/audit-events";
 import { NodeRegistryStore, type Capabilities, type NodeRegistration } from "../lib/data/node-registry";
 import { buildHealthReport } from "../lib/http/health";
-import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
+import type { LeaderLease } from "../lib/data/leader-lease";
 import { alertSubject, healthSubject, nodeEventsSubject, publishSubject, SYSTEM_BROADCAST } from "../lib/mesh/subjects";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { TokenBucketLimiter } from "../lib/http/rate-limiter";
 import { actionPolicy, leaveReason } from "../lib/mesh/failover-policy";
+import { LeaderDutyMixin } from "../mixins/leader-duty.mixin";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 const RECONCILE_EVERY_MS = 1_000;
 const PRUNE_EVERY_MS = 60_000;
@@ -62,12 +64,15 @@ type RegistryContext<P> = Context<P, { user?: MeshUser }>;
 interface NodeRegistryThis extends Service {
 	lease: LeaderLease;
 	store: NodeRegistryStore;
-	timers: NodeJS.Timeout[];
+	heartbeatTimer: NodeJS.Timeout | null;
+	/** when the leader last pruned heartbeat_log */
+	lastPruneAt: number;
 	heartbeatLimiter: TokenBucketLimiter;
 	/** dependency → last status seen by this node's own heartbeat (ops.health on change) */
 	dependencyStatus: Map<string, string>;
 	/** why each node last left, from $node.disconnected (unexpected = heartbeat timeout) */
 	leaveReasons: Map<string, string>;
+	leaderRound(): Promise<void>;
 	reconcile(): Promise<number>;
 	registerSelf(): Promise<void>;
 	heartbeatSelf(): Promise<void>;
@@ -119,6 +124,9 @@ function notFound(nodeID: string): Errors.MoleculerClientError {
 
 const NodeRegistryService: ServiceSchema = {
 	name: "node-registry",
+	/** Published through the outbox (the event stream captures it): its audit events; ops.health.* and ops.alert.* go out on NATS and the stream keeps them. */
+	metadata: { [PUBLISHES]: ["audit.>", "ops.>"] },
+	mixins: [LeaderDutyMixin<NodeRegistryThis>({ duty: "node-registry", everyMs: RECONCILE_EVERY_MS, what: "node-registry reconcile", run() { return this.leaderRound(); } })],
 
 	events: {
 		async "$node.disconnected"(this: Service, ctx: Context<{ node: { id: string }; unexpected?: boolean }>) {
@@ -236,6 +244,16 @@ const NodeRegistryService: ServiceSchema = {
 	}),
 
 	methods: {
+		/** The leader's round (LeaderDutyMixin): the membership history every second, heartbeat_log pruned every minute. */
+		async leaderRound(this: NodeRegistryThis) {
+			if (Date.now() - this.lastPruneAt >= PRUNE_EVERY_MS) {
+				this.lastPruneAt = Date.now();
+				const { retentionHours } = nodeContextOf(this.broker).settings.registry;
+				await this.store.prune(retentionHours).catch(err => isDatabaseFault(err) || this.logger.warn(`node-registry prune failed: ${(err as Error).message}`));
+			}
+			await this.reconcile();
+		},
+
 		/** Writes the difference between the live registry and the last recorded event of each node. */
 		async reconcile(this: NodeRegistryThis): Promise<number> {
 			if (!this.lease.isLeader()) return 0;
@@ -318,28 +336,23 @@ const NodeRegistryService: ServiceSchema = {
 		const self = this as NodeRegistryThis;
 		self.leaveReasons = new Map();
 		self.dependencyStatus = new Map();
-		self.timers = [];
+		self.heartbeatTimer = null;
+		self.lastPruneAt = Date.now();
 		self.heartbeatLimiter = new TokenBucketLimiter(HEARTBEAT_RATE.perSecond, HEARTBEAT_RATE.burst);
+		self.store = new NodeRegistryStore(databaseOf(this.broker), this.broker.namespace, nodeContextOf(this.broker).settings.registry.offlineAfterMs);
 	},
 
 	async started(this: Service) {
 		const self = this as NodeRegistryThis;
 		const { registry } = nodeContextOf(this.broker).settings;
-		self.store = new NodeRegistryStore(databaseOf(this.broker), this.broker.namespace, registry.offlineAfterMs);
-		self.lease = createDutyLease(this.broker, "node-registry", this.logger);
-		await self.lease.start();
 		await self.registerSelf().catch(err => this.logger.warn(`node-registry: self-registration failed: ${(err as Error).message}`));
-		const every = (ms: number, what: string, work: () => Promise<unknown>) =>
-			self.timers.push(setInterval(() => void work().catch(err => isDatabaseFault(err) || this.logger.warn(`node-registry ${what} failed: ${(err as Error).message}`)), ms));
-		every(RECONCILE_EVERY_MS, "reconcile", () => self.reconcile());
-		every(registry.heartbeatMs, "heartbeat", () => self.heartbeatSelf());
-		every(PRUNE_EVERY_MS, "prune", async () => self.lease.isLeader() && self.store.prune(registry.retentionHours));
+		// Every node's own heartbeat: not a leader duty.
+		self.heartbeatTimer = setInterval(() => void self.heartbeatSelf().catch(err => isDatabaseFault(err) || this.logger.warn(`node-registry heartbeat failed: ${(err as Error).message}`)), registry.heartbeatMs);
 	},
 
-	async stopped(this: Service) {
+	stopped(this: Service) {
 		const self = this as NodeRegistryThis;
-		for (const timer of self.timers) clearInterval(timer);
-		await self.lease?.stop();
+		if (self.heartbeatTimer) clearInterval(self.heartbeatTimer);
 	},
 };
 

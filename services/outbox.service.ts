@@ -11,13 +11,14 @@ import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { defineActions, INTERNAL_ACCESS } from "../lib/http/auth";
 import { requestLogger } from "../lib/runtime/logger";
-import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
+import type { LeaderLease } from "../lib/data/leader-lease";
 import type { NatsConnection } from "nats";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { EventStreamState, probeEventStream, type Outage } from "../lib/data/event-stream";
-import { ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay } from "../lib/data/outbox/relay";
+import { declaredSubjects, ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay, PUBLISHES } from "../lib/data/outbox/relay";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
+import { LeaderDutyMixin, type LeaderDuty } from "../mixins/leader-duty.mixin";
 
 const IDLE_POLL_MS = 50;
 /**
@@ -37,18 +38,17 @@ const KEEP_PUBLISHED_HOURS = 24;
 interface OutboxThis extends Service {
 	lease: LeaderLease;
 	relay: OutboxRelay | null;
-	running: boolean;
-	loop: Promise<void> | null;
+	/** the subjects the stream was last brought to (a service declaring others makes the relay start afresh) */
+	ensuredSubjects: string;
 	mode: "jetstream" | "moleculer-events-only";
 	stream: EventStreamState;
 	nats: NatsConnection | null;
 	startRelay(): Promise<void>;
-	relayLoop(): Promise<void>;
+	relayLoop(duty: LeaderDuty): Promise<void>;
 	relayOnce(): Promise<boolean>;
 	diagnose(err: Error): Promise<Outage | null>;
 	reportBacklog(): Promise<void>;
 	probeStream(leading: boolean): Promise<void>;
-	pauseFor(ms: number): Promise<void>;
 }
 
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
@@ -70,6 +70,9 @@ function registerMetrics(service: Service): void {
 
 const OutboxService: ServiceSchema = {
 	name: "outbox",
+	/** ops.alert.warning when an event goes to the DLQ */
+	metadata: { [PUBLISHES]: ["ops.>"] },
+	mixins: [LeaderDutyMixin<OutboxThis>({ duty: "outbox-relay", loop(duty) { return this.relayLoop(duty); } })],
 
 	actions: defineActions({
 		status: {
@@ -121,8 +124,10 @@ const OutboxService: ServiceSchema = {
 		async startRelay(this: OutboxThis) {
 			const { settings } = nodeContextOf(this.broker);
 			this.mode = this.nats ? "jetstream" : "moleculer-events-only";
+			const subjects = declaredSubjects(this.broker, this.metadata);
+			this.ensuredSubjects = subjects.join(" ");
 			if (this.nats) {
-				const changed = await ensureStream(this.nats, settings.events);
+				const changed = await ensureStream(this.nats, settings.events, subjects);
 				if (changed) this.logger.info(`Outbox relay: ${changed}`, { event: "outbox.stream" });
 			} else this.logger.warn("Outbox relay: no NATS (TCP fallback), so events go out as Moleculer events only, not to JetStream");
 			this.relay = new OutboxRelay({
@@ -151,7 +156,8 @@ const OutboxService: ServiceSchema = {
 				this.stream.set(outage);
 				if (outage) return true;
 			}
-			if (!this.relay) await this.startRelay();
+			// A service that joined the mesh may publish subjects the stream does not capture yet.
+			if (!this.relay || declaredSubjects(this.broker, this.metadata).join(" ") !== this.ensuredSubjects) await this.startRelay();
 			const { handled, outage } = await this.relay!.runBatches(PIPELINE_DEPTH);
 			this.stream.set(outage);
 			if (outage) return true;
@@ -182,20 +188,17 @@ const OutboxService: ServiceSchema = {
 			if (!leading || probe.outage) this.stream.set(probe.outage);
 		},
 
-		/** A pause that a stopping node cuts short: SIGTERM must not wait out a backoff. */
-		async pauseFor(this: OutboxThis, ms: number) {
-			const until = Date.now() + ms;
-			while (this.running && Date.now() < until) await sleep(Math.min(100, until - Date.now()));
-		},
-
 		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: a partial index). */
-		async relayLoop(this: OutboxThis) {
+		async relayLoop(this: OutboxThis, duty: LeaderDuty) {
+			// The transporter is connected by now (services start after it), not yet when the service was created.
+			this.nats = natsConnectionOf(this.broker);
+			if (this.nats) nodeContextOf(this.broker).eventStream = () => this.stream.dependency();
 			let lastHousekeeping = 0;
 			let lastStreamProbe = 0;
 			let pauseMs = PAUSE_MIN_MS;
 			let lastError = "";
 			let leading = false;
-			while (this.running) {
+			while (duty.running) {
 				if (Date.now() - lastStreamProbe > STREAM_PROBE_MS) {
 					lastStreamProbe = Date.now();
 					await this.probeStream(this.lease.isLeader()).catch(() => undefined);
@@ -228,7 +231,8 @@ const OutboxService: ServiceSchema = {
 					await this.reportBacklog().catch(() => undefined);
 				}
 				if (pause) {
-					await this.pauseFor(pauseMs);
+					// Cut short by a stopping node: SIGTERM must not wait out a backoff.
+					await duty.pause(pauseMs);
 					pauseMs = Math.min(pauseMs * 2, PAUSE_MAX_MS);
 				} else pauseMs = PAUSE_MIN_MS;
 			}
@@ -236,29 +240,17 @@ const OutboxService: ServiceSchema = {
 	},
 
 	created(this: Service) {
+		const self = this as OutboxThis;
 		registerMetrics(this);
-	},
-
-	async started(this: Service) {
-		const self = this as OutboxThis;
 		self.relay = null;
+		self.ensuredSubjects = "";
 		self.mode = "jetstream";
-		const context = nodeContextOf(this.broker);
-		self.nats = natsConnectionOf(this.broker);
+		self.nats = null;
 		self.stream = new EventStreamState(this.logger);
-		if (self.nats) context.eventStream = () => self.stream.dependency();
-		self.lease = createDutyLease(this.broker, "outbox-relay", this.logger);
-		await self.lease.start();
-		self.running = true;
-		self.loop = self.relayLoop();
 	},
 
-	async stopped(this: Service) {
-		const self = this as OutboxThis;
-		self.running = false;
-		await self.loop;
+	stopped(this: Service) {
 		nodeContextOf(this.broker).eventStream = undefined;
-		await self.lease?.stop();
 	},
 };
 

@@ -11,15 +11,15 @@
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { isDatabaseFault } from "../lib/data/db-faults";
 import { AuthError, defineActions, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
 import { requestLogger } from "../lib/runtime/logger";
-import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { jwtSecretOf } from "../lib/runtime/settings";
+import { LeaderDutyMixin } from "../mixins/leader-duty.mixin";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 export type PresenceStatus = "online" | "away" | "offline";
 
@@ -60,8 +60,6 @@ export const PRESENCE_SWEEP_METRIC = "presence.sweep.last.timestamp.seconds";
 const COUNTS_AFTER_CHANGE_MS = 1_000;
 
 interface PresenceThis extends Service {
-	lease: LeaderLease;
-	sweepTimer: NodeJS.Timeout | null;
 	countsTimer: NodeJS.Timeout | null;
 	/** applies `change` to one device and broadcasts if the user's status changed */
 	changeDevice(userId: string, change: (t: Transaction) => Promise<unknown>): Promise<UserPresence>;
@@ -77,6 +75,9 @@ interface PresenceThis extends Service {
 
 const PresenceService: ServiceSchema = {
 	name: "presence",
+	/** Published through the outbox (the event stream captures it): its audit events; presence.> stays captured as before. */
+	metadata: { [PUBLISHES]: ["presence.>", "audit.>"] },
+	mixins: [LeaderDutyMixin<PresenceThis>({ duty: "presence-sweeper", everyMs: SWEEP_EVERY_MS, what: "presence sweep", run() { return this.sweep(); } })],
 
 	actions: defineActions({
 		/** Socket opened (gateway → here). */
@@ -319,8 +320,8 @@ const PresenceService: ServiceSchema = {
 			this.broker.broadcast("presence.changed", { ...now, ...(previous ? { previous } : {}), rooms, changed_at: new Date().toISOString() });
 		},
 
+		/** The leader's round (LeaderDutyMixin): away after inactivity, offline after the grace or missed heartbeats. */
 		async sweep(this: PresenceThis) {
-			if (!this.lease.isLeader()) return;
 			const { awayAfterMs, graceMs, heartbeatMs } = nodeContextOf(this.broker).settings.presence;
 			const changed = await databaseOf(this.broker).query<{ user_id: string }>(
 				`UPDATE presence_devices SET
@@ -390,19 +391,13 @@ const PresenceService: ServiceSchema = {
 		this.broker.metrics.set(PRESENCE_SWEEP_METRIC, 0);
 	},
 
-	async started(this: Service) {
-		const self = this as PresenceThis;
-		void self.refreshCounts();
-		self.lease = createDutyLease(this.broker, "presence-sweeper", this.logger);
-		await self.lease.start();
-		self.sweepTimer = setInterval(() => self.sweep().catch(err => isDatabaseFault(err) || this.logger.warn(`presence sweep failed: ${(err as Error).message}`)), SWEEP_EVERY_MS);
+	started(this: Service) {
+		void (this as PresenceThis).refreshCounts();
 	},
 
-	async stopped(this: Service) {
+	stopped(this: Service) {
 		const self = this as PresenceThis;
-		if (self.sweepTimer) clearInterval(self.sweepTimer);
 		if (self.countsTimer) clearTimeout(self.countsTimer);
-		await self.lease?.stop();
 	},
 };
 

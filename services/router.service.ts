@@ -29,6 +29,7 @@ import { TOOL_CATALOGUE, toolByFunctionName } from "../lib/inference/tools";
 import { logsAt } from "../lib/runtime/logger";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { actionPolicy } from "../lib/mesh/failover-policy";
+import { PUBLISHES } from "../lib/data/outbox/relay";
 
 export const AGENT_METRICS = {
 	latency: "agent_latency_seconds",
@@ -110,6 +111,8 @@ function sse(data: unknown, event?: string): string {
 
 const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, RouterThis> = {
 	name: "router",
+	/** Published through the outbox (the event stream captures it): agent.run.{phase}.{agent_id} (lib/data/outbox-batch.ts), and its audit events. */
+	metadata: { [PUBLISHES]: ["agent.>", "audit.>"] },
 
 	actions: defineActions<Record<string, MeshAction<RouterThis>>, RouterThis>({
 		route: {

@@ -5,6 +5,7 @@
  */
 import { Sequelize } from "sequelize";
 import { databaseGuardOf, guardSequelize } from "./db-guard";
+import { withPooledClient } from "./sequelize-internals";
 import { followPrimary, parseDatabaseTargets, PrimaryLocator, primaryOnlyValidator } from "./primary-locator";
 import type { DatabaseLimits, DatabaseSettings } from "../runtime/settings";
 
@@ -68,29 +69,13 @@ export async function pingDatabase(sequelize: Sequelize, timeoutMs = 1_500): Pro
 	}
 }
 
-interface PgClientLike {
-	query<T>(sql: string, values: unknown[]): Promise<{ rows: T[] }>;
-}
-interface ConnectionManagerLike {
-	getConnection(options?: object): Promise<PgClientLike>;
-	releaseConnection(connection: PgClientLike): Promise<void>;
-}
-
 /**
  * A read on a connection from Sequelize's own pool, straight through pg: for hot point reads where
  * Sequelize's query formatting and result processing cost more than the query (bench/memory). It is an
  * idempotent read, so database faults are retried like any other (lib/data/db-guard.ts).
  */
 export async function fastQuery<T>(sequelize: Sequelize, sql: string, values: unknown[]): Promise<T[]> {
-	const manager = sequelize.connectionManager as unknown as ConnectionManagerLike;
-	const attempt = async () => {
-		const connection = await manager.getConnection({ type: "SELECT" });
-		try {
-			return (await connection.query<T>(sql, values)).rows;
-		} finally {
-			await manager.releaseConnection(connection);
-		}
-	};
+	const attempt = () => withPooledClient(sequelize, async client => (await client.query<T>(sql, values)).rows);
 	const guard = databaseGuardOf(sequelize);
 	return guard ? guard.read(attempt) : attempt();
 }

@@ -20,6 +20,7 @@
 import { EventEmitter } from "events";
 import type { ServiceBroker } from "moleculer";
 import type { Sequelize } from "sequelize";
+import { isQueryableClient, markClientInvalid, poolCounters, replacePgClientClass, withPooledClient, wrapPoolAcquire, type AcquireConnection } from "./sequelize-internals";
 import { asDatabaseFault, DatabaseUnavailableError, DB_FAULT_CLASSES, isDatabaseFault, isUnavailability, type DbFaultClass } from "./db-faults";
 
 /** Reads are served in the `fast` class (750 ms per attempt): retrying longer would only meet its timeout. */
@@ -39,15 +40,6 @@ export const DB_METRICS = {
 } as const;
 
 type Logger = ReturnType<ServiceBroker["getLogger"]>;
-
-interface PgConnection {
-	query(sql: string): Promise<unknown>;
-}
-interface ConnectionManagerLike {
-	getConnection(options?: object): Promise<PgConnection>;
-	releaseConnection(connection: PgConnection): unknown;
-	pool?: { size?: number; available?: number; waiting?: number; using?: number };
-}
 
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 
@@ -174,7 +166,7 @@ export class DatabaseGuard {
 	private gaugeTimer: NodeJS.Timeout | null = null;
 	private readonly faultListeners: Array<(fault: DbFaultClass) => void> = [];
 	/** The pool's own acquire, unwrapped: probes failing while down are not counted as failed calls. */
-	rawAcquire: ConnectionManagerLike["getConnection"] | null = null;
+	rawAcquire: AcquireConnection | null = null;
 
 	constructor(private readonly sequelize: Sequelize) {
 		this.monitor = new DatabaseMonitor(() => this.probe());
@@ -254,18 +246,11 @@ export class DatabaseGuard {
 
 	/** One round trip on a pooled connection; a fresh one when the pool is empty (the background refill). */
 	private async probe(): Promise<void> {
-		const manager = this.sequelize.connectionManager as unknown as ConnectionManagerLike;
-		const connection = await (this.rawAcquire ?? manager.getConnection.bind(manager))({ type: "SELECT" });
-		try {
-			await connection.query("SELECT 1");
-		} finally {
-			await manager.releaseConnection(connection);
-		}
+		await withPooledClient(this.sequelize, client => client.query("SELECT 1"), this.rawAcquire ?? undefined);
 	}
 
 	poolStats(): { size: number; idle: number; waiting: number } {
-		const pool = (this.sequelize.connectionManager as unknown as ConnectionManagerLike).pool;
-		return { size: pool?.size ?? 0, idle: pool?.available ?? 0, waiting: pool?.waiting ?? 0 };
+		return poolCounters(this.sequelize);
 	}
 
 	/** Metrics and log lines go to this broker; pool gauges are sampled every second. */
@@ -313,8 +298,6 @@ export function databaseGuardOf(sequelize: Sequelize): DatabaseGuard | undefined
 
 type AnyFn = (...args: unknown[]) => Promise<unknown>;
 
-type ClientClass = new (...args: unknown[]) => EventEmitter & { _invalid?: boolean; _queryable?: boolean; query(...args: unknown[]): unknown };
-
 /**
  * Every pg client Sequelize makes gets an 'error' listener from birth. Sequelize adds its own only once
  * a connection is fully set up; a backend terminated in between (pg_terminate_backend, a restart during
@@ -328,23 +311,20 @@ type ClientClass = new (...args: unknown[]) => EventEmitter & { _invalid?: boole
  * idle-in-transaction limit apart from a lost connection.
  */
 function listenForStrayErrors(sequelize: Sequelize): void {
-	const manager = sequelize.connectionManager as unknown as { lib?: { Client?: ClientClass } };
-	const Base = manager.lib?.Client;
-	if (!manager.lib || !Base) return;
-	class ListenedClient extends Base {
+	replacePgClientClass(sequelize, Base => class ListenedClient extends Base {
 		private endedBy: string | undefined;
 
 		constructor(...args: unknown[]) {
 			super(...args);
 			this.on("error", (err: { code?: unknown } | undefined) => {
-				this._invalid = true;
+				markClientInvalid(this);
 				if (typeof err?.code === "string") this.endedBy ??= err.code;
 			});
 		}
 
 		query(...args: unknown[]): unknown {
 			const endedBy = this.endedBy;
-			if (this._queryable !== false || !endedBy) return super.query(...args);
+			if (isQueryableClient(this) || !endedBy) return super.query(...args);
 			const withCode = (err: unknown) => {
 				const e = err as { code?: unknown } | null;
 				if (e && typeof e === "object" && e.code === undefined) e.code = endedBy;
@@ -356,9 +336,7 @@ function listenForStrayErrors(sequelize: Sequelize): void {
 			const result = super.query(...args);
 			return result instanceof Promise ? result.catch(err => Promise.reject(withCode(err))) : result;
 		}
-	}
-	// The pg module has lazy getters (pg.native); inherit them instead of copying.
-	manager.lib = Object.create(manager.lib, { Client: { value: ListenedClient } });
+	});
 }
 
 /**
@@ -395,9 +373,6 @@ export function guardSequelize(sequelize: Sequelize): DatabaseGuard {
 		return close();
 	};
 
-	const manager = sequelize.connectionManager as unknown as ConnectionManagerLike;
-	const getConnection = manager.getConnection.bind(manager);
-	guard.rawAcquire = getConnection;
-	manager.getConnection = (options?: object) => getConnection(options).catch(err => Promise.reject(guard.fault(err)));
+	guard.rawAcquire = wrapPoolAcquire(sequelize, acquire => options => acquire(options).catch(err => Promise.reject(guard.fault(err))));
 	return guard;
 }

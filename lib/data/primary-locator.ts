@@ -17,6 +17,7 @@
 import { Client } from "pg";
 import { DatabaseUnavailableError } from "./db-faults";
 import { parseDatabaseTargets, type DatabaseTargets, type DbHost } from "./db-hosts";
+import { isReusableClient } from "./sequelize-internals";
 
 export { parseDatabaseTargets, type DatabaseTargets, type DbHost };
 
@@ -113,8 +114,6 @@ export class PrimaryLocator {
 interface PooledPgConnection extends QueryableConnection {
 	host?: string;
 	port?: number;
-	_invalid?: boolean;
-	_ending?: boolean;
 }
 
 interface HookableSequelize {
@@ -130,7 +129,7 @@ function hostOf(connection: PooledPgConnection): DbHost | undefined {
 export function primaryOnlyValidator(locator: PrimaryLocator): (connection: unknown) => boolean {
 	return connection => {
 		const c = connection as PooledPgConnection;
-		return !c._invalid && !c._ending && locator.isCurrent(hostOf(c));
+		return isReusableClient(c) && locator.isCurrent(hostOf(c));
 	};
 }
 

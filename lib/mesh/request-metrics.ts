@@ -1,7 +1,7 @@
 /**
- * Request metrics at a fraction of the cost of Moleculer's built-in Metrics middleware, which does
- * ~13 registry updates per remote call (each building a label hash string) and was the largest single
- * cost of a call in bench/mesh (docs/BENCHMARKS.md: 29k → 41k calls/s without it).
+ * Request metrics at a fraction of the cost of Moleculer's built-in Metrics middleware, which updates
+ * the registry many times per remote call (each update building a label hash string) and was the largest
+ * single cost of a call in bench/mesh (docs/BENCHMARKS.md, "Mesh foundation — where the cost goes").
  *
  * Same metric names and labels as Moleculer's (moleculer_request_total, _active, _error_total,
  * moleculer_request_time histogram in ms), but each action's RequestMeter keeps the series objects of
@@ -64,7 +64,8 @@ export function registerRequestMetrics(broker: ServiceBroker): void {
 /**
  * A histogram series observed in place. Moleculer keeps cumulative bucket counts in an object keyed
  * by bucket bound, which V8 stores as sparse dictionary elements (bounds like 60000 are array
- * indices): incrementing all of them cost ~1 µs per observation. This counts each observation once,
+ * indices): incrementing all of them made each observation slow (docs/BENCHMARKS.md, "where the cost
+ * goes"). This counts each observation once,
  * in its own bucket of a typed array, and adds the counts into Moleculer's item when the metric is read.
  */
 export class FastHistogram {

@@ -1,7 +1,7 @@
 /**
  * What an idle socket.io connection keeps in memory, trimmed to what this mesh reads: socket.io,
- * engine.io and ws alone hold about 10 KB per idle websocket (docs/BENCHMARKS.md, heap census), and
- * a node may hold thousands. Measured with bench/presence and bench/presence/heap-census.ts.
+ * engine.io and ws alone hold kilobytes per idle websocket, and a node may hold thousands. Measured with
+ * bench/presence and bench/presence/heap-census.ts (docs/BENCHMARKS.md, "Heap per idle socket").
  */
 import { IncomingMessage, type IncomingHttpHeaders } from "http";
 import type { Server, Socket } from "socket.io";
@@ -12,8 +12,8 @@ import { bearerToken } from "../http/auth";
 /**
  * What engine.io and socket.io read from a connection's first request (headers, url, query, TLS flag),
  * without the IncomingMessage: engine.io keeps that request for the connection's whole life, and for a
- * websocket also through a "close" listener on the raw TCP socket, about 1 KB per idle socket
- * (docs/BENCHMARKS.md, heap census). Idempotent.
+ * websocket also through a "close" listener on the raw TCP socket: the largest single item of an idle
+ * socket's heap (docs/BENCHMARKS.md, "Heap per idle socket"). Idempotent.
  */
 export function slimRequest(req: IncomingMessage): IncomingMessage {
 	if (!(req instanceof IncomingMessage)) return req;
@@ -74,7 +74,7 @@ export function takeToken(socket: Pick<Socket, "handshake">): string | undefined
 /**
  * socket.io's in-memory adapter with every socket's own room (the room named by its id, which
  * socket.io joins on connect so that `to(socket.id)` works) left implicit: the default keeps two Sets
- * and two Map entries per socket for it, about 0.3 KB of each idle socket (docs/BENCHMARKS.md), and a
+ * and two Map entries per socket for it, a measurable part of each idle socket (docs/BENCHMARKS.md), and a
  * room socket here is in no other room. Observable behaviour is the default adapter's (tested side by
  * side in test/unit/socket-connections.test.ts), except that no create-room/join-room events fire for
  * own rooms and `socket.leave(socket.id)` does nothing. The namespace's socket map is the list of who

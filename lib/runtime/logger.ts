@@ -6,8 +6,8 @@
  * The request id travels explicitly: code serving a request logs through requestLogger(logger, ctx),
  * and Moleculer's own request-scoped lines (timeouts, retries) already carry a `requestID` field,
  * which becomes request_id. An AsyncLocalStorage would find the id implicitly, but on Node 20 it
- * installs promise hooks that tax every promise in the process: it cost 2.5 µs of the 15 µs a served
- * call took (docs/BENCHMARKS.md).
+ * installs promise hooks that tax every promise in the process, a measured share of every served call
+ * (docs/BENCHMARKS.md, "Mesh foundation — where the cost goes").
  */
 import type { LoggerConfig, Logger } from "moleculer";
 

@@ -16,6 +16,11 @@ export interface NodeContext {
 	sequelize: Sequelize | null;
 	metricsReporter: GatewayPrometheusReporter;
 	startedAt: number;
+	/**
+	 * What every service of this node's code base declares it publishes (schema `metadata.publishes`),
+	 * running here or not: the stream must capture a producer's events after that producer left the mesh.
+	 */
+	codeBaseMetadata?: () => Array<Record<string, unknown>>;
 	/** set by the outbox service on NATS nodes: the JetStream event stream as /health sees it */
 	eventStream?: () => DependencyStatus;
 }
@@ -24,6 +29,11 @@ const contexts = new WeakMap<ServiceBroker, NodeContext>();
 
 export function attachNodeContext(broker: ServiceBroker, context: NodeContext): void {
 	contexts.set(broker, context);
+}
+
+/** The node context, or null for a broker not started through lib/runtime/node-runtime (in-process tests). */
+export function nodeContextIfAny(broker: ServiceBroker): NodeContext | null {
+	return contexts.get(broker) ?? null;
 }
 
 export function nodeContextOf(broker: ServiceBroker): NodeContext {

@@ -8,7 +8,7 @@ import { ServiceBroker, type ServiceSchema } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { databaseGuardOf } from "../data/db-guard";
 import { createSequelize } from "../data/database";
-import type { EmbeddedPostgresHandle } from "../../dev/embedded-postgres";
+import { locateDatabase } from "../data/database-location";
 import { readHeap } from "./heap";
 import { runMigrations } from "../data/migrations";
 import { attachNodeContext } from "./node-resources";
@@ -69,28 +69,23 @@ export interface RunningNode {
 	stop(): Promise<void>;
 }
 
-async function connectDatabase(settings: MeshSettings): Promise<{ url: string; embedded?: EmbeddedPostgresHandle }> {
-	if (settings.database.url) return { url: settings.database.url };
-	// Development only (production requires DATABASE_URL/DB_HOST): loaded lazily so that the compiled
-	// image, which installs no dev dependencies, never needs the embedded-postgres package.
-	const { startEmbeddedPostgres } = await import("../../dev/embedded-postgres");
-	const embedded = await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
-	return { url: embedded.url, embedded };
-}
-
 export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 	const transport = await resolveTransport(settings);
 	const directories = serviceDirectories(settings);
 	const services = chooseServices(settings.services, [...directories.keys()].sort());
-	const database = await connectDatabase(settings);
+	// Development without DATABASE_URL/DB_HOST gets the embedded server; production settings require one.
+	const database = await locateDatabase(settings);
 	const sequelize = createSequelize({ ...settings.database, url: database.url }, settings.databaseLimits);
 
 	const options = createBrokerOptions(settings, transport);
 	const broker = new ServiceBroker(options);
+	let codeBase: Array<Record<string, unknown>> | null = null;
 	attachNodeContext(broker, {
 		settings,
 		transport,
 		sequelize,
+		// Loaded on first use (the relay's leader), not at every node's start.
+		codeBaseMetadata: () => (codeBase ??= [...directories].map(([name, dir]) => loadServiceSchema(name, dir).metadata ?? {})),
 		metricsReporter: options.metricsReporter,
 		startedAt: Date.now(),
 	});
@@ -117,7 +112,7 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 		(stopping ??= (async () => {
 			await broker.stop();
 			await sequelize.close().catch(() => undefined);
-			if (database.embedded?.owned) await database.embedded.stop();
+			await database.release();
 		})());
 	return { broker, transport, services, stop };
 }

@@ -234,7 +234,15 @@ function readList(raw: string | undefined): string[] | null {
 		.filter(Boolean);
 }
 
-/** DATABASE_URL wins; otherwise the seed's DB_* variables; otherwise null (embedded default). */
+/**
+ * What `npm run repl` joins the mesh with: the node settings, as an operator with a node id of its own
+ * (unless NODE_ID names one), logging warnings only (unless LOG_LEVEL says otherwise), without metrics.
+ */
+export function loadReplSettings(env: Env = process.env): MeshSettings {
+	const settings = loadSettings({ ...env, NODE_ID: env.NODE_ID ?? `repl-${os.hostname()}-${process.pid}`, NODE_ROLE: "operator" });
+	return { ...settings, logLevel: env.LOG_LEVEL ?? "warn", metricsEnabled: false };
+}
+
 /** What `npm run migrate` needs: only the database, so that a deploy can migrate before nodes and their secrets exist. */
 export function loadMigrationSettings(env: Env = process.env): Pick<MeshSettings, "database" | "embeddedPgDir" | "embeddedPgPort" | "production"> {
 	const production = env.NODE_ENV === "production";
@@ -253,6 +261,7 @@ function readHostList(list: string): string {
 	}
 }
 
+/** DATABASE_URL wins; otherwise the seed's DB_* variables; otherwise null (embedded default). */
 export function resolveDatabaseSettings(env: Env): DatabaseSettings {
 	const sslMode = env.DB_SSLMODE ?? "disable";
 	const ssl = !["disable", "allow", "prefer", ""].includes(sslMode);

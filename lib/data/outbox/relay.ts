@@ -11,6 +11,7 @@ import { QueryTypes, type Sequelize, type Transaction } from "sequelize";
 import { probeEventStream, subjectMatches, type Outage } from "../event-stream";
 import { prefixedSubject } from "./enqueue";
 import type { EventSettings } from "../../runtime/settings";
+import { nodeContextIfAny } from "../../runtime/node-resources";
 
 export interface OutboxRow {
 	id: string;
@@ -37,31 +38,61 @@ export const OUTBOX_METRICS = {
 	dead: "outbox.dead.total",
 };
 
-/** Subjects the events stream captures (everything the services publish). */
-export function streamSubjects(events: EventSettings): string[] {
-	return ["memory.>", "audit.>", "ops.>", "message.>", "presence.>"].map(s => prefixedSubject(events, s));
-}
+/**
+ * Where a service names the subjects it publishes through the outbox (without the events prefix):
+ * `metadata: { publishes: ["memory.>"] }` in its schema. Moleculer gossips every node's service
+ * metadata, so the stream can capture what the services of the whole mesh publish while lib/ keeps no
+ * list of the domain's subjects.
+ */
+export const PUBLISHES = "publishes";
 
 /**
- * Creates the event stream, or brings an existing one to the configured subjects and replica count
- * (NATS_STREAM_REPLICAS: 3 on a three-server cluster, so the stream survives one server; 1 on a
- * single server). Returns what it changed, for the log.
+ * The subjects declared by the services of this node's code base (running or not: a producer that left
+ * the mesh may have events still pending) and by the services the registry knows on other nodes,
+ * deduplicated and sorted. `own` is the calling service's metadata, for nodes built without a code base
+ * (in-process tests): a service still starting is not in the registry yet.
  */
-export async function ensureStream(nc: NatsConnection, events: EventSettings): Promise<string | null> {
+export function declaredSubjects(broker: ServiceBroker, own: Record<string, unknown> = {}): string[] {
+	const services = broker.registry.getServiceList({ skipInternal: true }) as Array<{ metadata?: Record<string, unknown> }>;
+	const codeBase = nodeContextIfAny(broker)?.codeBaseMetadata?.() ?? [];
+	const metadata = [own, ...codeBase, ...services.map(s => s.metadata ?? {})];
+	const subjects = metadata.flatMap(m => m[PUBLISHES]).filter((s): s is string => typeof s === "string");
+	return [...new Set(subjects)].sort();
+}
+
+/** Subjects the events stream captures: those declared, with the configured prefix. */
+export function streamSubjects(events: EventSettings, declared: string[]): string[] {
+	return declared.map(s => prefixedSubject(events, s));
+}
+
+/** Two updates racing (relay and audit writer on different nodes) can drop each other's subjects: read back and add again. */
+const ENSURE_ATTEMPTS = 3;
+
+/**
+ * Creates the event stream, or brings an existing one to the given subjects (it only ever adds) and
+ * the configured replica count (NATS_STREAM_REPLICAS: 3 on a three-server cluster, so the stream
+ * survives one server; 1 on a single server). Returns what it changed, for the log.
+ */
+export async function ensureStream(nc: NatsConnection, events: EventSettings, declared: string[]): Promise<string | null> {
 	const jsm = await nc.jetstreamManager();
-	const subjects = streamSubjects(events);
+	const subjects = streamSubjects(events, declared);
 	const replicas = events.streamReplicas;
-	try {
-		const info = await jsm.streams.info(events.stream);
+	const changes: string[] = [];
+	for (let attempt = 0; ; attempt++) {
+		let info;
+		try {
+			info = await jsm.streams.info(events.stream);
+		} catch (err) {
+			if (!/stream not found/i.test((err as Error).message)) throw err;
+			// Two minutes of message-id dedup: longer than any relay restart.
+			await jsm.streams.add({ name: events.stream, subjects, num_replicas: replicas, duplicate_window: 120 * 1_000_000_000 });
+			return `stream ${events.stream} created with ${replicas} replica(s), subjects ${subjects.join(" ")}`;
+		}
 		const missing = subjects.filter(s => !info.config.subjects?.includes(s));
-		if (!missing.length && info.config.num_replicas === replicas) return null;
+		if (!missing.length && info.config.num_replicas === replicas) return changes.length ? changes.join("; ") : null;
+		if (attempt === ENSURE_ATTEMPTS) throw new Error(`stream ${events.stream}: could not add ${missing.join(" ")} (updated concurrently ${attempt} times)`);
 		await jsm.streams.update(events.stream, { ...info.config, subjects: [...(info.config.subjects ?? []), ...missing], num_replicas: replicas });
-		return `stream ${events.stream} updated: replicas ${info.config.num_replicas} → ${replicas}${missing.length ? `, subjects + ${missing.join(" ")}` : ""}`;
-	} catch (err) {
-		if (!/stream not found/i.test((err as Error).message)) throw err;
-		// Two minutes of message-id dedup: longer than any relay restart.
-		await jsm.streams.add({ name: events.stream, subjects, num_replicas: replicas, duplicate_window: 120 * 1_000_000_000 });
-		return `stream ${events.stream} created with ${replicas} replica(s)`;
+		changes.push(`stream ${events.stream} updated: replicas ${info.config.num_replicas} → ${replicas}${missing.length ? `, subjects + ${missing.join(" ")}` : ""}`);
 	}
 }
 
