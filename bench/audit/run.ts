@@ -109,7 +109,7 @@ async function main(): Promise<void> {
 
 		// 2. The relay alone, one batch at a time vs pipelined, alternated so that load changes hit both.
 		const events = loadSettings({ EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "error" }).events;
-		await ensureStream(nc, events);
+		await ensureStream(nc, events, ["audit.>", "ops.>"]);
 		const relayBroker = new ServiceBroker({ logger: false, metrics: false, transporter: null });
 		await relayBroker.start();
 		const relay = new OutboxRelay({ broker: relayBroker, sequelize, events, nats: nc, batchSize: BATCH });

@@ -33,7 +33,7 @@ describeWithNatsAndPostgres("outbox relay: batches in flight", () => {
 		nc = await connect({ servers: new URL(LOCAL_NATS_URL).host });
 		sequelize = new Sequelize(databaseUrl, { logging: false, pool: { max: 6 } });
 		events = loadSettings({ EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "error" }).events;
-		await ensureStream(nc, events);
+		await ensureStream(nc, events, ["ops.>"]);
 		broker = new ServiceBroker({ logger: false, metrics: false, transporter: null });
 		await broker.start();
 	});
