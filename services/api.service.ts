@@ -25,7 +25,8 @@ import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib
 import { logsAt, requestLogger } from "../lib/runtime/logger";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { jwtSecretOf } from "../lib/runtime/settings";
-import { SocketIoMixin } from "../mixins/socket-io.mixin";
+import { REALTIME_CHANNELS } from "../lib/realtime/channels";
+import { RealtimeGatewayMixin } from "../mixins/realtime-gateway.mixin";
 
 type GatewayRequest = IncomingMessage & {
 	$route?: { path?: string };
@@ -46,7 +47,7 @@ function asClientError(err: AuthError): Errors.MoleculerClientError {
 
 const ApiService: ServiceSchema<ApiSettingsSchema> = {
 	name: "api",
-	mixins: [ApiGateway, SocketIoMixin],
+	mixins: [ApiGateway, RealtimeGatewayMixin(REALTIME_CHANNELS)],
 
 	settings: {
 		port: 9300,

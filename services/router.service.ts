@@ -17,12 +17,13 @@ import { defineActions, requireUser, type MeshAction, type MeshUser } from "../l
 import { OutboxBatch } from "../lib/data/outbox-batch";
 import { setHealthSection } from "../lib/http/health";
 import { InPlaceSeries } from "../lib/mesh/request-metrics";
-import { agentsView, loadRegistryFile, MODES, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
+import { agentsView, loadRegistryFile, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { nodeHealthFailure, retryElsewhere } from "../lib/inference/errors";
 import { ErrorWindow } from "../lib/inference/error-window";
 import { gateContext, promptBytes, type GatedContext } from "../lib/inference/privacy-gate";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, ToolCall } from "../lib/inference/provider";
+import { ROUTE_REQUEST_PARAMS, STREAM_FRAMING_META, type RouteStreamFrame } from "../lib/inference/route-request";
 import { decide, type Decision } from "../lib/inference/routing-rules";
 import { TOOL_CATALOGUE, toolByFunctionName } from "../lib/inference/tools";
 import { nodeContextOf } from "../lib/runtime/node-resources";
@@ -49,7 +50,7 @@ interface RouteParams {
 	stream?: boolean;
 }
 
-type RouteMeta = { user?: MeshUser; $responseType?: string; $responseHeaders?: Record<string, string> };
+type RouteMeta = { user?: MeshUser; $responseType?: string; $responseHeaders?: Record<string, string>; [STREAM_FRAMING_META]?: "objects" };
 type RouteContext = Context<RouteParams, RouteMeta>;
 
 /** One run as it goes: what events, logs and the answer say about it (ids and figures only). */
@@ -74,6 +75,8 @@ interface RouterThis extends Service {
 	errors: ErrorWindow;
 	outbox: OutboxBatch | null;
 	watching: string | null;
+	/** this node's open streamed runs by context id, so that `cancel` can end one whose reader is on another node */
+	streams: Map<string, Readable>;
 	reload(reason: string): AgentRegistry;
 	emitRun(run: Pick<Run, "requestId" | "user" | "params" | "registry"> & Partial<Run>, phase: "requested" | "started" | "completed" | "failed", extra?: Record<string, unknown>): void;
 	generateWithRetry(ctx: RouteContext, run: Run, request: Omit<GenerateParams, "model">): Promise<GenerateAnswer>;
@@ -84,12 +87,6 @@ interface RouterThis extends Service {
 	answerOf(run: Run, answer: GenerateAnswer, text: string, usage: { tokens_in: number; tokens_out: number }): Record<string, unknown>;
 }
 
-const MESSAGE = {
-	type: "object",
-	props: { role: { type: "enum", values: ["system", "user", "assistant"] }, content: { type: "string", max: 1_000_000 } },
-	$$strict: "remove",
-} as const;
-
 function errorType(err: unknown): string {
 	return (err as { type?: string }).type ?? (err as Error).name ?? "ERROR";
 }
@@ -98,6 +95,11 @@ function errorType(err: unknown): string {
 function sse(data: unknown, event?: string): string {
 	return `${event ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`;
 }
+
+/** How a streamed run is written: SSE text for HTTP clients (pieces are unnamed `data:` events), or objects. */
+type Framing = { objectMode: boolean; frame(event: RouteStreamFrame["event"], data: Record<string, unknown>): unknown };
+const SSE_FRAMING: Framing = { objectMode: false, frame: (event, data) => sse(data, event === "piece" ? undefined : event) };
+const OBJECT_FRAMING: Framing = { objectMode: true, frame: (event, data) => ({ event, data }) satisfies RouteStreamFrame };
 
 const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, RouterThis> = {
 	name: "router",
@@ -110,13 +112,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			rest: "POST /route",
 			access: "user",
 			params: {
-				agent: { type: "string", min: 1, max: 64 },
-				message: { type: "string", min: 1, trim: true, optional: true },
-				messages: { type: "array", optional: true, min: 1, max: 200, items: MESSAGE },
-				mode: { type: "enum", values: [...MODES], optional: true, default: "public" },
-				consent: { type: "boolean", optional: true, default: false, convert: true },
-				dao_id: { type: "string", min: 1, max: 200, optional: true },
-				metadata: { type: "object", optional: true },
+				...ROUTE_REQUEST_PARAMS,
 				stream: { type: "boolean", optional: true, convert: true },
 				$$strict: "remove",
 			},
@@ -150,6 +146,18 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				this.logger.info(`Route ${requestId}: ${plain.explanation}`, { event: "router.decision", request_id: requestId, agent_id: plain.agent, model: plain.model, node: plain.node, mode: params.mode, rules: plain.rules });
 				this.emitRun(run, "started");
 				return params.stream ? this.routeStream(ctx, run) : this.routeOnce(ctx, run);
+			},
+		},
+
+		/** Ends a streamed run of this node whose reader is elsewhere (the socket gateway of another node). */
+		cancel: {
+			...actionPolicy({ idempotent: true, timeout: "fast" }),
+			visibility: "public",
+			params: { id: { type: "string", min: 1, max: 100 }, $$strict: "remove" },
+			handler(this: RouterThis, ctx: Context<{ id: string }>) {
+				const stream = this.streams.get(ctx.params.id);
+				stream?.destroy();
+				return { cancelled: !!stream };
 			},
 		},
 
@@ -326,12 +334,16 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 
 		/**
 		 * text/event-stream: `event: start` (node, model, decision), `data: {text}` per piece, then
-		 * `event: done` with usage and decision (or `event: error`). A failure before the stream opens
-		 * is retried on the next node like a non-streaming run; after the first piece it ends the stream.
+		 * `event: done` with usage and decision (or `event: error`); the same events as objects when the
+		 * caller asked for them (lib/inference/route-request.ts). A failure before the stream opens is
+		 * retried on the next node like a non-streaming run; after the first piece it ends the stream.
 		 */
 		async routeStream(this: RouterThis, ctx: RouteContext, run: Run) {
-			ctx.meta.$responseType = "text/event-stream; charset=utf-8";
-			ctx.meta.$responseHeaders = { "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
+			const framing = ctx.meta[STREAM_FRAMING_META] === "objects" ? OBJECT_FRAMING : SSE_FRAMING;
+			if (framing === SSE_FRAMING) {
+				ctx.meta.$responseType = "text/event-stream; charset=utf-8";
+				ctx.meta.$responseHeaders = { "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
+			}
 			let upstream: Readable;
 			try {
 				// The context id, not the request id: a client chooses its X-Request-ID, so two runs may share one.
@@ -340,13 +352,14 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				this.finish(run, { error: err });
 				throw err;
 			}
-			const out = new PassThrough();
+			const out = new PassThrough({ objectMode: framing.objectMode });
 			const node = run.decision.node;
-			out.write(sse({ request_id: run.requestId, agent: run.decision.agent, model: run.decision.model, node, decision: run.decision }, "start"));
+			this.streams.set(ctx.id, out);
+			out.write(framing.frame("start", { request_id: run.requestId, agent: run.decision.agent, model: run.decision.model, node, decision: run.decision }));
 			let finished = false;
 			upstream.on("data", (chunk: GenerateChunk) => {
 				if (chunk.type === "piece") {
-					out.write(sse({ text: chunk.text }));
+					out.write(framing.frame("piece", { text: chunk.text }));
 					return;
 				}
 				finished = true;
@@ -355,24 +368,25 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				// The text went out piece by piece; the final event carries everything else.
 				const final: Record<string, unknown> = this.answerOf(run, answer, "", answer.usage);
 				delete final.response;
-				out.end(sse(final, "done"));
+				out.end(framing.frame("done", final));
 			});
 			upstream.on("error", err => {
 				if (finished) return;
 				finished = true;
 				this.finish(run, { error: err });
 				const e = err as Errors.MoleculerError;
-				out.end(sse({ name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }, "error"));
+				out.end(framing.frame("error", { name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }));
 			});
 			upstream.on("end", () => {
 				if (finished) return;
 				finished = true;
 				const err = new Errors.MoleculerRetryableError("The stream ended without a final answer", 503, "STREAM_INCOMPLETE");
 				this.finish(run, { error: err });
-				out.end(sse({ name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }, "error"));
+				out.end(framing.frame("error", { name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }));
 			});
-			// The client went away: stop the generation where it runs.
+			// The client went away (or `cancel`): stop the generation where it runs.
 			out.on("close", () => {
+				this.streams.delete(ctx.id);
 				if (finished) return;
 				finished = true;
 				upstream.destroy();
@@ -443,6 +457,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		this.errors = new ErrorWindow(settings.router.errorWindowMs);
 		this.lastReloadError = null;
 		this.watching = null;
+		this.streams = new Map();
 		// A bad file at start stops the node with the line named: there is no older version to keep.
 		this.reload("start");
 		this.outbox = sequelize

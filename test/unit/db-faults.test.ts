@@ -8,7 +8,7 @@ import { asDatabaseFault, classifyDbFault, databaseLimitError, DatabaseUnavailab
 import { backoffWithJitter, DatabaseMonitor, isIdempotentRead } from "../../lib/data/db-guard";
 import { parseDatabaseTargets } from "../../lib/data/db-hosts";
 import { formatLogLine } from "../../lib/runtime/logger";
-import { asWsError } from "../../mixins/socket-io.mixin";
+import { asWsError } from "../../lib/realtime/socket-errors";
 import { resolveDatabaseSettings, SettingsError } from "../../lib/runtime/settings";
 
 /** pg's error shape (code = SQLSTATE) wrapped the way Sequelize wraps it (parent/original). */
