@@ -25,7 +25,11 @@ function isWsErrorShape(err: unknown): err is WsError {
  * server fault without a known code is a plain 500: its message may carry internals.
  */
 export function asWsError(err: unknown): WsError {
-	if (isWsErrorShape(err)) return err;
+	if (isWsErrorShape(err)) {
+		// Only the shape's own fields: a refusal built elsewhere (a router's stream error) may carry more.
+		const { code, type, message, field, retryAfter, retryable } = err;
+		return { code, type, message, ...(field ? { field } : {}), ...(retryAfter !== undefined ? { retryAfter } : {}), ...(retryable ? { retryable } : {}) };
+	}
 	const e = err as { code?: number; status?: number; type?: string; message?: string; data?: unknown };
 	const field = Array.isArray(e.data) ? (e.data[0] as { field?: string })?.field : (e.data as { field?: string } | undefined)?.field;
 	const status = e.code ?? (err instanceof AuthError ? e.status : undefined);
