@@ -26,7 +26,8 @@ import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib
 import { logsAt, requestLogger } from "../lib/runtime/logger";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { jwtSecretOf } from "../lib/runtime/settings";
-import { PRESENCE_NAMESPACE, SocketIoMixin } from "../mixins/socket-io.mixin";
+import { REALTIME_CHANNELS } from "../lib/realtime/channels";
+import { RealtimeGatewayMixin } from "../mixins/realtime-gateway.mixin";
 
 type GatewayRequest = IncomingMessage & {
 	$route?: { path?: string };
@@ -47,7 +48,7 @@ function asClientError(err: AuthError): Errors.MoleculerClientError {
 
 const ApiService: ServiceSchema<ApiSettingsSchema> = {
 	name: "api",
-	mixins: [ApiGateway, SocketIoMixin],
+	mixins: [ApiGateway, RealtimeGatewayMixin(REALTIME_CHANNELS)],
 
 	settings: {
 		port: 9300,
@@ -74,14 +75,6 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		"system.broadcast"(ctx: Context<{ id: string; message: string; severity: string }>) {
 			const banner = { id: ctx.params.id, message: ctx.params.message, severity: ctx.params.severity };
 			for (const namespace of this.io?._nsps.values() ?? []) namespace.emit("banner", banner);
-		},
-		/**
-		 * `node.{id}.events` (joined, left, registered, status): signed-in pages refresh their node list at
-		 * once instead of at their next poll. Only the presence namespace, whose sockets carry a token, as
-		 * GET /api/v1/nodes asks for one; the node id and the kind of change, nothing else.
-		 */
-		"node.**"(ctx: Context<{ node_id?: string; event?: string }>) {
-			this.io?._nsps.get(PRESENCE_NAMESPACE)?.emit("registry", { node_id: ctx.params.node_id ?? null, event: ctx.params.event ?? null });
 		},
 	},
 

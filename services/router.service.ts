@@ -17,13 +17,14 @@ import { defineActions, requireUser, type MeshAction, type MeshUser } from "../l
 import { OutboxBatch } from "../lib/data/outbox-batch";
 import { setHealthSection } from "../lib/http/health";
 import { InPlaceSeries } from "../lib/mesh/request-metrics";
-import { agentsView, loadRegistryFile, MODES, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
+import { agentsView, loadRegistryFile, RegistryError, type AgentRegistry, type AgentSpec, type Mode } from "../lib/inference/agent-registry";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { retryElsewhere } from "../lib/inference/errors";
 import { CANCEL_EVENT, CancelScope, cancelBoardOf, cancelKeyOf, isCancellation, requestCancel } from "../lib/inference/cancellation";
 import { errorWindowOf, withRemote, type ErrorFigures, type ErrorWindow } from "../lib/inference/error-window";
 import { gateContext, promptBytes, type GatedContext } from "../lib/inference/privacy-gate";
 import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, ToolCall } from "../lib/inference/provider";
+import { ROUTE_REQUEST_PARAMS, STREAM_FRAMING_META, type RouteStreamFrame } from "../lib/inference/route-request";
 import { decide, type Decision } from "../lib/inference/routing-rules";
 import { TOOL_CATALOGUE, toolByFunctionName } from "../lib/inference/tools";
 import { logsAt } from "../lib/runtime/logger";
@@ -52,7 +53,7 @@ interface RouteParams {
 	stream?: boolean;
 }
 
-type RouteMeta = { user?: MeshUser; $responseType?: string; $responseHeaders?: Record<string, string> };
+type RouteMeta = { user?: MeshUser; $responseType?: string; $responseHeaders?: Record<string, string>; [STREAM_FRAMING_META]?: "objects" };
 type RouteContext = Context<RouteParams, RouteMeta>;
 
 /** One run as it goes: what events, logs and the answer say about it (ids and figures only). */
@@ -94,12 +95,6 @@ interface RouterThis extends Service {
 	answerOf(run: Run, answer: GenerateAnswer, text: string, usage: { tokens_in: number; tokens_out: number }): Record<string, unknown>;
 }
 
-const MESSAGE = {
-	type: "object",
-	props: { role: { type: "enum", values: ["system", "user", "assistant"] }, content: { type: "string", max: 1_000_000 } },
-	$$strict: "remove",
-} as const;
-
 function errorType(err: unknown): string {
 	return (err as { type?: string }).type ?? (err as Error).name ?? "ERROR";
 }
@@ -108,6 +103,11 @@ function errorType(err: unknown): string {
 function sse(data: unknown, event?: string): string {
 	return `${event ? `event: ${event}\n` : ""}data: ${JSON.stringify(data)}\n\n`;
 }
+
+/** How a streamed run is written: SSE text for HTTP clients (pieces are unnamed `data:` events), or objects. */
+type Framing = { objectMode: boolean; frame(event: RouteStreamFrame["event"], data: Record<string, unknown>): unknown };
+const SSE_FRAMING: Framing = { objectMode: false, frame: (event, data) => sse(data, event === "piece" ? undefined : event) };
+const OBJECT_FRAMING: Framing = { objectMode: true, frame: (event, data) => ({ event, data }) satisfies RouteStreamFrame };
 
 const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, RouterThis> = {
 	name: "router",
@@ -123,13 +123,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			// The gateway gives the call a cancel key and cancels it when the client disconnects.
 			cancellable: true,
 			params: {
-				agent: { type: "string", min: 1, max: 64 },
-				message: { type: "string", min: 1, trim: true, optional: true },
-				messages: { type: "array", optional: true, min: 1, max: 200, items: MESSAGE },
-				mode: { type: "enum", values: [...MODES], optional: true, default: "public" },
-				consent: { type: "boolean", optional: true, default: false, convert: true },
-				dao_id: { type: "string", min: 1, max: 200, optional: true },
-				metadata: { type: "object", optional: true },
+				...ROUTE_REQUEST_PARAMS,
 				stream: { type: "boolean", optional: true, convert: true },
 				$$strict: "remove",
 			},
@@ -371,12 +365,16 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 
 		/**
 		 * text/event-stream: `event: start` (node, model, decision), `data: {text}` per piece, then
-		 * `event: done` with usage and decision (or `event: error`). A failure before the stream opens
-		 * is retried on the next node like a non-streaming run; after the first piece it ends the stream.
+		 * `event: done` with usage and decision (or `event: error`); the same events as objects when the
+		 * caller asked for them (lib/inference/route-request.ts). A failure before the stream opens is
+		 * retried on the next node like a non-streaming run; after the first piece it ends the stream.
 		 */
 		async routeStream(this: RouterThis, ctx: RouteContext, run: Run) {
-			ctx.meta.$responseType = "text/event-stream; charset=utf-8";
-			ctx.meta.$responseHeaders = { "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
+			const framing = ctx.meta[STREAM_FRAMING_META] === "objects" ? OBJECT_FRAMING : SSE_FRAMING;
+			if (framing === SSE_FRAMING) {
+				ctx.meta.$responseType = "text/event-stream; charset=utf-8";
+				ctx.meta.$responseHeaders = { "Cache-Control": "no-cache", "X-Accel-Buffering": "no" };
+			}
 			const untrack = cancelBoardOf(this.broker).track(run.cancelKey, run.cancel);
 			let upstream: Readable;
 			try {
@@ -386,11 +384,11 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				this.finish(run, { error: err });
 				throw err;
 			}
-			const out = new PassThrough();
+			const out = new PassThrough({ objectMode: framing.objectMode });
 			const node = run.decision.node;
-			out.write(sse({ request_id: run.requestId, agent: run.decision.agent, model: run.decision.model, node, decision: run.decision }, "start"));
+			out.write(framing.frame("start", { request_id: run.requestId, agent: run.decision.agent, model: run.decision.model, node, decision: run.decision }));
 			let finished = false;
-			const end = (outcome: Parameters<RouterThis["finish"]>[1], last?: string) => {
+			const end = (outcome: Parameters<RouterThis["finish"]>[1], last?: unknown) => {
 				if (finished) return false;
 				finished = true;
 				untrack();
@@ -401,22 +399,22 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			upstream.on("data", (chunk: GenerateChunk) => {
 				if (finished) return;
 				if (chunk.type === "piece") {
-					out.write(sse({ text: chunk.text }));
+					out.write(framing.frame("piece", { text: chunk.text }));
 					return;
 				}
 				const answer: GenerateAnswer = { ...chunk, text: "" };
 				// The text went out piece by piece; the final event carries everything else.
 				const final: Record<string, unknown> = this.answerOf(run, answer, "", answer.usage);
 				delete final.response;
-				end({ answer, usage: answer.usage }, sse(final, "done"));
+				end({ answer, usage: answer.usage }, framing.frame("done", final));
 			});
 			upstream.on("error", err => {
 				const e = err as Errors.MoleculerError;
-				end({ error: err }, sse({ name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }, "error"));
+				end({ error: err }, framing.frame("error", { name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }));
 			});
 			upstream.on("end", () => {
 				const err = new Errors.MoleculerRetryableError("The stream ended without a final answer", 503, "STREAM_INCOMPLETE");
-				end({ error: err }, sse({ name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }, "error"));
+				end({ error: err }, framing.frame("error", { name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }));
 			});
 			// Cancelled (the client went away, seen here or by the gateway): stop reading and end the run.
 			run.cancel.onAbort(reason => {

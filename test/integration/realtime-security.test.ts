@@ -171,7 +171,8 @@ describeWithNatsAndPostgres("socket security: budgets, private rooms, membership
 		const room = `inputs-${Date.now()}`;
 		await createRoom(node1, "ivy", room, true);
 		let checked = 0;
-		for (const [channel, events] of Object.entries(SOCKET_EVENTS)) {
+		// /agents has optional fields and nested shapes: its table-driven cases are in test/integration/agents-socket.test.ts.
+		for (const [channel, events] of Object.entries(SOCKET_EVENTS).filter(([name]) => name !== "agents")) {
 			for (const [event, schema] of Object.entries(events)) {
 				// A user per event, paced under the budget: the budget is not what is being tested here.
 				const user = `ivy-${channel}-${event}`;

@@ -8,7 +8,7 @@ import { asDatabaseFault, classifyDbFault, databaseLimitError, DatabaseUnavailab
 import { backoffWithJitter, DatabaseMonitor, isIdempotentRead } from "../../lib/data/db-guard";
 import { parseDatabaseTargets } from "../../lib/data/db-hosts";
 import { formatLogLine } from "../../lib/runtime/logger";
-import { asWsError } from "../../mixins/socket-io.mixin";
+import { asWsError } from "../../lib/realtime/socket-errors";
 import { resolveDatabaseSettings, SettingsError } from "../../lib/runtime/settings";
 
 /** pg's error shape (code = SQLSTATE) wrapped the way Sequelize wraps it (parent/original). */
@@ -201,5 +201,13 @@ describe("socket acks", () => {
 		});
 		const bug = asWsError(new TypeError("Cannot read properties of undefined (reading 'x')"));
 		expect(bug).toEqual({ code: 500, type: "INTERNAL", message: "Internal error" });
+	});
+
+	it("pass a refusal already in the socket shape through with its own fields only, and keep a full queue retryable", () => {
+		const streamed = { name: "MoleculerRetryableError", message: "No node answered", code: 503, type: "NO_NODE_ANSWERED", retryable: true, request_id: "r1", data: { attempts: [] } };
+		expect(asWsError(streamed)).toEqual({ code: 503, type: "NO_NODE_ANSWERED", message: "No node answered", retryable: true });
+		expect(asWsError({ code: 429, type: "RATE_LIMITED", message: "slow down", retryAfter: 2 })).toEqual({ code: 429, type: "RATE_LIMITED", message: "slow down", retryAfter: 2 });
+		const full = Object.assign(new Error("queue full"), { code: 429, type: "QUEUE_FULL", retryable: true });
+		expect(asWsError(full)).toEqual({ code: 429, type: "QUEUE_FULL", message: "queue full", retryable: true });
 	});
 });
