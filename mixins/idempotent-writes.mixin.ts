@@ -51,6 +51,11 @@ export interface IdempotentWriteMethods {
 	 * `scope` keeps keys of different actions and users apart; it starts with the service name ("audit.record:u1").
 	 */
 	idempotentWrite<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options?: IdempotentWriteOptions<T>): Promise<T>;
+	/**
+	 * idempotentWrite for a write that is one statement (atomic on its own): without a key it runs with
+	 * no transaction around it (`t` null), one round trip where BEGIN and COMMIT would add two.
+	 */
+	idempotentStatement<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction | null) => Promise<T>, options?: IdempotentWriteOptions<T>): Promise<T>;
 }
 
 type IdempotentThis = Service & { idempotencySweep?: { lease: LeaderLease; timer: NodeJS.Timeout } };
@@ -90,6 +95,11 @@ export const IdempotentWritesMixin: ServiceSchema = {
 				});
 				return result;
 			});
+		},
+
+		idempotentStatement<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction | null) => Promise<T>, options?: IdempotentWriteOptions<T>): Promise<T> {
+			if (!ctx.meta.idempotencyKey) return write(null);
+			return (this as Service & IdempotentWriteMethods).idempotentWrite(ctx, scope, write, options);
 		},
 	},
 

@@ -5,6 +5,7 @@
  * confidential content is sealed with AES-256-GCM and appears in no log and no event. Every write
  * puts its events into the outbox in the same transaction (lib/data/outbox/enqueue.ts).
  */
+import { randomUUID } from "crypto";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import DbService from "moleculer-db";
@@ -15,7 +16,7 @@ import { fastQuery } from "../lib/data/database";
 import { PointReadBatcher } from "../lib/data/point-read-batcher";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { auditOutboxEvent } from "../lib/data/audit-events";
-import { enqueueEvents } from "../lib/data/outbox/enqueue";
+import { enqueueEvents, outboxInsert, type OutboxEvent } from "../lib/data/outbox/enqueue";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { open, seal } from "../lib/crypto/content-cipher";
 import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions } from "../mixins/idempotent-writes.mixin";
@@ -45,6 +46,21 @@ export interface MemoryRow {
 	updated_at: Date;
 }
 
+/** What a create writes: every column but the ones PostgreSQL fills in. */
+type NewMemory = Omit<MemoryRow, "metadata" | "created_at" | "updated_at"> & { metadata?: Record<string, unknown> };
+
+/**
+ * A new memory and its events in one statement: one round trip, atomic without BEGIN/COMMIT (every
+ * data-modifying CTE runs exactly once, and either all of them commit or none). Parameters $1–$12 are
+ * the memory's columns; the events' parameters follow (outboxInsert numbers them from $13).
+ */
+const INSERT_MEMORY_COLUMNS = ["id", "scope", "owner_id", "owner_type", "kind", "key", "content", "content_sealed", "key_id", "metadata", "indexed", "confidential"] as const;
+const insertMemoryWithEvents = (outboxSql: string) =>
+	`WITH created AS (INSERT INTO memories (${INSERT_MEMORY_COLUMNS.join(", ")}, version)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE($10::jsonb, '{}'::jsonb), $11, $12, 1) RETURNING *),
+events AS (${outboxSql})
+SELECT * FROM created`;
+
 export type MemoryView = Omit<MemoryRow, "content" | "content_sealed" | "key_id"> & { content: string };
 
 type MemoryContext<P> = Context<P, IdempotencyMeta & { user?: MeshUser }>;
@@ -54,6 +70,8 @@ interface MemoryMethods {
 	view(row: MemoryRow): MemoryView;
 	findRow(id: string, t?: Transaction): Promise<MemoryRow>;
 	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): Promise<void>;
+	changeEvents(row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): OutboxEvent[];
+	insertWithEvents(t: Transaction | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow>;
 	replayAsRead(user: MeshUser): IdempotentWriteOptions<MemoryView>;
 }
 type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> }; rowsById: PointReadBatcher<MemoryRow> };
@@ -170,15 +188,19 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					throw new Errors.MoleculerClientError(`Not allowed to create a ${owner.scope} memory owned by ${owner.owner_type} ${owner.owner_id}`, 403, "FORBIDDEN", { field: "owner_id" });
 				}
 				self.checkContentSize(ctx.params.content);
-				return self.idempotentWrite(
+				const { scope, owner_id, owner_type, kind, key, metadata } = owner;
+				const values: NewMemory = {
+					id: randomUUID(),
+					...{ scope, owner_id, owner_type, kind, key, metadata },
+					...self.contentColumns(ctx.params.content, !!ctx.params.confidential),
+					indexed: !!ctx.params.indexed,
+					confidential: !!ctx.params.confidential,
+					version: 1,
+				};
+				return self.idempotentStatement(
 					ctx,
 					`memory.create:${user.id}`,
-					async t => {
-						const created = await self.adapter.model.create({ ...owner, ...self.contentColumns(ctx.params.content, !!ctx.params.confidential), version: 1 }, { transaction: t });
-						const row = created.get({ plain: true }) as MemoryRow;
-						await self.emitChange(t, row, "created", user.id, ctx.requestID);
-						return self.view(row);
-					},
+					async t => self.view(await self.insertWithEvents(t, values, user.id, ctx.requestID)),
 					self.replayAsRead(user),
 				);
 			},
@@ -353,13 +375,33 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 
 		async emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null) {
 			const { settings } = nodeContextOf(this.broker);
+			await enqueueEvents(databaseOf(this.broker) as Sequelize, t, settings.events, (this as MemoryThis).changeEvents(row, action, actor, requestID));
+		},
+
+		changeEvents(row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): OutboxEvent[] {
 			const payload = eventPayload(row, action, actor);
 			// The audit record names the memory, never its content (nor its key when confidential).
 			const audited = { scope: row.scope, owner_id: row.owner_id, kind: row.kind, version: row.version, confidential: row.confidential, ...(row.confidential ? {} : { key: row.key }) };
-			await enqueueEvents(databaseOf(this.broker) as Sequelize, t, settings.events, [
+			return [
 				{ aggregateType: "memory", aggregateId: row.id, eventType: `memory.${action}`, subject: `memory.${action}.${row.scope}`, payload },
 				auditOutboxEvent(requestID, this.broker.nodeID, { service: "memory", action, actor, target: row.id, details: audited }),
-			]);
+			];
+		},
+
+		/**
+		 * The id is made here, so the events (which name the memory, never its content) are known before
+		 * the row exists and go into the same statement (insertMemoryWithEvents).
+		 */
+		async insertWithEvents(t: Transaction | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow> {
+			const { settings } = nodeContextOf(this.broker);
+			const events = outboxInsert(settings.events, (this as MemoryThis).changeEvents(values as MemoryRow, "created", actor, requestID), INSERT_MEMORY_COLUMNS.length + 1);
+			const columns = INSERT_MEMORY_COLUMNS.map(column => (column === "metadata" ? (values.metadata ? JSON.stringify(values.metadata) : null) : values[column]));
+			const [row] = await databaseOf(this.broker).query<MemoryRow>(insertMemoryWithEvents(events.sql), {
+				bind: [...columns, ...events.bind],
+				type: QueryTypes.SELECT,
+				...(t ? { transaction: t } : {}),
+			});
+			return row;
 		},
 	},
 

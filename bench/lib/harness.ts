@@ -116,6 +116,11 @@ export function machine(): string {
 	return `${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
 }
 
+/** "1-min / 5-min / 15-min" load average: other work on these cores moves every figure, so it goes beside them. */
+export function loadAverage(): string {
+	return fs.readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" / ");
+}
+
 export function table(headers: string[], rows: Array<Array<string | number>>): string {
 	const cells = rows.map(r => r.map(c => (typeof c === "number" ? formatNumber(c) : c)));
 	const line = (r: string[]) => `| ${r.join(" | ")} |`;

@@ -19,7 +19,7 @@ function nested(levels: number): Record<string, unknown> {
 
 describeWithNats("input guard on the serving node, reached over NATS", () => {
 	const namespace = uniqueNamespace("guard-remote");
-	const transporter = { type: "NATS", options: { url: LOCAL_NATS_URL } };
+	const transporter = { type: "NATS" as const, options: { url: LOCAL_NATS_URL } };
 	const meshChain = () => [...meshInternalMiddlewares(), InputGuardMiddleware()] as never;
 	const server = new ServiceBroker({ namespace, nodeID: "serving", transporter, logger: false, internalMiddlewares: false, middlewares: meshChain() });
 	const bareCaller = new ServiceBroker({ namespace, nodeID: "bare-caller", transporter, logger: false });
