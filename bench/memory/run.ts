@@ -6,7 +6,10 @@
  *   create     — memory.create over NATS, without and with an Idempotency-Key, vs raw pg doing the same
  *                transaction (memory row + its two outbox rows, + the idempotency row when keyed) as
  *                separate statements between BEGIN and COMMIT, vs raw pg writing the same rows in one
- *                statement, vs a bare insert of the memory row alone. Variants take turns over
+ *                statement, vs a bare insert of the memory row alone; and, in this process without the
+ *                mesh, Sequelize writing them as memory.create did before 2026-12-02 (managed transaction,
+ *                model.create, outbox INSERT) and as it does now (one statement), so the cost of the
+ *                round trips, of Sequelize and of the mesh show separately. Variants take turns over
  *                BENCH_ROUNDS rounds (default 3); the median round is reported.
  *   relay      — 20,000 pending outbox rows drained to JetStream: events/s.
  *   lag        — memory.create at a steady 300/s: commit → JetStream ack (published_at − created_at).
@@ -14,12 +17,16 @@
  */
 import { randomUUID } from "crypto";
 import { ServiceBroker } from "moleculer";
+import { QueryTypes } from "sequelize";
 import { connect } from "nats";
 import { Client, Pool, type PoolClient } from "pg";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
 import { runMigrations } from "../../lib/data/migrations";
+import { createSequelize } from "../../lib/data/database";
+import { enqueueEvents } from "../../lib/data/outbox/enqueue";
+import MemoryService from "../../services/memory.service";
 import { PointReadBatcher } from "../../lib/data/point-read-batcher";
 import { closedLoop, fixedRate, formatNumber, loadAverage, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
 
@@ -113,6 +120,7 @@ async function main(): Promise<void> {
 	const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL: url, JWT_SECRET: "bench-secret-0123456789abcdef0123456789", EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "warn", MIGRATE_ON_START: "0" };
 	const nc = await connect({ servers: new URL(NATS_URL).host });
 	let caller: ServiceBroker | null = null;
+	let sequelizeToClose: { close(): Promise<void> } | null = null;
 	try {
 		await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-memory", NODE_ROLE: "node1", SERVICES: "memory,outbox", PORT: "0", LOG_LEVEL: "info" }, "Service 'outbox' started");
 		const settings = loadSettings({ ...env, NODE_ID: "bench-memory-caller" });
@@ -120,6 +128,15 @@ async function main(): Promise<void> {
 		await caller.start();
 		await caller.waitForServices("memory");
 		const broker = caller;
+		const sequelize = createSequelize({ ...settings.database, url }, settings.databaseLimits, 10);
+		const { name, define, options } = MemoryService.model;
+		sequelizeToClose = sequelize;
+		const Memory = sequelize.define(name, define, options);
+		const eventRows = (id: string, key: string) => {
+			const b = createEvents(id, key) as string[];
+			return [0, 5].map(i => ({ aggregateType: b[i], aggregateId: b[i + 1], eventType: b[i + 2], subject: b[i + 3].replace(`${prefix}.`, ""), payload: JSON.parse(b[i + 4]) }));
+		};
+		const eventSettings = { ...settings.events, subjectPrefix: prefix };
 
 		// Seed rows for reads.
 		const ids: string[] = [];
@@ -156,6 +173,16 @@ async function main(): Promise<void> {
 				const id = randomUUID();
 				const key = `r-${n++}`;
 				return pool.query(RAW_ONE_STATEMENT, [id, key, ...createEvents(id, key)]);
+			} },
+			{ name: "sequelize before", call: () => sequelize.transaction(async t => {
+				const key = `s-${n++}`;
+				const created = await Memory.create({ scope: "personal", owner_id: "bench", owner_type: "user", kind: "event", key, content: "a new memory", content_sealed: null, key_id: null, indexed: false, confidential: false, version: 1 }, { transaction: t });
+				await enqueueEvents(sequelize, t, eventSettings, eventRows(created.get("id") as string, key));
+			}) },
+			{ name: "sequelize one statement", call: () => {
+				const id = randomUUID();
+				const key = `s-${n++}`;
+				return sequelize.query(RAW_ONE_STATEMENT, { bind: [id, key, ...createEvents(id, key)], type: QueryTypes.SELECT });
 			} },
 			{ name: "raw insert", call: () => pool.query("INSERT INTO memories (scope, owner_id, kind, key, content) VALUES ('personal', 'bench', 'event', $1, 'a new memory')", [`r-${n++}`]) },
 		]);
@@ -215,6 +242,8 @@ async function main(): Promise<void> {
 					createRow("raw pg, the same transaction: BEGIN, memory, 2 outbox rows, COMMIT", "raw transaction"),
 					createRow("raw pg, the same keyed transaction: BEGIN, claim key, memory, 2 outbox rows, key's response, COMMIT", "raw transaction keyed"),
 					createRow("raw pg, the same rows in one statement (CTE)", "raw one statement"),
+					createRow("no mesh: Sequelize as memory.create wrote before (managed transaction, model.create, outbox INSERT)", "sequelize before"),
+					createRow("no mesh: Sequelize, the same rows in one statement (as memory.create writes now)", "sequelize one statement"),
 					createRow("raw pg insert (memory row only)", "raw insert"),
 				],
 			),
@@ -229,6 +258,7 @@ async function main(): Promise<void> {
 		process.stdout.write(`\n${body}\n`);
 	} finally {
 		await caller?.stop().catch(() => undefined);
+		await sequelizeToClose?.close().catch(() => undefined);
 		await stopProcesses();
 		await pool.end();
 		await (await nc.jetstreamManager()).streams.delete(stream).catch(() => undefined);

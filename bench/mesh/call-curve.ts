@@ -33,6 +33,8 @@ function cpuMs(pid: number): number {
 interface Round extends LoadResult {
 	/** % of one core over the round: the calling process, the serving node, nats-server */
 	cpu: { caller: number; server: number; nats: number };
+	/** failed calls over every round at this point, not only the median one */
+	errorsAllRounds?: number;
 }
 
 interface Variant {
@@ -60,7 +62,7 @@ async function measureCurve(variants: Variant[], natsPid: number): Promise<Map<s
 		for (const v of variants) {
 			const byRate = [...rounds.get(v.name)!].sort((a, b) => a.perSecond - b.perSecond);
 			const median = byRate[Math.floor(byRate.length / 2)];
-			curve.get(v.name)!.push(median);
+			curve.get(v.name)!.push({ ...median, errorsAllRounds: byRate.reduce((sum, r) => sum + r.errors, 0) });
 			process.stdout.write(
 				`@${concurrency} ${v.name}: ${byRate.map(r => formatNumber(r.perSecond)).join(" / ")} calls/s, p99 ${formatNumber(median.p99)} ms, ` +
 					`CPU caller ${median.cpu.caller.toFixed(0)}% server ${median.cpu.server.toFixed(0)}% nats ${median.cpu.nats.toFixed(0)}% (load ${loadAverage()})\n`,
@@ -81,14 +83,14 @@ function report(curve: Map<string, Round[]>, loadAtStart: string): string {
 		project[i].p99,
 		`${bare[i].cpu.caller.toFixed(0)} / ${bare[i].cpu.server.toFixed(0)} / ${bare[i].cpu.nats.toFixed(0)}`,
 		`${project[i].cpu.caller.toFixed(0)} / ${project[i].cpu.server.toFixed(0)} / ${project[i].cpu.nats.toFixed(0)}`,
-		bare[i].errors + project[i].errors,
+		`${bare[i].errorsAllRounds} / ${project[i].errorsAllRounds}`,
 	]);
 	return [
 		`Run ${new Date().toISOString()} on ${machine()}; NATS ${NATS_URL}; load average ${loadAtStart} at the start and ${loadAverage()} at the end (other work shares these cores); at each concurrency bare Moleculer and the project take turns over ${ROUNDS} rounds of ${SECONDS} s, median round reported. Both make the same call (params + \`meta.user\`) from this process to a serving process over NATS. \`npm run bench:call-curve\`.`,
 		"",
 		"![calls/s and p99 vs concurrency](bench/call-curve.svg)",
 		"",
-		table(["concurrent callers", "bare calls/s", "project calls/s", "project / bare", "bare p99 ms", "project p99 ms", "bare CPU % caller / server / nats", "project CPU % caller / server / nats", "errors"], rows),
+		table(["concurrent callers", "bare calls/s", "project calls/s", "project / bare", "bare p99 ms", "project p99 ms", "bare CPU % caller / server / nats", "project CPU % caller / server / nats", "failed calls, all rounds: bare / project"], rows),
 	].join("\n");
 }
 
