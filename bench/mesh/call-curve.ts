@@ -13,7 +13,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, formatNumber, loadAverage, machine, ROOT, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+import { closedLoop, formatNumber, loadAverage, machine, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
 import { svgCharts } from "../lib/svg-plot";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -21,14 +21,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CONCURRENCY = (process.env.CURVE_CONCURRENCY ?? "1,10,100,1000").split(",").map(Number);
 const namespace = `curve-${process.pid}`;
-const TICK_MS = 1000 / Number(execSync("getconf CLK_TCK").toString());
 const SVG_FILE = path.join(ROOT, "docs", "bench", "call-curve.svg");
-
-/** CPU milliseconds a process has used so far (user + system). */
-function cpuMs(pid: number): number {
-	const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-	return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
-}
 
 interface Round extends LoadResult {
 	/** % of one core over the round: the calling process, the serving node, nats-server */
@@ -44,12 +37,12 @@ interface Variant {
 }
 
 async function round(variant: Variant, concurrency: number, natsPid: number): Promise<Round> {
-	const before = { caller: process.cpuUsage(), server: cpuMs(variant.serverPid), nats: cpuMs(natsPid), at: performance.now() };
+	const before = { caller: process.cpuUsage(), server: processCpuMs(variant.serverPid), nats: processCpuMs(natsPid), at: performance.now() };
 	const result = await closedLoop(variant.call, concurrency, SECONDS * 1000);
 	const elapsed = performance.now() - before.at;
 	const caller = process.cpuUsage(before.caller);
 	const share = (ms: number) => (100 * ms) / elapsed;
-	return { ...result, cpu: { caller: share((caller.user + caller.system) / 1000), server: share(cpuMs(variant.serverPid) - before.server), nats: share(cpuMs(natsPid) - before.nats) } };
+	return { ...result, cpu: { caller: share((caller.user + caller.system) / 1000), server: share(processCpuMs(variant.serverPid) - before.server), nats: share(processCpuMs(natsPid) - before.nats) } };
 }
 
 /** Every point: the variants take turns round by round; the median round (by calls/s) of each. */

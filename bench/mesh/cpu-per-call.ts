@@ -4,24 +4,18 @@
 // `node --import tsx bench/mesh/cpu-per-call.ts` (ROUNDS=n repeats the project; BARE_META=1 adds a
 // bare call carrying the same meta.user; CPU_CALLS sets the calls per measurement; CALLER_GUARD=1 adds the
 // project with the input guard also run by the caller, as it was before 2026-12-02).
-import fs from "node:fs";
 import { execSync } from "node:child_process";
 import { ServiceBroker, type Context, type Middleware } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { findSchemaProblem, findUnsafeValue } from "../../lib/mesh/input-guard";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, startProcess, stopProcesses } from "../lib/harness";
+import { closedLoop, processCpuMs, startProcess, stopProcesses } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const CALLS = Number(process.env.CPU_CALLS ?? 150_000);
 const namespace = `cpu-${process.pid}`;
-const TICK_US = 1e6 / Number(execSync("getconf CLK_TCK").toString());
-
-function processCpuUs(pid: number): number {
-	const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-	return (Number(fields[11]) + Number(fields[12])) * TICK_US;
-}
+const processCpuUs = (pid: number) => processCpuMs(pid) * 1000;
 
 async function measure(name: string, serverPid: number, call: () => Promise<unknown>): Promise<void> {
 	const natsPid = Number(execSync("pgrep -o nats-server").toString().trim());
