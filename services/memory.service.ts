@@ -19,7 +19,7 @@ import { auditOutboxEvent } from "../lib/data/audit-events";
 import { enqueueEvents, outboxInsert, type OutboxEvent } from "../lib/data/outbox/enqueue";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { open, seal } from "../lib/crypto/content-cipher";
-import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions } from "../mixins/idempotent-writes.mixin";
+import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions, type KeyClaim } from "../mixins/idempotent-writes.mixin";
 
 export const SCOPES = ["personal", "team", "public"] as const;
 export const KINDS = ["fact", "dialog_summary", "event", "document"] as const;
@@ -51,15 +51,24 @@ type NewMemory = Omit<MemoryRow, "metadata" | "created_at" | "updated_at"> & { m
 
 /**
  * A new memory and its events in one statement: one round trip, atomic without BEGIN/COMMIT (every
- * data-modifying CTE runs exactly once, and either all of them commit or none). Parameters $1–$12 are
- * the memory's columns; the events' parameters follow (outboxInsert numbers them from $13).
+ * data-modifying CTE runs exactly once, and either all of them commit or none). With an Idempotency-Key
+ * the key's claim is a CTE of the same statement and the memory is written only FROM claimed; the events
+ * only when the memory was written. Parameters: the claim's, then the memory's columns, then the events'.
  */
 const INSERT_MEMORY_COLUMNS = ["id", "scope", "owner_id", "owner_type", "kind", "key", "content", "content_sealed", "key_id", "metadata", "indexed", "confidential"] as const;
-const insertMemoryWithEvents = (outboxSql: string) =>
-	`WITH created AS (INSERT INTO memories (${INSERT_MEMORY_COLUMNS.join(", ")}, version)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE($10::jsonb, '{}'::jsonb), $11, $12, 1) RETURNING *),
+/** Values in a SELECT list are typed by their casts, not by the columns they go into. */
+const COLUMN_CASTS: Partial<Record<(typeof INSERT_MEMORY_COLUMNS)[number], string>> = { id: "::uuid", content_sealed: "::bytea", metadata: "::jsonb", indexed: "::boolean", confidential: "::boolean" };
+
+function insertMemoryWithEvents(claim: KeyClaim | null, firstParam: number, outboxSql: string): string {
+	const values = INSERT_MEMORY_COLUMNS.map((column, i) => {
+		const param = `$${firstParam + i}${COLUMN_CASTS[column] ?? ""}`;
+		return column === "metadata" ? `COALESCE(${param}, '{}'::jsonb)` : param;
+	});
+	return `WITH ${claim ? `${claim.cte},\n` : ""}created AS (INSERT INTO memories (${INSERT_MEMORY_COLUMNS.join(", ")}, version)
+	SELECT ${values.join(", ")}, 1${claim ? " FROM claimed" : ""} RETURNING *),
 events AS (${outboxSql})
 SELECT * FROM created`;
+}
 
 export type MemoryView = Omit<MemoryRow, "content" | "content_sealed" | "key_id"> & { content: string };
 
@@ -71,7 +80,7 @@ interface MemoryMethods {
 	findRow(id: string, t?: Transaction): Promise<MemoryRow>;
 	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): Promise<void>;
 	changeEvents(row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): OutboxEvent[];
-	insertWithEvents(t: Transaction | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow>;
+	insertWithEvents(claim: KeyClaim | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow | undefined>;
 	replayAsRead(user: MeshUser): IdempotentWriteOptions<MemoryView>;
 }
 type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> }; rowsById: PointReadBatcher<MemoryRow> };
@@ -197,11 +206,16 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					confidential: !!ctx.params.confidential,
 					version: 1,
 				};
+				const { replay } = self.replayAsRead(user);
 				return self.idempotentStatement(
 					ctx,
 					`memory.create:${user.id}`,
-					async t => self.view(await self.insertWithEvents(t, values, user.id, ctx.requestID)),
-					self.replayAsRead(user),
+					async claim => {
+						const row = await self.insertWithEvents(claim, values, user.id, ctx.requestID);
+						return row && self.view(row);
+					},
+					// What replayAsRead's `remember` keeps, known before the write: the id.
+					{ keep: { id: values.id }, replay: kept => replay!(kept) },
 				);
 			},
 		},
@@ -390,16 +404,17 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 
 		/**
 		 * The id is made here, so the events (which name the memory, never its content) are known before
-		 * the row exists and go into the same statement (insertMemoryWithEvents).
+		 * the row exists and go into the same statement (insertMemoryWithEvents). Undefined: the claim
+		 * found the key held, and nothing was written.
 		 */
-		async insertWithEvents(t: Transaction | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow> {
+		async insertWithEvents(claim: KeyClaim | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow | undefined> {
 			const { settings } = nodeContextOf(this.broker);
-			const events = outboxInsert(settings.events, (this as MemoryThis).changeEvents(values as MemoryRow, "created", actor, requestID), INSERT_MEMORY_COLUMNS.length + 1);
+			const firstParam = (claim?.bind.length ?? 0) + 1;
+			const events = outboxInsert(settings.events, (this as MemoryThis).changeEvents(values as MemoryRow, "created", actor, requestID), firstParam + INSERT_MEMORY_COLUMNS.length, "created");
 			const columns = INSERT_MEMORY_COLUMNS.map(column => (column === "metadata" ? (values.metadata ? JSON.stringify(values.metadata) : null) : values[column]));
-			const [row] = await databaseOf(this.broker).query<MemoryRow>(insertMemoryWithEvents(events.sql), {
-				bind: [...columns, ...events.bind],
+			const [row] = await databaseOf(this.broker).query<MemoryRow>(insertMemoryWithEvents(claim, firstParam, events.sql), {
+				bind: [...(claim?.bind ?? []), ...columns, ...events.bind],
 				type: QueryTypes.SELECT,
-				...(t ? { transaction: t } : {}),
 			});
 			return row;
 		},
