@@ -113,6 +113,7 @@ async function measureInTurns(variants: Variant[]): Promise<Map<string, LoadResu
 }
 
 async function main(): Promise<void> {
+	const loadAtStart = loadAverage();
 	await admin(`CREATE DATABASE ${dbName}`);
 	const url = ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`);
 	await runMigrations(url, "up");
@@ -221,7 +222,7 @@ async function main(): Promise<void> {
 			return [label, r.perSecond, r.rounds.map(formatNumber).join(" / "), r.p50, r.p99, r.errors];
 		};
 		const body = [
-			`Run ${new Date().toISOString()} on ${machine()}; PostgreSQL ${ADMIN_URL.replace(/\/\/[^@]*@/, "//")}, NATS ${NATS_URL}; ${SECONDS} s per measurement, ${CONCURRENCY} concurrent, pool of 10 on both sides.`,
+			`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart} at the start; PostgreSQL ${ADMIN_URL.replace(/\/\/[^@]*@/, "//")}, NATS ${NATS_URL}; ${SECONDS} s per measurement, ${CONCURRENCY} concurrent, pool of 10 on both sides.`,
 			"",
 			table(
 				["operation", "ops/s", "p50 ms", "p99 ms", "errors"],
@@ -238,7 +239,7 @@ async function main(): Promise<void> {
 				["write", "ops/s (median)", "rounds", "p50 ms", "p99 ms", "errors"],
 				[
 					createRow("memory.create over the mesh (memory + 2 outbox rows, one statement)", "mesh"),
-					createRow("memory.create over the mesh with an Idempotency-Key (+ key row, one transaction)", "mesh keyed"),
+					createRow("memory.create over the mesh with an Idempotency-Key (+ key row, one statement)", "mesh keyed"),
 					createRow("raw pg, the same transaction: BEGIN, memory, 2 outbox rows, COMMIT", "raw transaction"),
 					createRow("raw pg, the same keyed transaction: BEGIN, claim key, memory, 2 outbox rows, key's response, COMMIT", "raw transaction keyed"),
 					createRow("raw pg, the same rows in one statement (CTE)", "raw one statement"),

@@ -84,6 +84,13 @@ function report(curve: Map<string, Round[]>, loadAtStart: string): string {
 		"![calls/s and p99 vs concurrency](bench/call-curve.svg)",
 		"",
 		table(["concurrent callers", "bare calls/s", "project calls/s", "project / bare", "bare p99 ms", "project p99 ms", "bare CPU % caller / server / nats", "project CPU % caller / server / nats", "failed calls, all rounds: bare / project"], rows),
+		"",
+		"- CPU columns: % of one core each process used during the median round (the machine has 200 %). Well under 200 % in",
+		"  total with a high load average means the processes waited for cores taken by other work, not that they hit a limit",
+		"  of their own. A failed call is the caller's timeout class running out (the project times and retries calls; bare",
+		"  Moleculer's default is to wait without limit).",
+		"- Past one machine: a serving node is one event loop, so more serving nodes on the NATS cluster (Moleculer balances",
+		"  calls over them) and callers on machines of their own add throughput; nats-server's column shows its share.",
 	].join("\n");
 }
 
