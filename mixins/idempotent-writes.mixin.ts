@@ -123,13 +123,14 @@ export const IdempotentWritesMixin: ServiceSchema = {
 
 		async idempotentStatement<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (claim: KeyClaim | null) => Promise<T | undefined>, options: IdempotentStatementOptions<T>): Promise<T> {
 			const key = ctx.meta.idempotencyKey;
-			const written = await write(key ? { cte: CLAIMED_CTE, bind: [scope, key, requestHash(this, ctx.params), JSON.stringify(options.keep), nodeContextOf(this.broker).settings.idempotencyTtlMs] } : null);
+			const hash = key ? requestHash(this, ctx.params) : null;
+			const written = await write(key ? { cte: CLAIMED_CTE, bind: [scope, key, hash, JSON.stringify(options.keep), nodeContextOf(this.broker).settings.idempotencyTtlMs] } : null);
 			if (written !== undefined) return written;
-			if (!key) throw new Error(`${scope}: a write without an Idempotency-Key wrote nothing`);
+			if (!key) throw new Errors.MoleculerServerError(`${scope}: a write without an Idempotency-Key wrote nothing`, 500, "WROTE_NOTHING");
 			// The key was held by a committed write (the claim waited for it if it was in flight).
 			const [earlier] = await databaseOf(this.broker).query<{ request_hash: string; response: unknown }>(EARLIER, { bind: [scope, key], type: QueryTypes.SELECT });
 			if (!earlier) throw new Errors.MoleculerRetryableError("The Idempotency-Key expired while this request ran; retry", 503, "IDEMPOTENCY_KEY_EXPIRED");
-			if (earlier.request_hash !== requestHash(this, ctx.params)) throw keyReused();
+			if (earlier.request_hash !== hash) throw keyReused();
 			ctx.meta.$responseHeaders = { ...ctx.meta.$responseHeaders, "Idempotent-Replayed": "true" };
 			return options.replay(earlier.response);
 		},
