@@ -87,8 +87,8 @@ function report(curve: Map<string, Round[]>, loadAtStart: string): string {
 		"",
 		"- CPU columns: % of one core each process used during the median round (the machine has 200 %). Well under 200 % in",
 		"  total with a high load average means the processes waited for cores taken by other work, not that they hit a limit",
-		"  of their own. A failed call is the caller's timeout class running out (the project times and retries calls; bare",
-		"  Moleculer's default is to wait without limit).",
+		"  of their own. Failed calls: bare Moleculer's defaults wait without limit; the project's caller times calls by",
+		"  class and takes a node that stops answering probes out of rotation, so overload can surface as failures.",
 		"- Past one machine: a serving node is one event loop, so more serving nodes on the NATS cluster (Moleculer balances",
 		"  calls over them) and callers on machines of their own add throughput; nats-server's column shows its share.",
 	].join("\n");
