@@ -7,7 +7,7 @@ import type { BrokerOptions } from "moleculer";
 import { isDatabaseFault, MeshErrorRegenerator } from "./lib/data/db-faults";
 import { QueryLimitsMiddleware } from "./lib/data/query-limits";
 import { jsonLogger } from "./lib/runtime/logger";
-import { InputGuardMiddleware } from "./lib/mesh/input-guard";
+import { guardedSerializer, InputGuardMiddleware } from "./lib/mesh/input-guard";
 import { meshInternalMiddlewares } from "./lib/mesh/call-pipeline";
 import { GatewayPrometheusReporter } from "./lib/http/prometheus";
 import { nodeHealthFailure } from "./lib/inference/errors";
@@ -28,7 +28,8 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		nodeID: settings.nodeID,
 		metadata: { role: settings.role, version: settings.version, transport: transport.kind },
 		transporter: transport.transporter as BrokerOptions["transporter"],
-		serializer: settings.serializer as BrokerOptions["serializer"],
+		// A request too deeply nested to serialize is refused as bad input (lib/mesh/input-guard.ts).
+		serializer: guardedSerializer(settings.serializer),
 		// Database faults cross the mesh typed (a retryable 503), not as a plain Error.
 		errorRegenerator: new MeshErrorRegenerator(),
 		logger: jsonLogger(settings.logLevel),
@@ -78,7 +79,8 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		// Moleculer's own middlewares, three of them in leaner equivalents (lib/mesh/call-pipeline.ts).
 		internalMiddlewares: false,
 		// First listed = innermost: QueryLimits names a database limit before breakers and metrics see the
-		// error. Last = outermost: InputGuard refuses unstorable input before anything else runs.
+		// error. Last = outermost: InputGuard refuses unstorable input before anything else runs (on the
+		// serving node only: its check protects the data whoever calls).
 		middlewares: [QueryLimitsMiddleware(), FailureDetectorMiddleware(), LivenessProbeMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares(), InputGuardMiddleware()],
 		metricsReporter,
 	} as BrokerOptions & BrokerExtras;

@@ -32,6 +32,11 @@ ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, res
 WHERE k.created_at < now() - $4 * interval '1 millisecond'
 RETURNING key`;
 const EARLIER = `SELECT request_hash, response FROM idempotency_keys WHERE scope = $1 AND key = $2`;
+/** CLAIM as a CTE named `claimed`, keeping what a retry is answered from at once ($1–$5: scope, key, hash, kept, TTL). */
+const CLAIMED_CTE = `claimed AS (INSERT INTO idempotency_keys AS k (scope, key, request_hash, response) VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, response = EXCLUDED.response, created_at = now()
+WHERE k.created_at < now() - $5::float8 * interval '1 millisecond'
+RETURNING key)`;
 const SWEEP = `DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
 	SELECT ctid FROM idempotency_keys WHERE created_at < now() - $2 * interval '1 millisecond' AND left(scope, length($1)) = $1 LIMIT 5000))`;
 
@@ -42,7 +47,23 @@ export interface IdempotentWriteOptions<T> {
 	/** what the key keeps instead of the response (default: the response) */
 	remember?: (result: T) => unknown;
 	/** answers a retry from what the key kept, with the caller's rights (default: what was kept) */
-	replay?: (kept: unknown, t: Transaction) => Promise<T>;
+	replay?: (kept: unknown, t?: Transaction) => Promise<T>;
+}
+
+/**
+ * For a write that is one statement: with a key, the CTE `claimed` (one row when this request holds the
+ * key, none when a live key holds it already) and its parameters, which come first ($1…); the statement
+ * numbers its own after them and writes only `FROM claimed`.
+ */
+export interface KeyClaim {
+	cte: string;
+	bind: unknown[];
+}
+
+export interface IdempotentStatementOptions<T> {
+	/** what the key keeps, known before the write (a retry is answered from it by `replay`) */
+	keep: unknown;
+	replay: (kept: unknown) => Promise<T>;
 }
 
 export interface IdempotentWriteMethods {
@@ -51,6 +72,12 @@ export interface IdempotentWriteMethods {
 	 * `scope` keeps keys of different actions and users apart; it starts with the service name ("audit.record:u1").
 	 */
 	idempotentWrite<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options?: IdempotentWriteOptions<T>): Promise<T>;
+	/**
+	 * idempotentWrite for a write that is one statement, claim included: atomic on its own, so no BEGIN
+	 * and COMMIT around it — one round trip with or without a key. `write` resolves undefined when, with
+	 * a key, it wrote nothing (`claimed` was empty): the request is then answered from the key like a retry.
+	 */
+	idempotentStatement<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (claim: KeyClaim | null) => Promise<T | undefined>, options: IdempotentStatementOptions<T>): Promise<T>;
 }
 
 function requestHash(service: Service, params: unknown): string {
@@ -62,6 +89,12 @@ function requestHash(service: Service, params: unknown): string {
 /** Deletes expired keys of the service's own scopes, in bounded batches. */
 function sweepExpiredKeys(this: Service): Promise<unknown> {
 	return databaseOf(this.broker).query(SWEEP, { bind: [`${this.name}.`, nodeContextOf(this.broker).settings.idempotencyTtlMs] });
+}
+
+function keyReused(): Errors.ValidationError {
+	return new Errors.ValidationError("Idempotency-Key was already used for a different request", "IDEMPOTENCY_KEY_REUSED", [
+		{ field: "Idempotency-Key", message: "already used for a different request" },
+	]);
 }
 
 export const IdempotentWritesMixin: ServiceSchema = {
@@ -88,11 +121,7 @@ export const IdempotentWritesMixin: ServiceSchema = {
 				const claimed = await sequelize.query(CLAIM, { bind: [scope, key, hash, ttlMs], type: QueryTypes.SELECT, transaction: t });
 				if (claimed.length === 0) {
 					const [earlier] = await sequelize.query<{ request_hash: string; response: unknown }>(EARLIER, { bind: [scope, key], type: QueryTypes.SELECT, transaction: t });
-					if (earlier.request_hash !== hash) {
-						throw new Errors.ValidationError("Idempotency-Key was already used for a different request", "IDEMPOTENCY_KEY_REUSED", [
-							{ field: "Idempotency-Key", message: "already used for a different request" },
-						]);
-					}
+					if (earlier.request_hash !== hash) throw keyReused();
 					ctx.meta.$responseHeaders = { ...ctx.meta.$responseHeaders, "Idempotent-Replayed": "true" };
 					return options.replay ? options.replay(earlier.response, t) : (earlier.response as T);
 				}
@@ -103,6 +132,20 @@ export const IdempotentWritesMixin: ServiceSchema = {
 				});
 				return result;
 			});
+		},
+
+		async idempotentStatement<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (claim: KeyClaim | null) => Promise<T | undefined>, options: IdempotentStatementOptions<T>): Promise<T> {
+			const key = ctx.meta.idempotencyKey;
+			const hash = key ? requestHash(this, ctx.params) : null;
+			const written = await write(key ? { cte: CLAIMED_CTE, bind: [scope, key, hash, JSON.stringify(options.keep), nodeContextOf(this.broker).settings.idempotencyTtlMs] } : null);
+			if (written !== undefined) return written;
+			if (!key) throw new Errors.MoleculerServerError(`${scope}: a write without an Idempotency-Key wrote nothing`, 500, "WROTE_NOTHING");
+			// The key was held by a committed write (the claim waited for it if it was in flight).
+			const [earlier] = await databaseOf(this.broker).query<{ request_hash: string; response: unknown }>(EARLIER, { bind: [scope, key], type: QueryTypes.SELECT });
+			if (!earlier) throw new Errors.MoleculerRetryableError("The Idempotency-Key expired while this request ran; retry", 503, "IDEMPOTENCY_KEY_EXPIRED");
+			if (earlier.request_hash !== hash) throw keyReused();
+			ctx.meta.$responseHeaders = { ...ctx.meta.$responseHeaders, "Idempotent-Replayed": "true" };
+			return options.replay(earlier.response);
 		},
 	},
 };

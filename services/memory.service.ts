@@ -5,6 +5,7 @@
  * confidential content is sealed with AES-256-GCM and appears in no log and no event. Every write
  * puts its events into the outbox in the same transaction (lib/data/outbox/enqueue.ts).
  */
+import { randomUUID } from "crypto";
 import type { Context, Service, ServiceSchema } from "moleculer";
 import { Errors } from "moleculer";
 import DbService from "moleculer-db";
@@ -15,10 +16,10 @@ import { fastQuery } from "../lib/data/database";
 import { PointReadBatcher } from "../lib/data/point-read-batcher";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { auditOutboxEvent } from "../lib/data/audit-events";
-import { enqueueEvents } from "../lib/data/outbox/enqueue";
+import { enqueueEvents, outboxInsert, type OutboxEvent } from "../lib/data/outbox/enqueue";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { open, seal } from "../lib/crypto/content-cipher";
-import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions } from "../mixins/idempotent-writes.mixin";
+import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions, type KeyClaim } from "../mixins/idempotent-writes.mixin";
 import { PUBLISHES } from "../lib/data/outbox/relay";
 
 export const SCOPES = ["personal", "team", "public"] as const;
@@ -46,6 +47,30 @@ export interface MemoryRow {
 	updated_at: Date;
 }
 
+/** What a create writes: every column but the ones PostgreSQL fills in. */
+type NewMemory = Omit<MemoryRow, "metadata" | "created_at" | "updated_at"> & { metadata?: Record<string, unknown> };
+
+/**
+ * A new memory and its events in one statement: one round trip, atomic without BEGIN/COMMIT (every
+ * data-modifying CTE runs exactly once, and either all of them commit or none). With an Idempotency-Key
+ * the key's claim is a CTE of the same statement and the memory is written only FROM claimed; the events
+ * only when the memory was written. Parameters: the claim's, then the memory's columns, then the events'.
+ */
+const INSERT_MEMORY_COLUMNS = ["id", "scope", "owner_id", "owner_type", "kind", "key", "content", "content_sealed", "key_id", "metadata", "indexed", "confidential"] as const;
+/** Values in a SELECT list are typed by their casts, not by the columns they go into. */
+const COLUMN_CASTS: Partial<Record<(typeof INSERT_MEMORY_COLUMNS)[number], string>> = { id: "::uuid", content_sealed: "::bytea", metadata: "::jsonb", indexed: "::boolean", confidential: "::boolean" };
+
+function insertMemoryWithEvents(claim: KeyClaim | null, firstParam: number, outboxSql: string): string {
+	const values = INSERT_MEMORY_COLUMNS.map((column, i) => {
+		const param = `$${firstParam + i}${COLUMN_CASTS[column] ?? ""}`;
+		return column === "metadata" ? `COALESCE(${param}, '{}'::jsonb)` : param;
+	});
+	return `WITH ${claim ? `${claim.cte},\n` : ""}created AS (INSERT INTO memories (${INSERT_MEMORY_COLUMNS.join(", ")}, version)
+	SELECT ${values.join(", ")}, 1${claim ? " FROM claimed" : ""} RETURNING *),
+events AS (${outboxSql})
+SELECT * FROM created`;
+}
+
 export type MemoryView = Omit<MemoryRow, "content" | "content_sealed" | "key_id"> & { content: string };
 
 type MemoryContext<P> = Context<P, IdempotencyMeta & { user?: MeshUser }>;
@@ -55,6 +80,8 @@ interface MemoryMethods {
 	view(row: MemoryRow): MemoryView;
 	findRow(id: string, t?: Transaction): Promise<MemoryRow>;
 	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): Promise<void>;
+	changeEvents(row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): OutboxEvent[];
+	insertWithEvents(claim: KeyClaim | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow | undefined>;
 	replayAsRead(user: MeshUser): IdempotentWriteOptions<MemoryView>;
 }
 type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> }; rowsById: PointReadBatcher<MemoryRow> };
@@ -173,16 +200,25 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					throw new Errors.MoleculerClientError(`Not allowed to create a ${owner.scope} memory owned by ${owner.owner_type} ${owner.owner_id}`, 403, "FORBIDDEN", { field: "owner_id" });
 				}
 				self.checkContentSize(ctx.params.content);
-				return self.idempotentWrite(
+				const { scope, owner_id, owner_type, kind, key, metadata } = owner;
+				const values: NewMemory = {
+					id: randomUUID(),
+					...{ scope, owner_id, owner_type, kind, key, metadata },
+					...self.contentColumns(ctx.params.content, !!ctx.params.confidential),
+					indexed: !!ctx.params.indexed,
+					confidential: !!ctx.params.confidential,
+					version: 1,
+				};
+				const { replay } = self.replayAsRead(user);
+				return self.idempotentStatement(
 					ctx,
 					`memory.create:${user.id}`,
-					async t => {
-						const created = await self.adapter.model.create({ ...owner, ...self.contentColumns(ctx.params.content, !!ctx.params.confidential), version: 1 }, { transaction: t });
-						const row = created.get({ plain: true }) as MemoryRow;
-						await self.emitChange(t, row, "created", user.id, ctx.requestID);
-						return self.view(row);
+					async claim => {
+						const row = await self.insertWithEvents(claim, values, user.id, ctx.requestID);
+						return row && self.view(row);
 					},
-					self.replayAsRead(user),
+					// What replayAsRead's `remember` keeps, known before the write: the id.
+					{ keep: { id: values.id }, replay: kept => replay!(kept) },
 				);
 			},
 		},
@@ -356,13 +392,34 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 
 		async emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null) {
 			const { settings } = nodeContextOf(this.broker);
+			await enqueueEvents(databaseOf(this.broker) as Sequelize, t, settings.events, (this as MemoryThis).changeEvents(row, action, actor, requestID));
+		},
+
+		changeEvents(row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): OutboxEvent[] {
 			const payload = eventPayload(row, action, actor);
 			// The audit record names the memory, never its content (nor its key when confidential).
 			const audited = { scope: row.scope, owner_id: row.owner_id, kind: row.kind, version: row.version, confidential: row.confidential, ...(row.confidential ? {} : { key: row.key }) };
-			await enqueueEvents(databaseOf(this.broker) as Sequelize, t, settings.events, [
+			return [
 				{ aggregateType: "memory", aggregateId: row.id, eventType: `memory.${action}`, subject: `memory.${action}.${row.scope}`, payload },
 				auditOutboxEvent(requestID, this.broker.nodeID, { service: "memory", action, actor, target: row.id, details: audited }),
-			]);
+			];
+		},
+
+		/**
+		 * The id is made here, so the events (which name the memory, never its content) are known before
+		 * the row exists and go into the same statement (insertMemoryWithEvents). Undefined: the claim
+		 * found the key held, and nothing was written.
+		 */
+		async insertWithEvents(claim: KeyClaim | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow | undefined> {
+			const { settings } = nodeContextOf(this.broker);
+			const firstParam = (claim?.bind.length ?? 0) + 1;
+			const events = outboxInsert(settings.events, (this as MemoryThis).changeEvents(values as MemoryRow, "created", actor, requestID), firstParam + INSERT_MEMORY_COLUMNS.length, "created");
+			const columns = INSERT_MEMORY_COLUMNS.map(column => (column === "metadata" ? (values.metadata ? JSON.stringify(values.metadata) : null) : values[column]));
+			const [row] = await databaseOf(this.broker).query<MemoryRow>(insertMemoryWithEvents(claim, firstParam, events.sql), {
+				bind: [...(claim?.bind ?? []), ...columns, ...events.bind],
+				type: QueryTypes.SELECT,
+			});
+			return row;
 		},
 	},
 

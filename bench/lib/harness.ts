@@ -3,7 +3,7 @@
  * percentiles, a printed table, and a section of docs/BENCHMARKS.md rewritten per benchmark with the
  * date, the machine, absolute figures and ratios against baselines measured in the same run.
  */
-import { spawn, type ChildProcess } from "child_process";
+import { execSync, spawn, type ChildProcess } from "child_process";
 import fs from "fs";
 import os from "os";
 import path from "path";
@@ -114,6 +114,19 @@ export async function fixedRate(call: () => Promise<unknown>, perSecond: number,
 export function machine(): string {
 	const cpu = os.cpus()[0]?.model ?? "unknown CPU";
 	return `${os.cpus().length} cores (${cpu}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
+}
+
+const CLOCK_TICK_MS = 1000 / Number(execSync("getconf CLK_TCK").toString());
+
+/** CPU milliseconds (user + system) another process has used so far, from /proc. */
+export function processCpuMs(pid: number): number {
+	const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+	return (Number(fields[11]) + Number(fields[12])) * CLOCK_TICK_MS;
+}
+
+/** "1-min / 5-min / 15-min" load average: other work on these cores moves every figure, so it goes beside them. */
+export function loadAverage(): string {
+	return fs.readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" / ");
 }
 
 export function table(headers: string[], rows: Array<Array<string | number>>): string {

@@ -12,10 +12,14 @@
  * - integers: within ±2^53 (beyond it a number is not exact, and SQL sees `1e+30`).
  *
  * Each refusal is a ValidationError (422) naming the field by its path, like the validator's own.
- * Served actions are checked before fastest-validator (which would turn null into a default and
- * "1e30" into a number); calls this node makes to other nodes are checked before they are serialized.
+ * The rule is applied where an action is served, before fastest-validator (which would turn null into
+ * a default and "1e30" into a number): that check protects the data whoever the caller is, so a caller
+ * does not repeat it for the calls it sends (it would walk every request's params twice per call).
+ * The one input a caller cannot send is nesting deep enough to overflow the serializer's stack:
+ * guardedSerializer turns that failure into the same ValidationError, at no cost to calls that succeed.
  */
-import type { Middleware } from "moleculer";
+import type { BrokerOptions, Middleware } from "moleculer";
+import * as moleculer from "moleculer";
 import { Errors } from "moleculer";
 
 export const MAX_DEPTH = 32;
@@ -114,8 +118,38 @@ export function InputGuardMiddleware(): Middleware {
 	return {
 		name: "InputGuard",
 		localAction: (next: Handler, action: { params?: Record<string, Rule> }) => guard(ctx => checkParams(ctx.params, action.params))(next),
-		remoteAction: (next: Handler, action: { params?: Record<string, Rule> }) => guard(ctx => checkParams(ctx.params, action.params))(next),
 	} as unknown as Middleware;
+}
+
+/** Moleculer's packet type for a request (packets.js PACKET_REQUEST). */
+const REQUEST_PACKET = "REQ";
+
+interface SerializerWithBroker {
+	broker?: { transit?: { removePendingRequest(id: string): void } };
+	serialize(payload: Record<string, unknown>, type: string): Buffer;
+}
+
+/**
+ * The serializer named `name`, whose failure on a request's params (JSON.stringify overflows its stack
+ * thousands of levels deep) becomes the ValidationError the serving node would have answered, instead
+ * of a RangeError (a 500). Moleculer registered the request as pending before serializing it; the
+ * refusal removes it, or each refused request would stay in that map with its params.
+ */
+export function guardedSerializer(name: string): NonNullable<BrokerOptions["serializer"]> {
+	const { Serializers } = moleculer as unknown as { Serializers: { resolve(name: string): SerializerWithBroker } };
+	const serializer = Serializers.resolve(name);
+	const serialize = serializer.serialize.bind(serializer);
+	serializer.serialize = (payload, type) => {
+		try {
+			return serialize(payload, type);
+		} catch (err) {
+			const problem = type === REQUEST_PACKET ? findUnsafeValue(payload.params) : null;
+			if (!problem) throw err;
+			serializer.broker?.transit?.removePendingRequest(payload.id as string);
+			throw refuse(problem);
+		}
+	};
+	return serializer as unknown as NonNullable<BrokerOptions["serializer"]>;
 }
 
 function checkParams(params: unknown, schema: Record<string, Rule> | undefined): Problem | null {

@@ -137,6 +137,14 @@ describeWithNatsAndPostgres("memory service across the mesh", () => {
 		expect(answers.map(a => a.status)).toEqual(Array(6).fill(200));
 		expect(new Set(answers.map(a => a.body.id)).size).toBe(1);
 		expect(await query(databaseUrl, "SELECT id FROM memories WHERE key = $1", [key])).toHaveLength(1);
+		// The claim, the memory and its events are one statement: the retries wrote no events either.
+		expect(await query(databaseUrl, "SELECT id FROM outbox WHERE aggregate_id = $1", [answers[0].body.id])).toHaveLength(2);
+		expect(answers.filter(a => a.headers.get("idempotent-replayed") === "true")).toHaveLength(5);
+
+		const reused = await call("POST", "/memories", u1, memory({ key, content: "another body" }), { "Idempotency-Key": key });
+		expect(reused.status).toBe(422);
+		expect(reused.body).toMatchObject({ type: "IDEMPOTENCY_KEY_REUSED", data: [{ field: "Idempotency-Key" }] });
+		expect(await query(databaseUrl, "SELECT id FROM memories WHERE key = $1", [key])).toHaveLength(1);
 	});
 
 	it("seals confidential content: readable by its owner, never in the table, the logs or the events", async () => {

@@ -21,10 +21,22 @@ export function prefixedSubject(events: EventSettings, subject: string): string 
 	return events.subjectPrefix ? `${events.subjectPrefix}.${subject}` : subject;
 }
 
+/**
+ * The multi-row INSERT of `items` (at least one), its parameters numbered from `$firstParam`: a write can
+ * put it in a data-modifying CTE beside its own change, so that change and events are one statement.
+ * With `onlyIf` (the name of another CTE) the rows are inserted only when that CTE returned a row.
+ */
+export function outboxInsert(events: EventSettings, items: OutboxEvent[], firstParam = 1, onlyIf?: string): { sql: string; bind: unknown[] } {
+	const at = (i: number, column: number) => `$${firstParam + i * 5 + column}`;
+	const values = items.map((_, i) => `(${at(i, 0)}, ${at(i, 1)}, ${at(i, 2)}, ${at(i, 3)}, ${at(i, 4)}::jsonb)`).join(", ");
+	const bind = items.flatMap(e => [e.aggregateType, e.aggregateId, e.eventType, prefixedSubject(events, e.subject), JSON.stringify(e.payload)]);
+	const rows = onlyIf ? `SELECT * FROM (VALUES ${values}) AS event WHERE EXISTS (SELECT 1 FROM ${onlyIf})` : `VALUES ${values}`;
+	return { sql: `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) ${rows}`, bind };
+}
+
 /** One multi-row INSERT for all of a write's events: one round trip inside the write's transaction. */
 export async function enqueueEvents(sequelize: Sequelize, t: Transaction, events: EventSettings, items: OutboxEvent[]): Promise<void> {
 	if (!items.length) return;
-	const values = items.map((_, i) => `($${i * 5 + 1}, $${i * 5 + 2}, $${i * 5 + 3}, $${i * 5 + 4}, $${i * 5 + 5}::jsonb)`).join(", ");
-	const bind = items.flatMap(e => [e.aggregateType, e.aggregateId, e.eventType, prefixedSubject(events, e.subject), JSON.stringify(e.payload)]);
-	await sequelize.query(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ${values}`, { bind, transaction: t });
+	const { sql, bind } = outboxInsert(events, items);
+	await sequelize.query(sql, { bind, transaction: t });
 }
