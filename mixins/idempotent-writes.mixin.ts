@@ -14,7 +14,7 @@
  * of each service's "idempotency-sweep" lease deletes expired keys of that service's scopes.
  */
 import { createHmac } from "crypto";
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
@@ -61,10 +61,10 @@ function requestHash(service: Service, params: unknown): string {
 		.digest("hex");
 }
 
-export const IdempotentWritesMixin: ServiceSchema = {
+export const IdempotentWritesMixin: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, IdempotentThis> = {
 	name: "idempotent-writes",
 	methods: {
-		async idempotentWrite<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options: IdempotentWriteOptions<T> = {}): Promise<T> {
+		async idempotentWrite<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options: IdempotentWriteOptions<T> = {}): Promise<T> {
 			const sequelize = databaseOf(this.broker);
 			const key = ctx.meta.idempotencyKey;
 			if (!key) return sequelize.transaction(write);
@@ -94,8 +94,7 @@ export const IdempotentWritesMixin: ServiceSchema = {
 	},
 
 	/** One sweeper per service and mesh (lease): two would only delete the same rows twice, harmlessly. */
-	async started(this: Service) {
-		const self = this as IdempotentThis;
+	async started() {
 		const ttlMs = nodeContextOf(this.broker).settings.idempotencyTtlMs;
 		const lease = createDutyLease(this.broker, `idempotency-sweep:${this.name}`, this.logger);
 		await lease.start();
@@ -105,13 +104,12 @@ export const IdempotentWritesMixin: ServiceSchema = {
 				.query(SWEEP, { bind: [`${this.name}.`, ttlMs] })
 				.catch(err => this.logger.warn(`Idempotency key sweep failed: ${(err as Error).message}`));
 		}, sweepEveryMs(ttlMs));
-		self.idempotencySweep = { lease, timer };
+		this.idempotencySweep = { lease, timer };
 	},
 
-	async stopped(this: Service) {
-		const self = this as IdempotentThis;
-		if (!self.idempotencySweep) return;
-		clearInterval(self.idempotencySweep.timer);
-		await self.idempotencySweep.lease.stop();
+	async stopped() {
+		if (!this.idempotencySweep) return;
+		clearInterval(this.idempotencySweep.timer);
+		await this.idempotencySweep.lease.stop();
 	},
 };

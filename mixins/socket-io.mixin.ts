@@ -19,7 +19,7 @@
  * and the root namespace is refused.
  */
 import type { IncomingMessage } from "http";
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Server, type Namespace, type Socket } from "socket.io";
 import type { DefaultEventsMap } from "socket.io/dist/typed-events";
 import { AuthError, verifyTokenClaims, type MeshUser, type VerifiedToken } from "../lib/http/auth";
@@ -83,6 +83,8 @@ type NamespaceMap = { _nsps: Map<string, Namespace> };
 type ChildNamespace = { sockets: Map<string, unknown>; _preConnectSockets: Map<string, unknown> };
 
 interface SocketIoThis extends Service {
+	/** the gateway's HTTP server (moleculer-web's): socket.io shares it */
+	server: import("http").Server;
 	io: Server | null;
 	roomParent: Namespace | null;
 	socketCounts: SocketCounts;
@@ -203,38 +205,38 @@ function socketListeners(service: SocketIoThis) {
 	};
 }
 
-export const SocketIoMixin: ServiceSchema = {
+const socketIoSchema: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, SocketIoThis> = {
 	name: "socket-io",
 
 	events: {
-		"city.message.created"(this: Service, ctx: Context<{ room_id: string; created_at: string }>) {
-			(this as SocketIoThis).pushToRoom(ctx.params.room_id, "message", ctx.params);
+		"city.message.created"(ctx: Context<{ room_id: string; created_at: string }>) {
+			this.pushToRoom(ctx.params.room_id, "message", ctx.params);
 		},
-		"city.message.edited"(this: Service, ctx: Context<{ room_id: string }>) {
-			(this as SocketIoThis).pushToRoom(ctx.params.room_id, "message.edited", ctx.params);
+		"city.message.edited"(ctx: Context<{ room_id: string }>) {
+			this.pushToRoom(ctx.params.room_id, "message.edited", ctx.params);
 		},
-		"city.message.deleted"(this: Service, ctx: Context<{ room_id: string }>) {
-			(this as SocketIoThis).pushToRoom(ctx.params.room_id, "message.deleted", ctx.params);
+		"city.message.deleted"(ctx: Context<{ room_id: string }>) {
+			this.pushToRoom(ctx.params.room_id, "message.deleted", ctx.params);
 		},
 		/** A member left or was removed: their sockets in that room close at once (and stop watching it if private). */
-		"city.member.left"(this: Service, ctx: Context<{ room_id: string; user_id: string; is_public: boolean }>) {
-			(this as SocketIoThis).closeMembership(ctx.params.room_id, ctx.params.user_id, ctx.params.is_public);
+		"city.member.left"(ctx: Context<{ room_id: string; user_id: string; is_public: boolean }>) {
+			this.closeMembership(ctx.params.room_id, ctx.params.user_id, ctx.params.is_public);
 		},
 		/**
 		 * To sockets watching everyone, and to those watching one of the user's rooms (each socket once).
 		 * The room list only routes: a watcher is not told which other rooms the user is in.
 		 */
-		"presence.changed"(this: Service, ctx: Context<{ rooms?: string[] }>) {
+		"presence.changed"(ctx: Context<{ rooms?: string[] }>) {
 			const { rooms, ...visible } = ctx.params;
 			const targets = [EVERYONE, ...(rooms ?? []).map(watching)];
-			(this as SocketIoThis).io?.of(PRESENCE_NAMESPACE).to(targets).emit("presence", visible);
+			this.io?.of(PRESENCE_NAMESPACE).to(targets).emit("presence", visible);
 		},
 	},
 
 	methods: {
 		attachSocketIo(this: SocketIoThis) {
 			const { settings } = nodeContextOf(this.broker);
-			const server = (this as unknown as { server: import("http").Server }).server;
+			const server = this.server;
 			const io = new Server(server, {
 				path: WS_PATH,
 				adapter: ImplicitOwnRoomAdapter,
@@ -489,19 +491,18 @@ export const SocketIoMixin: ServiceSchema = {
 		},
 	},
 
-	created(this: Service) {
-		const self = this as SocketIoThis;
-		self.io = null;
-		self.roomParent = null;
-		self.tokenSweep = null;
-		self.socketCounts = { rooms: 0, presence: 0, connections: 0 };
+	created() {
+		this.io = null;
+		this.roomParent = null;
+		this.tokenSweep = null;
+		this.socketCounts = { rooms: 0, presence: 0, connections: 0 };
 		const { socketLimits } = nodeContextOf(this.broker).settings;
-		self.budget = new SocketEventBudget(socketLimits);
-		self.lanes = new KeyedConcurrency(socketLimits.userConcurrency);
-		self.handshakes = new HandshakeGuard(socketLimits);
+		this.budget = new SocketEventBudget(socketLimits);
+		this.lanes = new KeyedConcurrency(socketLimits.userConcurrency);
+		this.handshakes = new HandshakeGuard(socketLimits);
 		const validator = this.broker.validator as unknown as { compile(schema: object): Checker };
 		const compile = (schema: object) => validator.compile(schema);
-		self.checkers = {
+		this.checkers = {
 			rooms: Object.fromEntries(Object.entries(SOCKET_EVENTS.rooms).map(([event, schema]) => [event, compile(schema)])),
 			presence: Object.fromEntries(Object.entries(SOCKET_EVENTS.presence).map(([event, schema]) => [event, compile(schema)])),
 		};
@@ -512,7 +513,7 @@ export const SocketIoMixin: ServiceSchema = {
 			// No room label: room ids are user-chosen (private ones too), one series each would be unbounded.
 			buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
 			description: "Seconds from a room message's commit to its push to this node's sockets",
-		} as never);
+		});
 		this.broker.metrics.register({ name: WS_METRICS.sockets, type: "gauge", labelNames: ["channel"], description: "Open socket.io sockets on this node per channel (rooms, presence), and open connections (connections)" });
 		this.broker.metrics.register({ name: WS_METRICS.namespaces, type: "gauge", description: "Room namespaces this node holds (one per room with sockets here)" });
 		this.broker.metrics.register({
@@ -523,11 +524,17 @@ export const SocketIoMixin: ServiceSchema = {
 		});
 	},
 
-	started(this: Service) {
-		(this as SocketIoThis).attachSocketIo();
+	started() {
+		this.attachSocketIo();
 	},
 
-	stopped(this: Service) {
-		(this as SocketIoThis).closeSocketConnections();
+	stopped() {
+		this.closeSocketConnections();
 	},
 };
+
+/**
+ * Moleculer types `mixins` as schemas whose `this` is any service; the gateway that lists this mixin
+ * gains the fields and methods SocketIoThis declares.
+ */
+export const SocketIoMixin = socketIoSchema as Partial<ServiceSchema>;

@@ -46,7 +46,7 @@ async function registryStatus(broker: ServiceBroker): Promise<Map<string, { stat
 }
 
 export async function meshTable(broker: ServiceBroker): Promise<string[][]> {
-	const nodes = (broker.registry.getNodeList({ onlyAvailable: false, withServices: true }) as never[])
+	const nodes = broker.registry.getNodeList({ onlyAvailable: false, withServices: true })
 		.map(describeNode)
 		.filter(n => !n.local); // the REPL itself is a node too; operators want the others
 	const registry = await registryStatus(broker);
@@ -110,7 +110,7 @@ async function main(): Promise<void> {
 	const settings = loadSettings({ ...process.env, NODE_ID: process.env.NODE_ID ?? `repl-${os.hostname()}-${process.pid}`, NODE_ROLE: "operator" });
 	const transport = await resolveTransport(settings);
 	const options = createBrokerOptions({ ...settings, logLevel: process.env.LOG_LEVEL ?? "warn", metricsEnabled: false }, transport);
-	const broker = new ServiceBroker({ ...options, replOptions: { customCommands: [meshCommand(), breakersCommand()] } } as never);
+	const broker = new ServiceBroker({ ...options, replOptions: { customCommands: [meshCommand(), breakersCommand()] } });
 	await broker.start();
 	if (transport.warning) broker.logger.warn(transport.warning);
 	process.stdout.write(`Joined mesh "${settings.namespace}" over ${transport.kind} as ${broker.nodeID}. Try: mesh, breakers, nodes, services, call mesh.whoami\n`);

@@ -7,10 +7,10 @@
  * caller may not read answers exactly as a room that does not exist (404), so its name cannot be probed.
  * Leaving or being removed is broadcast (`city.member.left`): gateways close that user's room sockets.
  */
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
-import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
+import { isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { auditEvent } from "../lib/data/audit-events";
 import { enqueueEvents } from "../lib/data/outbox/enqueue";
@@ -65,16 +65,16 @@ interface CityMethods {
 }
 type CityThis = Service & CityMethods;
 
-const CityService: ServiceSchema = {
+const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, CityThis> = {
 	name: "city",
 
-	actions: defineActions({
+	actions: {
 		createRoom: {
 			...WRITE,
 			rest: "POST /rooms",
 			access: "user",
 			params: { id: ROOM_ID, name: { type: "string", min: 1, max: 100 }, is_public: { type: "boolean", optional: true, default: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ id: string; name: string; is_public: boolean }>) {
+			async handler(ctx: CityContext<{ id: string; name: string; is_public: boolean }>) {
 				const user = requireUser(ctx);
 				const sequelize = databaseOf(this.broker);
 				return sequelize.transaction(async t => {
@@ -94,7 +94,7 @@ const CityService: ServiceSchema = {
 			...READ,
 			rest: "GET /rooms",
 			access: "user",
-			async handler(this: Service, ctx: CityContext<unknown>) {
+			async handler(ctx: CityContext<unknown>) {
 				const user = requireUser(ctx);
 				return databaseOf(this.broker).query<Room>(
 					`SELECT r.id, r.name, r.is_public, r.created_by, r.created_at FROM city_rooms r
@@ -110,9 +110,8 @@ const CityService: ServiceSchema = {
 			rest: "GET /rooms/:room_id",
 			access: "user",
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const self = this as CityThis;
-				const room = await self.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
+			async handler(ctx: CityContext<{ room_id: string }>) {
+				const room = await this.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
 				const members = await databaseOf(this.broker).query<{ user_id: string }>("SELECT user_id FROM city_room_members WHERE room_id = $1 ORDER BY joined_at", {
 					bind: [room.id],
 					type: QueryTypes.SELECT,
@@ -125,10 +124,9 @@ const CityService: ServiceSchema = {
 		roomAccess: {
 			...READ,
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const self = this as CityThis;
-				const room = await self.findRoom(ctx.params.room_id);
-				return { room, ...(await self.access(room, ctx.meta.user)) };
+			async handler(ctx: CityContext<{ room_id: string }>) {
+				const room = await this.findRoom(ctx.params.room_id);
+				return { room, ...(await this.access(room, ctx.meta.user)) };
 			},
 		},
 
@@ -137,11 +135,10 @@ const CityService: ServiceSchema = {
 			rest: "POST /rooms/:room_id/join",
 			access: "user",
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string }>) {
 				const user = requireUser(ctx);
 				// Private rooms are joined by invitation (POST …/members): to anyone else they do not exist.
-				const room = await self.roomAllowing(ctx.params.room_id, user, "read");
+				const room = await this.roomAllowing(ctx.params.room_id, user, "read");
 				const [inserted] = await databaseOf(this.broker).query<{ room_id: string }>(
 					"INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room_id",
 					{ bind: [room.id, user.id], type: QueryTypes.SELECT },
@@ -159,10 +156,9 @@ const CityService: ServiceSchema = {
 			rest: "POST /rooms/:room_id/leave",
 			access: "user",
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string }>) {
 				const user = requireUser(ctx);
-				const room = await self.roomAllowing(ctx.params.room_id, user, "read");
+				const room = await this.roomAllowing(ctx.params.room_id, user, "read");
 				if (room.created_by === user.id) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "room_id" });
 				const [left] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
 					bind: [room.id, user.id],
@@ -181,8 +177,8 @@ const CityService: ServiceSchema = {
 			rest: "GET /rooms/:room_id/members",
 			access: "user",
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const room = await (this as CityThis).roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
+			async handler(ctx: CityContext<{ room_id: string }>) {
+				const room = await this.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
 				const members = await databaseOf(this.broker).query<{ user_id: string; joined_at: string }>("SELECT user_id, joined_at FROM city_room_members WHERE room_id = $1 ORDER BY joined_at, user_id", {
 					bind: [room.id],
 					type: QueryTypes.SELECT,
@@ -197,8 +193,8 @@ const CityService: ServiceSchema = {
 			rest: "POST /rooms/:room_id/members",
 			access: "user",
 			params: { room_id: ROOM_ID, user_id: USER_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; user_id: string }>) {
-				const room = await (this as CityThis).roomManagedBy(ctx.params.room_id, requireUser(ctx));
+			async handler(ctx: CityContext<{ room_id: string; user_id: string }>) {
+				const room = await this.roomManagedBy(ctx.params.room_id, requireUser(ctx));
 				const [inserted] = await databaseOf(this.broker).query<{ room_id: string }>(
 					"INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room_id",
 					{ bind: [room.id, ctx.params.user_id], type: QueryTypes.SELECT },
@@ -214,8 +210,8 @@ const CityService: ServiceSchema = {
 			rest: "DELETE /rooms/:room_id/members/:user_id",
 			access: "user",
 			params: { room_id: ROOM_ID, user_id: USER_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; user_id: string }>) {
-				const room = await (this as CityThis).roomManagedBy(ctx.params.room_id, requireUser(ctx));
+			async handler(ctx: CityContext<{ room_id: string; user_id: string }>) {
+				const room = await this.roomManagedBy(ctx.params.room_id, requireUser(ctx));
 				if (ctx.params.user_id === room.created_by) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "user_id" });
 				const [removed] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
 					bind: [room.id, ctx.params.user_id],
@@ -230,7 +226,7 @@ const CityService: ServiceSchema = {
 		roomsOf: {
 			...READ,
 			params: { user_id: USER_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string }>) {
+			async handler(ctx: Context<{ user_id: string }>) {
 				const rows = await databaseOf(this.broker).query<{ room_id: string }>("SELECT room_id FROM city_room_members WHERE user_id = $1 ORDER BY room_id", {
 					bind: [ctx.params.user_id],
 					type: QueryTypes.SELECT,
@@ -244,14 +240,13 @@ const CityService: ServiceSchema = {
 			rest: "POST /rooms/:room_id/messages",
 			access: "user",
 			params: { room_id: ROOM_ID, body: { type: "string", min: 1 }, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; body: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string; body: string }>) {
 				const user = requireUser(ctx);
-				self.checkBody(ctx.params.body);
+				this.checkBody(ctx.params.body);
 				const sequelize = databaseOf(this.broker);
 				const message = await sequelize.transaction(async t => {
 					// FOR UPDATE on the room: concurrent posts to one room take numbers one at a time.
-					const room = await self.roomAllowing(ctx.params.room_id, user, "post", t);
+					const room = await this.roomAllowing(ctx.params.room_id, user, "post", t);
 					const [{ last_seq }] = await sequelize.query<{ last_seq: string }>("UPDATE city_rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", {
 						bind: [room.id],
 						type: QueryTypes.SELECT,
@@ -263,7 +258,7 @@ const CityService: ServiceSchema = {
 						transaction: t,
 					});
 					const created = normaliseMessage(row);
-					await self.publish(t, room, "created", created);
+					await this.publish(t, room, "created", created);
 					return created;
 				});
 				// After commit: the realtime path to every gateway (the outbox carries the durable copy).
@@ -282,9 +277,8 @@ const CityService: ServiceSchema = {
 				limit: { type: "number", integer: true, min: 1, max: 200, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: CityContext<{ room_id: string; before?: number; limit?: number }>) {
-				const self = this as CityThis;
-				const room = await self.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
+			async handler(ctx: CityContext<{ room_id: string; before?: number; limit?: number }>) {
+				const room = await this.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
 				const limit = ctx.params.limit ?? 50;
 				const rows = await databaseOf(this.broker).query<Message>(
 					"SELECT * FROM city_messages WHERE room_id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
@@ -301,21 +295,20 @@ const CityService: ServiceSchema = {
 			rest: "PATCH /rooms/:room_id/messages/:message_id",
 			access: "user",
 			params: { room_id: ROOM_ID, message_id: { type: "uuid" }, body: { type: "string", min: 1 }, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; message_id: string; body: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string; message_id: string; body: string }>) {
 				const user = requireUser(ctx);
-				self.checkBody(ctx.params.body);
+				this.checkBody(ctx.params.body);
 				const sequelize = databaseOf(this.broker);
 				const edited = await sequelize.transaction(async t => {
-					const room = await self.roomAllowing(ctx.params.room_id, user, "read", t);
-					const message = await self.findMessage(room.id, ctx.params.message_id, t);
+					const room = await this.roomAllowing(ctx.params.room_id, user, "read", t);
+					const message = await this.findMessage(room.id, ctx.params.message_id, t);
 					if (message.author_id !== user.id) throw clientError("Only the author edits a message", 403, "FORBIDDEN");
 					const [row] = await sequelize.query<Message>("UPDATE city_messages SET body = $2, edited_at = now() WHERE id = $1 RETURNING *", {
 						bind: [message.id, ctx.params.body],
 						type: QueryTypes.SELECT,
 						transaction: t,
 					});
-					await self.publish(t, room, "edited", normaliseMessage(row));
+					await this.publish(t, room, "edited", normaliseMessage(row));
 					await auditEvent(this.broker, ctx, { service: "city", action: "message_edited", actor: user.id, target: message.id, details: { room_id: room.id } }, t);
 					return normaliseMessage(row);
 				});
@@ -329,20 +322,19 @@ const CityService: ServiceSchema = {
 			rest: "DELETE /rooms/:room_id/messages/:message_id",
 			access: "user",
 			params: { room_id: ROOM_ID, message_id: { type: "uuid" }, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; message_id: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string; message_id: string }>) {
 				const user = requireUser(ctx);
 				const sequelize = databaseOf(this.broker);
 				const deleted = await sequelize.transaction(async t => {
-					const room = await self.roomAllowing(ctx.params.room_id, user, "read", t);
-					const message = await self.findMessage(room.id, ctx.params.message_id, t);
+					const room = await this.roomAllowing(ctx.params.room_id, user, "read", t);
+					const message = await this.findMessage(room.id, ctx.params.message_id, t);
 					if (message.author_id !== user.id && !isAdmin(user)) throw clientError("Only the author or an admin deletes a message", 403, "FORBIDDEN");
 					const [row] = await sequelize.query<Message>("UPDATE city_messages SET deleted_at = now(), body = '' WHERE id = $1 RETURNING *", {
 						bind: [message.id],
 						type: QueryTypes.SELECT,
 						transaction: t,
 					});
-					await self.publish(t, room, "deleted", normaliseMessage(row));
+					await this.publish(t, room, "deleted", normaliseMessage(row));
 					await auditEvent(this.broker, ctx, { service: "city", action: "message_deleted", actor: user.id, target: message.id, details: { room_id: room.id, author_id: message.author_id, moderated: message.author_id !== user.id } }, t);
 					return normaliseMessage(row);
 				});
@@ -350,7 +342,7 @@ const CityService: ServiceSchema = {
 				return { id: deleted.id, room_id: deleted.room_id, deleted: true };
 			},
 		},
-	}),
+	},
 
 	methods: {
 		async findRoom(roomId: string, t?: Transaction): Promise<Room> {
@@ -375,8 +367,8 @@ const CityService: ServiceSchema = {
 
 		/** The room, provided this user may read it (else 404, as for a missing room) and, for "post", post in it (else 403). */
 		async roomAllowing(roomId: string, user: MeshUser, need: "read" | "post", t?: Transaction): Promise<Room> {
-			const room = await (this as CityThis).findRoom(roomId, t);
-			const access = await (this as CityThis).access(room, user, t);
+			const room = await this.findRoom(roomId, t);
+			const access = await this.access(room, user, t);
 			if (!access.read) throw roomNotFound(roomId);
 			if (!access[need]) throw clientError("You may not post in this room", 403, "FORBIDDEN");
 			return room;
@@ -384,7 +376,7 @@ const CityService: ServiceSchema = {
 
 		/** The room, provided this user manages its members: its owner or an admin (404 if unreadable, 403 if only a member). */
 		async roomManagedBy(roomId: string, user: MeshUser): Promise<Room> {
-			const room = await (this as CityThis).roomAllowing(roomId, user, "read");
+			const room = await this.roomAllowing(roomId, user, "read");
 			if (room.created_by !== user.id && !isAdmin(user)) throw clientError("Only the room's owner or an admin manages its members", 403, "FORBIDDEN");
 			return room;
 		},

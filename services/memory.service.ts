@@ -5,12 +5,12 @@
  * confidential content is sealed with AES-256-GCM and appears in no log and no event. Every write
  * puts its events into the outbox in the same transaction (lib/data/outbox/enqueue.ts).
  */
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
 import DbService from "moleculer-db";
 import SqlAdapter from "moleculer-db-adapter-sequelize";
 import { DataTypes, QueryTypes, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
-import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
+import { isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
 import { fastQuery } from "../lib/data/database";
 import { PointReadBatcher } from "../lib/data/point-read-batcher";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
@@ -47,6 +47,11 @@ export interface MemoryRow {
 
 export type MemoryView = Omit<MemoryRow, "content" | "content_sealed" | "key_id"> & { content: string };
 
+/** moleculer-db reads the primary key column from `settings.idField`. */
+interface MemorySettings extends ServiceSettingSchema {
+	idField: string;
+}
+
 type MemoryContext<P> = Context<P, IdempotencyMeta & { user?: MeshUser }>;
 interface MemoryMethods {
 	checkContentSize(content: string): void;
@@ -56,7 +61,9 @@ interface MemoryMethods {
 	emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): Promise<void>;
 	replayAsRead(user: MeshUser): IdempotentWriteOptions<MemoryView>;
 }
-type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> }; rowsById: PointReadBatcher<MemoryRow> };
+type MemoryThis = Service<MemorySettings> &
+	IdempotentWriteMethods &
+	MemoryMethods & { adapter: { model: ModelStatic<Model>; init(broker: unknown, service: unknown): void }; rowsById: PointReadBatcher<MemoryRow> };
 
 /** The node's shared pool: moleculer-db must not close it when this service stops. */
 class SharedSequelizeAdapter extends SqlAdapter {
@@ -134,17 +141,17 @@ const CONTENT = { type: "string", min: 1 } as const;
 const METADATA = { type: "object", optional: true } as const;
 
 /** moleculer-db reads `model` from the schema. */
-const MemoryService: ServiceSchema & { model: typeof MODEL } = {
+const MemoryService: ServiceSchema<MemorySettings, Record<string, never>, Record<string, never>, MemoryThis> & { model: typeof MODEL } = {
 	name: "memory",
 	mixins: [DbService as unknown as ServiceSchema, IdempotentWritesMixin],
 	model: MODEL,
-	settings: { idField: "id" } as ServiceSchema["settings"],
+	settings: { idField: "id" },
 
-	actions: defineActions({
+	actions: {
 		// moleculer-db's generic actions stay off: every access goes through the rules below.
-		find: false as never,
-		count: false as never,
-		insert: false as never,
+		find: false,
+		count: false,
+		insert: false,
 
 		create: {
 			...actionPolicy({ idempotent: false, timeout: "standard" }),
@@ -162,24 +169,23 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 				confidential: { type: "boolean", optional: true, default: false },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: MemoryContext<Omit<MemoryRow, "id" | "version" | "created_at" | "updated_at" | "content_sealed" | "key_id"> & { content: string }>) {
-				const self = this as MemoryThis;
+			async handler(ctx: MemoryContext<Omit<MemoryRow, "id" | "version" | "created_at" | "updated_at" | "content_sealed" | "key_id"> & { content: string }>) {
 				const user = requireUser(ctx);
 				const owner = { ...ctx.params, owner_type: ownerTypeFor(ctx.params.scope, ctx.params.owner_type) };
 				if (!canWrite(user, owner)) {
 					throw new Errors.MoleculerClientError(`Not allowed to create a ${owner.scope} memory owned by ${owner.owner_type} ${owner.owner_id}`, 403, "FORBIDDEN", { field: "owner_id" });
 				}
-				self.checkContentSize(ctx.params.content);
-				return self.idempotentWrite(
+				this.checkContentSize(ctx.params.content);
+				return this.idempotentWrite(
 					ctx,
 					`memory.create:${user.id}`,
 					async t => {
-						const created = await self.adapter.model.create({ ...owner, ...self.contentColumns(ctx.params.content, !!ctx.params.confidential), version: 1 }, { transaction: t });
+						const created = await this.adapter.model.create({ ...owner, ...this.contentColumns(ctx.params.content, !!ctx.params.confidential), version: 1 }, { transaction: t });
 						const row = created.get({ plain: true }) as MemoryRow;
-						await self.emitChange(t, row, "created", user.id, ctx.requestID);
-						return self.view(row);
+						await this.emitChange(t, row, "created", user.id, ctx.requestID);
+						return this.view(row);
 					},
-					self.replayAsRead(user),
+					this.replayAsRead(user),
 				);
 			},
 		},
@@ -189,11 +195,10 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			rest: "GET /memories/:id",
 			access: "user",
 			params: { id: ID, $$strict: "remove" },
-			async handler(this: Service, ctx: MemoryContext<{ id: string }>) {
-				const self = this as MemoryThis;
-				const row = await self.findRow(ctx.params.id);
+			async handler(ctx: MemoryContext<{ id: string }>) {
+				const row = await this.findRow(ctx.params.id);
 				if (!canRead(requireUser(ctx), row)) throw forbidden("read");
-				return self.view(row);
+				return this.view(row);
 			},
 		},
 
@@ -211,12 +216,11 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 				indexed: { type: "boolean", optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: MemoryContext<Partial<MemoryRow> & { id: string; version: number }>) {
-				const self = this as MemoryThis;
+			async handler(ctx: MemoryContext<Partial<MemoryRow> & { id: string; version: number }>) {
 				const user = requireUser(ctx);
-				if (ctx.params.content !== undefined && ctx.params.content !== null) self.checkContentSize(ctx.params.content);
-				return self.idempotentWrite(ctx, `memory.update:${user.id}`, async t => {
-					const row = await self.findRow(ctx.params.id, t);
+				if (ctx.params.content !== undefined && ctx.params.content !== null) this.checkContentSize(ctx.params.content);
+				return this.idempotentWrite(ctx, `memory.update:${user.id}`, async t => {
+					const row = await this.findRow(ctx.params.id, t);
 					if (!canWrite(user, row)) throw forbidden("change");
 					if (row.version !== ctx.params.version) {
 						throw new Errors.MoleculerClientError(`Version conflict: memory is at version ${row.version}, you sent ${ctx.params.version}`, 409, "VERSION_CONFLICT", {
@@ -225,12 +229,12 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 						});
 					}
 					const { id, version, content, ...changes } = ctx.params;
-					const values = { ...changes, ...(content != null ? self.contentColumns(content, row.confidential) : {}), version: version + 1, updated_at: new Date() };
-					await self.adapter.model.update(values, { where: { id, version }, transaction: t });
-					const updated = await self.findRow(id, t);
-					await self.emitChange(t, updated, "updated", user.id, ctx.requestID);
-					return self.view(updated);
-				}, self.replayAsRead(user));
+					const values = { ...changes, ...(content != null ? this.contentColumns(content, row.confidential) : {}), version: version + 1, updated_at: new Date() };
+					await this.adapter.model.update(values, { where: { id, version }, transaction: t });
+					const updated = await this.findRow(id, t);
+					await this.emitChange(t, updated, "updated", user.id, ctx.requestID);
+					return this.view(updated);
+				}, this.replayAsRead(user));
 			},
 		},
 
@@ -239,14 +243,13 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			rest: "DELETE /memories/:id",
 			access: "user",
 			params: { id: ID, $$strict: "remove" },
-			async handler(this: Service, ctx: MemoryContext<{ id: string }>) {
-				const self = this as MemoryThis;
+			async handler(ctx: MemoryContext<{ id: string }>) {
 				const user = requireUser(ctx);
-				return self.idempotentWrite(ctx, `memory.remove:${user.id}`, async t => {
-					const row = await self.findRow(ctx.params.id, t);
+				return this.idempotentWrite(ctx, `memory.remove:${user.id}`, async t => {
+					const row = await this.findRow(ctx.params.id, t);
 					if (!canWrite(user, row)) throw forbidden("delete");
-					await self.adapter.model.destroy({ where: { id: row.id }, transaction: t });
-					await self.emitChange(t, row, "deleted", user.id, ctx.requestID);
+					await this.adapter.model.destroy({ where: { id: row.id }, transaction: t });
+					await this.emitChange(t, row, "deleted", user.id, ctx.requestID);
 					return { id: row.id, deleted: true };
 				});
 			},
@@ -265,8 +268,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 				offset: { type: "number", integer: true, min: 0, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: MemoryContext<{ scope?: Scope; owner_id?: string; kind?: string; q?: string; limit?: number; offset?: number }>) {
-				const self = this as MemoryThis;
+			async handler(ctx: MemoryContext<{ scope?: Scope; owner_id?: string; kind?: string; q?: string; limit?: number; offset?: number }>) {
 				const user = requireUser(ctx);
 				const { scope, owner_id, kind, q } = ctx.params;
 				if (q && scope && scope !== "public") {
@@ -291,10 +293,10 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					sequelize.query<MemoryRow>(`SELECT * FROM memories WHERE ${where} ORDER BY created_at DESC, id LIMIT ${limit} OFFSET ${offset}`, { bind, type: QueryTypes.SELECT }),
 					sequelize.query<{ total: string }>(`SELECT count(*) AS total FROM memories WHERE ${where}`, { bind, type: QueryTypes.SELECT }),
 				]);
-				return { rows: rows.map(r => self.view(r)), total: Number(total), limit, offset };
+				return { rows: rows.map(r => this.view(r)), total: Number(total), limit, offset };
 			},
 		},
-	}),
+	},
 
 	methods: {
 		checkContentSize(content: string) {
@@ -328,7 +330,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 		async findRow(id: string, t?: Transaction): Promise<MemoryRow> {
 			const row = t
 				? (await databaseOf(this.broker).query<MemoryRow>("SELECT * FROM memories WHERE id = $1 FOR UPDATE", { bind: [id], type: QueryTypes.SELECT, transaction: t }))[0]
-				: await (this as MemoryThis).rowsById.get(id.toLowerCase());
+				: await this.rowsById.get(id.toLowerCase());
 			if (!row) throw notFound(id);
 			return row;
 		},
@@ -346,7 +348,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					const [row] = await databaseOf(this.broker).query<MemoryRow>("SELECT * FROM memories WHERE id = $1", { bind: [id], type: QueryTypes.SELECT, transaction: t });
 					if (!row) throw notFound(id);
 					if (!canRead(user, row)) throw forbidden("read");
-					return (this as MemoryThis).view(row);
+					return this.view(row);
 				},
 			};
 		},
@@ -363,15 +365,14 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 		},
 	},
 
-	created(this: Service) {
+	created() {
 		// moleculer-db made a placeholder adapter in its own created(); use the node's pool instead.
-		const self = this as Service & { adapter: { init(broker: unknown, service: unknown): void } };
 		// Fourth argument: moleculer-db-adapter-sequelize's options; noSync because migrations own the schema.
-		const Adapter = SharedSequelizeAdapter as unknown as new (...args: unknown[]) => { init(broker: unknown, service: unknown): void };
-		self.adapter = new Adapter(databaseOf(this.broker), undefined, undefined, { noSync: true });
-		self.adapter.init(this.broker, this);
+		const Adapter = SharedSequelizeAdapter as unknown as new (...args: unknown[]) => MemoryThis["adapter"];
+		this.adapter = new Adapter(databaseOf(this.broker), undefined, undefined, { noSync: true });
+		this.adapter.init(this.broker, this);
 		const sequelize = databaseOf(this.broker);
-		(this as MemoryThis).rowsById = new PointReadBatcher<MemoryRow>({
+		this.rowsById = new PointReadBatcher<MemoryRow>({
 			// Unnamed on purpose: a prepared `SELECT *` would fail ("cached plan must not change result
 			// type") after another node's migration adds a column, until this node reconnects.
 			load: ids => fastQuery<MemoryRow>(sequelize, "SELECT * FROM memories WHERE id = ANY($1::uuid[])", [ids]),

@@ -15,11 +15,11 @@
  */
 import { randomUUID } from "crypto";
 import os from "os";
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
-import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
+import { INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
 import { NodeRegistryStore, type Capabilities, type NodeRegistration } from "../lib/data/node-registry";
 import { buildHealthReport } from "../lib/http/health";
@@ -117,33 +117,31 @@ function notFound(nodeID: string): Errors.MoleculerClientError {
 	return new Errors.MoleculerClientError(`Node ${nodeID} is not registered`, 404, "NODE_NOT_FOUND", { node_id: nodeID });
 }
 
-const NodeRegistryService: ServiceSchema = {
+const NodeRegistryService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, NodeRegistryThis> = {
 	name: "node-registry",
 
 	events: {
-		async "$node.disconnected"(this: Service, ctx: Context<{ node: { id: string }; unexpected?: boolean }>) {
-			const self = this as NodeRegistryThis;
-			self.leaveReasons.set(ctx.params.node.id, leaveReason(ctx.params.unexpected));
-			await self.store?.markDisconnected(ctx.params.node.id, true).catch(err => this.logger.warn(`node-registry: ${(err as Error).message}`));
+		async "$node.disconnected"(ctx: Context<{ node: { id: string }; unexpected?: boolean }>) {
+			this.leaveReasons.set(ctx.params.node.id, leaveReason(ctx.params.unexpected));
+			await this.store?.markDisconnected(ctx.params.node.id, true).catch(err => this.logger.warn(`node-registry: ${(err as Error).message}`));
 		},
-		async "$node.connected"(this: Service, ctx: Context<{ node: { id: string } }>) {
-			await (this as NodeRegistryThis).store?.markDisconnected(ctx.params.node.id, false).catch(err => this.logger.warn(`node-registry: ${(err as Error).message}`));
+		async "$node.connected"(ctx: Context<{ node: { id: string } }>) {
+			await this.store?.markDisconnected(ctx.params.node.id, false).catch(err => this.logger.warn(`node-registry: ${(err as Error).message}`));
 		},
 	},
 
-	actions: defineActions({
+	actions: {
 		register: {
 			...WRITE,
 			access: INTERNAL_ACCESS,
 			params: REGISTER_PARAMS,
-			async handler(this: Service, ctx: RegistryContext<Omit<NodeRegistration, "kind" | "node_id" | "name"> & { node_id?: string; name?: string }>) {
-				const self = this as NodeRegistryThis;
+			async handler(ctx: RegistryContext<Omit<NodeRegistration, "kind" | "node_id" | "name"> & { node_id?: string; name?: string }>) {
 				const p = ctx.params;
 				const nodeID = p.node_id ?? `node-${(p.hostname ?? "external").replace(/[^A-Za-z0-9-]/g, "").slice(0, 40) || "external"}-${randomUUID().slice(0, 8)}`;
-				const inserted = await self.store.register({ ...p, node_id: nodeID, name: p.name ?? nodeID, kind: "external" });
+				const inserted = await this.store.register({ ...p, node_id: nodeID, name: p.name ?? nodeID, kind: "external" });
 				await auditEvent(this.broker, ctx, { service: "node-registry", action: "node_registered", actor: ctx.meta.user?.id ?? "mesh", target: nodeID, details: { kind: "external", role: p.role, new: inserted } });
 				await publishSubject(this.broker, nodeEventsSubject(nodeID), { event: "registered", node_id: nodeID, kind: "external" });
-				return self.store.get(nodeID);
+				return this.store.get(nodeID);
 			},
 		},
 
@@ -151,17 +149,16 @@ const NodeRegistryService: ServiceSchema = {
 			...WRITE,
 			access: INTERNAL_ACCESS,
 			params: { node_id: NODE_ID, status: STATUS, metrics: { type: "object", optional: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: RegistryContext<{ node_id: string; status?: "online" | "degraded"; metrics?: Record<string, unknown> }>) {
-				const self = this as NodeRegistryThis;
+			async handler(ctx: RegistryContext<{ node_id: string; status?: "online" | "degraded"; metrics?: Record<string, unknown> }>) {
 				const { node_id, status = "online", metrics = {} } = ctx.params;
-				const limited = self.heartbeatLimiter.take(node_id);
+				const limited = this.heartbeatLimiter.take(node_id);
 				if (!limited.allowed) {
 					throw new Errors.MoleculerClientError(`Too many heartbeats for ${node_id}; retry in ${limited.retryAfterSeconds} s`, 429, "RATE_LIMITED", { node_id, retry_after: limited.retryAfterSeconds });
 				}
 				if (Buffer.byteLength(JSON.stringify(metrics)) > METRICS_MAX_BYTES) {
 					throw new Errors.ValidationError(`metrics: at most ${METRICS_MAX_BYTES} bytes of JSON`, "VALIDATION_ERROR", [{ field: "metrics", message: `at most ${METRICS_MAX_BYTES} bytes` }]);
 				}
-				const result = await self.store.heartbeat(node_id, status, metrics);
+				const result = await this.store.heartbeat(node_id, status, metrics);
 				if (!result) throw notFound(node_id);
 				if (result.before !== status) await publishSubject(this.broker, nodeEventsSubject(node_id), { event: "status", node_id, status, previous: result.before });
 				return { success: true, node_id, status, timestamp: new Date().toISOString() };
@@ -178,8 +175,8 @@ const NodeRegistryService: ServiceSchema = {
 				offset: { type: "number", integer: true, min: 0, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: Context<{ role?: string; status?: string; limit?: number; offset?: number }>) {
-				return (this as NodeRegistryThis).store.list({ ...ctx.params, limit: ctx.params.limit ?? 100, offset: ctx.params.offset ?? 0 });
+			async handler(ctx: Context<{ role?: string; status?: string; limit?: number; offset?: number }>) {
+				return this.store.list({ ...ctx.params, limit: ctx.params.limit ?? 100, offset: ctx.params.offset ?? 0 });
 			},
 		},
 
@@ -187,11 +184,10 @@ const NodeRegistryService: ServiceSchema = {
 			...READ,
 			access: "user",
 			params: { node_id: NODE_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ node_id: string }>) {
-				const self = this as NodeRegistryThis;
-				const node = await self.store.get(ctx.params.node_id);
+			async handler(ctx: Context<{ node_id: string }>) {
+				const node = await this.store.get(ctx.params.node_id);
 				if (!node) throw notFound(ctx.params.node_id);
-				return { ...node, heartbeats: await self.store.recentHeartbeats(node.node_id, 10) };
+				return { ...node, heartbeats: await this.store.recentHeartbeats(node.node_id, 10) };
 			},
 		},
 
@@ -199,7 +195,7 @@ const NodeRegistryService: ServiceSchema = {
 			...WRITE,
 			access: ["admin"],
 			params: { message: { type: "string", min: 1, max: 500 }, severity: { type: "enum", values: ["info", "warning", "critical"], optional: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: RegistryContext<{ message: string; severity?: string }>) {
+			async handler(ctx: RegistryContext<{ message: string; severity?: string }>) {
 				const actor = ctx.meta.user?.id ?? "mesh";
 				const id = randomUUID();
 				await publishSubject(this.broker, SYSTEM_BROADCAST, { id, message: ctx.params.message, severity: ctx.params.severity ?? "info", by: actor });
@@ -212,8 +208,8 @@ const NodeRegistryService: ServiceSchema = {
 			...READ,
 			rest: "GET /leader",
 			access: "public",
-			async handler(this: Service) {
-				const { name } = (this as NodeRegistryThis).lease;
+			async handler() {
+				const { name } = this.lease;
 				const [row] = await databaseOf(this.broker).query(
 					"SELECT holder, fencing_token, acquired_at, expires_at, handback_to FROM leader_leases WHERE name = $1",
 					{ bind: [name], type: QueryTypes.SELECT },
@@ -226,14 +222,14 @@ const NodeRegistryService: ServiceSchema = {
 			rest: "GET /events",
 			access: INTERNAL_ACCESS,
 			params: { limit: { type: "number", integer: true, min: 1, max: 1_000, optional: true, convert: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ limit?: number }>) {
+			async handler(ctx: Context<{ limit?: number }>) {
 				return databaseOf(this.broker).query(
 					"SELECT node_id, role, event, reason, recorded_by, fencing_token, at FROM mesh_node_events WHERE namespace = $1 ORDER BY id DESC LIMIT $2",
 					{ bind: [this.broker.namespace, ctx.params.limit ?? 100], type: QueryTypes.SELECT },
 				);
 			},
 		},
-	}),
+	},
 
 	methods: {
 		/** Writes the difference between the live registry and the last recorded event of each node. */
@@ -314,32 +310,29 @@ const NodeRegistryService: ServiceSchema = {
 		},
 	},
 
-	created(this: Service) {
-		const self = this as NodeRegistryThis;
-		self.leaveReasons = new Map();
-		self.dependencyStatus = new Map();
-		self.timers = [];
-		self.heartbeatLimiter = new TokenBucketLimiter(HEARTBEAT_RATE.perSecond, HEARTBEAT_RATE.burst);
+	created() {
+		this.leaveReasons = new Map();
+		this.dependencyStatus = new Map();
+		this.timers = [];
+		this.heartbeatLimiter = new TokenBucketLimiter(HEARTBEAT_RATE.perSecond, HEARTBEAT_RATE.burst);
 	},
 
-	async started(this: Service) {
-		const self = this as NodeRegistryThis;
+	async started() {
 		const { registry } = nodeContextOf(this.broker).settings;
-		self.store = new NodeRegistryStore(databaseOf(this.broker), this.broker.namespace, registry.offlineAfterMs);
-		self.lease = createDutyLease(this.broker, "node-registry", this.logger);
-		await self.lease.start();
-		await self.registerSelf().catch(err => this.logger.warn(`node-registry: self-registration failed: ${(err as Error).message}`));
+		this.store = new NodeRegistryStore(databaseOf(this.broker), this.broker.namespace, registry.offlineAfterMs);
+		this.lease = createDutyLease(this.broker, "node-registry", this.logger);
+		await this.lease.start();
+		await this.registerSelf().catch(err => this.logger.warn(`node-registry: self-registration failed: ${(err as Error).message}`));
 		const every = (ms: number, what: string, work: () => Promise<unknown>) =>
-			self.timers.push(setInterval(() => void work().catch(err => isDatabaseFault(err) || this.logger.warn(`node-registry ${what} failed: ${(err as Error).message}`)), ms));
-		every(RECONCILE_EVERY_MS, "reconcile", () => self.reconcile());
-		every(registry.heartbeatMs, "heartbeat", () => self.heartbeatSelf());
-		every(PRUNE_EVERY_MS, "prune", async () => self.lease.isLeader() && self.store.prune(registry.retentionHours));
+			this.timers.push(setInterval(() => void work().catch(err => isDatabaseFault(err) || this.logger.warn(`node-registry ${what} failed: ${(err as Error).message}`)), ms));
+		every(RECONCILE_EVERY_MS, "reconcile", () => this.reconcile());
+		every(registry.heartbeatMs, "heartbeat", () => this.heartbeatSelf());
+		every(PRUNE_EVERY_MS, "prune", async () => this.lease.isLeader() && this.store.prune(registry.retentionHours));
 	},
 
-	async stopped(this: Service) {
-		const self = this as NodeRegistryThis;
-		for (const timer of self.timers) clearInterval(timer);
-		await self.lease?.stop();
+	async stopped() {
+		for (const timer of this.timers) clearInterval(timer);
+		await this.lease?.stop();
 	},
 };
 

@@ -8,11 +8,11 @@
  * missed heartbeats) run on the holder of the "presence-sweeper" lease. A node that dies takes its
  * sockets with it: every node marks that node's devices offline as soon as it leaves the mesh.
  */
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
-import { AuthError, defineActions, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/http/auth";
+import { AuthError, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
 import { requestLogger } from "../lib/runtime/logger";
 import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
@@ -75,17 +75,17 @@ interface PresenceThis extends Service {
 	refreshCounts(): Promise<void>;
 }
 
-const PresenceService: ServiceSchema = {
+const PresenceService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, PresenceThis> = {
 	name: "presence",
 
-	actions: defineActions({
+	actions: {
 		/** Socket opened (gateway → here). */
 		connect: {
 			...WRITE,
 			params: { user_id: "string", device_id: "string", node_id: "string", $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string; device_id: string; node_id: string }>) {
+			async handler(ctx: Context<{ user_id: string; device_id: string; node_id: string }>) {
 				const { user_id, device_id, node_id } = ctx.params;
-				return (this as PresenceThis).changeDevice(user_id, t =>
+				return this.changeDevice(user_id, t =>
 					databaseOf(this.broker).query(
 						`INSERT INTO presence_devices (user_id, device_id, status, node_id, transport) VALUES ($1, $2, 'online', $3, 'socket')
 						 ON CONFLICT (user_id, device_id) DO UPDATE SET status = 'online', node_id = $3, transport = 'socket', last_active_at = now(),
@@ -100,10 +100,10 @@ const PresenceService: ServiceSchema = {
 		heartbeat: {
 			...WRITE,
 			params: { user_id: "string", device_id: "string", node_id: "string", active: "boolean", $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string; device_id: string; node_id: string; active: boolean }>) {
+			async handler(ctx: Context<{ user_id: string; device_id: string; node_id: string; active: boolean }>) {
 				const { user_id, device_id, node_id, active } = ctx.params;
 				const { awayAfterMs } = nodeContextOf(this.broker).settings.presence;
-				return (this as PresenceThis).changeDevice(user_id, t =>
+				return this.changeDevice(user_id, t =>
 					databaseOf(this.broker).query(
 						`INSERT INTO presence_devices (user_id, device_id, status, node_id) VALUES ($1, $2, 'online', $3)
 						 ON CONFLICT (user_id, device_id) DO UPDATE SET
@@ -120,7 +120,7 @@ const PresenceService: ServiceSchema = {
 		gone: {
 			...WRITE,
 			params: { user_id: "string", device_id: "string", $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string; device_id: string }>) {
+			async handler(ctx: Context<{ user_id: string; device_id: string }>) {
 				await databaseOf(this.broker).query(
 					"UPDATE presence_devices SET disconnected_at = COALESCE(disconnected_at, now()), updated_at = now() WHERE user_id = $1 AND device_id = $2 AND status <> 'offline'",
 					{ bind: [ctx.params.user_id, ctx.params.device_id] },
@@ -135,7 +135,7 @@ const PresenceService: ServiceSchema = {
 			rest: "POST /online",
 			access: "user",
 			params: { device_id: DEVICE, $$strict: "remove" },
-			async handler(this: Service, ctx: PresenceContext<{ device_id?: string }>) {
+			async handler(ctx: PresenceContext<{ device_id?: string }>) {
 				const user = requireUser(ctx);
 				return ctx.call("presence.heartbeat", { user_id: user.id, device_id: ctx.params.device_id ?? "http", node_id: "http", active: true });
 			},
@@ -160,7 +160,7 @@ const PresenceService: ServiceSchema = {
 				status_msg: { type: "string", max: 1000, optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: Context<{ user_id?: string; matrix_user_id?: string; device_id?: string; status?: string }, { user?: MeshUser }>) {
+			async handler(ctx: Context<{ user_id?: string; matrix_user_id?: string; device_id?: string; status?: string }, { user?: MeshUser }>) {
 				const { user_id, matrix_user_id, device_id = "matrix", status = "online" } = ctx.params;
 				const userId = user_id ?? matrix_user_id;
 				if (!userId) throw new Errors.ValidationError("user_id (or matrix_user_id) is required", "VALIDATION_ERROR", [{ field: "user_id", type: "required", message: "user_id or matrix_user_id is required" }]);
@@ -171,7 +171,7 @@ const PresenceService: ServiceSchema = {
 				const presence =
 					deviceStatus === "online"
 						? await ctx.call<UserPresence, object>("presence.heartbeat", { user_id: userId, device_id, node_id: "http", active: true })
-						: await (this as PresenceThis).changeDevice(userId, t => databaseOf(this.broker).query(SET_DEVICE_STATUS, { bind: [userId, device_id, deviceStatus], transaction: t }));
+						: await this.changeDevice(userId, t => databaseOf(this.broker).query(SET_DEVICE_STATUS, { bind: [userId, device_id, deviceStatus], transaction: t }));
 				await auditEvent(this.broker, ctx, { service: "presence", action: `marked_${deviceStatus}`, actor: ctx.meta.user?.id ?? "mesh", target: userId });
 				return { ok: true, ...presence, ...(matrix_user_id ? { matrix_user_id } : {}), device_id, device_status: deviceStatus };
 			},
@@ -183,7 +183,7 @@ const PresenceService: ServiceSchema = {
 			rest: "POST /beacon",
 			access: "public",
 			params: { token: { type: "string", min: 10 }, device_id: { type: "string", min: 1, max: 100 }, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ token: string; device_id: string }>) {
+			async handler(ctx: Context<{ token: string; device_id: string }>) {
 				let user: MeshUser;
 				try {
 					user = verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), ctx.params.token);
@@ -201,10 +201,9 @@ const PresenceService: ServiceSchema = {
 			rest: "GET /users/:user_id",
 			access: "user",
 			params: { user_id: USER_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: PresenceContext<{ user_id: string }>) {
-				const self = this as PresenceThis;
+			async handler(ctx: PresenceContext<{ user_id: string }>) {
 				const caller = requireUser(ctx);
-				const status = await self.userStatus(ctx.params.user_id);
+				const status = await this.userStatus(ctx.params.user_id);
 				if (caller.id !== ctx.params.user_id && !isAdmin(caller)) return status;
 				const devices = await databaseOf(this.broker).query(
 					"SELECT device_id, status, node_id, last_active_at, last_seen_at FROM presence_devices WHERE user_id = $1 ORDER BY device_id",
@@ -220,8 +219,8 @@ const PresenceService: ServiceSchema = {
 			rest: "GET /counts",
 			access: "user",
 			params: { $$strict: "remove" },
-			async handler(this: Service) {
-				return (this as PresenceThis).statusCounts();
+			async handler() {
+				return this.statusCounts();
 			},
 		},
 
@@ -234,7 +233,7 @@ const PresenceService: ServiceSchema = {
 			rest: "GET /",
 			access: "user",
 			params: { room_id: { ...ROOM_ID, optional: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: PresenceContext<{ room_id?: string }>) {
+			async handler(ctx: PresenceContext<{ room_id?: string }>) {
 				requireUser(ctx);
 				let members: string[] | null = null;
 				if (ctx.params.room_id) {
@@ -251,18 +250,18 @@ const PresenceService: ServiceSchema = {
 				return { room_id: ctx.params.room_id ?? null, users: rows };
 			},
 		},
-	}),
+	},
 
 	events: {
-		"city.member.joined"(this: Service, ctx: Context<{ room_id: string; user_id: string }>) {
-			(this as PresenceThis).announce([ctx.params.user_id]).catch(err => requestLogger(this.logger, ctx).warn(`presence: announcing ${ctx.params.user_id} to room ${ctx.params.room_id} failed: ${(err as Error).message}`));
+		"city.member.joined"(ctx: Context<{ room_id: string; user_id: string }>) {
+			this.announce([ctx.params.user_id]).catch(err => requestLogger(this.logger, ctx).warn(`presence: announcing ${ctx.params.user_id} to room ${ctx.params.room_id} failed: ${(err as Error).message}`));
 		},
 		/** Every change, from any node, moves the counts: read them again shortly (one query per burst). */
-		"presence.changed"(this: Service) {
-			(this as PresenceThis).refreshCountsSoon();
+		"presence.changed"() {
+			this.refreshCountsSoon();
 		},
-		"$node.disconnected"(this: Service, ctx: Context<{ node: { id: string } }>) {
-			(this as PresenceThis).nodeLeft(ctx.params.node.id).catch(err => requestLogger(this.logger, ctx).warn(`presence: marking ${ctx.params.node.id}'s devices offline failed: ${(err as Error).message}`));
+		"$node.disconnected"(ctx: Context<{ node: { id: string } }>) {
+			this.nodeLeft(ctx.params.node.id).catch(err => requestLogger(this.logger, ctx).warn(`presence: marking ${ctx.params.node.id}'s devices offline failed: ${(err as Error).message}`));
 		},
 	},
 
@@ -377,8 +376,8 @@ const PresenceService: ServiceSchema = {
 		},
 	},
 
-	created(this: Service) {
-		(this as PresenceThis).countsTimer = null;
+	created() {
+		this.countsTimer = null;
 		if (!this.broker.isMetricsEnabled()) return;
 		this.broker.metrics.register({
 			name: PRESENCE_USERS_METRIC,
@@ -390,19 +389,17 @@ const PresenceService: ServiceSchema = {
 		this.broker.metrics.set(PRESENCE_SWEEP_METRIC, 0);
 	},
 
-	async started(this: Service) {
-		const self = this as PresenceThis;
-		void self.refreshCounts();
-		self.lease = createDutyLease(this.broker, "presence-sweeper", this.logger);
-		await self.lease.start();
-		self.sweepTimer = setInterval(() => self.sweep().catch(err => isDatabaseFault(err) || this.logger.warn(`presence sweep failed: ${(err as Error).message}`)), SWEEP_EVERY_MS);
+	async started() {
+		void this.refreshCounts();
+		this.lease = createDutyLease(this.broker, "presence-sweeper", this.logger);
+		await this.lease.start();
+		this.sweepTimer = setInterval(() => this.sweep().catch(err => isDatabaseFault(err) || this.logger.warn(`presence sweep failed: ${(err as Error).message}`)), SWEEP_EVERY_MS);
 	},
 
-	async stopped(this: Service) {
-		const self = this as PresenceThis;
-		if (self.sweepTimer) clearInterval(self.sweepTimer);
-		if (self.countsTimer) clearTimeout(self.countsTimer);
-		await self.lease?.stop();
+	async stopped() {
+		if (this.sweepTimer) clearInterval(this.sweepTimer);
+		if (this.countsTimer) clearTimeout(this.countsTimer);
+		await this.lease?.stop();
 	},
 };
 

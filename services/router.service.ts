@@ -13,7 +13,7 @@ import fs from "fs";
 import { PassThrough, type Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { defineActions, requireUser, type MeshAction, type MeshUser } from "../lib/http/auth";
+import { requireUser, type MeshUser } from "../lib/http/auth";
 import { OutboxBatch } from "../lib/data/outbox-batch";
 import { setHealthSection } from "../lib/http/health";
 import { InPlaceSeries } from "../lib/mesh/request-metrics";
@@ -102,7 +102,7 @@ function sse(data: unknown, event?: string): string {
 const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, RouterThis> = {
 	name: "router",
 
-	actions: defineActions<Record<string, MeshAction<RouterThis>>, RouterThis>({
+	actions: {
 		route: {
 			// Not retried by Moleculer: the router retries generations itself, on another node.
 			...actionPolicy({ idempotent: false, timeout: "slow" }),
@@ -190,7 +190,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				}
 			},
 		},
-	}),
+	},
 
 	events: {
 		[ADVERT_EVENT](this: RouterThis, ctx: Context<NodeAdvert>) {

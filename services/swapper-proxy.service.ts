@@ -9,7 +9,7 @@
 import { Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { defineActions, INTERNAL_ACCESS, type MeshAction } from "../lib/http/auth";
+import { INTERNAL_ACCESS } from "../lib/http/auth";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { nodeHealthFailure, toMeshError } from "../lib/inference/errors";
 import { readGpu, type GpuReading } from "../lib/inference/gpu";
@@ -80,7 +80,7 @@ function chunkStream(onDestroy: () => void): Readable {
 const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, SwapperThis> = {
 	name: "swapper-proxy",
 
-	actions: defineActions<Record<string, MeshAction<SwapperThis>>, SwapperThis>({
+	actions: {
 		models: {
 			...actionPolicy({ idempotent: true, timeout: "fast" }),
 			rest: "GET /models",
@@ -209,7 +209,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 				return { cancelled: !!controller };
 			},
 		},
-	}),
+	},
 
 	events: {
 		[ADVERT_EVENT](this: SwapperThis, ctx: Context<NodeAdvert>) {

@@ -157,17 +157,3 @@ export function checkAccess(access: Access | undefined, user: MeshUser | undefin
 		throw new AuthError(`Requires one of the roles: ${rule.join(", ")}`, 403, "FORBIDDEN");
 	}
 }
-
-/**
- * An action schema with this project's `access` field. Moleculer copies unknown action properties
- * into the catalogue it gossips across the mesh, so a gateway on another node sees `access` too.
- */
-export type MeshAction<TThis = import("moleculer").Service> = import("moleculer").ActionSchema<TThis> & { access?: Access };
-
-/**
- * Types a service's actions as MeshActions (Moleculer's own typings do not know `access`); TThis types
- * `this` in handlers (the service with its methods and fields).
- */
-export function defineActions<T extends Record<string, MeshAction<TThis>>, TThis = import("moleculer").Service>(actions: T): T {
-	return actions;
-}
