@@ -22,7 +22,9 @@ import type { IncomingMessage } from "http";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Server, type Namespace, type Socket } from "socket.io";
 import type { DefaultEventsMap } from "socket.io/dist/typed-events";
-import { AuthError, verifyTokenClaims, type MeshUser, type VerifiedToken } from "../lib/http/auth";
+import { isAuthRefusal, verifyTokenClaims, type MeshUser, type VerifiedToken } from "../lib/http/auth";
+import { socketErrorAnswer, type WsError } from "../lib/http/error-answer";
+import { ForbiddenError, NotFoundError, UnauthorizedError } from "../lib/mesh/errors";
 import { auditSecurityDecision } from "../lib/data/audit-events";
 import { HTTP_METRICS } from "../lib/http/prometheus";
 import { nodeContextOf } from "../lib/runtime/node-resources";
@@ -53,16 +55,6 @@ export const WS_METRICS = {
 };
 
 type SocketCounts = { rooms: number; presence: number; connections: number };
-
-interface WsError {
-	code: number;
-	type: string;
-	message: string;
-	field?: string;
-	retryAfter?: number;
-	/** set on 5xx faults worth sending again (the database restarting, a node lost) */
-	retryable?: boolean;
-}
 
 interface SocketData {
 	user?: MeshUser;
@@ -118,22 +110,8 @@ function connectError(problem: WsError): Error & { data: WsError } {
 	return Object.assign(new Error(problem.message), { data: problem });
 }
 
-/** Moleculer and auth errors as the small JSON shape sockets get. */
-export function asWsError(err: unknown): WsError {
-	const e = err as { code?: number; status?: number; type?: string; message?: string; data?: unknown };
-	const field = Array.isArray(e.data) ? (e.data[0] as { field?: string })?.field : (e.data as { field?: string } | undefined)?.field;
-	const status = e.code ?? (err instanceof AuthError ? e.status : undefined);
-	const code = typeof status === "number" && status >= 400 && status < 600 ? status : 500;
-	// A database fault (or a lost node, a timeout) is retryable: the socket client may send again.
-	const retryable = (err as { retryable?: boolean }).retryable === true && code >= 500;
-	return {
-		code,
-		type: e.type ?? (code === 500 ? "INTERNAL" : "ERROR"),
-		message: code === 500 ? "Internal error" : (e.message ?? "error"),
-		...(field ? { field } : {}),
-		...(retryable ? { retryable } : {}),
-	};
-}
+/** Any error as the small JSON shape sockets get (lib/http/error-answer.ts). */
+export const asWsError = socketErrorAnswer;
 
 function refuse(socket: MeshSocket, ack: Ack, problem: WsError): void {
 	socket.emit("error_event", problem);
@@ -145,11 +123,11 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
 }
 
 /** "does not exist" and "not yours" answer the same, so that names of private rooms cannot be probed. */
-function roomNotFound(roomId: string): WsError {
-	return { code: 404, type: "ROOM_NOT_FOUND", message: `Room ${roomId} not found` };
+function roomNotFound(roomId: string): NotFoundError {
+	return new NotFoundError(`Room ${roomId} not found`, "ROOM_NOT_FOUND");
 }
 
-const NO_TOKEN: WsError = { code: 401, type: "NO_TOKEN", message: "A token is required" };
+const noToken = () => new UnauthorizedError("A token is required", "NO_TOKEN");
 
 /** The user's budget key: anonymous (public-read) sockets share one per client address. */
 function budgetKey(socket: MeshSocket): string {
@@ -163,7 +141,7 @@ function presenceOf(socket: MeshSocket) {
 const HANDLERS: { [C in SocketChannel]: Record<keyof (typeof SOCKET_EVENTS)[C], EventHandler> } = {
 	rooms: {
 		async message(service, socket, params) {
-			if (!socket.data.canPost) throw socket.data.user ? { code: 403, type: "FORBIDDEN", message: "You may not post in this room" } : NO_TOKEN;
+			if (!socket.data.canPost) throw socket.data.user ? new ForbiddenError("You may not post in this room") : noToken();
 			const message = await service.broker.call("city.postMessage", { room_id: roomIdOf(socket), body: params.body }, { meta: { user: socket.data.user } });
 			return { message };
 		},
@@ -283,7 +261,7 @@ const socketIoSchema: ServiceSchema<ServiceSettingSchema, Record<string, never>,
 					const refusal = this.handshakes.handshake(socket.handshake.address);
 					if (refusal) return next(connectError(refusal));
 					const verified = this.socketToken(socket as MeshSocket);
-					if (!verified) return next(connectError(NO_TOKEN));
+					if (!verified) return next(connectError(asWsError(noToken())));
 					(socket as MeshSocket).data = { user: verified.user, expiresAt: verified.expiresAt };
 					next();
 				} catch (err) {
@@ -330,7 +308,7 @@ const socketIoSchema: ServiceSchema<ServiceSettingSchema, Record<string, never>,
 			if (refusal) throw refusal;
 			const verified = this.socketToken(socket);
 			const user = verified?.user;
-			if (!user && !nodeContextOf(this.broker).settings.wsPublicRead) throw NO_TOKEN;
+			if (!user && !nodeContextOf(this.broker).settings.wsPublicRead) throw noToken();
 			const roomId = roomIdOf(socket);
 			let access: { read: boolean; post: boolean };
 			try {
@@ -340,7 +318,7 @@ const socketIoSchema: ServiceSchema<ServiceSettingSchema, Record<string, never>,
 				throw err;
 			}
 			if (!access.read && user) auditSecurityDecision(this.broker, null, { service: "socket", action: "authz_failed", client: socket.handshake.address, reason: "FORBIDDEN", actor: user.id, target: socket.nsp.name });
-			if (!access.read) throw user ? roomNotFound(roomId) : NO_TOKEN;
+			if (!access.read) throw user ? roomNotFound(roomId) : noToken();
 			socket.data = { user, canPost: access.post, expiresAt: verified?.expiresAt };
 		},
 
@@ -396,7 +374,7 @@ const socketIoSchema: ServiceSchema<ServiceSettingSchema, Record<string, never>,
 			this.lanes
 				.run(budgetKey(socket), () => handler(this, socket, params))
 				.then(answer => typeof ack === "function" && ack({ ok: true, ...answer }))
-				.catch(err => refuse(socket, ack, isPlainObject(err) && typeof err.code === "number" && typeof err.type === "string" && !(err instanceof Error) ? (err as unknown as WsError) : asWsError(err)));
+				.catch(err => refuse(socket, ack, asWsError(err)));
 		},
 
 		/**
@@ -455,10 +433,7 @@ const socketIoSchema: ServiceSchema<ServiceSettingSchema, Record<string, never>,
 				if (!token) return undefined;
 				return verifyTokenClaims(jwtSecretOf(nodeContextOf(this.broker).settings), token);
 			} catch (err) {
-				if (err instanceof AuthError) {
-					auditSecurityDecision(this.broker, null, { service: "socket", action: "authn_failed", client: socket.handshake.address, reason: err.type, target: socket.nsp.name });
-					throw Object.assign(err, { code: 401 });
-				}
+				if (isAuthRefusal(err)) auditSecurityDecision(this.broker, null, { service: "socket", action: "authn_failed", client: socket.handshake.address, reason: err.type, target: socket.nsp.name });
 				throw err;
 			}
 		},

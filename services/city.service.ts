@@ -8,7 +8,7 @@
  * Leaving or being removed is broadcast (`city.member.left`): gateways close that user's room sockets.
  */
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
-import { Errors } from "moleculer";
+import { ConflictError, ForbiddenError, NotFoundError, PayloadTooLargeError } from "../lib/mesh/errors";
 import { QueryTypes, type Transaction } from "sequelize";
 import { isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
@@ -41,13 +41,9 @@ type CityContext<P> = Context<P, { user?: MeshUser }>;
 const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 const WRITE = actionPolicy({ idempotent: false, timeout: "standard" });
 
-function clientError(message: string, code: number, type: string, data?: unknown): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(message, code, type, data);
-}
-
 /** The same answer for a room that does not exist and one the caller may not read. */
-function roomNotFound(roomId: string): Errors.MoleculerClientError {
-	return clientError(`Room ${roomId} not found`, 404, "ROOM_NOT_FOUND", { room_id: roomId });
+function roomNotFound(roomId: string): NotFoundError {
+	return new NotFoundError(`Room ${roomId} not found`, "ROOM_NOT_FOUND", { room_id: roomId });
 }
 
 function normaliseMessage(row: Message): Message {
@@ -82,7 +78,7 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 						"INSERT INTO city_rooms (id, name, is_public, created_by) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id, name, is_public, created_by, created_at",
 						{ bind: [ctx.params.id, ctx.params.name, ctx.params.is_public, user.id], type: QueryTypes.SELECT, transaction: t },
 					);
-					if (!room) throw clientError(`Room ${ctx.params.id} already exists`, 409, "ROOM_EXISTS", { field: "id" });
+					if (!room) throw new ConflictError(`Room ${ctx.params.id} already exists`, "ROOM_EXISTS", { field: "id" });
 					await sequelize.query("INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2)", { bind: [room.id, user.id], transaction: t });
 					await auditEvent(this.broker, ctx, { service: "city", action: "room_created", actor: user.id, target: room.id, details: { is_public: room.is_public } }, t);
 					return room;
@@ -159,7 +155,7 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 			async handler(ctx: CityContext<{ room_id: string }>) {
 				const user = requireUser(ctx);
 				const room = await this.roomAllowing(ctx.params.room_id, user, "read");
-				if (room.created_by === user.id) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "room_id" });
+				if (room.created_by === user.id) throw new ConflictError("The room's owner stays a member", "OWNER_STAYS", { field: "room_id" });
 				const [left] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
 					bind: [room.id, user.id],
 					type: QueryTypes.SELECT,
@@ -212,7 +208,7 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 			params: { room_id: ROOM_ID, user_id: USER_ID, $$strict: "remove" },
 			async handler(ctx: CityContext<{ room_id: string; user_id: string }>) {
 				const room = await this.roomManagedBy(ctx.params.room_id, requireUser(ctx));
-				if (ctx.params.user_id === room.created_by) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "user_id" });
+				if (ctx.params.user_id === room.created_by) throw new ConflictError("The room's owner stays a member", "OWNER_STAYS", { field: "user_id" });
 				const [removed] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
 					bind: [room.id, ctx.params.user_id],
 					type: QueryTypes.SELECT,
@@ -302,7 +298,7 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 				const edited = await sequelize.transaction(async t => {
 					const room = await this.roomAllowing(ctx.params.room_id, user, "read", t);
 					const message = await this.findMessage(room.id, ctx.params.message_id, t);
-					if (message.author_id !== user.id) throw clientError("Only the author edits a message", 403, "FORBIDDEN");
+					if (message.author_id !== user.id) throw new ForbiddenError("Only the author edits a message", "FORBIDDEN");
 					const [row] = await sequelize.query<Message>("UPDATE city_messages SET body = $2, edited_at = now() WHERE id = $1 RETURNING *", {
 						bind: [message.id, ctx.params.body],
 						type: QueryTypes.SELECT,
@@ -328,7 +324,7 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 				const deleted = await sequelize.transaction(async t => {
 					const room = await this.roomAllowing(ctx.params.room_id, user, "read", t);
 					const message = await this.findMessage(room.id, ctx.params.message_id, t);
-					if (message.author_id !== user.id && !isAdmin(user)) throw clientError("Only the author or an admin deletes a message", 403, "FORBIDDEN");
+					if (message.author_id !== user.id && !isAdmin(user)) throw new ForbiddenError("Only the author or an admin deletes a message", "FORBIDDEN");
 					const [row] = await sequelize.query<Message>("UPDATE city_messages SET deleted_at = now(), body = '' WHERE id = $1 RETURNING *", {
 						bind: [message.id],
 						type: QueryTypes.SELECT,
@@ -361,7 +357,7 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 				type: QueryTypes.SELECT,
 				transaction: t,
 			});
-			if (!message) throw clientError(`Message ${messageId} not found in ${roomId}`, 404, "MESSAGE_NOT_FOUND");
+			if (!message) throw new NotFoundError(`Message ${messageId} not found in ${roomId}`, "MESSAGE_NOT_FOUND");
 			return message;
 		},
 
@@ -370,14 +366,14 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 			const room = await this.findRoom(roomId, t);
 			const access = await this.access(room, user, t);
 			if (!access.read) throw roomNotFound(roomId);
-			if (!access[need]) throw clientError("You may not post in this room", 403, "FORBIDDEN");
+			if (!access[need]) throw new ForbiddenError("You may not post in this room", "FORBIDDEN");
 			return room;
 		},
 
 		/** The room, provided this user manages its members: its owner or an admin (404 if unreadable, 403 if only a member). */
 		async roomManagedBy(roomId: string, user: MeshUser): Promise<Room> {
 			const room = await this.roomAllowing(roomId, user, "read");
-			if (room.created_by !== user.id && !isAdmin(user)) throw clientError("Only the room's owner or an admin manages its members", 403, "FORBIDDEN");
+			if (room.created_by !== user.id && !isAdmin(user)) throw new ForbiddenError("Only the room's owner or an admin manages its members", "FORBIDDEN");
 			return room;
 		},
 
@@ -395,7 +391,7 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 
 		checkBody(body: string) {
 			const max = nodeContextOf(this.broker).settings.cityMaxMessageChars;
-			if (body.length > max) throw clientError(`body is ${body.length} characters; the limit is ${max}`, 413, "MESSAGE_TOO_LARGE", { field: "body", limit: max });
+			if (body.length > max) throw new PayloadTooLargeError(`body is ${body.length} characters; the limit is ${max}`, "MESSAGE_TOO_LARGE", { field: "body", limit: max });
 		},
 
 		async publish(t: Transaction, room: Room, action: "created" | "edited" | "deleted", message: Message) {

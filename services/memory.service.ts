@@ -7,6 +7,7 @@
  */
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
+import { ConflictError, ForbiddenError, NotFoundError, PayloadTooLargeError } from "../lib/mesh/errors";
 import DbService from "moleculer-db";
 import SqlAdapter from "moleculer-db-adapter-sequelize";
 import { DataTypes, QueryTypes, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
@@ -119,11 +120,11 @@ function ownerTypeFor(scope: Scope, requested: OwnerType | undefined): OwnerType
 }
 
 function forbidden(what: string): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(`Not allowed to ${what} this memory`, 403, "FORBIDDEN");
+	return new ForbiddenError(`Not allowed to ${what} this memory`, "FORBIDDEN");
 }
 
 function notFound(id: string): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(`Memory ${id} not found`, 404, "NOT_FOUND", { id });
+	return new NotFoundError(`Memory ${id} not found`, "NOT_FOUND", { id });
 }
 
 /** What events say about a memory: never its content. */
@@ -173,7 +174,7 @@ const MemoryService: ServiceSchema<MemorySettings, Record<string, never>, Record
 				const user = requireUser(ctx);
 				const owner = { ...ctx.params, owner_type: ownerTypeFor(ctx.params.scope, ctx.params.owner_type) };
 				if (!canWrite(user, owner)) {
-					throw new Errors.MoleculerClientError(`Not allowed to create a ${owner.scope} memory owned by ${owner.owner_type} ${owner.owner_id}`, 403, "FORBIDDEN", { field: "owner_id" });
+					throw new ForbiddenError(`Not allowed to create a ${owner.scope} memory owned by ${owner.owner_type} ${owner.owner_id}`, "FORBIDDEN", { field: "owner_id" });
 				}
 				this.checkContentSize(ctx.params.content);
 				return this.idempotentWrite(
@@ -223,7 +224,7 @@ const MemoryService: ServiceSchema<MemorySettings, Record<string, never>, Record
 					const row = await this.findRow(ctx.params.id, t);
 					if (!canWrite(user, row)) throw forbidden("change");
 					if (row.version !== ctx.params.version) {
-						throw new Errors.MoleculerClientError(`Version conflict: memory is at version ${row.version}, you sent ${ctx.params.version}`, 409, "VERSION_CONFLICT", {
+						throw new ConflictError(`Version conflict: memory is at version ${row.version}, you sent ${ctx.params.version}`, "VERSION_CONFLICT", {
 							field: "version",
 							current: row.version,
 						});
@@ -303,7 +304,7 @@ const MemoryService: ServiceSchema<MemorySettings, Record<string, never>, Record
 			const max = nodeContextOf(this.broker).settings.memory.maxContentBytes;
 			const bytes = Buffer.byteLength(content, "utf8");
 			if (bytes > max) {
-				throw new Errors.MoleculerClientError(`content is ${bytes} bytes; the limit is ${max}`, 413, "CONTENT_TOO_LARGE", { field: "content", bytes, limit: max });
+				throw new PayloadTooLargeError(`content is ${bytes} bytes; the limit is ${max}`, "CONTENT_TOO_LARGE", { field: "content", bytes, limit: max });
 			}
 		},
 

@@ -17,6 +17,7 @@ import { randomUUID } from "crypto";
 import os from "os";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
+import { NotFoundError, RateLimitedError } from "../lib/mesh/errors";
 import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
@@ -114,7 +115,7 @@ function firstAddress(): string | null {
 }
 
 function notFound(nodeID: string): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(`Node ${nodeID} is not registered`, 404, "NODE_NOT_FOUND", { node_id: nodeID });
+	return new NotFoundError(`Node ${nodeID} is not registered`, "NODE_NOT_FOUND", { node_id: nodeID });
 }
 
 const NodeRegistryService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, NodeRegistryThis> = {
@@ -153,7 +154,7 @@ const NodeRegistryService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 				const { node_id, status = "online", metrics = {} } = ctx.params;
 				const limited = this.heartbeatLimiter.take(node_id);
 				if (!limited.allowed) {
-					throw new Errors.MoleculerClientError(`Too many heartbeats for ${node_id}; retry in ${limited.retryAfterSeconds} s`, 429, "RATE_LIMITED", { node_id, retry_after: limited.retryAfterSeconds });
+					throw new RateLimitedError(`Too many heartbeats for ${node_id}; retry in ${limited.retryAfterSeconds} s`, "RATE_LIMITED", { node_id, retry_after: limited.retryAfterSeconds });
 				}
 				if (Buffer.byteLength(JSON.stringify(metrics)) > METRICS_MAX_BYTES) {
 					throw new Errors.ValidationError(`metrics: at most ${METRICS_MAX_BYTES} bytes of JSON`, "VALIDATION_ERROR", [{ field: "metrics", message: `at most ${METRICS_MAX_BYTES} bytes` }]);

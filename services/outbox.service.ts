@@ -6,7 +6,7 @@
  * outbox_pending, outbox_lag_seconds and outbox_relay_paused.
  */
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
-import { Errors } from "moleculer";
+import { NotFoundError } from "../lib/mesh/errors";
 import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { INTERNAL_ACCESS } from "../lib/http/auth";
@@ -107,7 +107,7 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 					 SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, created_at FROM dead RETURNING id`,
 					{ bind: [ctx.params.id], type: QueryTypes.SELECT },
 				);
-				if (!moved) throw new Errors.MoleculerClientError(`No dead event ${ctx.params.id}`, 404, "NOT_FOUND", { id: ctx.params.id });
+				if (!moved) throw new NotFoundError(`No dead event ${ctx.params.id}`, "NOT_FOUND", { id: ctx.params.id });
 				requestLogger(this.logger, ctx).info(`Outbox event ${ctx.params.id} re-driven from the DLQ`, { event: "outbox.redrive" });
 				return { id: moved.id, status: "pending" };
 			},

@@ -10,9 +10,10 @@
  */
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
+import { UnauthorizedError } from "../lib/mesh/errors";
 import { QueryTypes, type Transaction } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
-import { AuthError, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/http/auth";
+import { INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
 import { requestLogger } from "../lib/runtime/logger";
 import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
@@ -188,7 +189,8 @@ const PresenceService: ServiceSchema<ServiceSettingSchema, Record<string, never>
 				try {
 					user = verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), ctx.params.token);
 				} catch (err) {
-					if (err instanceof AuthError) throw new Errors.MoleculerClientError(err.message, 401, "INVALID_TOKEN", { field: "token" });
+					// The token came in the body: the refusal names that field.
+					if (err instanceof UnauthorizedError) throw new UnauthorizedError(err.message, "INVALID_TOKEN", { field: "token" });
 					throw err;
 				}
 				return ctx.call("presence.gone", { user_id: user.id, device_id: ctx.params.device_id });

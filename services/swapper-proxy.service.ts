@@ -9,6 +9,7 @@
 import { Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
+import { NotFoundError } from "../lib/mesh/errors";
 import { INTERNAL_ACCESS } from "../lib/http/auth";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { nodeHealthFailure, toMeshError } from "../lib/inference/errors";
@@ -227,7 +228,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 	methods: {
 		checkModelParam(this: SwapperThis, model: string) {
 			if (!this.lifecycle.has(model)) {
-				throw new Errors.MoleculerClientError(`Node ${this.broker.nodeID} serves no model '${model}'`, 404, "MODEL_NOT_FOUND", {
+				throw new NotFoundError(`Node ${this.broker.nodeID} serves no model '${model}'`, "MODEL_NOT_FOUND", {
 					field: "model",
 					node: this.broker.nodeID,
 					retry_elsewhere: true,
