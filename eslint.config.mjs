@@ -3,6 +3,15 @@ import js from "@eslint/js";
 import globals from "globals";
 import tseslint from "typescript-eslint";
 
+const NO_THIS_CAST = {
+	selector: "TSAsExpression[expression.type='ThisExpression']",
+	message: "Type `this` through the service's ServiceSchema<Settings, Methods, Vars, This> instead of casting it.",
+};
+const NO_NEVER_CAST = {
+	selector: "TSAsExpression[typeAnnotation.type='TSNeverKeyword']",
+	message: "`as never` switches the type checker off: give the value its real type (or augment the library's in types/).",
+};
+
 export default tseslint.config(
 	{ ignores: ["node_modules/", "dist/", "data/", "coverage/", "test-artifacts/", "public/vendor/"] },
 	js.configs.recommended,
@@ -44,6 +53,17 @@ export default tseslint.config(
 	{
 		files: ["scripts/**/*.ts", "moleculer.config.ts"],
 		rules: { "no-restricted-imports": ["error", { patterns: [{ group: ["**/services/*", "**/dev/*"], message: "Scripts and the broker config use lib/, not service files or dev/." }] }] },
+	},
+	// Typed services (types/moleculer.d.ts, ServiceSchema generics): `this` is typed in every handler, method
+	// and hook, so a cast of `this` means the schema's type is missing something; `as never` silences the
+	// checker wholesale. Tests may still use `as never` to hand a library deliberately wrong input.
+	{
+		files: ["services/**/*.ts", "mixins/**/*.ts"],
+		rules: { "no-restricted-syntax": ["error", NO_THIS_CAST, NO_NEVER_CAST] },
+	},
+	{
+		files: ["lib/**/*.ts", "dev/**/*.ts", "scripts/**/*.ts", "bench/**/*.ts", "moleculer.config.ts"],
+		rules: { "no-restricted-syntax": ["error", NO_NEVER_CAST] },
 	},
 	// The web page runs in browsers, with socket.io's client loaded as a global by index.html.
 	{ files: ["public/**/*.js"], languageOptions: { sourceType: "script", globals: { ...globals.browser, io: "readonly" } } },

@@ -9,7 +9,7 @@ import { QueryLimitsMiddleware } from "./lib/data/query-limits";
 import { jsonLogger } from "./lib/runtime/logger";
 import { guardedSerializer, InputGuardMiddleware } from "./lib/mesh/input-guard";
 import { meshInternalMiddlewares } from "./lib/mesh/call-pipeline";
-import { GatewayPrometheusReporter } from "./lib/http/prometheus";
+import { GatewayPrometheusReporter, GatewayReporterMiddleware } from "./lib/http/prometheus";
 import { nodeHealthFailure } from "./lib/inference/errors";
 import { LivenessProbeMiddleware } from "./lib/mesh/liveness-probe";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/mesh/failover-policy";
@@ -23,7 +23,7 @@ export interface BrokerExtras {
 
 export function createBrokerOptions(settings: MeshSettings, transport: TransportChoice): BrokerOptions & BrokerExtras {
 	const metricsReporter = new GatewayPrometheusReporter();
-	return {
+	const options: BrokerOptions = {
 		namespace: settings.namespace,
 		nodeID: settings.nodeID,
 		metadata: { role: settings.role, version: settings.version, transport: transport.kind },
@@ -72,16 +72,22 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			check: (err: Error & { code?: number }) => nodeHealthFailure(err) && !isDatabaseFault(err),
 		},
 
-		metrics: {
-			enabled: settings.metricsEnabled,
-			reporter: [metricsReporter as never],
-		},
+		// The reporter is an instance (GatewayReporterMiddleware hands it over): /metrics renders from it.
+		metrics: { enabled: settings.metricsEnabled },
 		// Moleculer's own middlewares, three of them in leaner equivalents (lib/mesh/call-pipeline.ts).
 		internalMiddlewares: false,
 		// First listed = innermost: QueryLimits names a database limit before breakers and metrics see the
 		// error. Last = outermost: InputGuard refuses unstorable input before anything else runs (on the
 		// serving node only: its check protects the data whoever calls).
-		middlewares: [QueryLimitsMiddleware(), FailureDetectorMiddleware(), LivenessProbeMiddleware(), FailoverEventsMiddleware(), ...meshInternalMiddlewares(), InputGuardMiddleware()],
-		metricsReporter,
-	} as BrokerOptions & BrokerExtras;
+		middlewares: [
+			GatewayReporterMiddleware(metricsReporter),
+			QueryLimitsMiddleware(),
+			FailureDetectorMiddleware(),
+			LivenessProbeMiddleware(),
+			FailoverEventsMiddleware(),
+			...meshInternalMiddlewares(),
+			InputGuardMiddleware(),
+		],
+	};
+	return { ...options, metricsReporter };
 }

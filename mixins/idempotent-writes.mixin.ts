@@ -14,7 +14,7 @@
  * of each service's "idempotency-sweep" lease deletes expired keys of that service's scopes.
  */
 import { createHmac } from "crypto";
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
@@ -97,7 +97,7 @@ function keyReused(): Errors.ValidationError {
 	]);
 }
 
-export const IdempotentWritesMixin: ServiceSchema = {
+export const IdempotentWritesMixin: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, Service> = {
 	name: "idempotent-writes",
 	/** One sweeper per service and mesh (lease): two would only delete the same rows twice, harmlessly. */
 	mixins: [
@@ -110,7 +110,7 @@ export const IdempotentWritesMixin: ServiceSchema = {
 		}),
 	],
 	methods: {
-		async idempotentWrite<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options: IdempotentWriteOptions<T> = {}): Promise<T> {
+		async idempotentWrite<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (t: Transaction) => Promise<T>, options: IdempotentWriteOptions<T> = {}): Promise<T> {
 			const sequelize = databaseOf(this.broker);
 			const key = ctx.meta.idempotencyKey;
 			if (!key) return sequelize.transaction(write);
@@ -134,7 +134,7 @@ export const IdempotentWritesMixin: ServiceSchema = {
 			});
 		},
 
-		async idempotentStatement<T>(this: Service, ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (claim: KeyClaim | null) => Promise<T | undefined>, options: IdempotentStatementOptions<T>): Promise<T> {
+		async idempotentStatement<T>(ctx: Context<unknown, IdempotencyMeta>, scope: string, write: (claim: KeyClaim | null) => Promise<T | undefined>, options: IdempotentStatementOptions<T>): Promise<T> {
 			const key = ctx.meta.idempotencyKey;
 			const hash = key ? requestHash(this, ctx.params) : null;
 			const written = await write(key ? { cte: CLAIMED_CTE, bind: [scope, key, hash, JSON.stringify(options.keep), nodeContextOf(this.broker).settings.idempotencyTtlMs] } : null);

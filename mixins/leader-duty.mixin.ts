@@ -16,7 +16,7 @@
  * `leaseKey`. Fencing is the duty's to do (the token is on the lease); log lines of the lease itself
  * (lease.acquired / lease.lost) come from the lease.
  */
-import type { Service, ServiceSchema } from "moleculer";
+import type { Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { createDutyLease, type LeaderLease } from "../lib/data/leader-lease";
 
@@ -114,28 +114,28 @@ function startPeriodic<S extends Service>(service: S, state: DutyState, options:
  */
 export function LeaderDutyMixin<S extends Service = Service>(options: LeaderDutyOptions<S>): ServiceSchema {
 	const key = options.leaseKey ?? "lease";
-	return {
+	const schema: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, S & DutyHost> = {
 		name: `leader-duty:${key}`,
 
-		created(this: Service) {
-			const self = this as DutyHost;
+		created() {
 			const name = typeof options.duty === "function" ? options.duty(this) : options.duty;
 			const lease = createDutyLease(this.broker, name, this.logger);
-			self.$leaderDuties ??= new Map();
-			self.$leaderDuties.set(key, createState(lease));
-			self[key] = lease;
+			this.$leaderDuties ??= new Map();
+			this.$leaderDuties.set(key, createState(lease));
+			// The lease under its field name (`lease`, or `leaseKey`) for the host's own code (fencing tokens).
+			Object.assign(this, { [key]: lease });
 		},
 
-		async started(this: Service) {
-			const state = dutyState(this as DutyHost, key);
+		async started() {
+			const state = dutyState(this, key);
 			await state.lease.start();
 			state.running = true;
-			if ("loop" in options) state.loop = options.loop.call(this as S, state);
-			else startPeriodic(this as S, state, options);
+			if ("loop" in options) state.loop = options.loop.call(this, state);
+			else startPeriodic(this, state, options);
 		},
 
-		async stopped(this: Service) {
-			const state = dutyState(this as DutyHost, key);
+		async stopped() {
+			const state = dutyState(this, key);
 			state.running = false;
 			if (state.timer) clearInterval(state.timer);
 			state.timer = null;
@@ -145,4 +145,6 @@ export function LeaderDutyMixin<S extends Service = Service>(options: LeaderDuty
 			await state.lease.stop();
 		},
 	};
+	// Typed for its host (`S`) inside; Moleculer's `mixins` takes the untyped schema.
+	return schema as unknown as ServiceSchema;
 }

@@ -20,7 +20,7 @@
 import type { IncomingMessage, Server as HttpServer } from "http";
 import type { Context, ServiceSchema, ServiceSettingSchema, Service } from "moleculer";
 import { Server, type Namespace } from "socket.io";
-import { AuthError, verifyTokenClaims, type VerifiedToken } from "../lib/http/auth";
+import { isAuthRefusal, verifyTokenClaims, type VerifiedToken } from "../lib/http/auth";
 import { auditSecurityDecision } from "../lib/data/audit-events";
 import { HTTP_METRICS } from "../lib/http/prometheus";
 import { nodeContextOf } from "../lib/runtime/node-resources";
@@ -315,10 +315,7 @@ export function RealtimeGatewayMixin(channels: ChannelDefinition[]): ServiceSche
 					if (!token) return undefined;
 					return verifyTokenClaims(jwtSecretOf(nodeContextOf(this.broker).settings), token);
 				} catch (err) {
-					if (err instanceof AuthError) {
-						auditSecurityDecision(this.broker, null, { service: "socket", action: "authn_failed", client: socket.handshake.address, reason: err.type, target: socket.nsp.name });
-						throw Object.assign(err, { code: 401 });
-					}
+					if (isAuthRefusal(err)) auditSecurityDecision(this.broker, null, { service: "socket", action: "authn_failed", client: socket.handshake.address, reason: err.type, target: socket.nsp.name });
 					throw err;
 				}
 			},
@@ -354,7 +351,14 @@ export function RealtimeGatewayMixin(channels: ChannelDefinition[]): ServiceSche
 			}));
 			if (!this.broker.isMetricsEnabled()) return;
 			const metrics = this.broker.metrics;
-			for (const channel of channels) for (const metric of channel.metrics ?? []) if (!metrics.getMetric(metric.name)) metrics.register(metric as never);
+			for (const channel of channels) {
+				for (const metric of channel.metrics ?? []) {
+					if (metrics.getMetric(metric.name)) continue;
+					if (metric.type === "counter") metrics.register({ ...metric, type: "counter" });
+					else if (metric.type === "gauge") metrics.register({ ...metric, type: "gauge" });
+					else metrics.register({ ...metric, type: "histogram" });
+				}
+			}
 			metrics.register({ name: WS_METRICS.sockets, type: "gauge", labelNames: ["channel"], description: `Open socket.io sockets on this node per channel (${channels.map(c => c.name).join(", ")}), and open connections (connections)` });
 			metrics.register({ name: WS_METRICS.namespaces, type: "gauge", description: "Room namespaces this node holds (one per room with sockets here)" });
 			metrics.register({

@@ -45,7 +45,7 @@ async function registryStatus(broker: ServiceBroker): Promise<Map<string, { stat
 }
 
 export async function meshTable(broker: ServiceBroker): Promise<string[][]> {
-	const nodes = (broker.registry.getNodeList({ onlyAvailable: false, withServices: true }) as never[])
+	const nodes = broker.registry.getNodeList({ onlyAvailable: false, withServices: true })
 		.map(describeNode)
 		.filter(n => !n.local); // the REPL itself is a node too; operators want the others
 	const registry = await registryStatus(broker);
@@ -109,7 +109,7 @@ async function main(): Promise<void> {
 	const settings = loadReplSettings();
 	const transport = await resolveTransport(settings);
 	const options = createBrokerOptions(settings, transport);
-	const broker = new ServiceBroker({ ...options, replOptions: { customCommands: [meshCommand(), breakersCommand()] } } as never);
+	const broker = new ServiceBroker({ ...options, replOptions: { customCommands: [meshCommand(), breakersCommand()] } });
 	await broker.start();
 	if (transport.warning) broker.logger.warn(transport.warning);
 	process.stdout.write(`Joined mesh "${settings.namespace}" over ${transport.kind} as ${broker.nodeID}. Try: mesh, breakers, nodes, services, call mesh.whoami\n`);

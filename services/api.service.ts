@@ -13,9 +13,9 @@ import type { IncomingMessage, ServerResponse } from "http";
 import type { Duplex } from "stream";
 import path from "path";
 import type { Context, LogLevels, ServiceSchema } from "moleculer";
-import { Errors } from "moleculer";
 import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
-import { bearerToken, checkAccess, AuthError, signToken, verifyToken, type Access, type MeshUser } from "../lib/http/auth";
+import { bearerToken, checkAccess, isAuthRefusal, signToken, verifyToken, type Access, type AuthRefusal, type MeshUser } from "../lib/http/auth";
+import { httpErrorAnswer } from "../lib/http/error-answer";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { cancelMeta, cancelWhenClientLeaves } from "../lib/inference/cancellation";
 import { auditSecurityDecision } from "../lib/data/audit-events";
@@ -40,10 +40,6 @@ function routeLabel(req: GatewayRequest): string {
 	if (!req.$alias) return "unmatched";
 	const prefix = req.$route?.path === "/" ? "" : (req.$route?.path ?? "");
 	return `${prefix}/${(req.$alias.path ?? "").replace(/^\//, "")}`;
-}
-
-function asClientError(err: AuthError): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(err.message, err.status, err.type);
 }
 
 const ApiService: ServiceSchema<ApiSettingsSchema> = {
@@ -215,7 +211,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				if (!token) return null;
 				return verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), token);
 			} catch (err) {
-				if (err instanceof AuthError) throw this.auditedAuthError(ctx, req, err);
+				if (isAuthRefusal(err)) throw this.auditedAuthError(ctx, req, err);
 				throw err;
 			}
 		},
@@ -225,22 +221,22 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			try {
 				checkAccess(req.$action?.access, ctx.meta.user ?? undefined);
 			} catch (err) {
-				if (err instanceof AuthError) throw this.auditedAuthError(ctx, req, err);
+				if (isAuthRefusal(err)) throw this.auditedAuthError(ctx, req, err);
 				throw err;
 			}
 		},
 
-		/** Every 401/403 the gateway decides is an audit event (flood-guarded), then a JSON client error. */
-		auditedAuthError(ctx: Context<unknown, { user?: MeshUser }>, req: GatewayRequest, err: AuthError): Errors.MoleculerClientError {
+		/** Every 401/403 the gateway decides is an audit event (flood-guarded), then the refusal itself. */
+		auditedAuthError(ctx: Context<unknown, { user?: MeshUser }>, req: GatewayRequest, err: AuthRefusal): AuthRefusal {
 			auditSecurityDecision(this.broker, ctx, {
 				service: "api",
-				action: err.status === 401 ? "authn_failed" : "authz_failed",
+				action: err.code === 401 ? "authn_failed" : "authz_failed",
 				client: clientKey(req),
 				reason: err.type,
 				actor: ctx.meta.user?.id,
 				target: req.$action?.name ?? null,
 			});
-			return asClientError(err);
+			return err;
 		},
 
 		/**
@@ -356,26 +352,21 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			this.sendError(req, res, err);
 		},
 
-		/** Every error is JSON: {name, message, code, type, data}; server errors hide their internals. */
-		sendJsonError(req: IncomingMessage, res: ServerResponse, err: Error & { code?: unknown; type?: string; data?: unknown }) {
-			const status = typeof err.code === "number" && err.code >= 400 && err.code < 600 ? err.code : 500;
+		/** Every error is JSON (lib/http/error-answer.ts); this adds what only HTTP has: 404 routing, logs, headers. */
+		sendJsonError(req: IncomingMessage, res: ServerResponse, err: Error & { type?: string; data?: { fault?: unknown } }) {
+			const { status, body, retryAfterSeconds } = httpErrorAnswer(err);
 			// moleculer-web raises NOT_FOUND for a path under /api that matches no alias.
 			if (status === 404 && err.type === "NOT_FOUND") return this.send404(req, res);
 			// A database fault is logged once per state change by the node that saw it (lib/data/db-guard.ts),
 			// not once per request that met it.
 			if (isDatabaseFault(err)) this.httpLogger(req, res).debug(`HTTP ${status} on ${req.method} ${req.url}: database unavailable`, { fault: err.data?.fault });
 			else if (status >= 500) this.httpLogger(req, res).error(`HTTP ${status} on ${req.method} ${req.url}`, err);
-			const known = err instanceof Errors.MoleculerError;
-			const body =
-				status >= 500 && !known
-					? { name: "InternalServerError", message: "Internal server error", code: 500, type: "INTERNAL" }
-					: { name: err.name, message: err.message, code: status, type: err.type, data: err.data, retryable: !!(err as { retryable?: boolean }).retryable };
-			// Lost node, timeout, full queue: safe to retry (writes with the same Idempotency-Key).
-			if (known && (err as { retryable?: boolean }).retryable && !res.headersSent) res.setHeader("Retry-After", "1");
 			if (res.headersSent) {
 				res.end();
 				return;
 			}
+			// Lost node, timeout, full queue: safe to retry (writes with the same Idempotency-Key).
+			if (retryAfterSeconds !== null) res.setHeader("Retry-After", String(retryAfterSeconds));
 			this.sendJson(req, res, status, body);
 		},
 

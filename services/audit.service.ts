@@ -14,10 +14,10 @@
  * Router decisions (services/router.service.ts, when present) arrive as `audit.router.{action}` like
  * any other source: no list of sources to extend here.
  */
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { AckPolicy, DeliverPolicy, nanos, type ConsumerMessages, type JsMsg } from "nats";
 import { QueryTypes } from "sequelize";
-import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
+import { INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
 import { checkLinks, EMPTY_CHAIN, normaliseEntry, type AuditEntry } from "../lib/data/audit-chain";
 import { auditOutboxEvent, type AuditOutcome } from "../lib/data/audit-events";
 import { AuditWriter, FencedOutError, type IncomingAuditEvent } from "../lib/data/audit-writer";
@@ -95,7 +95,7 @@ function registerMetrics(service: Service): void {
 	const metrics = service.broker.metrics;
 	metrics.register({ name: AUDIT_METRICS.appended, type: "counter", description: "Audit events appended to audit_log" });
 	metrics.register({ name: AUDIT_METRICS.duplicates, type: "counter", description: "Audit event deliveries skipped as already stored" });
-	metrics.register({ name: AUDIT_METRICS.lag, type: "histogram", buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30], description: "Seconds from the audited action to its audit_log row" } as never);
+	metrics.register({ name: AUDIT_METRICS.lag, type: "histogram", buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30], description: "Seconds from the audited action to its audit_log row" });
 }
 
 function incoming(msg: JsMsg): IncomingAuditEvent | null {
@@ -109,13 +109,13 @@ function incoming(msg: JsMsg): IncomingAuditEvent | null {
 	}
 }
 
-const AuditService: ServiceSchema = {
+const AuditService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, AuditThis> = {
 	name: "audit",
 	/** audit.{service}.{action}: every actor reports through the outbox; this service owns the subject and consumes it. */
 	metadata: { [PUBLISHES]: ["audit.>"] },
 	mixins: [IdempotentWritesMixin, LeaderDutyMixin<AuditThis>({ duty: "audit-writer", loop(duty) { return this.writeLoop(duty); } })],
 
-	actions: defineActions({
+	actions: {
 		/** An operator's note (deploy started, incident opened…): one more source of audit_log rows. */
 		record: {
 			...actionPolicy({ idempotent: false, timeout: "standard" }),
@@ -127,11 +127,10 @@ const AuditService: ServiceSchema = {
 				details: { type: "object", optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: AuditContext<NoteParams>) {
-				const self = this as AuditThis;
+			async handler(ctx: AuditContext<NoteParams>) {
 				const actor = ctx.meta.user?.id ?? "mesh";
 				const { settings } = nodeContextOf(this.broker);
-				return self.idempotentWrite(ctx, `audit.record:${actor}`, async t => {
+				return this.idempotentWrite(ctx, `audit.record:${actor}`, async t => {
 					const event = auditOutboxEvent(ctx.requestID, this.broker.nodeID, {
 						service: "operator",
 						action: ctx.params.action,
@@ -158,7 +157,7 @@ const AuditService: ServiceSchema = {
 				details: { type: "object", optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: Context<{ type: string; actor: string; target?: string | null; outcome: AuditOutcome; node: string; details?: Record<string, unknown> }>) {
+			async handler(ctx: Context<{ type: string; actor: string; target?: string | null; outcome: AuditOutcome; node: string; details?: Record<string, unknown> }>) {
 				const [, service, ...action] = ctx.params.type.split(".");
 				const event = auditOutboxEvent(ctx.requestID, ctx.params.node, { ...ctx.params, service, action: action.join(".") });
 				const sequelize = databaseOf(this.broker);
@@ -183,7 +182,7 @@ const AuditService: ServiceSchema = {
 				$$strict: "remove",
 			},
 			/** Newest first; `next_cursor` pages to older rows. */
-			async handler(this: Service, ctx: Context<EventsParams>) {
+			async handler(ctx: Context<EventsParams>) {
 				const p = ctx.params;
 				const limit = p.limit ?? 100;
 				const rows = await databaseOf(this.broker).query<Record<string, unknown>>(
@@ -204,7 +203,7 @@ const AuditService: ServiceSchema = {
 			...actionPolicy({ idempotent: true, timeout: "slow" }),
 			rest: "GET /verify",
 			access: INTERNAL_ACCESS,
-			async handler(this: Service, ctx: Context) {
+			async handler(ctx: Context) {
 				const sequelize = databaseOf(this.broker);
 				let tail = EMPTY_CHAIN;
 				let checked = 0;
@@ -231,12 +230,11 @@ const AuditService: ServiceSchema = {
 			...READ,
 			rest: "GET /writer",
 			access: INTERNAL_ACCESS,
-			handler(this: Service) {
-				const self = this as AuditThis;
-				return { node: this.broker.nodeID, leader: self.lease?.isLeader() ?? false, mode: self.mode, ...self.stats };
+			handler() {
+				return { node: this.broker.nodeID, leader: this.lease?.isLeader() ?? false, mode: this.mode, ...this.stats };
 			},
 		},
-	}),
+	},
 
 	methods: {
 		async appendBatch(this: AuditThis, events: IncomingAuditEvent[]): Promise<number> {
@@ -345,15 +343,14 @@ const AuditService: ServiceSchema = {
 	},
 
 	/** The lease exists from here on (LeaderDutyMixin); the writer fences every append with its token. */
-	created(this: Service) {
-		const self = this as AuditThis;
+	created() {
 		registerMetrics(this);
-		self.buffer = [];
-		self.wake = null;
-		self.messages = null;
-		self.stats = { appended: 0, duplicates: 0, rejected: 0, lastError: null };
-		self.mode = "outbox-table";
-		self.writer = new AuditWriter(databaseOf(this.broker), { lease: self.lease.name, holder: this.broker.nodeID, fencingToken: () => self.lease.fencingToken });
+		this.buffer = [];
+		this.wake = null;
+		this.messages = null;
+		this.stats = { appended: 0, duplicates: 0, rejected: 0, lastError: null };
+		this.mode = "outbox-table";
+		this.writer = new AuditWriter(databaseOf(this.broker), { lease: this.lease.name, holder: this.broker.nodeID, fencingToken: () => this.lease.fencingToken });
 	},
 };
 

@@ -7,10 +7,10 @@
  * caller may not read answers exactly as a room that does not exist (404), so its name cannot be probed.
  * Leaving or being removed is broadcast (`city.member.left`): gateways close that user's room sockets.
  */
-import type { Context, Service, ServiceSchema } from "moleculer";
-import { Errors } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import { ConflictError, ForbiddenError, NotFoundError, PayloadTooLargeError } from "../lib/mesh/errors";
 import { QueryTypes, type Transaction } from "sequelize";
-import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
+import { isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { auditEvent } from "../lib/data/audit-events";
 import { enqueueEvents } from "../lib/data/outbox/enqueue";
@@ -42,13 +42,9 @@ type CityContext<P> = Context<P, { user?: MeshUser }>;
 const READ = actionPolicy({ idempotent: true, timeout: "fast" });
 const WRITE = actionPolicy({ idempotent: false, timeout: "standard" });
 
-function clientError(message: string, code: number, type: string, data?: unknown): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(message, code, type, data);
-}
-
 /** The same answer for a room that does not exist and one the caller may not read. */
-function roomNotFound(roomId: string): Errors.MoleculerClientError {
-	return clientError(`Room ${roomId} not found`, 404, "ROOM_NOT_FOUND", { room_id: roomId });
+function roomNotFound(roomId: string): NotFoundError {
+	return new NotFoundError(`Room ${roomId} not found`, "ROOM_NOT_FOUND", { room_id: roomId });
 }
 
 function normaliseMessage(row: Message): Message {
@@ -66,18 +62,18 @@ interface CityMethods {
 }
 type CityThis = Service & CityMethods;
 
-const CityService: ServiceSchema = {
+const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, CityThis> = {
 	name: "city",
 	/** Published through the outbox (the event stream captures it): message.{created|edited|deleted}.{room_id}, and its audit events. */
 	metadata: { [PUBLISHES]: ["message.>", "audit.>"] },
 
-	actions: defineActions({
+	actions: {
 		createRoom: {
 			...WRITE,
 			rest: "POST /rooms",
 			access: "user",
 			params: { id: ROOM_ID, name: { type: "string", min: 1, max: 100 }, is_public: { type: "boolean", optional: true, default: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ id: string; name: string; is_public: boolean }>) {
+			async handler(ctx: CityContext<{ id: string; name: string; is_public: boolean }>) {
 				const user = requireUser(ctx);
 				const sequelize = databaseOf(this.broker);
 				return sequelize.transaction(async t => {
@@ -85,7 +81,7 @@ const CityService: ServiceSchema = {
 						"INSERT INTO city_rooms (id, name, is_public, created_by) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id, name, is_public, created_by, created_at",
 						{ bind: [ctx.params.id, ctx.params.name, ctx.params.is_public, user.id], type: QueryTypes.SELECT, transaction: t },
 					);
-					if (!room) throw clientError(`Room ${ctx.params.id} already exists`, 409, "ROOM_EXISTS", { field: "id" });
+					if (!room) throw new ConflictError(`Room ${ctx.params.id} already exists`, "ROOM_EXISTS", { field: "id" });
 					await sequelize.query("INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2)", { bind: [room.id, user.id], transaction: t });
 					await auditEvent(this.broker, ctx, { service: "city", action: "room_created", actor: user.id, target: room.id, details: { is_public: room.is_public } }, t);
 					return room;
@@ -97,7 +93,7 @@ const CityService: ServiceSchema = {
 			...READ,
 			rest: "GET /rooms",
 			access: "user",
-			async handler(this: Service, ctx: CityContext<unknown>) {
+			async handler(ctx: CityContext<unknown>) {
 				const user = requireUser(ctx);
 				return databaseOf(this.broker).query<Room>(
 					`SELECT r.id, r.name, r.is_public, r.created_by, r.created_at FROM city_rooms r
@@ -113,9 +109,8 @@ const CityService: ServiceSchema = {
 			rest: "GET /rooms/:room_id",
 			access: "user",
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const self = this as CityThis;
-				const room = await self.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
+			async handler(ctx: CityContext<{ room_id: string }>) {
+				const room = await this.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
 				const members = await databaseOf(this.broker).query<{ user_id: string }>("SELECT user_id FROM city_room_members WHERE room_id = $1 ORDER BY joined_at", {
 					bind: [room.id],
 					type: QueryTypes.SELECT,
@@ -128,10 +123,9 @@ const CityService: ServiceSchema = {
 		roomAccess: {
 			...READ,
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const self = this as CityThis;
-				const room = await self.findRoom(ctx.params.room_id);
-				return { room, ...(await self.access(room, ctx.meta.user)) };
+			async handler(ctx: CityContext<{ room_id: string }>) {
+				const room = await this.findRoom(ctx.params.room_id);
+				return { room, ...(await this.access(room, ctx.meta.user)) };
 			},
 		},
 
@@ -140,11 +134,10 @@ const CityService: ServiceSchema = {
 			rest: "POST /rooms/:room_id/join",
 			access: "user",
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string }>) {
 				const user = requireUser(ctx);
 				// Private rooms are joined by invitation (POST …/members): to anyone else they do not exist.
-				const room = await self.roomAllowing(ctx.params.room_id, user, "read");
+				const room = await this.roomAllowing(ctx.params.room_id, user, "read");
 				const [inserted] = await databaseOf(this.broker).query<{ room_id: string }>(
 					"INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room_id",
 					{ bind: [room.id, user.id], type: QueryTypes.SELECT },
@@ -162,11 +155,10 @@ const CityService: ServiceSchema = {
 			rest: "POST /rooms/:room_id/leave",
 			access: "user",
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string }>) {
 				const user = requireUser(ctx);
-				const room = await self.roomAllowing(ctx.params.room_id, user, "read");
-				if (room.created_by === user.id) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "room_id" });
+				const room = await this.roomAllowing(ctx.params.room_id, user, "read");
+				if (room.created_by === user.id) throw new ConflictError("The room's owner stays a member", "OWNER_STAYS", { field: "room_id" });
 				const [left] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
 					bind: [room.id, user.id],
 					type: QueryTypes.SELECT,
@@ -184,8 +176,8 @@ const CityService: ServiceSchema = {
 			rest: "GET /rooms/:room_id/members",
 			access: "user",
 			params: { room_id: ROOM_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string }>) {
-				const room = await (this as CityThis).roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
+			async handler(ctx: CityContext<{ room_id: string }>) {
+				const room = await this.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
 				const members = await databaseOf(this.broker).query<{ user_id: string; joined_at: string }>("SELECT user_id, joined_at FROM city_room_members WHERE room_id = $1 ORDER BY joined_at, user_id", {
 					bind: [room.id],
 					type: QueryTypes.SELECT,
@@ -200,8 +192,8 @@ const CityService: ServiceSchema = {
 			rest: "POST /rooms/:room_id/members",
 			access: "user",
 			params: { room_id: ROOM_ID, user_id: USER_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; user_id: string }>) {
-				const room = await (this as CityThis).roomManagedBy(ctx.params.room_id, requireUser(ctx));
+			async handler(ctx: CityContext<{ room_id: string; user_id: string }>) {
+				const room = await this.roomManagedBy(ctx.params.room_id, requireUser(ctx));
 				const [inserted] = await databaseOf(this.broker).query<{ room_id: string }>(
 					"INSERT INTO city_room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING room_id",
 					{ bind: [room.id, ctx.params.user_id], type: QueryTypes.SELECT },
@@ -217,9 +209,9 @@ const CityService: ServiceSchema = {
 			rest: "DELETE /rooms/:room_id/members/:user_id",
 			access: "user",
 			params: { room_id: ROOM_ID, user_id: USER_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; user_id: string }>) {
-				const room = await (this as CityThis).roomManagedBy(ctx.params.room_id, requireUser(ctx));
-				if (ctx.params.user_id === room.created_by) throw clientError("The room's owner stays a member", 409, "OWNER_STAYS", { field: "user_id" });
+			async handler(ctx: CityContext<{ room_id: string; user_id: string }>) {
+				const room = await this.roomManagedBy(ctx.params.room_id, requireUser(ctx));
+				if (ctx.params.user_id === room.created_by) throw new ConflictError("The room's owner stays a member", "OWNER_STAYS", { field: "user_id" });
 				const [removed] = await databaseOf(this.broker).query<{ room_id: string }>("DELETE FROM city_room_members WHERE room_id = $1 AND user_id = $2 RETURNING room_id", {
 					bind: [room.id, ctx.params.user_id],
 					type: QueryTypes.SELECT,
@@ -233,7 +225,7 @@ const CityService: ServiceSchema = {
 		roomsOf: {
 			...READ,
 			params: { user_id: USER_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string }>) {
+			async handler(ctx: Context<{ user_id: string }>) {
 				const rows = await databaseOf(this.broker).query<{ room_id: string }>("SELECT room_id FROM city_room_members WHERE user_id = $1 ORDER BY room_id", {
 					bind: [ctx.params.user_id],
 					type: QueryTypes.SELECT,
@@ -247,14 +239,13 @@ const CityService: ServiceSchema = {
 			rest: "POST /rooms/:room_id/messages",
 			access: "user",
 			params: { room_id: ROOM_ID, body: { type: "string", min: 1 }, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; body: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string; body: string }>) {
 				const user = requireUser(ctx);
-				self.checkBody(ctx.params.body);
+				this.checkBody(ctx.params.body);
 				const sequelize = databaseOf(this.broker);
 				const message = await sequelize.transaction(async t => {
 					// FOR UPDATE on the room: concurrent posts to one room take numbers one at a time.
-					const room = await self.roomAllowing(ctx.params.room_id, user, "post", t);
+					const room = await this.roomAllowing(ctx.params.room_id, user, "post", t);
 					const [{ last_seq }] = await sequelize.query<{ last_seq: string }>("UPDATE city_rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", {
 						bind: [room.id],
 						type: QueryTypes.SELECT,
@@ -266,7 +257,7 @@ const CityService: ServiceSchema = {
 						transaction: t,
 					});
 					const created = normaliseMessage(row);
-					await self.publish(t, room, "created", created);
+					await this.publish(t, room, "created", created);
 					return created;
 				});
 				// After commit: the realtime path to every gateway (the outbox carries the durable copy).
@@ -285,9 +276,8 @@ const CityService: ServiceSchema = {
 				limit: { type: "number", integer: true, min: 1, max: 200, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: CityContext<{ room_id: string; before?: number; limit?: number }>) {
-				const self = this as CityThis;
-				const room = await self.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
+			async handler(ctx: CityContext<{ room_id: string; before?: number; limit?: number }>) {
+				const room = await this.roomAllowing(ctx.params.room_id, requireUser(ctx), "read");
 				const limit = ctx.params.limit ?? 50;
 				const rows = await databaseOf(this.broker).query<Message>(
 					"SELECT * FROM city_messages WHERE room_id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
@@ -304,21 +294,20 @@ const CityService: ServiceSchema = {
 			rest: "PATCH /rooms/:room_id/messages/:message_id",
 			access: "user",
 			params: { room_id: ROOM_ID, message_id: { type: "uuid" }, body: { type: "string", min: 1 }, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; message_id: string; body: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string; message_id: string; body: string }>) {
 				const user = requireUser(ctx);
-				self.checkBody(ctx.params.body);
+				this.checkBody(ctx.params.body);
 				const sequelize = databaseOf(this.broker);
 				const edited = await sequelize.transaction(async t => {
-					const room = await self.roomAllowing(ctx.params.room_id, user, "read", t);
-					const message = await self.findMessage(room.id, ctx.params.message_id, t);
-					if (message.author_id !== user.id) throw clientError("Only the author edits a message", 403, "FORBIDDEN");
+					const room = await this.roomAllowing(ctx.params.room_id, user, "read", t);
+					const message = await this.findMessage(room.id, ctx.params.message_id, t);
+					if (message.author_id !== user.id) throw new ForbiddenError("Only the author edits a message", "FORBIDDEN");
 					const [row] = await sequelize.query<Message>("UPDATE city_messages SET body = $2, edited_at = now() WHERE id = $1 RETURNING *", {
 						bind: [message.id, ctx.params.body],
 						type: QueryTypes.SELECT,
 						transaction: t,
 					});
-					await self.publish(t, room, "edited", normaliseMessage(row));
+					await this.publish(t, room, "edited", normaliseMessage(row));
 					await auditEvent(this.broker, ctx, { service: "city", action: "message_edited", actor: user.id, target: message.id, details: { room_id: room.id } }, t);
 					return normaliseMessage(row);
 				});
@@ -332,20 +321,19 @@ const CityService: ServiceSchema = {
 			rest: "DELETE /rooms/:room_id/messages/:message_id",
 			access: "user",
 			params: { room_id: ROOM_ID, message_id: { type: "uuid" }, $$strict: "remove" },
-			async handler(this: Service, ctx: CityContext<{ room_id: string; message_id: string }>) {
-				const self = this as CityThis;
+			async handler(ctx: CityContext<{ room_id: string; message_id: string }>) {
 				const user = requireUser(ctx);
 				const sequelize = databaseOf(this.broker);
 				const deleted = await sequelize.transaction(async t => {
-					const room = await self.roomAllowing(ctx.params.room_id, user, "read", t);
-					const message = await self.findMessage(room.id, ctx.params.message_id, t);
-					if (message.author_id !== user.id && !isAdmin(user)) throw clientError("Only the author or an admin deletes a message", 403, "FORBIDDEN");
+					const room = await this.roomAllowing(ctx.params.room_id, user, "read", t);
+					const message = await this.findMessage(room.id, ctx.params.message_id, t);
+					if (message.author_id !== user.id && !isAdmin(user)) throw new ForbiddenError("Only the author or an admin deletes a message", "FORBIDDEN");
 					const [row] = await sequelize.query<Message>("UPDATE city_messages SET deleted_at = now(), body = '' WHERE id = $1 RETURNING *", {
 						bind: [message.id],
 						type: QueryTypes.SELECT,
 						transaction: t,
 					});
-					await self.publish(t, room, "deleted", normaliseMessage(row));
+					await this.publish(t, room, "deleted", normaliseMessage(row));
 					await auditEvent(this.broker, ctx, { service: "city", action: "message_deleted", actor: user.id, target: message.id, details: { room_id: room.id, author_id: message.author_id, moderated: message.author_id !== user.id } }, t);
 					return normaliseMessage(row);
 				});
@@ -353,7 +341,7 @@ const CityService: ServiceSchema = {
 				return { id: deleted.id, room_id: deleted.room_id, deleted: true };
 			},
 		},
-	}),
+	},
 
 	methods: {
 		async findRoom(roomId: string, t?: Transaction): Promise<Room> {
@@ -372,23 +360,23 @@ const CityService: ServiceSchema = {
 				type: QueryTypes.SELECT,
 				transaction: t,
 			});
-			if (!message) throw clientError(`Message ${messageId} not found in ${roomId}`, 404, "MESSAGE_NOT_FOUND");
+			if (!message) throw new NotFoundError(`Message ${messageId} not found in ${roomId}`, "MESSAGE_NOT_FOUND");
 			return message;
 		},
 
 		/** The room, provided this user may read it (else 404, as for a missing room) and, for "post", post in it (else 403). */
 		async roomAllowing(roomId: string, user: MeshUser, need: "read" | "post", t?: Transaction): Promise<Room> {
-			const room = await (this as CityThis).findRoom(roomId, t);
-			const access = await (this as CityThis).access(room, user, t);
+			const room = await this.findRoom(roomId, t);
+			const access = await this.access(room, user, t);
 			if (!access.read) throw roomNotFound(roomId);
-			if (!access[need]) throw clientError("You may not post in this room", 403, "FORBIDDEN");
+			if (!access[need]) throw new ForbiddenError("You may not post in this room", "FORBIDDEN");
 			return room;
 		},
 
 		/** The room, provided this user manages its members: its owner or an admin (404 if unreadable, 403 if only a member). */
 		async roomManagedBy(roomId: string, user: MeshUser): Promise<Room> {
-			const room = await (this as CityThis).roomAllowing(roomId, user, "read");
-			if (room.created_by !== user.id && !isAdmin(user)) throw clientError("Only the room's owner or an admin manages its members", 403, "FORBIDDEN");
+			const room = await this.roomAllowing(roomId, user, "read");
+			if (room.created_by !== user.id && !isAdmin(user)) throw new ForbiddenError("Only the room's owner or an admin manages its members", "FORBIDDEN");
 			return room;
 		},
 
@@ -406,7 +394,7 @@ const CityService: ServiceSchema = {
 
 		checkBody(body: string) {
 			const max = nodeContextOf(this.broker).settings.cityMaxMessageChars;
-			if (body.length > max) throw clientError(`body is ${body.length} characters; the limit is ${max}`, 413, "MESSAGE_TOO_LARGE", { field: "body", limit: max });
+			if (body.length > max) throw new PayloadTooLargeError(`body is ${body.length} characters; the limit is ${max}`, "MESSAGE_TOO_LARGE", { field: "body", limit: max });
 		},
 
 		async publish(t: Transaction, room: Room, action: "created" | "edited" | "deleted", message: Message) {

@@ -6,12 +6,13 @@
  * puts its events into the outbox in the same transaction (lib/data/outbox/enqueue.ts).
  */
 import { randomUUID } from "crypto";
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
+import { ConflictError, ForbiddenError, NotFoundError, PayloadTooLargeError } from "../lib/mesh/errors";
 import DbService from "moleculer-db";
 import SqlAdapter from "moleculer-db-adapter-sequelize";
 import { DataTypes, QueryTypes, type Model, type ModelStatic, type Sequelize, type Transaction } from "sequelize";
-import { defineActions, isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
+import { isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
 import { fastQuery } from "../lib/data/database";
 import { PointReadBatcher } from "../lib/data/point-read-batcher";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
@@ -73,6 +74,11 @@ SELECT * FROM created`;
 
 export type MemoryView = Omit<MemoryRow, "content" | "content_sealed" | "key_id"> & { content: string };
 
+/** moleculer-db reads the primary key column from `settings.idField`. */
+interface MemorySettings extends ServiceSettingSchema {
+	idField: string;
+}
+
 type MemoryContext<P> = Context<P, IdempotencyMeta & { user?: MeshUser }>;
 interface MemoryMethods {
 	checkContentSize(content: string): void;
@@ -84,7 +90,9 @@ interface MemoryMethods {
 	insertWithEvents(claim: KeyClaim | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow | undefined>;
 	replayAsRead(user: MeshUser): IdempotentWriteOptions<MemoryView>;
 }
-type MemoryThis = Service & IdempotentWriteMethods & MemoryMethods & { adapter: { model: ModelStatic<Model> }; rowsById: PointReadBatcher<MemoryRow> };
+type MemoryThis = Service<MemorySettings> &
+	IdempotentWriteMethods &
+	MemoryMethods & { adapter: { model: ModelStatic<Model>; init(broker: unknown, service: unknown): void }; rowsById: PointReadBatcher<MemoryRow> };
 
 /** The node's shared pool: moleculer-db must not close it when this service stops. */
 class SharedSequelizeAdapter extends SqlAdapter {
@@ -140,11 +148,11 @@ function ownerTypeFor(scope: Scope, requested: OwnerType | undefined): OwnerType
 }
 
 function forbidden(what: string): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(`Not allowed to ${what} this memory`, 403, "FORBIDDEN");
+	return new ForbiddenError(`Not allowed to ${what} this memory`, "FORBIDDEN");
 }
 
 function notFound(id: string): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(`Memory ${id} not found`, 404, "NOT_FOUND", { id });
+	return new NotFoundError(`Memory ${id} not found`, "NOT_FOUND", { id });
 }
 
 /** What events say about a memory: never its content. */
@@ -162,19 +170,19 @@ const CONTENT = { type: "string", min: 1 } as const;
 const METADATA = { type: "object", optional: true } as const;
 
 /** moleculer-db reads `model` from the schema. */
-const MemoryService: ServiceSchema & { model: typeof MODEL } = {
+const MemoryService: ServiceSchema<MemorySettings, Record<string, never>, Record<string, never>, MemoryThis> & { model: typeof MODEL } = {
 	name: "memory",
 	/** Published through the outbox (the event stream captures it): memory.{created|updated|deleted}.{scope}, and its audit events. */
 	metadata: { [PUBLISHES]: ["memory.>", "audit.>"] },
 	mixins: [DbService as unknown as ServiceSchema, IdempotentWritesMixin],
 	model: MODEL,
-	settings: { idField: "id" } as ServiceSchema["settings"],
+	settings: { idField: "id" },
 
-	actions: defineActions({
+	actions: {
 		// moleculer-db's generic actions stay off: every access goes through the rules below.
-		find: false as never,
-		count: false as never,
-		insert: false as never,
+		find: false,
+		count: false,
+		insert: false,
 
 		create: {
 			...actionPolicy({ idempotent: false, timeout: "standard" }),
@@ -192,30 +200,29 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 				confidential: { type: "boolean", optional: true, default: false },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: MemoryContext<Omit<MemoryRow, "id" | "version" | "created_at" | "updated_at" | "content_sealed" | "key_id"> & { content: string }>) {
-				const self = this as MemoryThis;
+			async handler(ctx: MemoryContext<Omit<MemoryRow, "id" | "version" | "created_at" | "updated_at" | "content_sealed" | "key_id"> & { content: string }>) {
 				const user = requireUser(ctx);
 				const owner = { ...ctx.params, owner_type: ownerTypeFor(ctx.params.scope, ctx.params.owner_type) };
 				if (!canWrite(user, owner)) {
-					throw new Errors.MoleculerClientError(`Not allowed to create a ${owner.scope} memory owned by ${owner.owner_type} ${owner.owner_id}`, 403, "FORBIDDEN", { field: "owner_id" });
+					throw new ForbiddenError(`Not allowed to create a ${owner.scope} memory owned by ${owner.owner_type} ${owner.owner_id}`, "FORBIDDEN", { field: "owner_id" });
 				}
-				self.checkContentSize(ctx.params.content);
+				this.checkContentSize(ctx.params.content);
 				const { scope, owner_id, owner_type, kind, key, metadata } = owner;
 				const values: NewMemory = {
 					id: randomUUID(),
 					...{ scope, owner_id, owner_type, kind, key, metadata },
-					...self.contentColumns(ctx.params.content, !!ctx.params.confidential),
+					...this.contentColumns(ctx.params.content, !!ctx.params.confidential),
 					indexed: !!ctx.params.indexed,
 					confidential: !!ctx.params.confidential,
 					version: 1,
 				};
-				const { replay } = self.replayAsRead(user);
-				return self.idempotentStatement(
+				const { replay } = this.replayAsRead(user);
+				return this.idempotentStatement(
 					ctx,
 					`memory.create:${user.id}`,
 					async claim => {
-						const row = await self.insertWithEvents(claim, values, user.id, ctx.requestID);
-						return row && self.view(row);
+						const row = await this.insertWithEvents(claim, values, user.id, ctx.requestID);
+						return row && this.view(row);
 					},
 					// What replayAsRead's `remember` keeps, known before the write: the id.
 					{ keep: { id: values.id }, replay: kept => replay!(kept) },
@@ -228,11 +235,10 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			rest: "GET /memories/:id",
 			access: "user",
 			params: { id: ID, $$strict: "remove" },
-			async handler(this: Service, ctx: MemoryContext<{ id: string }>) {
-				const self = this as MemoryThis;
-				const row = await self.findRow(ctx.params.id);
+			async handler(ctx: MemoryContext<{ id: string }>) {
+				const row = await this.findRow(ctx.params.id);
 				if (!canRead(requireUser(ctx), row)) throw forbidden("read");
-				return self.view(row);
+				return this.view(row);
 			},
 		},
 
@@ -250,26 +256,25 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 				indexed: { type: "boolean", optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: MemoryContext<Partial<MemoryRow> & { id: string; version: number }>) {
-				const self = this as MemoryThis;
+			async handler(ctx: MemoryContext<Partial<MemoryRow> & { id: string; version: number }>) {
 				const user = requireUser(ctx);
-				if (ctx.params.content !== undefined && ctx.params.content !== null) self.checkContentSize(ctx.params.content);
-				return self.idempotentWrite(ctx, `memory.update:${user.id}`, async t => {
-					const row = await self.findRow(ctx.params.id, t);
+				if (ctx.params.content !== undefined && ctx.params.content !== null) this.checkContentSize(ctx.params.content);
+				return this.idempotentWrite(ctx, `memory.update:${user.id}`, async t => {
+					const row = await this.findRow(ctx.params.id, t);
 					if (!canWrite(user, row)) throw forbidden("change");
 					if (row.version !== ctx.params.version) {
-						throw new Errors.MoleculerClientError(`Version conflict: memory is at version ${row.version}, you sent ${ctx.params.version}`, 409, "VERSION_CONFLICT", {
+						throw new ConflictError(`Version conflict: memory is at version ${row.version}, you sent ${ctx.params.version}`, "VERSION_CONFLICT", {
 							field: "version",
 							current: row.version,
 						});
 					}
 					const { id, version, content, ...changes } = ctx.params;
-					const values = { ...changes, ...(content != null ? self.contentColumns(content, row.confidential) : {}), version: version + 1, updated_at: new Date() };
-					await self.adapter.model.update(values, { where: { id, version }, transaction: t });
-					const updated = await self.findRow(id, t);
-					await self.emitChange(t, updated, "updated", user.id, ctx.requestID);
-					return self.view(updated);
-				}, self.replayAsRead(user));
+					const values = { ...changes, ...(content != null ? this.contentColumns(content, row.confidential) : {}), version: version + 1, updated_at: new Date() };
+					await this.adapter.model.update(values, { where: { id, version }, transaction: t });
+					const updated = await this.findRow(id, t);
+					await this.emitChange(t, updated, "updated", user.id, ctx.requestID);
+					return this.view(updated);
+				}, this.replayAsRead(user));
 			},
 		},
 
@@ -278,14 +283,13 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 			rest: "DELETE /memories/:id",
 			access: "user",
 			params: { id: ID, $$strict: "remove" },
-			async handler(this: Service, ctx: MemoryContext<{ id: string }>) {
-				const self = this as MemoryThis;
+			async handler(ctx: MemoryContext<{ id: string }>) {
 				const user = requireUser(ctx);
-				return self.idempotentWrite(ctx, `memory.remove:${user.id}`, async t => {
-					const row = await self.findRow(ctx.params.id, t);
+				return this.idempotentWrite(ctx, `memory.remove:${user.id}`, async t => {
+					const row = await this.findRow(ctx.params.id, t);
 					if (!canWrite(user, row)) throw forbidden("delete");
-					await self.adapter.model.destroy({ where: { id: row.id }, transaction: t });
-					await self.emitChange(t, row, "deleted", user.id, ctx.requestID);
+					await this.adapter.model.destroy({ where: { id: row.id }, transaction: t });
+					await this.emitChange(t, row, "deleted", user.id, ctx.requestID);
 					return { id: row.id, deleted: true };
 				});
 			},
@@ -304,8 +308,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 				offset: { type: "number", integer: true, min: 0, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: MemoryContext<{ scope?: Scope; owner_id?: string; kind?: string; q?: string; limit?: number; offset?: number }>) {
-				const self = this as MemoryThis;
+			async handler(ctx: MemoryContext<{ scope?: Scope; owner_id?: string; kind?: string; q?: string; limit?: number; offset?: number }>) {
 				const user = requireUser(ctx);
 				const { scope, owner_id, kind, q } = ctx.params;
 				if (q && scope && scope !== "public") {
@@ -330,17 +333,17 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					sequelize.query<MemoryRow>(`SELECT * FROM memories WHERE ${where} ORDER BY created_at DESC, id LIMIT ${limit} OFFSET ${offset}`, { bind, type: QueryTypes.SELECT }),
 					sequelize.query<{ total: string }>(`SELECT count(*) AS total FROM memories WHERE ${where}`, { bind, type: QueryTypes.SELECT }),
 				]);
-				return { rows: rows.map(r => self.view(r)), total: Number(total), limit, offset };
+				return { rows: rows.map(r => this.view(r)), total: Number(total), limit, offset };
 			},
 		},
-	}),
+	},
 
 	methods: {
 		checkContentSize(content: string) {
 			const max = nodeContextOf(this.broker).settings.memory.maxContentBytes;
 			const bytes = Buffer.byteLength(content, "utf8");
 			if (bytes > max) {
-				throw new Errors.MoleculerClientError(`content is ${bytes} bytes; the limit is ${max}`, 413, "CONTENT_TOO_LARGE", { field: "content", bytes, limit: max });
+				throw new PayloadTooLargeError(`content is ${bytes} bytes; the limit is ${max}`, "CONTENT_TOO_LARGE", { field: "content", bytes, limit: max });
 			}
 		},
 
@@ -367,7 +370,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 		async findRow(id: string, t?: Transaction): Promise<MemoryRow> {
 			const row = t
 				? (await databaseOf(this.broker).query<MemoryRow>("SELECT * FROM memories WHERE id = $1 FOR UPDATE", { bind: [id], type: QueryTypes.SELECT, transaction: t }))[0]
-				: await (this as MemoryThis).rowsById.get(id.toLowerCase());
+				: await this.rowsById.get(id.toLowerCase());
 			if (!row) throw notFound(id);
 			return row;
 		},
@@ -385,14 +388,14 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 					const [row] = await databaseOf(this.broker).query<MemoryRow>("SELECT * FROM memories WHERE id = $1", { bind: [id], type: QueryTypes.SELECT, transaction: t });
 					if (!row) throw notFound(id);
 					if (!canRead(user, row)) throw forbidden("read");
-					return (this as MemoryThis).view(row);
+					return this.view(row);
 				},
 			};
 		},
 
 		async emitChange(t: Transaction, row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null) {
 			const { settings } = nodeContextOf(this.broker);
-			await enqueueEvents(databaseOf(this.broker) as Sequelize, t, settings.events, (this as MemoryThis).changeEvents(row, action, actor, requestID));
+			await enqueueEvents(databaseOf(this.broker) as Sequelize, t, settings.events, this.changeEvents(row, action, actor, requestID));
 		},
 
 		changeEvents(row: MemoryRow, action: "created" | "updated" | "deleted", actor: string, requestID?: string | null): OutboxEvent[] {
@@ -413,7 +416,7 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 		async insertWithEvents(claim: KeyClaim | null, values: NewMemory, actor: string, requestID?: string | null): Promise<MemoryRow | undefined> {
 			const { settings } = nodeContextOf(this.broker);
 			const firstParam = (claim?.bind.length ?? 0) + 1;
-			const events = outboxInsert(settings.events, (this as MemoryThis).changeEvents(values as MemoryRow, "created", actor, requestID), firstParam + INSERT_MEMORY_COLUMNS.length, "created");
+			const events = outboxInsert(settings.events, this.changeEvents(values as MemoryRow, "created", actor, requestID), firstParam + INSERT_MEMORY_COLUMNS.length, "created");
 			const columns = INSERT_MEMORY_COLUMNS.map(column => (column === "metadata" ? (values.metadata ? JSON.stringify(values.metadata) : null) : values[column]));
 			const [row] = await databaseOf(this.broker).query<MemoryRow>(insertMemoryWithEvents(claim, firstParam, events.sql), {
 				bind: [...(claim?.bind ?? []), ...columns, ...events.bind],
@@ -423,15 +426,14 @@ const MemoryService: ServiceSchema & { model: typeof MODEL } = {
 		},
 	},
 
-	created(this: Service) {
+	created() {
 		// moleculer-db made a placeholder adapter in its own created(); use the node's pool instead.
-		const self = this as Service & { adapter: { init(broker: unknown, service: unknown): void } };
 		// Fourth argument: moleculer-db-adapter-sequelize's options; noSync because migrations own the schema.
-		const Adapter = SharedSequelizeAdapter as unknown as new (...args: unknown[]) => { init(broker: unknown, service: unknown): void };
-		self.adapter = new Adapter(databaseOf(this.broker), undefined, undefined, { noSync: true });
-		self.adapter.init(this.broker, this);
+		const Adapter = SharedSequelizeAdapter as unknown as new (...args: unknown[]) => MemoryThis["adapter"];
+		this.adapter = new Adapter(databaseOf(this.broker), undefined, undefined, { noSync: true });
+		this.adapter.init(this.broker, this);
 		const sequelize = databaseOf(this.broker);
-		(this as MemoryThis).rowsById = new PointReadBatcher<MemoryRow>({
+		this.rowsById = new PointReadBatcher<MemoryRow>({
 			// Unnamed on purpose: a prepared `SELECT *` would fail ("cached plan must not change result
 			// type") after another node's migration adds a column, until this node reconnects.
 			load: ids => fastQuery<MemoryRow>(sequelize, "SELECT * FROM memories WHERE id = ANY($1::uuid[])", [ids]),

@@ -5,14 +5,14 @@
  */
 import { createHash } from "crypto";
 import os from "os";
-import type { Context, Service, ServiceSchema } from "moleculer";
-import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
+import type { Context, ServiceSchema } from "moleculer";
+import { INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
 import { requestLogger } from "../lib/runtime/logger";
 import { buildHealthReport, transportStatus } from "../lib/http/health";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { actionPolicy } from "../lib/mesh/failover-policy";
-import { describeNode, type RegistryNode } from "../lib/mesh/node-view";
+import { describeNode } from "../lib/mesh/node-view";
 import { PUBLISHES } from "../lib/data/outbox/relay";
 
 /** Everything here only reads: safe to retry on another node. */
@@ -24,12 +24,12 @@ const MeshService: ServiceSchema = {
 	/** Published through the outbox (the event stream captures it): its audit events. */
 	metadata: { [PUBLISHES]: ["audit.>"] },
 
-	actions: defineActions({
+	actions: {
 		whoami: {
 			...READ,
 			rest: "GET /whoami",
 			access: "public",
-			handler(this: Service) {
+			handler() {
 				const { settings, startedAt } = nodeContextOf(this.broker);
 				return {
 					nodeID: this.broker.nodeID,
@@ -44,8 +44,8 @@ const MeshService: ServiceSchema = {
 			...READ,
 			rest: "GET /nodes",
 			access: "public",
-			handler(this: Service) {
-				const nodes = this.broker.registry.getNodeList({ onlyAvailable: false, withServices: true }) as unknown as RegistryNode[];
+			handler() {
+				const nodes = this.broker.registry.getNodeList({ onlyAvailable: false, withServices: true });
 				return nodes.map(describeNode).sort((a, b) => a.nodeID.localeCompare(b.nodeID));
 			},
 		},
@@ -53,7 +53,7 @@ const MeshService: ServiceSchema = {
 		/** This node's health document; mesh-internal (no REST), used by the REPL's `mesh` command. */
 		health: {
 			...READ,
-			handler(this: Service) {
+			handler() {
 				return buildHealthReport(this.broker);
 			},
 		},
@@ -68,7 +68,7 @@ const MeshService: ServiceSchema = {
 				message: { type: "string", min: 1, max: 10_000 },
 				$$strict: "remove",
 			},
-			handler(this: Service, ctx: Context<{ message: string }, { user?: MeshUser }>) {
+			handler(ctx: Context<{ message: string }, { user?: MeshUser }>) {
 				requestLogger(this.logger, ctx).debug(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
 				return {
 					message: ctx.params.message,
@@ -83,7 +83,7 @@ const MeshService: ServiceSchema = {
 			...READ,
 			rest: "GET /config",
 			access: INTERNAL_ACCESS,
-			handler(this: Service) {
+			handler() {
 				const { settings, transport } = nodeContextOf(this.broker);
 				return {
 					nodeID: this.broker.nodeID,
@@ -97,10 +97,10 @@ const MeshService: ServiceSchema = {
 				};
 			},
 		},
-	}),
+	},
 
 	/** A node (re)starting is when its configuration (re)loads: audited with a digest, never secrets. */
-	started(this: Service) {
+	started() {
 		const { settings } = nodeContextOf(this.broker);
 		const visible = { version: settings.version, role: settings.role, services: settings.services, heartbeat: [settings.heartbeatInterval, settings.heartbeatTimeout], rateLimit: settings.rateLimit, production: settings.production };
 		const digest = createHash("sha256").update(JSON.stringify(visible)).digest("hex").slice(0, 16);

@@ -15,11 +15,12 @@
  */
 import { randomUUID } from "crypto";
 import os from "os";
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
+import { NotFoundError, RateLimitedError } from "../lib/mesh/errors";
 import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
-import { defineActions, INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
+import { INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
 import { NodeRegistryStore, type Capabilities, type NodeRegistration } from "../lib/data/node-registry";
 import { buildHealthReport } from "../lib/http/health";
@@ -119,39 +120,37 @@ function firstAddress(): string | null {
 }
 
 function notFound(nodeID: string): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(`Node ${nodeID} is not registered`, 404, "NODE_NOT_FOUND", { node_id: nodeID });
+	return new NotFoundError(`Node ${nodeID} is not registered`, "NODE_NOT_FOUND", { node_id: nodeID });
 }
 
-const NodeRegistryService: ServiceSchema = {
+const NodeRegistryService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, NodeRegistryThis> = {
 	name: "node-registry",
 	/** Published through the outbox (the event stream captures it): its audit events; ops.health.* and ops.alert.* go out on NATS and the stream keeps them. */
 	metadata: { [PUBLISHES]: ["audit.>", "ops.>"] },
 	mixins: [LeaderDutyMixin<NodeRegistryThis>({ duty: "node-registry", everyMs: RECONCILE_EVERY_MS, what: "node-registry reconcile", run() { return this.leaderRound(); } })],
 
 	events: {
-		async "$node.disconnected"(this: Service, ctx: Context<{ node: { id: string }; unexpected?: boolean }>) {
-			const self = this as NodeRegistryThis;
-			self.leaveReasons.set(ctx.params.node.id, leaveReason(ctx.params.unexpected));
-			await self.store?.markDisconnected(ctx.params.node.id, true).catch(err => this.logger.warn(`node-registry: ${(err as Error).message}`));
+		async "$node.disconnected"(ctx: Context<{ node: { id: string }; unexpected?: boolean }>) {
+			this.leaveReasons.set(ctx.params.node.id, leaveReason(ctx.params.unexpected));
+			await this.store?.markDisconnected(ctx.params.node.id, true).catch(err => this.logger.warn(`node-registry: ${(err as Error).message}`));
 		},
-		async "$node.connected"(this: Service, ctx: Context<{ node: { id: string } }>) {
-			await (this as NodeRegistryThis).store?.markDisconnected(ctx.params.node.id, false).catch(err => this.logger.warn(`node-registry: ${(err as Error).message}`));
+		async "$node.connected"(ctx: Context<{ node: { id: string } }>) {
+			await this.store?.markDisconnected(ctx.params.node.id, false).catch(err => this.logger.warn(`node-registry: ${(err as Error).message}`));
 		},
 	},
 
-	actions: defineActions({
+	actions: {
 		register: {
 			...WRITE,
 			access: INTERNAL_ACCESS,
 			params: REGISTER_PARAMS,
-			async handler(this: Service, ctx: RegistryContext<Omit<NodeRegistration, "kind" | "node_id" | "name"> & { node_id?: string; name?: string }>) {
-				const self = this as NodeRegistryThis;
+			async handler(ctx: RegistryContext<Omit<NodeRegistration, "kind" | "node_id" | "name"> & { node_id?: string; name?: string }>) {
 				const p = ctx.params;
 				const nodeID = p.node_id ?? `node-${(p.hostname ?? "external").replace(/[^A-Za-z0-9-]/g, "").slice(0, 40) || "external"}-${randomUUID().slice(0, 8)}`;
-				const inserted = await self.store.register({ ...p, node_id: nodeID, name: p.name ?? nodeID, kind: "external" });
+				const inserted = await this.store.register({ ...p, node_id: nodeID, name: p.name ?? nodeID, kind: "external" });
 				await auditEvent(this.broker, ctx, { service: "node-registry", action: "node_registered", actor: ctx.meta.user?.id ?? "mesh", target: nodeID, details: { kind: "external", role: p.role, new: inserted } });
 				await publishSubject(this.broker, nodeEventsSubject(nodeID), { event: "registered", node_id: nodeID, kind: "external" });
-				return self.store.get(nodeID);
+				return this.store.get(nodeID);
 			},
 		},
 
@@ -159,17 +158,16 @@ const NodeRegistryService: ServiceSchema = {
 			...WRITE,
 			access: INTERNAL_ACCESS,
 			params: { node_id: NODE_ID, status: STATUS, metrics: { type: "object", optional: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: RegistryContext<{ node_id: string; status?: "online" | "degraded"; metrics?: Record<string, unknown> }>) {
-				const self = this as NodeRegistryThis;
+			async handler(ctx: RegistryContext<{ node_id: string; status?: "online" | "degraded"; metrics?: Record<string, unknown> }>) {
 				const { node_id, status = "online", metrics = {} } = ctx.params;
-				const limited = self.heartbeatLimiter.take(node_id);
+				const limited = this.heartbeatLimiter.take(node_id);
 				if (!limited.allowed) {
-					throw new Errors.MoleculerClientError(`Too many heartbeats for ${node_id}; retry in ${limited.retryAfterSeconds} s`, 429, "RATE_LIMITED", { node_id, retry_after: limited.retryAfterSeconds });
+					throw new RateLimitedError(`Too many heartbeats for ${node_id}; retry in ${limited.retryAfterSeconds} s`, "RATE_LIMITED", { node_id, retry_after: limited.retryAfterSeconds });
 				}
 				if (Buffer.byteLength(JSON.stringify(metrics)) > METRICS_MAX_BYTES) {
 					throw new Errors.ValidationError(`metrics: at most ${METRICS_MAX_BYTES} bytes of JSON`, "VALIDATION_ERROR", [{ field: "metrics", message: `at most ${METRICS_MAX_BYTES} bytes` }]);
 				}
-				const result = await self.store.heartbeat(node_id, status, metrics);
+				const result = await this.store.heartbeat(node_id, status, metrics);
 				if (!result) throw notFound(node_id);
 				if (result.before !== status) await publishSubject(this.broker, nodeEventsSubject(node_id), { event: "status", node_id, status, previous: result.before });
 				return { success: true, node_id, status, timestamp: new Date().toISOString() };
@@ -186,8 +184,8 @@ const NodeRegistryService: ServiceSchema = {
 				offset: { type: "number", integer: true, min: 0, optional: true, convert: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: Context<{ role?: string; status?: string; limit?: number; offset?: number }>) {
-				return (this as NodeRegistryThis).store.list({ ...ctx.params, limit: ctx.params.limit ?? 100, offset: ctx.params.offset ?? 0 });
+			async handler(ctx: Context<{ role?: string; status?: string; limit?: number; offset?: number }>) {
+				return this.store.list({ ...ctx.params, limit: ctx.params.limit ?? 100, offset: ctx.params.offset ?? 0 });
 			},
 		},
 
@@ -195,11 +193,10 @@ const NodeRegistryService: ServiceSchema = {
 			...READ,
 			access: "user",
 			params: { node_id: NODE_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ node_id: string }>) {
-				const self = this as NodeRegistryThis;
-				const node = await self.store.get(ctx.params.node_id);
+			async handler(ctx: Context<{ node_id: string }>) {
+				const node = await this.store.get(ctx.params.node_id);
 				if (!node) throw notFound(ctx.params.node_id);
-				return { ...node, heartbeats: await self.store.recentHeartbeats(node.node_id, 10) };
+				return { ...node, heartbeats: await this.store.recentHeartbeats(node.node_id, 10) };
 			},
 		},
 
@@ -207,7 +204,7 @@ const NodeRegistryService: ServiceSchema = {
 			...WRITE,
 			access: ["admin"],
 			params: { message: { type: "string", min: 1, max: 500 }, severity: { type: "enum", values: ["info", "warning", "critical"], optional: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: RegistryContext<{ message: string; severity?: string }>) {
+			async handler(ctx: RegistryContext<{ message: string; severity?: string }>) {
 				const actor = ctx.meta.user?.id ?? "mesh";
 				const id = randomUUID();
 				await publishSubject(this.broker, SYSTEM_BROADCAST, { id, message: ctx.params.message, severity: ctx.params.severity ?? "info", by: actor });
@@ -220,8 +217,8 @@ const NodeRegistryService: ServiceSchema = {
 			...READ,
 			rest: "GET /leader",
 			access: "public",
-			async handler(this: Service) {
-				const { name } = (this as NodeRegistryThis).lease;
+			async handler() {
+				const { name } = this.lease;
 				const [row] = await databaseOf(this.broker).query(
 					"SELECT holder, fencing_token, acquired_at, expires_at, handback_to FROM leader_leases WHERE name = $1",
 					{ bind: [name], type: QueryTypes.SELECT },
@@ -234,14 +231,14 @@ const NodeRegistryService: ServiceSchema = {
 			rest: "GET /events",
 			access: INTERNAL_ACCESS,
 			params: { limit: { type: "number", integer: true, min: 1, max: 1_000, optional: true, convert: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ limit?: number }>) {
+			async handler(ctx: Context<{ limit?: number }>) {
 				return databaseOf(this.broker).query(
 					"SELECT node_id, role, event, reason, recorded_by, fencing_token, at FROM mesh_node_events WHERE namespace = $1 ORDER BY id DESC LIMIT $2",
 					{ bind: [this.broker.namespace, ctx.params.limit ?? 100], type: QueryTypes.SELECT },
 				);
 			},
 		},
-	}),
+	},
 
 	methods: {
 		/** The leader's round (LeaderDutyMixin): the membership history every second, heartbeat_log pruned every minute. */
@@ -332,27 +329,24 @@ const NodeRegistryService: ServiceSchema = {
 		},
 	},
 
-	created(this: Service) {
-		const self = this as NodeRegistryThis;
-		self.leaveReasons = new Map();
-		self.dependencyStatus = new Map();
-		self.heartbeatTimer = null;
-		self.lastPruneAt = Date.now();
-		self.heartbeatLimiter = new TokenBucketLimiter(HEARTBEAT_RATE.perSecond, HEARTBEAT_RATE.burst);
-		self.store = new NodeRegistryStore(databaseOf(this.broker), this.broker.namespace, nodeContextOf(this.broker).settings.registry.offlineAfterMs);
+	created() {
+		this.leaveReasons = new Map();
+		this.dependencyStatus = new Map();
+		this.heartbeatTimer = null;
+		this.lastPruneAt = Date.now();
+		this.heartbeatLimiter = new TokenBucketLimiter(HEARTBEAT_RATE.perSecond, HEARTBEAT_RATE.burst);
+		this.store = new NodeRegistryStore(databaseOf(this.broker), this.broker.namespace, nodeContextOf(this.broker).settings.registry.offlineAfterMs);
 	},
 
-	async started(this: Service) {
-		const self = this as NodeRegistryThis;
+	async started() {
 		const { registry } = nodeContextOf(this.broker).settings;
-		await self.registerSelf().catch(err => this.logger.warn(`node-registry: self-registration failed: ${(err as Error).message}`));
+		await this.registerSelf().catch(err => this.logger.warn(`node-registry: self-registration failed: ${(err as Error).message}`));
 		// Every node's own heartbeat: not a leader duty.
-		self.heartbeatTimer = setInterval(() => void self.heartbeatSelf().catch(err => isDatabaseFault(err) || this.logger.warn(`node-registry heartbeat failed: ${(err as Error).message}`)), registry.heartbeatMs);
+		this.heartbeatTimer = setInterval(() => void this.heartbeatSelf().catch(err => isDatabaseFault(err) || this.logger.warn(`node-registry heartbeat failed: ${(err as Error).message}`)), registry.heartbeatMs);
 	},
 
-	stopped(this: Service) {
-		const self = this as NodeRegistryThis;
-		if (self.heartbeatTimer) clearInterval(self.heartbeatTimer);
+	stopped() {
+		if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
 	},
 };
 

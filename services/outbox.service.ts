@@ -5,11 +5,11 @@
  * reports the stream as the `event_stream` dependency of /health, and the leader exports
  * outbox_pending, outbox_lag_seconds and outbox_relay_paused.
  */
-import type { Context, Service, ServiceSchema } from "moleculer";
-import { Errors } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
+import { NotFoundError } from "../lib/mesh/errors";
 import { QueryTypes } from "sequelize";
 import { isDatabaseFault } from "../lib/data/db-faults";
-import { defineActions, INTERNAL_ACCESS } from "../lib/http/auth";
+import { INTERNAL_ACCESS } from "../lib/http/auth";
 import { requestLogger } from "../lib/runtime/logger";
 import type { LeaderLease } from "../lib/data/leader-lease";
 import type { NatsConnection } from "nats";
@@ -62,30 +62,29 @@ function registerMetrics(service: Service): void {
 	metrics.register({ name: OUTBOX_METRICS.dlq, type: "gauge", description: "Events in outbox_dlq (relaying node, 0 elsewhere)" });
 	metrics.register({ name: OUTBOX_METRICS.replicasConfigured, type: "gauge", description: "Replicas the JetStream event stream is configured with" });
 	metrics.register({ name: OUTBOX_METRICS.replicasOnline, type: "gauge", description: "Replicas of the event stream up to date now, leader included (below configured: a NATS server is down)" });
-	metrics.register({ name: OUTBOX_METRICS.lag, type: "histogram", buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 5, 30], description: "Seconds from commit to publish" } as never);
+	metrics.register({ name: OUTBOX_METRICS.lag, type: "histogram", buckets: [0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 5, 30], description: "Seconds from commit to publish" });
 	metrics.register({ name: OUTBOX_METRICS.published, type: "counter", labelNames: ["event_type"], description: "Outbox events published" });
 	metrics.register({ name: OUTBOX_METRICS.failed, type: "counter", labelNames: ["event_type"], description: "Failed publish attempts" });
 	metrics.register({ name: OUTBOX_METRICS.dead, type: "counter", labelNames: ["event_type"], description: "Outbox events moved to the DLQ" });
 }
 
-const OutboxService: ServiceSchema = {
+const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, OutboxThis> = {
 	name: "outbox",
 	/** ops.alert.warning when an event goes to the DLQ */
 	metadata: { [PUBLISHES]: ["ops.>"] },
 	mixins: [LeaderDutyMixin<OutboxThis>({ duty: "outbox-relay", loop(duty) { return this.relayLoop(duty); } })],
 
-	actions: defineActions({
+	actions: {
 		status: {
 			...actionPolicy({ idempotent: true, timeout: "fast" }),
 			rest: "GET /status",
 			access: INTERNAL_ACCESS,
-			async handler(this: Service) {
-				const self = this as OutboxThis;
+			async handler() {
 				const [counts] = await databaseOf(this.broker).query<{ pending: string; dead: string; oldest_pending: Date | null }>(
 					"SELECT (SELECT count(*) FROM outbox WHERE status = 'pending') AS pending, (SELECT count(*) FROM outbox_dlq) AS dead, (SELECT min(created_at) FROM outbox WHERE status = 'pending') AS oldest_pending",
 					{ type: QueryTypes.SELECT },
 				);
-				return { node: this.broker.nodeID, leader: self.lease.isLeader(), mode: self.mode, pending: Number(counts.pending), dead: Number(counts.dead), oldest_pending: counts.oldest_pending };
+				return { node: this.broker.nodeID, leader: this.lease.isLeader(), mode: this.mode, pending: Number(counts.pending), dead: Number(counts.dead), oldest_pending: counts.oldest_pending };
 			},
 		},
 		dlq: {
@@ -93,7 +92,7 @@ const OutboxService: ServiceSchema = {
 			rest: "GET /dlq",
 			access: INTERNAL_ACCESS,
 			params: { limit: { type: "number", integer: true, min: 1, max: 500, optional: true, convert: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ limit?: number }>) {
+			async handler(ctx: Context<{ limit?: number }>) {
 				return databaseOf(this.broker).query("SELECT id, event_type, subject, attempts, last_error, created_at, failed_at FROM outbox_dlq ORDER BY failed_at DESC LIMIT $1", {
 					bind: [ctx.params.limit ?? 100],
 					type: QueryTypes.SELECT,
@@ -106,19 +105,19 @@ const OutboxService: ServiceSchema = {
 			rest: "POST /dlq/:id/redrive",
 			access: INTERNAL_ACCESS,
 			params: { id: { type: "uuid" }, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ id: string }>) {
+			async handler(ctx: Context<{ id: string }>) {
 				const [moved] = await databaseOf(this.broker).query<{ id: string }>(
 					`WITH dead AS (DELETE FROM outbox_dlq WHERE id = $1 RETURNING *)
 					 INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, subject, payload, created_at)
 					 SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, created_at FROM dead RETURNING id`,
 					{ bind: [ctx.params.id], type: QueryTypes.SELECT },
 				);
-				if (!moved) throw new Errors.MoleculerClientError(`No dead event ${ctx.params.id}`, 404, "NOT_FOUND", { id: ctx.params.id });
+				if (!moved) throw new NotFoundError(`No dead event ${ctx.params.id}`, "NOT_FOUND", { id: ctx.params.id });
 				requestLogger(this.logger, ctx).info(`Outbox event ${ctx.params.id} re-driven from the DLQ`, { event: "outbox.redrive" });
 				return { id: moved.id, status: "pending" };
 			},
 		},
-	}),
+	},
 
 	methods: {
 		async startRelay(this: OutboxThis) {
@@ -239,17 +238,16 @@ const OutboxService: ServiceSchema = {
 		},
 	},
 
-	created(this: Service) {
-		const self = this as OutboxThis;
+	created() {
 		registerMetrics(this);
-		self.relay = null;
-		self.ensuredSubjects = "";
-		self.mode = "jetstream";
-		self.nats = null;
-		self.stream = new EventStreamState(this.logger);
+		this.relay = null;
+		this.ensuredSubjects = "";
+		this.mode = "jetstream";
+		this.nats = null;
+		this.stream = new EventStreamState(this.logger);
 	},
 
-	stopped(this: Service) {
+	stopped() {
 		nodeContextOf(this.broker).eventStream = undefined;
 	},
 };

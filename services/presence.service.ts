@@ -8,10 +8,11 @@
  * missed heartbeats) run on the holder of the "presence-sweeper" lease. A node that dies takes its
  * sockets with it: every node marks that node's devices offline as soon as it leaves the mesh.
  */
-import type { Context, Service, ServiceSchema } from "moleculer";
+import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
+import { UnauthorizedError } from "../lib/mesh/errors";
 import { QueryTypes, type Transaction } from "sequelize";
-import { AuthError, defineActions, INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/http/auth";
+import { INTERNAL_ACCESS, isAdmin, requireUser, verifyToken, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
 import { requestLogger } from "../lib/runtime/logger";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
@@ -73,20 +74,20 @@ interface PresenceThis extends Service {
 	refreshCounts(): Promise<void>;
 }
 
-const PresenceService: ServiceSchema = {
+const PresenceService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, PresenceThis> = {
 	name: "presence",
 	/** Published through the outbox (the event stream captures it): its audit events; presence.> stays captured as before. */
 	metadata: { [PUBLISHES]: ["presence.>", "audit.>"] },
 	mixins: [LeaderDutyMixin<PresenceThis>({ duty: "presence-sweeper", everyMs: SWEEP_EVERY_MS, what: "presence sweep", run() { return this.sweep(); } })],
 
-	actions: defineActions({
+	actions: {
 		/** Socket opened (gateway → here). */
 		connect: {
 			...WRITE,
 			params: { user_id: "string", device_id: "string", node_id: "string", $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string; device_id: string; node_id: string }>) {
+			async handler(ctx: Context<{ user_id: string; device_id: string; node_id: string }>) {
 				const { user_id, device_id, node_id } = ctx.params;
-				return (this as PresenceThis).changeDevice(user_id, t =>
+				return this.changeDevice(user_id, t =>
 					databaseOf(this.broker).query(
 						`INSERT INTO presence_devices (user_id, device_id, status, node_id, transport) VALUES ($1, $2, 'online', $3, 'socket')
 						 ON CONFLICT (user_id, device_id) DO UPDATE SET status = 'online', node_id = $3, transport = 'socket', last_active_at = now(),
@@ -101,10 +102,10 @@ const PresenceService: ServiceSchema = {
 		heartbeat: {
 			...WRITE,
 			params: { user_id: "string", device_id: "string", node_id: "string", active: "boolean", $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string; device_id: string; node_id: string; active: boolean }>) {
+			async handler(ctx: Context<{ user_id: string; device_id: string; node_id: string; active: boolean }>) {
 				const { user_id, device_id, node_id, active } = ctx.params;
 				const { awayAfterMs } = nodeContextOf(this.broker).settings.presence;
-				return (this as PresenceThis).changeDevice(user_id, t =>
+				return this.changeDevice(user_id, t =>
 					databaseOf(this.broker).query(
 						`INSERT INTO presence_devices (user_id, device_id, status, node_id) VALUES ($1, $2, 'online', $3)
 						 ON CONFLICT (user_id, device_id) DO UPDATE SET
@@ -121,7 +122,7 @@ const PresenceService: ServiceSchema = {
 		gone: {
 			...WRITE,
 			params: { user_id: "string", device_id: "string", $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ user_id: string; device_id: string }>) {
+			async handler(ctx: Context<{ user_id: string; device_id: string }>) {
 				await databaseOf(this.broker).query(
 					"UPDATE presence_devices SET disconnected_at = COALESCE(disconnected_at, now()), updated_at = now() WHERE user_id = $1 AND device_id = $2 AND status <> 'offline'",
 					{ bind: [ctx.params.user_id, ctx.params.device_id] },
@@ -136,7 +137,7 @@ const PresenceService: ServiceSchema = {
 			rest: "POST /online",
 			access: "user",
 			params: { device_id: DEVICE, $$strict: "remove" },
-			async handler(this: Service, ctx: PresenceContext<{ device_id?: string }>) {
+			async handler(ctx: PresenceContext<{ device_id?: string }>) {
 				const user = requireUser(ctx);
 				return ctx.call("presence.heartbeat", { user_id: user.id, device_id: ctx.params.device_id ?? "http", node_id: "http", active: true });
 			},
@@ -161,7 +162,7 @@ const PresenceService: ServiceSchema = {
 				status_msg: { type: "string", max: 1000, optional: true },
 				$$strict: "remove",
 			},
-			async handler(this: Service, ctx: Context<{ user_id?: string; matrix_user_id?: string; device_id?: string; status?: string }, { user?: MeshUser }>) {
+			async handler(ctx: Context<{ user_id?: string; matrix_user_id?: string; device_id?: string; status?: string }, { user?: MeshUser }>) {
 				const { user_id, matrix_user_id, device_id = "matrix", status = "online" } = ctx.params;
 				const userId = user_id ?? matrix_user_id;
 				if (!userId) throw new Errors.ValidationError("user_id (or matrix_user_id) is required", "VALIDATION_ERROR", [{ field: "user_id", type: "required", message: "user_id or matrix_user_id is required" }]);
@@ -172,7 +173,7 @@ const PresenceService: ServiceSchema = {
 				const presence =
 					deviceStatus === "online"
 						? await ctx.call<UserPresence, object>("presence.heartbeat", { user_id: userId, device_id, node_id: "http", active: true })
-						: await (this as PresenceThis).changeDevice(userId, t => databaseOf(this.broker).query(SET_DEVICE_STATUS, { bind: [userId, device_id, deviceStatus], transaction: t }));
+						: await this.changeDevice(userId, t => databaseOf(this.broker).query(SET_DEVICE_STATUS, { bind: [userId, device_id, deviceStatus], transaction: t }));
 				await auditEvent(this.broker, ctx, { service: "presence", action: `marked_${deviceStatus}`, actor: ctx.meta.user?.id ?? "mesh", target: userId });
 				return { ok: true, ...presence, ...(matrix_user_id ? { matrix_user_id } : {}), device_id, device_status: deviceStatus };
 			},
@@ -184,12 +185,13 @@ const PresenceService: ServiceSchema = {
 			rest: "POST /beacon",
 			access: "public",
 			params: { token: { type: "string", min: 10 }, device_id: { type: "string", min: 1, max: 100 }, $$strict: "remove" },
-			async handler(this: Service, ctx: Context<{ token: string; device_id: string }>) {
+			async handler(ctx: Context<{ token: string; device_id: string }>) {
 				let user: MeshUser;
 				try {
 					user = verifyToken(jwtSecretOf(nodeContextOf(this.broker).settings), ctx.params.token);
 				} catch (err) {
-					if (err instanceof AuthError) throw new Errors.MoleculerClientError(err.message, 401, "INVALID_TOKEN", { field: "token" });
+					// The token came in the body: the refusal names that field.
+					if (err instanceof UnauthorizedError) throw new UnauthorizedError(err.message, "INVALID_TOKEN", { field: "token" });
 					throw err;
 				}
 				return ctx.call("presence.gone", { user_id: user.id, device_id: ctx.params.device_id });
@@ -202,10 +204,9 @@ const PresenceService: ServiceSchema = {
 			rest: "GET /users/:user_id",
 			access: "user",
 			params: { user_id: USER_ID, $$strict: "remove" },
-			async handler(this: Service, ctx: PresenceContext<{ user_id: string }>) {
-				const self = this as PresenceThis;
+			async handler(ctx: PresenceContext<{ user_id: string }>) {
 				const caller = requireUser(ctx);
-				const status = await self.userStatus(ctx.params.user_id);
+				const status = await this.userStatus(ctx.params.user_id);
 				if (caller.id !== ctx.params.user_id && !isAdmin(caller)) return status;
 				const devices = await databaseOf(this.broker).query(
 					"SELECT device_id, status, node_id, last_active_at, last_seen_at FROM presence_devices WHERE user_id = $1 ORDER BY device_id",
@@ -221,8 +222,8 @@ const PresenceService: ServiceSchema = {
 			rest: "GET /counts",
 			access: "user",
 			params: { $$strict: "remove" },
-			async handler(this: Service) {
-				return (this as PresenceThis).statusCounts();
+			async handler() {
+				return this.statusCounts();
 			},
 		},
 
@@ -235,7 +236,7 @@ const PresenceService: ServiceSchema = {
 			rest: "GET /",
 			access: "user",
 			params: { room_id: { ...ROOM_ID, optional: true }, $$strict: "remove" },
-			async handler(this: Service, ctx: PresenceContext<{ room_id?: string }>) {
+			async handler(ctx: PresenceContext<{ room_id?: string }>) {
 				requireUser(ctx);
 				let members: string[] | null = null;
 				if (ctx.params.room_id) {
@@ -252,18 +253,18 @@ const PresenceService: ServiceSchema = {
 				return { room_id: ctx.params.room_id ?? null, users: rows };
 			},
 		},
-	}),
+	},
 
 	events: {
-		"city.member.joined"(this: Service, ctx: Context<{ room_id: string; user_id: string }>) {
-			(this as PresenceThis).announce([ctx.params.user_id]).catch(err => requestLogger(this.logger, ctx).warn(`presence: announcing ${ctx.params.user_id} to room ${ctx.params.room_id} failed: ${(err as Error).message}`));
+		"city.member.joined"(ctx: Context<{ room_id: string; user_id: string }>) {
+			this.announce([ctx.params.user_id]).catch(err => requestLogger(this.logger, ctx).warn(`presence: announcing ${ctx.params.user_id} to room ${ctx.params.room_id} failed: ${(err as Error).message}`));
 		},
 		/** Every change, from any node, moves the counts: read them again shortly (one query per burst). */
-		"presence.changed"(this: Service) {
-			(this as PresenceThis).refreshCountsSoon();
+		"presence.changed"() {
+			this.refreshCountsSoon();
 		},
-		"$node.disconnected"(this: Service, ctx: Context<{ node: { id: string } }>) {
-			(this as PresenceThis).nodeLeft(ctx.params.node.id).catch(err => requestLogger(this.logger, ctx).warn(`presence: marking ${ctx.params.node.id}'s devices offline failed: ${(err as Error).message}`));
+		"$node.disconnected"(ctx: Context<{ node: { id: string } }>) {
+			this.nodeLeft(ctx.params.node.id).catch(err => requestLogger(this.logger, ctx).warn(`presence: marking ${ctx.params.node.id}'s devices offline failed: ${(err as Error).message}`));
 		},
 	},
 
@@ -378,8 +379,8 @@ const PresenceService: ServiceSchema = {
 		},
 	},
 
-	created(this: Service) {
-		(this as PresenceThis).countsTimer = null;
+	created() {
+		this.countsTimer = null;
 		if (!this.broker.isMetricsEnabled()) return;
 		this.broker.metrics.register({
 			name: PRESENCE_USERS_METRIC,
@@ -391,13 +392,12 @@ const PresenceService: ServiceSchema = {
 		this.broker.metrics.set(PRESENCE_SWEEP_METRIC, 0);
 	},
 
-	started(this: Service) {
-		void (this as PresenceThis).refreshCounts();
+	started() {
+		void this.refreshCounts();
 	},
 
-	stopped(this: Service) {
-		const self = this as PresenceThis;
-		if (self.countsTimer) clearTimeout(self.countsTimer);
+	stopped() {
+		if (this.countsTimer) clearTimeout(this.countsTimer);
 	},
 };
 

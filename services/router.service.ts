@@ -13,7 +13,8 @@ import fs from "fs";
 import { PassThrough, type Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { defineActions, requireUser, type MeshAction, type MeshUser } from "../lib/http/auth";
+import { NotFoundError, PayloadTooLargeError } from "../lib/mesh/errors";
+import { requireUser, type MeshUser } from "../lib/http/auth";
 import { OutboxBatch } from "../lib/data/outbox-batch";
 import { setHealthSection } from "../lib/http/health";
 import { InPlaceSeries } from "../lib/mesh/request-metrics";
@@ -114,7 +115,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 	/** Published through the outbox (the event stream captures it): agent.run.{phase}.{agent_id} (lib/data/outbox-batch.ts), and its audit events. */
 	metadata: { [PUBLISHES]: ["agent.>", "audit.>"] },
 
-	actions: defineActions<Record<string, MeshAction<RouterThis>>, RouterThis>({
+	actions: {
 		route: {
 			// Not retried by Moleculer: the router retries generations itself, on another node.
 			...actionPolicy({ idempotent: false, timeout: "slow" }),
@@ -132,14 +133,14 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				const registry = this.registry;
 				const params = ctx.params;
 				const agent = registry.agents.get(params.agent);
-				if (!agent) throw new Errors.MoleculerClientError(`No agent '${params.agent}' in registry version ${registry.version}`, 404, "AGENT_NOT_FOUND", { field: "agent", agent: params.agent });
+				if (!agent) throw new NotFoundError(`No agent '${params.agent}' in registry version ${registry.version}`, "AGENT_NOT_FOUND", { field: "agent", agent: params.agent });
 				const gated = gateContext(agent.system_prompt, params);
 				if (!gated.messages[gated.messages.length - 1].content.trim()) {
 					throw new Errors.ValidationError("The message is empty", "VALIDATION_ERROR", [{ field: "message", message: "give a non-empty message, or messages ending with a user turn" }]);
 				}
 				const bytes = promptBytes(params);
 				const limit = nodeContextOf(this.broker).settings.router.maxPromptBytes;
-				if (bytes > limit) throw new Errors.MoleculerClientError(`The prompt is ${bytes} bytes; the limit is ${limit}`, 413, "PROMPT_TOO_LARGE", { field: "message", bytes, limit });
+				if (bytes > limit) throw new PayloadTooLargeError(`The prompt is ${bytes} bytes; the limit is ${limit}`, "PROMPT_TOO_LARGE", { field: "message", bytes, limit });
 
 				const requestId = ctx.requestID ?? ctx.id;
 				this.emitRun({ requestId, user, params, registry }, "requested");
@@ -211,7 +212,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				}
 			},
 		},
-	}),
+	},
 
 	events: {
 		[ADVERT_EVENT](this: RouterThis, ctx: Context<NodeAdvert>) {

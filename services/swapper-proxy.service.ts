@@ -9,7 +9,8 @@
 import { Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { defineActions, INTERNAL_ACCESS, type MeshAction } from "../lib/http/auth";
+import { NotFoundError } from "../lib/mesh/errors";
+import { INTERNAL_ACCESS } from "../lib/http/auth";
 import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference/capacity-board";
 import { toMeshError } from "../lib/inference/errors";
 import { CANCEL_EVENT, cancelBoardOf, cancelKeyOf, cancelledError } from "../lib/inference/cancellation";
@@ -83,7 +84,7 @@ function chunkStream(onDestroy: () => void): Readable {
 const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, SwapperThis> = {
 	name: "swapper-proxy",
 
-	actions: defineActions<Record<string, MeshAction<SwapperThis>>, SwapperThis>({
+	actions: {
 		models: {
 			...actionPolicy({ idempotent: true, timeout: "fast" }),
 			rest: "GET /models",
@@ -219,7 +220,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 				return { cancelled: cancelBoardOf(this.broker).cancel(ctx.params.id, cancelledError("Cancelled by the caller")) > 0 };
 			},
 		},
-	}),
+	},
 
 	events: {
 		[ADVERT_EVENT](this: SwapperThis, ctx: Context<NodeAdvert>) {
@@ -240,7 +241,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 	methods: {
 		checkModelParam(this: SwapperThis, model: string) {
 			if (!this.lifecycle.has(model)) {
-				throw new Errors.MoleculerClientError(`Node ${this.broker.nodeID} serves no model '${model}'`, 404, "MODEL_NOT_FOUND", {
+				throw new NotFoundError(`Node ${this.broker.nodeID} serves no model '${model}'`, "MODEL_NOT_FOUND", {
 					field: "model",
 					node: this.broker.nodeID,
 					retry_elsewhere: true,

@@ -38,7 +38,7 @@ export function createSequelize(database: DatabaseSettings & { url: string }, li
 	});
 	const guard = guardSequelize(sequelize);
 	if (locator) {
-		followPrimary(sequelize as never, locator);
+		followPrimary(sequelize, locator);
 		guard.onUnavailable(() => locator.forget());
 	}
 	return sequelize;

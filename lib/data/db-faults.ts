@@ -11,6 +11,7 @@
  * Classes are a closed set: they are metric label values and log fields, never free text.
  */
 import { Errors } from "moleculer";
+import { restoreFamilyError, UnavailableError } from "../mesh/errors";
 
 export const DB_FAULT_CLASSES = ["connection", "shutdown", "starting", "not-primary", "pool-timeout", "serialization", "deadlock"] as const;
 export type DbFaultClass = (typeof DB_FAULT_CLASSES)[number];
@@ -145,9 +146,9 @@ const MESSAGES: Record<DbFaultClass, string> = {
  * An infrastructure fault of the database: 503, retryable. `data` carries only the class (no SQL, no
  * host names, no parameters), so it is safe to send to clients and to log.
  */
-export class DatabaseUnavailableError extends Errors.MoleculerRetryableError {
+export class DatabaseUnavailableError extends UnavailableError {
 	constructor(fault: DbFaultClass, message = MESSAGES[fault]) {
-		super(message, 503, "SERVICE_UNAVAILABLE", { dependency: "database", fault, retry_after: retryAfterSeconds(fault) });
+		super(message, "SERVICE_UNAVAILABLE", { dependency: "database", fault, retry_after: retryAfterSeconds(fault) });
 		this.name = "DatabaseUnavailableError";
 	}
 
@@ -174,14 +175,14 @@ export function isDatabaseFault(err: unknown): err is DatabaseUnavailableError {
 }
 
 /**
- * Restores DatabaseUnavailableError on the caller's side of a mesh call; Moleculer's own regenerator
- * only knows its built-in classes and would hand back a plain Error (which the gateway would hide
- * behind a 500).
+ * Restores the project's error family (lib/mesh/errors.ts) and DatabaseUnavailableError on the caller's
+ * side of a mesh call; Moleculer's own regenerator only knows its built-in classes and would hand back
+ * a plain Error (which the gateway would hide behind a 500).
  */
 export class MeshErrorRegenerator extends Errors.Regenerator {
 	// Moleculer's typing says Error; its code treats a falsy answer as "not mine" and carries on.
-	restoreCustomError(plainError: { name?: string; message?: string; data?: { fault?: DbFaultClass } }): Error {
-		if (plainError.name !== "DatabaseUnavailableError") return undefined as unknown as Error;
+	restoreCustomError(plainError: { name?: string; message?: string; type?: string; data?: { fault?: DbFaultClass } }): Error {
+		if (plainError.name !== "DatabaseUnavailableError") return restoreFamilyError(plainError) ?? (undefined as unknown as Error);
 		const fault = DB_FAULT_CLASSES.includes(plainError.data?.fault as DbFaultClass) ? (plainError.data!.fault as DbFaultClass) : "connection";
 		return new DatabaseUnavailableError(fault, plainError.message);
 	}

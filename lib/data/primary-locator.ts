@@ -15,6 +15,7 @@
  * replication manager's job (docs/OPERATIONS.md, "PostgreSQL primary failover").
  */
 import { Client } from "pg";
+import type { Sequelize } from "sequelize";
 import { DatabaseUnavailableError } from "./db-faults";
 import { parseDatabaseTargets, type DatabaseTargets, type DbHost } from "./db-hosts";
 import { isReusableClient } from "./sequelize-internals";
@@ -116,11 +117,6 @@ interface PooledPgConnection extends QueryableConnection {
 	port?: number;
 }
 
-interface HookableSequelize {
-	addHook(name: "beforeConnect", fn: (config: { host?: string; port?: number | string }) => Promise<void>): unknown;
-	addHook(name: "afterConnect", fn: (connection: unknown, config: unknown) => Promise<void>): unknown;
-}
-
 function hostOf(connection: PooledPgConnection): DbHost | undefined {
 	return connection.host ? { host: connection.host, port: Number(connection.port) } : undefined;
 }
@@ -134,11 +130,12 @@ export function primaryOnlyValidator(locator: PrimaryLocator): (connection: unkn
 }
 
 /** Points every new connection of `sequelize` at the primary and refuses one that reached a standby. */
-export function followPrimary(sequelize: HookableSequelize, locator: PrimaryLocator): void {
+export function followPrimary(sequelize: Sequelize, locator: PrimaryLocator): void {
 	sequelize.addHook("beforeConnect", async config => {
 		const primary = await locator.primary();
 		config.host = primary.host;
-		config.port = primary.port;
+		// Sequelize types the port as text; pg parses it either way.
+		config.port = String(primary.port);
 	});
 	sequelize.addHook("afterConnect", async connection => {
 		const c = connection as PooledPgConnection;

@@ -9,7 +9,7 @@
  */
 import { createSecretKey, type KeyObject } from "crypto";
 import jwt from "jsonwebtoken";
-import { Errors } from "moleculer";
+import { ForbiddenError, UnauthorizedError } from "../mesh/errors";
 
 export interface MeshUser {
 	id: string;
@@ -21,15 +21,11 @@ export type Access = "public" | "user" | string[];
 
 export const INTERNAL_ACCESS: Access = ["service", "admin"];
 
-export class AuthError extends Error {
-	constructor(
-		message: string,
-		readonly status: 401 | 403,
-		readonly type: string,
-	) {
-		super(message);
-		this.name = status === 401 ? "UnauthorizedError" : "ForbiddenError";
-	}
+/** What the token and access checks below refuse with: 401 (no or bad token) or 403 (missing role). */
+export type AuthRefusal = UnauthorizedError | ForbiddenError;
+
+export function isAuthRefusal(err: unknown): err is AuthRefusal {
+	return err instanceof UnauthorizedError || err instanceof ForbiddenError;
 }
 
 const secretKeys = new Map<string, KeyObject>();
@@ -58,7 +54,7 @@ export function signToken(secret: string, user: MeshUser, expiresInSeconds = 360
 /** `roles` / `teams`: absent, or a list of strings; anything else is a malformed token, not "no roles". */
 function stringList(value: unknown, claim: string): string[] {
 	if (value === undefined) return [];
-	if (!Array.isArray(value) || !value.every(v => typeof v === "string")) throw new AuthError(`Token claim '${claim}' must be a list of strings`, 401, "INVALID_TOKEN");
+	if (!Array.isArray(value) || !value.every(v => typeof v === "string")) throw new UnauthorizedError(`Token claim '${claim}' must be a list of strings`, "INVALID_TOKEN");
 	return value;
 }
 
@@ -68,8 +64,8 @@ function stringList(value: unknown, claim: string): string[] {
  * string ids rows store.
  */
 function userOf(payload: jwt.JwtPayload): MeshUser {
-	if (typeof payload.sub !== "string" || payload.sub === "") throw new AuthError("Token has no subject (string 'sub')", 401, "INVALID_TOKEN");
-	if (typeof payload.exp !== "number") throw new AuthError("Token has no expiry ('exp')", 401, "INVALID_TOKEN");
+	if (typeof payload.sub !== "string" || payload.sub === "") throw new UnauthorizedError("Token has no subject (string 'sub')", "INVALID_TOKEN");
+	if (typeof payload.exp !== "number") throw new UnauthorizedError("Token has no expiry ('exp')", "INVALID_TOKEN");
 	return { id: payload.sub, roles: stringList(payload.roles, "roles"), teams: stringList(payload.teams, "teams") };
 }
 
@@ -111,9 +107,9 @@ export function verifyTokenClaims(secret: string, token: string): VerifiedToken 
 		payload = jwt.verify(token, secretKey(secret), { algorithms: ["HS256"] });
 	} catch (err) {
 		const expired = (err as Error).name === "TokenExpiredError";
-		throw new AuthError(expired ? "Token expired" : "Invalid token", 401, expired ? "TOKEN_EXPIRED" : "INVALID_TOKEN");
+		throw new UnauthorizedError(expired ? "Token expired" : "Invalid token", expired ? "TOKEN_EXPIRED" : "INVALID_TOKEN");
 	}
-	if (typeof payload === "string") throw new AuthError("Invalid token", 401, "INVALID_TOKEN");
+	if (typeof payload === "string") throw new UnauthorizedError("Invalid token", "INVALID_TOKEN");
 	return { user: userOf(payload), expiresAt: payload.exp! * 1000 };
 }
 
@@ -135,7 +131,7 @@ export function isAdmin(user: MeshUser): boolean {
  * caller may come without a user, and gets the same 401.
  */
 export function requireUser(ctx: { meta: { user?: MeshUser } }): MeshUser {
-	if (!ctx.meta.user) throw new Errors.MoleculerClientError("Authentication required", 401, "NO_TOKEN");
+	if (!ctx.meta.user) throw new UnauthorizedError("Authentication required", "NO_TOKEN");
 	return ctx.meta.user;
 }
 
@@ -143,7 +139,7 @@ export function requireUser(ctx: { meta: { user?: MeshUser } }): MeshUser {
 export function bearerToken(header: string | undefined): string | undefined {
 	if (!header) return undefined;
 	const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-	if (!match) throw new AuthError("Authorization header must be 'Bearer <token>'", 401, "INVALID_TOKEN");
+	if (!match) throw new UnauthorizedError("Authorization header must be 'Bearer <token>'", "INVALID_TOKEN");
 	return match[1];
 }
 
@@ -151,25 +147,9 @@ export function bearerToken(header: string | undefined): string | undefined {
 export function checkAccess(access: Access | undefined, user: MeshUser | undefined): void {
 	const rule = access ?? "user";
 	if (rule === "public") return;
-	if (!user) throw new AuthError("Authentication required", 401, "NO_TOKEN");
+	if (!user) throw new UnauthorizedError("Authentication required", "NO_TOKEN");
 	if (rule === "user") return;
 	if (!rule.some(role => user.roles.includes(role))) {
-		throw new AuthError(`Requires one of the roles: ${rule.join(", ")}`, 403, "FORBIDDEN");
+		throw new ForbiddenError(`Requires one of the roles: ${rule.join(", ")}`, "FORBIDDEN");
 	}
-}
-
-/**
- * An action schema with this project's `access` and `cancellable` fields. Moleculer copies unknown action
- * properties into the catalogue it gossips across the mesh, so a gateway on another node sees them too.
- * `cancellable`: the gateway gives the call a cancel key and cancels it mesh-wide when the client
- * disconnects before the answer (lib/inference/cancellation.ts).
- */
-export type MeshAction<TThis = import("moleculer").Service> = import("moleculer").ActionSchema<TThis> & { access?: Access; cancellable?: boolean };
-
-/**
- * Types a service's actions as MeshActions (Moleculer's own typings do not know `access`); TThis types
- * `this` in handlers (the service with its methods and fields).
- */
-export function defineActions<T extends Record<string, MeshAction<TThis>>, TThis = import("moleculer").Service>(actions: T): T {
-	return actions;
 }

@@ -5,6 +5,7 @@
 import { randomUUID } from "crypto";
 import type { IncomingMessage, ServerResponse } from "http";
 import { Errors } from "moleculer";
+import { PayloadTooLargeError, RateLimitedError } from "../mesh/errors";
 import { TokenBucketLimiter } from "./rate-limiter";
 import type { RateLimitSettings } from "../runtime/settings";
 
@@ -32,7 +33,7 @@ export function rateLimitMiddleware(limits: RateLimitSettings): HttpMiddleware {
 		if (verdict.allowed) return next();
 		res.setHeader("Retry-After", String(verdict.retryAfterSeconds));
 		next(
-			new Errors.MoleculerClientError("Rate limit exceeded, retry later", 429, "RATE_LIMITED", {
+			new RateLimitedError("Rate limit exceeded, retry later", "RATE_LIMITED", {
 				retryAfter: verdict.retryAfterSeconds,
 			}),
 		);
@@ -103,7 +104,7 @@ function refuseTooLarge(req: IncomingMessage, next: Next, maxBytes: number): voi
 	// Stop reading but let the response go out; the connection is closed after it.
 	req.unpipe();
 	req.resume();
-	next(new Errors.MoleculerClientError(`Request body is larger than ${maxBytes} bytes`, 413, "PAYLOAD_TOO_LARGE", { limit: maxBytes }));
+	next(new PayloadTooLargeError(`Request body is larger than ${maxBytes} bytes`, "PAYLOAD_TOO_LARGE", { limit: maxBytes }));
 }
 
 /** Idempotency-Key: absent, or 1–128 visible ASCII characters (else a 400 naming the header). */

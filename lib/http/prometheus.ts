@@ -8,7 +8,7 @@
  * registry and label handling but renders valid exposition and serves it through the gateway.
  * (The old `moleculer-prometheus` package targets Moleculer 0.12/0.13 and does not work with ≥0.14.)
  */
-import { MetricReporters, type ServiceBroker } from "moleculer";
+import { MetricReporters, type MetricRegistry, type Middleware, type ServiceBroker } from "moleculer";
 
 export const HTTP_METRICS = {
 	requests: "http_requests_total",
@@ -26,20 +26,6 @@ interface SnapshotItem {
 	sum?: number;
 	buckets?: Record<string, number>;
 }
-
-interface StoredMetric {
-	name: string;
-	type: string;
-	description?: string;
-	unit?: string;
-	snapshot(): SnapshotItem[];
-}
-
-const BaseReporter = MetricReporters.Base as unknown as new (opts?: object) => {
-	registry: { store: Map<string, StoredMetric>; broker: ServiceBroker };
-	init(registry: unknown): void;
-	matchMetricName(name: string): boolean;
-};
 
 function metricName(name: string, type: string): string {
 	const base = name.replace(/[^a-zA-Z0-9_:]/g, "_");
@@ -95,15 +81,31 @@ function renderSeries(name: string, type: string, item: SnapshotItem, base: Reco
  */
 export const IDENTIFYING_METRICS = ["process.arguments", "process.pid", "process.ppid", "os.hostname", "os.user.*", "os.network.*", "os.type", "os.release", "os.datetime.*"];
 
+/**
+ * Hands the gateway's reporter to the broker's metric registry as the broker is created. Moleculer
+ * accepts a reporter instance in `metrics.reporter`, but its typings know reporters by name only; a
+ * middleware's `created` hook runs after the registry exists, so the options stay plain BrokerOptions.
+ */
+export function GatewayReporterMiddleware(reporter: GatewayPrometheusReporter): Middleware {
+	return {
+		name: "GatewayReporter",
+		created(broker: ServiceBroker) {
+			if (!broker.metrics.isEnabled()) return;
+			reporter.init(broker.metrics);
+			broker.metrics.reporter = [...(broker.metrics.reporter ?? []), reporter];
+		},
+	};
+}
+
 /** A metrics reporter without a server of its own: the gateway asks it for the text. */
-export class GatewayPrometheusReporter extends BaseReporter {
+export class GatewayPrometheusReporter extends MetricReporters.Base {
 	private baseLabels: Record<string, unknown> = {};
 
 	constructor(opts: { excludes?: string[] } = {}) {
 		super({ ...opts, excludes: [...IDENTIFYING_METRICS, ...(opts.excludes ?? [])] });
 	}
 
-	init(registry: unknown): void {
+	init(registry: MetricRegistry): void {
 		super.init(registry);
 		this.baseLabels = { nodeID: this.registry.broker.nodeID };
 	}

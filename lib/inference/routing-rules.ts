@@ -11,6 +11,7 @@
  * A model no node serves → the backup agent, else 503 (retryable: a node may come back).
  */
 import { Errors } from "moleculer";
+import { ForbiddenError } from "../mesh/errors";
 import type { AgentRegistry, AgentSpec, Mode, RuleSpec } from "./agent-registry";
 import type { Placement } from "./capacity-board";
 import type { ErrorFigures } from "./error-window";
@@ -55,7 +56,7 @@ function applies(rule: RuleSpec, agent: AgentSpec, mode: Mode): boolean {
 }
 
 function refuse(message: string, type: string, data: Record<string, unknown>): never {
-	throw new Errors.MoleculerClientError(message, 403, type, data);
+	throw new ForbiddenError(message, type, data);
 }
 
 export function decide(registry: AgentRegistry, ask: RouteAsk, figures: Figures): Decision & { agentSpec: AgentSpec } {

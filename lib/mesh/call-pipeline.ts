@@ -315,21 +315,29 @@ function Timeout(this: ServiceBroker, broker: ServiceBroker): Middleware {
 	} as unknown as Middleware;
 }
 
+/**
+ * A middleware factory as BrokerOptions lists it: Moleculer calls a function in `middlewares` with the
+ * broker, but its typings list only objects and names.
+ */
+function listed(factory: MiddlewareFactory): Middleware {
+	return factory as unknown as Middleware;
+}
+
 /** The broker's middlewares after the project's own (it runs with internalMiddlewares: false). */
-export function meshInternalMiddlewares(): Array<string | Middleware | MiddlewareFactory> {
+export function meshInternalMiddlewares(): Array<string | Middleware> {
 	return [
 		"ActionHook",
 		"Validator",
-		ServingGate as MiddlewareFactory,
+		listed(ServingGate as MiddlewareFactory),
 		"Cacher",
-		ContextTracker as MiddlewareFactory,
+		listed(ContextTracker as MiddlewareFactory),
 		"CircuitBreaker",
-		Timeout as MiddlewareFactory,
-		forLocalCallers("Retry"),
-		forLocalCallers("Fallback"),
+		listed(Timeout as MiddlewareFactory),
+		listed(forLocalCallers("Retry")),
+		listed(forLocalCallers("Fallback")),
 		"ErrorHandler",
 		"Tracing",
-		CallingGate as MiddlewareFactory,
+		listed(CallingGate as MiddlewareFactory),
 		"Debounce",
 		"Throttle",
 	];

@@ -6,9 +6,10 @@ export interface RegistryNode {
 	available: boolean;
 	local: boolean;
 	lastHeartbeatTime?: number;
-	metadata?: { role?: string; version?: string; transport?: string };
-	hostname?: string;
-	services?: Array<{ name: string }>;
+	metadata?: { role?: string; version?: string; transport?: string } | null;
+	hostname?: string | null;
+	/** service descriptors as Moleculer gossips them; `name` is the one read here */
+	services?: Array<Record<string, any>>;
 	cpu?: number | null;
 }
 
@@ -39,7 +40,7 @@ export function describeNode(node: RegistryNode): MeshNodeView {
 		available: node.available,
 		local: node.local,
 		hostname: node.hostname ?? null,
-		services: [...new Set((node.services ?? []).map(s => s.name).filter(n => !n.startsWith("$")))].sort(),
+		services: [...new Set((node.services ?? []).map(s => String(s.name)).filter(n => !n.startsWith("$")))].sort(),
 		lastHeartbeat: node.local ? null : heartbeatTime(node.lastHeartbeatTime),
 		cpu: node.cpu ?? null,
 	};

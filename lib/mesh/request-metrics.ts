@@ -58,7 +58,7 @@ export function registerRequestMetrics(broker: ServiceBroker): void {
 		unit: "request",
 		description: "Number of request errors",
 	});
-	m.register({ name: NAMES.time, type: "histogram", labelNames: LABELS, unit: "millisecond", buckets: REQUEST_TIME_BUCKETS_MS, description: "Request times in milliseconds" } as never);
+	m.register({ name: NAMES.time, type: "histogram", labelNames: LABELS, unit: "millisecond", buckets: REQUEST_TIME_BUCKETS_MS, description: "Request times in milliseconds" });
 }
 
 /**

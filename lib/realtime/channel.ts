@@ -63,7 +63,16 @@ export interface ChannelDefinition {
 	/** mesh events this channel pushes to its sockets (several channels may react to one event) */
 	pushes?: Record<string, (gateway: RealtimeGateway, payload: Record<string, unknown>) => void>;
 	/** metrics of its own, registered once when metrics are on */
-	metrics?: Array<Record<string, unknown> & { name: string }>;
+	metrics?: ChannelMetric[];
+}
+
+/** A metric a channel keeps (ws_agent_runs_total, the fan-out histogram); labels are bounded, never user-chosen. */
+export interface ChannelMetric {
+	name: string;
+	type: "counter" | "gauge" | "histogram";
+	labelNames?: string[];
+	buckets?: number[];
+	description: string;
 }
 
 /** A dynamic channel's room id (or other key) from a socket's namespace name. */

@@ -1,19 +1,12 @@
 /**
  * What a socket client is told when something is refused or fails: one small JSON shape, `{code, type,
  * message, field?, retryAfter?, retryable?}`, in `connect_error.data`, `error_event`, failed acks and
- * `agent.error`. `asWsError` is the one place errors become that shape.
+ * `agent.error`. `asWsError` is the one place errors become that shape: refusals already in it pass
+ * through, everything else goes by lib/http/error-answer.ts, as HTTP answers do.
  */
-import { AuthError } from "../http/auth";
+import { socketErrorAnswer, type WsError } from "../http/error-answer";
 
-export interface WsError {
-	code: number;
-	type: string;
-	message: string;
-	field?: string;
-	retryAfter?: number;
-	/** set on faults worth sending again (the database restarting, a node lost, a full queue) */
-	retryable?: boolean;
-}
+export type { WsError };
 
 function isWsErrorShape(err: unknown): err is WsError {
 	const e = err as Partial<WsError> | null;
@@ -21,8 +14,8 @@ function isWsErrorShape(err: unknown): err is WsError {
 }
 
 /**
- * Moleculer and auth errors, and refusals already in the socket shape, as the JSON sockets get. A
- * server fault without a known code is a plain 500: its message may carry internals.
+ * Refusals already in the socket shape keep only its fields; errors go by socketErrorAnswer (a server
+ * fault without a known code is a plain 500: its message may carry internals).
  */
 export function asWsError(err: unknown): WsError {
 	if (isWsErrorShape(err)) {
@@ -30,19 +23,7 @@ export function asWsError(err: unknown): WsError {
 		const { code, type, message, field, retryAfter, retryable } = err;
 		return { code, type, message, ...(field ? { field } : {}), ...(retryAfter !== undefined ? { retryAfter } : {}), ...(retryable ? { retryable } : {}) };
 	}
-	const e = err as { code?: number; status?: number; type?: string; message?: string; data?: unknown };
-	const field = Array.isArray(e.data) ? (e.data[0] as { field?: string })?.field : (e.data as { field?: string } | undefined)?.field;
-	const status = e.code ?? (err instanceof AuthError ? e.status : undefined);
-	const code = typeof status === "number" && status >= 400 && status < 600 ? status : 500;
-	// A database fault (or a lost node, a timeout, a full queue) is retryable: the client may send again.
-	const retryable = (err as { retryable?: boolean }).retryable === true && (code >= 500 || code === 429);
-	return {
-		code,
-		type: e.type ?? (code === 500 ? "INTERNAL" : "ERROR"),
-		message: code === 500 ? "Internal error" : (e.message ?? "error"),
-		...(field ? { field } : {}),
-		...(retryable ? { retryable } : {}),
-	};
+	return socketErrorAnswer(err);
 }
 
 /** A handshake refusal: socket.io hands `data` to the client's `connect_error`. */

@@ -3,7 +3,8 @@
  * `roles`/`teams`, when present, must be lists of strings (a string "admin" is refused, not ignored).
  */
 import jwt from "jsonwebtoken";
-import { AuthError, signToken, verifyToken, verifyTokenClaims } from "../../lib/http/auth";
+import { signToken, verifyToken, verifyTokenClaims } from "../../lib/http/auth";
+import { UnauthorizedError } from "../../lib/mesh/errors";
 
 const SECRET = "unit-secret-for-claims-0123456789abcdef";
 const mint = (claims: Record<string, unknown>, options: jwt.SignOptions = {}) => jwt.sign(claims, SECRET, { algorithm: "HS256", ...options });
@@ -26,8 +27,8 @@ describe("token claims", () => {
 			} catch (err) {
 				caught = err;
 			}
-			expect(caught).toBeInstanceOf(AuthError);
-			expect(caught).toMatchObject({ status: 401, type: "INVALID_TOKEN", message: expect.stringMatching(message) });
+			expect(caught).toBeInstanceOf(UnauthorizedError);
+			expect(caught).toMatchObject({ code: 401, type: "INVALID_TOKEN", message: expect.stringMatching(message) });
 		}
 	});
 

@@ -1,6 +1,7 @@
 import { TokenBucketLimiter } from "../../lib/http/rate-limiter";
 import { acceptRequestID, parseByteSize } from "../../lib/http/edge-middlewares";
-import { AuthError, bearerToken, checkAccess, signToken, verifyToken } from "../../lib/http/auth";
+import { bearerToken, checkAccess, signToken, verifyToken } from "../../lib/http/auth";
+import { UnauthorizedError } from "../../lib/mesh/errors";
 import type { Logger } from "moleculer";
 import { formatLogLine, logsAt, redactText, requestLogger } from "../../lib/runtime/logger";
 
@@ -45,7 +46,7 @@ describe("auth", () => {
 	});
 	it("rejects a token signed with another secret, and an expired one", () => {
 		const other = signToken("o".repeat(32), { id: "u1", roles: [], teams: [] });
-		expect(() => verifyToken(secret, other)).toThrow(AuthError);
+		expect(() => verifyToken(secret, other)).toThrow(UnauthorizedError);
 		const expired = signToken(secret, { id: "u1", roles: [], teams: [] }, -10);
 		expect(() => verifyToken(secret, expired)).toThrow(/expired/);
 	});
@@ -53,21 +54,21 @@ describe("auth", () => {
 		const token = signToken(secret, { id: "u2", roles: [], teams: [] }, 1);
 		expect(verifyToken(secret, token).id).toBe("u2");
 		expect(verifyToken(secret, token).id).toBe("u2"); // from the cache
-		expect(() => verifyToken("x".repeat(32), token)).toThrow(AuthError);
+		expect(() => verifyToken("x".repeat(32), token)).toThrow(UnauthorizedError);
 		await new Promise(resolve => setTimeout(resolve, 2_100));
 		expect(() => verifyToken(secret, token)).toThrow(/expired/);
 	});
 	it("parses only 'Bearer <token>'", () => {
 		expect(bearerToken("Bearer abc")).toBe("abc");
 		expect(bearerToken(undefined)).toBeUndefined();
-		expect(() => bearerToken("Basic abc")).toThrow(AuthError);
+		expect(() => bearerToken("Basic abc")).toThrow(UnauthorizedError);
 	});
 	it("applies access rules: public, user, roles", () => {
 		const user = { id: "u", roles: ["member"], teams: [] };
 		expect(() => checkAccess("public", undefined)).not.toThrow();
-		expect(() => checkAccess(undefined, undefined)).toThrow(expect.objectContaining({ status: 401 }));
+		expect(() => checkAccess(undefined, undefined)).toThrow(expect.objectContaining({ code: 401 }));
 		expect(() => checkAccess("user", user)).not.toThrow();
-		expect(() => checkAccess(["admin", "service"], user)).toThrow(expect.objectContaining({ status: 403 }));
+		expect(() => checkAccess(["admin", "service"], user)).toThrow(expect.objectContaining({ code: 403 }));
 		expect(() => checkAccess(["admin", "service"], { ...user, roles: ["service"] })).not.toThrow();
 	});
 });
