@@ -38,6 +38,17 @@ export function startProcess(script: string, env: Record<string, string>, readyT
 	});
 }
 
+/** Runs a bench's main: exit 0 when it is done; on a failure, its stack, the child processes stopped, exit 1. */
+export function runBench(main: () => Promise<void>): void {
+	main().then(
+		() => process.exit(0),
+		err => {
+			process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
+			stopProcesses().finally(() => process.exit(1));
+		},
+	);
+}
+
 export async function stopProcesses(): Promise<void> {
 	await Promise.all(
 		[...running].map(child => {

@@ -13,7 +13,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, formatNumber, loadAverage, machine, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+import { closedLoop, formatNumber, loadAverage, machine, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
 import { svgCharts } from "../lib/svg-plot";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -142,10 +142,4 @@ async function main(): Promise<void> {
 	}
 }
 
-main().then(
-	() => process.exit(0),
-	err => {
-		process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
-		stopProcesses().finally(() => process.exit(1));
-	},
-);
+runBench(main);

@@ -10,7 +10,7 @@ import { createBrokerOptions } from "../../moleculer.config";
 import { findSchemaProblem, findUnsafeValue } from "../../lib/mesh/input-guard";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, processCpuMs, startProcess, stopProcesses } from "../lib/harness";
+import { closedLoop, processCpuMs, startProcess, stopProcesses, runBench } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const CALLS = Number(process.env.CPU_CALLS ?? 150_000);
@@ -69,10 +69,4 @@ async function main(): Promise<void> {
 	}
 }
 
-main().then(
-	() => process.exit(0),
-	err => {
-		process.stderr.write(`${(err as Error).stack}\n`);
-		stopProcesses().finally(() => process.exit(1));
-	},
-);
+runBench(main);

@@ -13,7 +13,7 @@ import { createBrokerOptions } from "../../moleculer.config";
 import { signToken } from "../../lib/http/auth";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, fixedRate, formatNumber, machine, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+import { closedLoop, fixedRate, formatNumber, machine, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
@@ -197,10 +197,4 @@ async function main(): Promise<void> {
 	}
 }
 
-main().then(
-	() => process.exit(0),
-	err => {
-		process.stderr.write(`bench failed: ${(err as Error).stack}\n`);
-		stopProcesses().finally(() => process.exit(1));
-	},
-);
+runBench(main);

@@ -6,7 +6,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { io, type Socket } from "socket.io-client";
 import { signToken } from "../../lib/http/auth";
-import { startProcess, stopProcesses, adminQuery, ADMIN_DATABASE_URL } from "../lib/harness";
+import { startProcess, stopProcesses, adminQuery, ADMIN_DATABASE_URL, runBench } from "../lib/harness";
 import { censusDiff } from "./census-diff";
 
 const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
@@ -71,4 +71,4 @@ async function main(): Promise<void> {
 	}
 }
 
-main().then(() => process.exit(0), err => (process.stderr.write(`${(err as Error).stack}\n`), stopProcesses().finally(() => process.exit(1))));
+runBench(main);
