@@ -53,43 +53,35 @@ export class NotFoundError extends Web.NotFoundError {
 	}
 }
 
-/** 409: the request lost to the current state (an existing id, a stale version). */
-export class ConflictError extends Errors.MoleculerClientError {
-	constructor(message: string, type = "CONFLICT", data?: unknown) {
-		super(message, 409, type, data);
-	}
+/**
+ * The base of a family class on Moleculer's client error: its status fixed, its type a default. Each
+ * class below is named (`class X extends …`), so it travels and is restored by that name.
+ */
+function clientErrorWithStatus(status: number, defaultType: string) {
+	return class extends Errors.MoleculerClientError {
+		constructor(message: string, type = defaultType, data?: unknown) {
+			super(message, status, type, data);
+		}
+	};
 }
+
+/** 409: the request lost to the current state (an existing id, a stale version). */
+export class ConflictError extends clientErrorWithStatus(409, "CONFLICT") {}
 
 /** 413: a body, content or prompt over its limit; `data` names the field and the limit. */
-export class PayloadTooLargeError extends Errors.MoleculerClientError {
-	constructor(message: string, type = "PAYLOAD_TOO_LARGE", data?: unknown) {
-		super(message, 413, type, data);
-	}
-}
+export class PayloadTooLargeError extends clientErrorWithStatus(413, "PAYLOAD_TOO_LARGE") {}
 
 /** 415: a body in a format the gateway does not read (it reads JSON only). */
-export class UnsupportedMediaTypeError extends Errors.MoleculerClientError {
-	constructor(message: string, type = "UNSUPPORTED_MEDIA_TYPE", data?: unknown) {
-		super(message, 415, type, data);
-	}
-}
+export class UnsupportedMediaTypeError extends clientErrorWithStatus(415, "UNSUPPORTED_MEDIA_TYPE") {}
 
 /** 431: a request line or headers beyond what Node's HTTP parser accepts (refused before any route). */
-export class HeadersTooLargeError extends Errors.MoleculerClientError {
-	constructor(message: string, type = "HEADERS_TOO_LARGE", data?: unknown) {
-		super(message, 431, type, data);
-	}
-}
+export class HeadersTooLargeError extends clientErrorWithStatus(431, "HEADERS_TOO_LARGE") {}
 
 /**
  * 499: the client went away and its run was cancelled (lib/inference/cancellation.ts). The client's
  * doing: not retried, not counted as the agent's or the node's error.
  */
-export class CancelledError extends Errors.MoleculerClientError {
-	constructor(message: string, type = "CANCELLED", data?: unknown) {
-		super(message, 499, type, data);
-	}
-}
+export class CancelledError extends clientErrorWithStatus(499, "CANCELLED") {}
 
 /** 429: over a rate budget; the answer carries Retry-After (set by whoever measured the budget). */
 export class RateLimitedError extends Web.RateLimitExceeded {
