@@ -147,6 +147,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema, Record<string, never>, Record
 					maxAge: 600,
 				}
 			: undefined;
+		// moleculer-web calls a function here with the call's options (src/index.js); its typings admit only an object.
 		this.settings.rootCallOptions = ((options: { requestID?: string }, req: IncomingMessage, res: ServerResponse) => {
 			options.requestID = acceptRequestID(req.headers["x-request-id"]);
 			res.setHeader("X-Request-ID", options.requestID);
@@ -185,14 +186,14 @@ const ApiService: ServiceSchema<ApiSettingsSchema, Record<string, never>, Record
 
 		/** moleculer-web's "=> GET /path" line, with the request id. */
 		logRequest(req: IncomingMessage & { $route?: { logging?: boolean } } & OriginalUrl) {
-			const level = this.settings.logRequest as LogLevels | null;
+			const level = this.settings.logRequest;
 			if ((req.$route && !req.$route.logging) || !level || !this.logs(level)) return;
 			this.httpLogger(req)[level](`=> ${req.method} ${req.originalUrl}`);
 		},
 
 		/** moleculer-web's "<= 200 GET /path [+ms]" line, with the request id and without terminal colours. */
 		logResponse(req: IncomingMessage & { $route?: { logging?: boolean }; $startTime?: [number, number] } & OriginalUrl, res: ServerResponse) {
-			const level = this.settings.logResponse as LogLevels | null;
+			const level = this.settings.logResponse;
 			if ((req.$route && !req.$route.logging) || !level || !this.logs(level)) return;
 			const [seconds, nanos] = process.hrtime(req.$startTime ?? process.hrtime());
 			const ms = Math.round(seconds * 1e6 + nanos / 1e3) / 1e3;
