@@ -18,6 +18,7 @@ import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "mole
 import { Errors } from "moleculer";
 import { QueryTypes, type Transaction } from "sequelize";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
+import { UnavailableError } from "../lib/mesh/errors";
 import { LeaderDutyMixin } from "./leader-duty.mixin";
 
 export interface IdempotencyMeta {
@@ -142,7 +143,7 @@ export const IdempotentWritesMixin: ServiceSchema<ServiceSettingSchema, Record<s
 			if (!key) throw new Errors.MoleculerServerError(`${scope}: a write without an Idempotency-Key wrote nothing`, 500, "WROTE_NOTHING");
 			// The key was held by a committed write (the claim waited for it if it was in flight).
 			const [earlier] = await databaseOf(this.broker).query<{ request_hash: string; response: unknown }>(EARLIER, { bind: [scope, key], type: QueryTypes.SELECT });
-			if (!earlier) throw new Errors.MoleculerRetryableError("The Idempotency-Key expired while this request ran; retry", 503, "IDEMPOTENCY_KEY_EXPIRED");
+			if (!earlier) throw new UnavailableError("The Idempotency-Key expired while this request ran; retry", "IDEMPOTENCY_KEY_EXPIRED");
 			if (earlier.request_hash !== hash) throw keyReused();
 			ctx.meta.$responseHeaders = { ...ctx.meta.$responseHeaders, "Idempotent-Replayed": "true" };
 			return options.replay(earlier.response);

@@ -9,13 +9,15 @@
  * HTTP metrics. Domain services only declare `rest`, `params` and `access`.
  */
 import { timingSafeEqual } from "crypto";
-import type { IncomingMessage, ServerResponse } from "http";
+import { STATUS_CODES, type IncomingMessage, type Server as HttpServer, type ServerResponse } from "http";
 import type { Duplex } from "stream";
 import path from "path";
-import type { Context, LogLevels, ServiceSchema } from "moleculer";
-import ApiGateway, { type ApiSettingsSchema } from "moleculer-web";
+import type { Context, Logger, LogLevels, Service, ServiceSchema } from "moleculer";
+import ApiGateway, { type ApiRouteSchema, type ApiSettingsSchema } from "moleculer-web";
+import type { Server as SocketServer } from "socket.io";
 import { bearerToken, checkAccess, isAuthRefusal, signToken, verifyToken, type Access, type AuthRefusal, type MeshUser } from "../lib/http/auth";
-import { httpErrorAnswer } from "../lib/http/error-answer";
+import { httpErrorAnswer, statusOf } from "../lib/http/error-answer";
+import { BadRequestError, HeadersTooLargeError, invalidField, NotFoundError, UnauthorizedError, UnavailableError } from "../lib/mesh/errors";
 import { isDatabaseFault } from "../lib/data/db-faults";
 import { cancelMeta, cancelWhenClientLeaves } from "../lib/inference/cancellation";
 import { auditSecurityDecision } from "../lib/data/audit-events";
@@ -25,7 +27,7 @@ import { InPlaceSeries } from "../lib/mesh/request-metrics";
 import { HTTP_DURATION_BUCKETS, HTTP_METRICS, registerHttpMetrics } from "../lib/http/prometheus";
 import { logsAt, requestLogger } from "../lib/runtime/logger";
 import { nodeContextOf } from "../lib/runtime/node-resources";
-import { jwtSecretOf } from "../lib/runtime/settings";
+import { jwtSecretOf, type MeshSettings } from "../lib/runtime/settings";
 import { REALTIME_CHANNELS } from "../lib/realtime/channels";
 import { RealtimeGatewayMixin } from "../mixins/realtime-gateway.mixin";
 
@@ -36,13 +38,63 @@ type GatewayRequest = IncomingMessage & {
 	$startedAt?: bigint;
 };
 
+type OriginalUrl = { originalUrl?: string };
+type RateLimit = ReturnType<typeof rateLimitMiddleware>;
+/** What /api, /api/v1 and /internal share (authenticatedRoute). */
+type EdgeRoute = Pick<ApiRouteSchema, "mappingPolicy" | "authentication" | "authorization" | "bodyParsers" | "use" | "onError">;
+
+/** A service gone from the mesh is usually back within seconds (a restart, a redeploy): a client retries after this. */
+const UNROUTED_RETRY_AFTER_SECONDS = 5;
+
+interface ApiMethods {
+	httpLogger(req: IncomingMessage & { $ctx?: Context }, res?: ServerResponse): Logger;
+	logs(level: LogLevels): boolean;
+	logRequest(req: IncomingMessage & { $route?: { logging?: boolean } } & OriginalUrl): void;
+	logResponse(req: IncomingMessage & { $route?: { logging?: boolean }; $startTime?: [number, number] } & OriginalUrl, res: ServerResponse): void;
+	authenticatedRoute(settings: MeshSettings): EdgeRoute;
+	apiRoute(edge: EdgeRoute): ApiRouteSchema;
+	registryRoute(edge: EdgeRoute): ApiRouteSchema;
+	internalRoute(edge: EdgeRoute): ApiRouteSchema;
+	operationsRoute(rateLimit: RateLimit): ApiRouteSchema;
+	authenticate(ctx: Context, route: unknown, req: GatewayRequest): MeshUser | null;
+	authorize(ctx: Context<unknown, { user?: MeshUser }>, route: unknown, req: GatewayRequest): void;
+	auditedAuthError(ctx: Context<unknown, { user?: MeshUser }>, req: GatewayRequest, err: AuthRefusal): AuthRefusal;
+	beforeCall(ctx: Context<unknown, { idempotencyKey?: string; cancel_key?: string }>, route: unknown, req: GatewayRequest, res: ServerResponse): void;
+	sendHealth(req: IncomingMessage, res: ServerResponse): Promise<void>;
+	sendDevToken(req: IncomingMessage, res: ServerResponse): void;
+	sendMetrics(req: IncomingMessage, res: ServerResponse): void;
+	metricsAllowed(req: IncomingMessage): boolean;
+	answerClientError(err: Error & { code?: string }, socket: Duplex): void;
+	sendJson(req: IncomingMessage, res: ServerResponse, status: number, body: unknown): void;
+	sendErrorAnswer(req: IncomingMessage, res: ServerResponse, err: unknown, retryAfterSeconds?: number): void;
+	isServiceAvailable(name: string): boolean;
+	send404(req: IncomingMessage & OriginalUrl, res: ServerResponse): void;
+	errorHandler(req: IncomingMessage, res: ServerResponse, err: Error): void;
+	sendJsonError(req: IncomingMessage, res: ServerResponse, err: Error & { type?: string; data?: { fault?: unknown } }): void;
+	instrumentServer(): void;
+}
+
+/** The gateway as its handlers see it: moleculer-web's members it uses, the realtime mixin's `io`, its own fields and methods. */
+interface ApiThis extends Service<ApiSettingsSchema>, ApiMethods {
+	/** moleculer-web: the HTTP server, created in its created() */
+	server: HttpServer;
+	/** moleculer-web: registers a route after created() */
+	addRoute(route: ApiRouteSchema, toBottom?: boolean): unknown;
+	/** moleculer-web: its default error answer, which every route here replaces with sendJsonError */
+	sendError(req: IncomingMessage, res: ServerResponse, err: Error): void;
+	/** RealtimeGatewayMixin: socket.io on this server, once started */
+	io: SocketServer | null;
+	/** every service the mesh has offered since this gateway started (see created) */
+	servicesSeen: Set<string>;
+}
+
 function routeLabel(req: GatewayRequest): string {
 	if (!req.$alias) return "unmatched";
 	const prefix = req.$route?.path === "/" ? "" : (req.$route?.path ?? "");
 	return `${prefix}/${(req.$alias.path ?? "").replace(/^\//, "")}`;
 }
 
-const ApiService: ServiceSchema<ApiSettingsSchema> = {
+const ApiService: ServiceSchema<ApiSettingsSchema, Record<string, never>, Record<string, never>, ApiThis> = {
 	name: "api",
 	mixins: [ApiGateway, RealtimeGatewayMixin(REALTIME_CHANNELS)],
 
@@ -95,6 +147,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 					maxAge: 600,
 				}
 			: undefined;
+		// moleculer-web calls a function here with the call's options (src/index.js); its typings admit only an object.
 		this.settings.rootCallOptions = ((options: { requestID?: string }, req: IncomingMessage, res: ServerResponse) => {
 			options.requestID = acceptRequestID(req.headers["x-request-id"]);
 			res.setHeader("X-Request-ID", options.requestID);
@@ -132,15 +185,15 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		},
 
 		/** moleculer-web's "=> GET /path" line, with the request id. */
-		logRequest(req: IncomingMessage & { $route?: { logging?: boolean }; originalUrl?: string }) {
-			const level = this.settings.logRequest as LogLevels | null;
+		logRequest(req: IncomingMessage & { $route?: { logging?: boolean } } & OriginalUrl) {
+			const level = this.settings.logRequest;
 			if ((req.$route && !req.$route.logging) || !level || !this.logs(level)) return;
 			this.httpLogger(req)[level](`=> ${req.method} ${req.originalUrl}`);
 		},
 
 		/** moleculer-web's "<= 200 GET /path [+ms]" line, with the request id and without terminal colours. */
-		logResponse(req: IncomingMessage & { $route?: { logging?: boolean }; $startTime?: [number, number]; originalUrl?: string }, res: ServerResponse) {
-			const level = this.settings.logResponse as LogLevels | null;
+		logResponse(req: IncomingMessage & { $route?: { logging?: boolean }; $startTime?: [number, number] } & OriginalUrl, res: ServerResponse) {
+			const level = this.settings.logResponse;
 			if ((req.$route && !req.$route.logging) || !level || !this.logs(level)) return;
 			const [seconds, nanos] = process.hrtime(req.$startTime ?? process.hrtime());
 			const ms = Math.round(seconds * 1e6 + nanos / 1e3) / 1e3;
@@ -148,7 +201,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		},
 
 		/** What /api and /internal share: bearer auth, action access rules, rate limit, JSON bodies, JSON errors. */
-		authenticatedRoute(settings: ReturnType<typeof nodeContextOf>["settings"]) {
+		authenticatedRoute(settings: MeshSettings): EdgeRoute {
 			return {
 				mappingPolicy: "restrict",
 				authentication: true,
@@ -159,12 +212,12 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 			};
 		},
 
-		apiRoute(edge: object) {
+		apiRoute(edge: EdgeRoute): ApiRouteSchema {
 			return { ...edge, name: "api", path: "/api", autoAliases: true, mergeParams: true, onBeforeCall: this.beforeCall };
 		},
 
 		/** The seed's node-registry API keeps its /api/v1 paths (DAARION_API §7), beside the /api/<service> aliases. */
-		registryRoute(edge: object) {
+		registryRoute(edge: EdgeRoute): ApiRouteSchema {
 			return {
 				...edge,
 				name: "registry-v1",
@@ -181,13 +234,13 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		},
 
 		/** The seed's service-to-service endpoints outside /api (service or admin role). */
-		internalRoute(edge: object) {
+		internalRoute(edge: EdgeRoute): ApiRouteSchema {
 			return { ...edge, name: "internal", path: "/internal", aliases: { "POST /matrix/presence/online": "presence.internalOnline" } };
 		},
 
 		/** /health (a database ping each), /metrics and the development login: rate-limited like the API. */
-		operationsRoute(rateLimit: ReturnType<typeof rateLimitMiddleware>) {
-			const aliases: Record<string, unknown> = {
+		operationsRoute(rateLimit: RateLimit): ApiRouteSchema {
+			const aliases: NonNullable<ApiRouteSchema["aliases"]> = {
 				"GET /health": this.sendHealth,
 				"GET /metrics": this.sendMetrics,
 			};
@@ -267,7 +320,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		sendDevToken(req: IncomingMessage, res: ServerResponse) {
 			const user = new URL(req.url ?? "", "http://x").searchParams.get("user") ?? "";
 			if (!/^[a-z0-9_.-]{1,40}$/i.test(user)) {
-				return this.sendJson(req, res, 422, { name: "ValidationError", message: "user: 1-40 letters, digits, . _ -", code: 422, type: "VALIDATION_ERROR", data: [{ field: "user" }] });
+				return this.sendErrorAnswer(req, res, invalidField("user", "1-40 letters, digits, . _ -"));
 			}
 			const token = signToken(jwtSecretOf(nodeContextOf(this.broker).settings), { id: user, roles: [], teams: [] });
 			this.sendJson(req, res, 200, { token, user, note: `development login: ${nodeContextOf(this.broker).settings.devLoginReason}` });
@@ -276,7 +329,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		sendMetrics(req: IncomingMessage, res: ServerResponse) {
 			if (!this.metricsAllowed(req)) {
 				res.setHeader("WWW-Authenticate", 'Bearer realm="metrics"');
-				return this.sendJson(req, res, 401, { name: "UnauthorizedError", message: "GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'", code: 401, type: "NO_TOKEN" });
+				return this.sendErrorAnswer(req, res, new UnauthorizedError("GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'", "NO_TOKEN"));
 			}
 			const body = nodeContextOf(this.broker).metricsReporter.render();
 			res.writeHead(200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" });
@@ -303,21 +356,25 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				socket.destroy();
 				return;
 			}
-			const tooLarge = err.code === "HPE_HEADER_OVERFLOW";
-			const status = tooLarge ? 431 : 400;
-			const body = JSON.stringify(
-				tooLarge
-					? { name: "RequestHeaderFieldsTooLarge", message: "Request line or headers are too large", code: 431, type: "HEADERS_TOO_LARGE" }
-					: { name: "BadRequestError", message: "Malformed HTTP request", code: 400, type: "BAD_REQUEST" },
-			);
+			const refusal = err.code === "HPE_HEADER_OVERFLOW" ? new HeadersTooLargeError("Request line or headers are too large") : new BadRequestError("Malformed HTTP request");
+			const { status, body } = httpErrorAnswer(refusal);
+			const json = JSON.stringify(body);
 			socket.end(
-				`HTTP/1.1 ${status} ${tooLarge ? "Request Header Fields Too Large" : "Bad Request"}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+				`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(json)}\r\nConnection: close\r\n\r\n${json}`,
 			);
 		},
 
 		sendJson(_req: IncomingMessage, res: ServerResponse, status: number, body: unknown) {
 			res.writeHead(status, { "Content-Type": "application/json; charset=utf-8" });
 			res.end(JSON.stringify(body));
+		},
+
+		/** An error as clients see it (lib/http/error-answer.ts), with Retry-After when it is safe to send again. */
+		sendErrorAnswer(req: IncomingMessage, res: ServerResponse, err: unknown, retryAfterSeconds?: number) {
+			const answer = httpErrorAnswer(err);
+			const after = retryAfterSeconds ?? answer.retryAfterSeconds;
+			if (after !== null) res.setHeader("Retry-After", String(after));
+			this.sendJson(req, res, answer.status, answer.body);
 		},
 
 		isServiceAvailable(name: string): boolean {
@@ -327,21 +384,15 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 		},
 
 		/** moleculer-web hook for unrouted requests: 503 for a service that is only gone for now, else 404. */
-		send404(req: IncomingMessage, res: ServerResponse) {
+		send404(req: IncomingMessage & OriginalUrl, res: ServerResponse) {
 			// Inside a route moleculer-web rewrites req.url relative to the route; originalUrl is the full path.
-			const path = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? "";
+			const path = req.originalUrl ?? req.url ?? "";
 			const service = /^\/api\/([^/?]+)/.exec(path)?.[1];
 			if (service && this.servicesSeen.has(service) && !this.isServiceAvailable(service)) {
-				res.setHeader("Retry-After", "5");
-				return this.sendJson(req, res, 503, {
-					name: "ServiceNotAvailableError",
-					message: `Service '${service}' has no available node right now`,
-					code: 503,
-					type: "SERVICE_UNAVAILABLE",
-					data: { service },
-				});
+				const unavailable = new UnavailableError(`Service '${service}' has no available node right now`, "SERVICE_UNAVAILABLE", { service });
+				return this.sendErrorAnswer(req, res, unavailable, UNROUTED_RETRY_AFTER_SECONDS);
 			}
-			this.sendJson(req, res, 404, { name: "NotFoundError", message: "Not found", code: 404, type: "NOT_FOUND" });
+			this.sendErrorAnswer(req, res, new NotFoundError("Not found"));
 		},
 
 		/**
@@ -354,7 +405,7 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 
 		/** Every error is JSON (lib/http/error-answer.ts); this adds what only HTTP has: 404 routing, logs, headers. */
 		sendJsonError(req: IncomingMessage, res: ServerResponse, err: Error & { type?: string; data?: { fault?: unknown } }) {
-			const { status, body, retryAfterSeconds } = httpErrorAnswer(err);
+			const status = statusOf(err);
 			// moleculer-web raises NOT_FOUND for a path under /api that matches no alias.
 			if (status === 404 && err.type === "NOT_FOUND") return this.send404(req, res);
 			// A database fault is logged once per state change by the node that saw it (lib/data/db-guard.ts),
@@ -365,9 +416,8 @@ const ApiService: ServiceSchema<ApiSettingsSchema> = {
 				res.end();
 				return;
 			}
-			// Lost node, timeout, full queue: safe to retry (writes with the same Idempotency-Key).
-			if (retryAfterSeconds !== null) res.setHeader("Retry-After", String(retryAfterSeconds));
-			this.sendJson(req, res, status, body);
+			// Lost node, timeout, full queue: safe to retry (writes with the same Idempotency-Key); sendErrorAnswer says so.
+			this.sendErrorAnswer(req, res, err);
 		},
 
 		/** HTTP metrics for every request the server answers, routed or not. */

@@ -60,10 +60,16 @@ interface CityMethods {
 	publish(t: Transaction, room: Room, action: "created" | "edited" | "deleted", message: Message): Promise<void>;
 	findMessage(roomId: string, messageId: string, t: Transaction): Promise<Message>;
 }
-type CityThis = Service & CityMethods;
+interface CitySettings extends ServiceSettingSchema {
+	/** the longest message body, in characters (413 MESSAGE_TOO_LARGE above it); CITY_MAX_MESSAGE_CHARS */
+	maxMessageChars: number;
+}
 
-const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, CityThis> = {
+type CityThis = Service<CitySettings> & CityMethods;
+
+const CityService: ServiceSchema<CitySettings, Record<string, never>, Record<string, never>, CityThis> = {
 	name: "city",
+	settings: { maxMessageChars: 4_000 },
 	/** Published through the outbox (the event stream captures it): message.{created|edited|deleted}.{room_id}, and its audit events. */
 	metadata: { [PUBLISHES]: ["message.>", "audit.>"] },
 
@@ -393,7 +399,7 @@ const CityService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Re
 		},
 
 		checkBody(body: string) {
-			const max = nodeContextOf(this.broker).settings.cityMaxMessageChars;
+			const max = this.settings.maxMessageChars;
 			if (body.length > max) throw new PayloadTooLargeError(`body is ${body.length} characters; the limit is ${max}`, "MESSAGE_TOO_LARGE", { field: "body", limit: max });
 		},
 

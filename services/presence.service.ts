@@ -60,7 +60,18 @@ export const PRESENCE_SWEEP_METRIC = "presence.sweep.last.timestamp.seconds";
 /** After a status change anywhere in the mesh, the counts gauge is read again this much later (changes in between share one query). */
 const COUNTS_AFTER_CHANGE_MS = 1_000;
 
+interface PresenceSettings extends ServiceSettingSchema {
+	/** no activity for this long → away (seed: 5 minutes); PRESENCE_AWAY_AFTER_MS */
+	awayAfterMs: number;
+	/** a closed or hidden socket stays present this long, in case it reconnects; PRESENCE_GRACE_MS */
+	graceMs: number;
+	/** how often clients send heartbeats; three missed → offline; PRESENCE_HEARTBEAT_MS */
+	heartbeatMs: number;
+}
+
+// Service, not Service<PresenceSettings>: LeaderDutyMixin takes hosts typed as Service; the narrower field says the same.
 interface PresenceThis extends Service {
+	settings: PresenceSettings;
 	countsTimer: NodeJS.Timeout | null;
 	/** applies `change` to one device and broadcasts if the user's status changed */
 	changeDevice(userId: string, change: (t: Transaction) => Promise<unknown>): Promise<UserPresence>;
@@ -74,8 +85,9 @@ interface PresenceThis extends Service {
 	refreshCounts(): Promise<void>;
 }
 
-const PresenceService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, PresenceThis> = {
+const PresenceService: ServiceSchema<PresenceSettings, Record<string, never>, Record<string, never>, PresenceThis> = {
 	name: "presence",
+	settings: { awayAfterMs: 5 * 60_000, graceMs: 3_000, heartbeatMs: 10_000 },
 	/** Published through the outbox (the event stream captures it): its audit events; presence.> stays captured as before. */
 	metadata: { [PUBLISHES]: ["presence.>", "audit.>"] },
 	mixins: [LeaderDutyMixin<PresenceThis>({ duty: "presence-sweeper", everyMs: SWEEP_EVERY_MS, what: "presence sweep", run() { return this.sweep(); } })],
@@ -104,7 +116,7 @@ const PresenceService: ServiceSchema<ServiceSettingSchema, Record<string, never>
 			params: { user_id: "string", device_id: "string", node_id: "string", active: "boolean", $$strict: "remove" },
 			async handler(ctx: Context<{ user_id: string; device_id: string; node_id: string; active: boolean }>) {
 				const { user_id, device_id, node_id, active } = ctx.params;
-				const { awayAfterMs } = nodeContextOf(this.broker).settings.presence;
+				const { awayAfterMs } = this.settings;
 				return this.changeDevice(user_id, t =>
 					databaseOf(this.broker).query(
 						`INSERT INTO presence_devices (user_id, device_id, status, node_id) VALUES ($1, $2, 'online', $3)
@@ -323,7 +335,7 @@ const PresenceService: ServiceSchema<ServiceSettingSchema, Record<string, never>
 
 		/** The leader's round (LeaderDutyMixin): away after inactivity, offline after the grace or missed heartbeats. */
 		async sweep(this: PresenceThis) {
-			const { awayAfterMs, graceMs, heartbeatMs } = nodeContextOf(this.broker).settings.presence;
+			const { awayAfterMs, graceMs, heartbeatMs } = this.settings;
 			const changed = await databaseOf(this.broker).query<{ user_id: string }>(
 				`UPDATE presence_devices SET
 					status = CASE

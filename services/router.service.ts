@@ -13,7 +13,7 @@ import fs from "fs";
 import { PassThrough, type Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
-import { NotFoundError, PayloadTooLargeError } from "../lib/mesh/errors";
+import { NotFoundError, PayloadTooLargeError, UnavailableError, ValidationError } from "../lib/mesh/errors";
 import { requireUser, type MeshUser } from "../lib/http/auth";
 import { OutboxBatch } from "../lib/data/outbox-batch";
 import { setHealthSection } from "../lib/http/health";
@@ -207,8 +207,8 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 					const r = this.reload("requested");
 					return { version: r.version, loaded_at: r.loadedAt };
 				} catch (err) {
-					const e = err as RegistryError;
-					throw new Errors.MoleculerClientError(e.message, 422, "REGISTRY_INVALID", { line: e.line, active_version: this.registry.version });
+					if (!(err instanceof RegistryError)) throw err;
+					throw new ValidationError(err.message, "REGISTRY_INVALID", { line: err.line, active_version: this.registry.version });
 				}
 			},
 		},
@@ -414,7 +414,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				end({ error: err }, framing.frame("error", { name: e.name, message: e.message, code: e.code ?? 503, type: e.type ?? "STREAM_FAILED", retryable: true, request_id: run.requestId }));
 			});
 			upstream.on("end", () => {
-				const err = new Errors.MoleculerRetryableError("The stream ended without a final answer", 503, "STREAM_INCOMPLETE");
+				const err = new UnavailableError("The stream ended without a final answer", "STREAM_INCOMPLETE");
 				end({ error: err }, framing.frame("error", { name: err.name, message: err.message, code: 503, type: err.type, retryable: true, request_id: run.requestId }));
 			});
 			// Cancelled (the client went away, seen here or by the gateway): stop reading and end the run.

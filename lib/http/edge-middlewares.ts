@@ -4,8 +4,7 @@
  */
 import { randomUUID } from "crypto";
 import type { IncomingMessage, ServerResponse } from "http";
-import { Errors } from "moleculer";
-import { PayloadTooLargeError, RateLimitedError } from "../mesh/errors";
+import { BadRequestError, PayloadTooLargeError, RateLimitedError, UnsupportedMediaTypeError } from "../mesh/errors";
 import { TokenBucketLimiter } from "./rate-limiter";
 import type { RateLimitSettings } from "../runtime/settings";
 
@@ -82,15 +81,15 @@ export function jsonBodyMiddleware(limit: string): HttpMiddleware {
 				return next();
 			}
 			if (!isJsonContentType(req.headers["content-type"])) {
-				return next(new Errors.MoleculerClientError("Request body must be application/json", 415, "UNSUPPORTED_MEDIA_TYPE", { contentType: req.headers["content-type"] }));
+				return next(new UnsupportedMediaTypeError("Request body must be application/json", "UNSUPPORTED_MEDIA_TYPE", { contentType: req.headers["content-type"] }));
 			}
 			try {
 				req.body = JSON.parse(text);
 			} catch (err) {
-				return next(new Errors.MoleculerClientError(`Invalid JSON body: ${(err as Error).message}`, 400, "INVALID_JSON"));
+				return next(new BadRequestError(`Invalid JSON body: ${(err as Error).message}`, "INVALID_JSON"));
 			}
 			if (req.body === null || typeof req.body !== "object" || Array.isArray(req.body)) {
-				return next(new Errors.MoleculerClientError("JSON body must be an object", 400, "INVALID_JSON"));
+				return next(new BadRequestError("JSON body must be an object", "INVALID_JSON"));
 			}
 			next();
 		});
@@ -112,7 +111,7 @@ export function acceptIdempotencyKey(header: string | string[] | undefined): str
 	if (header === undefined) return undefined;
 	const value = Array.isArray(header) ? header[0] : header;
 	if (!/^[\x21-\x7e]{1,128}$/.test(value)) {
-		throw new Errors.MoleculerClientError("Idempotency-Key must be 1-128 visible ASCII characters", 400, "INVALID_HEADER", { field: "Idempotency-Key" });
+		throw new BadRequestError("Idempotency-Key must be 1-128 visible ASCII characters", "INVALID_HEADER", { field: "Idempotency-Key" });
 	}
 	return value;
 }

@@ -13,7 +13,7 @@
  * cancelled in the last minute are remembered, and work tracked under one is aborted at once.
  */
 import type { Context, ServiceBroker } from "moleculer";
-import { Errors } from "moleculer";
+import { CancelledError } from "../mesh/errors";
 
 /** The mesh event carrying `{ key }`; router and swapper-proxy listen to it. */
 export const CANCEL_EVENT = "inference.cancel";
@@ -31,8 +31,8 @@ const REMEMBER_MS = 60_000;
 const REMEMBER_MAX = 10_000;
 
 /** The error a cancelled run ends with: the client's doing, so 499, not retried, not an agent error. */
-export function cancelledError(message = "The client went away"): Errors.MoleculerClientError {
-	return new Errors.MoleculerClientError(message, 499, "CANCELLED", { retry_elsewhere: false });
+export function cancelledError(message = "The client went away"): CancelledError {
+	return new CancelledError(message, "CANCELLED", { retry_elsewhere: false });
 }
 
 /** Whether a failure is a cancellation (ours, the lifecycle's CANCELLED, a provider's PROVIDER_CANCELLED). */

@@ -3,7 +3,7 @@
  * same request may succeed on another node, and the router acts on exactly that flag.
  */
 import { Errors } from "moleculer";
-import { NotFoundError } from "../mesh/errors";
+import { CancelledError, NotFoundError } from "../mesh/errors";
 import { CapacityError } from "./model-lifecycle";
 import { ProviderError } from "./provider";
 
@@ -24,7 +24,7 @@ export function toMeshError(err: unknown, node: string): Error {
 		if (err.type === "QUEUE_FULL") return new Errors.MoleculerRetryableError(err.message, 429, "QUEUE_FULL", data);
 		if (err.type === "NO_ROOM_TO_LOAD") return new Errors.MoleculerRetryableError(err.message, 503, "NO_ROOM_TO_LOAD", data);
 		if (err.type === "MODEL_NOT_FOUND") return new NotFoundError(err.message, "MODEL_NOT_FOUND", data);
-		return new Errors.MoleculerClientError(err.message, 499, "CANCELLED", data);
+		return new CancelledError(err.message, "CANCELLED", data);
 	}
 	if (err instanceof ProviderError) {
 		const data = { node, provider: err.provider, kind: err.kind, retry_elsewhere: err.retryElsewhere };

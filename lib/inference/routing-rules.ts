@@ -10,8 +10,7 @@
  *      confidential runs; otherwise the least loaded node stays, and the decision says so.
  * A model no node serves → the backup agent, else 503 (retryable: a node may come back).
  */
-import { Errors } from "moleculer";
-import { ForbiddenError } from "../mesh/errors";
+import { ForbiddenError, UnavailableError } from "../mesh/errors";
 import type { AgentRegistry, AgentSpec, Mode, RuleSpec } from "./agent-registry";
 import type { Placement } from "./capacity-board";
 import type { ErrorFigures } from "./error-window";
@@ -114,7 +113,7 @@ export function decide(registry: AgentRegistry, ask: RouteAsk, figures: Figures)
 				model,
 			});
 		}
-		throw new Errors.MoleculerRetryableError(`No node serves model ${model} for agent ${agent.id} right now`, 503, "MODEL_UNAVAILABLE", { agent: agent.id, model, retry_elsewhere: false });
+		throw new UnavailableError(`No node serves model ${model} for agent ${agent.id} right now`, "MODEL_UNAVAILABLE", { agent: agent.id, model, retry_elsewhere: false });
 	}
 	let chosen = candidates[0];
 	const local = candidates.find(p => p.local);

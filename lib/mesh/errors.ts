@@ -5,7 +5,7 @@
  * (the same request may succeed later or on another node). One class per kind of answer; the `type`
  * says which case of that kind it was (ROOM_NOT_FOUND, MEMORY_NOT_FOUND, …).
  *
- * Built on moleculer-web's classes where it has one (401, 403, 404, 429), so the gateway's own refusals
+ * Built on moleculer-web's classes where it has one (400, 401, 403, 404, 429), so the gateway's own refusals
  * and ours are the same classes; on Moleculer's otherwise (422 ValidationError, 503 retryable).
  * lib/http/error-answer.ts turns any of them into the client's answer (HTTP and socket).
  *
@@ -16,6 +16,14 @@ import { Errors } from "moleculer";
 import ApiGateway from "moleculer-web";
 
 const Web = ApiGateway.Errors;
+
+/** 400: a request the gateway cannot read: broken JSON, a malformed header, malformed HTTP. */
+export class BadRequestError extends Web.BadRequestError {
+	constructor(message: string, type = "BAD_REQUEST", data?: unknown) {
+		super(type, data);
+		this.message = message;
+	}
+}
 
 /** 401: no token, a malformed or forged one, or an expired one. */
 export class UnauthorizedError extends Web.UnAuthorizedError {
@@ -45,19 +53,35 @@ export class NotFoundError extends Web.NotFoundError {
 	}
 }
 
-/** 409: the request lost to the current state (an existing id, a stale version). */
-export class ConflictError extends Errors.MoleculerClientError {
-	constructor(message: string, type = "CONFLICT", data?: unknown) {
-		super(message, 409, type, data);
-	}
+/**
+ * The base of a family class on Moleculer's client error: its status fixed, its type a default. Each
+ * class below is named (`class X extends …`), so it travels and is restored by that name.
+ */
+function clientErrorWithStatus(status: number, defaultType: string) {
+	return class extends Errors.MoleculerClientError {
+		constructor(message: string, type = defaultType, data?: unknown) {
+			super(message, status, type, data);
+		}
+	};
 }
 
+/** 409: the request lost to the current state (an existing id, a stale version). */
+export class ConflictError extends clientErrorWithStatus(409, "CONFLICT") {}
+
 /** 413: a body, content or prompt over its limit; `data` names the field and the limit. */
-export class PayloadTooLargeError extends Errors.MoleculerClientError {
-	constructor(message: string, type = "PAYLOAD_TOO_LARGE", data?: unknown) {
-		super(message, 413, type, data);
-	}
-}
+export class PayloadTooLargeError extends clientErrorWithStatus(413, "PAYLOAD_TOO_LARGE") {}
+
+/** 415: a body in a format the gateway does not read (it reads JSON only). */
+export class UnsupportedMediaTypeError extends clientErrorWithStatus(415, "UNSUPPORTED_MEDIA_TYPE") {}
+
+/** 431: a request line or headers beyond what Node's HTTP parser accepts (refused before any route). */
+export class HeadersTooLargeError extends clientErrorWithStatus(431, "HEADERS_TOO_LARGE") {}
+
+/**
+ * 499: the client went away and its run was cancelled (lib/inference/cancellation.ts). The client's
+ * doing: not retried, not counted as the agent's or the node's error.
+ */
+export class CancelledError extends clientErrorWithStatus(499, "CANCELLED") {}
 
 /** 429: over a rate budget; the answer carries Retry-After (set by whoever measured the budget). */
 export class RateLimitedError extends Web.RateLimitExceeded {
@@ -85,11 +109,15 @@ type FamilyClass = new (message: string, type?: string, data?: unknown) => Error
 
 /** Every class of the family by name, for restoring them on the far side of a mesh call. */
 export const FAMILY: Record<string, FamilyClass> = {
+	BadRequestError,
 	UnauthorizedError,
 	ForbiddenError,
 	NotFoundError,
 	ConflictError,
 	PayloadTooLargeError,
+	UnsupportedMediaTypeError,
+	HeadersTooLargeError,
+	CancelledError,
 	RateLimitedError,
 	UnavailableError,
 };

@@ -62,6 +62,13 @@ export function loadServiceSchema(name: string, dir = SERVICES_DIR): ServiceSche
 	return (loaded.default ?? loaded) as ServiceSchema;
 }
 
+/** A service's schema with what the environment sets of its own settings (MeshSettings.serviceSettings) over its defaults. */
+export function serviceSchemaFor(name: string, settings: MeshSettings, dir = SERVICES_DIR): ServiceSchema {
+	const schema = loadServiceSchema(name, dir);
+	const overrides = settings.serviceSettings[schema.name];
+	return overrides && Object.keys(overrides).length ? { ...schema, settings: { ...schema.settings, ...overrides } } : schema;
+}
+
 export interface RunningNode {
 	broker: ServiceBroker;
 	transport: TransportChoice;
@@ -104,7 +111,7 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 		log.info(`Migrations: ${result.applied.length} applied, ${result.status.length} known`);
 	}
 	if (settings.testServicesDir) log.warn(`Test services loaded from ${settings.testServicesDir}: this node is for development and tests only`);
-	for (const name of services) broker.createService(loadServiceSchema(name, directories.get(name)));
+	for (const name of services) broker.createService(serviceSchemaFor(name, settings, directories.get(name)));
 	await broker.start();
 
 	let stopping: Promise<void> | null = null;

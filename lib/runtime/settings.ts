@@ -95,11 +95,11 @@ export interface MeshSettings {
 	migrateOnStart: boolean;
 	memory: MemorySettings;
 	events: EventSettings;
-	presence: PresenceSettings;
 	/** socket clients may read public rooms without a token */
 	wsPublicRead: boolean;
 	socketLimits: SocketLimitSettings;
-	cityMaxMessageChars: number;
+	/** services' own settings set from the environment (their defaults live in each service's schema) */
+	serviceSettings: ServiceSettingOverrides;
 	/** NATS queue groups pick the node instead of Moleculer's balancer (measured in docs/FAILOVER.md; off) */
 	disableBalancer: boolean;
 	/** leader leases for singleton duties (lib/data/leader-lease.ts) */
@@ -178,14 +178,13 @@ export interface EventSettings {
 	outboxBackoffMs: number;
 }
 
-export interface PresenceSettings {
-	/** no activity for this long → away (seed: 5 minutes) */
-	awayAfterMs: number;
-	/** a closed or hidden socket stays present this long, in case it reconnects */
-	graceMs: number;
-	/** how often clients send heartbeats; three missed → offline */
-	heartbeatMs: number;
-}
+/**
+ * A service's own settings, as the environment sets them, by service name: only variables that are set.
+ * The service declares each setting and its default in its schema (`settings`), where its reader sees
+ * them; this file only reads the environment (the one place that does) and checks the values. The node
+ * merges them into the schema before it creates the service (lib/runtime/node-runtime.ts, serviceSchemaFor).
+ */
+export type ServiceSettingOverrides = Record<string, Record<string, unknown>>;
 
 export class SettingsError extends Error {
 	constructor(variable: string, problem: string) {
@@ -196,7 +195,8 @@ export class SettingsError extends Error {
 
 type Env = Record<string, string | undefined>;
 
-function readInt(env: Env, name: string, fallback: number, min = 0): number {
+/** A number >= min; `fallback` when the variable is unset (undefined: leave the default to whoever owns it). */
+function readInt<F extends number | undefined>(env: Env, name: string, fallback: F, min = 0): number | F {
 	const raw = env[name];
 	if (raw == null || raw === "") return fallback;
 	const value = Number(raw);
@@ -224,6 +224,22 @@ function readDurationMs(env: Env, name: string, fallbackMs: number, minMs = 0): 
 	const ms = match ? Number(match[1]) * DURATION_UNITS[(match[2] ?? "s").toLowerCase()] : NaN;
 	if (!Number.isFinite(ms) || ms < minMs) throw new SettingsError(name, `expected a duration of at least ${minMs} ms (examples: 90, 30s, 15m, 24h), got "${raw}"`);
 	return ms;
+}
+
+/** What the environment sets of the services' own settings (defaults: services/city, services/presence). */
+function readServiceSettings(env: Env): ServiceSettingOverrides {
+	return {
+		city: setOnly({ maxMessageChars: readInt(env, "CITY_MAX_MESSAGE_CHARS", undefined, 1) }),
+		presence: setOnly({
+			awayAfterMs: readInt(env, "PRESENCE_AWAY_AFTER_MS", undefined, 100),
+			graceMs: readInt(env, "PRESENCE_GRACE_MS", undefined, 0),
+			heartbeatMs: readInt(env, "PRESENCE_HEARTBEAT_MS", undefined, 100),
+		}),
+	};
+}
+
+function setOnly(values: Record<string, unknown>): Record<string, unknown> {
+	return Object.fromEntries(Object.entries(values).filter(([, value]) => value !== undefined));
 }
 
 function readList(raw: string | undefined): string[] | null {
@@ -332,11 +348,6 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 			retentionHours: readInt(env, "NODE_HEARTBEAT_RETENTION_HOURS", 24, 1),
 		},
 		memory: readMemorySettings(env, production),
-		presence: {
-			awayAfterMs: readInt(env, "PRESENCE_AWAY_AFTER_MS", 5 * 60_000, 100),
-			graceMs: readInt(env, "PRESENCE_GRACE_MS", 3_000, 0),
-			heartbeatMs: readInt(env, "PRESENCE_HEARTBEAT_MS", 10_000, 100),
-		},
 		wsPublicRead: readBool(env, "WS_PUBLIC_READ", false),
 		socketLimits: {
 			eventsPerSocket: readInt(env, "WS_EVENT_RATE", 10),
@@ -349,7 +360,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 			handshakeBurst: readInt(env, "WS_HANDSHAKE_BURST", 40, 1),
 			maxConnectionsPerAddress: readInt(env, "WS_MAX_CONNECTIONS_PER_ADDRESS", 200),
 		},
-		cityMaxMessageChars: readInt(env, "CITY_MAX_MESSAGE_CHARS", 4_000, 1),
+		serviceSettings: readServiceSettings(env),
 		swapper: readSwapperSettings(env, production),
 		router: {
 			agentsFile: env.ROUTER_AGENTS_FILE || "config/agents.yml",

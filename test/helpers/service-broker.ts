@@ -15,7 +15,7 @@ import { createBrokerOptions } from "../../moleculer.config";
 import { signToken, type MeshUser } from "../../lib/http/auth";
 import { createSequelize } from "../../lib/data/database";
 import { runMigrations } from "../../lib/data/migrations";
-import { loadServiceSchema } from "../../lib/runtime/node-runtime";
+import { serviceSchemaFor } from "../../lib/runtime/node-runtime";
 import { attachNodeContext } from "../../lib/runtime/node-resources";
 import { jwtSecretOf, loadSettings, type MeshSettings } from "../../lib/runtime/settings";
 import type { TransportChoice } from "../../lib/runtime/transport";
@@ -116,7 +116,7 @@ export async function startInProcessNode(options: InProcessOptions): Promise<InP
 	const settings = settingsFor(options, databaseUrl);
 	const sequelize = databaseUrl ? createSequelize({ ...settings.database, url: databaseUrl }, settings.databaseLimits) : null;
 	const broker = createBroker(settings, sequelize);
-	for (const name of options.services) broker.createService(loadServiceSchema(name));
+	for (const name of options.services) broker.createService(serviceSchemaFor(name, settings));
 	for (const schema of options.extraServices ?? []) broker.createService(schema);
 	const routed = options.services.includes("api") ? aliasesBuilt(broker) : Promise.resolve();
 	await broker.start();

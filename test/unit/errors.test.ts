@@ -7,14 +7,32 @@ import { Errors } from "moleculer";
 import ApiGateway from "moleculer-web";
 import { DatabaseUnavailableError, MeshErrorRegenerator } from "../../lib/data/db-faults";
 import { httpErrorAnswer, socketErrorAnswer } from "../../lib/http/error-answer";
-import { ConflictError, FAMILY, ForbiddenError, invalidField, NotFoundError, PayloadTooLargeError, RateLimitedError, UnauthorizedError, UnavailableError } from "../../lib/mesh/errors";
+import {
+	BadRequestError,
+	CancelledError,
+	ConflictError,
+	FAMILY,
+	ForbiddenError,
+	HeadersTooLargeError,
+	invalidField,
+	NotFoundError,
+	PayloadTooLargeError,
+	RateLimitedError,
+	UnauthorizedError,
+	UnavailableError,
+	UnsupportedMediaTypeError,
+} from "../../lib/mesh/errors";
 
 const CASES: Array<[Errors.MoleculerError, number, string, boolean]> = [
+	[new BadRequestError("Invalid JSON body: Unexpected end of JSON input", "INVALID_JSON"), 400, "INVALID_JSON", false],
 	[new UnauthorizedError("Token expired", "TOKEN_EXPIRED"), 401, "TOKEN_EXPIRED", false],
 	[new ForbiddenError("Requires one of the roles: admin"), 403, "FORBIDDEN", false],
 	[new NotFoundError("Room r1 not found", "ROOM_NOT_FOUND", { room_id: "r1" }), 404, "ROOM_NOT_FOUND", false],
 	[new ConflictError("Room r1 already exists", "ROOM_EXISTS", { field: "id" }), 409, "ROOM_EXISTS", false],
 	[new PayloadTooLargeError("content is 9 bytes; the limit is 8", "CONTENT_TOO_LARGE", { field: "content" }), 413, "CONTENT_TOO_LARGE", false],
+	[new UnsupportedMediaTypeError("Request body must be application/json", "UNSUPPORTED_MEDIA_TYPE", { contentType: "text/plain" }), 415, "UNSUPPORTED_MEDIA_TYPE", false],
+	[new HeadersTooLargeError("Request line or headers are too large"), 431, "HEADERS_TOO_LARGE", false],
+	[new CancelledError("The client went away", "CANCELLED", { retry_elsewhere: false }), 499, "CANCELLED", false],
 	[new RateLimitedError("Rate limit exceeded, retry later", "RATE_LIMITED", { retryAfter: 1 }), 429, "RATE_LIMITED", false],
 	[new UnavailableError("Service 'city' has no available node right now"), 503, "SERVICE_UNAVAILABLE", true],
 ];
@@ -27,6 +45,7 @@ describe("error family", () => {
 	});
 
 	it("builds on moleculer-web's classes where it has one", () => {
+		expect(new BadRequestError("x")).toBeInstanceOf(ApiGateway.Errors.BadRequestError);
 		expect(new UnauthorizedError("x")).toBeInstanceOf(ApiGateway.Errors.UnAuthorizedError);
 		expect(new ForbiddenError("x")).toBeInstanceOf(ApiGateway.Errors.ForbiddenError);
 		expect(new NotFoundError("x")).toBeInstanceOf(ApiGateway.Errors.NotFoundError);

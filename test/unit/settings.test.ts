@@ -6,7 +6,7 @@ import path from "path";
 import { EmbeddedPostgresError, firstDirClosedToOthers, openForPostgresUser, placeOutsideCheckout } from "../../dev/embedded-postgres";
 import { createHash, randomBytes } from "crypto";
 import { DEV_JWT_SECRET, loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/runtime/settings";
-import { chooseServices } from "../../lib/runtime/node-runtime";
+import { chooseServices, serviceSchemaFor } from "../../lib/runtime/node-runtime";
 
 const STRONG_SECRET = randomBytes(36).toString("base64");
 const STRONG_KEY = randomBytes(32).toString("base64");
@@ -107,6 +107,21 @@ describe("durations and limits", () => {
 		expect(loadSettings({ IDEMPOTENCY_TTL: "15m" }).idempotencyTtlMs).toBe(900_000);
 		expect(() => loadSettings({ IDEMPOTENCY_TTL: "soon" })).toThrow(/^IDEMPOTENCY_TTL: /);
 		expect(loadSettings({ DB_STATEMENT_TIMEOUT_MS: "250" }).databaseLimits).toEqual({ statementTimeoutMs: 250, idleInTransactionTimeoutMs: 10_000 });
+	});
+});
+
+describe("services' own settings", () => {
+	it("keep their schema's defaults unless the environment sets them; a set variable overrides only its setting", () => {
+		expect(serviceSchemaFor("city", loadSettings({})).settings).toEqual({ maxMessageChars: 4_000 });
+		expect(serviceSchemaFor("presence", loadSettings({})).settings).toEqual({ awayAfterMs: 300_000, graceMs: 3_000, heartbeatMs: 10_000 });
+		const set = loadSettings({ CITY_MAX_MESSAGE_CHARS: "20", PRESENCE_GRACE_MS: "0" });
+		expect(serviceSchemaFor("city", set).settings).toEqual({ maxMessageChars: 20 });
+		expect(serviceSchemaFor("presence", set).settings).toEqual({ awayAfterMs: 300_000, graceMs: 0, heartbeatMs: 10_000 });
+	});
+
+	it("refuses a bad value with the variable's name", () => {
+		expect(() => loadSettings({ CITY_MAX_MESSAGE_CHARS: "0" })).toThrow(/CITY_MAX_MESSAGE_CHARS/);
+		expect(() => loadSettings({ PRESENCE_HEARTBEAT_MS: "soon" })).toThrow(/PRESENCE_HEARTBEAT_MS/);
 	});
 });
 

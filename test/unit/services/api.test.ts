@@ -1,8 +1,11 @@
 /**
  * api (the moleculer-web gateway), in process with mesh behind it: request ids, JSON errors for every
  * kind of bad request, token checks, /health and /metrics, the rate limit, and 503 (not 404) for a
- * service that was in the mesh but has no node now.
+ * service that was in the mesh but has no node now; the answers the gateway writes itself (development
+ * login, /metrics, malformed HTTP) in the error family's shape.
  */
+import { randomBytes } from "crypto";
+import { connect, type AddressInfo } from "net";
 import type { ServiceSchema } from "moleculer";
 import jwt from "jsonwebtoken";
 import { jwtSecretOf } from "../../../lib/runtime/settings";
@@ -43,8 +46,8 @@ describeWithPostgres("api gateway (in-process broker)", () => {
 
 	describe("every bad request is a JSON client error, never a 500", () => {
 		it("400 for broken JSON, 415 for another media type, 413 above BODY_LIMIT, 422 naming the field", async () => {
-			expect(await echo({ rawBody: '{"message": ', headers: { "Content-Type": "application/json" } })).toMatchObject({ status: 400, body: { type: "INVALID_JSON" } });
-			expect(await echo({ rawBody: "message=hi", headers: { "Content-Type": "application/x-www-form-urlencoded" } })).toMatchObject({ status: 415, body: { type: "UNSUPPORTED_MEDIA_TYPE" } });
+			expect(await echo({ rawBody: '{"message": ', headers: { "Content-Type": "application/json" } })).toMatchObject({ status: 400, body: { name: "BadRequestError", type: "INVALID_JSON" } });
+			expect(await echo({ rawBody: "message=hi", headers: { "Content-Type": "application/x-www-form-urlencoded" } })).toMatchObject({ status: 415, body: { name: "UnsupportedMediaTypeError", type: "UNSUPPORTED_MEDIA_TYPE" } });
 			expect(await echo({ body: { message: "x".repeat(2_000) } })).toMatchObject({ status: 413, body: { type: "PAYLOAD_TOO_LARGE" } });
 			const invalid = await echo({ body: { message: "" } });
 			expect(invalid.status).toBe(422);
@@ -105,5 +108,54 @@ describeWithPostgres("api gateway (in-process broker)", () => {
 		const gone = await node.http("GET", "/api/ephemeral/ping");
 		expect(gone).toMatchObject({ status: 503, body: { type: "SERVICE_UNAVAILABLE", data: { service: "ephemeral" } } });
 		expect(gone.headers.get("retry-after")).toBe("5");
+	});
+});
+
+/** Sends bytes as they are (no HTTP client would send a malformed request) and reads the answer until the server closes. */
+function rawHttp(node: InProcessNode, request: string): Promise<{ head: string; body: unknown }> {
+	const api = node.broker.getLocalService("api") as unknown as { server: { address(): AddressInfo } };
+	return new Promise((resolve, reject) => {
+		const socket = connect(api.server.address().port, "127.0.0.1", () => socket.write(request));
+		let text = "";
+		socket.setEncoding("utf8");
+		socket.on("data", (chunk: string) => (text += chunk));
+		socket.on("error", reject);
+		socket.on("close", () => {
+			const [head, body] = text.split("\r\n\r\n");
+			resolve({ head, body: JSON.parse(body) });
+		});
+	});
+}
+
+describe("api gateway: answers it writes itself are the error family's (in-process broker)", () => {
+	const METRICS_TOKEN = randomBytes(24).toString("hex");
+	let node: InProcessNode;
+	beforeAll(async () => {
+		node = await startInProcessNode({ services: ["api"], env: { DEV_LOGIN: "true", METRICS_TOKEN } });
+	});
+	afterAll(() => stopInProcessNodes(node));
+
+	it("the development login refuses a bad user name with a 422 naming the field", async () => {
+		expect(await node.http("GET", "/auth/dev-token?user=no%20spaces")).toMatchObject({
+			status: 422,
+			body: { name: "ValidationError", code: 422, type: "VALIDATION_ERROR", data: [{ field: "user" }], retryable: false },
+		});
+		expect(await node.http("GET", "/auth/dev-token?user=alice")).toMatchObject({ status: 200, body: { user: "alice" } });
+	});
+
+	it("/metrics without its token is a 401 with WWW-Authenticate; with it, the metrics", async () => {
+		const refused = await node.http("GET", "/metrics");
+		expect(refused).toMatchObject({ status: 401, body: { name: "UnauthorizedError", code: 401, type: "NO_TOKEN", retryable: false } });
+		expect(refused.headers.get("www-authenticate")).toBe('Bearer realm="metrics"');
+		expect((await node.http("GET", "/metrics", { headers: { Authorization: `Bearer ${METRICS_TOKEN}` } })).status).toBe(200);
+	});
+
+	it("malformed HTTP is a JSON 400 and over-long headers a JSON 431, before any route", async () => {
+		const malformed = await rawHttp(node, "NOT HTTP AT ALL\r\n\r\n");
+		expect(malformed.head).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+		expect(malformed.body).toMatchObject({ name: "BadRequestError", code: 400, type: "BAD_REQUEST" });
+		const tooLong = await rawHttp(node, `GET /health HTTP/1.1\r\nHost: x\r\nX-Long: ${"a".repeat(20_000)}\r\n\r\n`);
+		expect(tooLong.head).toMatch(/^HTTP\/1\.1 431 Request Header Fields Too Large\r\n/);
+		expect(tooLong.body).toMatchObject({ name: "HeadersTooLargeError", code: 431, type: "HEADERS_TOO_LARGE" });
 	});
 });

@@ -128,7 +128,7 @@ describeWithPostgres("router service (in-process broker)", () => {
 			expect((await node.http("POST", "/api/router/reload", { user: alice, body: {} })).status).toBe(403);
 			fs.writeFileSync(agentsFile, 'version: "unit-2"\nagents:\n  - id: broken\n');
 			const refused = await node.http("POST", "/api/router/reload", { user: user("root", ["admin"]), body: {} });
-			expect(refused).toMatchObject({ status: 422, body: { type: "REGISTRY_INVALID", data: { active_version: "unit-1" } } });
+			expect(refused).toMatchObject({ status: 422, body: { name: "ValidationError", type: "REGISTRY_INVALID", data: { active_version: "unit-1" } } });
 			expect(refused.body.data.line).toEqual(expect.any(Number));
 			fs.writeFileSync(agentsFile, REGISTRY.replace("unit-1", "unit-2"));
 			const reloaded = await node.http("POST", "/api/router/reload", { user: user("root", ["admin"]), body: {} });
