@@ -149,6 +149,10 @@ function report(steps: Step[], loadAtStart: string): string {
 	const where = firstSaturated
 		? `Saturates between ${lastHeld ? `${formatNumber(lastHeld.offered)}` : "0"} and ${formatNumber(firstSaturated.offered)} events/s offered: at ${formatNumber(firstSaturated.offered)}/s this process committed ${formatNumber(firstSaturated.committed)}/s (pool of ${POOL_SIZE}, one transaction per event) and the pipeline consumed ${formatNumber(firstSaturated.consumedRate)}/s with a consumed p99 of ${formatNumber(firstSaturated.consumed.p99)} ms; busiest process then: ${limitOf(firstSaturated)}.`
 		: `Did not saturate up to ${formatNumber(steps[steps.length - 1].offered)} events/s offered (busiest process at the top step: ${limitOf(steps[steps.length - 1])}); raise OUTBOX_CURVE_RATES.`;
+	const commitsFirst =
+		firstSaturated && firstSaturated.committed < 0.9 * firstSaturated.offered
+			? ` The committing side gave out first (${formatNumber(firstSaturated.committed)} of ${formatNumber(firstSaturated.offered)} events/s committed, one transaction per event over a pool of ${POOL_SIZE}): PostgreSQL's commits per second bound the source before the relay; sources that write several events per transaction go further.`
+			: "";
 	return [
 		`Run ${new Date().toISOString()} on ${machine()}; local PostgreSQL and NATS (JetStream); load average ${loadAtStart} at the start and ${loadAverage()} at the end (other work shares these cores). One node (SERVICES=audit,outbox: outbox relay → JetStream → audit writer); this process commits one transaction per event (pool of ${POOL_SIZE}) at a fixed rate for ${SECONDS} s per step, then waits for the step to drain. \`npm run bench:outbox-curve\`.`,
 		"",
@@ -159,7 +163,7 @@ function report(steps: Step[], loadAtStart: string): string {
 			rows,
 		),
 		"",
-		`- ${where}`,
+		`- ${where}${commitsFirst}`,
 		"- Lags are from the event's commit (outbox created_at, the transaction's start: a lower bound of the commit time) to the relay's JetStream ack (published_at) and to its audit_log row (recorded_at), both PostgreSQL clocks. A step counts as saturated when the consumed rate falls under 90 % of the offered one, the step does not drain, or its consumed p99 passes " +
 			`${formatNumber(SATURATED_P99_MS)} ms.`,
 		"- CPU columns: % of one core over the step (the machine has 200 %). PostgreSQL counts the backends of this database only (not the WAL writer or checkpointer); a total well under 200 % with a high load average means the processes waited for cores taken by other work.",
