@@ -1,25 +1,37 @@
 /**
- * `npm run bench:presence`: 1,000 socket.io clients split across NODE1 and NODE2 (one room), against a
- * bare socket.io server broadcasting to the same number of clients, in one run.
- *   fan-out  — 50 room messages posted on NODE1, 100 ms apart: post → delivery at every client, p50/p99
+ * `npm run bench:presence`: socket.io clients split across NODE1 and NODE2 (one room), against a bare
+ * socket.io server broadcasting to the same number of clients, in one run, at each point of a curve:
+ * PRESENCE_CURVE (default 1000,5000,10000 sockets; BENCH_CLIENTS=N alone runs the single point N). Sockets
+ * are added point by point (the heap baseline is read once, before the first).
+ *   fan-out  — room messages posted on NODE1 (50 at the first point, 20 after), max(100 ms, N / 10 ms) apart so
+ *              that this process can take every delivery off its N sockets between two posts: post →
+ *              delivery at every client, p50/p99
  *   presence — 100 users coming online on NODE2, seen by a watcher on NODE1: p99 propagation
  *   heap     — heap growth per idle socket after a full GC, over both nodes (SIGUSR2 heap report) and on the bare
  *              server, each after 100 warm-up connections (opened and closed); compiled code is reported apart
  *              (lib/runtime/heap.ts): it grows with what background timers run meanwhile, not with the sockets
  * Every client lives in this process, so the baseline pays the same receiving cost.
  */
-import type { ChildProcess } from "child_process";
+import { execSync, type ChildProcess } from "child_process";
+import fs from "fs";
+import path from "path";
 import { io, type Socket } from "socket.io-client";
 import { Client } from "pg";
 import { signToken } from "../../lib/http/auth";
 import type { HeapReading } from "../../lib/runtime/heap";
-import { formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
+import { formatNumber, loadAverage, machine, percentile, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
+import { svgCharts } from "../lib/svg-plot";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
-const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 1_000);
-const MESSAGES = 50;
-const PRESENCE_USERS = 100;
+const POINTS = (process.env.PRESENCE_CURVE ?? process.env.BENCH_CLIENTS ?? "1000,5000,10000").split(",").map(Number);
+/** BENCH_MESSAGES sets both (small values for a quick check of the bench itself). */
+const FIRST_MESSAGES = Number(process.env.BENCH_MESSAGES ?? 50);
+const CURVE_MESSAGES = Number(process.env.BENCH_MESSAGES ?? 20);
+/** File descriptors this process needs beyond its sockets (nodes' pipes, pg, NATS, node modules). */
+const FD_HEADROOM = 500;
+const SVG_FILE = path.join(ROOT, "docs", "bench", "presence-curve.svg");
+const PRESENCE_USERS = Number(process.env.BENCH_PRESENCE_USERS ?? 100);
 const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
 const WARM_UP = 100;
 const id = `${process.pid}`;
@@ -70,20 +82,20 @@ interface FanOut {
 	expected: number;
 }
 
-/** Posts MESSAGES messages through `post(n)`; every client timestamps arrival of message n. */
-async function fanOut(clients: Socket[], post: (n: number) => void, numberOf: (message: any) => number): Promise<FanOut> {
+/** Posts `messages` messages through `post(n)`, `intervalMs` apart; every client timestamps arrival of message n. */
+async function fanOut(clients: Socket[], post: (n: number) => void, numberOf: (message: any) => number, messages: number, intervalMs: number): Promise<FanOut> {
 	const sentAt = new Map<number, number>();
 	const latencies: number[] = [];
 	for (const c of clients) c.on("message", (m: unknown) => latencies.push(performance.now() - (sentAt.get(numberOf(m)) ?? NaN)));
-	for (let n = 1; n <= MESSAGES; n++) {
+	for (let n = 1; n <= messages; n++) {
 		sentAt.set(n, performance.now());
 		post(n);
-		await sleep(100);
+		await sleep(intervalMs);
 	}
-	await sleep(2_000);
+	await sleep(Math.max(2_000, intervalMs));
 	const valid = latencies.filter(Number.isFinite).sort((a, b) => a - b);
 	for (const c of clients) c.off("message");
-	return { p50: percentile(valid, 50), p99: percentile(valid, 99), delivered: valid.length, expected: MESSAGES * clients.length };
+	return { p50: percentile(valid, 50), p99: percentile(valid, 99), delivered: valid.length, expected: messages * clients.length };
 }
 
 async function bareHeap(url: string): Promise<HeapReading> {
@@ -121,16 +133,151 @@ async function bothNodesHeap(node1: ChildProcess, node2: ChildProcess): Promise<
 	return { heapUsed: a.heapUsed + b.heapUsed, codeBytes: a.codeBytes + b.codeBytes, afterGc: true };
 }
 
+type Target = (i: number) => { url: string; auth: Record<string, unknown> };
+
+interface Point {
+	sockets: number;
+	fanOut: FanOut;
+	heap: { objects: number; withCode: number };
+	messages: number;
+	intervalMs: number;
+	/** % of one core during the fan-out: the serving processes (both nodes, or the bare server) and this process, the clients' side */
+	cpu: { servers: number; clients: number };
+	load: string;
+}
+
+interface Side {
+	/** connects the sockets of the room; `i` numbers them from 0 over the whole curve */
+	target: Target;
+	heap: () => Promise<HeapReading>;
+	post: (n: number) => void;
+	numberOf: (message: any) => number;
+	pids: number[];
+}
+
+/** Spacing of the posts at N sockets: this process takes N deliveries off its sockets per post, and must be done before the next. */
+const intervalFor = (sockets: number) => Math.max(100, Math.round(sockets / 10));
+
+function cpuShare(pids: number[], run: () => Promise<FanOut>): Promise<{ result: FanOut; servers: number; clients: number }> {
+	const cpuOf = () => pids.reduce((sum, pid) => sum + processCpuMs(pid), 0);
+	const before = { servers: cpuOf(), clients: process.cpuUsage(), at: performance.now() };
+	return run().then(result => {
+		const elapsed = performance.now() - before.at;
+		const clients = process.cpuUsage(before.clients);
+		return { result, servers: (100 * (cpuOf() - before.servers)) / elapsed, clients: (100 * (clients.user + clients.system)) / 1000 / elapsed };
+	});
+}
+
+/** The curve of one side: sockets added point by point, heap per idle socket and fan-out at each. */
+async function measureCurve(name: string, side: Side, heapBefore: HeapReading, clients: Socket[]): Promise<Point[]> {
+	const points: Point[] = [];
+	for (const [index, sockets] of POINTS.entries()) {
+		const start = clients.length;
+		clients.push(...(await connectMany(sockets - start, i => side.target(start + i))));
+		await sleep(2_000);
+		const heap = perSocket(heapBefore, await side.heap(), sockets);
+		const messages = index === 0 ? FIRST_MESSAGES : CURVE_MESSAGES;
+		const intervalMs = intervalFor(sockets);
+		const { result, servers, clients: clientsCpu } = await cpuShare(side.pids, () => fanOut(clients, side.post, side.numberOf, messages, intervalMs));
+		const point = { sockets, fanOut: result, heap, messages, intervalMs, cpu: { servers, clients: clientsCpu }, load: loadAverage() };
+		process.stdout.write(
+			`${name} @${sockets}: fan-out p50 ${formatNumber(result.p50)} p99 ${formatNumber(result.p99)} ms (${result.delivered}/${result.expected}), heap ${formatNumber(heap.objects)} KB/socket (${formatNumber(heap.withCode)} with code), ` +
+				`CPU servers ${servers.toFixed(0)}% clients ${clientsCpu.toFixed(0)}% (load ${point.load})\n`,
+		);
+		points.push(point);
+	}
+	return points;
+}
+
+/** `ulimit -n` must cover the largest point's client sockets in this process (each node holds half, the bare server all of them). */
+function checkFileDescriptors(): string {
+	const limit = execSync("ulimit -n", { shell: "/bin/bash" }).toString().trim();
+	const needed = Math.max(...POINTS) + FD_HEADROOM;
+	if (limit !== "unlimited" && Number(limit) < needed) throw new Error(`ulimit -n is ${limit}; ${Math.max(...POINTS)} sockets need at least ${needed}: raise it (ulimit -n ${needed}) and rerun`);
+	return limit;
+}
+
+function closeAll(sockets: Socket[]): void {
+	for (const s of sockets.splice(0)) s.close();
+}
+
+function firstPointSection(project: Point, bare: Point, presenceLatencies: number[]): string {
+	const rows = [
+		["project (2 nodes, mesh fan-out)", project.fanOut.p50, project.fanOut.p99, `${project.fanOut.delivered}/${project.fanOut.expected}`, project.heap.objects, project.heap.withCode],
+		["bare socket.io (1 process)", bare.fanOut.p50, bare.fanOut.p99, `${bare.fanOut.delivered}/${bare.fanOut.expected}`, bare.heap.objects, bare.heap.withCode],
+	];
+	return [
+		`Run ${new Date().toISOString()} on ${machine()}; ${project.sockets} socket.io clients (websocket) in the bench process; project clients split evenly over NODE1 and NODE2; ${project.messages} messages ${project.intervalMs} ms apart posted on NODE1. Load average ${project.load} (project) and ${bare.load} (bare). Larger socket counts: the next section.`,
+		"",
+		table(["variant", "fan-out p50 ms", "fan-out p99 ms", "delivered", "heap KB / idle socket", "same, code included"], rows as Array<Array<string | number>>),
+		"",
+		`- fan-out p99: **${formatNumber(project.fanOut.p99)} ms** at ${project.sockets} clients (target ≤ 100 ms); bare socket.io ${formatNumber(bare.fanOut.p99)} ms`,
+		`- cross-node presence (online on NODE2 → seen on NODE1, with every curve socket connected): p50 ${formatNumber(percentile(presenceLatencies, 50))} ms, **p99 ${formatNumber(percentile(presenceLatencies, 99))} ms** over ${PRESENCE_USERS} users (target ≤ 50 ms; includes the socket handshake and a PostgreSQL transaction)`,
+		`- heap per idle socket (after a full GC, compiled code left out): **${formatNumber(project.heap.objects)} KB** over both nodes (target ≤ 10 KB); bare socket.io ${formatNumber(bare.heap.objects)} KB. Code included: ${formatNumber(project.heap.withCode)} and ${formatNumber(bare.heap.withCode)} KB — code V8 compiles while the sockets open (the handshake path getting optimised, background timers such as lease renewal and metrics), not kept per socket (bench/presence/heap-census.ts names the functions)`,
+	].join("\n");
+}
+
+function curveSection(project: Point[], bare: Point[], fdLimit: string, loadAtStart: string): string {
+	const rows = project.map((p, i) => [
+		String(p.sockets),
+		p.fanOut.p50,
+		p.fanOut.p99,
+		bare[i].fanOut.p99,
+		`${p.fanOut.delivered}/${p.fanOut.expected}`,
+		p.heap.objects,
+		bare[i].heap.objects,
+		`${p.messages} × ${p.intervalMs} ms`,
+		`${p.cpu.servers.toFixed(0)} / ${p.cpu.clients.toFixed(0)}`,
+		`${bare[i].cpu.servers.toFixed(0)} / ${bare[i].cpu.clients.toFixed(0)}`,
+		p.load,
+	]);
+	const top = project[project.length - 1];
+	const bareTop = bare[bare.length - 1];
+	const busiest = top.cpu.clients > top.cpu.servers ? `this process (the ${top.sockets} clients' side, ${top.cpu.clients.toFixed(0)} % of a core) more than both nodes together (${top.cpu.servers.toFixed(0)} %)` : `the two nodes (${top.cpu.servers.toFixed(0)} % of a core together) more than this process, the clients' side (${top.cpu.clients.toFixed(0)} %)`;
+	return [
+		`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart} at the start and ${loadAverage()} at the end (other work shares these cores). Socket.io clients (websocket) in the bench process, added point by point; project clients split evenly over NODE1 and NODE2 (one room), posts on NODE1; the bare socket.io server gets the same clients after the project's are closed. The bench's nodes run with WS_HANDSHAKE_RATE=0 and WS_MAX_CONNECTIONS_PER_ADDRESS=0 (every client is on 127.0.0.1; the defaults allow 200 per address) and RATE_LIMIT_PER_KEY=0; \`ulimit -n\` ${fdLimit}. \`PRESENCE_CURVE=${POINTS.join(",")} npm run bench:presence\`.`,
+		"",
+		"![presence fan-out p99 and heap per socket vs sockets](bench/presence-curve.svg)",
+		"",
+		table(["sockets", "project fan-out p50 ms", "project fan-out p99 ms", "bare fan-out p99 ms", "project delivered", "project heap KB / idle socket", "bare heap KB / idle socket", "posts", "project CPU % nodes / clients", "bare CPU % server / clients", "load average"], rows),
+		"",
+		`- at ${top.sockets} sockets: fan-out p99 **${formatNumber(top.fanOut.p99)} ms** (target ≤ 200 ms: ${top.fanOut.p99 <= 200 ? "met" : "**not met**"}; bare socket.io ${formatNumber(bareTop.fanOut.p99)} ms), heap **${formatNumber(top.heap.objects)} KB per idle socket** over both nodes, compiled code left out (target ≤ 10 KB: ${top.heap.objects <= 10 ? "met" : "**not met**"}; ${formatNumber(top.heap.withCode)} KB with code; bare ${formatNumber(bareTop.heap.objects)} KB).`,
+		"- Fan-out is measured from the post leaving this process to its arrival at each client; every client lives in this process, which takes N deliveries off its sockets per post, so the p99 includes the clients' own serial receiving time (the bare column pays it too). Posts are spaced so that this process finishes one before the next.",
+		`- What limits it / past one machine: during the top point's fan-out the busiest side was ${busiest}. A node pushes each message once per local socket (socket.io encodes it once per namespace), so fan-out time grows with sockets per node; a message crosses NATS once per gateway, not once per socket, so past one machine more gateway nodes on the NATS cluster, each with its share of the sockets, keep sockets per node (and the p99) where this table shows them, and clients on machines of their own take the receiving side off the nodes' cores.`,
+	].join("\n");
+}
+
+function plot(project: Point[], bare: Point[]): void {
+	const series = (pick: (p: Point) => number) => [
+		{ name: "bare socket.io", color: "#888888", points: bare.map(p => [p.sockets, Math.max(pick(p), 0.01)] as [number, number]) },
+		{ name: "project (2 nodes)", color: "#1f6feb", points: project.map(p => [p.sockets, Math.max(pick(p), 0.01)] as [number, number]) },
+	];
+	fs.mkdirSync(path.dirname(SVG_FILE), { recursive: true });
+	fs.writeFileSync(
+		SVG_FILE,
+		svgCharts(
+			[
+				{ title: "Room fan-out p99", xLabel: "sockets", yLabel: "p99 ms (post → every socket)", xLog: true, yLog: true, series: series(p => p.fanOut.p99) },
+				{ title: "Heap per idle socket", xLabel: "sockets", yLabel: "KB per socket (after GC, no code)", xLog: true, series: series(p => p.heap.objects) },
+			],
+			`${new Date().toISOString().slice(0, 16)}Z, ${machine()}, load ${loadAverage()}`,
+		),
+	);
+}
+
 async function main(): Promise<void> {
+	const loadAtStart = loadAverage();
+	const fdLimit = checkFileDescriptors();
 	await admin(`CREATE DATABASE ${dbName}`);
 	const url = ADMIN_URL.replace(/\/[^/]*$/, `/${dbName}`);
 	const base = { MESH_NAMESPACE: `bench-presence-${id}`, NATS_URL, DATABASE_URL: url, JWT_SECRET, LOG_LEVEL: "warn", RATE_LIMIT_PER_KEY: "0", WS_HANDSHAKE_RATE: "0", WS_MAX_CONNECTIONS_PER_ADDRESS: "0", EVENTS_SUBJECT_PREFIX: `benchp${id}`, NATS_STREAM_EVENTS: `BENCH_P_${id}`, PRESENCE_HEARTBEAT_MS: "600000" };
 	const sockets: Socket[] = [];
+	const clients: Socket[] = [];
 	try {
 		const ready = "API Gateway listening";
 		const node1 = await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node1", NODE_ROLE: "node1", PORT: "9481", LOG_LEVEL: "info", NODE_OPTIONS: "--expose-gc" }, ready);
 		const node2 = await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node2", NODE_ROLE: "node2", PORT: "9482", LOG_LEVEL: "info", NODE_OPTIONS: "--expose-gc" }, ready);
-		await startProcess("bench/presence/bare-socketio.ts", { PORT: "9483", NODE_OPTIONS: "--expose-gc" });
+		const bareServer = await startProcess("bench/presence/bare-socketio.ts", { PORT: "9483", NODE_OPTIONS: "--expose-gc" });
 		const nodes = ["http://127.0.0.1:9481", "http://127.0.0.1:9482"];
 		for (let i = 0; i < 100; i++) {
 			const res = await fetch(`${nodes[0]}/api/city/rooms`, { method: "POST", headers: { authorization: `Bearer ${token("host")}`, "content-type": "application/json" }, body: JSON.stringify({ id: "bench", name: "Bench" }) }).catch(() => null);
@@ -138,16 +285,18 @@ async function main(): Promise<void> {
 			await sleep(200);
 		}
 
-		// --- project: 1,000 room sockets split across the two nodes ---
+		// --- project: room sockets split across the two nodes, point by point ---
+		const projectTarget: Target = i => ({ url: `${nodes[i % 2]}/city/rooms/bench`, auth: { token: token(`reader-${i}`) } });
 		await warmUp(i => ({ url: `${nodes[i % 2]}/city/rooms/bench`, auth: { token: token(`warm-up-${i}`) } }));
-		const heapBefore = await bothNodesHeap(node1, node2);
-		const roomClients = await connectMany(CLIENTS, i => ({ url: `${nodes[i % 2]}/city/rooms/bench`, auth: { token: token(`reader-${i}`) } }));
-		sockets.push(...roomClients);
-		await sleep(2_000);
-		const heapAfter = await bothNodesHeap(node1, node2);
 		const poster = await connect(`${nodes[0]}/city/rooms/bench`, { token: token("poster") });
 		sockets.push(poster);
-		const project = await fanOut(roomClients, n => poster.emit("message", { body: String(n) }), m => Number((m as { body: string }).body));
+		const projectBefore = await bothNodesHeap(node1, node2);
+		const project = await measureCurve(
+			"project",
+			{ target: projectTarget, heap: () => bothNodesHeap(node1, node2), post: n => poster.emit("message", { body: String(n) }), numberOf: m => Number((m as { body: string }).body), pids: [node1.pid!, node2.pid!] },
+			projectBefore,
+			clients,
+		);
 
 		// --- cross-node presence: users come online on NODE2, a watcher on NODE1 sees them ---
 		const watcher = await connect(`${nodes[0]}/city/presence`, { token: token("watcher"), device: "w" });
@@ -163,37 +312,34 @@ async function main(): Promise<void> {
 			presenceLatencies.push((onlineAt.get(user) ?? NaN) - started);
 		}
 		presenceLatencies.sort((a, b) => a - b);
-
-		// --- baseline: bare socket.io, same number of clients ---
-		await warmUp(() => ({ url: "http://127.0.0.1:9483/bench", auth: {} }));
-		const bareHeapBefore = await bareHeap("http://127.0.0.1:9483");
-		const bareClients = await connectMany(CLIENTS, () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }));
-		sockets.push(...bareClients);
+		closeAll(clients);
+		closeAll(sockets);
 		await sleep(2_000);
-		const bareHeapAfter = await bareHeap("http://127.0.0.1:9483");
+
+		// --- baseline: bare socket.io, the same points ---
+		await warmUp(() => ({ url: "http://127.0.0.1:9483/bench", auth: {} }));
 		const barePoster = await connect("http://127.0.0.1:9483/bench", {});
 		sockets.push(barePoster);
-		const bare = await fanOut(bareClients, n => barePoster.emit("post", { n }), m => (m as { n: number }).n);
+		const bareBefore = await bareHeap("http://127.0.0.1:9483");
+		const bare = await measureCurve(
+			"bare",
+			{ target: () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }), heap: () => bareHeap("http://127.0.0.1:9483"), post: n => barePoster.emit("post", { n }), numberOf: m => (m as { n: number }).n, pids: [bareServer.pid!] },
+			bareBefore,
+			clients,
+		);
 
-		const projectHeap = perSocket(heapBefore, heapAfter, CLIENTS);
-		const bareSocketHeap = perSocket(bareHeapBefore, bareHeapAfter, CLIENTS);
-		const rows = [
-			["project (2 nodes, mesh fan-out)", project.p50, project.p99, `${project.delivered}/${project.expected}`, projectHeap.objects, projectHeap.withCode],
-			["bare socket.io (1 process)", bare.p50, bare.p99, `${bare.delivered}/${bare.expected}`, bareSocketHeap.objects, bareSocketHeap.withCode],
-		];
-		const body = [
-			`Run ${new Date().toISOString()} on ${machine()}; ${CLIENTS} socket.io clients (websocket) in the bench process; project clients split evenly over NODE1 and NODE2; ${MESSAGES} messages 100 ms apart posted on NODE1.`,
-			"",
-			table(["variant", "fan-out p50 ms", "fan-out p99 ms", "delivered", "heap KB / idle socket", "same, code included"], rows as Array<Array<string | number>>),
-			"",
-			`- fan-out p99: **${formatNumber(project.p99)} ms** at ${CLIENTS} clients (target ≤ 100 ms); bare socket.io ${formatNumber(bare.p99)} ms`,
-			`- cross-node presence (online on NODE2 → seen on NODE1): p50 ${formatNumber(percentile(presenceLatencies, 50))} ms, **p99 ${formatNumber(percentile(presenceLatencies, 99))} ms** over ${PRESENCE_USERS} users (target ≤ 50 ms; includes the socket handshake and a PostgreSQL transaction)`,
-			`- heap per idle socket (after a full GC, compiled code left out): **${formatNumber(projectHeap.objects)} KB** over both nodes (target ≤ 10 KB); bare socket.io ${formatNumber(bareSocketHeap.objects)} KB. Code included: ${formatNumber(projectHeap.withCode)} and ${formatNumber(bareSocketHeap.withCode)} KB — code V8 compiles while the sockets open (the handshake path getting optimised, background timers such as lease renewal and metrics), not kept per socket (bench/presence/heap-census.ts names the functions)`,
-		].join("\n");
-		writeSection("Presence and rooms over socket.io (bench/presence)", body);
-		process.stdout.write(`\n${body}\n`);
+		const first = firstPointSection(project[0], bare[0], presenceLatencies);
+		writeSection("Presence and rooms over socket.io (bench/presence)", first);
+		process.stdout.write(`\n${first}\n`);
+		if (POINTS.length > 1) {
+			const curve = curveSection(project, bare, fdLimit, loadAtStart);
+			plot(project, bare);
+			writeSection("How presence fan-out and heap grow with sockets (bench/presence)", curve);
+			process.stdout.write(`\n${curve}\n`);
+		}
 	} finally {
-		for (const s of sockets) s.close();
+		closeAll(clients);
+		closeAll(sockets);
 		await stopProcesses();
 		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
 	}
