@@ -21,8 +21,7 @@ import { ensureStream, OutboxRelay } from "../../lib/data/outbox/relay";
 import { loadSettings } from "../../lib/runtime/settings";
 import { AuditWriter, columnarInsert, type IncomingAuditEvent } from "../../lib/data/audit-writer";
 import type { AuditEntry } from "../../lib/data/audit-chain";
-import { runMigrations } from "../../lib/data/migrations";
-import { fixedRate, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, adminQuery, ADMIN_DATABASE_URL } from "../lib/harness";
+import { fixedRate, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, adminQuery, migratedBenchDatabase } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const APPEND_EVENTS = 30_000;
@@ -81,9 +80,7 @@ async function relayRate(pool: Pool, relay: OutboxRelay, subject: string, depth:
 }
 
 async function main(): Promise<void> {
-	await adminQuery(`CREATE DATABASE ${dbName}`);
-	const url = ADMIN_DATABASE_URL.replace(/\/[^/]*$/, `/${dbName}`);
-	await runMigrations(url, "up");
+	const url = await migratedBenchDatabase(dbName);
 	const pool = new Pool({ connectionString: url, max: 10 });
 	const nc = await connect({ servers: new URL(NATS_URL).host });
 	const sequelize = new Sequelize(url, { logging: false, pool: { max: 5 } });

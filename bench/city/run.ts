@@ -17,14 +17,13 @@
 import { randomUUID } from "crypto";
 import { ServiceBroker } from "moleculer";
 import { connect as natsConnect } from "nats";
-import { Pool, type PoolClient } from "pg";
+import { Pool } from "pg";
 import { io, type Socket } from "socket.io-client";
 import { createBrokerOptions } from "../../moleculer.config";
 import { signToken } from "../../lib/http/auth";
-import { runMigrations } from "../../lib/data/migrations";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { adminQuery, ADMIN_DATABASE_URL, closedLoop, fixedRate, formatNumber, loadAverage, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+import { adminQuery, closedLoop, fixedRate, formatNumber, loadAverage, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult, inTransaction, type Variant, migratedBenchDatabase } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -56,26 +55,13 @@ const INSERT_OUTBOX = "INSERT INTO outbox (aggregate_type, aggregate_id, event_t
 
 /** What city.postMessage does in its transaction, written by hand with pg (a public room: no membership read). */
 async function rawPost(pool: Pool, roomId: string, body: string): Promise<void> {
-	const client: PoolClient = await pool.connect();
-	try {
-		await client.query("BEGIN");
+	await inTransaction(pool, async client => {
 		const room = (await client.query<{ id: string; is_public: boolean }>(ROOM_LOCK, [roomId])).rows[0];
 		const seq = (await client.query<{ last_seq: string }>(NEXT_SEQ, [roomId])).rows[0].last_seq;
 		const message = (await client.query(INSERT_MESSAGE, [roomId, seq, user.id, body])).rows[0];
 		const payload = { message, room: { id: room.id, is_public: room.is_public } };
 		await client.query(INSERT_OUTBOX, ["city_message", message.id, "message.created", `${prefix}.message.created.${roomId}`, JSON.stringify(payload)]);
-		await client.query("COMMIT");
-	} catch (err) {
-		await client.query("ROLLBACK").catch(() => undefined);
-		throw err;
-	} finally {
-		client.release();
-	}
-}
-
-interface Variant {
-	name: string;
-	call: () => Promise<unknown>;
+	});
 }
 
 /** Each variant ROUNDS times for SECONDS, taking turns, after a warm-up; the median round of each. */
@@ -167,9 +153,7 @@ function report(throughput: Map<string, LoadResult & { rounds: number[]; load: s
 
 async function main(): Promise<void> {
 	const loadAtStart = loadAverage();
-	await adminQuery(`CREATE DATABASE ${dbName}`);
-	const url = ADMIN_DATABASE_URL.replace(/\/[^/]*$/, `/${dbName}`);
-	await runMigrations(url, "up");
+	const url = await migratedBenchDatabase(dbName);
 	const pool = new Pool({ connectionString: url, max: POOL_SIZE });
 	const sockets: Socket[] = [];
 	let caller: ServiceBroker | null = null;

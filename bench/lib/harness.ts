@@ -7,7 +7,8 @@ import { execSync, spawn, type ChildProcess } from "child_process";
 import fs from "fs";
 import os from "os";
 import path from "path";
-import { Client } from "pg";
+import { Client, type Pool, type PoolClient } from "pg";
+import { runMigrations } from "../../lib/data/migrations";
 
 export const ROOT = path.resolve(__dirname, "..", "..");
 const running = new Set<ChildProcess>();
@@ -36,6 +37,28 @@ export function startProcess(script: string, env: Record<string, string>, readyT
 		child.stderr?.on("data", onData);
 		child.once("exit", code => reject(new Error(`${script} exited (${code}) before ready:\n${output.slice(-2000)}`)));
 	});
+}
+
+/** `work` between BEGIN and COMMIT on one pooled client (ROLLBACK on a failure): the raw-pg baselines' transaction. */
+export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
+	const client = await pool.connect();
+	try {
+		await client.query("BEGIN");
+		const result = await work(client);
+		await client.query("COMMIT");
+		return result;
+	} catch (err) {
+		await client.query("ROLLBACK").catch(() => undefined);
+		throw err;
+	} finally {
+		client.release();
+	}
+}
+
+/** A bench variant: its name in the table, and one call of it. */
+export interface Variant {
+	name: string;
+	call: () => Promise<unknown>;
 }
 
 /** Runs a bench's main: exit 0 when it is done; on a failure, its stack, the child processes stopped, exit 1. */
@@ -166,6 +189,14 @@ export function writeSection(title: string, body: string, docsFile = "BENCHMARKS
 
 /** The machine's PostgreSQL, where benchmarks create and drop databases of their own. */
 export const ADMIN_DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
+
+/** A database of the bench's own, migrated to the latest schema; its URL. */
+export async function migratedBenchDatabase(name: string): Promise<string> {
+	await adminQuery(`CREATE DATABASE ${name}`);
+	const url = ADMIN_DATABASE_URL.replace(/\/[^/]*$/, `/${name}`);
+	await runMigrations(url, "up");
+	return url;
+}
 
 /** One statement on the admin connection (CREATE/DROP DATABASE). */
 export async function adminQuery(sql: string): Promise<void> {

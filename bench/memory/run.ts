@@ -19,7 +19,7 @@ import { randomUUID } from "crypto";
 import { ServiceBroker } from "moleculer";
 import { QueryTypes } from "sequelize";
 import { connect } from "nats";
-import { Client, Pool, type PoolClient } from "pg";
+import { Client, Pool } from "pg";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
@@ -28,7 +28,7 @@ import { createSequelize } from "../../lib/data/database";
 import { enqueueEvents } from "../../lib/data/outbox/enqueue";
 import MemoryService from "../../services/memory.service";
 import { PointReadBatcher } from "../../lib/data/point-read-batcher";
-import { closedLoop, fixedRate, formatNumber, loadAverage, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+import { closedLoop, fixedRate, formatNumber, loadAverage, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult, inTransaction, type Variant } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
@@ -73,26 +73,13 @@ const RAW_ONE_STATEMENT = `WITH created AS (${RAW_MEMORY}), events AS (${RAW_OUT
 
 /** What memory.create does, written by hand with pg: BEGIN, [claim the key,] memory, outbox, [key's response,] COMMIT. */
 async function rawCreateTransaction(pool: Pool, key: string, idempotencyKey: string | null): Promise<void> {
-	const client: PoolClient = await pool.connect();
-	try {
-		await client.query("BEGIN");
+	await inTransaction(pool, async client => {
 		if (idempotencyKey) await client.query(RAW_CLAIM, ["memory.create:bench", idempotencyKey, "0".repeat(64), 86_400_000]);
 		const id = randomUUID();
 		await client.query(RAW_MEMORY, [id, key]);
 		await client.query(RAW_OUTBOX, createEvents(id, key));
 		if (idempotencyKey) await client.query("UPDATE idempotency_keys SET response = $3::jsonb WHERE scope = $1 AND key = $2", ["memory.create:bench", idempotencyKey, JSON.stringify({ id })]);
-		await client.query("COMMIT");
-	} catch (err) {
-		await client.query("ROLLBACK").catch(() => undefined);
-		throw err;
-	} finally {
-		client.release();
-	}
-}
-
-interface Variant {
-	name: string;
-	call: () => Promise<unknown>;
+	});
 }
 
 /** Each variant ROUNDS times for SECONDS, taking turns, after a warm-up; the median round of each. */

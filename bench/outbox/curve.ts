@@ -15,8 +15,7 @@ import path from "path";
 import { execSync } from "child_process";
 import { connect } from "nats";
 import { Pool } from "pg";
-import { runMigrations } from "../../lib/data/migrations";
-import { adminQuery, ADMIN_DATABASE_URL, fixedRate, formatNumber, loadAverage, machine, percentile, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
+import { adminQuery, fixedRate, formatNumber, loadAverage, machine, percentile, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection, migratedBenchDatabase } from "../lib/harness";
 import { svgCharts } from "../lib/svg-plot";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -209,9 +208,7 @@ function plot(steps: Step[], caption: string): void {
 
 async function main(): Promise<void> {
 	const loadAtStart = loadAverage();
-	await adminQuery(`CREATE DATABASE ${dbName}`);
-	const url = ADMIN_DATABASE_URL.replace(/\/[^/]*$/, `/${dbName}`);
-	await runMigrations(url, "up");
+	const url = await migratedBenchDatabase(dbName);
 	const pool = new Pool({ connectionString: url, max: POOL_SIZE });
 	const nc = await connect({ servers: new URL(NATS_URL).host });
 	try {
