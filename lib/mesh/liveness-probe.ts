@@ -20,11 +20,6 @@
  * - no answer within `probeTimeoutMs` means the process is alive but not running its event loop (SIGSTOP,
  *   a stuck loop, a frozen VM): the node becomes suspect and idempotent calls pending on it are rejected
  *   so they retry elsewhere at once. Writes keep waiting: the node may still apply them;
- * - a node that is only *busy* — its event loop behind a queue of calls, so the probe waits its turn —
- *   is not hung: if any packet from it arrived while the probe waited (answers to other calls, events),
- *   the outcome is "busy", nothing is rejected and the node stays in rotation. Any packet also counts as
- *   the node's heartbeat (moleculer-internals noteHeardFrom), so an overloaded node is not declared gone
- *   because its heartbeat timer fired late; a SIGSTOPped node sends nothing and is still caught;
  * - a rejected call whose response is already streaming (its promise resolved, the request still pending
  *   until the last chunk) has its stream destroyed with an error, as Moleculer does for a node that left:
  *   once the probe has taken the call off the pending list, Moleculer's own clean-up never finds it;
@@ -40,7 +35,6 @@ import type { NatsConnection, Subscription } from "nats";
 import {
 	abandonPendingRequest,
 	natsConnectionOf,
-	noteHeardFrom,
 	pendingRequestsOf,
 	remoteNodeMetadata,
 	subjectPrefixOf,
@@ -78,7 +72,7 @@ export const LIVENESS_METRICS = {
 	probes: "mesh.liveness.probes.total",
 };
 
-type ProbeOutcome = "alive" | "gone" | "unresponsive" | "busy" | "unknown";
+type ProbeOutcome = "alive" | "gone" | "unresponsive" | "unknown";
 
 const sleep = (ms: number) => new Promise<void>(resolve => setTimeout(resolve, ms).unref());
 
@@ -109,9 +103,6 @@ class LivenessProbe {
 	private readonly inFlight = new Set<string>();
 	private readonly lastAnswer = new Map<string, number>();
 	private readonly suspects = new Set<string>();
-	/** when a packet from each node last arrived, on the scan clock (refreshed every scanEveryMs) */
-	private readonly lastHeard = new Map<string, number>();
-	private clock = performance.now();
 	private readonly log: ReturnType<ServiceBroker["getLogger"]>;
 
 	constructor(
@@ -142,25 +133,13 @@ class LivenessProbe {
 	private forget(nodeID: string): void {
 		this.suspects.delete(nodeID);
 		this.lastAnswer.delete(nodeID);
-		this.lastHeard.delete(nodeID);
-	}
-
-	/**
-	 * Every packet from a node, on the receive path: one map read per packet, and a write (plus the
-	 * heartbeat stamp) at most once per node per scan tick.
-	 */
-	heard(nodeID: string | undefined): void {
-		if (!nodeID || this.lastHeard.get(nodeID) === this.clock) return;
-		this.lastHeard.set(nodeID, this.clock);
-		noteHeardFrom(this.broker, nodeID);
 	}
 
 	/** Nodes with a call pending longer than probeAfterMs, and suspect nodes due for a re-probe. */
 	private scan(): void {
-		const now = performance.now();
-		this.clock = now;
 		const pending = pendingRequestsOf(this.broker);
 		if (!pending) return;
+		const now = performance.now();
 		const due = new Set<string>();
 		for (const req of pending.values()) {
 			if (req.probeSeenAt === undefined) req.probeSeenAt = now;
@@ -177,9 +156,8 @@ class LivenessProbe {
 		const metadata = remoteNodeMetadata(this.broker, nodeID);
 		if (!metadata?.[LIVENESS_METADATA_KEY]) return;
 		this.inFlight.add(nodeID);
-		const sentAt = this.clock;
 		this.probe(nodeID)
-			.then(outcome => this.settle(nodeID, outcome, sentAt))
+			.then(outcome => this.settle(nodeID, outcome))
 			.finally(() => this.inFlight.delete(nodeID));
 	}
 
@@ -203,14 +181,10 @@ class LivenessProbe {
 		return Promise.race([decisive(first), decisive(second), first.then(async o => (await second, o))]);
 	}
 
-	/** `sentAt`: the scan clock when the probe went out; a packet stamped at or after it arrived after the probe. */
-	private settle(nodeID: string, probed: ProbeOutcome, sentAt: number): void {
-		const now = performance.now();
-		// Silent to the probe but talking otherwise: its loop is working through queued calls, not hung.
-		const outcome = probed === "unresponsive" && (this.lastHeard.get(nodeID) ?? -Infinity) >= sentAt ? "busy" : probed;
-		this.lastAnswer.set(nodeID, now);
+	private settle(nodeID: string, outcome: ProbeOutcome): void {
+		this.lastAnswer.set(nodeID, performance.now());
 		this.broker.metrics?.increment(LIVENESS_METRICS.probes, { outcome });
-		if (outcome === "alive" || outcome === "busy") {
+		if (outcome === "alive") {
 			if (this.suspects.delete(nodeID)) this.log.info(`Node ${nodeID} answers again; no longer suspect`, { event: "node.unsuspected", node_id: nodeID });
 		} else if (outcome === "gone") {
 			this.markSuspect(nodeID, "no NATS subscription (process gone, or reconnecting to NATS)", "node.lost");
@@ -249,7 +223,7 @@ function registerLivenessMetrics(broker: ServiceBroker): void {
 		name: LIVENESS_METRICS.probes,
 		type: "counter",
 		labelNames: ["outcome"],
-		description: "Liveness probes sent to nodes with overdue calls, by outcome (alive, gone, unresponsive, busy: unanswered but other packets arrived, unknown)",
+		description: "Liveness probes sent to nodes with overdue calls, by outcome (alive, gone, unresponsive, unknown)",
 	});
 }
 
@@ -273,13 +247,5 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 			probe?.stop();
 			probe = null;
 		},
-		// Every packet a node receives: who it came from is proof of life (see heard()).
-		transitMessageHandler(next: (cmd: string, packet: { payload?: { sender?: string } }) => unknown) {
-			return (cmd: string, packet: { payload?: { sender?: string } }) => {
-				probe?.heard(packet.payload?.sender);
-				return next(cmd, packet);
-			};
-		},
-		// Moleculer's typings give transitMessageHandler the wrong shape (a Promise, not the wrapped handler).
-	} as unknown as Middleware;
+	} as Middleware;
 }

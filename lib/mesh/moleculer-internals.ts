@@ -65,30 +65,7 @@ export function subjectPrefixOf(broker: ServiceBroker): string {
 	return transitOf(broker)?.tx?.prefix ?? (broker.namespace ? `MOL-${broker.namespace}` : "MOL");
 }
 
-interface RegistryNodeInternals {
-	local?: boolean;
-	available?: boolean;
-	metadata?: Record<string, unknown>;
-	/** whole seconds of process.uptime() at the node's last heartbeat; the discoverer removes a node whose is too old */
-	lastHeartbeatTime?: number;
-}
-
-function registryNode(broker: ServiceBroker, nodeID: string): RegistryNodeInternals | undefined {
-	return (broker.registry as unknown as { nodes: { get(id: string): RegistryNodeInternals | undefined } }).nodes.get(nodeID);
-}
-
-/**
- * Any packet from a node proves it is alive, as much as a heartbeat does: stamps the node's heartbeat
- * time the way Moleculer's own HEARTBEAT handler does. A node busy answering calls sends its heartbeats
- * late (they wait in its event loop behind the calls), and without this a caller would declare it gone
- * while its answers keep arriving.
- */
-export function noteHeardFrom(broker: ServiceBroker, nodeID: string): void {
-	const node = registryNode(broker, nodeID);
-	if (node && node.available && !node.local) node.lastHeartbeatTime = Math.round(process.uptime());
-}
-
 export function remoteNodeMetadata(broker: ServiceBroker, nodeID: string): Record<string, unknown> | null {
-	const node = registryNode(broker, nodeID);
+	const node = (broker.registry as unknown as { nodes: { get(id: string): { metadata?: Record<string, unknown>; available?: boolean } | undefined } }).nodes.get(nodeID);
 	return node?.available ? (node.metadata ?? {}) : null;
 }
