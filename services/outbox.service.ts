@@ -30,8 +30,13 @@ const PAUSE_MAX_MS = 10_000;
 /** How often every node running this service asks JetStream about the stream (its /health, replica gauges). */
 const STREAM_PROBE_MS = 5_000;
 const BATCH_SIZE = 500;
-/** Batches in flight at once (OutboxRelay.runBatches); each holds a pooled connection while in flight. */
-const PIPELINE_DEPTH = 4;
+/**
+ * Batches in flight at once (OutboxRelay.runBatches); each holds a pooled connection while in flight.
+ * One: on a quiet machine more in flight did not drain faster inside a node and took pool connections
+ * from the node's own writes (docs/BENCHMARKS.md, "Audit trail" and "Memory"); raise it only with a
+ * measurement that says otherwise.
+ */
+const PIPELINE_DEPTH = 1;
 /** Published rows are kept this long for audits and re-drives, then deleted by the leader. */
 const KEEP_PUBLISHED_HOURS = 24;
 
