@@ -43,7 +43,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		await waitForChaosMesh(mesh.gateway, ["NODE1", "NODE2"]);
 	}
 
-	it("SIGKILL NODE1: no failed request, every call answered within 400 ms, out of rotation within 0.5 s and removed within 3 s; NODE1 gets traffic when it returns", async () => {
+	it("SIGKILL NODE1: no failed request, every call answered within 400 ms, out of rotation within 0.5 s and removed within 3.5 s; NODE1 gets traffic when it returns", async () => {
 		await bothNodesServing();
 		const load = whoamiLoad(mesh);
 		await sleep(2_000);
@@ -72,7 +72,10 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		expect(during.longestGapMs).toBeLessThanOrEqual(1_000);
 		expect(outOfRotationMs).not.toBeNull();
 		expect(removedMs).not.toBeNull();
-		expect(removedMs!).toBeLessThanOrEqual(3_000);
+		// Removal is Moleculer's heartbeat timeout (2.5 s) on heartbeat times it keeps in whole seconds of
+		// uptime, checked every 250 ms: from a heartbeat just before the kill that is up to 2.5 + 0.5 (rounding)
+		// + 0.25 s. A 3.0 s bound sat below that worst case (a clean CI run measured 3,061 ms).
+		expect(removedMs!).toBeLessThanOrEqual(3_500);
 		// The liveness probe learns of the death from NATS within tens of milliseconds and takes NODE1 out
 		// of rotation at once (goal: every call answered within 100 ms, not met yet: clean CI runs measured
 		// 181–235 ms, so 400 ms here keeps CI honest without flaking); the
