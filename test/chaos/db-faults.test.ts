@@ -78,7 +78,10 @@ describeWithNats("database faults under load", () => {
 			mesh.nodes.forEach((node, i) => {
 				const lines = node.jsonLogs().slice(logsBefore[i]);
 				const downs = lines.filter(l => l.event === "db.down");
-				expect(downs.length).toBeGreaterThanOrEqual(1);
+				// A restart is felt by every node; terminated backends may all have been idle in the pool and be
+				// replaced before any query meets them (the writes are single statements now), so a node may log
+				// no state change at all for them — the fault itself is asserted by the caller (terminated > 3).
+				if (faultEvents === 1) expect(downs.length).toBeGreaterThanOrEqual(1);
 				expect(downs.length).toBeLessThanOrEqual(Math.max(4, 2 * faultEvents));
 				expect(lines.filter(l => l.event === "db.up").length).toBe(downs.length);
 				expect(lines.filter(l => l.level === "error")).toEqual([]);
