@@ -7,8 +7,9 @@ import { loadSettings } from "../lib/runtime/settings";
 
 async function main(): Promise<void> {
 	const settings = loadSettings();
-	const node = await startNode(settings);
-	stopOnSignals(node);
+	const starting = startNode(settings);
+	stopOnSignals(starting);
+	await starting;
 }
 
 main().catch(err => {

@@ -124,21 +124,29 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
 	return { broker, transport, services, stop };
 }
 
-/** SIGTERM/SIGINT: finish in-flight requests (broker tracking), leave the mesh, exit 0. */
-export function stopOnSignals(node: RunningNode): void {
+/**
+ * SIGTERM/SIGINT: finish in-flight requests (broker tracking), leave the mesh, exit 0. Installed while the
+ * node is still starting: a signal then waits for the start to finish and stops it cleanly, instead of
+ * Node's default action killing a half-started node that already serves (the gateway listens before every
+ * service has started).
+ */
+export function stopOnSignals(starting: Promise<RunningNode>): void {
 	const onSignal = (signal: NodeJS.Signals) => {
-		node.broker.logger.info(`${signal} received: finishing in-flight requests and leaving the mesh`);
-		node
-			.stop()
-			.then(() => process.exit(0))
-			.catch(err => {
-				node.broker.logger.error("Stop failed", err);
-				process.exit(1);
-			});
+		starting
+			.then(async node => {
+				node.broker.logger.info(`${signal} received: finishing in-flight requests and leaving the mesh`);
+				await node.stop().catch(err => {
+					node.broker.logger.error("Stop failed", err);
+					process.exit(1);
+				});
+				process.exit(0);
+			})
+			// A start that failed reports itself (scripts/run-node.ts) and exits non-zero.
+			.catch(() => undefined);
 	};
 	process.once("SIGTERM", onSignal);
 	process.once("SIGINT", onSignal);
-	process.on("SIGUSR2", () => reportHeap(node));
+	starting.then(node => process.on("SIGUSR2", () => reportHeap(node))).catch(() => undefined);
 }
 
 /**

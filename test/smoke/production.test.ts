@@ -282,8 +282,10 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 	}
 
 	async function inStream(ids: string[], timeoutMs: number): Promise<void> {
-		const jsm = await nc.jetstreamManager();
 		await waitFor(`events ${ids.join(",")} in the stream`, async () => {
+			// Inside the retried probe: right after a NATS server died, JetStream may not answer this test's
+			// own account-info request until its meta leader is elected again (a TIMEOUT, retried here).
+			const jsm = await nc.jetstreamManager();
 			const info = await jsm.streams.info(mesh.NATS_STREAM_EVENTS);
 			const seen = new Set<string>();
 			for (let seq = Math.max(1, info.state.last_seq - 50); seq <= info.state.last_seq; seq++) {
