@@ -99,9 +99,23 @@ function createBroker(settings: MeshSettings, sequelize: Sequelize | null): Serv
 	return broker;
 }
 
-/** moleculer-web fills its REST aliases shortly after the services register; the first HTTP call waits for it. */
+/**
+ * moleculer-web rebuilds its REST aliases (debounced) each time services register, so the first rebuild may
+ * come before every service of the node is in: the first HTTP call waits until no rebuild has come for a while.
+ */
+const ALIASES_QUIET_MS = 300;
 function aliasesBuilt(broker: ServiceBroker): Promise<void> {
-	return new Promise(resolve => broker.localBus.once("$api.aliases.regenerated", () => resolve()));
+	return new Promise(resolve => {
+		let quiet: NodeJS.Timeout | null = null;
+		const rebuilt = () => {
+			if (quiet) clearTimeout(quiet);
+			quiet = setTimeout(() => {
+				broker.localBus.off("$api.aliases.regenerated", rebuilt);
+				resolve();
+			}, ALIASES_QUIET_MS);
+		};
+		broker.localBus.on("$api.aliases.regenerated", rebuilt);
+	});
 }
 
 function gatewayUrl(broker: ServiceBroker): string {
