@@ -93,9 +93,9 @@ function createState(lease: LeaderLease): DutyState {
 
 function startPeriodic<S extends Service>(service: S, state: DutyState, options: PeriodicDutyOptions<S>): void {
 	const everyMs = typeof options.everyMs === "function" ? options.everyMs(service) : options.everyMs;
-	state.timer = setInterval(() => {
+	const round = () => {
 		// A round still running (a slow database) is not joined by a second one.
-		if (state.inFlight || !state.lease.isLeader()) return;
+		if (!state.running || state.inFlight || !state.lease.isLeader()) return;
 		state.inFlight = options.run
 			.call(service)
 			.then(
@@ -105,7 +105,11 @@ function startPeriodic<S extends Service>(service: S, state: DutyState, options:
 				},
 			)
 			.finally(() => (state.inFlight = null));
-	}, everyMs);
+	};
+	state.timer = setInterval(round, everyMs);
+	// A node that just took the duty over catches up at once rather than up to `everyMs` later (the
+	// registry records a dead leader's departure as soon as its successor holds the lease).
+	state.lease.on("acquired", round);
 }
 
 /**

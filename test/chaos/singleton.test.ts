@@ -76,9 +76,12 @@ describeWithNatsAndPostgres("singleton duties: leader lease with takeover and ha
 		const acquisitions = (
 			await db.query<LeaseEvent>("SELECT holder, fencing_token, event, at FROM leader_lease_events WHERE name = $1 AND event = 'acquired' ORDER BY id", [lease])
 		).rows;
-		const writes = (
-			await db.query<DutyWrite>("SELECT recorded_by, fencing_token, at, node_id, event, reason FROM mesh_node_events WHERE namespace = $1 ORDER BY id", [mesh.namespace])
-		).rows;
+		const readWrites = async () =>
+			(await db.query<DutyWrite>("SELECT recorded_by, fencing_token, at, node_id, event, reason FROM mesh_node_events WHERE namespace = $1 ORDER BY id", [mesh.namespace])).rows;
+		// The lease can be seen on NODE1 before its first round wrote the return (the API reads the lease,
+		// the round follows the acquisition): the history has to show it within a couple of rounds.
+		await waitFor("NODE1's return in the membership history", async () => (await readWrites()).some(w => w.node_id === "NODE1" && w.event === "rejoined"), 5_000).catch(() => undefined);
+		const writes = await readWrites();
 
 		// Holders alternate NODE1 → NODE2 → NODE1 → NODE2 → NODE1, each with the next fencing token.
 		// Both nodes start together, so NODE2 may win the very first round and hand back to NODE1.
