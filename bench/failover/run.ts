@@ -110,11 +110,14 @@ function windowsAround(samples: Sample[], signalAt: number): Row["windows"] {
 	});
 }
 
-/** The gateway's liveness probes so far (all outcomes), or null if it exports none. */
+/**
+ * The gateway's liveness probes so far (all outcomes), or null where the gateway serves no project
+ * metrics (the bare topology). A counter with no samples yet is not rendered at all: that is 0 probes.
+ */
 async function probesSent(gatewayUrl: string): Promise<number | null> {
-	const text = await fetch(`${gatewayUrl}/metrics`).then(r => (r.ok ? r.text() : ""), () => "");
+	const text = await fetch(`${gatewayUrl}/metrics`).then(r => (r.ok ? r.text() : null), () => null);
+	if (text === null || !text.includes("mesh_")) return null;
 	const lines = text.split("\n").filter(l => l.startsWith("mesh_liveness_probes_total"));
-	if (!text.includes("mesh_liveness_probes_total")) return null;
 	return lines.reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
 }
 

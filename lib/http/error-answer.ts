@@ -68,8 +68,8 @@ export function socketErrorAnswer(err: unknown): WsError {
 	const code = statusOf(err);
 	const e = (err ?? {}) as ErrorLike;
 	const field = fieldOf(e.data);
-	// A database fault, a lost node or a full queue (429 QUEUE_FULL): the client may send again.
-	const retryable = e.retryable === true && (code >= 500 || code === 429);
+	// A database fault, a lost node, or any 429 (a full queue, a spent budget): the client may send again.
+	const retryable = code === 429 || (e.retryable === true && code >= 500);
 	return {
 		code,
 		type: e.type ?? (code === 500 ? "INTERNAL" : "ERROR"),

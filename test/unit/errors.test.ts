@@ -90,10 +90,12 @@ describe("client answers", () => {
 		expect(answer).toEqual({ status: 500, body: { name: "InternalServerError", message: "Internal server error", code: 500, type: "INTERNAL" }, retryAfterSeconds: null });
 	});
 
-	it("socket: code, type, message and the field; a 500 hides its message; only 5xx say retryable", () => {
+	it("socket: code, type, message and the field; a 500 hides its message; retryable 5xx and every 429 say retryable", () => {
 		expect(socketErrorAnswer(new Errors.ValidationError("bad", "VALIDATION_ERROR", [{ field: "body", message: "too long" }]))).toEqual({ code: 422, type: "VALIDATION_ERROR", message: "bad", field: "body" });
 		expect(socketErrorAnswer(new UnauthorizedError("A token is required"))).toEqual({ code: 401, type: "NO_TOKEN", message: "A token is required" });
 		expect(socketErrorAnswer(new Error("secret detail"))).toEqual({ code: 500, type: "INTERNAL", message: "Internal error" });
 		expect(socketErrorAnswer(new UnavailableError("down"))).toEqual({ code: 503, type: "SERVICE_UNAVAILABLE", message: "down", retryable: true });
+		expect(socketErrorAnswer(new RateLimitedError("At most 2 open runs per socket", "TOO_MANY_RUNS"))).toEqual({ code: 429, type: "TOO_MANY_RUNS", message: "At most 2 open runs per socket", retryable: true });
+		expect(socketErrorAnswer(new NotFoundError("No open run r1", "RUN_NOT_FOUND", { field: "request_id" }))).toEqual({ code: 404, type: "RUN_NOT_FOUND", message: "No open run r1", field: "request_id" });
 	});
 });

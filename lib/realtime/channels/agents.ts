@@ -11,6 +11,7 @@
 import { randomUUID } from "crypto";
 import type { Readable } from "stream";
 import type { ServiceBroker } from "moleculer";
+import { ConflictError, NotFoundError, RateLimitedError } from "../../mesh/errors";
 import { cancelMeta, requestCancel } from "../../inference/cancellation";
 import { ROUTE_REQUEST_PARAMS, STREAM_FRAMING_META, type RouteStreamFrame } from "../../inference/route-request";
 import type { ChannelDefinition, MeshSocket, RealtimeGateway } from "../channel";
@@ -119,9 +120,9 @@ export const AGENTS: ChannelDefinition = {
 				const runs = runsOf(socket);
 				const user = socket.data.user?.id as string;
 				const counts = userCounts(gateway.broker);
-				if (runs.has(id)) throw { code: 409, type: "RUN_EXISTS", message: `Run ${id} is still open on this socket`, field: "request_id" };
-				if (runs.size >= MAX_RUNS_PER_SOCKET) throw { code: 429, type: "TOO_MANY_RUNS", message: `At most ${MAX_RUNS_PER_SOCKET} open runs per socket`, retryable: true };
-				if ((counts.get(user) ?? 0) >= MAX_RUNS_PER_USER) throw { code: 429, type: "TOO_MANY_RUNS", message: `At most ${MAX_RUNS_PER_USER} open runs per user`, retryable: true };
+				if (runs.has(id)) throw new ConflictError(`Run ${id} is still open on this socket`, "RUN_EXISTS", { field: "request_id" });
+				if (runs.size >= MAX_RUNS_PER_SOCKET) throw new RateLimitedError(`At most ${MAX_RUNS_PER_SOCKET} open runs per socket`, "TOO_MANY_RUNS");
+				if ((counts.get(user) ?? 0) >= MAX_RUNS_PER_USER) throw new RateLimitedError(`At most ${MAX_RUNS_PER_USER} open runs per user`, "TOO_MANY_RUNS");
 				const run: AgentRun = { id, stream: null, cancelKey: randomUUID(), done: false };
 				runs.set(id, run);
 				counts.set(user, (counts.get(user) ?? 0) + 1);
@@ -155,7 +156,7 @@ export const AGENTS: ChannelDefinition = {
 			async handler(gateway, socket, params) {
 				const id = params.request_id as string;
 				const run = runsOf(socket).get(id);
-				if (!run) throw { code: 404, type: "RUN_NOT_FOUND", message: `No open run ${id} on this socket`, field: "request_id" };
+				if (!run) throw new NotFoundError(`No open run ${id} on this socket`, "RUN_NOT_FOUND", { field: "request_id" });
 				abort(gateway, run);
 				endRun(gateway, socket, run);
 				count(gateway, "cancelled");
