@@ -93,6 +93,7 @@ interface RouterThis extends Service {
 	routeOnce(ctx: RouteContext, run: Run): Promise<Record<string, unknown>>;
 	routeStream(ctx: RouteContext, run: Run): Promise<Readable>;
 	finish(run: Run, outcome: { answer?: GenerateAnswer; usage?: { tokens_in: number; tokens_out: number }; error?: unknown }): void;
+	infoLater(message: string, fields: Record<string, unknown>): void;
 	answerOf(run: Run, answer: GenerateAnswer, text: string, usage: { tokens_in: number; tokens_out: number }): Record<string, unknown>;
 }
 
@@ -169,7 +170,7 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 					cancelKey: cancelKeyOf(ctx) ?? ctx.id,
 					cancel: new CancelScope(),
 				};
-				if (this.logsInfo) this.logger.info(`Route ${requestId}: ${plain.explanation}`, { event: "router.decision", request_id: requestId, agent_id: plain.agent, model: plain.model, node: plain.node, mode: params.mode, rules: plain.rules });
+				if (this.logsInfo) this.infoLater(`Route ${requestId}: ${plain.explanation}`, { event: "router.decision", request_id: requestId, agent_id: plain.agent, model: plain.model, node: plain.node, mode: params.mode, rules: plain.rules });
 				this.emitRun(run, "started");
 				return params.stream ? this.routeStream(ctx, run) : this.routeOnce(ctx, run);
 			},
@@ -393,8 +394,9 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				if (finished) return false;
 				finished = true;
 				untrack();
-				this.finish(run, outcome);
+				// The caller's last event first, the run's metrics, events and log line after it.
 				if (last !== undefined) out.end(last);
+				this.finish(run, outcome);
 				return true;
 			};
 			upstream.on("data", (chunk: GenerateChunk) => {
@@ -458,8 +460,17 @@ const RouterService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 				this.logger.warn(`Agent run ${run.requestId} failed: ${type}`, { event: "agent.run.failed", ...fields, error_type: type });
 			} else {
 				this.emitRun(run, "completed", { latency_ms: fields.latency_ms, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out, attempts: run.attempts, tools: run.tools });
-				if (this.logsInfo) this.logger.info(`Agent run ${run.requestId} completed`, { event: "agent.run.completed", ...fields, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out });
+				if (this.logsInfo) this.infoLater(`Agent run ${run.requestId} completed`, { event: "agent.run.completed", ...fields, tokens_in: outcome.usage?.tokens_in, tokens_out: outcome.usage?.tokens_out });
 			}
+		},
+
+		/**
+		 * A per-run info line, written once this turn of the event loop is over. Formatted and written to
+		 * stdout at once (synchronously), the decision line sat between the decision and the generation
+		 * request going out: the first token waited for it (docs/BENCHMARKS.md, "Router first token").
+		 */
+		infoLater(this: RouterThis, message: string, fields: Record<string, unknown>) {
+			setImmediate(() => this.logger.info(message, fields));
 		},
 
 		answerOf(this: RouterThis, run: Run, answer: GenerateAnswer, text: string, usage: { tokens_in: number; tokens_out: number }) {

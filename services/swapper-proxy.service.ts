@@ -6,7 +6,6 @@
  * (lib/inference/capacity-board.ts), so `models` answers for the whole mesh and the router places
  * requests without polling. Request content never appears in a log line, event or metric label.
  */
-import { Readable } from "stream";
 import type { Context, Service, ServiceSchema, ServiceSettingSchema } from "moleculer";
 import { Errors } from "moleculer";
 import { NotFoundError } from "../lib/mesh/errors";
@@ -17,7 +16,8 @@ import { CANCEL_EVENT, cancelBoardOf, cancelKeyOf, cancelledError } from "../lib
 import { errorWindowOf } from "../lib/inference/error-window";
 import { readGpu, type GpuReading } from "../lib/inference/gpu";
 import { ModelLifecycle } from "../lib/inference/model-lifecycle";
-import type { ChatMessage, GenerateAnswer, GenerateChunk, GenerateParams, GenerateRequest, ModelProvider } from "../lib/inference/provider";
+import { PieceStream } from "../lib/inference/piece-stream";
+import type { ChatMessage, GenerateAnswer, GenerateParams, GenerateRequest, ModelProvider } from "../lib/inference/provider";
 import { providersFrom } from "../lib/inference/providers";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { actionPolicy } from "../lib/mesh/failover-policy";
@@ -65,20 +65,6 @@ function messagesOf(params: GenerateParams): ChatMessage[] {
 	if (params.messages?.length) return params.messages;
 	if (params.prompt) return [{ role: "user", content: params.prompt }];
 	throw new Errors.ValidationError("prompt or messages is required", "VALIDATION_ERROR", [{ field: "prompt", message: "give a prompt or a non-empty messages array" }]);
-}
-
-/** A readable of GenerateChunk objects fed by push(); destroying it (the reader left) aborts the generation. */
-function chunkStream(onDestroy: () => void): Readable {
-	return new Readable({
-		objectMode: true,
-		read() {
-			/* pushed by the generation */
-		},
-		destroy(err, callback) {
-			onDestroy();
-			callback(err);
-		},
-	});
 }
 
 const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, never>, Record<string, never>, SwapperThis> = {
@@ -195,12 +181,10 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 					finish();
 					throw toMeshError(err, this.broker.nodeID);
 				}
-				const stream = chunkStream(() => controller.abort(new Error("reader went away")));
-				this.generateOnce(ctx, request, controller, text => stream.push({ type: "piece", text } satisfies GenerateChunk), release)
-					.then(({ text: _text, ...done }) => {
-						stream.push({ type: "done", ...done } satisfies GenerateChunk);
-						stream.push(null);
-					})
+				// Pieces that come while the mesh is still sending the previous one travel joined (lib/inference/piece-stream.ts).
+				const stream = new PieceStream(() => controller.abort(new Error("reader went away")));
+				this.generateOnce(ctx, request, controller, text => stream.piece(text), release)
+					.then(({ text: _text, ...done }) => stream.finish({ type: "done", ...done }))
 					.catch(err => stream.destroy(err as Error))
 					.finally(finish);
 				return stream;

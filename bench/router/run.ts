@@ -21,6 +21,7 @@ import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
 import RouterService from "../../services/router.service";
 import SwapperProxyService from "../../services/swapper-proxy.service";
+import { firstPieceMs, firstSsePieceMs } from "../lib/first-piece";
 import { closedLoop, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -55,35 +56,9 @@ function median(results: LoadResult[], by: (r: LoadResult) => number): LoadResul
 	return [...results].sort((a, b) => by(a) - by(b))[Math.floor(results.length / 2)];
 }
 
-/** ms to the first piece of a stream of GenerateChunk objects. */
-async function firstPieceMs(open: () => Promise<Readable>): Promise<number> {
-	const t = performance.now();
-	const stream = await open();
-	return new Promise((resolve, reject) => {
-		let first = -1;
-		stream.on("data", (chunk: { type: string }) => {
-			if (first < 0 && chunk.type === "piece") first = performance.now() - t;
-		});
-		stream.on("end", () => resolve(first));
-		stream.on("error", reject);
-	});
-}
-
 /** ms to the first `data:` piece of the gateway's SSE answer. */
-async function firstSsePieceMs(url: string, token: string): Promise<number> {
-	const t = performance.now();
-	const res = await fetch(url, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: JSON.stringify({ agent: "bench-agent", message: "how fast is the first token", stream: true }) });
-	const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-	const decoder = new TextDecoder();
-	let text = "";
-	let first = -1;
-	for (;;) {
-		const { value, done } = await reader.read();
-		if (done) break;
-		text += decoder.decode(value, { stream: true });
-		if (first < 0 && text.includes('\ndata: {"text"')) first = performance.now() - t;
-	}
-	return first;
+function firstGatewayPieceMs(url: string, token: string): Promise<number> {
+	return firstSsePieceMs(url, { authorization: `Bearer ${token}` }, { agent: "bench-agent", message: "how fast is the first token", stream: true });
 }
 
 /**
@@ -188,11 +163,11 @@ async function main(): Promise<void> {
 		const gatewayUrl = `http://127.0.0.1:${port}/api/router/route`;
 		const provider: number[] = [];
 		const gateway: number[] = [];
-		for (let i = 0; i < 20; i++) await firstSsePieceMs(gatewayUrl, token); // warm-up
+		for (let i = 0; i < 20; i++) await firstGatewayPieceMs(gatewayUrl, token); // warm-up
 		const providerRaw: number[] = [];
 		for (let i = 0; i < TTFT_SAMPLES; i++) {
 			providerRaw.push(await firstPieceMs(() => broker.call("swapper-proxy.generate", { model: "bench-echo", prompt: message, stream: true }, { nodeID: "bench-models" }) as Promise<Readable>));
-			gateway.push(await firstSsePieceMs(gatewayUrl, token));
+			gateway.push(await firstGatewayPieceMs(gatewayUrl, token));
 		}
 		provider.push(...providerRaw);
 		const gatewaySorted = [...gateway].sort((a, b) => a - b);

@@ -41,20 +41,22 @@ export class OutboxBatch {
 		else this.timer ??= setTimeout(() => void this.flush(), this.options.flushMs ?? 25);
 	}
 
-	/** Writes what is buffered now (one transaction); resolves when written or given up. */
+	/**
+	 * Writes what is buffered now, one multi-row INSERT with no BEGIN/COMMIT around it (one statement is
+	 * atomic): a third of the round trips, under half the CPU on this node's event loop, which the runs it
+	 * serves share (docs/BENCHMARKS.md, "Router first token"). Resolves when written or given up.
+	 */
 	flush(): Promise<void> {
 		if (this.timer) clearTimeout(this.timer);
 		this.timer = null;
 		const rows = this.buffer.splice(0);
 		if (!rows.length) return this.flushing;
 		this.flushing = this.flushing.then(() =>
-			this.sequelize
-				.transaction(t => enqueueEvents(this.sequelize, t, this.events, rows))
-				.catch(err => {
-					// Put them back once (the next flush retries); the buffer bound keeps memory flat.
-					this.buffer.unshift(...rows);
-					this.options.onError?.(err as Error, rows.length);
-				}),
+			enqueueEvents(this.sequelize, null, this.events, rows).catch(err => {
+				// Put them back once (the next flush retries); the buffer bound keeps memory flat.
+				this.buffer.unshift(...rows);
+				this.options.onError?.(err as Error, rows.length);
+			}),
 		);
 		return this.flushing;
 	}

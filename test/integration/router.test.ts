@@ -275,7 +275,9 @@ describeWithNatsAndPostgres("router and swapper-proxy across two nodes", () => {
 			.map(block => ({ event: /^event: (.*)$/m.exec(block)?.[1] ?? "message", data: JSON.parse(/^data: (.*)$/m.exec(block)?.[1] ?? "null") }));
 		expect(events[0]).toMatchObject({ event: "start", data: { agent: "echo-agent", model: "echo-n2", node: "router-n2" } });
 		const pieces = events.filter(e => e.event === "message").map(e => e.data.text);
-		expect(pieces.length).toBeGreaterThan(5);
+		// local-echo answers in one burst: its pieces cross the mesh joined (lib/inference/piece-stream.ts;
+		// paced pieces stay apart, test/integration/agents-socket.test.ts).
+		expect(pieces.length).toBeGreaterThanOrEqual(1);
 		expect(pieces.join("")).toContain("stream this to me please");
 		const done = events.at(-1)!;
 		expect(done.event).toBe("done");

@@ -34,9 +34,12 @@ export function outboxInsert(events: EventSettings, items: OutboxEvent[], firstP
 	return { sql: `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) ${rows}`, bind };
 }
 
-/** One multi-row INSERT for all of a write's events: one round trip inside the write's transaction. */
-export async function enqueueEvents(sequelize: Sequelize, t: Transaction, events: EventSettings, items: OutboxEvent[]): Promise<void> {
+/**
+ * One multi-row INSERT for all of a write's events: one round trip inside the write's transaction, or,
+ * with `t` null (events that describe no change of their own), alone: one statement is atomic by itself.
+ */
+export async function enqueueEvents(sequelize: Sequelize, t: Transaction | null, events: EventSettings, items: OutboxEvent[]): Promise<void> {
 	if (!items.length) return;
 	const { sql, bind } = outboxInsert(events, items);
-	await sequelize.query(sql, { bind, transaction: t });
+	await sequelize.query(sql, { bind, transaction: t ?? undefined });
 }

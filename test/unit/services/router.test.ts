@@ -108,6 +108,29 @@ describeWithPostgres("router service (in-process broker)", () => {
 		});
 	});
 
+	it("writes a run's decision line after its generation request has gone out, not before it", async () => {
+		const router = node.broker.getLocalService("router") as unknown as { logsInfo: boolean; logger: { info(...args: unknown[]): void } };
+		const order: string[] = [];
+		const call = node.broker.call.bind(node.broker);
+		const calls = jest.spyOn(node.broker, "call").mockImplementation(((action: string, ...rest: unknown[]) => {
+			if (action === "swapper-proxy.generate") order.push("generation request");
+			return (call as (...args: unknown[]) => unknown)(action, ...rest);
+		}) as typeof node.broker.call);
+		const lines = jest.spyOn(router.logger, "info").mockImplementation((_message: unknown, fields?: unknown) => {
+			if ((fields as { event?: string } | undefined)?.event === "router.decision") order.push("decision line");
+		});
+		router.logsInfo = true; // this node logs at "error": the line is built only for info
+		try {
+			await node.callAs(alice, "router.route", { agent: "helper", message: "which comes first?" });
+			await new Promise(resolve => setImmediate(resolve));
+			expect(order).toEqual(["generation request", "decision line"]);
+		} finally {
+			router.logsInfo = false;
+			calls.mockRestore();
+			lines.mockRestore();
+		}
+	});
+
 	it("refuses bad input as a ValidationError naming the field, an unknown agent as 404, a long prompt as 413", async () => {
 		const noAgent = node.callAs(alice, "router.route", { message: "hi" });
 		await expect(noAgent).rejects.toBeInstanceOf(Errors.ValidationError);

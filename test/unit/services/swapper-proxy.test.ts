@@ -5,6 +5,7 @@
  */
 import type { Readable } from "stream";
 import { Errors } from "moleculer";
+import { echoAnswer } from "../../../lib/inference/providers/local-echo";
 import { waitFor } from "../../helpers/cluster";
 import { startInProcessNode, stopInProcessNodes, user, type InProcessNode } from "../../helpers/service-broker";
 
@@ -49,6 +50,9 @@ describe("swapper-proxy service (in-process broker)", () => {
 		const chunks = await drain(stream);
 		expect(chunks[chunks.length - 1]).toMatchObject({ type: "done", model: "local-echo" });
 		expect(chunks.slice(0, -1).every(c => c.type === "piece")).toBe(true);
+		// A piece every TOKEN_MS, read as it comes: none waits to be joined with the next.
+		const words = echoAnswer({ model: "local-echo", messages: [{ role: "user", content: "stream me" }] }).match(/\s*\S+/g) ?? [];
+		expect(chunks.map(c => c.text)).toEqual([...words, undefined]);
 		expect(chunks.map(c => c.text ?? "").join("")).toContain("stream me");
 	});
 
