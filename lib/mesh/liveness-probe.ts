@@ -49,7 +49,7 @@ export interface LivenessProbeOptions {
 	probeAfterMs: number;
 	/** a probe unanswered this long makes the node suspect */
 	probeTimeoutMs: number;
-	/** a second probe goes out if the first has no answer this long (see probe()) */
+	/** the probe is asked again this often while it has no decisive answer (see probe()) */
 	recheckAfterMs: number;
 	/** no second probe of a node within this long of its last answer */
 	reprobeMs: number;
@@ -62,7 +62,7 @@ export const LIVENESS_DEFAULTS: LivenessProbeOptions = {
 	probeAfterMs: 20,
 	probeTimeoutMs: 100,
 	recheckAfterMs: 25,
-	reprobeMs: 50,
+	reprobeMs: 25,
 	suspectReprobeMs: 50,
 };
 
@@ -74,16 +74,12 @@ export const LIVENESS_METRICS = {
 
 type ProbeOutcome = "alive" | "gone" | "unresponsive" | "unknown";
 
-const sleep = (ms: number) => new Promise<void>(resolve => setTimeout(resolve, ms).unref());
-
 /** Nodes a broker's probe found unresponsive; FailoverStrategy skips them while others are available. */
 const suspectsByBroker = new WeakMap<ServiceBroker, Set<string>>();
 
 export function suspectNodesOf(broker: ServiceBroker): ReadonlySet<string> | undefined {
 	return suspectsByBroker.get(broker);
 }
-
-
 
 function livenessSubject(broker: ServiceBroker, nodeID: string): string {
 	return `${subjectPrefixOf(broker)}.ALIVE.${nodeID}`;
@@ -162,23 +158,38 @@ class LivenessProbe {
 	}
 
 	/**
-	 * One probe, and a second one if the first has no answer after `recheckAfterMs`. A probe that reached
-	 * the server while it still held a just-killed process's subscription is never answered; the second
-	 * one, sent after the server has dropped it, gets "no responders" at once. The first decisive answer
-	 * (alive or gone) from either wins; otherwise the first probe's outcome stands.
+	 * A probe, asked again every `recheckAfterMs` until a decisive answer (alive or gone) or
+	 * `probeTimeoutMs`. A probe that reached the server while it still held a just-killed process's
+	 * subscription is never answered, and the server holds it until the kernel closes the dead process's
+	 * socket — after the process's memory is released, tens of milliseconds for a large heap — so one
+	 * second ask is not enough: the first ask sent after the socket closed gets "no responders" at once.
+	 * Without a decisive answer the first probe's outcome stands (unresponsive: a hung node).
 	 */
 	private async probe(nodeID: string): Promise<ProbeOutcome> {
+		const started = performance.now();
 		const ask = (timeout: number): Promise<ProbeOutcome> =>
-			this.nc.request(livenessSubject(this.broker, nodeID), undefined, { timeout }).then(
+			this.nc.request(livenessSubject(this.broker, nodeID), undefined, { timeout: Math.max(1, Math.round(timeout)) }).then(
 				() => "alive" as const,
 				err => outcomeOf(err),
 			);
 		const first = ask(this.opts.probeTimeoutMs);
-		const early = await Promise.race([first, sleep(this.opts.recheckAfterMs).then(() => null)]);
-		if (early !== null) return early;
-		const second = ask(this.opts.probeTimeoutMs - this.opts.recheckAfterMs);
-		const decisive = (p: Promise<ProbeOutcome>) => p.then(o => (o === "alive" || o === "gone" ? o : new Promise<ProbeOutcome>(() => undefined)));
-		return Promise.race([decisive(first), decisive(second), first.then(async o => (await second, o))]);
+		let settled: ProbeOutcome | null = null;
+		const decisive = new Promise<ProbeOutcome>(resolve => {
+			const consider = (o: ProbeOutcome) => {
+				if (settled === null && (o === "alive" || o === "gone")) resolve((settled = o));
+			};
+			void first.then(consider);
+			const recheck = () => {
+				if (settled !== null) return;
+				const left = this.opts.probeTimeoutMs - (performance.now() - started);
+				if (left <= this.opts.recheckAfterMs / 2) return;
+				void ask(left).then(consider);
+				setTimeout(recheck, this.opts.recheckAfterMs).unref();
+			};
+			setTimeout(recheck, this.opts.recheckAfterMs).unref();
+		});
+		// No decisive answer by the first probe's timeout: its outcome (unresponsive, unknown) stands.
+		return Promise.race([decisive, first.then(o => (settled === null ? ((settled = o), o) : settled))]);
 	}
 
 	private settle(nodeID: string, outcome: ProbeOutcome): void {

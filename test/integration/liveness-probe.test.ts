@@ -80,7 +80,9 @@ describeWithNats("liveness probe: calls pending on a dead or hung node", () => {
 
 		expect(readOutcomes.every(o => o.ok && o.nodeID === "FAST1")).toBe(true);
 		const latest = Math.max(...[...readOutcomes, ...writeOutcomes].map(o => o.endedAt - killedAt));
-		expect(latest).toBeLessThan(1_000);
+		process.stdout.write(`[liveness] SIGKILL: last pending call answered ${Math.round(latest)} ms after the kill\n`);
+		// Goal 100 ms (the probe re-asks every 25 ms until the killed process's socket is closed); CI slack.
+		expect(latest).toBeLessThan(300);
 		// Writes that were on SLOW1 are not retried by the mesh: the caller learns "retry" at once.
 		const onSlow = writeOutcomes.filter(o => !o.ok);
 		expect(onSlow.length).toBeGreaterThan(0);
