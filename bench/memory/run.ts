@@ -60,7 +60,7 @@ function createEvents(memoryId: string, key: string): unknown[] {
 	const audit = { actor: "bench", request_id: randomUUID(), target: memoryId, outcome: "success", node: "bench-raw", occurred_at: at, details: { scope: "personal", owner_id: "bench", kind: "event", version: 1, confidential: false, key } };
 	return [
 		...["memory", memoryId, "memory.created", `${prefix}.memory.created.personal`, JSON.stringify({ action: "created", actor: "bench", memory, at })],
-		...["audit", memoryId, "audit.memory.created", "audit.memory.created", JSON.stringify(audit)],
+		...["audit", memoryId, "audit.memory.created", `${prefix}.audit.memory.created`, JSON.stringify(audit)],
 	];
 }
 
