@@ -43,7 +43,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		await waitForChaosMesh(mesh.gateway, ["NODE1", "NODE2"]);
 	}
 
-	it("SIGKILL NODE1: no failed request, every call answered within 400 ms, out of rotation within 0.5 s and removed within 3.5 s; NODE1 gets traffic when it returns", async () => {
+	it("SIGKILL NODE1: no failed request, every call answered within 500 ms, out of rotation within 0.5 s and removed within 3.5 s; NODE1 gets traffic when it returns", async () => {
 		await bothNodesServing();
 		const load = whoamiLoad(mesh);
 		await sleep(2_000);
@@ -76,12 +76,14 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		// uptime, checked every 250 ms: from a heartbeat just before the kill that is up to 2.5 + 0.5 (rounding)
 		// + 0.25 s. A 3.0 s bound sat below that worst case (a clean CI run measured 3,061 ms).
 		expect(removedMs!).toBeLessThanOrEqual(3_500);
-		// The liveness probe learns of the death from NATS within tens of milliseconds and takes NODE1 out
-		// of rotation at once (goal: every call answered within 100 ms, not met yet: clean CI runs measured
-		// 181–235 ms, so 400 ms here keeps CI honest without flaking); the
-		// heartbeat timeout removes it from the registry later, as before.
+		// The liveness probe learns of the death from NATS once the kernel has closed the dead process's
+		// socket (after freeing its memory: tens of ms) and takes NODE1 out of rotation at once; the heartbeat
+		// timeout removes it from the registry later, as before. Goal: every call answered within 100 ms
+		// (bench/failover on a quiet machine: 95–117 ms). Here the test process, three nodes, NATS and
+		// PostgreSQL share 2 cores: quiet runs measured 151–179 ms, clean CI runs 181–317 ms, so the bound
+		// is 500 ms — a regression to the old fast-timeout wait (~790 ms) still fails it.
 		expect(aroundKill.failed).toBe(0);
-		expect(aroundKill.maxMs).toBeLessThanOrEqual(400);
+		expect(aroundKill.maxMs).toBeLessThanOrEqual(500);
 		expect(outOfRotationMs!).toBeLessThanOrEqual(500);
 		// Out of rotation means out: nothing started 3 s after the kill was served by NODE1's old process.
 		expect(servedCounts(result.samples, killedAt + 3_000).NODE1 ?? 0).toBeGreaterThan(0); // the restarted one
