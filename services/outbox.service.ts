@@ -39,6 +39,14 @@ const BATCH_SIZE = 500;
 const PIPELINE_DEPTH = 1;
 /** Published rows are kept this long for audits and re-drives, then deleted by the leader. */
 const KEEP_PUBLISHED_HOURS = 24;
+/**
+ * How often the leader deletes expired published rows, off the relay's path. The DELETE reads the whole
+ * table (no index on published_at: one would cost every publish an index update). It used to run every
+ * second between relay batches: with 24 h kept at 100 events/s that is a scan of ~8.6 M rows a second.
+ * At 150,000 kept rows the lag A/B could not tell the two apart (docs/BENCHMARKS.md, "Memory → JetStream
+ * lag"); the cost grows with the table, the retention does not need more than once a minute.
+ */
+const PRUNE_PUBLISHED_EVERY_MS = 60_000;
 
 interface OutboxThis extends Service {
 	lease: LeaderLease;
@@ -53,6 +61,9 @@ interface OutboxThis extends Service {
 	relayOnce(): Promise<boolean>;
 	diagnose(err: Error): Promise<Outage | null>;
 	reportBacklog(): Promise<void>;
+	prunePublished(): void;
+	/** the expired-rows DELETE in flight, if any */
+	pruning: Promise<void> | null;
 	probeStream(leading: boolean): Promise<void>;
 }
 
@@ -175,7 +186,20 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			this.broker.metrics.set(OUTBOX_METRICS.dlq, dead);
 			this.broker.metrics.set(OUTBOX_METRICS.oldestPending, oldestSeconds);
 			this.broker.metrics.set(OUTBOX_METRICS.paused, this.stream.paused ? 1 : 0);
-			await databaseOf(this.broker).query(`DELETE FROM outbox WHERE status = 'published' AND published_at < now() - interval '${KEEP_PUBLISHED_HOURS} hours'`);
+		},
+
+		/** Off the relay's path: started, not awaited, at most one at a time. */
+		prunePublished(this: OutboxThis) {
+			if (this.pruning) return;
+			this.pruning = databaseOf(this.broker)
+				.query(`DELETE FROM outbox WHERE status = 'published' AND published_at < now() - interval '${KEEP_PUBLISHED_HOURS} hours'`)
+				.then(
+					() => undefined,
+					(err: Error) => {
+						if (!isDatabaseFault(err)) this.logger.warn(`Outbox: deleting expired published rows failed: ${err.message}`);
+					},
+				)
+				.finally(() => (this.pruning = null));
 		},
 
 		/**
@@ -198,6 +222,7 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			this.nats = natsConnectionOf(this.broker);
 			if (this.nats) nodeContextOf(this.broker).eventStream = () => this.stream.dependency();
 			let lastHousekeeping = 0;
+			let lastPrune = 0;
 			let lastStreamProbe = 0;
 			let pauseMs = PAUSE_MIN_MS;
 			let lastError = "";
@@ -234,6 +259,10 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 					lastHousekeeping = Date.now();
 					await this.reportBacklog().catch(() => undefined);
 				}
+				if (Date.now() - lastPrune > PRUNE_PUBLISHED_EVERY_MS) {
+					lastPrune = Date.now();
+					this.prunePublished();
+				}
 				if (pause) {
 					// Cut short by a stopping node: SIGTERM must not wait out a backoff.
 					await duty.pause(pauseMs);
@@ -249,11 +278,13 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 		this.ensuredSubjects = "";
 		this.mode = "jetstream";
 		this.nats = null;
+		this.pruning = null;
 		this.stream = new EventStreamState(this.logger);
 	},
 
-	stopped() {
+	async stopped() {
 		nodeContextOf(this.broker).eventStream = undefined;
+		await this.pruning;
 	},
 };
 

@@ -2,6 +2,8 @@
  * Lag only, for A/B runs across checkouts (copy this file into the other checkout's bench/memory/):
  * memory.create at a steady LAG_RATE per second for LAG_SECONDS, twice, each time commit → JetStream ack
  * read from the outbox rows' own timestamps (published_at − created_at). Prints; writes no docs.
+ * LAG_PREDRAIN=N first queues and drains N rows (a table that has kept many published rows);
+ * LAG_VACUUM=1 then vacuums the outbox before measuring.
  * docs/BENCHMARKS.md "Memory → JetStream lag under load" is what it found.
  */
 import { ServiceBroker } from "moleculer";
@@ -37,6 +39,14 @@ async function main() {
 		let n = 0;
 		for (let i = 0; i < 200; i++) await caller.call("memory.create", { scope: "public", owner_id: "bench", kind: "event", key: `w-${n++}`, content: "warm" }, { meta: { user } });
 		await sleep(2000);
+		const predrain = Number(process.env.LAG_PREDRAIN ?? 0);
+		if (predrain) {
+			await pool.query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) SELECT 'bench', g::text, 'bench.event', $1, jsonb_build_object('n', g) FROM generate_series(1, $2) g", [`lag${id}.memory.bench.public`, predrain]);
+			const t0 = Date.now();
+			for (let i = 0; i < 1200; i++) { const { rows } = await pool.query("SELECT count(*)::int AS n FROM outbox WHERE status = 'pending'"); if (rows[0].n === 0) break; await sleep(100); }
+			process.stdout.write(`predrain ${predrain} in ${Date.now() - t0} ms\n`);
+			if (process.env.LAG_VACUUM) { await pool.query("VACUUM ANALYZE outbox"); process.stdout.write("vacuumed\n"); }
+		}
 		for (const round of [1, 2]) {
 			const from = new Date();
 			const paced = await fixedRate(() => caller!.call("memory.create", { scope: "public", owner_id: "bench", kind: "event", key: `lag-${n++}`, content: "lag probe" }, { meta: { user } }), RATE, SECONDS * 1000);
