@@ -173,23 +173,26 @@ class LivenessProbe {
 				err => outcomeOf(err),
 			);
 		const first = ask(this.opts.probeTimeoutMs);
-		let settled: ProbeOutcome | null = null;
+		// Once an answer is decisive or the first probe has its outcome, no more asks go out.
+		let over = false;
 		const decisive = new Promise<ProbeOutcome>(resolve => {
 			const consider = (o: ProbeOutcome) => {
-				if (settled === null && (o === "alive" || o === "gone")) resolve((settled = o));
+				if (!over && (o === "alive" || o === "gone")) {
+					over = true;
+					resolve(o);
+				}
 			};
 			void first.then(consider);
 			const recheck = () => {
-				if (settled !== null) return;
 				const left = this.opts.probeTimeoutMs - (performance.now() - started);
-				if (left <= this.opts.recheckAfterMs / 2) return;
+				if (over || left <= this.opts.recheckAfterMs / 2) return;
 				void ask(left).then(consider);
 				setTimeout(recheck, this.opts.recheckAfterMs).unref();
 			};
 			setTimeout(recheck, this.opts.recheckAfterMs).unref();
 		});
-		// No decisive answer by the first probe's timeout: its outcome (unresponsive, unknown) stands.
-		return Promise.race([decisive, first.then(o => (settled === null ? ((settled = o), o) : settled))]);
+		// No decisive answer by the first probe's outcome (its timeout, or an error): that outcome stands.
+		return Promise.race([decisive, first.finally(() => (over = true))]);
 	}
 
 	private settle(nodeID: string, outcome: ProbeOutcome): void {
