@@ -14,7 +14,10 @@
  *   nobody waits for.
  * - CallingGate (in the request metrics' place, outermost) tracks and meters the calls this node
  *   makes, in one wrapper where ContextTracker and the metrics used two.
- * - Retry and Fallback wrap a served action only for calls that started on this node (forLocalCallers).
+ * - Retry does what Moleculer's did (same options, check, log line and metric) for calls that started on
+ *   this node, and retries at once, not after its delay, a call whose node the liveness probe found gone
+ *   while another node offers the action (see retryDelayMs).
+ * - Fallback wraps a served action only for calls that started on this node (forLocalCallers).
  *
  * bench/mesh/cpu-per-call.ts measures what each costs per call (docs/BENCHMARKS.md).
  */
@@ -22,6 +25,7 @@ import * as moleculer from "moleculer";
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import { Stream } from "stream";
+import { nodesThisCallFailedOn } from "./failover-policy";
 import { gaugeItem, registerRequestMetrics, RequestMeter, type Series, type ValueItem } from "./request-metrics";
 
 type Handler = (ctx: Context) => Promise<unknown>;
@@ -46,7 +50,7 @@ const { Middlewares } = moleculer as unknown as { Middlewares: Record<string, Mi
 const BULKHEAD_GAUGES = { inFlight: "moleculer.request.bulkhead.inflight", queueSize: "moleculer.request.bulkhead.queue.size" };
 
 /** Moleculer's own middleware object for `name`, built the way the broker builds it. */
-function builtIn(broker: ServiceBroker, name: "Bulkhead" | "ContextTracker" | "Retry" | "Fallback"): Middleware & Record<string, unknown> {
+function builtIn(broker: ServiceBroker, name: "Bulkhead" | "ContextTracker" | "Fallback"): Middleware & Record<string, unknown> {
 	return Middlewares[name].call(broker, broker);
 }
 
@@ -242,11 +246,10 @@ function CallingGate(this: ServiceBroker, broker: ServiceBroker): Middleware {
 
 /**
  * Moleculer's `name` middleware, whose served-action wrapper only runs for calls that started on this
- * node. Retry never retries a call from another node on the serving side (its caller does), and Fallback
- * has nothing to do for one unless the action declares a `fallback`: for those calls the wrapper was one
- * more promise per call and no behaviour.
+ * node. Fallback has nothing to do for a call from another node unless the action declares a
+ * `fallback`: for those calls the wrapper was one more promise per call and no behaviour.
  */
-function forLocalCallers(name: "Retry" | "Fallback"): MiddlewareFactory {
+function forLocalCallers(name: "Fallback"): MiddlewareFactory {
 	const factory = function (this: ServiceBroker, broker: ServiceBroker) {
 		const middleware = builtIn(broker, name);
 		const wrapServed = middleware.localAction as (this: ServiceBroker, next: Handler, action: ActionDef) => Handler;
@@ -254,7 +257,7 @@ function forLocalCallers(name: "Retry" | "Fallback"): MiddlewareFactory {
 			...middleware,
 			localAction(this: ServiceBroker, next: Handler, action: ActionDef & { fallback?: unknown }) {
 				const wrapped = wrapServed.call(this, next, action);
-				if (wrapped === next || (name === "Fallback" && action.fallback)) return wrapped;
+				if (wrapped === next || action.fallback) return wrapped;
 				return function localCallersOnly(ctx: Context) {
 					return ctx.nodeID === broker.nodeID ? wrapped(ctx) : next(ctx);
 				};
@@ -263,6 +266,89 @@ function forLocalCallers(name: "Retry" | "Fallback"): MiddlewareFactory {
 	};
 	Object.defineProperty(factory, "name", { value: name });
 	return factory as MiddlewareFactory;
+}
+
+const RETRY_METRIC = "moleculer.request.retry.attempts.total";
+
+interface RetryOptions {
+	enabled: boolean;
+	retries: number;
+	delay: number;
+	maxDelay: number;
+	factor: number;
+	check(err: Error): boolean;
+}
+
+type RetriedContext = Context & { _retryAttempts?: number };
+
+/**
+ * How long a retry waits. The delay is for faults that may pass (a timeout, a full queue, a node
+ * briefly unreachable); a node the liveness probe found gone — the NATS server holds no subscription
+ * for it (lib/mesh/liveness-probe.ts) — will not answer in 20 ms either, and the retry goes to another
+ * node (FailoverStrategy excludes the failed one), so it leaves at once: on a SIGKILL that delay was a
+ * fifth of the slowest read's latency. With no other node to go to, the usual delay gives a node that
+ * was only reconnecting to NATS its chance to come back; so does a call that has failed on every node.
+ */
+export function retryDelayMs(broker: ServiceBroker, opts: RetryOptions, actionName: string, ctx: RetriedContext, err: Error & { data?: { gone?: boolean } }): number {
+	if (err.data?.gone === true && anUntriedNodeOffers(broker, actionName, ctx)) return 0;
+	return Math.min(opts.delay * Math.pow(opts.factor, (ctx._retryAttempts ?? 1) - 1), opts.maxDelay);
+}
+
+function anUntriedNodeOffers(broker: ServiceBroker, actionName: string, ctx: Context): boolean {
+	const endpoints = broker.registry.getActionEndpoints(actionName)?.endpoints;
+	const failed = nodesThisCallFailedOn(ctx);
+	return !!endpoints?.some(ep => ep.isAvailable && !failed.has(ep.id));
+}
+
+/**
+ * Moleculer's Retry: the same merged options, `check`, log line and metric, and a served action is
+ * wrapped only for calls that started on this node — a call from another node is retried by its caller,
+ * which picks another node; here the wrapper was one more promise per call and no behaviour.
+ */
+function Retry(this: ServiceBroker, broker: ServiceBroker): Middleware {
+	function wrap(next: Handler, action: ActionDef & { retryPolicy?: Partial<RetryOptions>; visibility?: string; rawName?: string }, onlyLocalCallers: boolean): Handler {
+		const opts = { ...(broker.options.retryPolicy as RetryOptions), ...(action.retryPolicy ?? {}) } as RetryOptions;
+		if (!opts.enabled) return next;
+		const service = action.service?.fullName ?? null;
+		function retryMiddleware(ctx: RetriedContext): Promise<unknown> {
+			const attempts = typeof ctx.options.retries === "number" ? ctx.options.retries : opts.retries;
+			if (ctx._retryAttempts == null) ctx._retryAttempts = 0;
+			return next(ctx).catch((err: Error) => {
+				if (!opts.check(err) || ctx._retryAttempts! >= attempts) return Promise.reject(err);
+				if (broker.isMetricsEnabled()) broker.metrics.increment(RETRY_METRIC, { service, action: action.name });
+				ctx._retryAttempts!++;
+				if (ctx.span) {
+					ctx.span.setError(err);
+					ctx.span.addTags({ retryAttempts: ctx._retryAttempts });
+					ctx.finishSpan(ctx.span);
+				}
+				const delay = retryDelayMs(broker, opts, action.name, ctx, err);
+				broker.logger.warn(`Retry to call '${action.name}' action after ${delay} ms...`, { requestID: ctx.requestID, attempts: ctx._retryAttempts });
+				const again = () => {
+					const retry = ctx.copy() as RetriedContext;
+					retry._retryAttempts = ctx._retryAttempts;
+					if (action.visibility === "private") return (ctx.service!.actions as Record<string, (p: unknown, o: object) => Promise<unknown>>)[action.rawName!](ctx.params, { ctx: retry });
+					return broker.call(action.name, ctx.params, { ctx: retry });
+				};
+				return delay > 0 ? new Promise(resolve => setTimeout(resolve, delay)).then(again) : again();
+			});
+		}
+		if (!onlyLocalCallers) return retryMiddleware;
+		return function localCallersOnly(ctx: Context) {
+			return ctx.nodeID === broker.nodeID ? retryMiddleware(ctx) : next(ctx);
+		};
+	}
+
+	return {
+		name: "Retry",
+		created() {
+			if (broker.isMetricsEnabled()) {
+				broker.metrics.register({ name: RETRY_METRIC, type: "counter", labelNames: ["service", "action"], description: "Number of retries", rate: true });
+			}
+		},
+		localAction: (next: Handler, action: ActionDef) => wrap(next, action, true),
+		remoteAction: (next: Handler, action: ActionDef) => wrap(next, action, false),
+	} as unknown as Middleware;
 }
 
 const TIMEOUT_METRIC = "moleculer.request.timeout.total";
@@ -338,7 +424,7 @@ export function meshInternalMiddlewares(): Array<string | Middleware> {
 		listed(ContextTracker as MiddlewareFactory),
 		"CircuitBreaker",
 		listed(Timeout as MiddlewareFactory),
-		listed(forLocalCallers("Retry")),
+		listed(Retry as MiddlewareFactory),
 		listed(forLocalCallers("Fallback")),
 		"ErrorHandler",
 		"Tracing",

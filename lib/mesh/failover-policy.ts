@@ -94,6 +94,14 @@ function nodesToAvoid(ctx: RetryContext | undefined): Set<string> | null {
 	return avoid;
 }
 
+/** Every node this call has failed on so far: the earlier attempts' and the one that just failed. */
+export function nodesThisCallFailedOn(ctx: Context): ReadonlySet<string> {
+	const earlier = (ctx as RetryContext).locals?.[AVOID] as Set<string> | undefined;
+	const failed = new Set(earlier);
+	if (ctx.nodeID) failed.add(ctx.nodeID);
+	return failed;
+}
+
 export class FailoverStrategy extends Strategies.RoundRobin {
 	private readonly suspectAfter: number;
 

@@ -61,7 +61,7 @@ export const LIVENESS_DEFAULTS: LivenessProbeOptions = {
 	scanEveryMs: 10,
 	probeAfterMs: 20,
 	probeTimeoutMs: 100,
-	recheckAfterMs: 25,
+	recheckAfterMs: 10,
 	reprobeMs: 25,
 	suspectReprobeMs: 50,
 };
@@ -202,10 +202,10 @@ class LivenessProbe {
 			if (this.suspects.delete(nodeID)) this.log.info(`Node ${nodeID} answers again; no longer suspect`, { event: "node.unsuspected", node_id: nodeID });
 		} else if (outcome === "gone") {
 			this.markSuspect(nodeID, "no NATS subscription (process gone, or reconnecting to NATS)", "node.lost");
-			this.rejectCallsOn(nodeID, () => true);
+			this.rejectCallsOn(nodeID, () => true, true);
 		} else if (outcome === "unresponsive") {
 			this.markSuspect(nodeID, `no answer to a liveness probe within ${this.opts.probeTimeoutMs} ms`, "node.suspect");
-			this.rejectCallsOn(nodeID, isIdempotent);
+			this.rejectCallsOn(nodeID, isIdempotent, false);
 		}
 	}
 
@@ -215,13 +215,14 @@ class LivenessProbe {
 		this.log.warn(`Node ${nodeID} is suspect: ${why}; out of rotation until it answers`, { event, node_id: nodeID });
 	}
 
-	private rejectCallsOn(nodeID: string, which: (req: PendingRequest) => boolean): void {
+	/** `gone`: the node is known gone (no subscription), so a retry need not wait (call-pipeline retryDelayMs). */
+	private rejectCallsOn(nodeID: string, which: (req: PendingRequest) => boolean, gone: boolean): void {
 		const pending = pendingRequestsOf(this.broker);
 		if (!pending) return;
 		for (const [id, req] of [...pending]) {
 			if (req.nodeID !== nodeID || !which(req)) continue;
 			// A call already streaming its response is ended too: its stream errors instead of waiting forever.
-			abandonPendingRequest(this.broker, id, nodeID, new Errors.RequestRejectedError({ action: req.action?.name, nodeID }));
+			abandonPendingRequest(this.broker, id, nodeID, new Errors.RequestRejectedError({ action: req.action?.name, nodeID, gone }));
 		}
 	}
 }

@@ -3,7 +3,8 @@
  * local-caller Timeout: the behaviour Moleculer's own Bulkhead, ContextTracker and Timeout gave.
  */
 import { Errors, ServiceBroker } from "moleculer";
-import { meshInternalMiddlewares } from "../../lib/mesh/call-pipeline";
+import { meshInternalMiddlewares, retryDelayMs } from "../../lib/mesh/call-pipeline";
+import { actionPolicy, FailoverStrategy, RETRY_POLICY } from "../../lib/mesh/failover-policy";
 
 /** An action timeout, as actionPolicy() declares it (Moleculer's typings do not list `timeout`). */
 const fiftyMs = { timeout: 50 };
@@ -131,5 +132,96 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 		const stopped = caller.stop().then(() => "stopped");
 		expect(await Promise.race([inFlight, stopped])).toBe("finished");
 		await stopped;
+	});
+});
+
+describe("Retry: the delay, and no delay after a node is known gone", () => {
+	const DELAY = 400;
+	const options = (nodeID: string) => ({
+		nodeID,
+		namespace: `retry-${process.pid}`,
+		transporter: "Fake" as const,
+		logger: false,
+		metrics: { enabled: true },
+		registry: { strategy: FailoverStrategy },
+		retryPolicy: { ...RETRY_POLICY, delay: DELAY },
+		internalMiddlewares: false,
+		middlewares: meshInternalMiddlewares() as never,
+	});
+	const caller = new ServiceBroker(options("caller"));
+	const nodes = ["s1", "s2"].map(id => new ServiceBroker(options(id)));
+	const runs: Record<string, number> = {};
+	/** s1 fails every attempt the way the liveness probe rejects a call (gone or not), s2 answers. */
+	for (const node of nodes) {
+		node.createService({
+			name: "twin",
+			actions: {
+				answer: {
+					...actionPolicy({ idempotent: true, timeout: "fast" }),
+					handler(ctx: { params: { gone: boolean; everywhere?: boolean } }) {
+						runs[node.nodeID] = (runs[node.nodeID] ?? 0) + 1;
+						if (node.nodeID === "s1" || ctx.params.everywhere) throw new Errors.RequestRejectedError({ action: "twin.answer", nodeID: node.nodeID, gone: ctx.params.gone });
+						return node.nodeID;
+					},
+				},
+			},
+		});
+	}
+	beforeAll(async () => {
+		await Promise.all([caller.start(), ...nodes.map(n => n.start())]);
+		await caller.waitForServices("twin");
+		await new Promise(resolve => setTimeout(resolve, 50));
+	});
+	afterAll(() => Promise.all([caller.stop(), ...nodes.map(n => n.stop())]));
+	beforeEach(() => {
+		for (const id of Object.keys(runs)) delete runs[id];
+	});
+
+	/** Round robin alternates: call until one attempt has gone to s1 first. */
+	async function timedCallStartingOnS1(params: object): Promise<{ ms: number; answer: unknown }> {
+		for (let i = 0; i < 4; i++) {
+			for (const id of Object.keys(runs)) delete runs[id];
+			const started = performance.now();
+			const answer = await caller.call("twin.answer", params);
+			if (runs.s1) return { ms: performance.now() - started, answer };
+		}
+		throw new Error("no call went to s1 first");
+	}
+
+	it("retries at once on the other node when the failed node is known gone", async () => {
+		const { ms, answer } = await timedCallStartingOnS1({ gone: true });
+		expect(answer).toBe("s2");
+		expect(ms).toBeLessThan(DELAY / 2);
+	});
+
+	it("waits the retry delay when the failure does not say the node is gone", async () => {
+		const { ms, answer } = await timedCallStartingOnS1({ gone: false });
+		expect(answer).toBe("s2");
+		expect(ms).toBeGreaterThanOrEqual(DELAY - 5);
+	});
+
+	it("waits the delay when no other node offers the action, and gives up after `retries`", async () => {
+		const started = performance.now();
+		await expect(caller.call("twin.answer", { gone: true, everywhere: true })).rejects.toBeInstanceOf(Errors.RequestRejectedError);
+		// Three attempts over two nodes: the first retry leaves at once for the untried node, the second
+		// finds none left untried, so it waits its delay (delay x factor, capped at maxDelay).
+		expect((runs.s1 ?? 0) + (runs.s2 ?? 0)).toBe(3);
+		expect(performance.now() - started).toBeGreaterThanOrEqual(Math.min(DELAY * RETRY_POLICY.factor, RETRY_POLICY.maxDelay) - 5);
+		const retried = (caller.metrics.list({ includes: "moleculer.request.retry.attempts.total" }) as unknown as Array<{ values: Array<{ labels: { action: string }; value: number }> }>)[0].values.find(
+			v => v.labels.action === "twin.answer",
+		);
+		expect(retried?.value).toBeGreaterThanOrEqual(2);
+	});
+
+	it("retryDelayMs: 0 only for a gone node with another node available; otherwise delay x factor^(attempt-1), capped", () => {
+		const opts = { ...RETRY_POLICY, delay: 20 };
+		const gone = Object.assign(new Error("x"), { data: { gone: true } });
+		const at = (nodeID: string, attempt: number, failedBefore: string[] = []) => ({ nodeID, _retryAttempts: attempt, locals: { "failover:avoidNodes": new Set(failedBefore) } }) as never;
+		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 1), gone)).toBe(0);
+		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 1), new Error("x"))).toBe(20);
+		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 2), new Error("x"))).toBe(20 * RETRY_POLICY.factor);
+		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 9), new Error("x"))).toBe(RETRY_POLICY.maxDelay);
+		expect(retryDelayMs(caller, opts, "no.such.action", at("s1", 1), gone)).toBe(20);
+		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 2, ["s2"]), gone)).toBe(20 * RETRY_POLICY.factor);
 	});
 });
