@@ -50,6 +50,18 @@ describeWithPostgres("city service (in-process broker)", () => {
 		expect(outbox.n).toBeGreaterThanOrEqual(2);
 	});
 
+	it("publishes a post's event with the message exactly as the action answered it (the one-statement post builds it in SQL)", async () => {
+		const posted = await node.callAs<Message>(member, "city.postMessage", { room_id: "square", body: "same everywhere" });
+		const [event] = await query<{ payload: unknown; event_type: string; aggregate_id: string }>(
+			node.databaseUrl!,
+			"SELECT payload, event_type, aggregate_id FROM outbox WHERE aggregate_id = $1",
+			[posted.id],
+		);
+		expect(event).toMatchObject({ event_type: "message.created", aggregate_id: posted.id });
+		// What a client gets over HTTP (JSON) and what the stream carries are the same object.
+		expect(event.payload).toEqual({ message: JSON.parse(JSON.stringify(posted)), room: { id: "square", is_public: true } });
+	});
+
 	it("refuses bad input as a ValidationError naming the field, and an over-long message as 413", async () => {
 		const badId = node.callAs(owner, "city.createRoom", { id: "Not A Room", name: "x" });
 		await expect(badId).rejects.toBeInstanceOf(Errors.ValidationError);
@@ -68,14 +80,21 @@ describeWithPostgres("city service (in-process broker)", () => {
 			for (const action of ["city.listMessages", "city.members", "city.join"]) {
 				await expect(node.callAs(stranger, action, { room_id: "attic" })).rejects.toMatchObject({ code: 404 });
 			}
-			await expect(node.callAs(stranger, "city.postMessage", { room_id: "attic", body: "hello?" })).rejects.toMatchObject({ code: 404 });
+			const seqBefore = await query<{ last_seq: string }>(node.databaseUrl!, "SELECT last_seq FROM city_rooms WHERE id = 'attic'");
+			await expect(node.callAs(stranger, "city.postMessage", { room_id: "attic", body: "hello?" })).rejects.toMatchObject({ code: 404, type: "ROOM_NOT_FOUND" });
+			await expect(node.callAs(stranger, "city.postMessage", { room_id: "nowhere", body: "hello?" })).rejects.toMatchObject({ code: 404, type: "ROOM_NOT_FOUND" });
+			// A refused post takes no number and leaves no message and no event.
+			expect(await query(node.databaseUrl!, "SELECT last_seq FROM city_rooms WHERE id = 'attic'")).toEqual(seqBefore);
+			expect(await query(node.databaseUrl!, "SELECT id FROM city_messages WHERE body = 'hello?'")).toEqual([]);
+			expect(await query(node.databaseUrl!, "SELECT id FROM outbox WHERE payload->'message'->>'body' = 'hello?'")).toEqual([]);
 			const rooms = await node.callAs<Array<{ id: string }>>(stranger, "city.listRooms");
 			expect(rooms.map(r => r.id)).not.toContain("attic");
 		});
 
 		it("is read and posted in by its members and an admin", async () => {
 			await expect(node.callAs(member, "city.postMessage", { room_id: "attic", body: "psst" })).resolves.toMatchObject({ room_id: "attic" });
-			await expect(node.callAs(admin, "city.listMessages", { room_id: "attic" })).resolves.toMatchObject({ messages: [{ body: "psst" }] });
+			await expect(node.callAs(admin, "city.postMessage", { room_id: "attic", body: "admin here" })).resolves.toMatchObject({ room_id: "attic", author_id: "root" });
+			await expect(node.callAs(admin, "city.listMessages", { room_id: "attic" })).resolves.toMatchObject({ messages: [{ body: "psst" }, { body: "admin here" }] });
 		});
 
 		it("has its members managed by its owner only: a member may not add one (403)", async () => {
