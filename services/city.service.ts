@@ -57,7 +57,7 @@ function roomNotFound(roomId: string): NotFoundError {
  * does) and the room's id and visibility, as publish() builds it for edits and deletes; a test holds
  * the two equal.
  */
-const POST_MESSAGE = `WITH room AS (
+export const POST_MESSAGE = `WITH room AS (
 	UPDATE city_rooms r SET last_seq = r.last_seq + 1
 	WHERE r.id = $1 AND (r.is_public OR $3::boolean OR r.created_by = $2
 		OR EXISTS (SELECT 1 FROM city_room_members m WHERE m.room_id = r.id AND m.user_id = $2))

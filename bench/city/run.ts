@@ -2,8 +2,9 @@
  * `npm run bench:city`: city message posts over the mesh (message row + its outbox row + the fan-out
  * broadcast), against raw pg doing the same transaction, in one run; two nodes over NATS, a fresh database.
  *   throughput — city.postMessage called over NATS from this process (auth meta, every middleware), pinned
- *                to NODE1, vs raw pg running the transaction postMessage runs (room row locked, seq taken,
- *                message inserted, outbox row inserted) between BEGIN and COMMIT, same concurrency
+ *                to NODE1, vs raw pg running the same work as a transaction (room row locked, seq taken,
+ *                message inserted, outbox row inserted, between BEGIN and COMMIT) and as the one statement
+ *                postMessage runs (POST_MESSAGE, services/city.service.ts), same concurrency
  *                (BENCH_CONCURRENCY, default 50) and pool size (10), posts spread over CITY_ROOMS rooms
  *                (default 10: one room serialises its posts on its row lock). The two take turns over
  *                BENCH_ROUNDS rounds (default 3) of BENCH_SECONDS (default 5); the median round is reported.
@@ -20,6 +21,7 @@ import { connect as natsConnect } from "nats";
 import { Pool } from "pg";
 import { io, type Socket } from "socket.io-client";
 import { createBrokerOptions } from "../../moleculer.config";
+import { POST_MESSAGE } from "../../services/city.service";
 import { signToken } from "../../lib/http/auth";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
@@ -62,6 +64,11 @@ async function rawPost(pool: Pool, roomId: string, body: string): Promise<void> 
 		const payload = { message, room: { id: room.id, is_public: room.is_public } };
 		await client.query(INSERT_OUTBOX, ["city_message", message.id, "message.created", `${prefix}.message.created.${roomId}`, JSON.stringify(payload)]);
 	});
+}
+
+/** The statement city.postMessage runs, sent by hand with pg (the same parameters: room, user, admin?, body, subject). */
+async function rawPostStatement(pool: Pool, roomId: string, body: string): Promise<void> {
+	await pool.query(POST_MESSAGE, [roomId, user.id, false, body, `${prefix}.message.created.${roomId}`]);
 }
 
 /** Each variant ROUNDS times for SECONDS, taking turns, after a warm-up; the median round of each. */
@@ -134,18 +141,21 @@ async function delivery(caller: ServiceBroker, sockets: Socket[]): Promise<Deliv
 function report(throughput: Map<string, LoadResult & { rounds: number[]; load: string }>, live: Delivery, loadAtStart: string): string {
 	const mesh = throughput.get("mesh")!;
 	const raw = throughput.get("raw pg")!;
+	const rawStatement = throughput.get("raw pg statement")!;
+	const row = (name: string, r: LoadResult & { rounds: number[]; load: string }) => [name, r.perSecond, r.p50, r.p99, r.rounds.map(formatNumber).join(" / "), String(r.errors), r.load];
 	const rows = [
-		["city.postMessage over the mesh (NATS → NODE1: transaction + outbox + broadcast to every gateway)", mesh.perSecond, mesh.p50, mesh.p99, mesh.rounds.map(formatNumber).join(" / "), String(mesh.errors), mesh.load],
-		["raw pg, the same transaction (BEGIN, room FOR UPDATE, seq, message, outbox row, COMMIT)", raw.perSecond, raw.p50, raw.p99, raw.rounds.map(formatNumber).join(" / "), String(raw.errors), raw.load],
+		row("city.postMessage over the mesh (NATS → NODE1: one statement — seq, message, outbox row — + broadcast to every gateway)", mesh),
+		row("raw pg, the same transaction (BEGIN, room FOR UPDATE, seq, message, outbox row, COMMIT)", raw),
+		row("raw pg, the same statement as postMessage (seq, message and outbox row in one CTE)", rawStatement),
 	];
 	return [
 		`Run ${new Date().toISOString()} on ${machine()}; local PostgreSQL and NATS; load average ${loadAtStart} at the start and ${loadAverage()} at the end (other work shares these cores). Two nodes (all services) over NATS, a fresh database; the bench's nodes run with ${Object.entries(LIFTED).map(([k, v]) => `${k}=${v}`).join(", ")} (every client is on 127.0.0.1). \`npm run bench:city\`.`,
 		"",
-		`Throughput: ${CONCURRENCY} concurrent posters, posts spread over ${ROOMS} public rooms, pool of ${POOL_SIZE} on both sides; the two take turns over ${ROUNDS} rounds of ${SECONDS} s, median round reported.`,
+		`Throughput: ${CONCURRENCY} concurrent posters, posts spread over ${ROOMS} public rooms, pool of ${POOL_SIZE} on both sides; the three take turns over ${ROUNDS} rounds of ${SECONDS} s, median round reported.`,
 		"",
 		table(["variant", "posts/s", "p50 ms", "p99 ms", "rounds posts/s", "failed (median round)", "load average"], rows),
 		"",
-		`- mesh / raw pg (same transaction): **${formatNumber(mesh.perSecond / raw.perSecond)}×** (target ≥ 0.5×). The raw side does not broadcast; the mesh side also hands each message to every gateway over NATS.`,
+		`- mesh / raw pg (same transaction): **${formatNumber(mesh.perSecond / raw.perSecond)}×** (target ≥ 0.5×); mesh / raw pg (same statement): **${formatNumber(mesh.perSecond / rawStatement.perSecond)}×**. The raw sides do not broadcast; the mesh side also hands each message to every gateway over NATS.`,
 		`- commit → delivered on the other node: ${SOCKETS} sockets in room \`${LIVE_ROOM}\` on NODE2, ${live.posted} posts on NODE1 at ${POST_RATE}/s: p50 ${formatNumber(live.p50)} ms, **p99 ${formatNumber(live.p99)} ms**, max ${formatNumber(live.max)} ms; delivered ${live.delivered}/${live.expected}, failed posts ${live.failedPosts} (load ${live.load}). Measured from the call leaving this process, so it includes the trip to NODE1 and the transaction: an upper bound of commit → delivered. Every socket lives in this process, which pays the receiving cost.`,
 		"- What limits it / past one machine: posts to one room take their numbers one at a time on the room's row lock, so a room's rate is bounded by PostgreSQL's lock hand-off and commit latency whatever the node count; posts to different rooms scale with PostgreSQL's commits per second (a PostgreSQL of its own machine) and with more nodes on the NATS cluster sharing the handler and gateway work; each message reaches each gateway once over NATS, then its sockets, so delivery grows with sockets per gateway, not with nodes.",
 	].join("\n");
@@ -175,6 +185,7 @@ async function main(): Promise<void> {
 		const throughput = await measureInTurns([
 			{ name: "mesh", call: () => broker.call("city.postMessage", { room_id: pickRoom(), body: `post ${randomUUID()}` }, { meta: { user }, nodeID: NODE1.id }) },
 			{ name: "raw pg", call: () => rawPost(pool, pickRoom(), `post ${randomUUID()}`) },
+			{ name: "raw pg statement", call: () => rawPostStatement(pool, pickRoom(), `post ${randomUUID()}`) },
 		]);
 
 		sockets.push(...(await connectMany(SOCKETS, `http://127.0.0.1:${NODE2.port}/city/rooms/${LIVE_ROOM}`)));
