@@ -38,7 +38,13 @@ export interface SocketLimitSettings {
 }
 
 export interface NatsSettings {
+	/** one server, or a comma-separated list of the servers of a NATS cluster */
 	url?: string;
+	/**
+	 * Try the servers in NATS_URL order (first connect and every reconnect) instead of nats.js's shuffle:
+	 * a node lists the server on its own host first and fails over to the others in the order given.
+	 */
+	keepUrlOrder: boolean;
 	user?: string;
 	password?: string;
 	tls: boolean;
@@ -307,6 +313,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		transporter: env.TRANSPORTER || undefined,
 		nats: {
 			url: env.NATS_URL || undefined,
+			keepUrlOrder: readBool(env, "NATS_KEEP_URL_ORDER", false),
 			user: env.NATS_USER || undefined,
 			password: env.NATS_PASSWORD || undefined,
 			tls: readBool(env, "NATS_TLS", false),

@@ -58,6 +58,8 @@ export function natsConnectionOptions(nats: NatsSettings, url: string): Record<s
 		// failures that almost never come: JetStream publishes (outbox relay, audit) and liveness probes
 		// are requests, and under bench:city those Errors were 3.7 % of NODE1's CPU samples.
 		noAsyncTraces: true,
+		// nats.js shuffles the list unless told not to; NATS_KEEP_URL_ORDER keeps "own host's server first".
+		noRandomize: nats.keepUrlOrder,
 	};
 	const tls = tlsOptions(nats);
 	if (tls) options.tls = tls;

@@ -7,6 +7,7 @@ import { EmbeddedPostgresError, firstDirClosedToOthers, openForPostgresUser, pla
 import { createHash, randomBytes } from "crypto";
 import { DEV_JWT_SECRET, loadMigrationSettings, loadSettings, resolveDatabaseSettings, SettingsError } from "../../lib/runtime/settings";
 import { chooseServices, serviceSchemaFor } from "../../lib/runtime/node-runtime";
+import { natsConnectionOptions } from "../../lib/runtime/transport";
 
 const STRONG_SECRET = randomBytes(36).toString("base64");
 const STRONG_KEY = randomBytes(32).toString("base64");
@@ -21,6 +22,13 @@ describe("settings from the environment", () => {
 	it("reads NODE_ID, NODE_ROLE, PORT and SERVICES", () => {
 		const s = loadSettings({ NODE_ID: "n2", NODE_ROLE: "node2", PORT: "9301", SERVICES: "api, mesh" });
 		expect(s).toMatchObject({ nodeID: "n2", role: "node2", port: 9301, services: ["api", "mesh"] });
+	});
+
+	it("hands a NATS_URL list to nats.js as servers, shuffled unless NATS_KEEP_URL_ORDER", () => {
+		const url = "nats://a:4222,nats://b:4223,nats://c:4224";
+		expect(natsConnectionOptions(loadSettings({ NATS_URL: url }).nats, url)).toMatchObject({ servers: ["a:4222", "b:4223", "c:4224"], noRandomize: false });
+		expect(natsConnectionOptions(loadSettings({ NATS_URL: url, NATS_KEEP_URL_ORDER: "true" }).nats, url)).toMatchObject({ noRandomize: true });
+		expect(() => loadSettings({ NATS_KEEP_URL_ORDER: "first" })).toThrow(/NATS_KEEP_URL_ORDER/);
 	});
 
 	it("refuses a malformed number with the variable's name", () => {
