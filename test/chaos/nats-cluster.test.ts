@@ -1,0 +1,172 @@
+/**
+ * Chaos on a three-server NATS cluster (issue #18): a NATS *server* dies, not a node. NODE1 is connected
+ * to nats-a, NODE2 and the gateway to nats-b (each lists its own server first, NATS_KEEP_URL_ORDER), and
+ * under steady load through the gateway first NODE1's server, then the gateway's server is SIGKILLed.
+ * Idempotent reads must all succeed; a keyed write in flight answers success or a retryable error, and
+ * the client's retry with the same key applies it exactly once.
+ */
+import { Client } from "pg";
+import { signToken } from "../../lib/http/auth";
+import { startLoad, windowStats, type RunningLoad } from "../helpers/load";
+import { describeWithNats } from "../helpers/requirements";
+import { JWT_SECRET, loggedAt, startClusterChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
+import type { TestNatsCluster } from "../helpers/nats-cluster";
+
+jest.setTimeout(180_000);
+
+const RATE = 200; // requests per second through the gateway
+const [NATS_A, NATS_B] = [0, 1];
+/** Where each process connects first (its NATS_URL order in startClusterChaosMesh). */
+const HOME = { node1: NATS_A, node2: NATS_B, gateway: NATS_B } as const;
+const NODE_IDS = { node1: "NODE1", node2: "NODE2", gateway: "GATEWAY" } as const;
+
+const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
+
+function report(name: string, stats: object): void {
+	process.stdout.write(`[chaos:nats-cluster] ${name}: ${JSON.stringify(stats)}\n`);
+}
+
+describeWithNats("a NATS server of a three-server cluster dies under load (NODE1 on nats-a; NODE2 and the gateway on nats-b)", () => {
+	let mesh: ChaosMesh<TestNatsCluster>;
+	const prefix = () => `MOL-${mesh.namespace}`;
+
+	beforeAll(async () => {
+		mesh = await startClusterChaosMesh();
+	});
+	afterAll(async () => {
+		await mesh?.stop();
+	});
+
+	/** Which server each process is connected to, by its subscriptions (monitoring /connz). */
+	async function placement(): Promise<Record<string, number>> {
+		const where: Record<string, number> = {};
+		for (const [i] of mesh.nats.servers.entries()) {
+			if (!mesh.nats.isRunning(i)) continue;
+			for (const nodeID of await mesh.nats.nodesOn(i, prefix())) where[nodeID] = i;
+		}
+		return where;
+	}
+
+	/**
+	 * Every server up, and every process on its home server: a process a previous test moved elsewhere is
+	 * restarted, so each test starts from the same topology.
+	 */
+	async function homeTopology(): Promise<void> {
+		for (const [i] of mesh.nats.servers.entries()) await mesh.nats.restart(i);
+		const where = await placement();
+		for (const which of ["node1", "node2", "gateway"] as const) {
+			if (where[NODE_IDS[which]] !== HOME[which]) await mesh.restart(which);
+		}
+		await waitForChaosMesh(mesh.gateway, ["NODE1", "NODE2"]);
+		const now = await placement();
+		expect(now).toEqual({ NODE1: NATS_A, NODE2: NATS_B, GATEWAY: NATS_B });
+	}
+
+	function whoamiLoad(): RunningLoad {
+		return startLoad({ url: `${mesh.gateway.url}/api/mesh/whoami`, ratePerSecond: RATE, servedBy: body => (body as { nodeID?: string }).nodeID });
+	}
+
+	/** Steady load, SIGKILL of one NATS server 2 s in, 6 s more load; stats around the kill. */
+	async function killUnderLoad(server: number) {
+		const load = whoamiLoad();
+		await sleep(2_000);
+		const killedAt = load.now();
+		const killedWallClock = Date.now();
+		await mesh.nats.kill(server);
+		await sleep(6_000);
+		const result = await load.stop();
+		const all = windowStats(result.samples, 0, Infinity);
+		// Calls already on their way when the server died count too: they started just before the kill.
+		const aroundKill = windowStats(result.samples, killedAt - 100, killedAt + 1_000);
+		const slowest = result.samples.reduce((a, b) => (b.end - b.start > a.end - a.start ? b : a));
+		const gatewaySaw = mesh.gateway
+			.jsonLogs()
+			.filter(l => Date.parse(String(l.timestamp)) >= killedWallClock && /^node\.(lost|suspect|unsuspected|left)$|^nats\./.test(String(l.event)))
+			.map(l => ({ afterKillMs: Date.parse(String(l.timestamp)) - killedWallClock, event: l.event, node: l.node_id }));
+		return { result, all, aroundKill, slowestStartedAfterKillMs: Math.round(slowest.start - killedAt), gatewaySaw, killedWallClock };
+	}
+
+	it("SIGKILL of the server NODE1 is connected to: no failed request; NODE1 reconnects to another server and serves again", async () => {
+		await homeTopology();
+		const { result, all, aroundKill, slowestStartedAfterKillMs, gatewaySaw, killedWallClock } = await killUnderLoad(HOME.node1);
+		report("NODE1's server killed", { all, aroundKillMaxMs: aroundKill.maxMs, aroundKillP99Ms: aroundKill.p99Ms, slowestStartedAfterKillMs, shed: result.shed, gatewaySaw });
+
+		expect(result.shed).toBe(0);
+		expect(all.failures).toEqual([]);
+		expect(all.failed).toBe(0);
+		expect((await placement()).NODE1).not.toBe(NATS_A);
+		// NODE1 stays a member: its heartbeats resume within the heartbeat timeout, so it is never removed.
+		expect(loggedAt(mesh.gateway, killedWallClock, l => l.event === "node.left" && l.node_id === "NODE1")).toBeNull();
+		const servedLate = result.samples.filter(s => s.ok && s.servedBy === "NODE1" && s.start > result.samples.at(-1)!.start - 3_000);
+		expect(servedLate.length).toBeGreaterThan(0);
+	});
+
+	it("SIGKILL of the server the gateway (and NODE2) is connected to: no failed request", async () => {
+		await homeTopology();
+		const { result, all, aroundKill, slowestStartedAfterKillMs, gatewaySaw } = await killUnderLoad(HOME.gateway);
+		report("the gateway's server killed", { all, aroundKillMaxMs: aroundKill.maxMs, aroundKillP99Ms: aroundKill.p99Ms, slowestStartedAfterKillMs, shed: result.shed, gatewaySaw });
+
+		expect(result.shed).toBe(0);
+		expect(all.failures).toEqual([]);
+		expect(all.failed).toBe(0);
+		const where = await placement();
+		expect(where.GATEWAY).not.toBe(NATS_B);
+		expect(where.NODE2).not.toBe(NATS_B);
+	});
+
+	it.each([
+		["NODE1's server", "node1"],
+		["the gateway's server", "gateway"],
+	] as const)("a keyed write in flight when %s dies: success or a retryable error, no hang, and the keyed retry applies it exactly once", async (label, whose) => {
+		await homeTopology();
+		const token = signToken(JWT_SECRET, { id: "drill-user", roles: [], teams: [] });
+		const subject = (i: number) => `drill-${mesh.namespace}-${whose}-${i}`;
+		const write = (i: number) =>
+			fetch(`${mesh.gateway.url}/api/drill/writes`, {
+				method: "POST",
+				headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", "Idempotency-Key": `key-${subject(i)}` },
+				body: JSON.stringify({ subject: subject(i), holdMs: 1_000 }),
+			});
+		const ids = [0, 1, 2, 3, 4, 5];
+		const started = Date.now();
+		const inFlight = ids.map(async i => {
+			const res = await write(i);
+			return { i, status: res.status, retryAfter: res.headers.get("retry-after"), body: (await res.json()) as Record<string, unknown>, ms: Date.now() - started };
+		});
+		await sleep(300);
+		const killedAt = Date.now() - started;
+		await mesh.nats.kill(HOME[whose]);
+		const first = await Promise.all(inFlight);
+		report(`write in flight, ${label} killed`, first.map(r => ({ status: r.status, afterKillMs: r.ms - killedAt, node: r.body.node_id ?? r.body.type })));
+
+		for (const r of first) {
+			if (r.status === 200) continue;
+			expect(r.status).toBeGreaterThanOrEqual(500);
+			expect(r.body.retryable).toBe(true);
+			expect(r.retryAfter).toBe("1");
+		}
+		// No hang: every write answers before its 5 s timeout class would have run out.
+		for (const r of first) expect(r.ms - killedAt).toBeLessThan(4_000);
+
+		const retried = await Promise.all(ids.map(async i => ({ i, res: await write(i) })));
+		for (const { i, res } of retried) {
+			expect(res.status).toBe(200);
+			const earlier = first.find(r => r.i === i)!;
+			if (earlier.status === 200) {
+				expect(res.headers.get("idempotent-replayed")).toBe("true");
+				expect(((await res.json()) as { id: string }).id).toBe(earlier.body.id);
+			}
+		}
+		const db = new Client({ connectionString: mesh.env.DATABASE_URL });
+		await db.connect();
+		try {
+			const { rows } = await db.query<{ subject: string; n: string }>(
+				"SELECT subject, count(*) AS n FROM drill_writes WHERE subject LIKE $1 GROUP BY subject ORDER BY subject",
+				[`drill-${mesh.namespace}-${whose}-%`],
+			);
+			expect(rows.map(r => [r.subject, Number(r.n)])).toEqual(ids.map(i => [subject(i), 1]));
+		} finally {
+			await db.end();
+		}
+	});
+});
