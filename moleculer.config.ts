@@ -12,6 +12,7 @@ import { meshInternalMiddlewares } from "./lib/mesh/call-pipeline";
 import { GatewayPrometheusReporter, GatewayReporterMiddleware } from "./lib/http/prometheus";
 import { nodeHealthFailure } from "./lib/inference/errors";
 import { LivenessProbeMiddleware } from "./lib/mesh/liveness-probe";
+import { NatsReconnectGuardMiddleware } from "./lib/mesh/nats-reconnect-guard";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/mesh/failover-policy";
 import type { MeshSettings } from "./lib/runtime/settings";
 import type { TransportChoice } from "./lib/runtime/transport";
@@ -84,6 +85,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			QueryLimitsMiddleware(),
 			FailureDetectorMiddleware(),
 			LivenessProbeMiddleware(),
+			NatsReconnectGuardMiddleware(),
 			FailoverEventsMiddleware(),
 			...meshInternalMiddlewares(),
 			InputGuardMiddleware(),

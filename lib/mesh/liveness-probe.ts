@@ -41,6 +41,7 @@ import {
 	usesNatsTransporter,
 	type PendingRequest,
 } from "./moleculer-internals";
+import { natsConnectionEpoch } from "./nats-reconnect-guard";
 
 export interface LivenessProbeOptions {
 	/** how often pending calls are scanned */
@@ -151,9 +152,15 @@ class LivenessProbe {
 		if (now - (this.lastAnswer.get(nodeID) ?? -Infinity) < quiet) return;
 		const metadata = remoteNodeMetadata(this.broker, nodeID);
 		if (!metadata?.[LIVENESS_METADATA_KEY]) return;
+		// While this node's own NATS connection is down, or if it dropped during the probe, an unanswered
+		// probe says nothing about the other node (lib/mesh/nats-reconnect-guard.ts handles those calls).
+		const epoch = natsConnectionEpoch(this.broker);
+		if (epoch === null) return;
 		this.inFlight.add(nodeID);
 		this.probe(nodeID)
-			.then(outcome => this.settle(nodeID, outcome))
+			.then(outcome => {
+				if (natsConnectionEpoch(this.broker) === epoch) this.settle(nodeID, outcome);
+			})
 			.finally(() => this.inFlight.delete(nodeID));
 	}
 
