@@ -7,13 +7,14 @@
  *
  * Which calls can be lost, and what this does about them:
  * - this node's own connection dropped: any call it had pending may have lost its request or its response
- *   (both pass through this node's server). On the reconnect, every call still pending from before the
- *   disconnect is rejected with a retryable RequestRejectedError: idempotent calls retry on another node
- *   at once (Moleculer's Retry, FailoverStrategy), writes answer a retryable 503 (at most once with an
- *   Idempotency-Key). Calls made during the gap were buffered by nats.js and go out after the
- *   re-subscription, so they are safe and left alone;
+ *   (both pass through this node's server), and so may every call it made during the gap: nats.js does
+ *   not keep what is published while it reconnects (each dial starts with an empty outbound buffer,
+ *   ProtocolHandler#prepare). On the reconnect, every call still pending is rejected with a retryable
+ *   RequestRejectedError: idempotent calls retry on another node at once (Moleculer's Retry,
+ *   FailoverStrategy), writes answer a retryable 503 (at most once with an Idempotency-Key);
  * - another node's connection dropped (its server died): requests to it and its answers that were on that
- *   server are lost. After its reconnect it publishes `<prefix>.RECONNECTED.<nodeID>`, behind its
+ *   server are lost, and so are the answers it sent during its gap, and requests sent to it before its
+ *   subscriptions reached the other servers again. After its reconnect it publishes `<prefix>.RECONNECTED.<nodeID>`, behind its
  *   re-subscriptions on the same connection (NATS keeps one connection's order, across routes too); every
  *   node that receives it rejects the calls it has pending on that node the same way. A call the node was
  *   still working on is rejected too: nothing tells it apart from a lost one, and the reply would come.
@@ -48,8 +49,6 @@ class NatsReconnectGuard {
 	private subscription: Subscription | null = null;
 	private stopped = false;
 	private reconnects = 0;
-	/** ids of the calls pending when the connection dropped */
-	private pendingAtDisconnect: Set<string> | null = null;
 	private readonly log: ReturnType<ServiceBroker["getLogger"]>;
 
 	constructor(
@@ -89,27 +88,25 @@ class NatsReconnectGuard {
 
 	private disconnected(server: string): void {
 		epochByBroker.set(this.broker, null);
-		this.pendingAtDisconnect = new Set(pendingRequestsOf(this.broker)?.keys() ?? []);
-		this.log.warn(`NATS connection to ${server} lost; reconnecting`, { event: "nats.disconnected", server, pending: this.pendingAtDisconnect.size });
+		this.log.warn(`NATS connection to ${server} lost; reconnecting`, { event: "nats.disconnected", server, pending: pendingRequestsOf(this.broker)?.size ?? 0 });
 	}
 
 	private reconnected(server: string): void {
 		this.reconnects++;
 		epochByBroker.set(this.broker, this.reconnects);
-		const before = this.pendingAtDisconnect ?? new Set<string>();
-		this.pendingAtDisconnect = null;
-		const rejected = this.reject((_req, id) => before.has(id));
+		// Also rejects the few calls made between the reconnect and this status event: a spare retry.
+		const rejected = this.reject(() => true);
 		// Published after nats.js re-subscribed: whoever receives it can reach this node again.
 		this.nc.publish(reconnectedSubject(this.broker, this.broker.nodeID));
 		this.log.warn(`NATS connection re-established to ${server}; ${rejected} call(s) pending across the gap rejected (retryable)`, { event: "nats.reconnected", server, rejected });
 	}
 
-	private reject(which: (req: PendingRequest, id: string) => boolean): number {
+	private reject(which: (req: PendingRequest) => boolean): number {
 		const pending = pendingRequestsOf(this.broker);
 		if (!pending) return 0;
 		let rejected = 0;
 		for (const [id, req] of [...pending]) {
-			if (!which(req, id)) continue;
+			if (!which(req)) continue;
 			abandonPendingRequest(this.broker, id, req.nodeID, new Errors.RequestRejectedError({ action: req.action?.name, nodeID: req.nodeID }));
 			rejected++;
 		}
