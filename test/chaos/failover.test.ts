@@ -2,12 +2,10 @@
  * Chaos with real processes, real signals and a real (test-owned) NATS server: NODE1 dies, is
  * stopped, hangs, or loses NATS while a gateway-only node serves steady load; users must not notice.
  */
-import { Client } from "pg";
-import { signToken } from "../../lib/http/auth";
 import { getJson, TEST_SERVICES_ENV, waitFor } from "../helpers/cluster";
 import { servedCounts, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
 import { describeWithNats } from "../helpers/requirements";
-import { JWT_SECRET, loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
+import { keyedDrillWrites, loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
 
 jest.setTimeout(120_000);
 
@@ -169,24 +167,13 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 
 	it("a write in flight on a killed node applies at most once: a retryable error, no hang, and the keyed retry applies once", async () => {
 		await bothNodesServing();
-		const token = signToken(JWT_SECRET, { id: "drill-user", roles: [], teams: [] });
-		const subject = (i: number) => `drill-${mesh.namespace}-${i}`;
-		const write = (i: number) =>
-			fetch(`${mesh.gateway.url}/api/drill/writes`, {
-				method: "POST",
-				headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", "Idempotency-Key": `key-${subject(i)}` },
-				body: JSON.stringify({ subject: subject(i), holdMs: 2_000 }),
-			});
-		const ids = [0, 1, 2, 3, 4, 5];
+		const writes = keyedDrillWrites(mesh, "node", 2_000);
 		const started = Date.now();
-		const inFlight = ids.map(async i => {
-			const res = await write(i);
-			return { i, status: res.status, retryAfter: res.headers.get("retry-after"), body: (await res.json()) as Record<string, unknown>, ms: Date.now() - started };
-		});
+		const inFlight = writes.send(started);
 		await sleep(500);
 		const killedAt = Date.now() - started;
 		mesh.node1.child.kill("SIGKILL");
-		const first = await Promise.all(inFlight);
+		const first = await inFlight;
 		report("write in flight", first.map(r => ({ status: r.status, afterKillMs: r.ms - killedAt, node: r.body.node_id ?? r.body.type })));
 		const wallKill = started + killedAt;
 		// When the gateway learned of the death (node.lost: "no responders"; node.suspect: no answer in time).
@@ -205,25 +192,6 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		for (const r of first.filter(r => r.status === 200)) expect(r.body.node_id).toBe("NODE2");
 
 		// The client retries everything with the same keys: failed writes apply now, done ones replay.
-		const retried = await Promise.all(ids.map(async i => ({ i, res: await write(i) })));
-		for (const { i, res } of retried) {
-			expect(res.status).toBe(200);
-			const earlier = first.find(r => r.i === i)!;
-			if (earlier.status === 200) {
-				expect(res.headers.get("idempotent-replayed")).toBe("true");
-				expect(((await res.json()) as { id: string }).id).toBe(earlier.body.id);
-			}
-		}
-		const db = new Client({ connectionString: mesh.env.DATABASE_URL });
-		await db.connect();
-		try {
-			const { rows } = await db.query<{ subject: string; n: string }>(
-				"SELECT subject, count(*) AS n FROM drill_writes WHERE subject LIKE $1 GROUP BY subject ORDER BY subject",
-				[`drill-${mesh.namespace}-%`],
-			);
-			expect(rows.map(r => [r.subject, Number(r.n)])).toEqual(ids.map(i => [subject(i), 1]));
-		} finally {
-			await db.end();
-		}
+		await writes.expectRetriesApplyOnce(first);
 	});
 });

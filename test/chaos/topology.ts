@@ -3,6 +3,8 @@
  * (SERVICES=api) takes the load, all on a test-owned nats-server that tests may stop and restart, or on a
  * test-owned three-server NATS cluster whose servers tests may kill.
  */
+import { Client } from "pg";
+import { signToken } from "../../lib/http/auth";
 import { startNodeProcess, TEST_SERVICES_ENV, uniqueNamespace, waitFor, waitForMesh, getJson, type NodeProcess } from "../helpers/cluster";
 import { startNatsCluster, type TestNatsCluster } from "../helpers/nats-cluster";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats-server";
@@ -119,4 +121,63 @@ export function loggedAt(node: NodeProcess, since: number, match: (line: Record<
 		if (at >= since && match(line)) return at;
 	}
 	return null;
+}
+
+export interface WriteAnswer {
+	i: number;
+	status: number;
+	retryAfter: string | null;
+	body: Record<string, unknown>;
+	/** ms since the writes were sent */
+	ms: number;
+}
+
+/**
+ * Six keyed writes of the drill test double (its transaction held open `holdMs`) through the gateway, for
+ * "a write in flight when something dies"; `tag` keeps one test's rows apart from another's.
+ */
+export function keyedDrillWrites(mesh: { namespace: string; gateway: NodeProcess; env: Record<string, string> }, tag: string, holdMs: number) {
+	const token = signToken(JWT_SECRET, { id: "drill-user", roles: [], teams: [] });
+	const subject = (i: number) => `drill-${mesh.namespace}-${tag}-${i}`;
+	const write = (i: number) =>
+		fetch(`${mesh.gateway.url}/api/drill/writes`, {
+			method: "POST",
+			headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", "Idempotency-Key": `key-${subject(i)}` },
+			body: JSON.stringify({ subject: subject(i), holdMs }),
+		});
+	const ids = [0, 1, 2, 3, 4, 5];
+	return {
+		/** all six at once; each answer with its time since `started` */
+		send(started: number): Promise<WriteAnswer[]> {
+			return Promise.all(
+				ids.map(async i => {
+					const res = await write(i);
+					return { i, status: res.status, retryAfter: res.headers.get("retry-after"), body: (await res.json()) as Record<string, unknown>, ms: Date.now() - started };
+				}),
+			);
+		},
+		/** The client retries every write with its key: failed ones apply now, done ones replay; one row per write. */
+		async expectRetriesApplyOnce(first: WriteAnswer[]): Promise<void> {
+			const retried = await Promise.all(ids.map(async i => ({ i, res: await write(i) })));
+			for (const { i, res } of retried) {
+				expect(res.status).toBe(200);
+				const earlier = first.find(r => r.i === i)!;
+				if (earlier.status === 200) {
+					expect(res.headers.get("idempotent-replayed")).toBe("true");
+					expect(((await res.json()) as { id: string }).id).toBe(earlier.body.id);
+				}
+			}
+			const db = new Client({ connectionString: mesh.env.DATABASE_URL });
+			await db.connect();
+			try {
+				const { rows } = await db.query<{ subject: string; n: string }>(
+					"SELECT subject, count(*) AS n FROM drill_writes WHERE subject LIKE $1 GROUP BY subject ORDER BY subject",
+					[`drill-${mesh.namespace}-${tag}-%`],
+				);
+				expect(rows.map(r => [r.subject, Number(r.n)])).toEqual(ids.map(i => [subject(i), 1]));
+			} finally {
+				await db.end();
+			}
+		},
+	};
 }
