@@ -15,8 +15,8 @@
  * - CallingGate (in the request metrics' place, outermost) tracks and meters the calls this node
  *   makes, in one wrapper where ContextTracker and the metrics used two.
  * - Retry does what Moleculer's did (same options, check, log line and metric) for calls that started on
- *   this node, and retries at once, not after its delay, a call whose node the liveness probe found gone
- *   while another node offers the action (see retryDelayMs).
+ *   this node, and retries at once, not after its delay, a call known lost (its node gone, or its NATS
+ *   connection reset) while another node offers the action (see retryDelayMs).
  * - Fallback wraps a served action only for calls that started on this node (forLocalCallers).
  *
  * bench/mesh/cpu-per-call.ts measures what each costs per call (docs/BENCHMARKS.md).
@@ -283,14 +283,15 @@ type RetriedContext = Context & { _retryAttempts?: number };
 
 /**
  * How long a retry waits. The delay is for faults that may pass (a timeout, a full queue, a node
- * briefly unreachable); a node the liveness probe found gone — the NATS server holds no subscription
- * for it (lib/mesh/liveness-probe.ts) — will not answer in 20 ms either, and the retry goes to another
- * node (FailoverStrategy excludes the failed one), so it leaves at once: on a SIGKILL that delay was a
- * fifth of the slowest read's latency. With no other node to go to, the usual delay gives a node that
- * was only reconnecting to NATS its chance to come back; so does a call that has failed on every node.
+ * briefly unreachable). A call marked `lost` will not be answered where it went, however long one
+ * waits: the liveness probe found its node gone — the NATS server holds no subscription for it
+ * (lib/mesh/liveness-probe.ts) — or a NATS connection on its path was reset (lib/mesh/nats-reconnect-guard.ts).
+ * The retry goes to another node (FailoverStrategy excludes the failed one), so it leaves at once: on a
+ * SIGKILL the delay was a fifth of the slowest read's latency. With no untried node to go to, the usual
+ * delay gives a node that was only reconnecting to NATS its chance to come back.
  */
-export function retryDelayMs(broker: ServiceBroker, opts: RetryOptions, actionName: string, ctx: RetriedContext, err: Error & { data?: { gone?: boolean } }): number {
-	if (err.data?.gone === true && anUntriedNodeOffers(broker, actionName, ctx)) return 0;
+export function retryDelayMs(broker: ServiceBroker, opts: RetryOptions, actionName: string, ctx: RetriedContext, err: Error & { data?: { lost?: boolean } }): number {
+	if (err.data?.lost === true && anUntriedNodeOffers(broker, actionName, ctx)) return 0;
 	return Math.min(opts.delay * Math.pow(opts.factor, (ctx._retryAttempts ?? 1) - 1), opts.maxDelay);
 }
 

@@ -33,7 +33,7 @@ import type { Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import type { NatsConnection, Subscription } from "nats";
 import {
-	abandonPendingRequest,
+	abandonPendingRequests,
 	natsConnectionOf,
 	pendingRequestsOf,
 	remoteNodeMetadata,
@@ -222,15 +222,14 @@ class LivenessProbe {
 		this.log.warn(`Node ${nodeID} is suspect: ${why}; out of rotation until it answers`, { event, node_id: nodeID });
 	}
 
-	/** `gone`: the node is known gone (no subscription), so a retry need not wait (call-pipeline retryDelayMs). */
-	private rejectCallsOn(nodeID: string, which: (req: PendingRequest) => boolean, gone: boolean): void {
-		const pending = pendingRequestsOf(this.broker);
-		if (!pending) return;
-		for (const [id, req] of [...pending]) {
-			if (req.nodeID !== nodeID || !which(req)) continue;
-			// A call already streaming its response is ended too: its stream errors instead of waiting forever.
-			abandonPendingRequest(this.broker, id, nodeID, new Errors.RequestRejectedError({ action: req.action?.name, nodeID, gone }));
-		}
+	/** `lost`: the node is known gone (no subscription), so the calls are lost and a retry need not wait (call-pipeline retryDelayMs). */
+	private rejectCallsOn(nodeID: string, which: (req: PendingRequest) => boolean, lost: boolean): void {
+		// A call already streaming its response is ended too: its stream errors instead of waiting forever.
+		abandonPendingRequests(
+			this.broker,
+			req => req.nodeID === nodeID && which(req),
+			req => new Errors.RequestRejectedError({ action: req.action?.name, nodeID, lost }),
+		);
 	}
 }
 

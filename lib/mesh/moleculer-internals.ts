@@ -47,6 +47,19 @@ export function abandonPendingRequest(broker: ServiceBroker, id: string, nodeID:
 	transit._deletePendingResStream(id, nodeID);
 }
 
+/** abandonPendingRequest for every pending call `which` selects, each with its own error; how many it gave up on. */
+export function abandonPendingRequests(broker: ServiceBroker, which: (req: PendingRequest) => boolean, errorFor: (req: PendingRequest) => Error): number {
+	const pending = pendingRequestsOf(broker);
+	if (!pending) return 0;
+	let abandoned = 0;
+	for (const [id, req] of [...pending]) {
+		if (!which(req)) continue;
+		abandonPendingRequest(broker, id, req.nodeID, errorFor(req));
+		abandoned++;
+	}
+	return abandoned;
+}
+
 export function usesNatsTransporter(broker: ServiceBroker): boolean {
 	return transitOf(broker)?.tx instanceof Transporters.NATS;
 }

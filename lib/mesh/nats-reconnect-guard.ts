@@ -28,7 +28,7 @@
 import type { Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import type { NatsConnection, Subscription } from "nats";
-import { abandonPendingRequest, natsConnectionOf, pendingRequestsOf, subjectPrefixOf, type PendingRequest } from "./moleculer-internals";
+import { abandonPendingRequests, natsConnectionOf, pendingRequestsOf, subjectPrefixOf, type PendingRequest } from "./moleculer-internals";
 
 /** Per broker: null while its NATS connection is down, else how many times it has reconnected. */
 const epochByBroker = new WeakMap<ServiceBroker, number | null>();
@@ -102,15 +102,8 @@ class NatsReconnectGuard {
 	}
 
 	private reject(which: (req: PendingRequest) => boolean): number {
-		const pending = pendingRequestsOf(this.broker);
-		if (!pending) return 0;
-		let rejected = 0;
-		for (const [id, req] of [...pending]) {
-			if (!which(req)) continue;
-			abandonPendingRequest(this.broker, id, req.nodeID, new Errors.RequestRejectedError({ action: req.action?.name, nodeID: req.nodeID }));
-			rejected++;
-		}
-		return rejected;
+		// `lost`: no answer will come through the reset connection, so a retry on another node leaves at once.
+		return abandonPendingRequests(this.broker, which, req => new Errors.RequestRejectedError({ action: req.action?.name, nodeID: req.nodeID, lost: true }));
 	}
 }
 

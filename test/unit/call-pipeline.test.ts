@@ -135,7 +135,7 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 	});
 });
 
-describe("Retry: the delay, and no delay after a node is known gone", () => {
+describe("Retry: the delay, and no delay for a call known lost (its node gone)", () => {
 	const DELAY = 400;
 	const options = (nodeID: string) => ({
 		nodeID,
@@ -151,16 +151,16 @@ describe("Retry: the delay, and no delay after a node is known gone", () => {
 	const caller = new ServiceBroker(options("caller"));
 	const nodes = ["s1", "s2"].map(id => new ServiceBroker(options(id)));
 	const runs: Record<string, number> = {};
-	/** s1 fails every attempt the way the liveness probe rejects a call (gone or not), s2 answers. */
+	/** s1 fails every attempt the way the liveness probe rejects a call (lost or not), s2 answers. */
 	for (const node of nodes) {
 		node.createService({
 			name: "twin",
 			actions: {
 				answer: {
 					...actionPolicy({ idempotent: true, timeout: "fast" }),
-					handler(ctx: { params: { gone: boolean; everywhere?: boolean } }) {
+					handler(ctx: { params: { lost: boolean; everywhere?: boolean } }) {
 						runs[node.nodeID] = (runs[node.nodeID] ?? 0) + 1;
-						if (node.nodeID === "s1" || ctx.params.everywhere) throw new Errors.RequestRejectedError({ action: "twin.answer", nodeID: node.nodeID, gone: ctx.params.gone });
+						if (node.nodeID === "s1" || ctx.params.everywhere) throw new Errors.RequestRejectedError({ action: "twin.answer", nodeID: node.nodeID, lost: ctx.params.lost });
 						return node.nodeID;
 					},
 				},
@@ -188,21 +188,21 @@ describe("Retry: the delay, and no delay after a node is known gone", () => {
 		throw new Error("no call went to s1 first");
 	}
 
-	it("retries at once on the other node when the failed node is known gone", async () => {
-		const { ms, answer } = await timedCallStartingOnS1({ gone: true });
+	it("retries at once on the other node when the call is known lost", async () => {
+		const { ms, answer } = await timedCallStartingOnS1({ lost: true });
 		expect(answer).toBe("s2");
 		expect(ms).toBeLessThan(DELAY / 2);
 	});
 
-	it("waits the retry delay when the failure does not say the node is gone", async () => {
-		const { ms, answer } = await timedCallStartingOnS1({ gone: false });
+	it("waits the retry delay when the failure does not say the call is lost", async () => {
+		const { ms, answer } = await timedCallStartingOnS1({ lost: false });
 		expect(answer).toBe("s2");
 		expect(ms).toBeGreaterThanOrEqual(DELAY - 5);
 	});
 
 	it("waits the delay when no other node offers the action, and gives up after `retries`", async () => {
 		const started = performance.now();
-		await expect(caller.call("twin.answer", { gone: true, everywhere: true })).rejects.toBeInstanceOf(Errors.RequestRejectedError);
+		await expect(caller.call("twin.answer", { lost: true, everywhere: true })).rejects.toBeInstanceOf(Errors.RequestRejectedError);
 		// Three attempts over two nodes: the first retry leaves at once for the untried node, the second
 		// finds none left untried, so it waits its delay (delay x factor, capped at maxDelay).
 		expect((runs.s1 ?? 0) + (runs.s2 ?? 0)).toBe(3);
@@ -213,15 +213,15 @@ describe("Retry: the delay, and no delay after a node is known gone", () => {
 		expect(retried?.value).toBeGreaterThanOrEqual(2);
 	});
 
-	it("retryDelayMs: 0 only for a gone node with another node available; otherwise delay x factor^(attempt-1), capped", () => {
+	it("retryDelayMs: 0 only for a lost call with an untried node available; otherwise delay x factor^(attempt-1), capped", () => {
 		const opts = { ...RETRY_POLICY, delay: 20 };
-		const gone = Object.assign(new Error("x"), { data: { gone: true } });
+		const lost = Object.assign(new Error("x"), { data: { lost: true } });
 		const at = (nodeID: string, attempt: number, failedBefore: string[] = []) => ({ nodeID, _retryAttempts: attempt, locals: { "failover:avoidNodes": new Set(failedBefore) } }) as never;
-		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 1), gone)).toBe(0);
+		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 1), lost)).toBe(0);
 		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 1), new Error("x"))).toBe(20);
 		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 2), new Error("x"))).toBe(20 * RETRY_POLICY.factor);
 		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 9), new Error("x"))).toBe(RETRY_POLICY.maxDelay);
-		expect(retryDelayMs(caller, opts, "no.such.action", at("s1", 1), gone)).toBe(20);
-		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 2, ["s2"]), gone)).toBe(20 * RETRY_POLICY.factor);
+		expect(retryDelayMs(caller, opts, "no.such.action", at("s1", 1), lost)).toBe(20);
+		expect(retryDelayMs(caller, opts, "twin.answer", at("s1", 2, ["s2"]), lost)).toBe(20 * RETRY_POLICY.factor);
 	});
 });
