@@ -1,19 +1,14 @@
-// The serving side of bench/mesh/call-cost.ts: one broker per variant (call-cost-variants.ts), each in the
-// namespace its caller uses, in this one process. Only one variant is under load at a time, so this process's
-// CPU during a round is that variant's serving cost (plus the idle timers of the others, the same for all).
+// The serving side of one bench/mesh/call-cost.ts variant (COST_VARIANT: its index in call-cost-variants.ts):
+// one broker with the variant's options and its echo action, in the variant's own namespace.
 import { ServiceBroker } from "moleculer";
 import { costVariants, echoService, variantOptions } from "./call-cost-variants";
 
 async function main(): Promise<void> {
-	const env = process.env as Record<string, string>;
-	const brokers = await Promise.all(
-		costVariants().map(async (variant, i) => {
-			const broker = new ServiceBroker(await variantOptions(variant, i, "server", env));
-			broker.createService(echoService(variant, broker.nodeID));
-			return broker;
-		}),
-	);
-	await Promise.all(brokers.map(b => b.start()));
+	const index = Number(process.env.COST_VARIANT);
+	const variant = costVariants()[index];
+	const broker = new ServiceBroker(await variantOptions(variant, index, "server", process.env as Record<string, string>));
+	broker.createService(echoService(variant, broker.nodeID));
+	await broker.start();
 	process.stdout.write("READY\n");
 }
 

@@ -67,7 +67,6 @@ export function costVariants(baseRoot = process.env.CALL_COST_BASE): CostVariant
 		{ name: "− ServingGate (bulkhead, tracking + metrics of calls served)", edit: unwrapped("ServingGate") },
 		{ name: "− metrics", edit: o => ({ ...o, metrics: { enabled: false } }) },
 		{ name: "− call tracking", edit: o => ({ ...o, tracking: { ...o.tracking, enabled: false } }) },
-		{ name: "RoundRobin for FailoverStrategy", edit: o => ({ ...o, registry: { ...o.registry, strategy: "RoundRobin" } }) },
 		{ name: "− LivenessProbe", edit: without("LivenessProbe") },
 		{ name: "− FailureDetector", edit: without("FailureDetector") },
 		{ name: "− InputGuard", edit: without("InputGuard") },

@@ -1,9 +1,11 @@
 /**
  * `npm run bench:call-cost`: what each component of the project's broker configuration costs a remote call.
  * Bare Moleculer, the project, and the project with one component taken out (bench/mesh/call-cost-variants.ts)
- * make the same call (params + meta.user) from this process to a serving process over NATS, at 10 and 100
- * concurrent callers (COST_CONCURRENCY). Variants take turns over BENCH_ROUNDS rounds (default 5) of
- * BENCH_SECONDS (default 1.2); per variant the median of each figure is reported: calls/s, and the CPU
+ * make the same call (params + meta.user) from a caller process to a serving process over NATS (each variant has
+ * its own pair: bench/mesh/call-cost-caller.ts and call-cost-server.ts), at 10 and 100
+ * concurrent callers (COST_CONCURRENCY). Only the pair under measurement runs, the others wait stopped (SIGSTOP).
+ * Variants take turns over BENCH_ROUNDS rounds (default 4) of
+ * BENCH_SECONDS (default 1); per variant the median of each figure is reported: calls/s, and the CPU
  * microseconds per call of the caller (process.cpuUsage), the serving process and nats-server (/proc).
  * On this 2-core machine calls/s at 100 callers follows the summed CPU per call, which is far steadier than
  * calls/s over short rounds, so a component's share of the gap is read from the CPU columns.
@@ -12,14 +14,14 @@
  * node_modules must be a symlink to this one's, so both use the same Moleculer), for before/after in one run.
  * CALL_COST_ONLY=word,word keeps bare, project and the variants whose names contain a word.
  */
-import { execSync } from "child_process";
-import { ServiceBroker } from "moleculer";
-import { closedLoop, loadAverage, machine, processCpuMs, runBench, startProcess, stopProcesses, table } from "../lib/harness";
-import { costVariants, variantOptions, type CostVariant } from "./call-cost-variants";
+import { execSync, type ChildProcess } from "child_process";
+import { loadAverage, machine, processCpuMs, runBench, startProcess, stopProcesses, table } from "../lib/harness";
+import type { RoundAnswer, RoundRequest } from "./call-cost-caller";
+import { costVariants, type CostVariant } from "./call-cost-variants";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 1.2);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 1);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4);
 const CONCURRENCY = (process.env.COST_CONCURRENCY ?? "10,100").split(",").map(Number);
 
 interface Sample {
@@ -34,7 +36,8 @@ interface Sample {
 
 interface Contender {
 	variant: CostVariant;
-	call: () => Promise<unknown>;
+	caller: ChildProcess;
+	server: ChildProcess;
 }
 
 function median(values: number[]): number {
@@ -42,40 +45,68 @@ function median(values: number[]): number {
 	return sorted[Math.floor(sorted.length / 2)];
 }
 
-async function round(contender: Contender, concurrency: number, serverPid: number, natsPid: number): Promise<Sample> {
-	const before = { caller: process.cpuUsage(), server: processCpuMs(serverPid), nats: processCpuMs(natsPid) };
-	const result = await closedLoop(contender.call, concurrency, SECONDS * 1000);
-	const caller = process.cpuUsage(before.caller);
-	const perCall = (ms: number) => (ms * 1000) / Math.max(1, result.calls);
+/** One round of one variant: its caller process runs the loop; CPU per call of each of the three processes. */
+async function round(contender: Contender, concurrency: number, natsPid: number, ms = SECONDS * 1000): Promise<Sample> {
+	const before = { server: processCpuMs(contender.server.pid!), nats: processCpuMs(natsPid) };
+	const answer = await ask<RoundAnswer>(contender.caller, { concurrency, ms });
+	const perCall = (ms: number) => (ms * 1000) / Math.max(1, answer.calls);
 	return {
-		perSecond: result.perSecond,
-		p99: result.p99,
-		errors: result.errors,
-		caller: perCall((caller.user + caller.system) / 1000),
-		server: perCall(processCpuMs(serverPid) - before.server),
+		perSecond: answer.perSecond,
+		p99: answer.p99,
+		errors: answer.errors,
+		caller: perCall(answer.cpuMs),
+		server: perCall(processCpuMs(contender.server.pid!) - before.server),
 		nats: perCall(processCpuMs(natsPid) - before.nats),
 	};
 }
 
-/** Each variant's median figures at one concurrency; the order of turns rotates every round. */
-async function measure(contenders: Contender[], concurrency: number, serverPid: number, natsPid: number): Promise<Sample[]> {
-	const samples = contenders.map((): Sample[] => []);
-	for (const c of contenders) await closedLoop(c.call, concurrency, 400);
-	for (let r = 0; r < ROUNDS; r++) {
+function ask<T>(child: ChildProcess, request: RoundRequest): Promise<T> {
+	return new Promise<T>(resolve => {
+		child.once("message", resolve as (answer: unknown) => void);
+		child.send(request);
+	});
+}
+
+/**
+ * Only the pair under measurement runs: the others are stopped (SIGSTOP). An idle project node is not free
+ * (its liveness scan wakes it every 10 ms), and thirty of them would take a share of the two cores.
+ */
+async function resume(c: Contender): Promise<void> {
+	c.server.kill("SIGCONT");
+	c.caller.kill("SIGCONT");
+	await ask(c.caller, { settle: true });
+}
+
+function pause(c: Contender): void {
+	c.caller.kill("SIGSTOP");
+	c.server.kill("SIGSTOP");
+}
+
+/** Each variant's median figures at each concurrency; the order of turns rotates every round; round 0 warms up. */
+async function measure(contenders: Contender[], natsPid: number): Promise<Sample[][]> {
+	const samples = CONCURRENCY.map(() => contenders.map((): Sample[] => []));
+	for (let r = 0; r <= ROUNDS; r++) {
 		for (let k = 0; k < contenders.length; k++) {
 			const i = (k + r) % contenders.length;
-			samples[i].push(await round(contenders[i], concurrency, serverPid, natsPid));
+			await resume(contenders[i]);
+			for (let j = 0; j < CONCURRENCY.length; j++) {
+				const sample = await round(contenders[i], CONCURRENCY[j], natsPid, r === 0 ? 500 : SECONDS * 1000);
+				if (r > 0) samples[j][i].push(sample);
+			}
+			pause(contenders[i]);
 		}
-		process.stdout.write(`@${concurrency} round ${r + 1}/${ROUNDS} done (load ${loadAverage()})\n`);
+		process.stdout.write(`round ${r}/${ROUNDS} done${r === 0 ? " (warm-up)" : ""} (load ${loadAverage()})\n`);
 	}
-	return samples.map(s => ({
-		perSecond: median(s.map(x => x.perSecond)),
-		p99: median(s.map(x => x.p99)),
-		errors: s.reduce((sum, x) => sum + x.errors, 0),
-		caller: median(s.map(x => x.caller)),
-		server: median(s.map(x => x.server)),
-		nats: median(s.map(x => x.nats)),
-	}));
+	return samples.map(byVariant =>
+		byVariant.map(s => ({
+			perSecond: median(s.map(x => x.perSecond)),
+			p99: median(s.map(x => x.p99)),
+			errors: s.reduce((sum, x) => sum + x.errors, 0),
+			caller: median(s.map(x => x.caller)),
+			server: median(s.map(x => x.server)),
+			nats: median(s.map(x => x.nats)),
+		})),
+	);
 }
 
 function report(contenders: Contender[], figures: Sample[], concurrency: number): string {
@@ -133,24 +164,29 @@ async function main(): Promise<void> {
 		LOG_LEVEL: "warn",
 	};
 	const variants = costVariants();
-	const server = await startProcess("bench/mesh/call-cost-server.ts", env, "READY", 90_000);
-	const brokers = await Promise.all(variants.map(async (v, i) => new ServiceBroker(await variantOptions(v, i, "caller", env))));
-	await Promise.all(brokers.map(b => b.start()));
-	await Promise.all(brokers.map((b, i) => b.waitForServices(variants[i].edit ? "mesh" : "echo", 30_000)));
-	const natsPid = Number(execSync("pgrep -o nats-server").toString().trim());
-	const params = { message: "hello mesh" };
-	const meta = { user: { id: "bench", roles: ["admin"], teams: [] } };
-	const contenders = variants.map((variant, i) => ({ variant, call: () => brokers[i].call(variant.edit ? "mesh.echo" : "echo.echo", params, { meta }) }));
+	const contenders: Contender[] = [];
 	try {
-		const sections: string[] = [];
-		for (const concurrency of CONCURRENCY) sections.push(report(contenders, await measure(contenders, concurrency, server.pid!, natsPid), concurrency));
+		// A few at a time: thirty-odd processes compiling TypeScript at once would only thrash two cores.
+		for (let i = 0; i < variants.length; i += 4) {
+			const batch = variants.slice(i, i + 4).map(async (variant, j) => {
+				const childEnv = { ...env, COST_VARIANT: String(i + j) };
+				const server = await startProcess("bench/mesh/call-cost-server.ts", childEnv, "READY", 120_000);
+				const caller = await startProcess("bench/mesh/call-cost-caller.ts", childEnv, "READY", 120_000, true);
+				return { variant, caller, server };
+			});
+			contenders.push(...(await Promise.all(batch)));
+			contenders.slice(i).forEach(pause);
+		}
+		const natsPid = Number(execSync("pgrep -o nats-server").toString().trim());
+		const figures = await measure(contenders, natsPid);
+		const sections = CONCURRENCY.map((concurrency, j) => report(contenders, figures[j], concurrency));
 		const header =
 			`Run ${new Date().toISOString()} on ${machine()}; NATS ${NATS_URL}; load average ${loadAtStart} at the start and ${loadAverage()} at the end; ` +
-			`${variants.length} variants taking turns over ${ROUNDS} rounds of ${SECONDS} s at each concurrency, median of each column; ` +
+			`${variants.length} variants, each a caller process and a serving process of its own (only the pair under measurement running, the others stopped), taking turns over ${ROUNDS} rounds of ${SECONDS} s at each concurrency, median of each column; ` +
 			`${((performance.now() - started) / 1000).toFixed(0)} s in all. \`npm run bench:call-cost\`.`;
 		process.stdout.write(`\n${header}\n\n${sections.join("\n\n")}\n`);
 	} finally {
-		await Promise.all(brokers.map(b => b.stop()));
+		for (const c of contenders) for (const child of [c.caller, c.server]) child.kill("SIGCONT");
 		await stopProcesses();
 	}
 }
