@@ -7,8 +7,10 @@
  * Variants take turns over BENCH_ROUNDS rounds (default 4) of
  * BENCH_SECONDS (default 1); per variant the median of each figure is reported: calls/s, and the CPU
  * microseconds per call of the caller (process.cpuUsage), the serving process and nats-server (/proc).
- * On this 2-core machine calls/s at 100 callers follows the summed CPU per call, which is far steadier than
- * calls/s over short rounds, so a component's share of the gap is read from the CPU columns.
+ * On this 2-core machine calls/s at 100 callers follows the summed CPU per call, which is steadier than calls/s
+ * over short rounds; still, with other work on the cores a run resolves ±5–8 µs per call, more than most single
+ * components cost (docs/BENCHMARKS.md, "Per-call cost, component by component"): bench/mesh/call-chain.ts
+ * measures the middleware chains alone, to ±75 ns.
  *
  * CALL_COST_BASE=<checkout> adds "project before": that checkout's moleculer.config.ts and mesh.echo (its
  * node_modules must be a symlink to this one's, so both use the same Moleculer), for before/after in one run.
