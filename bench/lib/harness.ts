@@ -13,15 +13,18 @@ import { runMigrations } from "../../lib/data/migrations";
 export const ROOT = path.resolve(__dirname, "..", "..");
 const running = new Set<ChildProcess>();
 
-/** Starts `node --import tsx <script>` and resolves when it prints a line containing `readyText`. */
 /** Extra node flags for every process a bench starts, e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile them (not allowed in NODE_OPTIONS). */
 const NODE_ARGS = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
 
-export function startProcess(script: string, env: Record<string, string>, readyText = "READY", timeoutMs = 30_000): Promise<ChildProcess> {
+/**
+ * Starts `node --import tsx <script>` and resolves when it prints a line containing `readyText`. With `ipc`,
+ * the child also gets a message channel (process.send / child.send).
+ */
+export function startProcess(script: string, env: Record<string, string>, readyText = "READY", timeoutMs = 30_000, ipc = false): Promise<ChildProcess> {
 	const child = spawn(process.execPath, [...NODE_ARGS, "--import", "tsx", path.join(ROOT, script)], {
 		cwd: ROOT,
 		env: { ...process.env, ...env },
-		stdio: ["ignore", "pipe", "pipe"],
+		stdio: ipc ? ["ignore", "pipe", "pipe", "ipc"] : ["ignore", "pipe", "pipe"],
 	});
 	running.add(child);
 	child.once("exit", () => running.delete(child));

@@ -375,9 +375,13 @@ function Timeout(this: ServiceBroker, broker: ServiceBroker): Middleware {
 			if (ctx.options.timeout == null) ctx.options.timeout = action.timeout ?? broker.options.requestTimeout;
 			const ms = ctx.options.timeout ?? 0;
 			if (!(ms > 0)) return next(ctx);
-			// Calls made while serving this one get the rest of its budget (distributed timeouts).
-			if (!ctx.startHrTime) ctx.startHrTime = process.hrtime();
-			if (onlyLocalCallers && ctx.nodeID !== broker.nodeID) return next(ctx);
+			if (onlyLocalCallers) {
+				// Calls made while serving this one get the rest of its budget (distributed timeouts). Only a
+				// served call's context makes calls of its own: the context of a call sent to another node is
+				// never asked for the rest (Moleculer's Timeout stamped it anyway).
+				if (!ctx.startHrTime) ctx.startHrTime = process.hrtime();
+				if (ctx.nodeID !== broker.nodeID) return next(ctx);
+			}
 			const pending = next(ctx);
 			return new Promise((resolve, reject) => {
 				const timer = setTimeout(expire, ms, ctx, reject);

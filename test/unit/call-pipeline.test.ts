@@ -43,6 +43,14 @@ describe("call pipeline", () => {
 			},
 			timed: { ...fiftyMs, handler: () => new Promise(resolve => setTimeout(() => resolve("late"), 300)) },
 			pause: (ctx: { params: { ms: number } }) => new Promise(resolve => setTimeout(() => resolve("finished"), ctx.params.ms)),
+			budget: (ctx: { options: { timeout?: number | null } }) => ctx.options.timeout,
+			spendThenAsk: {
+				timeout: 1_000,
+				async handler(ctx: { call(action: string): Promise<unknown> }) {
+					await new Promise(resolve => setTimeout(resolve, 200));
+					return ctx.call("slow.budget");
+				},
+			},
 		},
 	});
 	beforeAll(() => broker.start());
@@ -69,6 +77,12 @@ describe("call pipeline", () => {
 
 	it("still times out calls that start on this node", async () => {
 		await expect(broker.call("slow.timed")).rejects.toBeInstanceOf(Errors.RequestTimeoutError);
+	});
+
+	it("gives a call made while serving another the rest of that call's budget (distributed timeouts)", async () => {
+		const budget = (await broker.call("slow.spendThenAsk")) as number;
+		expect(budget).toBeGreaterThan(600);
+		expect(budget).toBeLessThanOrEqual(800);
 	});
 
 	it("makes a stopping broker wait for the calls it is serving", async () => {
