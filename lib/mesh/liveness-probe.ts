@@ -26,10 +26,11 @@
  * - FailoverStrategy sends a suspect node no new call while another node can take it. A suspect node is
  *   probed every `suspectReprobeMs` and cleared by its first answer.
  *
- * Cost at steady state: none while no call is overdue; otherwise at most one ~100-byte request per
- * node per `reprobeMs`, plus a scan of this node's pending calls every `scanEveryMs`.
+ * Cost at steady state: nothing on an idle node (scans run only while calls are pending: arm()); while
+ * calls are pending, a scan of them every `scanEveryMs`, and while one is overdue, at most one ~100-byte
+ * request per node per `reprobeMs`.
  */
-import type { Middleware, ServiceBroker } from "moleculer";
+import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import type { NatsConnection, Subscription } from "nats";
 import {
@@ -82,6 +83,13 @@ export function suspectNodesOf(broker: ServiceBroker): ReadonlySet<string> | und
 	return suspectsByBroker.get(broker);
 }
 
+const probesByBroker = new WeakMap<ServiceBroker, LivenessProbe>();
+
+/** Whether this broker's probe is scanning its pending calls now (it does only while there are any). */
+export function livenessScanArmed(broker: ServiceBroker): boolean {
+	return probesByBroker.get(broker)?.armed ?? false;
+}
+
 function livenessSubject(broker: ServiceBroker, nodeID: string): string {
 	return `${subjectPrefixOf(broker)}.ALIVE.${nodeID}`;
 }
@@ -96,6 +104,7 @@ function outcomeOf(err: unknown): ProbeOutcome {
 
 class LivenessProbe {
 	private timer: NodeJS.Timeout | null = null;
+	private started = false;
 	private subscription: Subscription | null = null;
 	private readonly inFlight = new Set<string>();
 	private readonly lastAnswer = new Map<string, number>();
@@ -109,20 +118,41 @@ class LivenessProbe {
 	) {
 		this.log = broker.getLogger("liveness");
 		suspectsByBroker.set(broker, this.suspects);
+		probesByBroker.set(broker, this);
 	}
 
 	start(): void {
 		this.subscription = this.nc.subscribe(livenessSubject(this.broker, this.broker.nodeID), {
 			callback: (_err, msg) => msg.respond(),
 		});
-		this.timer = setInterval(() => this.scan(), this.opts.scanEveryMs);
-		this.timer.unref();
+		this.started = true;
 		this.broker.localBus.on("$node.disconnected", ({ node }: { node: { id: string } }) => this.forget(node.id));
 	}
 
-	stop(): void {
+	/**
+	 * Scans run only while there is something to watch: a call leaving this node arms them, and a scan that
+	 * finds no pending call, no suspect and no probe in flight disarms them. An idle node used to wake
+	 * every 10 ms for nothing: 31 ms of CPU per second against bare Moleculer's 12 (bench:call-cost).
+	 */
+	arm(): void {
+		if (this.timer || !this.started) return;
+		this.timer = setInterval(() => this.scan(), this.opts.scanEveryMs);
+		this.timer.unref();
+	}
+
+	private disarm(): void {
 		if (this.timer) clearInterval(this.timer);
 		this.timer = null;
+	}
+
+	/** Whether scans are running (for tests). */
+	get armed(): boolean {
+		return this.timer !== null;
+	}
+
+	stop(): void {
+		this.started = false;
+		this.disarm();
 		this.subscription?.unsubscribe();
 		this.subscription = null;
 	}
@@ -135,7 +165,7 @@ class LivenessProbe {
 	/** Nodes with a call pending longer than probeAfterMs, and suspect nodes due for a re-probe. */
 	private scan(): void {
 		const pending = pendingRequestsOf(this.broker);
-		if (!pending) return;
+		if (!pending || (!pending.size && !this.suspects.size && !this.inFlight.size)) return this.disarm();
 		const now = performance.now();
 		const due = new Set<string>();
 		for (const req of pending.values()) {
@@ -263,6 +293,12 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 			if (!nc) return;
 			probe = new LivenessProbe(broker, nc, opts);
 			probe.start();
+		},
+		remoteAction(next: (ctx: Context) => Promise<unknown>) {
+			return function armLivenessScan(ctx: Context) {
+				probe?.arm();
+				return next(ctx);
+			};
 		},
 		async stopped() {
 			probe?.stop();

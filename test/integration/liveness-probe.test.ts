@@ -9,6 +9,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
+import { livenessScanArmed } from "../../lib/mesh/liveness-probe";
 import { ROOT, uniqueNamespace, waitFor } from "../helpers/cluster";
 import { describeWithNats, LOCAL_NATS_URL } from "../helpers/requirements";
 
@@ -66,6 +67,20 @@ describeWithNats("liveness probe: calls pending on a dead or hung node", () => {
 	afterAll(async () => {
 		for (const child of children) child.kill("SIGKILL");
 		await caller?.stop();
+	});
+
+	it("scans pending calls only while there are any: idle, armed by a call, idle again once it is answered", async () => {
+		await startTarget("IDLE1", 300);
+		await targetsVisible(["IDLE1"]);
+		await waitFor("the caller's scan to be idle", async () => !livenessScanArmed(caller), 2_000, 10);
+		const pending = call(caller, "target.read");
+		expect(livenessScanArmed(caller)).toBe(true);
+		await expect(pending).resolves.toMatchObject({ ok: true, nodeID: "IDLE1" });
+		// The next scan finds nothing pending and stops (within a few scan periods).
+		await waitFor("the scan to stop after the call was answered", async () => !livenessScanArmed(caller), 1_000, 5);
+		// Leaves gracefully, so that the next tests' calls never go to it.
+		children.pop()!.kill("SIGTERM");
+		await waitFor("IDLE1 to leave", async () => !caller.registry.getServiceList({ onlyAvailable: true }).some(s => s.nodeID === "IDLE1"), 10_000, 20);
 	});
 
 	it("SIGKILL: pending reads finish on the other node and pending writes fail retryably, both within a second", async () => {
