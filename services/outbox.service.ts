@@ -216,7 +216,7 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			if (!leading || probe.outage) this.stream.set(probe.outage);
 		},
 
-		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: a partial index). */
+		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: the claim reads a partial index in order, see CLAIM_BATCH). */
 		async relayLoop(this: OutboxThis, duty: LeaderDuty) {
 			// The transporter is connected by now (services start after it), not yet when the service was created.
 			this.nats = natsConnectionOf(this.broker);

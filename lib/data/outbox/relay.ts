@@ -109,7 +109,17 @@ export interface RelayOptions {
 	batchSize?: number;
 }
 
-const CLAIM_BATCH = `SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, attempts, created_at
+/**
+ * The oldest due rows, read in created_at order from the partial index outbox_pending_by_age (migration 011)
+ * and stopped at the LIMIT. Publishing a row UPDATEs it out of that index's predicate but leaves its entry
+ * until VACUUM; an index scan marks such entries dead as it passes them, so the next claims skip them without
+ * reading the heap. A bitmap scan never marks them, and the planner takes one (then sorts) whenever it expects
+ * few pending rows, the usual state of a queue: each claim then read every row published since the last
+ * VACUUM (docs/BENCHMARKS.md, "Memory → JetStream lag"). CLAIM_PLAN rules bitmap scans out for the claim's
+ * transaction alone.
+ */
+export const CLAIM_PLAN = "SET LOCAL enable_bitmapscan = off";
+export const CLAIM_BATCH = `SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, attempts, created_at
 FROM outbox WHERE status = 'pending' AND next_attempt_at <= now()
 ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`;
 
@@ -176,6 +186,7 @@ export class OutboxRelay {
 	async runBatch(onWire?: (claimed: number) => void): Promise<BatchResult> {
 		const { sequelize } = this.opts;
 		return sequelize.transaction(async t => {
+			await sequelize.query(CLAIM_PLAN, { transaction: t });
 			const rows = await sequelize.query<OutboxRow>(CLAIM_BATCH, { bind: [this.batchSize], type: QueryTypes.SELECT, transaction: t });
 			// Acks are awaited together: nats.js writes each publish to the connection when it is called.
 			const publishing = rows.map(row => this.publish(row).then(() => null, (err: Error) => err));
@@ -244,7 +255,7 @@ export class OutboxRelay {
 
 }
 
-/** Pending rows, the age of the oldest, and the DLQ size (the pending part uses the partial index; needs no stream). */
+/** Pending rows, the age of the oldest, and the DLQ size (the pending part reads outbox_pending_by_age; needs no stream). */
 export async function outboxBacklog(sequelize: Sequelize): Promise<{ pending: number; oldestSeconds: number; dead: number }> {
 	const [row] = await sequelize.query<{ n: string; age: string | null; dead: string }>(
 		"SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age, (SELECT count(*) FROM outbox_dlq) AS dead FROM outbox WHERE status = 'pending'",
