@@ -34,7 +34,11 @@ export function createSequelize(database: DatabaseSettings & { url: string }, li
 		dialect: "postgres",
 		logging: false,
 		dialectOptions: { ...(database.ssl ? { ssl: { require: true, rejectUnauthorized: false } } : {}), ...FAULT_DETECTION, ...sessionLimits(limits) },
-		pool: { max: poolMax, min: 0, idle: 10_000, acquire: 5_000, ...(locator ? { validate: primaryOnlyValidator(locator) } : {}) },
+		// idle 60 s: a connection closed after 10 s idle had to be opened again by the next burst, in the
+		// middle of it (the memory lag bench's first round after a drain queued 29 callers and the outbox
+		// relay behind those reconnects); none are kept open while nothing runs, so a DB fault leaves no
+		// reconnect loop behind.
+		pool: { max: poolMax, min: 0, idle: 60_000, acquire: 5_000, ...(locator ? { validate: primaryOnlyValidator(locator) } : {}) },
 	});
 	const guard = guardSequelize(sequelize);
 	if (locator) {
