@@ -41,7 +41,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		await waitForChaosMesh(mesh.gateway, ["NODE1", "NODE2"]);
 	}
 
-	it("SIGKILL NODE1: no failed request, every call answered within 500 ms, out of rotation within 0.5 s and removed within 3.5 s; NODE1 gets traffic when it returns", async () => {
+	it("SIGKILL NODE1: no failed request, every call answered within 350 ms, out of rotation within 0.5 s and removed within 3.5 s; NODE1 gets traffic when it returns", async () => {
 		await bothNodesServing();
 		const load = whoamiLoad(mesh);
 		await sleep(2_000);
@@ -76,12 +76,17 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		expect(removedMs!).toBeLessThanOrEqual(3_500);
 		// The liveness probe learns of the death from NATS once the kernel has closed the dead process's
 		// socket (after freeing its memory: tens of ms) and takes NODE1 out of rotation at once; the heartbeat
-		// timeout removes it from the registry later, as before. Goal: every call answered within 100 ms
-		// (bench/failover on a quiet machine: 95–117 ms). Here the test process, three nodes, NATS and
-		// PostgreSQL share 2 cores: quiet runs measured 151–179 ms, clean CI runs 181–317 ms, so the bound
-		// is 500 ms — a regression to the old fast-timeout wait (~790 ms) still fails it.
+		// timeout removes it from the registry later, as before; a lost call's retry leaves at once. Goal:
+		// every call answered within 100 ms (bench/failover on a quiet machine: 63 ms). Here the test process,
+		// three nodes running every service (a larger process takes the kernel longer to tear down: NODE1
+		// leaves the rotation 80–115 ms after the kill here, against ~40 ms in the bench), NATS and
+		// PostgreSQL share 2 cores: quiet runs measured 126–136 ms (151–179 before the lost-call retry and the
+		// 10 ms re-ask), clean CI runs 181–317 ms before them. The bound is 350 ms, not the issue's 250: a CI
+		// failure on one slow turn of this machine would cost more than the margin tells; a regression to
+		// the old fast-timeout wait (~790 ms), or to the 20 ms retry delay plus 25 ms re-asks under load,
+		// still fails it.
 		expect(aroundKill.failed).toBe(0);
-		expect(aroundKill.maxMs).toBeLessThanOrEqual(500);
+		expect(aroundKill.maxMs).toBeLessThanOrEqual(350);
 		expect(outOfRotationMs!).toBeLessThanOrEqual(500);
 		// Out of rotation means out: nothing started 3 s after the kill was served by NODE1's old process.
 		expect(servedCounts(result.samples, killedAt + 3_000).NODE1 ?? 0).toBeGreaterThan(0); // the restarted one
