@@ -340,12 +340,24 @@ function Retry(this: ServiceBroker, broker: ServiceBroker): Middleware {
 		};
 	}
 
+	return perActionCounterMiddleware(broker, "Retry", { name: RETRY_METRIC, description: "Number of retries" }, wrap);
+}
+
+/**
+ * A middleware that wraps served actions (for calls started here: `onlyLocalCallers`) and calls to other
+ * nodes with `wrap`, and counts something per action in a counter it registers: Moleculer's Retry and
+ * Timeout, re-done here, have this shape.
+ */
+function perActionCounterMiddleware(
+	broker: ServiceBroker,
+	name: string,
+	counter: { name: string; description: string },
+	wrap: (next: Handler, action: ActionDef, onlyLocalCallers: boolean) => Handler,
+): Middleware {
 	return {
-		name: "Retry",
+		name,
 		created() {
-			if (broker.isMetricsEnabled()) {
-				broker.metrics.register({ name: RETRY_METRIC, type: "counter", labelNames: ["service", "action"], description: "Number of retries", rate: true });
-			}
+			if (broker.isMetricsEnabled()) broker.metrics.register({ ...counter, type: "counter", labelNames: ["service", "action"], rate: true });
 		},
 		localAction: (next: Handler, action: ActionDef) => wrap(next, action, true),
 		remoteAction: (next: Handler, action: ActionDef) => wrap(next, action, false),
@@ -399,16 +411,7 @@ function Timeout(this: ServiceBroker, broker: ServiceBroker): Middleware {
 		};
 	}
 
-	return {
-		name: "Timeout",
-		created() {
-			if (broker.isMetricsEnabled()) {
-				broker.metrics.register({ name: TIMEOUT_METRIC, type: "counter", labelNames: ["service", "action"], description: "Number of timed out requests", rate: true });
-			}
-		},
-		localAction: (next: Handler, action: ActionDef) => wrap(next, action, true),
-		remoteAction: (next: Handler, action: ActionDef) => wrap(next, action, false),
-	} as unknown as Middleware;
+	return perActionCounterMiddleware(broker, "Timeout", { name: TIMEOUT_METRIC, description: "Number of timed out requests" }, wrap);
 }
 
 /**
