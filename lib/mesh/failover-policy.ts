@@ -84,22 +84,20 @@ type RetryContext = Context & { _retryAttempts?: number; locals: Record<string, 
 
 const AVOID = "failover:avoidNodes";
 
-/** Nodes a retried call must not go back to: every node an earlier attempt of this call failed on. */
-function nodesToAvoid(ctx: RetryContext | undefined): Set<string> | null {
-	if (!ctx || !ctx._retryAttempts) return null;
-	const avoid = (ctx.locals[AVOID] as Set<string> | undefined) ?? new Set<string>();
-	// On a retry Moleculer copies the context, keeping nodeID = the node the failed attempt went to.
-	if (ctx.nodeID) avoid.add(ctx.nodeID);
-	ctx.locals[AVOID] = avoid;
-	return avoid;
-}
-
 /** Every node this call has failed on so far: the earlier attempts' and the one that just failed. */
-export function nodesThisCallFailedOn(ctx: Context): ReadonlySet<string> {
-	const earlier = (ctx as RetryContext).locals?.[AVOID] as Set<string> | undefined;
-	const failed = new Set(earlier);
+export function nodesThisCallFailedOn(ctx: Context): Set<string> {
+	const failed = new Set((ctx as RetryContext).locals?.[AVOID] as Set<string> | undefined);
+	// On a retry Moleculer copies the context, keeping nodeID = the node the failed attempt went to.
 	if (ctx.nodeID) failed.add(ctx.nodeID);
 	return failed;
+}
+
+/** Nodes a retried call must not go back to (kept in its locals, which every retry's copy carries on). */
+function nodesToAvoid(ctx: RetryContext | undefined): Set<string> | null {
+	if (!ctx || !ctx._retryAttempts) return null;
+	const avoid = nodesThisCallFailedOn(ctx);
+	ctx.locals[AVOID] = avoid;
+	return avoid;
 }
 
 export class FailoverStrategy extends Strategies.RoundRobin {
