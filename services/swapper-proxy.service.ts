@@ -14,7 +14,7 @@ import { ADVERT_EVENT, capacityBoardOf, type NodeAdvert } from "../lib/inference
 import { toMeshError } from "../lib/inference/errors";
 import { CANCEL_EVENT, cancelBoardOf, cancelKeyOf, cancelledError } from "../lib/inference/cancellation";
 import { errorWindowOf } from "../lib/inference/error-window";
-import { gpuReadDue, readGpu, type GpuReading } from "../lib/inference/gpu";
+import { GpuReader, type GpuReading } from "../lib/inference/gpu";
 import { ModelLifecycle } from "../lib/inference/model-lifecycle";
 import { PieceStream } from "../lib/inference/piece-stream";
 import type { ChatMessage, GenerateAnswer, GenerateParams, GenerateRequest, ModelProvider } from "../lib/inference/provider";
@@ -30,8 +30,7 @@ interface SwapperThis extends Service {
 	/** every generation running here, aborted when the node stops */
 	running: Set<AbortController>;
 	gpu: GpuReading | null;
-	/** when the GPU was last read (performance.now()); null before the first reading */
-	gpuReadAt: number | null;
+	gpuReader: GpuReader;
 	advertTimer: NodeJS.Timeout | null;
 	advertSoon: NodeJS.Timeout | null;
 	lastStates: string;
@@ -326,7 +325,7 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 		this.pendingDiscovery = new Set(this.providers);
 		this.running = new Set();
 		this.gpu = null;
-		this.gpuReadAt = null;
+		this.gpuReader = new GpuReader();
 		this.advertTimer = null;
 		this.advertSoon = null;
 		this.lastStates = "";
@@ -349,17 +348,13 @@ const SwapperProxyService: ServiceSchema<ServiceSettingSchema, Record<string, ne
 
 	async started(this: SwapperThis) {
 		await this.discover();
-		this.gpuReadAt = performance.now();
-		this.gpu = await readGpu();
+		this.gpu = await this.gpuReader.current();
 		this.advertise();
 		const { swapper } = nodeContextOf(this.broker).settings;
 		this.advertTimer = setInterval(() => {
 			void (async () => {
 				if (this.pendingDiscovery.size) await this.discover();
-				if (gpuReadDue(this.gpuReadAt)) {
-					this.gpuReadAt = performance.now();
-					this.gpu = await readGpu();
-				}
+				this.gpu = await this.gpuReader.current();
 				this.advertise();
 			})();
 		}, swapper.advertiseMs);

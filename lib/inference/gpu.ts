@@ -4,8 +4,8 @@
  *
  * Starting a process is not free for the caller: spawn() runs on the event loop, 14 ms at p50 and 46 ms
  * at worst on this project's 2-core machine (a CPU profile of a node under the city bench had 3 % of its
- * samples in it, from a read every second). So a machine without nvidia-smi is asked once, and a machine
- * with it at most every GPU_READ_EVERY_MS (gpuReadDue).
+ * samples in it, from a read every second). So a GpuReader asks a machine without nvidia-smi once, and a
+ * machine with it at most every GPU_READ_EVERY_MS.
  */
 import { execFile } from "child_process";
 
@@ -18,19 +18,34 @@ export interface GpuReading {
 /** A GPU's utilisation changes with the requests it runs; the router needs the trend, not every second. */
 export const GPU_READ_EVERY_MS = 10_000;
 
-/** Set once nvidia-smi was not found: it does not appear while the process runs. */
-let toolMissing = false;
+/** The GPU reading a node advertises, refreshed at most every `everyMs`, and not at all once the tool is missing. */
+export class GpuReader {
+	private readAt: number | null = null;
+	private reading: GpuReading | null = null;
+	/** nvidia-smi was not found: it does not appear while the process runs */
+	private toolMissing = false;
 
-/** Whether a reading last taken at `lastReadAt` (ms, performance.now()) is due again. */
-export function gpuReadDue(lastReadAt: number | null, now = performance.now()): boolean {
-	return !toolMissing && (lastReadAt === null || now - lastReadAt >= GPU_READ_EVERY_MS);
+	constructor(
+		private readonly tool = "nvidia-smi",
+		private readonly everyMs = GPU_READ_EVERY_MS,
+		private readonly timeoutMs = 1_000,
+	) {}
+
+	/** The latest reading, taken again first when it is due. Never throws. */
+	async current(now = performance.now()): Promise<GpuReading | null> {
+		if (this.toolMissing || (this.readAt !== null && now - this.readAt < this.everyMs)) return this.reading;
+		this.readAt = now;
+		const answer = await queryGpu(this.tool, this.timeoutMs);
+		this.toolMissing = answer === "missing";
+		this.reading = answer === "missing" ? null : answer;
+		return this.reading;
+	}
 }
 
-export function readGpu(timeoutMs = 1_000, tool = "nvidia-smi"): Promise<GpuReading | null> {
-	if (toolMissing) return Promise.resolve(null);
+function queryGpu(tool: string, timeoutMs: number): Promise<GpuReading | null | "missing"> {
 	return new Promise(resolve => {
 		execFile(tool, ["--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"], { timeout: timeoutMs }, (err, stdout) => {
-			if ((err as NodeJS.ErrnoException | null)?.code === "ENOENT") toolMissing = true;
+			if ((err as NodeJS.ErrnoException | null)?.code === "ENOENT") return resolve("missing");
 			if (err) return resolve(null);
 			const rows = stdout
 				.trim()

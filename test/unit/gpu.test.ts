@@ -5,49 +5,43 @@
 import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "fs";
 import { tmpdir } from "os";
 import path from "path";
+import { GPU_READ_EVERY_MS, GpuReader } from "../../lib/inference/gpu";
 
-type GpuModule = typeof import("../../lib/inference/gpu");
-
-/** A stand-in nvidia-smi (a real executable) that counts its runs and prints two GPUs. */
-function fakeTool(): { tool: string; runs: () => number } {
-	const dir = mkdtempSync(path.join(tmpdir(), "gpu-"));
-	const tool = path.join(dir, "nvidia-smi");
-	const counter = path.join(dir, "runs");
+/** A stand-in nvidia-smi (a real executable) that counts its runs and prints two GPUs; written at `tool` when given. */
+function fakeTool(tool = path.join(mkdtempSync(path.join(tmpdir(), "gpu-")), "nvidia-smi")): { tool: string; runs: () => number } {
+	const counter = `${tool}.runs`;
 	writeFileSync(counter, "");
 	writeFileSync(tool, `#!/bin/sh\necho run >> ${counter}\nprintf '37, 2048\\n80, 1024\\n'\n`);
 	chmodSync(tool, 0o755);
 	return { tool, runs: () => readFileSync(counter, "utf8").split("\n").filter(Boolean).length };
 }
 
-function freshModule(): GpuModule {
-	let gpu!: GpuModule;
-	jest.isolateModules(() => {
-		gpu = jest.requireActual("../../lib/inference/gpu");
-	});
-	return gpu;
-}
+const TWO_GPUS = { utilization: 0.8, vram_used_bytes: 3072 * 1024 * 1024 };
 
 describe("GPU reading", () => {
 	it("reads the busiest GPU's utilisation and the VRAM used by all", async () => {
-		const { readGpu } = freshModule();
 		const { tool, runs } = fakeTool();
-		await expect(readGpu(1_000, tool)).resolves.toEqual({ utilization: 0.8, vram_used_bytes: 3072 * 1024 * 1024 });
+		await expect(new GpuReader(tool).current()).resolves.toEqual(TWO_GPUS);
 		expect(runs()).toBe(1);
 	});
 
-	it("is due at most every GPU_READ_EVERY_MS", () => {
-		const { gpuReadDue, GPU_READ_EVERY_MS } = freshModule();
-		expect(gpuReadDue(null, 5)).toBe(true);
-		expect(gpuReadDue(1_000, 1_000 + GPU_READ_EVERY_MS - 1)).toBe(false);
-		expect(gpuReadDue(1_000, 1_000 + GPU_READ_EVERY_MS)).toBe(true);
+	it("reads again at most every GPU_READ_EVERY_MS, answering the last reading meanwhile", async () => {
+		const { tool, runs } = fakeTool();
+		const reader = new GpuReader(tool);
+		await reader.current(1_000);
+		await expect(reader.current(1_000 + GPU_READ_EVERY_MS - 1)).resolves.toEqual(TWO_GPUS);
+		expect(runs()).toBe(1);
+		await reader.current(1_000 + GPU_READ_EVERY_MS);
+		expect(runs()).toBe(2);
 	});
 
-	it("asks a machine without nvidia-smi once: afterwards nothing is started and nothing is due", async () => {
-		const { readGpu, gpuReadDue } = freshModule();
-		const { tool, runs } = fakeTool();
-		await expect(readGpu(1_000, path.join(tmpdir(), "no-such-nvidia-smi"))).resolves.toBeNull();
-		expect(gpuReadDue(null)).toBe(false);
-		await expect(readGpu(1_000, tool)).resolves.toBeNull();
+	it("asks a machine without nvidia-smi once: afterwards nothing is started, even when it is due", async () => {
+		const missing = path.join(mkdtempSync(path.join(tmpdir(), "gpu-")), "nvidia-smi");
+		const reader = new GpuReader(missing);
+		await expect(reader.current(0)).resolves.toBeNull();
+		// The tool appears later: a reader that found it missing does not look again.
+		const { runs } = fakeTool(missing);
+		await expect(reader.current(10 * GPU_READ_EVERY_MS)).resolves.toBeNull();
 		expect(runs()).toBe(0);
 	});
 });
