@@ -48,13 +48,20 @@ interface NatsServer {
 
 const prometheusInstalled = spawnSync("prometheus", ["--version"]).status === 0;
 
+/**
+ * A NATS password as docs/OPERATIONS.md says to make one: nats-server parses the value of a `$VAR` in its
+ * config as a config value, so a hex string that reads as a number ("8e51…", all digits) breaks the config
+ * (seen in CI: `Expected a top-level value to end …, but got '8'`); a leading letter keeps it a string.
+ */
+const natsPassword = () => `p${randomBytes(24).toString("hex")}`;
+
 describeWithPostgres("production topology smoke test (compiled nodes, NATS cluster with auth and TLS, real Prometheus)", () => {
 	const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "smoke-prod-"));
 	const secrets = {
 		NATS_USER: "daarion",
-		NATS_PASSWORD: randomBytes(24).toString("hex"),
+		NATS_PASSWORD: natsPassword(),
 		NATS_CLUSTER_USER: "route",
-		NATS_CLUSTER_PASSWORD: randomBytes(24).toString("hex"),
+		NATS_CLUSTER_PASSWORD: natsPassword(),
 		JWT_SECRET: randomBytes(32).toString("hex"),
 		MEMORY_ENCRYPTION_KEY: randomBytes(32).toString("base64"),
 	};
