@@ -119,7 +119,9 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 				NATS_TLS_KEY: tls.key,
 				NATS_TLS_CA: tls.ca,
 			};
-			const child = spawn("nats-server", ["-c", path.join(ROOT, "docker", "nats", "nats-tls.conf")], { env, stdio: ["ignore", "ignore", "pipe"] });
+			// as the compose files start it: through the secrets check, which then runs nats-server
+			const checkSecrets = path.join(ROOT, "docker", "nats", "check-secrets.sh");
+			const child = spawn("sh", [checkSecrets, "nats-server", "-c", path.join(ROOT, "docker", "nats", "nats-tls.conf")], { env, stdio: ["ignore", "ignore", "pipe"] });
 			const log: string[] = [];
 			child.stderr!.on("data", (chunk: Buffer) => log.push(...chunk.toString().split("\n").filter(Boolean)));
 			nats.push({ name, clientPort: ports[i].client, routePort: ports[i].route, monitorPort: ports[i].monitor, child, log });

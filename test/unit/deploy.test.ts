@@ -65,11 +65,13 @@ const composeFiles = fs
 function operatorEnvFile(): string {
 	const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "compose-env-")), ".env");
 	const secret = () => randomBytes(24).toString("hex");
+	// NATS passwords as .env.example says to make them: a leading letter (docker/nats/check-secrets.sh)
+	const natsSecret = () => `p${secret()}`;
 	const values: Record<string, string> = {
 		NATS_USER: "daarion",
-		NATS_PASSWORD: secret(),
+		NATS_PASSWORD: natsSecret(),
 		NATS_CLUSTER_USER: "route",
-		NATS_CLUSTER_PASSWORD: secret(),
+		NATS_CLUSTER_PASSWORD: natsSecret(),
 		DB_USER: "daarion",
 		DB_PASSWORD: secret(),
 		JWT_SECRET: secret(),
@@ -198,11 +200,45 @@ describe("docker compose", () => {
 		expect(tlsConf).toMatch(/^include \.\/nats\.conf$/m);
 		expect(clusterBlock(tlsConf)).toBe(clusterBlock(conf));
 		expect(tlsConf).toMatch(/^tls \{[\s\S]*ca_file: \$NATS_TLS_CA/m);
-		for (const { def } of natsServers) expect(def.environment.NATS_ROUTE_1).toMatch(/^nats-route:\/\/route:[0-9a-f]+@[^:]+:6222$/);
+		for (const { def } of natsServers) expect(def.environment.NATS_ROUTE_1).toMatch(/^nats-route:\/\/route:p[0-9a-f]+@[^:]+:6222$/);
+		// every NATS server starts through the secrets check, mounted from docker/nats
+		for (const { file, name, def } of natsServers) {
+			expect(`${file}:${name}:${JSON.stringify(def.entrypoint)}`).toBe(`${file}:${name}:${JSON.stringify(["/bin/sh", "/etc/nats/check-secrets.sh"])}`);
+			expect(def.command).toEqual(["nats-server", "--config", "/etc/nats/daarion.conf"]);
+			// docker-compose config writes mounts short-form with absolute sources: "<root>/docker/nats/x:/etc/…:ro"
+			const mounts = (def.volumes as string[]).map(v => path.relative(ROOT, v));
+			expect(mounts).toContain("docker/nats/check-secrets.sh:/etc/nats/check-secrets.sh:ro");
+		}
 		for (const { file, name, def } of all()) {
 			expect(`${file}:${name}:${def.image}`).not.toMatch(/:latest$|^[^:]+$/);
 			if (def.image.startsWith("daarion-mesh:")) expect(def.image).toBe(`daarion-mesh:${version}`);
 		}
+	});
+});
+
+describe("NATS secrets checked before nats-server starts (docker/nats/check-secrets.sh)", () => {
+	const script = path.join(ROOT, "docker", "nats", "check-secrets.sh");
+	const start = (env: Record<string, string>) => spawnSync("sh", [script, "echo", "nats-server started"], { env: { PATH: process.env.PATH ?? "", ...env }, encoding: "utf8" });
+	// Values nats.conf would read as a number, a boolean or not at all: each leading character class once.
+	const refused = ["8e51ab0c", "0123abcd", "1", "-abc", "+abc", ".5x", "_abc", "$abc", '"quoted"', "{abc}", "true", "no", "OFF"];
+	const accepted = ["p8e51ab0c", "Secret-123", "abc_def"];
+
+	it.each(refused.flatMap(value => ["NATS_PASSWORD", "NATS_CLUSTER_PASSWORD"].map(variable => ({ variable, value }))))(
+		"refuses $variable=$value, naming it, and starts nothing",
+		({ variable, value }) => {
+			const result = start({ [variable]: value });
+			expect(result.status).toBe(64);
+			expect(result.stderr).toContain(variable);
+			expect(result.stderr).not.toContain(value);
+			expect(result.stdout).not.toContain("nats-server started");
+		},
+	);
+
+	it.each(accepted)("starts the server with a password %s", value => {
+		const result = start({ NATS_PASSWORD: value, NATS_CLUSTER_PASSWORD: value });
+		expect(result.stderr).toBe("");
+		expect(result.status).toBe(0);
+		expect(result.stdout).toBe("nats-server started\n");
 	});
 });
 
