@@ -84,7 +84,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			GatewayReporterMiddleware(metricsReporter),
 			QueryLimitsMiddleware(),
 			FailureDetectorMiddleware(),
-			LivenessProbeMiddleware(),
+			LivenessProbeMiddleware({}, { budget: settings.hedgeBudget }),
 			NatsReconnectGuardMiddleware(),
 			FailoverEventsMiddleware(),
 			...meshInternalMiddlewares(),

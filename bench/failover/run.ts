@@ -1,11 +1,12 @@
 /**
  * `npm run bench:failover`: the same SIGKILL, SIGSTOP (5 s) and SIGTERM scenarios against (a) plain
- * Moleculer defaults and (b) this project's failover policy, in one run. Two actor nodes and a
+ * Moleculer defaults, (b) this project's failover policy, (c) the policy with NATS queue groups and (d) the
+ * policy without hedged reads (HEDGE_BUDGET=0), in one run. Two actor nodes and a
  * gateway-only node over NATS; 200 req/s of GET /api/mesh/whoami through the gateway; NODE1 gets the
  * signal 3 s in. Reported: failed requests, longest time without a successful answer, latency p99/max
  * during the event, how long after the signal requests were still disrupted (slow > 500 ms or failed),
  * the latency distribution per 100 ms window around the signal (docs/FAILOVER.md), and the liveness
- * probes the gateway sent during the steady 3 s before it (their cost when nothing fails).
+ * probes and hedged reads the gateway sent during the steady 3 s before it (their cost when nothing fails).
  */
 import type { ChildProcess } from "child_process";
 import { startLoad, windowStats, type Sample } from "../../test/helpers/load";
@@ -41,6 +42,8 @@ interface Row {
 	disruptedMs: number;
 	/** liveness probes the gateway sent in the steady 3 s before the signal; null where there is no probe */
 	steadyProbes: number | null;
+	/** hedged reads the gateway sent in the same 3 s; null where there is no probe */
+	steadyHedges: number | null;
 	windows: Array<{ fromMs: number; requests: number; p50Ms: number; p99Ms: number; maxMs: number }>;
 }
 
@@ -111,22 +114,26 @@ function windowsAround(samples: Sample[], signalAt: number): Row["windows"] {
 }
 
 /**
- * The gateway's liveness probes so far (all outcomes), or null where the gateway serves no project
- * metrics (the bare topology). A counter with no samples yet is not rendered at all: that is 0 probes.
+ * The gateway's liveness probes and hedged calls so far (all outcomes), or null where the gateway serves no
+ * project metrics (the bare topology). A counter with no samples yet is not rendered at all: that is 0.
  */
-async function probesSent(gatewayUrl: string): Promise<number | null> {
+async function steadyCounters(gatewayUrl: string): Promise<{ probes: number; hedges: number } | null> {
 	const text = await fetch(`${gatewayUrl}/metrics`).then(r => (r.ok ? r.text() : null), () => null);
 	if (text === null || !text.includes("mesh_")) return null;
-	const lines = text.split("\n").filter(l => l.startsWith("mesh_liveness_probes_total"));
-	return lines.reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+	const total = (metric: string) =>
+		text
+			.split("\n")
+			.filter(l => l.startsWith(metric))
+			.reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+	return { probes: total("mesh_liveness_probes_total"), hedges: total("mesh_hedge_total") };
 }
 
 async function scenario(topology: Topology, signal: NodeJS.Signals): Promise<Row> {
 	await waitForBothNodes(topology.gatewayUrl);
 	const load = startLoad({ url: `${topology.gatewayUrl}/api/mesh/whoami`, ratePerSecond: RATE, maxInFlight: 20_000, clientTimeoutMs: 60_000 });
-	const probesBefore = await probesSent(topology.gatewayUrl);
+	const countersBefore = await steadyCounters(topology.gatewayUrl);
 	await new Promise(r => setTimeout(r, 3_000));
-	const probesAtSignal = await probesSent(topology.gatewayUrl);
+	const countersAtSignal = await steadyCounters(topology.gatewayUrl);
 	const signalAt = load.now();
 	topology.node1.kill(signal);
 	if (signal === "SIGSTOP") {
@@ -147,7 +154,8 @@ async function scenario(topology: Topology, signal: NodeJS.Signals): Promise<Row
 		p99Ms: stats.p99Ms,
 		maxMs: stats.maxMs,
 		disruptedMs: disruptedFor(samples, signalAt),
-		steadyProbes: probesBefore == null || probesAtSignal == null ? null : probesAtSignal - probesBefore,
+		steadyProbes: countersBefore == null || countersAtSignal == null ? null : countersAtSignal.probes - countersBefore.probes,
+		steadyHedges: countersBefore == null || countersAtSignal == null ? null : countersAtSignal.hedges - countersBefore.hedges,
 		windows: windowsAround(samples, signalAt),
 	};
 	process.stdout.write(`${JSON.stringify(row)}\n`);
@@ -159,7 +167,8 @@ async function main(): Promise<void> {
 	try {
 		for (const signal of ["SIGKILL", "SIGSTOP", "SIGTERM"] as const) {
 			const queueGroups = () => projectTopology({ DISABLE_BALANCER: "true" }, "(c) policy + NATS queue groups");
-			for (const build of [bareTopology, () => projectTopology(), queueGroups]) {
+			const noHedging = () => projectTopology({ HEDGE_BUDGET: "0" }, "(d) policy without hedged reads");
+			for (const build of [bareTopology, () => projectTopology(), queueGroups, noHedging]) {
 				rows.push(await scenario(await build(), signal));
 				await stopProcesses();
 			}
@@ -200,8 +209,8 @@ function timelineSection(rows: Row[]): string {
 			"",
 		);
 	}
-	const probes = rows.filter(r => r.steadyProbes != null).map(r => `${r.policy} before ${r.signal}: ${r.steadyProbes}`);
-	parts.push(`Liveness probes sent by the gateway in the steady 3 s before each signal (${RATE * 3} requests): ${probes.join("; ")}.`);
+	const steady = rows.filter(r => r.steadyProbes != null).map(r => `${r.policy} before ${r.signal}: ${r.steadyProbes} / ${r.steadyHedges}`);
+	parts.push(`Liveness probes / hedged reads sent by the gateway in the steady 3 s before each signal (${RATE * 3} requests): ${steady.join("; ")}.`);
 	return parts.join("\n");
 }
 

@@ -43,6 +43,7 @@ import {
 	type PendingRequest,
 } from "./moleculer-internals";
 import { natsConnectionEpoch } from "./nats-reconnect-guard";
+import { CallHedger, HEDGE_DEFAULTS, registerHedgeMetrics, type HedgeOptions } from "./hedged-calls";
 
 export interface LivenessProbeOptions {
 	/** how often pending calls are scanned */
@@ -83,6 +84,11 @@ export function suspectNodesOf(broker: ServiceBroker): ReadonlySet<string> | und
 	return probesByBroker.get(broker)?.suspects;
 }
 
+/** Hedges this broker sent, by outcome (null when hedging is off or the probe is not running). */
+export function hedgeStatsOf(broker: ServiceBroker): Readonly<Record<"won" | "lost" | "failed", number>> | null {
+	return probesByBroker.get(broker)?.hedger?.stats ?? null;
+}
+
 /** Whether this broker's probe is scanning its pending calls now (it does only while there are any). */
 export function livenessScanArmed(broker: ServiceBroker): boolean {
 	return probesByBroker.get(broker)?.armed ?? false;
@@ -107,14 +113,19 @@ class LivenessProbe {
 	private readonly lastAnswer = new Map<string, number>();
 	readonly suspects = new Set<string>();
 	private readonly log: ReturnType<ServiceBroker["getLogger"]>;
+	/** null when hedging is off (HEDGE_BUDGET=0) */
+	readonly hedger: CallHedger | null;
 
 	constructor(
 		private readonly broker: ServiceBroker,
 		private readonly nc: NatsConnection,
 		private readonly opts: LivenessProbeOptions,
+		hedge: HedgeOptions,
 	) {
 		this.log = broker.getLogger("liveness");
 		probesByBroker.set(broker, this);
+		const hedger = new CallHedger(broker, hedge, nodeID => this.suspects.has(nodeID));
+		this.hedger = hedger.enabled ? hedger : null;
 	}
 
 	start(): void {
@@ -157,15 +168,20 @@ class LivenessProbe {
 		this.lastAnswer.delete(nodeID);
 	}
 
-	/** Nodes with a call pending longer than probeAfterMs, and suspect nodes due for a re-probe. */
+	/** Nodes with a call pending longer than probeAfterMs, and suspect nodes due for a re-probe; hedges. */
 	private scan(): void {
 		const pending = pendingRequestsOf(this.broker);
 		if (!pending || (!pending.size && !this.suspects.size && !this.inFlight.size)) return this.disarm();
 		const now = performance.now();
 		const due = new Set<string>();
-		for (const req of pending.values()) {
-			if (req.probeSeenAt === undefined) req.probeSeenAt = now;
-			else if (now - req.probeSeenAt >= this.opts.probeAfterMs) due.add(req.nodeID);
+		for (const [id, req] of pending) {
+			if (req.probeSeenAt === undefined) {
+				req.probeSeenAt = now;
+				continue;
+			}
+			const ageMs = now - req.probeSeenAt;
+			if (ageMs >= this.opts.probeAfterMs) due.add(req.nodeID);
+			this.hedger?.consider(id, req, ageMs, now);
 		}
 		for (const nodeID of this.suspects) due.add(nodeID);
 		for (const nodeID of due) this.maybeProbe(nodeID, now);
@@ -273,26 +289,30 @@ function registerLivenessMetrics(broker: ServiceBroker): void {
 	});
 }
 
-export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> = {}): Middleware {
+/** `hedge`: hedged idempotent calls, driven by the same scan (lib/mesh/hedged-calls.ts); `{ budget: 0 }` turns them off. */
+export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> = {}, hedge: Partial<HedgeOptions> = {}): Middleware {
 	const opts = { ...LIVENESS_DEFAULTS, ...options };
+	const hedgeOpts = { ...HEDGE_DEFAULTS, ...hedge };
 	let probe: LivenessProbe | null = null;
 	return {
 		name: "LivenessProbe",
 		created(broker: ServiceBroker) {
 			registerLivenessMetrics(broker);
+			registerHedgeMetrics(broker);
 			// Gossiped with INFO: callers probe only nodes that answer probes.
 			if (usesNatsTransporter(broker)) (broker.metadata as Record<string, unknown>)[LIVENESS_METADATA_KEY] = true;
 		},
 		async started(broker: ServiceBroker) {
 			const nc = natsConnectionOf(broker);
 			if (!nc) return;
-			probe = new LivenessProbe(broker, nc, opts);
+			probe = new LivenessProbe(broker, nc, opts, hedgeOpts);
 			probe.start();
 		},
 		remoteAction(next: (ctx: Context) => Promise<unknown>) {
 			return function armLivenessScan(ctx: Context) {
-				probe?.arm();
-				return next(ctx);
+				if (!probe) return next(ctx);
+				probe.arm();
+				return probe.hedger ? probe.hedger.watch(ctx, next) : next(ctx);
 			};
 		},
 		async stopped() {

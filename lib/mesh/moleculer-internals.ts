@@ -3,20 +3,29 @@
  * they are used. Moleculer is pinned to a tilde range in package.json for these; a unit test
  * (test/unit/moleculer-internals.test.ts) pins the shapes so an upgrade that changes them fails loudly.
  */
-import { Transporters, type ServiceBroker } from "moleculer";
+import { Transporters, type Context, type ServiceBroker } from "moleculer";
 import type { NatsConnection } from "nats";
 
 /** One call this node sent and still waits for (Transit#pendingRequests). */
 export interface PendingRequest {
 	nodeID: string;
 	action?: { name?: string; idempotent?: boolean };
+	/** the caller's context (its params and meta are what a hedge re-sends) */
+	ctx?: Context;
+	resolve(result: unknown): void;
 	reject(err: Error): void;
+	/** whether the call sends a request stream */
+	stream?: boolean;
 	/** stamped by the liveness probe the first time it sees the request */
 	probeSeenAt?: number;
+	/** set once the call has been hedged (lib/mesh/hedged-calls.ts) */
+	hedged?: boolean;
 }
 
 interface TransitInternals {
 	pendingRequests: Map<string, PendingRequest>;
+	/** response streams being received, by request id */
+	pendingResStreams: Map<string, unknown>;
 	/** the response stream of a call whose first chunk has arrived (its promise already resolved with it) */
 	_deletePendingResStream(id: string, origin: string): void;
 	/** the request stream a call is sending */
@@ -30,6 +39,11 @@ function transitOf(broker: ServiceBroker): TransitInternals | null {
 
 export function pendingRequestsOf(broker: ServiceBroker): Map<string, PendingRequest> | null {
 	return transitOf(broker)?.pendingRequests ?? null;
+}
+
+/** Whether the response of pending call `id` is already streaming in (its promise resolved with the stream). */
+export function isResponseStreaming(broker: ServiceBroker, id: string): boolean {
+	return transitOf(broker)?.pendingResStreams.has(id) ?? false;
 }
 
 /**

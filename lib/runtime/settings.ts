@@ -108,6 +108,8 @@ export interface MeshSettings {
 	serviceSettings: ServiceSettingOverrides;
 	/** NATS queue groups pick the node instead of Moleculer's balancer (measured in docs/FAILOVER.md; off) */
 	disableBalancer: boolean;
+	/** hedged idempotent calls allowed per idempotent call sent, 0..1 (lib/mesh/hedged-calls.ts; 0 = off) */
+	hedgeBudget: number;
 	/** leader leases for singleton duties (lib/data/leader-lease.ts) */
 	leaseTtlMs: number;
 	swapper: SwapperSettings;
@@ -209,6 +211,13 @@ function readInt<F extends number | undefined>(env: Env, name: string, fallback:
 	if (!Number.isFinite(value) || value < min) {
 		throw new SettingsError(name, `expected a number >= ${min}, got "${raw}"`);
 	}
+	return value;
+}
+
+/** A fraction between 0 and 1. */
+function readFraction(env: Env, name: string, fallback: number): number {
+	const value = readInt(env, name, fallback);
+	if (value > 1) throw new SettingsError(name, `expected a fraction between 0 and 1, got "${env[name]}"`);
 	return value;
 }
 
@@ -349,6 +358,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		migrateOnStart: readBool(env, "MIGRATE_ON_START", !production),
 		leaseTtlMs: readInt(env, "LEASE_TTL_MS", 5_000, 1_000),
 		disableBalancer: readBool(env, "DISABLE_BALANCER", false),
+		hedgeBudget: readFraction(env, "HEDGE_BUDGET", 0.05),
 		registry: {
 			heartbeatMs: readInt(env, "NODE_HEARTBEAT_MS", 10_000, 100),
 			offlineAfterMs: readInt(env, "NODE_OFFLINE_AFTER_MS", 90_000, 200),

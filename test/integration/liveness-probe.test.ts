@@ -1,7 +1,8 @@
 /**
  * The liveness probe (lib/mesh/liveness-probe.ts) with real processes on a real NATS server: calls
  * pending on a node that is SIGKILLed or SIGSTOPped are settled long before any timeout could.
- * Every action here has the `standard` class (5 s), so only the probe can explain a fast answer.
+ * Every action here has the `standard` class (5 s), so only the probe can explain a fast answer: the
+ * probe's caller has hedging off. Hedged reads (lib/mesh/hedged-calls.ts) have their own callers below.
  */
 import { spawn, type ChildProcess } from "child_process";
 import path from "path";
@@ -9,19 +10,21 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { livenessScanArmed } from "../../lib/mesh/liveness-probe";
+import { hedgeStatsOf, livenessScanArmed, suspectNodesOf } from "../../lib/mesh/liveness-probe";
 import { ROOT, uniqueNamespace, waitFor } from "../helpers/cluster";
 import { describeWithNats, LOCAL_NATS_URL } from "../helpers/requirements";
 
 jest.setTimeout(60_000);
 
 const namespace = uniqueNamespace("liveness");
+/** The hedging tests' own mesh: the probe tests' nodes (one still holding reads 1.2 s) stay out of it. */
+const hedgeNamespace = uniqueNamespace("hedge");
 const children: ChildProcess[] = [];
 
-function startTarget(nodeID: string, holdMs: number): Promise<ChildProcess> {
+function startTarget(nodeID: string, holdMs: number, ns = namespace): Promise<ChildProcess> {
 	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "test", "fixtures", "liveness-target.ts")], {
 		cwd: ROOT,
-		env: { PATH: process.env.PATH ?? "", NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: namespace, NODE_ID: nodeID, HOLD_MS: String(holdMs), LOG_LEVEL: "warn", METRICS: "false" },
+		env: { PATH: process.env.PATH ?? "", NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: ns, NODE_ID: nodeID, HOLD_MS: String(holdMs), LOG_LEVEL: "warn", METRICS: "false" },
 		stdio: ["ignore", "pipe", "inherit"],
 	});
 	children.push(child);
@@ -48,26 +51,44 @@ function call(broker: ServiceBroker, action: string): Promise<Outcome> {
 
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 
+const callers: ServiceBroker[] = [];
+
+afterAll(async () => {
+	for (const child of children) child.kill("SIGKILL");
+	for (const broker of callers) await broker.stop();
+});
+
+async function startCaller(nodeID: string, hedgeBudget: string, ns = namespace): Promise<ServiceBroker> {
+	const settings = loadSettings({ NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: ns, NODE_ID: nodeID, LOG_LEVEL: "warn", METRICS: "false", HEDGE_BUDGET: hedgeBudget });
+	const broker = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
+	await broker.start();
+	callers.push(broker);
+	return broker;
+}
+
+async function targetsVisibleTo(broker: ServiceBroker, nodeIDs: string[]): Promise<void> {
+	await waitFor(`${nodeIDs.join(", ")} to offer target.read`, async () => {
+		const nodes = broker.registry.getServiceList({ onlyAvailable: true }).filter(s => s.name === "target").map(s => s.nodeID);
+		return nodeIDs.every(id => nodes.includes(id));
+	});
+}
+
+/** The outcomes settled within `ms`; the others are still pending then. */
+async function settledWithin(calls: Promise<Outcome>[], ms: number): Promise<Outcome[]> {
+	const settled: Outcome[] = [];
+	for (const c of calls) void c.then(o => settled.push(o));
+	await sleep(ms);
+	return [...settled];
+}
+
 describeWithNats("liveness probe: calls pending on a dead or hung node", () => {
 	let caller: ServiceBroker;
-
-	async function targetsVisible(nodeIDs: string[]): Promise<void> {
-		await waitFor(`${nodeIDs.join(", ")} to offer target.read`, async () => {
-			const nodes = caller.registry.getServiceList({ onlyAvailable: true }).filter(s => s.name === "target").map(s => s.nodeID);
-			return nodeIDs.every(id => nodes.includes(id));
-		});
-	}
+	const targetsVisible = (nodeIDs: string[]) => targetsVisibleTo(caller, nodeIDs);
 
 	beforeAll(async () => {
-		const settings = loadSettings({ NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: namespace, NODE_ID: "caller", LOG_LEVEL: "warn", METRICS: "false" });
-		caller = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
-		await caller.start();
+		caller = await startCaller("caller", "0");
 	});
 
-	afterAll(async () => {
-		for (const child of children) child.kill("SIGKILL");
-		await caller?.stop();
-	});
 
 	it("scans pending calls only while there are any: idle, armed by a call, idle again once it is answered", async () => {
 		await startTarget("IDLE1", 300);
@@ -126,5 +147,68 @@ describeWithNats("liveness probe: calls pending on a dead or hung node", () => {
 		// Suspicion never cancels a write: the stopped node may still apply it, and it does.
 		expect(writeOutcomes.every(o => o.ok)).toBe(true);
 		expect(writeOutcomes.some(o => o.nodeID === "SLOW2")).toBe(true);
+	});
+});
+
+describeWithNats("hedged reads: a read still pending after its action's p99 goes once more to another node", () => {
+	it("answers reads stuck on a slow node from the other node after the cold delay, never hedges a write, and leaves the slow node in rotation", async () => {
+		const hedging = await startCaller("hedging-caller", "0.05", hedgeNamespace);
+		const [slow] = await Promise.all([startTarget("HSLOW1", 30_000, hedgeNamespace), startTarget("HFAST1", 0, hedgeNamespace)]);
+		await targetsVisibleTo(hedging, ["HSLOW1", "HFAST1"]);
+		const sentAt = performance.now();
+		const reads = Array.from({ length: 8 }, () => call(hedging, "target.read"));
+		const writes = Array.from({ length: 4 }, () => call(hedging, "target.write"));
+		const readOutcomes = await Promise.all(reads);
+		const latest = Math.max(...readOutcomes.map(o => o.endedAt - sentAt));
+		process.stdout.write(`[hedge] reads stuck on a slow node answered within ${Math.round(latest)} ms\n`);
+
+		// Half the reads went to HSLOW1, which holds them 30 s: only a hedge explains an answer now. The
+		// action has no samples yet, so the cold delay (100 ms) applies; the slow node answers its probes.
+		expect(readOutcomes.every(o => o.ok && o.nodeID === "HFAST1")).toBe(true);
+		expect(latest).toBeLessThan(1_000);
+		expect(hedgeStatsOf(hedging)).toMatchObject({ won: expect.any(Number), failed: 0 });
+		expect(hedgeStatsOf(hedging)!.won).toBeGreaterThanOrEqual(3);
+		expect(suspectNodesOf(hedging)?.has("HSLOW1") ?? false).toBe(false);
+		// Writes are never sent twice: those on HSLOW1 are still waiting.
+		const writesSettled = await settledWithin(writes, 500);
+		expect(writesSettled.every(o => o.ok && o.nodeID === "HFAST1")).toBe(true);
+		expect(writesSettled.length).toBeLessThan(writes.length);
+		slow.kill("SIGKILL");
+		await Promise.all(writes);
+	});
+
+	it("spends no more than its budget: 20 at once, then 5 % of the idempotent calls sent", async () => {
+		const hedging = await startCaller("budget-caller", "0.05", hedgeNamespace);
+		const [slow] = await Promise.all([startTarget("HSLOW2", 30_000, hedgeNamespace), startTarget("HFAST2", 0, hedgeNamespace)]);
+		await targetsVisibleTo(hedging, ["HSLOW2", "HFAST2"]);
+		const reads = Array.from({ length: 80 }, () => call(hedging, "target.read"));
+		const settled = await settledWithin(reads, 1_000);
+		const stats = hedgeStatsOf(hedging)!;
+		process.stdout.write(`[hedge] 80 reads, half on a slow node: ${settled.length} answered in 1 s, hedges ${JSON.stringify(stats)}\n`);
+		// Burst 20, plus at most 0.05 per read sent.
+		expect(stats.won + stats.lost + stats.failed).toBeLessThanOrEqual(20 + Math.ceil(80 * 0.05));
+		expect(stats.won).toBeGreaterThanOrEqual(15);
+		expect(settled.length).toBeLessThan(80);
+		slow.kill("SIGKILL");
+		await Promise.all(reads);
+	});
+
+	it("leaves ordinary calls alone: with an unlimited budget, reads answered in about a millisecond are not hedged", async () => {
+		const hedging = await startCaller("steady-caller", "1", hedgeNamespace);
+		await Promise.all([startTarget("HQUICK1", 0, hedgeNamespace), startTarget("HQUICK2", 0, hedgeNamespace)]);
+		await targetsVisibleTo(hedging, ["HQUICK1", "HQUICK2"]);
+		let sent = 0;
+		const worker = async () => {
+			while (sent < 600) {
+				sent++;
+				expect((await call(hedging, "target.read")).ok).toBe(true);
+			}
+		};
+		await Promise.all(Array.from({ length: 20 }, worker));
+		const stats = hedgeStatsOf(hedging)!;
+		process.stdout.write(`[hedge] 600 quick reads, 20 at a time: hedges ${JSON.stringify(stats)}\n`);
+		// Only calls slower than the action's p99 (and at least 30 ms) are hedged: about 1 %, none on a quiet
+		// machine; 5 % leaves room for a loaded CI machine's stalls (test/unit/hedged-calls.test.ts pins the rule).
+		expect(stats.won + stats.lost + stats.failed).toBeLessThanOrEqual(30);
 	});
 });

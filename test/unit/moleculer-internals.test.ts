@@ -4,7 +4,7 @@
  * not silently in the liveness probe or the outbox.
  */
 import { ServiceBroker } from "moleculer";
-import { pendingRequestsOf, remoteNodeMetadata, subjectPrefixOf, usesNatsTransporter } from "../../lib/mesh/moleculer-internals";
+import { isResponseStreaming, pendingRequestsOf, remoteNodeMetadata, subjectPrefixOf, usesNatsTransporter } from "../../lib/mesh/moleculer-internals";
 
 describe("Moleculer internals the mesh relies on", () => {
 	const broker = new ServiceBroker({ namespace: "pin", nodeID: "pin-node", transporter: "Fake", logger: false });
@@ -17,6 +17,29 @@ describe("Moleculer internals the mesh relies on", () => {
 		expect(typeof transit._deletePendingReqStream).toBe("function");
 		expect(typeof transit._deletePendingResStream).toBe("function");
 		expect(typeof transit.removePendingRequestByNodeID).toBe("function");
+	});
+
+	it("holds what a hedge re-sends in each pending request: its context, resolve and reject, and whether it streams", async () => {
+		const server = new ServiceBroker({ namespace: "pin", nodeID: "pin-server", transporter: "Fake", logger: false });
+		let release: () => void = () => undefined;
+		server.createService({ name: "held", actions: { read: () => new Promise<string>(resolve => (release = () => resolve("answered"))) } });
+		await server.start();
+		try {
+			await broker.waitForServices("held");
+			const answer = broker.call("held.read", { q: 1 }, { meta: { user: "u1" } });
+			await new Promise(resolve => setTimeout(resolve, 20));
+			const [[id, req]] = [...pendingRequestsOf(broker)!];
+			expect(req).toMatchObject({ nodeID: "pin-server", action: { name: "held.read" }, stream: false });
+			expect(req.ctx).toMatchObject({ params: { q: 1 }, meta: { user: "u1" } });
+			expect(typeof req.resolve).toBe("function");
+			expect(typeof req.reject).toBe("function");
+			expect((broker.transit as unknown as { pendingResStreams: unknown }).pendingResStreams).toBeInstanceOf(Map);
+			expect(isResponseStreaming(broker, id)).toBe(false);
+			release();
+			await expect(answer).resolves.toBe("answered");
+		} finally {
+			await server.stop();
+		}
 	});
 
 	it("prefixes subjects with MOL-<namespace> and tells the NATS transporter from others", () => {

@@ -31,6 +31,19 @@ describe("settings from the environment", () => {
 		expect(() => loadSettings({ NATS_KEEP_URL_ORDER: "first" })).toThrow(/NATS_KEEP_URL_ORDER/);
 	});
 
+	it.each([
+		["unset", undefined, 0.05],
+		["off", "0", 0],
+		["a fraction", "0.2", 0.2],
+		["every call", "1", 1],
+	])("reads HEDGE_BUDGET %s as %p → %p", (_what, raw, expected) => {
+		expect(loadSettings(raw === undefined ? {} : { HEDGE_BUDGET: raw }).hedgeBudget).toBe(expected);
+	});
+
+	it.each(["-0.1", "1.5", "5%", "half"])("refuses HEDGE_BUDGET=%s, naming it", raw => {
+		expect(() => loadSettings({ HEDGE_BUDGET: raw })).toThrow(/HEDGE_BUDGET/);
+	});
+
 	it("refuses a malformed number with the variable's name", () => {
 		expect(() => loadSettings({ PORT: "ninety" })).toThrow(/PORT/);
 		expect(() => loadSettings({ RATE_LIMIT_BURST: "-1" })).toThrow(SettingsError);
