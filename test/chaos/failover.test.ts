@@ -29,7 +29,8 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 	let mesh: ChaosMesh;
 	beforeAll(async () => {
 		// The drill test double holds writes open so that a node can be killed mid-write.
-		mesh = await startChaosMesh(TEST_SERVICES_ENV);
+		// CHAOS_EXTRA_ENV (JSON) sets more node variables for a manual A/B, e.g. '{"HEDGE_BUDGET":"0"}'.
+		mesh = await startChaosMesh({ ...TEST_SERVICES_ENV, ...JSON.parse(process.env.CHAOS_EXTRA_ENV ?? "{}") });
 	});
 	afterAll(async () => {
 		await mesh?.stop();
@@ -94,6 +95,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		expect(windowStats(result.samples, restartAt, Infinity).failed).toBe(0);
 		// The failover is counted, with its reason, in the gateway's metrics.
 		const metrics = await (await fetch(`${mesh.gateway.url}/metrics`)).text();
+		report("SIGKILL hedges", metrics.split("\n").filter(l => l.startsWith("mesh_hedge_total")));
 		expect(metrics).toMatch(/mesh_node_left_total\{node_id="NODE1",reason="heartbeat-timeout"\} [1-9]/);
 		expect(metrics).toMatch(/mesh_node_joined_total\{node_id="NODE1",reconnected="(true|false)"\} [1-9]/);
 	});
