@@ -8,7 +8,7 @@ import os from "os";
 import type { Context, ServiceSchema } from "moleculer";
 import { INTERNAL_ACCESS, type MeshUser } from "../lib/http/auth";
 import { auditEvent } from "../lib/data/audit-events";
-import { requestLogger } from "../lib/runtime/logger";
+import { logsAt, requestLogger } from "../lib/runtime/logger";
 import { buildHealthReport, transportStatus } from "../lib/http/health";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { actionPolicy } from "../lib/mesh/failover-policy";
@@ -69,7 +69,11 @@ const MeshService: ServiceSchema = {
 				$$strict: "remove",
 			},
 			handler(ctx: Context<{ message: string }, { user?: MeshUser }>) {
-				requestLogger(this.logger, ctx).debug(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
+				// Checked first: below debug the line was still built and passed down two loggers on every call,
+				// ~0.2 µs of a served call's ~15 µs (docs/BENCHMARKS.md, "Where a remote call's CPU goes").
+				if (logsAt("debug", this.broker.options.logLevel as string)) {
+					requestLogger(this.logger, ctx).debug(`echo served for ${ctx.meta.user?.id ?? "mesh caller"}`);
+				}
 				return {
 					message: ctx.params.message,
 					nodeID: this.broker.nodeID,

@@ -126,11 +126,45 @@ export class FailoverStrategy extends Strategies.RoundRobin {
 	}
 }
 
-/** Checks remote heartbeats often; Moleculer alone checks once per heartbeatTimeout (up to 2× late). */
+/** Moleculer's default heartbeat interval: how fresh the CPU figure in a heartbeat is without this mesh's faster beat. */
+export const CPU_SAMPLE_EVERY_MS = 10_000;
+
+/**
+ * The machine CPU figure each heartbeat carries (mesh.nodes shows it) is sampled at most every `everyMs`; the
+ * beats in between carry the last sample. Moleculer samples before every beat — os.cpus() three times, 100 ms
+ * apart, each a read of /proc that took 0.1–1 ms here — so the 1 s heartbeat failure detection needs made that
+ * 10× Moleculer's default: 2–3 ms of CPU per second per node, busy or idle (docs/BENCHMARKS.md, "Where a remote
+ * call's CPU goes"). A failed sample is not kept: the next beat samples again.
+ */
+export function sampleCpuAtMostEvery(broker: ServiceBroker, everyMs = CPU_SAMPLE_EVERY_MS): void {
+	const sample = broker.getCpuUsage.bind(broker);
+	let last: { at: number; usage: ReturnType<ServiceBroker["getCpuUsage"]> } | null = null;
+	// Moleculer passes this function around unbound (localNode.updateLocalInfo(broker.getCpuUsage)).
+	broker.getCpuUsage = () => {
+		const now = performance.now();
+		if (!last || now - last.at >= everyMs) {
+			const usage = sample();
+			const taken = { at: now, usage };
+			usage.catch(() => {
+				if (last === taken) last = null;
+			});
+			last = taken;
+		}
+		return last.usage;
+	};
+}
+
+/**
+ * Checks remote heartbeats often; Moleculer alone checks once per heartbeatTimeout (up to 2× late). The
+ * heartbeats themselves are frequent (HEARTBEAT_INTERVAL), so their CPU figure is sampled less often.
+ */
 export function FailureDetectorMiddleware(checkEveryMs = 250): Middleware {
 	let timer: NodeJS.Timeout | null = null;
 	return {
 		name: "FailureDetector",
+		created(broker: ServiceBroker) {
+			sampleCpuAtMostEvery(broker);
+		},
 		started(broker: ServiceBroker) {
 			const discoverer = (broker.registry as unknown as { discoverer: { checkRemoteNodes(): void } }).discoverer;
 			if (!broker.transit) return;

@@ -23,6 +23,17 @@ describe("mesh service (in-process broker)", () => {
 		expect(answer).toEqual({ message: "hi", nodeID: node.broker.nodeID, requestID: "req-1", user: "u1" });
 	});
 
+	it("echo builds no debug line when the node logs below debug (the mesh's benchmark call)", async () => {
+		expect(node.settings.logLevel).not.toBe("debug");
+		const debug = jest.spyOn(node.broker.getLocalService("mesh")!.logger, "debug");
+		try {
+			await node.callAs(user("u1"), "mesh.echo", { message: "hi" });
+			expect(debug).not.toHaveBeenCalled();
+		} finally {
+			debug.mockRestore();
+		}
+	});
+
 	it("refuses an echo without a message as a ValidationError naming the field", async () => {
 		const refused = node.call("mesh.echo", {});
 		await expect(refused).rejects.toBeInstanceOf(Errors.ValidationError);
