@@ -96,8 +96,15 @@ function budgetKey(socket: MeshSocket): string {
 	return socket.data.user ? `user:${socket.data.user.id}` : `address:${socket.handshake.address}`;
 }
 
-/** One handler per mesh event, calling every channel that pushes on it. */
-function pushHandlers(channels: ChannelDefinition[]): ServiceSchema["events"] {
+/**
+ * One handler per mesh event, calling every channel that pushes on it, after the current turn of the event
+ * loop: a broadcast (ctx.broadcast("city.message.created")) calls this node's handlers synchronously, while its
+ * copies to the other gateways leave only when the NATS client flushes, in a microtask after that. Pushed at
+ * once, a message to thousands of local sockets held every other gateway's push back by its whole duration
+ * (the gateways fanned out one after the other, not side by side: docs/BENCHMARKS.md). setImmediate keeps the
+ * pushes in the order their events came; a push that throws is logged, as Moleculer logs a failed handler.
+ */
+export function pushHandlers(channels: ChannelDefinition[]): ServiceSchema["events"] {
 	const byEvent = new Map<string, Array<NonNullable<ChannelDefinition["pushes"]>[string]>>();
 	for (const channel of channels) {
 		for (const [event, push] of Object.entries(channel.pushes ?? {})) byEvent.set(event, [...(byEvent.get(event) ?? []), push]);
@@ -105,8 +112,16 @@ function pushHandlers(channels: ChannelDefinition[]): ServiceSchema["events"] {
 	return Object.fromEntries(
 		[...byEvent].map(([event, pushes]) => [
 			event,
-			function (this: GatewayThis, ctx: Context<Record<string, unknown>>) {
-				for (const push of pushes) push(this, ctx.params);
+			function (this: Service & RealtimeGateway, ctx: Context<Record<string, unknown>>) {
+				setImmediate(() => {
+					for (const push of pushes) {
+						try {
+							push(this, ctx.params);
+						} catch (err) {
+							this.logger.error(`${event}: push to sockets failed: ${(err as Error).message}`);
+						}
+					}
+				});
 			},
 		]),
 	);

@@ -12,3 +12,5 @@ room.on("connection", socket => {
 	socket.on("heap", (ack: (reading: HeapReading) => void) => ack(readHeap()));
 });
 server.listen(Number(process.env.PORT), "127.0.0.1", () => process.stdout.write("READY\n"));
+// A clean exit on the harness's SIGTERM, so that a profiled run (BENCH_NODE_ARGS=--cpu-prof) writes its profile.
+process.on("SIGTERM", () => process.exit(0));
