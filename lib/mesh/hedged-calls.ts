@@ -80,6 +80,7 @@ export class CallHedger {
 	private readonly latency = new Map<string, ActionLatency>();
 	private tokens: number;
 	private sent = 0;
+	private hedgesSent = 0;
 
 	constructor(
 		private readonly broker: ServiceBroker,
@@ -128,12 +129,16 @@ export class CallHedger {
 		this.hedge(id, req, req.ctx, nodeID);
 	}
 
-	/** An available, unsuspected node offering the action, other than the one the call waits on. */
+	/**
+	 * An available, unsuspected node offering the action, other than the one the call waits on; taking turns
+	 * when there are several, so that hedges from one slow node do not all land on the same other one.
+	 */
 	private otherNode(action: string, waitingOn: string, ctx: Context): string | null {
-		const endpoints = this.broker.registry.getActionEndpoints(action) as unknown as { endpoints?: Array<{ id: string; state: boolean; node: { id: string } }> } | undefined;
+		const endpoints = this.broker.registry.getActionEndpoints(action) as unknown as { endpoints?: Array<{ state: boolean; node: { id: string } }> } | undefined;
 		const failed = nodesThisCallFailedOn(ctx);
-		const candidate = endpoints?.endpoints?.find(e => e.state && e.node.id !== waitingOn && !failed.has(e.node.id) && !this.isSuspect(e.node.id));
-		return candidate?.node.id ?? null;
+		const candidates = (endpoints?.endpoints ?? []).filter(e => e.state && e.node.id !== waitingOn && !failed.has(e.node.id) && !this.isSuspect(e.node.id));
+		if (!candidates.length) return null;
+		return candidates[this.hedgesSent++ % candidates.length].node.id;
 	}
 
 	private hedge(id: string, req: PendingRequest, ctx: Context, nodeID: string): void {
