@@ -10,11 +10,13 @@
  *   heap     — heap growth per idle socket after a full GC, over both nodes (SIGUSR2 heap report) and on the bare
  *              server, each after 100 warm-up connections (opened and closed); compiled code is reported apart
  *              (lib/runtime/heap.ts): it grows with what background timers run meanwhile, not with the sockets
- * The room clients live in BENCH_CLIENT_PROCESSES (default 4) child processes (bench/presence/clients.ts),
- * socket i in process i mod that, for the project and the baseline alike: one process taking all N deliveries
+ * The room clients live in child processes (bench/presence/clients.ts) of up to BENCH_SOCKETS_PER_CLIENT_PROCESS
+ * (2,500) sockets each, filled in order, for the project and the baseline alike: one process taking all N deliveries
  * off its sockets one after another (~30 µs each) made the last delivery of a post wait for the other N−1 to
- * be read, a queue real clients, each on its own device, do not have. The clients still share this machine's
- * cores with the servers, and both sides pay that alike. Post and arrival times are
+ * be read, a queue real clients, each on its own device, do not have (2,500 × ~30 µs ≈ 75 ms per post at most).
+ * More processes than that take cores from the servers on this 2-core machine (at 1,000 sockets, 4 processes
+ * measured p99 94–200 ms, 1 process 75–99), so a point of N sockets uses ceil(N / 2,500) of them. The clients
+ * still share this machine's cores with the servers, and both sides pay that alike. Post and arrival times are
  * performance.timeOrigin + performance.now() in each process.
  */
 import { execSync, type ChildProcess } from "child_process";
@@ -34,7 +36,10 @@ const POINTS = (process.env.PRESENCE_CURVE ?? process.env.BENCH_CLIENTS ?? "1000
 /** BENCH_MESSAGES sets both (small values for a quick check of the bench itself). */
 const FIRST_MESSAGES = Number(process.env.BENCH_MESSAGES ?? 50);
 const CURVE_MESSAGES = Number(process.env.BENCH_MESSAGES ?? 20);
-const CLIENT_PROCESSES = Number(process.env.BENCH_CLIENT_PROCESSES ?? 4);
+const SOCKETS_PER_CLIENT_PROCESS = Number(process.env.BENCH_SOCKETS_PER_CLIENT_PROCESS ?? 2_500);
+/** Client processes a point of `sockets` uses (sockets fill them in order). */
+const clientProcessesFor = (sockets: number) => Math.ceil(sockets / SOCKETS_PER_CLIENT_PROCESS);
+const CLIENT_PROCESSES = clientProcessesFor(Math.max(...POINTS));
 /** File descriptors a process needs beyond its sockets (nodes' pipes, pg, NATS, node modules). */
 const FD_HEADROOM = 500;
 const SVG_FILE = path.join(ROOT, "docs", "bench", "presence-curve.svg");
@@ -76,10 +81,10 @@ class ClientProcesses {
 		return Promise.all(this.children.map((child, index) => this.ask(child, request(index))));
 	}
 
-	/** Sockets `from` … `to` − 1 of the curve, socket i in process i mod the count. */
+	/** Sockets `from` … `to` − 1 of the curve, socket i in process ⌊i / SOCKETS_PER_CLIENT_PROCESS⌋. */
 	async connect(from: number, to: number, target: Target): Promise<void> {
 		const count = this.children.length;
-		await this.all(index => ({ op: "connect", targets: Array.from({ length: to - from }, (_, j) => from + j).filter(i => i % count === index).map(target) }));
+		await this.all(index => ({ op: "connect", targets: Array.from({ length: to - from }, (_, j) => from + j).filter(i => Math.floor(i / SOCKETS_PER_CLIENT_PROCESS) % count === index).map(target) }));
 	}
 
 	async listen(field: NumberField): Promise<void> {
@@ -238,7 +243,7 @@ function firstPointSection(project: Point, bare: Point, presenceLatencies: numbe
 		["bare socket.io (1 process)", bare.fanOut.p50, bare.fanOut.p99, `${bare.fanOut.delivered}/${bare.fanOut.expected}`, bare.heap.objects, bare.heap.withCode],
 	];
 	return [
-		`Run ${new Date().toISOString()} on ${machine()}; ${project.sockets} socket.io clients (websocket) in ${CLIENT_PROCESSES} client processes; project clients split evenly over NODE1 and NODE2; ${project.messages} messages ${project.intervalMs} ms apart posted on NODE1. Load average ${project.load} (project) and ${bare.load} (bare). Larger socket counts: the next section.`,
+		`Run ${new Date().toISOString()} on ${machine()}; ${project.sockets} socket.io clients (websocket) in ${clientProcessesFor(project.sockets)} client process(es) of their own; project clients split evenly over NODE1 and NODE2; ${project.messages} messages ${project.intervalMs} ms apart posted on NODE1. Load average ${project.load} (project) and ${bare.load} (bare). Larger socket counts: the next section.`,
 		"",
 		table(["variant", "fan-out p50 ms", "fan-out p99 ms", "delivered", "heap KB / idle socket", "same, code included"], rows as Array<Array<string | number>>),
 		"",
@@ -264,16 +269,16 @@ function curveSection(project: Point[], bare: Point[], fdLimit: string, loadAtSt
 	]);
 	const top = project[project.length - 1];
 	const bareTop = bare[bare.length - 1];
-	const busiest = top.cpu.clients > top.cpu.servers ? `the ${CLIENT_PROCESSES} client processes (the ${top.sockets} clients' side, ${top.cpu.clients.toFixed(0)} % of a core together) more than both nodes together (${top.cpu.servers.toFixed(0)} %)` : `the two nodes (${top.cpu.servers.toFixed(0)} % of a core together) more than the ${CLIENT_PROCESSES} client processes, the clients' side (${top.cpu.clients.toFixed(0)} %)`;
+	const busiest = top.cpu.clients > top.cpu.servers ? `the ${clientProcessesFor(top.sockets)} client processes (the ${top.sockets} clients' side, ${top.cpu.clients.toFixed(0)} % of a core together) more than both nodes together (${top.cpu.servers.toFixed(0)} %)` : `the two nodes (${top.cpu.servers.toFixed(0)} % of a core together) more than the ${clientProcessesFor(top.sockets)} client processes, the clients' side (${top.cpu.clients.toFixed(0)} %)`;
 	return [
-		`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart} at the start and ${loadAverage()} at the end (other work shares these cores). Socket.io clients (websocket) in ${CLIENT_PROCESSES} client processes (socket i in process i mod ${CLIENT_PROCESSES}), added point by point; project clients split evenly over NODE1 and NODE2 (one room), posts on NODE1; the bare socket.io server gets the same clients after the project's are closed. The bench's nodes run with WS_HANDSHAKE_RATE=0 and WS_MAX_CONNECTIONS_PER_ADDRESS=0 (every client is on 127.0.0.1; the defaults allow 200 per address) and RATE_LIMIT_PER_KEY=0; \`ulimit -n\` ${fdLimit}. \`PRESENCE_CURVE=${POINTS.join(",")} npm run bench:presence\`.`,
+		`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart} at the start and ${loadAverage()} at the end (other work shares these cores). Socket.io clients (websocket) in client processes of up to ${SOCKETS_PER_CLIENT_PROCESS} sockets each, filled in order (a point of N sockets uses ⌈N / ${SOCKETS_PER_CLIENT_PROCESS}⌉ of them: more would take cores from the servers), added point by point; project clients split evenly over NODE1 and NODE2 (one room), posts on NODE1; the bare socket.io server gets the same clients after the project's are closed. The bench's nodes run with WS_HANDSHAKE_RATE=0 and WS_MAX_CONNECTIONS_PER_ADDRESS=0 (every client is on 127.0.0.1; the defaults allow 200 per address) and RATE_LIMIT_PER_KEY=0; \`ulimit -n\` ${fdLimit}. \`PRESENCE_CURVE=${POINTS.join(",")} npm run bench:presence\`.`,
 		"",
 		"![presence fan-out p99 and heap per socket vs sockets](bench/presence-curve.svg)",
 		"",
 		table(["sockets", "project fan-out p50 ms", "project fan-out p99 ms", "bare fan-out p99 ms", "project delivered", "project heap KB / idle socket", "bare heap KB / idle socket", "posts", "project CPU % nodes / clients", "bare CPU % server / clients", "load average"], rows),
 		"",
 		`- at ${top.sockets} sockets: fan-out p99 **${formatNumber(top.fanOut.p99)} ms** (target ≤ 200 ms: ${top.fanOut.p99 <= 200 ? "met" : "**not met**"}; bare socket.io ${formatNumber(bareTop.fanOut.p99)} ms), heap **${formatNumber(top.heap.objects)} KB per idle socket** over both nodes, compiled code left out (target ≤ 10 KB: ${top.heap.objects <= 10 ? "met" : "**not met**"}; ${formatNumber(top.heap.withCode)} KB with code; bare ${formatNumber(bareTop.heap.objects)} KB).`,
-		`- Fan-out is measured from the post leaving the bench process to its arrival at each client (times are performance.timeOrigin + performance.now() in each process). The clients live in ${CLIENT_PROCESSES} processes of their own, not in one that would take all N deliveries of a post off its sockets one after another (~30 µs each: at 10,000 sockets that queue alone was longer than the 200 ms target); they still share the 2 cores with the servers, so the p99 includes their receiving CPU (the bare column pays it too). Every post is counted at every socket (delivered column); posts are spaced so that the clients finish one before the next.`,
+		`- Fan-out is measured from the post leaving the bench process to its arrival at each client (times are performance.timeOrigin + performance.now() in each process). The clients live in processes of their own, up to ${SOCKETS_PER_CLIENT_PROCESS} each, not in one that would take all N deliveries of a post off its sockets one after another (~30 µs each: at 10,000 sockets that queue alone was longer than the 200 ms target); they still share the 2 cores with the servers, so the p99 includes their receiving CPU (the bare column pays it too). Every post is counted at every socket (delivered column); posts are spaced so that the clients finish one before the next.`,
 		`- What limits it / past one machine: during the top point's fan-out the busiest side was ${busiest}. A node pushes each message once per local socket (socket.io encodes it once per namespace), so fan-out time grows with sockets per node; a message crosses NATS once per gateway, not once per socket, so past one machine more gateway nodes on the NATS cluster, each with its share of the sockets, keep sockets per node (and the p99) where this table shows them, and clients on machines of their own take the receiving side off the nodes' cores.`,
 	].join("\n");
 }
