@@ -16,6 +16,15 @@ import { NatsReconnectGuardMiddleware } from "./lib/mesh/nats-reconnect-guard";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/mesh/failover-policy";
 import type { MeshSettings } from "./lib/runtime/settings";
 import type { TransportChoice } from "./lib/runtime/transport";
+import { CoalescingNatsTransporter } from "./lib/mesh/coalescing-nats";
+
+/** NATS through the coalescing transporter (lib/mesh/coalescing-nats.ts); TCP and custom ones as chosen. */
+function meshTransporter(transport: TransportChoice): BrokerOptions["transporter"] {
+	if (transport.kind === "nats" && typeof transport.transporter === "object") {
+		return new CoalescingNatsTransporter(transport.transporter.options);
+	}
+	return transport.transporter as BrokerOptions["transporter"];
+}
 
 export interface BrokerExtras {
 	/** the reporter the gateway renders /metrics from */
@@ -28,7 +37,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		namespace: settings.namespace,
 		nodeID: settings.nodeID,
 		metadata: { role: settings.role, version: settings.version, transport: transport.kind },
-		transporter: transport.transporter as BrokerOptions["transporter"],
+		transporter: meshTransporter(transport),
 		// A request too deeply nested to serialize is refused as bad input (lib/mesh/input-guard.ts).
 		serializer: guardedSerializer(settings.serializer),
 		// Database faults cross the mesh typed (a retryable 503), not as a plain Error.
