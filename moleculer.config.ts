@@ -18,9 +18,13 @@ import type { MeshSettings } from "./lib/runtime/settings";
 import type { TransportChoice } from "./lib/runtime/transport";
 import { CoalescingNatsTransporter } from "./lib/mesh/coalescing-nats";
 
-/** NATS through the coalescing transporter (lib/mesh/coalescing-nats.ts); TCP and custom ones as chosen. */
-function meshTransporter(transport: TransportChoice): BrokerOptions["transporter"] {
-	if (transport.kind === "nats" && typeof transport.transporter === "object") {
+/**
+ * NATS through the coalescing transporter (lib/mesh/coalescing-nats.ts) unless NATS_COALESCE_SENDS=false; TCP and
+ * custom ones as chosen. It doubles the gateway's req/s and costs remote calls at high concurrency a loop turn per
+ * hop (docs/BENCHMARKS.md, "Mesh foundation"): the switch lets an RPC-heavy node without a gateway opt out.
+ */
+function meshTransporter(transport: TransportChoice, coalesce: boolean): BrokerOptions["transporter"] {
+	if (coalesce && transport.kind === "nats" && typeof transport.transporter === "object") {
 		return new CoalescingNatsTransporter(transport.transporter.options);
 	}
 	return transport.transporter as BrokerOptions["transporter"];
@@ -37,7 +41,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		namespace: settings.namespace,
 		nodeID: settings.nodeID,
 		metadata: { role: settings.role, version: settings.version, transport: transport.kind },
-		transporter: meshTransporter(transport),
+		transporter: meshTransporter(transport, settings.nats.coalesceSends),
 		// A request too deeply nested to serialize is refused as bad input (lib/mesh/input-guard.ts).
 		serializer: guardedSerializer(settings.serializer),
 		// Database faults cross the mesh typed (a retryable 503), not as a plain Error.

@@ -45,6 +45,8 @@ export interface NatsSettings {
 	 * a node lists the server on its own host first and fails over to the others in the order given.
 	 */
 	keepUrlOrder: boolean;
+	/** hold the packets of one event-loop turn and write them to NATS together (lib/mesh/coalescing-nats.ts) */
+	coalesceSends: boolean;
 	user?: string;
 	password?: string;
 	tls: boolean;
@@ -323,6 +325,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		nats: {
 			url: env.NATS_URL || undefined,
 			keepUrlOrder: readBool(env, "NATS_KEEP_URL_ORDER", false),
+			coalesceSends: readBool(env, "NATS_COALESCE_SENDS", true),
 			user: env.NATS_USER || undefined,
 			password: env.NATS_PASSWORD || undefined,
 			tls: readBool(env, "NATS_TLS", false),

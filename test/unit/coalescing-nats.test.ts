@@ -55,10 +55,16 @@ describe("CoalescingNatsTransporter", () => {
 		expect(errors).toHaveLength(1);
 	});
 
-	it("is the transporter the project's brokers use over NATS", () => {
-		const settings = loadSettings({ NODE_ID: "coalesce-test", NATS_URL: LOCAL_NATS_URL, JWT_SECRET: "coalesce-secret-0123456789abcdef0123" });
-		const options = createBrokerOptions(settings, { kind: "nats", transporter: { type: "NATS", options: { servers: LOCAL_NATS_URL } }, reason: "test" });
-		expect(options.transporter).toBeInstanceOf(CoalescingNatsTransporter);
+	it.each([
+		[undefined, true],
+		["true", true],
+		["false", false],
+	])("is the transporter the project's brokers use over NATS (NATS_COALESCE_SENDS=%s: %p)", (raw, coalesced) => {
+		const env: Record<string, string> = { NODE_ID: "coalesce-test", NATS_URL: LOCAL_NATS_URL, JWT_SECRET: "coalesce-secret-0123456789abcdef0123" };
+		if (raw !== undefined) env.NATS_COALESCE_SENDS = raw;
+		const options = createBrokerOptions(loadSettings(env), { kind: "nats", transporter: { type: "NATS", options: { servers: LOCAL_NATS_URL } }, reason: "test" });
+		expect(options.transporter instanceof CoalescingNatsTransporter).toBe(coalesced);
+		if (!coalesced) expect(options.transporter).toEqual({ type: "NATS", options: { servers: LOCAL_NATS_URL } });
 	});
 });
 
