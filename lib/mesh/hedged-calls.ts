@@ -23,7 +23,7 @@
  * one call in SAMPLE_EVERY, a latency sample.
  */
 import type { Context, ServiceBroker } from "moleculer";
-import { isResponseStreaming, pendingRequestsOf, type PendingRequest } from "./moleculer-internals";
+import { answerPendingRequest, isResponseStreaming, type PendingRequest } from "./moleculer-internals";
 import { nodesThisCallFailedOn } from "./failover-policy";
 
 export interface HedgeOptions {
@@ -148,14 +148,8 @@ export class CallHedger {
 		this.broker
 			.call(name, ctx.params, { nodeID, meta: ctx.meta, requestID: ctx.requestID ?? undefined, retries: 0 })
 			.then(
-				result => {
-					const pending = pendingRequestsOf(this.broker);
-					// The first node answered (or the call was given up on) first: this answer is dropped.
-					if (pending?.get(id) !== req) return this.count(name, "lost");
-					pending.delete(id);
-					req.resolve(result);
-					this.count(name, "won");
-				},
+				// Lost: the first node answered (or the call was given up on) first, and this answer is dropped.
+				result => this.count(name, answerPendingRequest(this.broker, id, req, result) ? "won" : "lost"),
 				() => this.count(name, "failed"),
 			);
 	}

@@ -47,6 +47,18 @@ export function isResponseStreaming(broker: ServiceBroker, id: string): boolean 
 }
 
 /**
+ * Answers pending call `id` with `result` from elsewhere (a hedge), as Transit#responseHandler does for its own
+ * response: removes it, then resolves it. False when the call is no longer the pending `req` (answered or given up).
+ */
+export function answerPendingRequest(broker: ServiceBroker, id: string, req: PendingRequest, result: unknown): boolean {
+	const pending = pendingRequestsOf(broker);
+	if (pending?.get(id) !== req) return false;
+	pending.delete(id);
+	req.resolve(result);
+	return true;
+}
+
+/**
  * Gives up on one pending call to `nodeID`, as Transit#removePendingRequestByNodeID does for a node that
  * left: rejects it with `err` and destroys its streams. A streamed call stays in pendingRequests while its
  * response streams, with its promise already resolved: only destroying the stream tells its consumer.
