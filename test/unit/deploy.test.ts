@@ -216,29 +216,58 @@ describe("docker compose", () => {
 	});
 });
 
-describe("NATS secrets checked before nats-server starts (docker/nats/check-secrets.sh)", () => {
+/** The init container of the NATS chart's pods (k8s/nats/values.yaml) that runs the same check before nats-server. */
+function natsChartSecretCheck(): { command: string[]; env: Array<{ name: string; valueFrom?: unknown }> } {
+	const values = yamlDocs("k8s/nats/values.yaml")[0];
+	const init = (values.podTemplate?.merge?.spec?.initContainers ?? []) as Array<{ name: string; command: string[]; env: Array<{ name: string; valueFrom?: unknown }> }>;
+	const check = init.find(c => c.name === "check-secrets");
+	if (!check) throw new Error("k8s/nats/values.yaml: no check-secrets init container under podTemplate.merge.spec.initContainers");
+	return check;
+}
+
+describe("NATS secrets checked before nats-server starts (docker/nats/check-secrets.sh, and the NATS chart's init container)", () => {
 	const script = path.join(ROOT, "docker", "nats", "check-secrets.sh");
-	const start = (env: Record<string, string>) => spawnSync("sh", [script, "echo", "nats-server started"], { env: { PATH: process.env.PATH ?? "", ...env }, encoding: "utf8" });
+	type Start = (env: Record<string, string>) => ReturnType<typeof spawnSync>;
+	const startWith = (args: string[]) => (env: Record<string, string>) => spawnSync("sh", args, { env: { PATH: process.env.PATH ?? "", ...env }, encoding: "utf8" });
+	// compose: the script file, then the server command; Kubernetes: `sh -c <script> check-secrets true` (exit 0 lets the server container start)
+	const launchers: Array<[string, Start, string]> = [
+		["compose entrypoint", startWith([script, "echo", "nats-server started"]), "nats-server started\n"],
+		["k8s init container", startWith(["-c", natsChartSecretCheck().command[2], "check-secrets", "echo", "nats-server started"]), "nats-server started\n"],
+	];
 	// Values nats.conf would read as a number, a boolean or not at all: each leading character class once.
 	const refused = ["8e51ab0c", "0123abcd", "1", "-abc", "+abc", ".5x", "_abc", "$abc", '"quoted"', "{abc}", "true", "no", "OFF"];
 	const accepted = ["p8e51ab0c", "Secret-123", "abc_def"];
 
-	it.each(refused.flatMap(value => ["NATS_PASSWORD", "NATS_CLUSTER_PASSWORD"].map(variable => ({ variable, value }))))(
-		"refuses $variable=$value, naming it, and starts nothing",
-		({ variable, value }) => {
+	it.each(launchers.flatMap(([where, start]) => refused.flatMap(value => ["NATS_PASSWORD", "NATS_CLUSTER_PASSWORD"].map(variable => ({ where, start, variable, value })))))(
+		"$where refuses $variable=$value, naming it, and starts nothing",
+		({ start, variable, value }) => {
 			const result = start({ [variable]: value });
 			expect(result.status).toBe(64);
-			expect(result.stderr).toContain(variable);
-			expect(result.stderr).not.toContain(value);
-			expect(result.stdout).not.toContain("nats-server started");
+			expect(String(result.stderr)).toContain(variable);
+			expect(String(result.stderr)).not.toContain(value);
+			expect(String(result.stdout)).not.toContain("nats-server started");
 		},
 	);
 
-	it.each(accepted)("starts the server with a password %s", value => {
+	it.each(launchers.flatMap(([where, start, started]) => accepted.map(value => ({ where, start, started, value }))))("$where starts the server with a password $value", ({ start, started, value }) => {
 		const result = start({ NATS_PASSWORD: value, NATS_CLUSTER_PASSWORD: value });
 		expect(result.stderr).toBe("");
 		expect(result.status).toBe(0);
-		expect(result.stdout).toBe("nats-server started\n");
+		expect(result.stdout).toBe(started);
+	});
+
+	it("the chart's init container is the compose script word for word, fed the server's own password secret, and ends by letting the server start", () => {
+		const check = natsChartSecretCheck();
+		expect(check.command.slice(0, 2)).toEqual(["/bin/sh", "-c"]);
+		expect(check.command[2]).toBe(fs.readFileSync(script, "utf8"));
+		expect(check.command.slice(3)).toEqual(["check-secrets", "true"]);
+		const server = yamlDocs("k8s/nats/values.yaml")[0].container.env.NATS_PASSWORD;
+		expect(check.env.find(e => e.name === "NATS_PASSWORD")?.valueFrom).toEqual(server.valueFrom);
+	});
+
+	it("the Kubernetes README makes a NATS password that starts with a letter", () => {
+		const recipe = /NATS_PASSWORD="([^"]+)"/.exec(read("k8s/README.md"));
+		expect(recipe?.[1]).toMatch(/^[A-Za-z]/);
 	});
 });
 
