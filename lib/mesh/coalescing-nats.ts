@@ -1,41 +1,75 @@
 /**
- * Moleculer's NATS transporter, with the packets one event-loop turn sends written to NATS together.
+ * Moleculer's NATS transporter, with the packets of one event-loop turn written to NATS in at most two writes.
  *
- * nats.js flushes its outbound buffer in a microtask after the first publish, so a gateway handling HTTP
- * requests one socket callback at a time makes one socket write per request, and nats-server one read and
- * one wake-up per request. Measured (docs/BENCHMARKS.md "Mesh foundation"), that per-packet write and the
- * nats-server work behind it cost more CPU than the gateway's own JavaScript on this machine. Holding the
- * publishes until setImmediate (the end of this loop turn's I/O callbacks) lets every request read in the
- * same turn share one write; the delay is one loop turn, and the order of packets is kept.
+ * nats.js flushes its outbound buffer in a microtask after the first publish. That batches well when one
+ * callback sends many packets (a NATS read of 100 requests answers them all at the same promise depth, so
+ * one flush carries 100 replies), but a gateway reading HTTP requests one socket callback at a time makes one
+ * socket write per request, and nats-server one read and one wake-up per request. Measured (docs/BENCHMARKS.md
+ * "Mesh foundation"), that per-packet write and the nats-server work behind it cost more CPU than the
+ * gateway's own JavaScript on this machine.
+ *
+ * The rule: the first flush of a loop turn leaves at once, as with the plain transporter (no added latency for
+ * a lone call, nor for a burst one callback sends); what later callbacks of the same turn send waits for
+ * setImmediate (the end of this turn's I/O callbacks) and leaves in one write. Holding every packet until
+ * setImmediate also batched the gateway, but cost remote calls a loop turn on both sides (A/B in BENCHMARKS.md).
+ * The order of packets is kept: once something is held, everything after it is held too.
  */
 import { Transporters } from "moleculer";
 
 export class CoalescingNatsTransporter extends Transporters.NATS {
 	private pending: Array<[string, Buffer]> = [];
+	/** A direct publish may join nats.js's pending flush: true from the turn's first publish until that flush has run. */
+	private flushOpen = false;
+	/** The turn already had its direct flush; later sends wait for setImmediate. */
+	private directUsed = false;
 	private scheduled = false;
 
 	send(topic: string, data: Buffer): Promise<void> {
-		this.pending.push([topic, data]);
-		if (!this.scheduled) {
-			this.scheduled = true;
-			setImmediate(() => this.publishPending());
+		if (this.pending.length === 0 && (this.flushOpen || !this.directUsed)) {
+			this.publishNow(topic, data);
+			if (!this.flushOpen) this.openDirectFlush();
+		} else {
+			this.pending.push([topic, data]);
+			this.schedule();
 		}
 		return Promise.resolve();
 	}
 
-	/** Publishes in one synchronous run: nats.js then writes them to the socket in one flush. */
+	/**
+	 * nats.js queued its flush microtask on the publish just made; this one, queued after it, closes the
+	 * window, so every publish in between rides the same socket write. The turn's end reopens it.
+	 */
+	private openDirectFlush(): void {
+		this.flushOpen = true;
+		this.directUsed = true;
+		queueMicrotask(() => {
+			this.flushOpen = false;
+		});
+		this.schedule();
+	}
+
+	private schedule(): void {
+		if (this.scheduled) return;
+		this.scheduled = true;
+		setImmediate(() => this.publishPending());
+	}
+
+	/** Publishes what waited in one synchronous run (nats.js then writes it in one flush) and opens the next turn. */
 	publishPending(): void {
 		this.scheduled = false;
+		this.directUsed = false;
 		const batch = this.pending;
 		this.pending = [];
-		for (const [topic, data] of batch) {
-			try {
-				this.client?.publish(topic, data);
-			} catch (err) {
-				// A closed connection throws here, after send() resolved: logged as Moleculer's transit logs a
-				// failed send; the call itself then ends by its timeout, as it would have before.
-				this.logger.error(`Unable to send a packet to '${topic}'`, err);
-			}
+		for (const [topic, data] of batch) this.publishNow(topic, data);
+	}
+
+	private publishNow(topic: string, data: Buffer): void {
+		try {
+			this.client?.publish(topic, data);
+		} catch (err) {
+			// A closed connection throws here, after send() resolved: logged as Moleculer's transit logs a
+			// failed send; the call itself then ends by its timeout, as it would have before.
+			this.logger.error(`Unable to send a packet to '${topic}'`, err);
 		}
 	}
 

@@ -1,6 +1,7 @@
 /**
- * lib/mesh/coalescing-nats.ts: the packets one event-loop turn sends reach nats.js together (one socket
- * write instead of one per HTTP request), in order, and none is lost on a graceful stop.
+ * lib/mesh/coalescing-nats.ts: a loop turn's first packets leave at once, what later callbacks of the same turn
+ * send reaches nats.js together (one socket write instead of one per HTTP request), in order, and none is lost
+ * on a graceful stop.
  */
 import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
@@ -29,20 +30,48 @@ function withFakeClient(): { tx: CoalescingNatsTransporter; published: string[];
 }
 
 describe("CoalescingNatsTransporter", () => {
-	it("holds the sends of one loop turn and publishes them together, in order, in the next check phase", async () => {
-		const { tx, published, turns } = withFakeClient();
-		await Promise.all(["a", "b", "c"].map(topic => tx.send(topic, Buffer.from(topic))));
-		expect(published).toEqual([]); // not yet: the microtasks after send() have run, the publishes wait
-		await new Promise(resolve => setImmediate(resolve));
+	it("sends the turn's first packets at once: a lone call waits for nothing, a burst from one callback shares nats.js's flush", () => {
+		const { tx, published } = withFakeClient();
+		void tx.send("a", Buffer.from("a"));
+		expect(published).toEqual(["a"]);
+		void tx.send("b", Buffer.from("b")); // same synchronous run: joins the flush nats.js has queued
+		void tx.send("c", Buffer.from("c"));
 		expect(published).toEqual(["a", "b", "c"]);
-		expect(new Set(turns).size).toBe(1); // all three in one synchronous run: nats.js flushes them in one write
+	});
+
+	it("holds what later callbacks of the same turn send, and publishes it together, in order, in the check phase", async () => {
+		const { tx, published, turns } = withFakeClient();
+		void tx.send("first", Buffer.from("x"));
+		await Promise.resolve(); // nats.js's flush (a microtask) has run: the direct window is closed
+		await Promise.resolve();
+		await Promise.all(["a", "b", "c"].map(topic => tx.send(topic, Buffer.from(topic))));
+		expect(published).toEqual(["first"]);
+		await new Promise(resolve => setImmediate(resolve));
+		expect(published).toEqual(["first", "a", "b", "c"]);
+		expect(new Set(turns.slice(1)).size).toBe(1); // all three in one synchronous run: one socket write
+	});
+
+	it("opens the next turn with a direct send again, and never lets a direct send pass a held one", async () => {
+		const { tx, published } = withFakeClient();
+		void tx.send("first", Buffer.from("x"));
+		await Promise.resolve();
+		await Promise.resolve();
+		void tx.send("held", Buffer.from("x"));
+		expect(published).toEqual(["first"]);
+		await new Promise(resolve => setImmediate(resolve));
+		void tx.send("next-turn", Buffer.from("x"));
+		expect(published).toEqual(["first", "held", "next-turn"]);
 	});
 
 	it("publishes what it holds before disconnecting", async () => {
 		const { tx, published } = withFakeClient();
-		void tx.send("MOL.DISCONNECT", Buffer.from("{}"));
+		void tx.send("MOL.EVENT", Buffer.from("{}"));
+		await Promise.resolve();
+		await Promise.resolve();
+		void tx.send("MOL.DISCONNECT", Buffer.from("{}")); // held: the turn had its direct flush
+		expect(published).toEqual(["MOL.EVENT"]);
 		await tx.disconnect();
-		expect(published).toEqual(["MOL.DISCONNECT"]);
+		expect(published).toEqual(["MOL.EVENT", "MOL.DISCONNECT"]);
 	});
 
 	it("logs a publish that throws instead of crashing the process from setImmediate", async () => {
