@@ -84,10 +84,10 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		// test/chaos: where the slowest calls wait"), the machine had no idle time for 0.6 s after the kill,
 		// NODE1's socket closed 141–243 ms after it (~30 ms for a 200 MB process on an idle machine), and
 		// the gateway, NODE2 and this process each stalled 100–275 ms while running for a fraction of that;
-		// hedges left on time but their answers waited for those processes to run. Four traced runs at load
-		// 1.7–5.5 measured 263–295 ms, 575 ms at 8.7 and an untraced one 561 ms at 5–6.6 (p50 11–18 ms there:
-		// the machine, not the kill). A
-		// regression to the fast-timeout wait (~790 ms) still fails this bound.
+		// hedges left on time but their answers waited for those processes to run. Traced runs measured
+		// 263–295 ms at load 1.7–5.5 and 575 ms at 8.7, an untraced one 561 ms at 5–6.6 (p50 11–18 ms in
+		// those two: the machine, not the kill), so even 350 can fail on a shared machine. A regression to
+		// the fast-timeout wait (~790 ms) still fails this bound.
 		expect(aroundKill.failed).toBe(0);
 		expect(aroundKill.maxMs).toBeLessThanOrEqual(350);
 		expect(outOfRotationMs!).toBeLessThanOrEqual(500);
