@@ -76,16 +76,18 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		// + 0.25 s. A 3.0 s bound sat below that worst case (a clean CI run measured 3,061 ms).
 		expect(removedMs!).toBeLessThanOrEqual(3_500);
 		// The liveness probe learns of the death from NATS once the kernel has closed the dead process's
-		// socket (after freeing its memory: tens of ms) and takes NODE1 out of rotation at once; the heartbeat
-		// timeout removes it from the registry later, as before; a lost call's retry leaves at once. Goal:
-		// every call answered within 100 ms (bench/failover on a quiet machine: 63 ms). Here the test process,
-		// three nodes running every service (a larger process takes the kernel longer to tear down: NODE1
-		// leaves the rotation 80–115 ms after the kill here, against ~40 ms in the bench), NATS and
-		// PostgreSQL share 2 cores: quiet runs measured 126–136 ms (151–179 before the lost-call retry and the
-		// 10 ms re-ask), clean CI runs 181–317 ms before them. The bound is 350 ms, not the issue's 250: a CI
-		// failure on one slow turn of this machine would cost more than the margin tells; a regression to
-		// the old fast-timeout wait (~790 ms), or to the 20 ms retry delay plus 25 ms re-asks under load,
-		// still fails it.
+		// socket and takes NODE1 out of rotation at once; a read pending longer than its p99 is hedged to NODE2;
+		// a lost call's retry leaves at once. Goal: every call answered within 100 ms (bench/failover: 58 ms).
+		// The bound is 350 ms, not the issue's 250, because here the slowest call waits for CPU, not for the
+		// mesh: the test process (which is also the HTTP client), three nodes running every service, NATS and
+		// PostgreSQL share 2 cores with whatever else runs. Traced per request (docs/FAILOVER.md, "SIGKILL in
+		// test/chaos: where the slowest calls wait"), the machine had no idle time for 0.6 s after the kill,
+		// NODE1's socket closed 141–243 ms after it (~30 ms for a 200 MB process on an idle machine), and
+		// the gateway, NODE2 and this process each stalled 100–275 ms while running for a fraction of that;
+		// hedges left on time but their answers waited for those processes to run. Traced runs measured
+		// 263–295 ms at load 1.7–5.5 and 575 ms at 8.7, an untraced one 561 ms at 5–6.6 (p50 11–18 ms in
+		// those two: the machine, not the kill), so even 350 can fail on a shared machine. A regression to
+		// the fast-timeout wait (~790 ms) still fails this bound.
 		expect(aroundKill.failed).toBe(0);
 		expect(aroundKill.maxMs).toBeLessThanOrEqual(350);
 		expect(outOfRotationMs!).toBeLessThanOrEqual(500);
