@@ -7,20 +7,19 @@
  * (docs/FAILOVER.md, "An overloaded node is not a hung one"). Here a worker thread with its own NATS connection
  * answers `<prefix>.ALIVE-LOOP.<nodeID>` with how long ago the main loop last ran:
  * - SIGSTOP stops every thread and a dead process holds no subscription: no answer, or "no responders", as before;
- * - a busy main loop still stamps the shared clock once per loop turn (its timers phase), so the answer says
- *   "alive, loop silent X ms", X about one chunk;
+ * - a busy main loop still stamps the shared clock (lib/mesh/loop-clock.ts) once per loop turn (its timers
+ *   phase), so the answer says "alive, loop silent X ms", X about one chunk;
  * - a main loop stuck in a synchronous loop stops stamping: X grows until the caller's bound calls it hung.
  *
- * Cost: one worker thread and one NATS connection per node (RSS and idle CPU in docs/BENCHMARKS.md), one timer
- * stamping the clock every STAMP_EVERY_MS; nothing per call.
+ * Cost: one worker thread and one NATS connection per node (RSS and idle CPU in docs/FAILOVER.md); a timer
+ * stamping the clock every 50 ms only while probes come in; nothing per call.
  */
 import path from "path";
 import { Worker } from "worker_threads";
 import type { ConnectionOptions } from "nats";
 import type { ResponderWorkerData } from "./liveness-responder.worker";
+import { createLoopClock, LoopStamper } from "./loop-clock";
 
-/** How often the main loop stamps the clock: the answer's resolution, well under the 100 ms probe timeout. */
-export const STAMP_EVERY_MS = 50;
 const READY_TIMEOUT_MS = 5_000;
 
 /**
@@ -39,40 +38,39 @@ export class LivenessResponder {
 
 	private constructor(
 		private readonly worker: Worker,
-		private readonly timer: NodeJS.Timeout,
+		private readonly stamper: LoopStamper,
 	) {}
 
 	/**
-	 * Starts stamping and the worker; resolves once the worker's subscription is on the server, or null if the
-	 * worker could not start (the caller then keeps answering probes from the main loop only).
+	 * Starts the worker; resolves once its subscription is on the server, or with the reason it could not start
+	 * (the node then answers probes from its main loop only).
 	 * `onLost`: the worker died after it was ready (its subject now has no responder).
 	 */
 	static async start(options: ConnectionOptions, subject: string, onLost: (why: string) => void): Promise<LivenessResponder | { error: string }> {
-		const lastRan = new BigInt64Array(new SharedArrayBuffer(BigInt64Array.BYTES_PER_ELEMENT));
-		const stamp = () => Atomics.store(lastRan, 0, process.hrtime.bigint());
-		stamp();
-		const timer = setInterval(stamp, STAMP_EVERY_MS);
-		timer.unref();
+		const clock = createLoopClock();
+		const stamper = new LoopStamper(clock);
 		const { entry, eval: isSource } = workerEntry();
-		const workerData: ResponderWorkerData = { options, subject, clock: lastRan.buffer as SharedArrayBuffer };
+		const workerData: ResponderWorkerData = { options, subject, clock };
 		// A small heap: the worker holds one connection and one subscription.
 		const worker = new Worker(entry, { eval: isSource, workerData, resourceLimits: { maxOldGenerationSizeMb: 32 }, stdout: false, stderr: false });
 		worker.unref();
+		worker.on("message", (m: unknown) => m === "stamp" && stamper.start());
 		const ready = await new Promise<string | null>(resolve => {
 			const timeout = setTimeout(() => resolve(`not ready within ${READY_TIMEOUT_MS} ms`), READY_TIMEOUT_MS);
-			worker.once("message", (m: "ready" | { error: string }) => {
+			const settle = (why: string | null) => {
 				clearTimeout(timeout);
-				resolve(m === "ready" ? null : m.error);
-			});
-			worker.once("error", err => resolve(err.message));
-			worker.once("exit", code => resolve(`exited with ${code}`));
+				resolve(why);
+			};
+			worker.on("message", (m: "ready" | "stamp" | { error: string }) => (m === "ready" ? settle(null) : typeof m === "object" && settle(m.error)));
+			worker.once("error", err => settle(err.message));
+			worker.once("exit", code => settle(`exited with ${code}`));
 		});
 		if (ready !== null) {
-			clearInterval(timer);
+			stamper.stop();
 			await worker.terminate();
 			return { error: ready };
 		}
-		const responder = new LivenessResponder(worker, timer);
+		const responder = new LivenessResponder(worker, stamper);
 		worker.on("error", err => onLost(err.message));
 		worker.once("exit", code => responder.stopping || onLost(`exited with ${code}`));
 		return responder;
@@ -80,7 +78,7 @@ export class LivenessResponder {
 
 	async stop(): Promise<void> {
 		this.stopping = true;
-		clearInterval(this.timer);
+		this.stamper.stop();
 		await this.worker.terminate();
 	}
 }

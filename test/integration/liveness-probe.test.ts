@@ -23,10 +23,10 @@ const hedgeNamespace = uniqueNamespace("hedge");
 const busyNamespace = uniqueNamespace("busy");
 const children: ChildProcess[] = [];
 
-function startTarget(nodeID: string, holdMs: number, ns = namespace): Promise<ChildProcess> {
+function startTarget(nodeID: string, holdMs: number, ns = namespace, extraEnv: Record<string, string> = {}): Promise<ChildProcess> {
 	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "test", "fixtures", "liveness-target.ts")], {
 		cwd: ROOT,
-		env: { PATH: process.env.PATH ?? "", NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: ns, NODE_ID: nodeID, HOLD_MS: String(holdMs), LOG_LEVEL: "warn", METRICS: "false" },
+		env: { PATH: process.env.PATH ?? "", NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: ns, NODE_ID: nodeID, HOLD_MS: String(holdMs), LOG_LEVEL: "warn", METRICS: "false", ...extraEnv },
 		stdio: ["ignore", "pipe", "inherit"],
 	});
 	children.push(child);
@@ -203,6 +203,23 @@ describeWithNats("liveness probe: a busy main loop is not a hung one (the probe 
 		expect(settledAfter).toBeLessThan(2_500);
 		// The write it was running is never given up on: it answers once the loop is free.
 		await expect(stuck).resolves.toMatchObject({ ok: true, nodeID: "STUCK1" });
+	});
+
+	it("probes a node of the older version (livenessProbe: true) on ALIVE, answered by its main loop: a stuck loop is suspect within the probe timeout", async () => {
+		await startTarget("LEGACY1", 0, busyNamespace, { LEGACY_LIVENESS: "1" });
+		await targetsVisibleTo(caller, ["BUSY1", "LEGACY1"]);
+		await sleep(300);
+		const stuckAt = performance.now();
+		const stuck = call(caller, "target.spinOnce", { ms: 1_500 }, "LEGACY1");
+		await sleep(50);
+		const reads = await Promise.all(Array.from({ length: 8 }, () => call(caller, "target.read")));
+		const settledAfter = Math.max(...reads.map(o => o.endedAt - stuckAt));
+		process.stdout.write(`[liveness] stuck loop, older node: reads settled ${Math.round(settledAfter)} ms after it began\n`);
+		// Answered by BUSY1 or STUCK1 (its loop free again, it is back in rotation).
+		expect(reads.every(o => o.ok && o.nodeID !== "LEGACY1")).toBe(true);
+		// The 100 ms probe timeout, not the 1 s loop bound: the caller asked the subject the older node answers.
+		expect(settledAfter).toBeLessThan(700);
+		await expect(stuck).resolves.toMatchObject({ ok: true, nodeID: "LEGACY1" });
 	});
 });
 
