@@ -35,7 +35,8 @@
  *
  * Cost at steady state: nothing on an idle node (scans run only while calls are pending: arm()); while
  * calls are pending, a scan of them every `scanEveryMs`, and while one is overdue, at most one ~100-byte
- * request per node per `reprobeMs`.
+ * request per node per `reprobeMs`. The probe worker: one thread and one NATS connection per node, and a stamp
+ * timer on the main loop only while probes come in (lib/mesh/liveness-responder.ts).
  */
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
