@@ -7,6 +7,13 @@
  * - every node subscribes to `<prefix>.ALIVE.<nodeID>` on its own NATS connection and answers at once;
  *   it advertises this in its node metadata (`livenessProbe`), so nodes of an older version, or on
  *   another transporter, are never probed;
+ * - a node advertising `livenessProbe: 2` also answers `<prefix>.ALIVE-LOOP.<nodeID>` from a worker thread
+ *   with its own NATS connection (lib/mesh/liveness-responder.ts), with how long its main event loop has been
+ *   silent; callers of this version probe that subject instead. A loop silent under `loopSilentBoundMs` is a
+ *   busy node, not a hung one: it stays in rotation and its calls keep waiting (an overloaded node's loop is
+ *   silent for a whole chunk of calls, ~400 ms, which the 100 ms probe timeout called a hang). Silent longer,
+ *   it is treated as unresponsive (below). Callers of the older version see a truthy `livenessProbe` and
+ *   probe `ALIVE`, which the main loop still answers: each side keeps the semantics it knows;
  * - a caller that has a call pending on a node for longer than `probeAfterMs` sends that node one probe
  *   (at most one in flight per node, and none within `reprobeMs` of the last answer);
  * - "no responders" means the NATS server holds no subscription for the node: its process is gone (the
@@ -28,14 +35,16 @@
  *
  * Cost at steady state: nothing on an idle node (scans run only while calls are pending: arm()); while
  * calls are pending, a scan of them every `scanEveryMs`, and while one is overdue, at most one ~100-byte
- * request per node per `reprobeMs`.
+ * request per node per `reprobeMs`. The probe worker: one thread and one NATS connection per node, and a stamp
+ * timer on the main loop only while probes come in (lib/mesh/liveness-responder.ts).
  */
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
-import type { NatsConnection, Subscription } from "nats";
+import type { Msg, NatsConnection, Subscription } from "nats";
 import {
 	abandonPendingRequests,
 	natsConnectionOf,
+	natsTransporterOptionsOf,
 	pendingRequestsOf,
 	remoteNodeMetadata,
 	subjectPrefixOf,
@@ -44,6 +53,7 @@ import {
 } from "./moleculer-internals";
 import { natsConnectionEpoch } from "./nats-reconnect-guard";
 import { CallHedger, HEDGE_DEFAULTS, registerHedgeMetrics, type HedgeOptions } from "./hedged-calls";
+import { LivenessResponder } from "./liveness-responder";
 
 export interface LivenessProbeOptions {
 	/** how often pending calls are scanned */
@@ -58,6 +68,12 @@ export interface LivenessProbeOptions {
 	reprobeMs: number;
 	/** how often a suspect node is probed to clear it */
 	suspectReprobeMs: number;
+	/**
+	 * a node whose worker answers that its main loop has been silent this long is hung (a stuck loop), not busy.
+	 * Under the heartbeat suspicion (1.75 s overdue) so the probe still settles pending reads first, and 2.5×
+	 * the longest loop silence measured on a saturated node (~400 ms)
+	 */
+	loopSilentBoundMs: number;
 }
 
 export const LIVENESS_DEFAULTS: LivenessProbeOptions = {
@@ -67,15 +83,22 @@ export const LIVENESS_DEFAULTS: LivenessProbeOptions = {
 	recheckAfterMs: 10,
 	reprobeMs: 25,
 	suspectReprobeMs: 50,
+	loopSilentBoundMs: 1_000,
 };
 
 export const LIVENESS_METADATA_KEY = "livenessProbe";
+/** `livenessProbe` of a node whose worker thread answers ALIVE-LOOP (`true`: only the main loop answers ALIVE) */
+export const LOOP_PROBE_VERSION = 2;
 
 export const LIVENESS_METRICS = {
 	probes: "mesh.liveness.probes.total",
 };
 
-type ProbeOutcome = "alive" | "gone" | "unresponsive" | "unknown";
+/**
+ * alive; busy: alive, its main loop silent longer than the probe timeout but under the bound; stuck: its worker
+ * answers but its main loop has been silent past the bound; gone: no responders; unresponsive: no answer at all.
+ */
+type ProbeOutcome = "alive" | "busy" | "stuck" | "gone" | "unresponsive" | "unknown";
 
 const probesByBroker = new WeakMap<ServiceBroker, LivenessProbe>();
 
@@ -94,8 +117,29 @@ export function livenessScanArmed(broker: ServiceBroker): boolean {
 	return probesByBroker.get(broker)?.armed ?? false;
 }
 
+/** Probes this broker sent, by outcome, since start (for tests; the metric has them too). */
+export function probeOutcomesOf(broker: ServiceBroker): Readonly<Partial<Record<ProbeOutcome, number>>> | null {
+	return probesByBroker.get(broker)?.outcomes ?? null;
+}
+
 function livenessSubject(broker: ServiceBroker, nodeID: string): string {
 	return `${subjectPrefixOf(broker)}.ALIVE.${nodeID}`;
+}
+
+function loopProbeSubject(broker: ServiceBroker, nodeID: string): string {
+	return `${subjectPrefixOf(broker)}.ALIVE-LOOP.${nodeID}`;
+}
+
+const decoder = new TextDecoder();
+const encodedZero = new TextEncoder().encode("0");
+
+/** An ALIVE-LOOP answer carries the main loop's silence in ms; an ALIVE answer is empty. */
+function answerOutcome(msg: Msg, opts: LivenessProbeOptions): ProbeOutcome {
+	if (!msg.data.length) return "alive";
+	const silentMs = Number(decoder.decode(msg.data));
+	if (!Number.isFinite(silentMs)) return "alive";
+	if (silentMs >= opts.loopSilentBoundMs) return "stuck";
+	return silentMs > opts.probeTimeoutMs ? "busy" : "alive";
 }
 
 /** nats.js rejects a request nobody is subscribed to with code "503" (NATS ≥ 2.2 servers). */
@@ -109,9 +153,11 @@ function outcomeOf(err: unknown): ProbeOutcome {
 class LivenessProbe {
 	private timer: NodeJS.Timeout | null = null;
 	private subscription: Subscription | null = null;
+	private loopSubscription: Subscription | null = null;
 	private readonly inFlight = new Set<string>();
 	private readonly lastAnswer = new Map<string, number>();
 	readonly suspects = new Set<string>();
+	readonly outcomes: Partial<Record<ProbeOutcome, number>> = {};
 	private readonly log: ReturnType<ServiceBroker["getLogger"]>;
 	/** null when hedging is off (HEDGE_BUDGET=0) */
 	readonly hedger: CallHedger | null;
@@ -133,6 +179,17 @@ class LivenessProbe {
 			callback: (_err, msg) => msg.respond(),
 		});
 		this.broker.localBus.on("$node.disconnected", ({ node }: { node: { id: string } }) => this.forget(node.id));
+	}
+
+	/**
+	 * The probe worker died: this node still advertises ALIVE-LOOP, and a subject without a responder reads as
+	 * "process gone" to every caller. Answered from the main loop instead ("silent 0 ms"), as ALIVE is.
+	 */
+	answerLoopProbesHere(): void {
+		if (this.loopSubscription) return;
+		this.loopSubscription = this.nc.subscribe(loopProbeSubject(this.broker, this.broker.nodeID), {
+			callback: (_err, msg) => msg.respond(encodedZero),
+		});
 	}
 
 	/**
@@ -161,6 +218,8 @@ class LivenessProbe {
 		this.disarm();
 		this.subscription?.unsubscribe();
 		this.subscription = null;
+		this.loopSubscription?.unsubscribe();
+		this.loopSubscription = null;
 	}
 
 	private forget(nodeID: string): void {
@@ -192,13 +251,15 @@ class LivenessProbe {
 		const quiet = this.suspects.has(nodeID) ? this.opts.suspectReprobeMs : this.opts.reprobeMs;
 		if (now - (this.lastAnswer.get(nodeID) ?? -Infinity) < quiet) return;
 		const metadata = remoteNodeMetadata(this.broker, nodeID);
-		if (!metadata?.[LIVENESS_METADATA_KEY]) return;
+		const version = metadata?.[LIVENESS_METADATA_KEY];
+		if (!version) return;
+		const subject = typeof version === "number" && version >= LOOP_PROBE_VERSION ? loopProbeSubject(this.broker, nodeID) : livenessSubject(this.broker, nodeID);
 		// While this node's own NATS connection is down, or if it dropped during the probe, an unanswered
 		// probe says nothing about the other node (lib/mesh/nats-reconnect-guard.ts handles those calls).
 		const epoch = natsConnectionEpoch(this.broker);
 		if (epoch === null) return;
 		this.inFlight.add(nodeID);
-		this.probe(nodeID)
+		this.probe(subject)
 			.then(outcome => {
 				if (natsConnectionEpoch(this.broker) === epoch) this.settle(nodeID, outcome);
 			})
@@ -213,19 +274,15 @@ class LivenessProbe {
 	 * second ask is not enough: the first ask sent after the socket closed gets "no responders" at once.
 	 * Without a decisive answer the first probe's outcome stands (unresponsive: a hung node).
 	 */
-	private async probe(nodeID: string): Promise<ProbeOutcome> {
+	private async probe(subject: string): Promise<ProbeOutcome> {
 		const started = performance.now();
-		const ask = (timeout: number): Promise<ProbeOutcome> =>
-			this.nc.request(livenessSubject(this.broker, nodeID), undefined, { timeout: Math.max(1, Math.round(timeout)) }).then(
-				() => "alive" as const,
-				err => outcomeOf(err),
-			);
+		const ask = (timeout: number) => this.ask(subject, Math.max(1, Math.round(timeout)));
 		const first = ask(this.opts.probeTimeoutMs);
 		// Once an answer is decisive or the first probe has its outcome, no more asks go out.
 		let over = false;
 		const decisive = new Promise<ProbeOutcome>(resolve => {
 			const consider = (o: ProbeOutcome) => {
-				if (!over && (o === "alive" || o === "gone")) {
+				if (!over && o !== "unresponsive" && o !== "unknown") {
 					over = true;
 					resolve(o);
 				}
@@ -243,16 +300,43 @@ class LivenessProbe {
 		return Promise.race([decisive, first.finally(() => (over = true))]);
 	}
 
+	/**
+	 * One request, "unresponsive" after `timeoutMs`: but only once this node has read its socket since the timer
+	 * fired. A caller whose own loop was busy past the timeout runs its timers before it reads the answers that
+	 * arrived meanwhile; setImmediate runs after that read (libuv: timers, then poll, then check).
+	 */
+	private ask(subject: string, timeoutMs: number): Promise<ProbeOutcome> {
+		return new Promise(resolve => {
+			let done = false;
+			const finish = (o: ProbeOutcome) => {
+				if (done) return;
+				done = true;
+				clearTimeout(timer);
+				resolve(o);
+			};
+			const timer = setTimeout(() => setImmediate(() => finish("unresponsive")), timeoutMs);
+			// nats.js's own timeout only frees the request; ours above decides.
+			this.nc.request(subject, undefined, { timeout: timeoutMs + this.opts.probeTimeoutMs }).then(
+				msg => finish(answerOutcome(msg, this.opts)),
+				err => finish(outcomeOf(err)),
+			);
+		});
+	}
+
 	private settle(nodeID: string, outcome: ProbeOutcome): void {
 		this.lastAnswer.set(nodeID, performance.now());
 		this.broker.metrics?.increment(LIVENESS_METRICS.probes, { outcome });
-		if (outcome === "alive") {
+		this.outcomes[outcome] = (this.outcomes[outcome] ?? 0) + 1;
+		if (outcome === "alive" || outcome === "busy") {
 			if (this.suspects.delete(nodeID)) this.log.info(`Node ${nodeID} answers again; no longer suspect`, { event: "node.unsuspected", node_id: nodeID });
 		} else if (outcome === "gone") {
 			this.markSuspect(nodeID, "no NATS subscription (process gone, or reconnecting to NATS)", "node.lost");
 			this.rejectCallsOn(nodeID, () => true, true);
 		} else if (outcome === "unresponsive") {
 			this.markSuspect(nodeID, `no answer to a liveness probe within ${this.opts.probeTimeoutMs} ms`, "node.suspect");
+			this.rejectCallsOn(nodeID, isIdempotent, false);
+		} else if (outcome === "stuck") {
+			this.markSuspect(nodeID, `its main event loop has been silent for over ${this.opts.loopSilentBoundMs} ms (its probe worker answers)`, "node.suspect");
 			this.rejectCallsOn(nodeID, isIdempotent, false);
 		}
 	}
@@ -294,6 +378,8 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 	const opts = { ...LIVENESS_DEFAULTS, ...options };
 	const hedgeOpts = { ...HEDGE_DEFAULTS, ...hedge };
 	let probe: LivenessProbe | null = null;
+	let responder: LivenessResponder | null = null;
+	let responderLost = false;
 	return {
 		name: "LivenessProbe",
 		created(broker: ServiceBroker) {
@@ -302,11 +388,29 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 			// Gossiped with INFO: callers probe only nodes that answer probes.
 			if (usesNatsTransporter(broker)) (broker.metadata as Record<string, unknown>)[LIVENESS_METADATA_KEY] = true;
 		},
+		/** Before the transit connects: the worker's subscription is on the server before INFO advertises it. */
+		async starting(broker: ServiceBroker) {
+			const natsOptions = natsTransporterOptionsOf(broker);
+			if (!natsOptions) return;
+			const log = broker.getLogger("liveness");
+			const started = await LivenessResponder.start(natsOptions, loopProbeSubject(broker, broker.nodeID), why => {
+				log.error(`The liveness probe worker stopped (${why}); probes are answered from the main loop`, { event: "liveness.worker-lost" });
+				responderLost = true;
+				probe?.answerLoopProbesHere();
+			});
+			if ("error" in started) {
+				log.warn(`No liveness probe worker (${started.error}): probes are answered from the main loop only`, { event: "liveness.worker-failed" });
+				return;
+			}
+			responder = started;
+			(broker.metadata as Record<string, unknown>)[LIVENESS_METADATA_KEY] = LOOP_PROBE_VERSION;
+		},
 		async started(broker: ServiceBroker) {
 			const nc = natsConnectionOf(broker);
 			if (!nc) return;
 			probe = new LivenessProbe(broker, nc, opts, hedgeOpts);
 			probe.start();
+			if (responderLost) probe.answerLoopProbesHere();
 		},
 		remoteAction(next: (ctx: Context) => Promise<unknown>) {
 			return function armLivenessScan(ctx: Context) {
@@ -318,6 +422,8 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 		async stopped() {
 			probe?.stop();
 			probe = null;
+			await responder?.stop();
+			responder = null;
 		},
 	} as Middleware;
 }

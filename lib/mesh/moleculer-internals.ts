@@ -4,7 +4,7 @@
  * (test/unit/moleculer-internals.test.ts) pins the shapes so an upgrade that changes them fails loudly.
  */
 import { Transporters, type Context, type ServiceBroker } from "moleculer";
-import type { NatsConnection } from "nats";
+import type { ConnectionOptions, NatsConnection } from "nats";
 
 /** One call this node sent and still waits for (Transit#pendingRequests). */
 export interface PendingRequest {
@@ -30,7 +30,7 @@ interface TransitInternals {
 	_deletePendingResStream(id: string, origin: string): void;
 	/** the request stream a call is sending */
 	_deletePendingReqStream(id: string, origin: string): void;
-	tx?: { prefix?: string; client?: NatsConnection | null };
+	tx?: { prefix?: string; client?: NatsConnection | null; opts?: Record<string, unknown> };
 }
 
 function transitOf(broker: ServiceBroker): TransitInternals | null {
@@ -97,6 +97,26 @@ export function usesNatsTransporter(broker: ServiceBroker): boolean {
  */
 export function natsConnectionOf(broker: ServiceBroker): NatsConnection | null {
 	return usesNatsTransporter(broker) ? (transitOf(broker)?.tx?.client ?? null) : null;
+}
+
+/**
+ * The nats.js options Moleculer's NATS transporter connects with, for a second connection to the same servers
+ * with the same credentials (lib/mesh/liveness-responder.ts). Only plain values: they cross to a worker thread.
+ * Null on any other transporter.
+ */
+export function natsTransporterOptionsOf(broker: ServiceBroker): ConnectionOptions | null {
+	const opts = usesNatsTransporter(broker) ? transitOf(broker)?.tx?.opts : undefined;
+	if (!opts) return null;
+	const plain = Object.fromEntries(Object.entries(opts).filter(([, v]) => typeof v !== "function")) as ConnectionOptions & { url?: string };
+	// Moleculer turns `url` into `servers` (and credentials) only when it connects.
+	if (plain.url && !plain.servers) {
+		const urls = plain.url.split(",").map(u => new URL(u));
+		plain.servers = urls.map(u => u.host);
+		plain.user ??= decodeURIComponent(urls[0].username) || undefined;
+		plain.pass ??= decodeURIComponent(urls[0].password) || undefined;
+	}
+	delete plain.url;
+	return plain;
 }
 
 /** Moleculer's subject prefix: `MOL` or `MOL-<namespace>`. */

@@ -10,7 +10,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { hedgeStatsOf, livenessScanArmed, suspectNodesOf } from "../../lib/mesh/liveness-probe";
+import { hedgeStatsOf, livenessScanArmed, probeOutcomesOf, suspectNodesOf } from "../../lib/mesh/liveness-probe";
 import { ROOT, uniqueNamespace, waitFor } from "../helpers/cluster";
 import { describeWithNats, LOCAL_NATS_URL } from "../helpers/requirements";
 
@@ -19,12 +19,14 @@ jest.setTimeout(60_000);
 const namespace = uniqueNamespace("liveness");
 /** The hedging tests' own mesh: the probe tests' nodes (one still holding reads 1.2 s) stay out of it. */
 const hedgeNamespace = uniqueNamespace("hedge");
+/** Nodes whose event loop is kept busy, or stuck, on purpose. */
+const busyNamespace = uniqueNamespace("busy");
 const children: ChildProcess[] = [];
 
-function startTarget(nodeID: string, holdMs: number, ns = namespace): Promise<ChildProcess> {
+function startTarget(nodeID: string, holdMs: number, ns = namespace, extraEnv: Record<string, string> = {}): Promise<ChildProcess> {
 	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "test", "fixtures", "liveness-target.ts")], {
 		cwd: ROOT,
-		env: { PATH: process.env.PATH ?? "", NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: ns, NODE_ID: nodeID, HOLD_MS: String(holdMs), LOG_LEVEL: "warn", METRICS: "false" },
+		env: { PATH: process.env.PATH ?? "", NATS_URL: LOCAL_NATS_URL, MESH_NAMESPACE: ns, NODE_ID: nodeID, HOLD_MS: String(holdMs), LOG_LEVEL: "warn", METRICS: "false", ...extraEnv },
 		stdio: ["ignore", "pipe", "inherit"],
 	});
 	children.push(child);
@@ -42,8 +44,8 @@ interface Outcome {
 	endedAt: number;
 }
 
-function call(broker: ServiceBroker, action: string): Promise<Outcome> {
-	return broker.call<{ nodeID: string }>(action).then(
+function call(broker: ServiceBroker, action: string, params: Record<string, unknown> = {}, nodeID?: string): Promise<Outcome> {
+	return broker.call<{ nodeID: string }, Record<string, unknown>>(action, params, nodeID ? { nodeID } : {}).then(
 		res => ({ ok: true, nodeID: res.nodeID, endedAt: performance.now() }),
 		(err: { code?: number; retryable?: boolean }) => ({ ok: false, code: err.code, retryable: err.retryable, endedAt: performance.now() }),
 	);
@@ -147,6 +149,78 @@ describeWithNats("liveness probe: calls pending on a dead or hung node", () => {
 		// Suspicion never cancels a write: the stopped node may still apply it, and it does.
 		expect(writeOutcomes.every(o => o.ok)).toBe(true);
 		expect(writeOutcomes.some(o => o.nodeID === "SLOW2")).toBe(true);
+	});
+});
+
+describeWithNats("liveness probe: a busy main loop is not a hung one (the probe worker answers)", () => {
+	let caller: ServiceBroker;
+
+	beforeAll(async () => {
+		caller = await startCaller("busy-caller", "0", busyNamespace);
+		await startTarget("BUSY1", 0, busyNamespace);
+		await targetsVisibleTo(caller, ["BUSY1"]);
+		await sleep(300); // BUSY1's first heartbeat
+	});
+
+	it("16 callers × 25 ms of event-loop work each: the node is never suspect and no call fails", async () => {
+		let suspectSeen = 0;
+		const watch = setInterval(() => suspectNodesOf(caller)?.has("BUSY1") && suspectSeen++, 5);
+		const outcomes: Outcome[] = [];
+		const until = performance.now() + 4_000;
+		const loop = async () => {
+			while (performance.now() < until) outcomes.push(await call(caller, "target.spin", { ms: 25 }));
+		};
+		await Promise.all(Array.from({ length: 16 }, loop));
+		clearInterval(watch);
+		const probes = probeOutcomesOf(caller) ?? {};
+		const failed = outcomes.filter(o => !o.ok);
+		process.stdout.write(`[liveness] busy node: ${outcomes.length} calls, ${failed.length} failed, probes ${JSON.stringify(probes)}, suspect in ${suspectSeen} samples\n`);
+		expect(failed).toEqual([]);
+		expect(suspectSeen).toBe(0);
+		// The node's loop was silent past the 100 ms probe timeout while its worker answered: without the
+		// worker, those probes would have gone unanswered and made it suspect.
+		expect(probes.busy ?? 0).toBeGreaterThan(0);
+		expect((probes.unresponsive ?? 0) + (probes.stuck ?? 0) + (probes.gone ?? 0)).toBe(0);
+	});
+
+	/**
+	 * Starts `nodeID` beside BUSY1, holds its event loop for `ms` with a write, and sends 8 reads meanwhile. `stuck`
+	 * is that write: not rejected by the probe, though it may fail if the node's heartbeats were late enough (2.5 s,
+	 * counted from a beat up to 1.5 s before the loop stuck) to remove it — not these tests' subject.
+	 */
+	async function readsAroundStuckLoop(nodeID: string, ms: number, env: Record<string, string> = {}) {
+		await startTarget(nodeID, 0, busyNamespace, env);
+		await targetsVisibleTo(caller, ["BUSY1", nodeID]);
+		await sleep(300);
+		const stuckAt = performance.now();
+		const stuck = call(caller, "target.spinOnce", { ms }, nodeID);
+		await sleep(50);
+		const reads = await Promise.all(Array.from({ length: 8 }, () => call(caller, "target.read")));
+		return { reads, settledAfter: Math.max(...reads.map(o => o.endedAt - stuckAt)), stuck };
+	}
+
+	it("a main loop stuck past the bound (1 s) is suspect, and the reads pending on it are answered elsewhere", async () => {
+		// 2 s: past the bound and the reads' retries.
+		const { reads, settledAfter, stuck } = await readsAroundStuckLoop("STUCK1", 2_000);
+		const suspect = suspectNodesOf(caller)?.has("STUCK1") ?? false;
+		process.stdout.write(`[liveness] stuck loop: reads settled ${Math.round(settledAfter)} ms after it began, probes ${JSON.stringify(probeOutcomesOf(caller))}\n`);
+		expect(reads.every(o => o.ok && o.nodeID === "BUSY1")).toBe(true);
+		expect(suspect).toBe(true);
+		expect(probeOutcomesOf(caller)?.stuck ?? 0).toBeGreaterThan(0);
+		// Not before the bound (a busy loop is given it), well before the reads' 5 s timeout class.
+		expect(settledAfter).toBeGreaterThan(900);
+		expect(settledAfter).toBeLessThan(2_500);
+		await stuck;
+	});
+
+	it("probes a node of the older version (livenessProbe: true) on ALIVE, answered by its main loop: a stuck loop is suspect within the probe timeout", async () => {
+		const { reads, settledAfter, stuck } = await readsAroundStuckLoop("LEGACY1", 1_500, { LEGACY_LIVENESS: "1" });
+		process.stdout.write(`[liveness] stuck loop, older node: reads settled ${Math.round(settledAfter)} ms after it began\n`);
+		// Answered by BUSY1 or STUCK1 (its loop free again, it is back in rotation).
+		expect(reads.every(o => o.ok && o.nodeID !== "LEGACY1")).toBe(true);
+		// The 100 ms probe timeout, not the 1 s loop bound: the caller asked the subject the older node answers.
+		expect(settledAfter).toBeLessThan(700);
+		await stuck;
 	});
 });
 

@@ -4,7 +4,7 @@
  * not silently in the liveness probe or the outbox.
  */
 import { ServiceBroker } from "moleculer";
-import { isResponseStreaming, pendingRequestsOf, remoteNodeMetadata, subjectPrefixOf, usesNatsTransporter } from "../../lib/mesh/moleculer-internals";
+import { isResponseStreaming, natsTransporterOptionsOf, pendingRequestsOf, remoteNodeMetadata, subjectPrefixOf, usesNatsTransporter } from "../../lib/mesh/moleculer-internals";
 
 describe("Moleculer internals the mesh relies on", () => {
 	const broker = new ServiceBroker({ namespace: "pin", nodeID: "pin-node", transporter: "Fake", logger: false });
@@ -51,5 +51,16 @@ describe("Moleculer internals the mesh relies on", () => {
 		(broker.metadata as Record<string, unknown>).pinned = true;
 		expect(remoteNodeMetadata(broker, "pin-node")).toMatchObject({ pinned: true });
 		expect(remoteNodeMetadata(broker, "no-such-node")).toBeNull();
+	});
+
+	it("keeps the NATS transporter's connection options in tx.opts (a second connection copies them, url turned into servers)", () => {
+		const nats = new ServiceBroker({
+			nodeID: "pin-nats",
+			transporter: { type: "NATS", options: { url: "nats://u%40x:p@10.0.0.1:4222,nats://10.0.0.2:4222", pingInterval: 5_000 } },
+			logger: false,
+		});
+		expect(natsTransporterOptionsOf(nats)).toMatchObject({ servers: ["10.0.0.1:4222", "10.0.0.2:4222"], user: "u@x", pass: "p", pingInterval: 5_000, maxReconnectAttempts: -1 });
+		expect(natsTransporterOptionsOf(nats)).not.toHaveProperty("url");
+		expect(natsTransporterOptionsOf(broker)).toBeNull();
 	});
 });

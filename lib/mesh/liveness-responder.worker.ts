@@ -1,0 +1,32 @@
+/**
+ * The liveness responder's worker thread (lib/mesh/liveness-responder.ts starts it): its own NATS connection,
+ * one subscription to the node's loop-probe subject, and an answer that says how long ago the node's main
+ * event loop last ran — read from the clock the main thread stamps (lib/mesh/loop-clock.ts), so a saturated
+ * main loop does not delay the answer. The answer is the silence in whole milliseconds, as ASCII digits.
+ */
+import { parentPort, workerData } from "worker_threads";
+import { connect, type ConnectionOptions } from "nats";
+import { LoopSilence } from "./loop-clock";
+
+export interface ResponderWorkerData {
+	/** nats.js connection options (the transporter's, structured-cloned) */
+	options: ConnectionOptions;
+	subject: string;
+	/** the main loop's clock (lib/mesh/loop-clock.ts) */
+	clock: SharedArrayBuffer;
+}
+
+async function main(): Promise<void> {
+	const { options, subject, clock } = workerData as ResponderWorkerData;
+	const silence = new LoopSilence(clock, () => parentPort!.postMessage("stamp"));
+	const encoder = new TextEncoder();
+	const nc = await connect({ ...options, name: `${options.name ?? "mesh"}-liveness` });
+	nc.subscribe(subject, {
+		callback: (_err, msg) => msg.respond(encoder.encode(String(silence.probed()))),
+	});
+	// Subscribed on the server before the main thread advertises this subject (its node INFO).
+	await nc.flush();
+	parentPort!.postMessage("ready");
+}
+
+main().catch(err => parentPort!.postMessage({ error: (err as Error).message }));
