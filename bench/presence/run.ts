@@ -21,6 +21,7 @@
  */
 import { execSync, type ChildProcess } from "child_process";
 import fs from "fs";
+import os from "os";
 import path from "path";
 import type { Socket } from "socket.io-client";
 import { Client } from "pg";
@@ -180,6 +181,8 @@ interface Point {
 	intervalMs: number;
 	/** % of one core during the fan-out: the serving processes (both nodes, or the bare server) and the client processes together */
 	cpu: { servers: number; clients: number };
+	/** CPU ms the same processes spent per post (all its deliveries, idle time between posts included) */
+	cpuMsPerPost: { servers: number; clients: number };
 	load: string;
 }
 
@@ -196,12 +199,24 @@ interface Side {
 /** Spacing of the posts at N sockets: the clients take N deliveries off their sockets per post, and must be done before the next. */
 const intervalFor = (sockets: number) => Math.max(100, Math.round(sockets / 10));
 
-function cpuShare(pids: number[], clientPids: number[], run: () => Promise<FanOut>): Promise<{ result: FanOut; servers: number; clients: number }> {
+interface CpuShare {
+	result: FanOut;
+	/** % of one core */
+	servers: number;
+	clients: number;
+	/** CPU ms spent in all */
+	serversMs: number;
+	clientsMs: number;
+}
+
+function cpuShare(pids: number[], clientPids: number[], run: () => Promise<FanOut>): Promise<CpuShare> {
 	const cpuOf = (of: number[]) => of.reduce((sum, pid) => sum + processCpuMs(pid), 0);
 	const before = { servers: cpuOf(pids), clients: cpuOf(clientPids), at: performance.now() };
 	return run().then(result => {
 		const elapsed = performance.now() - before.at;
-		return { result, servers: (100 * (cpuOf(pids) - before.servers)) / elapsed, clients: (100 * (cpuOf(clientPids) - before.clients)) / elapsed };
+		const serversMs = cpuOf(pids) - before.servers;
+		const clientsMs = cpuOf(clientPids) - before.clients;
+		return { result, servers: (100 * serversMs) / elapsed, clients: (100 * clientsMs) / elapsed, serversMs, clientsMs };
 	});
 }
 
@@ -214,8 +229,9 @@ async function measureCurve(name: string, side: Side, heapBefore: HeapReading, c
 		const heap = perSocket(heapBefore, await side.heap(), sockets);
 		const messages = index === 0 ? FIRST_MESSAGES : CURVE_MESSAGES;
 		const intervalMs = intervalFor(sockets);
-		const { result, servers, clients: clientsCpu } = await cpuShare(side.pids, clients.pids, () => fanOut(clients, sockets, side.post, side.field, messages, intervalMs));
-		const point = { sockets, fanOut: result, heap, messages, intervalMs, cpu: { servers, clients: clientsCpu }, load: loadAverage() };
+		const { result, servers, clients: clientsCpu, serversMs, clientsMs } = await cpuShare(side.pids, clients.pids, () => fanOut(clients, sockets, side.post, side.field, messages, intervalMs));
+		const cpuMsPerPost = { servers: serversMs / messages, clients: clientsMs / messages };
+		const point = { sockets, fanOut: result, heap, messages, intervalMs, cpu: { servers, clients: clientsCpu }, cpuMsPerPost, load: loadAverage() };
 		process.stdout.write(
 			`${name} @${sockets}: fan-out p50 ${formatNumber(result.p50)} p99 ${formatNumber(result.p99)} ms (${result.delivered}/${result.expected}), heap ${formatNumber(heap.objects)} KB/socket (${formatNumber(heap.withCode)} with code), ` +
 				`CPU servers ${servers.toFixed(0)}% clients ${clientsCpu.toFixed(0)}% (load ${point.load})\n`,
@@ -279,8 +295,27 @@ function curveSection(project: Point[], bare: Point[], fdLimit: string, loadAtSt
 		"",
 		`- at ${top.sockets} sockets: fan-out p99 **${formatNumber(top.fanOut.p99)} ms** (target ≤ 200 ms: ${top.fanOut.p99 <= 200 ? "met" : "**not met**"}; bare socket.io ${formatNumber(bareTop.fanOut.p99)} ms), heap **${formatNumber(top.heap.objects)} KB per idle socket** over both nodes, compiled code left out (target ≤ 10 KB: ${top.heap.objects <= 10 ? "met" : "**not met**"}; ${formatNumber(top.heap.withCode)} KB with code; bare ${formatNumber(bareTop.heap.objects)} KB).`,
 		`- Fan-out is measured from the post leaving the bench process to its arrival at each client (times are performance.timeOrigin + performance.now() in each process). The clients live in processes of their own, up to ${SOCKETS_PER_CLIENT_PROCESS} each, not in one that would take all N deliveries of a post off its sockets one after another (~30 µs each: at 10,000 sockets that queue alone was longer than the 200 ms target); they still share the 2 cores with the servers, so the p99 includes their receiving CPU (the bare column pays it too). Every post is counted at every socket (delivered column); posts are spaced so that the clients finish one before the next.`,
+		`- ${cpuFloor(top, bareTop)}`,
 		`- What limits it / past one machine: during the top point's fan-out the busiest side was ${busiest}. A node pushes each message once per local socket (socket.io encodes it once per namespace), so fan-out time grows with sockets per node; a message crosses NATS once per gateway, not once per socket, so past one machine more gateway nodes on the NATS cluster, each with its share of the sockets, keep sockets per node (and the p99) where this table shows them, and clients on machines of their own take the receiving side off the nodes' cores.`,
 	].join("\n");
+}
+
+/**
+ * The floor the machine sets: every post costs the nodes and the clients this much CPU, and os.cpus() cores
+ * share it, so the last delivery of a post cannot arrive sooner than total / cores even with perfect overlap.
+ */
+function cpuFloor(top: Point, bareTop: Point): string {
+	const cores = os.cpus().length;
+	const perPost = (p: Point) => p.cpuMsPerPost.servers + p.cpuMsPerPost.clients;
+	const perDelivery = (ms: number, p: Point) => formatNumber((1000 * ms) / p.sockets);
+	return (
+		`CPU per post at ${top.sockets} sockets (idle time between posts included, so an upper bound): project nodes ${formatNumber(top.cpuMsPerPost.servers)} ms (${perDelivery(top.cpuMsPerPost.servers, top)} µs per delivery) + clients ${formatNumber(top.cpuMsPerPost.clients)} ms (${perDelivery(top.cpuMsPerPost.clients, top)} µs) = ${formatNumber(perPost(top))} ms; ` +
+		`bare server ${formatNumber(bareTop.cpuMsPerPost.servers)} ms (${perDelivery(bareTop.cpuMsPerPost.servers, bareTop)} µs) + clients ${formatNumber(bareTop.cpuMsPerPost.clients)} ms = ${formatNumber(perPost(bareTop))} ms. ` +
+		`On ${cores} cores shared by servers and clients, the last delivery of a post cannot come before about total / ${cores}: ${formatNumber(perPost(top) / cores)} ms for the project, ${formatNumber(perPost(bareTop) / cores)} ms for bare socket.io — ` +
+		(perPost(top) / cores > 200
+			? `above the 200 ms target before any queueing: at this size it needs the clients' receiving CPU off these cores (clients on machines of their own) or more cores for the gateways${perPost(bareTop) / cores > 200 ? ", for bare socket.io as much as for the project" : ""}.`
+			: `under the 200 ms target: what the p99 adds above it is queueing and scheduling, not CPU the machine lacks.`)
+	);
 }
 
 function plot(project: Point[], bare: Point[]): void {
