@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from "child_process";
 import path from "path";
 import { ServiceBroker } from "moleculer";
+import { connect } from "nats";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
@@ -132,6 +133,13 @@ describeWithNats("liveness probe: calls pending on a dead or hung node", () => {
 		const [slow] = await Promise.all([startTarget("SLOW2", 1_200), startTarget("FAST2", 0)]);
 		await targetsVisible(["SLOW2", "FAST2"]);
 		await sleep(300); // SLOW2's first heartbeat, so it is not suspect for being new
+		// Which subject the caller probes SLOW2 on: its worker's (ALIVE-LOOP) while it is only overdue, its main
+		// loop's (ALIVE) once it is suspect — a node resumed with a backlog must not be cleared by its worker.
+		const spy = await connect({ servers: LOCAL_NATS_URL });
+		const probed = { loop: 0, main: 0 };
+		spy.subscribe(`MOL-${namespace}.ALIVE-LOOP.SLOW2`, { callback: () => probed.loop++ });
+		spy.subscribe(`MOL-${namespace}.ALIVE.SLOW2`, { callback: () => probed.main++ });
+		await spy.flush();
 		const reads = Array.from({ length: 8 }, () => call(caller, "target.read"));
 		const writes = Array.from({ length: 4 }, () => call(caller, "target.write"));
 		await sleep(100);
@@ -149,6 +157,10 @@ describeWithNats("liveness probe: calls pending on a dead or hung node", () => {
 		// Suspicion never cancels a write: the stopped node may still apply it, and it does.
 		expect(writeOutcomes.every(o => o.ok)).toBe(true);
 		expect(writeOutcomes.some(o => o.nodeID === "SLOW2")).toBe(true);
+		await spy.close();
+		process.stdout.write(`[liveness] SIGSTOP: probes on ALIVE-LOOP ${probed.loop}, on ALIVE ${probed.main}\n`);
+		expect(probed.loop).toBeGreaterThan(0);
+		expect(probed.main).toBeGreaterThan(0);
 	});
 });
 
