@@ -3,7 +3,8 @@
  * recent p99, never sooner than minDelayMs, and at the cold delay until the action has enough samples.
  * (The hedging itself, with real nodes on NATS: test/integration/liveness-probe.test.ts.)
  */
-import { ActionLatency, HEDGE_DEFAULTS } from "../../lib/mesh/hedged-calls";
+import type { Context, ServiceBroker } from "moleculer";
+import { ActionLatency, CallHedger, HEDGE_DEFAULTS } from "../../lib/mesh/hedged-calls";
 
 const opts = HEDGE_DEFAULTS;
 
@@ -34,5 +35,38 @@ describe("hedge delay", () => {
 		for (let i = 0; i < 128; i++) latency.add(200);
 		expect(latency.delayMs(opts, 999)).toBe(40);
 		expect(latency.delayMs(opts, 1_001)).toBe(200);
+	});
+});
+
+describe("timing a sampled call", () => {
+	// A sampled call handed back through a `.then` of its own reached its caller one microtask after the
+	// others of the same NATS read, so the calls it triggered missed nats.js's write for the rest of the turn
+	// (bench/mesh/wire-count.ts: 0.039 socket writes per call against bare Moleculer's 0.022).
+	it("hands every call back as the promise the call itself returned, sampled or not, and still samples", async () => {
+		const broker = { registry: {} } as unknown as ServiceBroker;
+		const hedger = new CallHedger(broker, HEDGE_DEFAULTS, () => false);
+		const ctx = { action: { name: "memory.get", idempotent: true } } as unknown as Context;
+		const calls = Array.from({ length: 16 }, (_, i) => Promise.resolve(i));
+		const returned = calls.map(call => hedger.watch(ctx, () => call));
+		returned.forEach((promise, i) => expect(promise).toBe(calls[i]));
+		await Promise.all(returned);
+		await new Promise(resolve => setImmediate(resolve));
+		const samples = (hedger as unknown as { latency: Map<string, { count: number }> }).latency.get("memory.get");
+		expect(samples?.count).toBe(2);
+	});
+
+	it("leaves a failed call's rejection to its caller (no unhandled rejection from the timing branch)", async () => {
+		const hedger = new CallHedger({ registry: {} } as unknown as ServiceBroker, HEDGE_DEFAULTS, () => false);
+		const ctx = { action: { name: "memory.get", idempotent: true } } as unknown as Context;
+		const unhandled = jest.fn();
+		process.on("unhandledRejection", unhandled);
+		try {
+			const failures = Array.from({ length: 8 }, () => hedger.watch(ctx, () => Promise.reject(new Error("node gone"))));
+			await Promise.all(failures.map(failure => expect(failure).rejects.toThrow("node gone")));
+			await new Promise(resolve => setImmediate(resolve));
+			expect(unhandled).not.toHaveBeenCalled();
+		} finally {
+			process.off("unhandledRejection", unhandled);
+		}
 	});
 });
