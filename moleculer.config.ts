@@ -13,6 +13,7 @@ import { GatewayPrometheusReporter, GatewayReporterMiddleware } from "./lib/http
 import { nodeHealthFailure } from "./lib/inference/errors";
 import { LivenessProbeMiddleware } from "./lib/mesh/liveness-probe";
 import { NatsReconnectGuardMiddleware } from "./lib/mesh/nats-reconnect-guard";
+import { ChangedMetaOnlyMiddleware } from "./lib/mesh/response-meta";
 import { FailoverEventsMiddleware, FailoverStrategy, FailureDetectorMiddleware, RETRY_POLICY } from "./lib/mesh/failover-policy";
 import type { MeshSettings } from "./lib/runtime/settings";
 import type { TransportChoice } from "./lib/runtime/transport";
@@ -100,6 +101,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			LivenessProbeMiddleware({}, { budget: settings.hedgeBudget }),
 			NatsReconnectGuardMiddleware(),
 			FailoverEventsMiddleware(),
+			ChangedMetaOnlyMiddleware(),
 			...meshInternalMiddlewares(),
 			InputGuardMiddleware(),
 		],

@@ -68,6 +68,7 @@ export function costVariants(baseRoot = process.env.CALL_COST_BASE): CostVariant
 		{ name: "− metrics", edit: o => ({ ...o, metrics: { enabled: false } }) },
 		{ name: "− call tracking", edit: o => ({ ...o, tracking: { ...o.tracking, enabled: false } }) },
 		{ name: "− LivenessProbe", edit: without("LivenessProbe") },
+		{ name: "− ChangedMetaOnly (responses carry the whole meta)", edit: without("ChangedMetaOnly") },
 		{ name: "− FailureDetector", edit: without("FailureDetector") },
 		{ name: "− InputGuard", edit: without("InputGuard") },
 		{ name: "− Validator (params schema)", edit: without("Validator") },
