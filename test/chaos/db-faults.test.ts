@@ -49,9 +49,8 @@ describeWithNats("database faults under load", () => {
 				writes: faultWindow(answers, faultAt - 500, Infinity, "write"),
 				logical_writes: writes.length,
 			});
-			// The fault was felt (else this test proves nothing) …
-			expect(failed.length + answers.filter(a => a.end - a.start > 100 && a.start >= faultAt).length).toBeGreaterThan(0);
-			// … but never as a 500, never as a dropped connection, and every failed answer says "retry" with a
+			// Whether the fault reached the nodes is each scenario's own check (else it proves nothing): a restart
+			// must show as retryable 503s (below), terminated backends as pools made of new backends. Never as a 500, never as a dropped connection, and every failed answer says "retry" with a
 			// Retry-After: a 503 SERVICE_UNAVAILABLE, or (only when the event loop is starved by the machine's
 			// other work) the mesh's own retryable 504 REQUEST_TIMEOUT, reported separately.
 			expect(answers.filter(a => a.status === 500 || a.status === 0)).toEqual([]);
@@ -106,16 +105,24 @@ describeWithNats("database faults under load", () => {
 			const load = startChaosLoad(mesh, ids, LOAD);
 			await sleep(2_000);
 			const faultAt = load.now();
-			let terminated = 0;
+			const terminated = new Set<number>();
 			for (let i = 0; i < 3; i++) {
-				const rows = await pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid()");
-				terminated += rows.length;
+				const rows = await pg.query<{ pid: number }>("SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid()");
+				for (const row of rows) terminated.add(row.pid);
 				await sleep(400);
 			}
 			const backAt = load.now();
 			await sleep(3_000);
 			const { answers, writes } = await load.stop();
-			expect(terminated).toBeGreaterThan(3);
+			// The fault reached the nodes: every round killed backends, and what serves the load now is made of
+			// new ones. On an idle machine the pools replace dead connections before a query meets one, so no
+			// client may see the fault at all (a clean-clone CI run: 191 reads and 39 writes, all 200, slowest
+			// 20 ms); that is the point, and it is why the proof is the backends, not a slow or failed answer.
+			const serving = await pg.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE datname = 'app' AND pid <> pg_backend_pid()");
+			report("terminate: backends", { terminated: terminated.size, servingNow: serving.length });
+			expect(terminated.size).toBeGreaterThan(3);
+			expect(serving.length).toBeGreaterThan(0);
+			expect(serving.filter(row => terminated.has(row.pid))).toEqual([]);
 			await expectNonEvent("terminate", answers, writes, faultAt, backAt, logsBefore, 3);
 		});
 	});
