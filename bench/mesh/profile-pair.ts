@@ -1,6 +1,6 @@
 // Profiling aid (not part of npm run bench): one caller/server pair at a time, as `npm run bench` runs them —
 // PAIR=bare (bench/mesh/bare-server.ts) or PAIR=project (a full node, scripts/run-node.ts SERVICES=mesh) — driven
-// from this process at 100 concurrent for PROFILE_SECONDS. This process profiles itself over exactly the measured
+// from this process at PROFILE_CONCURRENCY concurrent (100) for PROFILE_SECONDS. This process profiles itself over exactly the measured
 // window (inspector) into PROFILE_DIR/<pair>-caller.cpuprofile; run with BENCH_NODE_ARGS="--cpu-prof
 // --cpu-prof-dir=<dir>" to profile the server too; SPIN_US burns that much CPU in the caller per call. Prints calls/s and CPU µs per call of caller, server, nats-server.
 import { execSync } from "node:child_process";
@@ -17,6 +17,7 @@ const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const PAIR = process.env.PAIR === "project" ? "project" : "bare";
 const SECONDS = Number(process.env.PROFILE_SECONDS ?? 8);
 const DIR = process.env.PROFILE_DIR ?? "/tmp";
+const CONCURRENCY = Number(process.env.PROFILE_CONCURRENCY ?? 100);
 
 async function main(): Promise<void> {
 	const namespace = `pair-${process.pid}`;
@@ -41,14 +42,14 @@ async function main(): Promise<void> {
 		while (performance.now() < until);
 	};
 	const call = spinUs ? () => (spin(), broker.call(action, { message: "hello mesh" }, { meta: { user } })) : () => broker.call(action, { message: "hello mesh" }, { meta: { user } });
-	await closedLoop(call, 100, 2_000);
+	await closedLoop(call, CONCURRENCY, 2_000);
 	const natsPid = Number(execSync("pgrep -o nats-server").toString().trim());
 	const session = new Session();
 	session.connect();
 	await session.post("Profiler.enable");
 	await session.post("Profiler.start");
 	const before = { self: process.cpuUsage(), server: processCpuMs(server.pid!), nats: processCpuMs(natsPid) };
-	const result = await closedLoop(call, 100, SECONDS * 1000);
+	const result = await closedLoop(call, CONCURRENCY, SECONDS * 1000);
 	const self = process.cpuUsage(before.self);
 	const { profile } = await session.post("Profiler.stop");
 	writeFileSync(path.join(DIR, `${PAIR}-caller.cpuprofile`), JSON.stringify(profile));
