@@ -10,7 +10,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, formatNumber, percentile, runBench, startProcess } from "../lib/harness";
+import { closedLoop, formatNumber, percentile, runBench, startProcess, stopProcesses } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const RATE = 1_000;
@@ -66,5 +66,6 @@ runBench(async () => {
 		for (let round = 0; round < ROUNDS; round++) for (const v of variants) describe(`${v.name} round ${round + 1}`, await pacedTurn(v.call));
 	} finally {
 		await Promise.all([bare.stop(), project.stop()]);
+		await stopProcesses();
 	}
 });
