@@ -135,7 +135,13 @@ export async function closedLoop(call: () => Promise<unknown>, concurrency: numb
 }
 
 /** An open loop at a fixed rate (calls fired on schedule, whatever the answers), bounded by durationMs. */
-export async function fixedRate(call: () => Promise<unknown>, perSecond: number, durationMs: number): Promise<LoadResult> {
+export async function fixedRate(
+	call: () => Promise<unknown>,
+	perSecond: number,
+	durationMs: number,
+	/** each successful call's start (ms since the first call) and latency, for a look at when the slow ones began */
+	onAnswered?: (startMs: number, latencyMs: number) => void,
+): Promise<LoadResult> {
 	const latencies: number[] = [];
 	let errors = 0;
 	const pending: Promise<void>[] = [];
@@ -148,7 +154,11 @@ export async function fixedRate(call: () => Promise<unknown>, perSecond: number,
 		const t = performance.now();
 		pending.push(
 			call().then(
-				() => void latencies.push(performance.now() - t),
+				() => {
+					const ms = performance.now() - t;
+					latencies.push(ms);
+					onAnswered?.(t - start, ms);
+				},
 				() => void errors++,
 			),
 		);

@@ -10,7 +10,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, formatNumber, percentile, runBench, startProcess, stopProcesses } from "../lib/harness";
+import { closedLoop, fixedRate, formatNumber, percentile, runBench, startProcess, stopProcesses, type LoadResult } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const RATE = 1_000;
@@ -19,30 +19,32 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const namespace = `paced-${process.pid}`;
 const EXTRA: Record<string, string> = JSON.parse(process.env.PACED_NODE_ENV ?? "{}");
 
-async function pacedTurn(call: () => Promise<unknown>): Promise<{ starts: number[]; latencies: number[]; loopP99: number; loopMax: number }> {
-	const starts: number[] = [];
-	const latencies: number[] = [];
-	const loop = monitorEventLoopDelay({ resolution: 1 });
-	loop.enable();
-	const t0 = performance.now();
-	const pending: Promise<void>[] = [];
-	for (let i = 0; i < RATE * SECONDS; i++) {
-		const wait = t0 + (i * 1000) / RATE - performance.now();
-		if (wait > 1) await new Promise(r => setTimeout(r, wait));
-		const t = performance.now();
-		pending.push(call().then(() => void (starts.push(t - t0), latencies.push(performance.now() - t))));
-	}
-	await Promise.all(pending);
-	loop.disable();
-	return { starts, latencies, loopP99: loop.percentile(99) / 1e6, loopMax: loop.max / 1e6 };
+interface Turn {
+	result: LoadResult;
+	/** the slowest calls: latency and start, ms since the turn's first call */
+	slowest: Array<{ ms: number; at: number }>;
+	p999: number;
+	loopP99: number;
+	loopMax: number;
 }
 
-function describe(name: string, turn: Awaited<ReturnType<typeof pacedTurn>>): void {
-	const sorted = [...turn.latencies].sort((a, b) => a - b);
-	const slowest = turn.latencies.map((ms, i) => ({ ms, at: turn.starts[i] })).sort((a, b) => b.ms - a.ms).slice(0, 12);
+/** One paced turn (harness fixedRate) with the caller's event-loop delay recorded over it. */
+async function pacedTurn(call: () => Promise<unknown>): Promise<Turn> {
+	const answered: Array<{ ms: number; at: number }> = [];
+	const loop = monitorEventLoopDelay({ resolution: 1 });
+	loop.enable();
+	const result = await fixedRate(call, RATE, SECONDS * 1000, (at, ms) => answered.push({ ms, at }));
+	loop.disable();
+	const ascending = answered.sort((a, b) => a.ms - b.ms);
+	const slowest = ascending.slice(-12).reverse();
+	return { result, slowest, p999: percentile(ascending.map(a => a.ms), 99.9), loopP99: loop.percentile(99) / 1e6, loopMax: loop.max / 1e6 };
+}
+
+function printTurn(name: string, turn: Turn): void {
+	const { result } = turn;
 	process.stdout.write(
-		`${name}: p50 ${formatNumber(percentile(sorted, 50))} p99 ${formatNumber(percentile(sorted, 99))} p99.9 ${formatNumber(percentile(sorted, 99.9))} max ${formatNumber(sorted[sorted.length - 1])} ms; caller loop delay p99 ${formatNumber(turn.loopP99)} max ${formatNumber(turn.loopMax)} ms\n` +
-			`   slowest (ms @ start ms): ${slowest.map(s => `${s.ms.toFixed(1)}@${Math.round(s.at)}`).join(" ")}\n`,
+		`${name}: p50 ${formatNumber(result.p50)} p99 ${formatNumber(result.p99)} p99.9 ${formatNumber(turn.p999)} max ${formatNumber(turn.slowest[0]?.ms ?? 0)} ms, ${result.errors} errors; caller loop delay p99 ${formatNumber(turn.loopP99)} max ${formatNumber(turn.loopMax)} ms\n` +
+			`   slowest (ms @ start ms): ${turn.slowest.map(s => `${s.ms.toFixed(1)}@${Math.round(s.at)}`).join(" ")}\n`,
 	);
 }
 
@@ -63,7 +65,7 @@ runBench(async () => {
 	];
 	for (const v of variants) await closedLoop(v.call, 100, 1_000);
 	try {
-		for (let round = 0; round < ROUNDS; round++) for (const v of variants) describe(`${v.name} round ${round + 1}`, await pacedTurn(v.call));
+		for (let round = 0; round < ROUNDS; round++) for (const v of variants) printTurn(`${v.name} round ${round + 1}`, await pacedTurn(v.call));
 	} finally {
 		await Promise.all([bare.stop(), project.stop()]);
 		await stopProcesses();
