@@ -50,9 +50,10 @@ describeWithNats("database faults under load", () => {
 				logical_writes: writes.length,
 			});
 			// Whether the fault reached the nodes is each scenario's own check (else it proves nothing): a restart
-			// must show as retryable 503s (below), terminated backends as pools made of new backends. Never as a 500, never as a dropped connection, and every failed answer says "retry" with a
-			// Retry-After: a 503 SERVICE_UNAVAILABLE, or (only when the event loop is starved by the machine's
-			// other work) the mesh's own retryable 504 REQUEST_TIMEOUT, reported separately.
+			// must show as retryable 503s (below), terminated backends as pools made of new backends. Never as a
+			// 500, never as a dropped connection, and every failed answer says "retry" with a Retry-After: a 503
+			// SERVICE_UNAVAILABLE, or (only when the event loop is starved by the machine's other work) the mesh's
+			// own retryable 504 REQUEST_TIMEOUT, reported separately.
 			expect(answers.filter(a => a.status === 500 || a.status === 0)).toEqual([]);
 			expect(failed.filter(a => !(isDatabase503(a) || a.status === 504) || !a.retryAfter).map(a => `${a.kind} ${a.status} ${a.type}`)).toEqual([]);
 			// A restart keeps the database away for about a second, so some answers must have been the retryable

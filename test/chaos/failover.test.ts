@@ -80,7 +80,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		// The liveness probe learns of the death from NATS once the kernel has closed the dead process's
 		// socket and takes NODE1 out of rotation at once; a read pending longer than its p99 is hedged to NODE2;
 		// a lost call's retry leaves at once. Goal: every call answered within 100 ms; the bound is the issue's
-		// 250 ms for CI noise. On an otherwise idle machine this test measures 36-51 ms (docs/FAILOVER.md). When
+		// 250 ms for CI noise. On an otherwise idle machine this test measures 36-55 ms (docs/FAILOVER.md). When
 		// other work shares the 2 cores it waits for CPU, not for the mesh: 263-575 ms were traced with helpers
 		// running (load 1.7-8.7), so the report above prints how idle the machine was in the 600 ms after the kill.
 		// A regression to the fast-timeout wait (~790 ms) fails this bound.
@@ -140,7 +140,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		report("SIGSTOP", { during, aroundStopMaxMs: aroundStop.maxMs, after, machineIdleAfterStop: await idleAfterStop });
 		expect(during.failed).toBe(0);
 		// An unanswered liveness probe makes NODE1 suspect: its idempotent calls retry elsewhere at once
-		// and it gets no new ones. The goal, 300 ms for the slowest, is the bound: 52-68 ms on an idle machine.
+		// and it gets no new ones. The goal, 300 ms for the slowest, is the bound: 52-70 ms on an idle machine.
 		expect(aroundStop.maxMs).toBeLessThanOrEqual(300);
 		expect(after.failed).toBe(0);
 		expect(servedCounts(result.samples, resumedAt + 3_000).NODE1).toBeGreaterThan(0);
@@ -192,7 +192,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 			expect(r.body.retryable).toBe(true);
 			expect(r.retryAfter).toBe("1");
 			// An answer, not a hang: the liveness probe finds the node gone (goal 100 ms after the kill,
-			// 33-35 ms on an idle machine; bound with CI slack as for reads).
+			// 33-39 ms on an idle machine; bound with CI slack as for reads).
 			expect(r.ms - killedAt).toBeLessThanOrEqual(250);
 		}
 		for (const r of first.filter(r => r.status === 200)) expect(r.body.node_id).toBe("NODE2");
