@@ -10,11 +10,23 @@
  *
  * The rule: the first flush of a loop turn leaves at once, as with the plain transporter (no added latency for
  * a lone call, nor for a burst one callback sends); what later callbacks of the same turn send waits for
- * setImmediate (the end of this turn's I/O callbacks) and leaves in one write. Holding every packet until
+ * setImmediate (the end of this turn's I/O callbacks) and leaves in one write, or sooner, with the rest of its
+ * burst, once HOLD_LIMIT packets wait. Holding every packet until
  * setImmediate also batched the gateway, but cost remote calls a loop turn on both sides (A/B in BENCHMARKS.md).
  * The order of packets is kept: once something is held, everything after it is held too.
  */
 import { Transporters } from "moleculer";
+
+/**
+ * Held packets that make a later callback a burst rather than a trickle. The gateway's trickle is one packet per
+ * HTTP request callback, at most one per open connection in a turn (50 in bench/mesh), and a caller with 100
+ * calls in flight holds fewer than 100: both stay as they were. A caller with 1,000 calls in flight reads its
+ * answers in several chunks per turn, and its next ~860 requests waited for setImmediate in one held batch while
+ * the serving node idled: bench:call-curve at 1,000 callers 34.3k and 34.9k calls/s, against 39.3k and 41.1k with
+ * this limit (docs/BENCHMARKS.md, "How the remote call grows"). 16 split the 100-caller case's batches too: 0.86
+ * and 0.88 of bare Moleculer there, against 0.97 and 1.00 without a limit.
+ */
+export const HOLD_LIMIT = 256;
 
 export class CoalescingNatsTransporter extends Transporters.NATS {
 	private pending: Array<[string, Buffer]> = [];
@@ -28,11 +40,21 @@ export class CoalescingNatsTransporter extends Transporters.NATS {
 		if (this.pending.length === 0 && (this.flushOpen || !this.directUsed)) {
 			this.publishNow(topic, data);
 			if (!this.flushOpen) this.openDirectFlush();
+		} else if (this.pending.push([topic, data]) >= HOLD_LIMIT) {
+			this.publishHeld();
 		} else {
-			this.pending.push([topic, data]);
 			this.schedule();
 		}
 		return Promise.resolve();
+	}
+
+	/**
+	 * A later callback's burst: nats.js writes a burst in one flush anyway, so holding it longer only delays it.
+	 * What was held leaves now, in order, and the rest of the burst joins the same flush.
+	 */
+	private publishHeld(): void {
+		this.drainHeld();
+		if (!this.flushOpen) this.openDirectFlush();
 	}
 
 	/**
@@ -58,6 +80,10 @@ export class CoalescingNatsTransporter extends Transporters.NATS {
 	publishPending(): void {
 		this.scheduled = false;
 		this.directUsed = false;
+		this.drainHeld();
+	}
+
+	private drainHeld(): void {
 		const batch = this.pending;
 		this.pending = [];
 		for (const [topic, data] of batch) this.publishNow(topic, data);

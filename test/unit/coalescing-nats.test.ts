@@ -5,7 +5,7 @@
  */
 import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
-import { CoalescingNatsTransporter } from "../../lib/mesh/coalescing-nats";
+import { CoalescingNatsTransporter, HOLD_LIMIT } from "../../lib/mesh/coalescing-nats";
 import { loadSettings } from "../../lib/runtime/settings";
 import { LOCAL_NATS_URL, describeWithNats } from "../helpers/requirements";
 
@@ -61,6 +61,24 @@ describe("CoalescingNatsTransporter", () => {
 		await new Promise(resolve => setImmediate(resolve));
 		void tx.send("next-turn", Buffer.from("x"));
 		expect(published).toEqual(["first", "held", "next-turn"]);
+	});
+
+	it("sends a later callback's burst at once: held packets leave when there are HOLD_LIMIT of them, in order, and the rest of the burst goes direct", async () => {
+		const { tx, published } = withFakeClient();
+		void tx.send("first", Buffer.from("x"));
+		await Promise.resolve();
+		await Promise.resolve();
+		const burst = Array.from({ length: HOLD_LIMIT + 10 }, (_, i) => `burst-${i}`);
+		for (const topic of burst.slice(0, HOLD_LIMIT - 1)) void tx.send(topic, Buffer.from(topic));
+		expect(published).toEqual(["first"]); // a trickle so far: held
+		for (const topic of burst.slice(HOLD_LIMIT - 1)) void tx.send(topic, Buffer.from(topic));
+		expect(published).toEqual(["first", ...burst]); // nothing waits for setImmediate
+		await Promise.resolve();
+		await Promise.resolve();
+		void tx.send("trickle", Buffer.from("x")); // a later callback again: held, behind nothing
+		expect(published).toEqual(["first", ...burst]);
+		await new Promise(resolve => setImmediate(resolve));
+		expect(published).toEqual(["first", ...burst, "trickle"]);
 	});
 
 	it("publishes what it holds before disconnecting", async () => {
