@@ -33,6 +33,32 @@ interface RpcRow {
 	paced: LoadResult;
 	/** calls/s of every round, slowest first */
 	rounds: number[];
+	/** calls/s of every round, in the order the rounds ran */
+	inOrder: number[];
+}
+
+/**
+ * Round r runs the variants in order, the next one in reverse, and so on: each variant's neighbours change, so a
+ * slow patch of the machine that spans two turns does not always land on the same variant.
+ */
+function turnOrder<T>(variants: T[], round: number): T[] {
+	return round % 2 === 0 ? variants : [...variants].reverse();
+}
+
+/**
+ * a / b round by round (the two ran within seconds of each other), and the median of those: on this shared
+ * machine one variant's rounds spread wider than the gap between variants (e.g. 27.0k–37.7k calls/s), and a
+ * ratio of two medians can pair a fast round of one with a slow one of the other.
+ */
+function pairedRatios(a: number[], b: number[]): { ratios: number[]; median: number } {
+	const ratios = a.map((value, i) => value / b[i]);
+	const sorted = [...ratios].sort((x, y) => x - y);
+	return { ratios, median: sorted[Math.floor(sorted.length / 2)] };
+}
+
+function describePaired(a: number[], b: number[]): string {
+	const { ratios, median } = pairedRatios(a, b);
+	return `round by round ${ratios.map(r => r.toFixed(2)).join(" / ")}, median **${median.toFixed(2)}**`;
 }
 
 /**
@@ -44,7 +70,7 @@ async function measureRpcVariants(variants: Array<{ name: string; call: () => Pr
 	const rounds = new Map<string, LoadResult[]>(variants.map(v => [v.name, []]));
 	for (const v of variants) await closedLoop(v.call, CONCURRENCY, 1_000); // warm-up: JIT, connections, registry
 	for (let round = 0; round < ROUNDS; round++) {
-		for (const v of variants) rounds.get(v.name)!.push(await closedLoop(v.call, CONCURRENCY, SECONDS * 1000));
+		for (const v of turnOrder(variants, round)) rounds.get(v.name)!.push(await closedLoop(v.call, CONCURRENCY, SECONDS * 1000));
 	}
 	const rows: RpcRow[] = [];
 	for (const v of variants) {
@@ -52,7 +78,7 @@ async function measureRpcVariants(variants: Array<{ name: string; call: () => Pr
 		const loaded = byRate[Math.floor(byRate.length / 2)];
 		const paced = await fixedRate(v.call, RATE, SECONDS * 1000);
 		process.stdout.write(`${v.name}: ${byRate.map(r => formatNumber(r.perSecond)).join(" / ")} calls/s (median ${formatNumber(loaded.perSecond)}), p99 @${RATE}/s = ${formatNumber(paced.p99)} ms\n`);
-		rows.push({ name: v.name, loaded, paced, rounds: byRate.map(r => r.perSecond) });
+		rows.push({ name: v.name, loaded, paced, rounds: byRate.map(r => r.perSecond), inOrder: rounds.get(v.name)!.map(r => r.perSecond) });
 	}
 	return rows;
 }
@@ -91,6 +117,8 @@ interface HttpRow {
 	name: string;
 	/** req/s of every round, slowest first */
 	rounds: number[];
+	/** req/s of every round, in the order the rounds ran */
+	inOrder: number[];
 	rps: number;
 	p50: number;
 	p99: number;
@@ -113,14 +141,14 @@ async function measureHttpVariants(variants: HttpVariant[]): Promise<HttpRow[]> 
 	const rounds = new Map<string, autocannon.Result[]>(variants.map(v => [v.name, []]));
 	for (const v of variants) await cannon(v, 2); // warm-up
 	for (let round = 0; round < ROUNDS; round++) {
-		for (const v of variants) rounds.get(v.name)!.push(await cannon(v, SECONDS));
+		for (const v of turnOrder(variants, round)) rounds.get(v.name)!.push(await cannon(v, SECONDS));
 	}
 	return variants.map(v => {
 		const byRate = [...rounds.get(v.name)!].sort((a, b) => a.requests.average - b.requests.average);
 		const median = byRate[Math.floor(byRate.length / 2)];
 		const errors = byRate.reduce((sum, r) => sum + r.errors + r.timeouts + r.non2xx, 0);
 		process.stdout.write(`${v.name}: ${byRate.map(r => formatNumber(r.requests.average)).join(" / ")} req/s (median ${formatNumber(median.requests.average)}; errors ${errors})\n`);
-		return { name: v.name, rps: median.requests.average, p50: median.latency.p50, p99: median.latency.p99, errors, rounds: byRate.map(r => r.requests.average) };
+		return { name: v.name, rps: median.requests.average, p50: median.latency.p50, p99: median.latency.p99, errors, rounds: byRate.map(r => r.requests.average), inOrder: rounds.get(v.name)!.map(r => r.requests.average) };
 	});
 }
 
@@ -160,7 +188,7 @@ function report(rpc: RpcRow[], http: HttpRow[]): string {
 	const [node, bareWeb, projectWeb] = http;
 	const ratio = (a: number, b: number) => (a / b).toFixed(2);
 	return [
-		`Run ${new Date().toISOString()} on ${machine()}; NATS ${NATS_URL}; median of ${ROUNDS} rounds of ${SECONDS} s per variant, variants taking turns; loopback only.`,
+		`Run ${new Date().toISOString()} on ${machine()}; NATS ${NATS_URL}; median of ${ROUNDS} rounds of ${SECONDS} s per variant, variants taking turns (every other round in reverse order); loopback only. Ratios: of the medians, and round by round (each round's two figures measured within seconds of each other).`,
 		"",
 		"### Remote calls between two processes over NATS",
 		"",
@@ -169,7 +197,7 @@ function report(rpc: RpcRow[], http: HttpRow[]): string {
 			rpc.map(r => [r.name, r.loaded.perSecond, r.rounds.map(formatNumber).join(" / "), r.loaded.p50, r.loaded.p99, r.paced.p99, r.loaded.errors + r.paced.errors]),
 		),
 		"",
-		`- project / bare Moleculer making the same call: **${ratio(project.loaded.perSecond, bare.loaded.perSecond)}** (target ≥ 0.95, issue #18 §3)`,
+		`- project / bare Moleculer making the same call: **${ratio(project.loaded.perSecond, bare.loaded.perSecond)}** (target ≥ 0.95, issue #18 §3); ${describePaired(project.inOrder, bare.inOrder)}`,
 		`- project / bare Moleculer called without meta: **${ratio(project.loaded.perSecond, bareNoMeta.loaded.perSecond)}** (the caller's \`meta.user\` travels in both directions; this row shows what that costs bare Moleculer too)`,
 		`- project / raw nats.js request-reply: **${ratio(project.loaded.perSecond, nats.loaded.perSecond)}**`,
 		`- project: ${formatNumber(project.loaded.perSecond)} calls/s (target ≥ 30,000); p99 at ${RATE}/s ${formatNumber(project.paced.p99)} ms (target ≤ 2 ms)`,
@@ -178,7 +206,7 @@ function report(rpc: RpcRow[], http: HttpRow[]): string {
 		"",
 		table(["variant", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"], http.map(h => [h.name, h.rps, h.rounds.map(formatNumber).join(" / "), h.p50, h.p99, h.errors])),
 		"",
-		`- project gateway / bare moleculer-web: **${ratio(projectWeb.rps, bareWeb.rps)}** (target ≥ 0.95, issue #18 §3)`,
+		`- project gateway / bare moleculer-web: **${ratio(projectWeb.rps, bareWeb.rps)}** (target ≥ 0.95, issue #18 §3); ${describePaired(projectWeb.inOrder, bareWeb.inOrder)}`,
 		`- project gateway / bare Node http: **${ratio(projectWeb.rps, node.rps)}**`,
 	].join("\n");
 }
