@@ -134,6 +134,15 @@ export async function closedLoop(call: () => Promise<unknown>, concurrency: numb
 	return summarize(latencies, errors, performance.now() - start);
 }
 
+/**
+ * A full collection before a measured round, where the bench runs with --expose-gc (bench and bench:call-curve do):
+ * variants calling from the same process take turns, and without it each round paid, in major GCs, for the
+ * garbage the round before it left, so a variant's figure depended on which one ran before it.
+ */
+export function settleHeap(): void {
+	(globalThis as { gc?: () => void }).gc?.();
+}
+
 /** An open loop at a fixed rate (calls fired on schedule, whatever the answers), bounded by durationMs. */
 export async function fixedRate(
 	call: () => Promise<unknown>,

@@ -13,7 +13,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, formatNumber, loadAverage, machine, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
+import { closedLoop, settleHeap, formatNumber, loadAverage, machine, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
 import { svgCharts } from "../lib/svg-plot";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -37,6 +37,7 @@ interface Variant {
 }
 
 async function round(variant: Variant, concurrency: number, natsPid: number): Promise<Round> {
+	settleHeap();
 	const before = { caller: process.cpuUsage(), server: processCpuMs(variant.serverPid), nats: processCpuMs(natsPid), at: performance.now() };
 	const result = await closedLoop(variant.call, concurrency, SECONDS * 1000);
 	const elapsed = performance.now() - before.at;

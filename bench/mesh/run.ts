@@ -13,7 +13,7 @@ import { createBrokerOptions } from "../../moleculer.config";
 import { signToken } from "../../lib/http/auth";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, fixedRate, formatNumber, machine, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
+import { closedLoop, fixedRate, settleHeap, formatNumber, machine, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
@@ -70,12 +70,16 @@ async function measureRpcVariants(variants: Array<{ name: string; call: () => Pr
 	const rounds = new Map<string, LoadResult[]>(variants.map(v => [v.name, []]));
 	for (const v of variants) await closedLoop(v.call, CONCURRENCY, 1_000); // warm-up: JIT, connections, registry
 	for (let round = 0; round < ROUNDS; round++) {
-		for (const v of turnOrder(variants, round)) rounds.get(v.name)!.push(await closedLoop(v.call, CONCURRENCY, SECONDS * 1000));
+		for (const v of turnOrder(variants, round)) {
+			settleHeap();
+			rounds.get(v.name)!.push(await closedLoop(v.call, CONCURRENCY, SECONDS * 1000));
+		}
 	}
 	const rows: RpcRow[] = [];
 	for (const v of variants) {
 		const byRate = [...rounds.get(v.name)!].sort((a, b) => a.perSecond - b.perSecond);
 		const loaded = byRate[Math.floor(byRate.length / 2)];
+		settleHeap();
 		const paced = await fixedRate(v.call, RATE, SECONDS * 1000);
 		process.stdout.write(`${v.name}: ${byRate.map(r => formatNumber(r.perSecond)).join(" / ")} calls/s (median ${formatNumber(loaded.perSecond)}), p99 @${RATE}/s = ${formatNumber(paced.p99)} ms\n`);
 		rows.push({ name: v.name, loaded, paced, rounds: byRate.map(r => r.perSecond), inOrder: rounds.get(v.name)!.map(r => r.perSecond) });
