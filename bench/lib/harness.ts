@@ -93,6 +93,12 @@ export async function stopProcesses(): Promise<void> {
 	);
 }
 
+/** The middle value (the upper one of an even count), as every bench reports its rounds. */
+export function median(values: number[]): number {
+	const sorted = [...values].sort((a, b) => a - b);
+	return sorted[Math.floor(sorted.length / 2)];
+}
+
 export function percentile(sortedMs: number[], p: number): number {
 	if (sortedMs.length === 0) return NaN;
 	return sortedMs[Math.min(sortedMs.length - 1, Math.floor((p / 100) * sortedMs.length))];

@@ -17,7 +17,7 @@
  * CALL_COST_ONLY=word,word keeps bare, project and the variants whose names contain a word.
  */
 import { execSync, type ChildProcess } from "child_process";
-import { loadAverage, machine, processCpuMs, runBench, startProcess, stopProcesses, table } from "../lib/harness";
+import { loadAverage, machine, median, processCpuMs, runBench, startProcess, stopProcesses, table } from "../lib/harness";
 import type { RoundAnswer, RoundRequest } from "./call-cost-caller";
 import { costVariants, type CostVariant } from "./call-cost-variants";
 
@@ -40,11 +40,6 @@ interface Contender {
 	variant: CostVariant;
 	caller: ChildProcess;
 	server: ChildProcess;
-}
-
-function median(values: number[]): number {
-	const sorted = [...values].sort((a, b) => a - b);
-	return sorted[Math.floor(sorted.length / 2)];
 }
 
 /** One round of one variant: its caller process runs the loop; CPU per call of each of the three processes. */

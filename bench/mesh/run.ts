@@ -13,7 +13,7 @@ import { createBrokerOptions } from "../../moleculer.config";
 import { signToken } from "../../lib/http/auth";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, fixedRate, settleHeap, formatNumber, machine, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
+import { closedLoop, fixedRate, settleHeap, formatNumber, machine, median, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
@@ -31,10 +31,8 @@ interface RpcRow {
 	name: string;
 	loaded: LoadResult;
 	paced: LoadResult;
-	/** calls/s of every round, slowest first */
-	rounds: number[];
 	/** calls/s of every round, in the order the rounds ran */
-	inOrder: number[];
+	rounds: number[];
 }
 
 /**
@@ -50,15 +48,14 @@ function turnOrder<T>(variants: T[], round: number): T[] {
  * machine one variant's rounds spread wider than the gap between variants (e.g. 27.0k–37.7k calls/s), and a
  * ratio of two medians can pair a fast round of one with a slow one of the other.
  */
-function pairedRatios(a: number[], b: number[]): { ratios: number[]; median: number } {
+function describePaired(a: number[], b: number[]): string {
 	const ratios = a.map((value, i) => value / b[i]);
-	const sorted = [...ratios].sort((x, y) => x - y);
-	return { ratios, median: sorted[Math.floor(sorted.length / 2)] };
+	return `round by round ${ratios.map(r => r.toFixed(2)).join(" / ")}, median **${median(ratios).toFixed(2)}**`;
 }
 
-function describePaired(a: number[], b: number[]): string {
-	const { ratios, median } = pairedRatios(a, b);
-	return `round by round ${ratios.map(r => r.toFixed(2)).join(" / ")}, median **${median.toFixed(2)}**`;
+/** Every round's figure, slowest first, as the tables show them. */
+function slowestFirst(rounds: number[]): string {
+	return [...rounds].sort((a, b) => a - b).map(formatNumber).join(" / ");
 }
 
 /**
@@ -81,8 +78,9 @@ async function measureRpcVariants(variants: Array<{ name: string; call: () => Pr
 		const loaded = byRate[Math.floor(byRate.length / 2)];
 		settleHeap();
 		const paced = await fixedRate(v.call, RATE, SECONDS * 1000);
-		process.stdout.write(`${v.name}: ${byRate.map(r => formatNumber(r.perSecond)).join(" / ")} calls/s (median ${formatNumber(loaded.perSecond)}), p99 @${RATE}/s = ${formatNumber(paced.p99)} ms\n`);
-		rows.push({ name: v.name, loaded, paced, rounds: byRate.map(r => r.perSecond), inOrder: rounds.get(v.name)!.map(r => r.perSecond) });
+		const row = { name: v.name, loaded, paced, rounds: rounds.get(v.name)!.map(r => r.perSecond) };
+		process.stdout.write(`${v.name}: ${slowestFirst(row.rounds)} calls/s (median ${formatNumber(loaded.perSecond)}), p99 @${RATE}/s = ${formatNumber(paced.p99)} ms\n`);
+		rows.push(row);
 	}
 	return rows;
 }
@@ -119,10 +117,8 @@ async function rpcBenchmarks(): Promise<RpcRow[]> {
 
 interface HttpRow {
 	name: string;
-	/** req/s of every round, slowest first */
-	rounds: number[];
 	/** req/s of every round, in the order the rounds ran */
-	inOrder: number[];
+	rounds: number[];
 	rps: number;
 	p50: number;
 	p99: number;
@@ -149,10 +145,11 @@ async function measureHttpVariants(variants: HttpVariant[]): Promise<HttpRow[]> 
 	}
 	return variants.map(v => {
 		const byRate = [...rounds.get(v.name)!].sort((a, b) => a.requests.average - b.requests.average);
-		const median = byRate[Math.floor(byRate.length / 2)];
+		const middle = byRate[Math.floor(byRate.length / 2)];
 		const errors = byRate.reduce((sum, r) => sum + r.errors + r.timeouts + r.non2xx, 0);
-		process.stdout.write(`${v.name}: ${byRate.map(r => formatNumber(r.requests.average)).join(" / ")} req/s (median ${formatNumber(median.requests.average)}; errors ${errors})\n`);
-		return { name: v.name, rps: median.requests.average, p50: median.latency.p50, p99: median.latency.p99, errors, rounds: byRate.map(r => r.requests.average), inOrder: rounds.get(v.name)!.map(r => r.requests.average) };
+		const inOrder = rounds.get(v.name)!.map(r => r.requests.average);
+		process.stdout.write(`${v.name}: ${slowestFirst(inOrder)} req/s (median ${formatNumber(middle.requests.average)}; errors ${errors})\n`);
+		return { name: v.name, rps: middle.requests.average, p50: middle.latency.p50, p99: middle.latency.p99, errors, rounds: inOrder };
 	});
 }
 
@@ -198,19 +195,19 @@ function report(rpc: RpcRow[], http: HttpRow[]): string {
 		"",
 		table(
 			["variant", `calls/s @${CONCURRENCY} concurrent (median)`, "rounds", "p50 ms", "p99 ms", `p99 ms @${RATE}/s`, "errors"],
-			rpc.map(r => [r.name, r.loaded.perSecond, r.rounds.map(formatNumber).join(" / "), r.loaded.p50, r.loaded.p99, r.paced.p99, r.loaded.errors + r.paced.errors]),
+			rpc.map(r => [r.name, r.loaded.perSecond, slowestFirst(r.rounds), r.loaded.p50, r.loaded.p99, r.paced.p99, r.loaded.errors + r.paced.errors]),
 		),
 		"",
-		`- project / bare Moleculer making the same call: **${ratio(project.loaded.perSecond, bare.loaded.perSecond)}** (target ≥ 0.95, issue #18 §3); ${describePaired(project.inOrder, bare.inOrder)}`,
+		`- project / bare Moleculer making the same call: **${ratio(project.loaded.perSecond, bare.loaded.perSecond)}** (target ≥ 0.95, issue #18 §3); ${describePaired(project.rounds, bare.rounds)}`,
 		`- project / bare Moleculer called without meta: **${ratio(project.loaded.perSecond, bareNoMeta.loaded.perSecond)}** (the caller's \`meta.user\` travels in both directions; this row shows what that costs bare Moleculer too)`,
 		`- project / raw nats.js request-reply: **${ratio(project.loaded.perSecond, nats.loaded.perSecond)}**`,
 		`- project: ${formatNumber(project.loaded.perSecond)} calls/s (target ≥ 30,000); p99 at ${RATE}/s ${formatNumber(project.paced.p99)} ms (target ≤ 2 ms)`,
 		"",
 		"### HTTP through the gateway to a remote action (autocannon, 50 connections)",
 		"",
-		table(["variant", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"], http.map(h => [h.name, h.rps, h.rounds.map(formatNumber).join(" / "), h.p50, h.p99, h.errors])),
+		table(["variant", "req/s (median)", "rounds", "p50 ms", "p99 ms", "errors"], http.map(h => [h.name, h.rps, slowestFirst(h.rounds), h.p50, h.p99, h.errors])),
 		"",
-		`- project gateway / bare moleculer-web: **${ratio(projectWeb.rps, bareWeb.rps)}** (target ≥ 0.95, issue #18 §3); ${describePaired(projectWeb.inOrder, bareWeb.inOrder)}`,
+		`- project gateway / bare moleculer-web: **${ratio(projectWeb.rps, bareWeb.rps)}** (target ≥ 0.95, issue #18 §3); ${describePaired(projectWeb.rounds, bareWeb.rounds)}`,
 		`- project gateway / bare Node http: **${ratio(projectWeb.rps, node.rps)}**`,
 	].join("\n");
 }

@@ -23,7 +23,7 @@ import { resolveTransport } from "../../lib/runtime/transport";
 import RouterService from "../../services/router.service";
 import SwapperProxyService from "../../services/swapper-proxy.service";
 import { firstPieceMs, firstSsePieceMs } from "../lib/first-piece";
-import { closedLoop, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
+import { closedLoop, formatNumber, machine, median, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const ADMIN_DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
@@ -53,7 +53,7 @@ function loadAverage(): string {
 	return osLoad()[0].toFixed(1);
 }
 
-function median(results: LoadResult[], by: (r: LoadResult) => number): LoadResult {
+function medianRound(results: LoadResult[], by: (r: LoadResult) => number): LoadResult {
 	return [...results].sort((a, b) => by(a) - by(b))[Math.floor(results.length / 2)];
 }
 
@@ -92,8 +92,7 @@ async function cpuPerCall(agentsFile: string): Promise<{ direct: number; routed:
 		}
 	}
 	await broker.stop();
-	const mid = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-	return { direct: mid(result.direct), routed: mid(result.routed) };
+	return { direct: median(result.direct), routed: median(result.routed) };
 }
 
 async function main(): Promise<void> {
@@ -154,10 +153,10 @@ async function main(): Promise<void> {
 			loaded.routed.push(await closedLoop(routed, CONCURRENCY, SECONDS * 1000));
 			process.stdout.write(`round ${round + 1} (load average ${loadAverage()}): p50 direct ${formatNumber(seq.direct[round].p50)} ms, routed ${formatNumber(seq.routed[round].p50)} ms; ${formatNumber(loaded.direct[round].perSecond)} vs ${formatNumber(loaded.routed[round].perSecond)} calls/s\n`);
 		}
-		const seqDirect = median(seq.direct, r => r.p50);
-		const seqRouted = median(seq.routed, r => r.p50);
-		const loadDirect = median(loaded.direct, r => r.perSecond);
-		const loadRouted = median(loaded.routed, r => r.perSecond);
+		const seqDirect = medianRound(seq.direct, r => r.p50);
+		const seqRouted = medianRound(seq.routed, r => r.p50);
+		const loadDirect = medianRound(loaded.direct, r => r.perSecond);
+		const loadRouted = medianRound(loaded.routed, r => r.perSecond);
 
 		// The throughput rounds leave the caller's agent.run.* events seconds behind (a few thousand rows for
 		// PostgreSQL on the same 2 cores): written before the first-token phase, so that it measures the

@@ -7,7 +7,7 @@
 import { spawn, spawnSync } from "child_process";
 import { randomBytes } from "crypto";
 import fs from "fs";
-import { machine, ROOT, table, writeSection } from "../lib/harness";
+import { machine, median, ROOT, table, writeSection } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
@@ -69,8 +69,6 @@ async function once(args: string[], port: number): Promise<Sample> {
 		await exited;
 	}
 }
-
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 async function main(): Promise<void> {
 	const build = spawnSync("npm", ["run", "build"], { cwd: ROOT, stdio: "inherit" });
