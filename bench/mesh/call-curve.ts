@@ -9,11 +9,8 @@
 import fs from "fs";
 import path from "path";
 import { execSync } from "child_process";
-import { ServiceBroker } from "moleculer";
-import { createBrokerOptions } from "../../moleculer.config";
-import { loadSettings } from "../../lib/runtime/settings";
-import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, settleHeap, formatNumber, loadAverage, machine, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
+import { closedLoop, settleHeap, formatNumber, loadAverage, machine, processCpuMs, ROOT, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
+import { startCallPair } from "./call-pair";
 import { svgCharts } from "../lib/svg-plot";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -114,22 +111,13 @@ function plot(curve: Map<string, Round[]>, caption: string): void {
 async function main(): Promise<void> {
 	const loadAtStart = loadAverage();
 	const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL: process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test", JWT_SECRET: "curve-secret-0123456789abcdef0123456789", LOG_LEVEL: "warn" };
-	// The bare pair gets a namespace of its own: its 10 s heartbeats would trip the project's failure detector.
-	const bareServer = await startProcess("bench/mesh/bare-server.ts", { ...env, MESH_NAMESPACE: `${namespace}-bare` });
-	const server = await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "curve-actors", SERVICES: "mesh", PORT: "0", LOG_LEVEL: "info" }, "Service 'mesh' started");
-	const bare = new ServiceBroker({ namespace: `${namespace}-bare`, nodeID: "curve-bare-caller", transporter: { type: "NATS", options: { url: NATS_URL } }, logger: false });
-	const settings = loadSettings({ ...process.env, ...env, NODE_ID: "curve-project-caller" });
-	const project = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
-	await Promise.all([bare.start(), project.start()]);
-	await Promise.all([bare.waitForServices("echo"), project.waitForServices("mesh")]);
+	const pair = await startCallPair(env, "curve", { ...process.env, ...env });
 	const natsPid = Number(execSync("pgrep -o nats-server").toString().trim());
-	const payload = { message: "hello mesh" };
-	const user = { id: "bench", roles: ["admin"], teams: [] };
 	try {
 		const curve = await measureCurve(
 			[
-				{ name: "bare Moleculer", serverPid: bareServer.pid!, call: () => bare.call("echo.echo", payload, { meta: { user } }) },
-				{ name: "project", serverPid: server.pid!, call: () => project.call("mesh.echo", payload, { meta: { user } }) },
+				{ name: "bare Moleculer", serverPid: pair.bareServer.pid!, call: pair.bareCall },
+				{ name: "project", serverPid: pair.server.pid!, call: pair.projectCall },
 			],
 			natsPid,
 		);
@@ -138,7 +126,7 @@ async function main(): Promise<void> {
 		process.stdout.write(`\n${text}\n`);
 		writeSection("How the remote call grows with concurrency (bench/mesh/call-curve.ts)", text);
 	} finally {
-		await Promise.all([bare.stop(), project.stop()]);
+		await pair.stopCallers();
 		await stopProcesses();
 	}
 }

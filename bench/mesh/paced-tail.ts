@@ -6,11 +6,8 @@
  * `node --import tsx bench/mesh/paced-tail.ts`
  */
 import { monitorEventLoopDelay } from "perf_hooks";
-import { ServiceBroker } from "moleculer";
-import { createBrokerOptions } from "../../moleculer.config";
-import { loadSettings } from "../../lib/runtime/settings";
-import { resolveTransport } from "../../lib/runtime/transport";
-import { closedLoop, fixedRate, formatNumber, percentile, runBench, startProcess, stopProcesses, type LoadResult } from "../lib/harness";
+import { closedLoop, fixedRate, formatNumber, percentile, runBench, stopProcesses, type LoadResult } from "../lib/harness";
+import { startCallPair } from "./call-pair";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const RATE = 1_000;
@@ -50,24 +47,16 @@ function printTurn(name: string, turn: Turn): void {
 
 runBench(async () => {
 	const env = { MESH_NAMESPACE: namespace, NATS_URL, LOG_LEVEL: "warn", JWT_SECRET: "bench-secret-0123456789abcdef0123456789", ...EXTRA };
-	await startProcess("bench/mesh/bare-server.ts", { ...env, MESH_NAMESPACE: `${namespace}-bare` });
-	await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "paced-actors", SERVICES: "mesh", PORT: "0", LOG_LEVEL: "info" }, "Service 'mesh' started");
-	const bare = new ServiceBroker({ namespace: `${namespace}-bare`, nodeID: "paced-bare-caller", transporter: { type: "NATS", options: { url: NATS_URL } }, logger: false });
-	const settings = loadSettings({ ...env, NODE_ID: "paced-project-caller" });
-	const project = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
-	await Promise.all([bare.start(), project.start()]);
-	await Promise.all([bare.waitForServices("echo"), project.waitForServices("mesh")]);
-	const payload = { message: "hello mesh" };
-	const user = { id: "bench", roles: ["admin"], teams: [] };
+	const pair = await startCallPair(env, "paced");
 	const variants = [
-		{ name: "bare", call: () => bare.call("echo.echo", payload, { meta: { user } }) },
-		{ name: "project", call: () => project.call("mesh.echo", payload, { meta: { user } }) },
+		{ name: "bare", call: pair.bareCall },
+		{ name: "project", call: pair.projectCall },
 	];
 	for (const v of variants) await closedLoop(v.call, 100, 1_000);
 	try {
 		for (let round = 0; round < ROUNDS; round++) for (const v of variants) printTurn(`${v.name} round ${round + 1}`, await pacedTurn(v.call));
 	} finally {
-		await Promise.all([bare.stop(), project.stop()]);
+		await pair.stopCallers();
 		await stopProcesses();
 	}
 });

@@ -7,13 +7,10 @@
  * Loopback only; every loop is bounded in time and count; every child process is killed at the end.
  */
 import autocannon from "autocannon";
-import { ServiceBroker } from "moleculer";
 import { connect } from "nats";
-import { createBrokerOptions } from "../../moleculer.config";
 import { signToken } from "../../lib/http/auth";
-import { loadSettings } from "../../lib/runtime/settings";
-import { resolveTransport } from "../../lib/runtime/transport";
 import { closedLoop, fixedRate, settleHeap, formatNumber, machine, median, startProcess, stopProcesses, table, writeSection, type LoadResult, runBench } from "../lib/harness";
+import { startCallPair } from "./call-pair";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
@@ -87,31 +84,21 @@ async function measureRpcVariants(variants: Array<{ name: string; call: () => Pr
 
 async function rpcBenchmarks(): Promise<RpcRow[]> {
 	const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL, LOG_LEVEL: "warn", JWT_SECRET, ...NODE_ENV_EXTRA };
-	// Bare baselines get a namespace of their own: their 10 s heartbeats would trip the project's 2.5 s
-	// failure detector (every node of one mesh must share heartbeat settings; docs/FAILOVER.md).
-	await startProcess("bench/mesh/bare-server.ts", { ...env, MESH_NAMESPACE: `${namespace}-bare` });
-	await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-actors", SERVICES: "mesh", PORT: "0", LOG_LEVEL: "info" }, "Service 'mesh' started");
+	const pair = await startCallPair(env, "bench");
 	await startProcess("bench/mesh/nats-echo-server.ts", env);
-
-	const bare = new ServiceBroker({ namespace: `${namespace}-bare`, nodeID: "bench-bare-caller", transporter: { type: "NATS", options: { url: NATS_URL } }, logger: false });
-	const settings = loadSettings({ ...env, NODE_ID: "bench-project-caller", LOG_LEVEL: "warn" });
-	const project = new ServiceBroker(createBrokerOptions(settings, await resolveTransport(settings)));
-	await Promise.all([bare.start(), project.start()]);
-	await Promise.all([bare.waitForServices("echo"), project.waitForServices("mesh")]);
 	const nc = await connect({ servers: new URL(NATS_URL).host });
-	const payload = { message: "hello mesh" };
-	const user = { id: "bench", roles: ["admin"], teams: [] };
+	const { payload } = pair;
 	const encoded = new TextEncoder().encode(JSON.stringify(payload));
 
 	try {
 		return await measureRpcVariants([
-			{ name: "bare Moleculer (defaults), same call: params + meta.user", call: () => bare.call("echo.echo", payload, { meta: { user } }) },
-			{ name: "project remote call (all middlewares)", call: () => project.call("mesh.echo", payload, { meta: { user } }) },
+			{ name: "bare Moleculer (defaults), same call: params + meta.user", call: pair.bareCall },
+			{ name: "project remote call (all middlewares)", call: pair.projectCall },
 			{ name: "raw nats.js request/reply", call: () => nc.request(`${namespace}.echo`, encoded, { timeout: 5_000 }) },
-			{ name: "bare Moleculer (defaults), params only (no meta)", call: () => bare.call("echo.echo", payload) },
+			{ name: "bare Moleculer (defaults), params only (no meta)", call: () => pair.bare.call("echo.echo", payload) },
 		]);
 	} finally {
-		await Promise.all([bare.stop(), project.stop(), nc.close()]);
+		await Promise.all([pair.stopCallers(), nc.close()]);
 	}
 }
 
