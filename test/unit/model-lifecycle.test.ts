@@ -62,21 +62,28 @@ describe("ModelLifecycle", () => {
 		lc.close();
 	});
 
+	// On jest's clock: with real timers, a CI machine running the suites in parallel once woke this test's 50 ms
+	// wait more than 30 ms late, past m2's restarted idle timeout (m2 read "unloaded" where it must be "loaded").
 	it("unloads a model idle for idleTimeoutMs, and not one that was used again meanwhile", async () => {
-		const provider = new RecordingProvider();
-		const lc = new ModelLifecycle({ ...LIMITS, idleTimeoutMs: 80 });
-		lc.register(provider, ["m1", "m2"]);
-		await lc.run("m1", never, async () => undefined);
-		await lc.run("m2", never, async () => undefined);
-		await new Promise(r => setTimeout(r, 50));
-		await lc.run("m2", never, async () => undefined); // m2's idle clock restarts
-		await new Promise(r => setTimeout(r, 50));
-		expect(state(lc, "m1")?.state).toBe("unloaded");
-		expect(state(lc, "m2")?.state).toBe("loaded");
-		await new Promise(r => setTimeout(r, 60));
-		expect(state(lc, "m2")?.state).toBe("unloaded");
-		expect(provider.calls).toEqual(["load m1", "load m2", "unload m1", "unload m2"]);
-		lc.close();
+		jest.useFakeTimers();
+		try {
+			const provider = new RecordingProvider();
+			const lc = new ModelLifecycle({ ...LIMITS, idleTimeoutMs: 80 });
+			lc.register(provider, ["m1", "m2"]);
+			await lc.run("m1", never, async () => undefined);
+			await lc.run("m2", never, async () => undefined);
+			await jest.advanceTimersByTimeAsync(50);
+			await lc.run("m2", never, async () => undefined); // m2's idle clock restarts
+			await jest.advanceTimersByTimeAsync(50);
+			expect(state(lc, "m1")?.state).toBe("unloaded");
+			expect(state(lc, "m2")?.state).toBe("loaded");
+			await jest.advanceTimersByTimeAsync(60);
+			expect(state(lc, "m2")?.state).toBe("unloaded");
+			expect(provider.calls).toEqual(["load m1", "load m2", "unload m1", "unload m2"]);
+			lc.close();
+		} finally {
+			jest.useRealTimers();
+		}
 	});
 
 	it("evicts the least recently used idle model at maxLoaded, never one in use; refuses when all are in use", async () => {
