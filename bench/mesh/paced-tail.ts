@@ -10,6 +10,7 @@ import { closedLoop, fixedRate, formatNumber, percentile, runBench, stopProcesse
 import { startCallPair } from "./call-pair";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
 const RATE = 1_000;
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -46,7 +47,9 @@ function printTurn(name: string, turn: Turn): void {
 }
 
 runBench(async () => {
-	const env = { MESH_NAMESPACE: namespace, NATS_URL, LOG_LEVEL: "warn", JWT_SECRET: "bench-secret-0123456789abcdef0123456789", ...EXTRA };
+	// The machine's PostgreSQL, as the other mesh benches use: without DATABASE_URL the serving node started an
+	// embedded one, which outlived the node when stopProcesses killed it.
+	const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL, LOG_LEVEL: "warn", JWT_SECRET: "bench-secret-0123456789abcdef0123456789", ...EXTRA };
 	const pair = await startCallPair(env, "paced");
 	const variants = [
 		{ name: "bare", call: pair.bareCall },
