@@ -173,7 +173,7 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			}
 			// A service that joined the mesh may publish subjects the stream does not capture yet.
 			if (!this.relay || declaredSubjects(this.broker, this.metadata).join(" ") !== this.ensuredSubjects) await this.startRelay();
-			const { handled, outage } = await this.relay!.runBatches(PIPELINE_DEPTH);
+			const { handled, outage } = await this.relay!.poll(PIPELINE_DEPTH);
 			this.stream.set(outage);
 			if (outage) return true;
 			if (handled < BATCH_SIZE) await sleep(IDLE_POLL_MS);
@@ -216,7 +216,7 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			if (!leading || probe.outage) this.stream.set(probe.outage);
 		},
 
-		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: the claim reads a partial index in order, see CLAIM_BATCH). */
+		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: one EXISTS on a partial index, see OutboxRelay.poll). */
 		async relayLoop(this: OutboxThis, duty: LeaderDuty) {
 			// The transporter is connected by now (services start after it), not yet when the service was created.
 			this.nats = natsConnectionOf(this.broker);

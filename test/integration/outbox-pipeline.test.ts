@@ -2,7 +2,7 @@
  * The outbox relay with several batches in flight (OutboxRelay.runBatches), against real JetStream and a
  * PostgreSQL database of its own: every row is published once, in created_at order, and marked published;
  * a second call finds nothing; a batch that fails to publish leaves its rows pending without blocking the
- * others' marks.
+ * others' marks; an idle relay polls with one EXISTS and claims again once a row is due (OutboxRelay.poll).
  */
 import { ServiceBroker } from "moleculer";
 import { connect, type NatsConnection } from "nats";
@@ -98,5 +98,34 @@ describeWithNatsAndPostgres("outbox relay: batches in flight", () => {
 		expect(left).toHaveLength(6);
 		for (const row of left) expect(row).toMatchObject({ attempts: 1, last_error: expect.stringMatching(/no JetStream stream captures subject/) });
 		expect(await query(databaseUrl, "SELECT id FROM outbox WHERE status = 'published'")).toHaveLength(294);
+	}, 60_000);
+
+	it("an idle relay asks with one statement, opens no transaction, and claims as soon as a row is due", async () => {
+		await query(databaseUrl, "DELETE FROM outbox");
+		const statements: string[] = [];
+		// Sequelize logs every statement it sends, BEGIN and COMMIT included, as "Executing (<transaction>): <sql>".
+		const counted = new Sequelize(databaseUrl, { logging: (line: string) => void statements.push(line.replace(/^Executing \([^)]*\): /, "")), pool: { max: 2 } });
+		try {
+			const relay = new OutboxRelay({ broker, sequelize: counted, events, nats: nc, batchSize: BATCH });
+			expect(await relay.poll(1)).toEqual({ handled: 0, outage: null });
+			statements.length = 0;
+			for (let i = 0; i < 5; i++) expect(await relay.poll(1)).toEqual({ handled: 0, outage: null });
+			// one EXISTS per poll: no BEGIN / SET LOCAL / claim / COMMIT
+			expect(statements).toHaveLength(5);
+			for (const sql of statements) expect(sql).toMatch(/^SELECT EXISTS/);
+			// a row in backoff is not due: still one statement per poll
+			await query(databaseUrl, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload, next_attempt_at) VALUES ('test', 'later', 'test.pipeline', $1, '{}', now() + interval '1 hour')`, [`${prefix}.ops.test.pipeline`]);
+			expect(await relay.hasDue()).toBe(false);
+			const [due] = await query<{ id: string }>(databaseUrl, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ('test', 'now', 'test.pipeline', $1, '{}') RETURNING id`, [`${prefix}.ops.test.pipeline`]);
+			expect(await relay.hasDue()).toBe(true);
+			expect(await relay.poll(1)).toEqual({ handled: 1, outage: null });
+			expect(await query(databaseUrl, "SELECT id FROM outbox WHERE status = 'published'")).toEqual([{ id: due.id }]);
+			// after a call that found rows the next one claims without asking first
+			statements.length = 0;
+			expect(await relay.poll(1)).toEqual({ handled: 0, outage: null });
+			expect(statements.some(sql => /FOR UPDATE SKIP LOCKED/.test(sql))).toBe(true);
+		} finally {
+			await counted.close();
+		}
 	}, 60_000);
 });
