@@ -8,7 +8,7 @@ import { isDatabaseFault, MeshErrorRegenerator } from "./lib/data/db-faults";
 import { QueryLimitsMiddleware } from "./lib/data/query-limits";
 import { jsonLogger } from "./lib/runtime/logger";
 import { guardedSerializer, InputGuardMiddleware } from "./lib/mesh/input-guard";
-import { meshInternalMiddlewares } from "./lib/mesh/call-pipeline";
+import { meshInternalMiddlewares, timedOutHere } from "./lib/mesh/call-pipeline";
 import { GatewayPrometheusReporter, GatewayReporterMiddleware } from "./lib/http/prometheus";
 import { nodeHealthFailure } from "./lib/inference/errors";
 import { LivenessProbeMiddleware } from "./lib/mesh/liveness-probe";
@@ -84,7 +84,8 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			// the wire without functions, so an action's own `circuitBreaker.check` never reaches callers
 			// (five PROVIDER_FAILED from one flaky model opened swapper-proxy.generate on that node for
 			// every model, and the next runs there failed at once).
-			check: (err: Error & { code?: number }) => nodeHealthFailure(err) && !isDatabaseFault(err),
+			// A timeout this node gave is left out too, as before (lib/mesh/call-pipeline.ts timedOutHere).
+			check: (err: Error & { code?: number }) => nodeHealthFailure(err) && !isDatabaseFault(err) && !timedOutHere(err),
 		},
 
 		// The reporter is an instance (GatewayReporterMiddleware hands it over): /metrics renders from it.

@@ -26,6 +26,7 @@ import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Errors } from "moleculer";
 import { Stream } from "stream";
 import { nodesThisCallFailedOn } from "./failover-policy";
+import { abandonPendingRequest } from "./moleculer-internals";
 import { gaugeItem, registerRequestMetrics, RequestMeter, type Series, type ValueItem } from "./request-metrics";
 
 type Handler = (ctx: Context) => Promise<unknown>;
@@ -382,34 +383,70 @@ function perActionCounterMiddleware(
 
 const TIMEOUT_METRIC = "moleculer.request.timeout.total";
 
+/** Timeouts this node's Timeout gave: not a verdict on the node called (see timedOutHere). */
+const timeoutsGivenHere = new WeakSet<Error>();
+
 /**
- * Moleculer's Timeout (same defaults, error, log line and metric) with one timer and two promises per
- * call instead of Promise.race over four, and, for served actions, a timer only for calls that started
- * on this node.
+ * Whether `err` is a timeout this node's Timeout gave a call to another node. The breaker leaves these out, as it
+ * did when the Timeout wrapped it from outside and it never saw them: a slow answer is the timeout class's to
+ * judge, a node that does not answer at all is the liveness probe's (lib/mesh/liveness-probe.ts).
+ */
+export function timedOutHere(err: unknown): boolean {
+	return err instanceof Error && timeoutsGivenHere.has(err);
+}
+
+/** A side branch's settle handler that only clears the call's timer. */
+function clearTimerOf(timer: NodeJS.Timeout): () => void {
+	return () => clearTimeout(timer);
+}
+
+/**
+ * Moleculer's Timeout (same defaults, error, log line and metric) with fewer promises per call and, for served
+ * actions, a timer only for calls that started on this node.
+ *
+ * A call to another node gets a timer and nothing else on its way: the caller is handed the call's own promise,
+ * the timer is cleared from a side branch, and at expiry the call is given up on in Moleculer's pending list
+ * (abandonPendingRequest: rejected with RequestTimeoutError, its streams destroyed, a late answer dropped as an
+ * orphan). Wrapped in a promise of its own (until 2026-12-03), the call stayed in that list after its caller had
+ * been told it timed out, until the late answer came or the node left, and the liveness probe's scans still
+ * counted it as pending there. Every answer also reached its caller two microtasks later; what that cost end to
+ * end is below what bench:call-cost resolves (docs/BENCHMARKS.md, "The remote timeout without a promise").
  */
 function Timeout(this: ServiceBroker, broker: ServiceBroker): Middleware {
 	const log = broker.getLogger("timeout");
 
 	function wrap(next: Handler, action: ActionDef & { timeout?: number }, onlyLocalCallers: boolean): Handler {
 		const service = action.service?.fullName ?? null;
-		// Runs when the timer fires first; defined once per action (setTimeout passes the arguments).
-		function expire(ctx: Context, reject: (err: Error) => void): void {
+		function timedOut(ctx: Context): Error {
 			log.warn(`Request '${action.name}' is timed out.`, { requestID: ctx.requestID, nodeID: ctx.nodeID, timeout: ctx.options.timeout });
 			if (ctx.params instanceof Stream) ctx.params.emit("moleculer-timeout-middleware", ctx.options.timeout);
 			if (broker.isMetricsEnabled()) broker.metrics.increment(TIMEOUT_METRIC, { service, action: action.name });
-			reject(new Errors.RequestTimeoutError({ action: action.name, nodeID: ctx.nodeID ?? "" }));
+			return new Errors.RequestTimeoutError({ action: action.name, nodeID: ctx.nodeID ?? "" });
+		}
+		// Run when the timer fires first; defined once per action (setTimeout passes the arguments).
+		function expire(ctx: Context, reject: (err: Error) => void): void {
+			reject(timedOut(ctx));
+		}
+		function expireRemote(ctx: Context): void {
+			const err = timedOut(ctx);
+			timeoutsGivenHere.add(err);
+			abandonPendingRequest(broker, ctx.id, ctx.nodeID ?? "", err);
 		}
 		return function timeoutMiddleware(ctx: Context): Promise<unknown> {
 			if (ctx.options.timeout == null) ctx.options.timeout = action.timeout ?? broker.options.requestTimeout;
 			const ms = ctx.options.timeout ?? 0;
 			if (!(ms > 0)) return next(ctx);
-			if (onlyLocalCallers) {
-				// Calls made while serving this one get the rest of its budget (distributed timeouts). Only a
-				// served call's context makes calls of its own: the context of a call sent to another node is
-				// never asked for the rest (Moleculer's Timeout stamped it anyway).
-				if (!ctx.startHrTime) ctx.startHrTime = process.hrtime();
-				if (ctx.nodeID !== broker.nodeID) return next(ctx);
+			if (!onlyLocalCallers) {
+				const pending = next(ctx);
+				const clear = clearTimerOf(setTimeout(expireRemote, ms, ctx));
+				pending.then(clear, clear);
+				return pending;
 			}
+			// Calls made while serving this one get the rest of its budget (distributed timeouts). Only a
+			// served call's context makes calls of its own: the context of a call sent to another node is
+			// never asked for the rest (Moleculer's Timeout stamped it anyway).
+			if (!ctx.startHrTime) ctx.startHrTime = process.hrtime();
+			if (ctx.nodeID !== broker.nodeID) return next(ctx);
 			const pending = next(ctx);
 			return new Promise((resolve, reject) => {
 				const timer = setTimeout(expire, ms, ctx, reject);

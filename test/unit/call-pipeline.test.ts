@@ -3,7 +3,8 @@
  * local-caller Timeout: the behaviour Moleculer's own Bulkhead, ContextTracker and Timeout gave.
  */
 import { Errors, ServiceBroker } from "moleculer";
-import { meshInternalMiddlewares, retryDelayMs } from "../../lib/mesh/call-pipeline";
+import { meshInternalMiddlewares, retryDelayMs, timedOutHere } from "../../lib/mesh/call-pipeline";
+import { pendingRequestsOf } from "../../lib/mesh/moleculer-internals";
 import { actionPolicy, FailoverStrategy, RETRY_POLICY } from "../../lib/mesh/failover-policy";
 
 /** An action timeout, as actionPolicy() declares it (Moleculer's typings do not list `timeout`). */
@@ -115,6 +116,9 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 		name: "far",
 		actions: {
 			pause: (ctx: { params: { ms: number } }) => new Promise(resolve => setTimeout(() => resolve("finished"), ctx.params.ms)),
+			timesOut() {
+				throw new Errors.RequestTimeoutError({ action: "elsewhere.slow", nodeID: "elsewhere" });
+			},
 			flaky: {
 				...retryTwice,
 				handler() {
@@ -138,6 +142,37 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 		);
 		// Moleculer's Retry sends the second attempt through the whole chain again: two requests counted.
 		expect(total?.value).toBe(2);
+	});
+
+	const timeoutCount = () =>
+		(caller.metrics.list({ includes: "moleculer.request.timeout.total" }) as unknown as Array<{ values: Array<{ labels: { action: string }; value: number }> }>)[0]?.values.find(
+			v => v.labels.action === "far.pause",
+		)?.value ?? 0;
+
+	it("times out a call to another node: RequestTimeoutError at its timeout, counted once, gone from the pending list, a late answer dropped", async () => {
+		const before = timeoutCount();
+		const started = performance.now();
+		const err = await caller.call("far.pause", { ms: 300 }, { timeout: 50 }).catch((e: Error) => e);
+		const waited = performance.now() - started;
+		expect(err).toBeInstanceOf(Errors.RequestTimeoutError);
+		expect(timedOutHere(err)).toBe(true);
+		expect(waited).toBeGreaterThanOrEqual(45);
+		expect(waited).toBeLessThan(250);
+		expect(timeoutCount()).toBe(before + 1);
+		expect(pendingRequestsOf(caller)?.size).toBe(0);
+		// the late answer (at 300 ms) finds no pending call, and the next call is unaffected
+		await new Promise(resolve => setTimeout(resolve, 300));
+		await expect(caller.call("far.pause", { ms: 1 }, { timeout: 1_000 })).resolves.toBe("finished");
+	});
+
+	it("a call answered in time leaves no timer behind; a timeout another node sends back is not one given here", async () => {
+		const timers = () => process.getActiveResourcesInfo().filter(kind => kind === "Timeout").length;
+		const before = timers();
+		await Promise.all(Array.from({ length: 100 }, () => caller.call("far.pause", { ms: 0 }, { timeout: 60_000 })));
+		expect(timers()).toBeLessThan(before + 10);
+		const relayed = await caller.call("far.timesOut").catch((e: Error) => e);
+		expect(relayed).toBeInstanceOf(Errors.RequestTimeoutError);
+		expect(timedOutHere(relayed)).toBe(false);
 	});
 
 	it("makes a stopping caller wait for the calls it has in flight on another node", async () => {
