@@ -99,7 +99,7 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 			GatewayReporterMiddleware(metricsReporter),
 			QueryLimitsMiddleware(),
 			FailureDetectorMiddleware(),
-			LivenessProbeMiddleware({}, { budget: settings.hedgeBudget }),
+			LivenessProbeMiddleware({ stuckLeaveMs: settings.stuckLeaveMs }, { budget: settings.hedgeBudget }),
 			NatsReconnectGuardMiddleware(),
 			FailoverEventsMiddleware(),
 			ChangedMetaOnlyMiddleware(),

@@ -55,6 +55,7 @@ import {
 import { natsConnectionEpoch } from "./nats-reconnect-guard";
 import { CallHedger, HEDGE_DEFAULTS, registerHedgeMetrics, type HedgeOptions } from "./hedged-calls";
 import { LivenessResponder } from "./liveness-responder";
+import type { ResponderWorkerData } from "./liveness-responder.worker";
 
 export interface LivenessProbeOptions {
 	/** how often pending calls are scanned */
@@ -75,6 +76,11 @@ export interface LivenessProbeOptions {
 	 * the longest loop silence measured on a saturated node (~400 ms)
 	 */
 	loopSilentBoundMs: number;
+	/**
+	 * the worker sends the node's heartbeats while its main loop is late with them, up to this long (0: never;
+	 * MESH_STUCK_LEAVE_MS; lib/mesh/liveness-responder.ts)
+	 */
+	stuckLeaveMs: number;
 }
 
 export const LIVENESS_DEFAULTS: LivenessProbeOptions = {
@@ -85,6 +91,7 @@ export const LIVENESS_DEFAULTS: LivenessProbeOptions = {
 	reprobeMs: 25,
 	suspectReprobeMs: 50,
 	loopSilentBoundMs: 1_000,
+	stuckLeaveMs: 10_000,
 };
 
 export const LIVENESS_METADATA_KEY = "livenessProbe";
@@ -93,7 +100,37 @@ export const LOOP_PROBE_VERSION = 2;
 
 export const LIVENESS_METRICS = {
 	probes: "mesh.liveness.probes.total",
+	coveredBeats: "mesh.heartbeat.covered.total",
 };
+
+/** Moleculer's jitter on each heartbeat: ±500 ms around the interval (its discoverer's beat timer). */
+const HEARTBEAT_JITTER_MS = 500;
+
+/**
+ * What the liveness worker needs to send this node's heartbeat for it: the packet as Moleculer would send it (its
+ * serializer, protocol version and sender; no CPU figure, so receivers keep the last one), its subject, and when.
+ */
+function heartbeatCoverOf(broker: ServiceBroker, leaveAfterMs: number): ResponderWorkerData["heartbeat"] {
+	const everyMs = (broker.options.heartbeatInterval ?? 10) * 1_000;
+	const serializer = (broker as unknown as { serializer: { serialize(payload: object, type: string): Uint8Array } }).serializer;
+	return {
+		subject: `${subjectPrefixOf(broker)}.HEARTBEAT`,
+		packet: serializer.serialize({ ver: broker.PROTOCOL_VERSION, sender: broker.nodeID }, "HEARTBEAT"),
+		coverAfterMs: everyMs + HEARTBEAT_JITTER_MS + 100,
+		everyMs,
+		leaveAfterMs,
+	};
+}
+
+/** Calls `beforeEach` as Moleculer's transit sends each of this node's heartbeats. */
+function onHeartbeatSent(broker: ServiceBroker, beforeEach: () => void): void {
+	const transit = broker.transit as unknown as { sendHeartbeat(node: unknown): Promise<unknown> };
+	const send = transit.sendHeartbeat.bind(transit);
+	transit.sendHeartbeat = node => {
+		beforeEach();
+		return send(node);
+	};
+}
 
 /**
  * alive; busy: alive, its main loop silent longer than the probe timeout but under the bound; stuck: its worker
@@ -377,6 +414,11 @@ function registerLivenessMetrics(broker: ServiceBroker): void {
 		labelNames: ["outcome"],
 		description: "Liveness probes sent to nodes with overdue calls, by outcome (alive, gone, unresponsive, unknown)",
 	});
+	broker.metrics.register({
+		name: LIVENESS_METRICS.coveredBeats,
+		type: "counter",
+		description: "Heartbeats the liveness worker sent for this node while its main event loop was late with them",
+	});
 }
 
 /** `hedge`: hedged idempotent calls, driven by the same scan (lib/mesh/hedged-calls.ts); `{ budget: 0 }` turns them off. */
@@ -393,6 +435,7 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 		created(broker: ServiceBroker) {
 			registerLivenessMetrics(broker);
 			registerHedgeMetrics(broker);
+			if (broker.transit) onHeartbeatSent(broker, () => responder?.heartbeatSent());
 			// Gossiped with INFO: callers probe only nodes that answer probes.
 			if (usesNatsTransporter(broker)) (broker.metadata as Record<string, unknown>)[LIVENESS_METADATA_KEY] = true;
 		},
@@ -411,8 +454,16 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 				responderLost = true;
 				probe?.answerLoopProbesHere();
 			};
+			// Counted and logged once the main loop runs again: while the worker beats for it, it does not.
+			const onCovered = (silentMs: number) => {
+				log.warn(`The main event loop had sent no heartbeat for ${silentMs} ms; the liveness worker sent one for it`, { event: "heartbeat.covered", silentMs });
+				if (broker.isMetricsEnabled()) broker.metrics.increment(LIVENESS_METRICS.coveredBeats);
+			};
+			const heartbeat = opts.stuckLeaveMs > 0 ? heartbeatCoverOf(broker, opts.stuckLeaveMs) : null;
 			responderReady = (async () => {
-				const started = await LivenessResponder.start(natsOptions, loopProbeSubject(broker, broker.nodeID), onLost).catch((err: Error) => ({ error: err.message }));
+				const started = await LivenessResponder.start(natsOptions, loopProbeSubject(broker, broker.nodeID), onLost, heartbeat, onCovered).catch((err: Error) => ({
+					error: err.message,
+				}));
 				if ("error" in started) {
 					log.warn(`No liveness probe worker (${started.error}): probes are answered from the main loop only`, { event: "liveness.worker-failed" });
 					return;

@@ -13,7 +13,9 @@
 const LAST_RAN = 0;
 const LAST_PROBE = 1;
 const STAMPING = 2;
-const SLOTS = 3;
+/** when the main thread last sent the node's heartbeat (HeartbeatCover) */
+const HEARTBEAT_SENT = 3;
+const SLOTS = 4;
 
 /** How often the main loop stamps while stamping: the answer's resolution, well under the 100 ms probe timeout. */
 export const STAMP_EVERY_MS = 50;
@@ -22,6 +24,7 @@ export const STAMP_IDLE_AFTER_MS = 2_000;
 
 export function createLoopClock(): SharedArrayBuffer {
 	const buffer = new SharedArrayBuffer(SLOTS * BigInt64Array.BYTES_PER_ELEMENT);
+	// HEARTBEAT_SENT stays 0 until the main thread's first beat: nothing to cover before the node has joined.
 	Atomics.store(new BigInt64Array(buffer), LAST_RAN, process.hrtime.bigint());
 	return buffer;
 }
@@ -86,5 +89,46 @@ export class LoopSilence {
 		}
 		const silentFrom = this.askedAt !== null && this.askedAt > lastRan ? this.askedAt : lastRan;
 		return now > silentFrom ? Number((now - silentFrom) / 1_000_000n) : 0;
+	}
+}
+
+/** The main thread's side of heartbeat cover: called as Moleculer sends each heartbeat. */
+export function stampHeartbeatSent(buffer: SharedArrayBuffer, now = process.hrtime.bigint()): void {
+	Atomics.store(new BigInt64Array(buffer), HEARTBEAT_SENT, now);
+}
+
+export interface HeartbeatCoverTiming {
+	/** the main loop's beats are this late (interval + Moleculer's jitter) before the worker sends one */
+	coverAfterMs: number;
+	/** then one every this long (the heartbeat interval) */
+	everyMs: number;
+	/** no beat for a main loop silent this long: the node is left to the heartbeat timeout */
+	leaveAfterMs: number;
+}
+
+/**
+ * The worker's side of heartbeat cover: whether to send the node's heartbeat now, and how long the main thread has
+ * gone without sending one. Pure over the clock, so a test can step it.
+ */
+export class HeartbeatCover {
+	private readonly clock: BigInt64Array;
+	private lastCovered = 0n;
+
+	constructor(
+		buffer: SharedArrayBuffer,
+		private readonly timing: HeartbeatCoverTiming,
+	) {
+		this.clock = new BigInt64Array(buffer);
+	}
+
+	/** The main loop's silence in ms when a beat is due from here now, else null. */
+	due(now = process.hrtime.bigint()): number | null {
+		const lastSent = Atomics.load(this.clock, HEARTBEAT_SENT);
+		if (lastSent === 0n) return null;
+		const silentMs = Number((now - lastSent) / 1_000_000n);
+		if (silentMs < this.timing.coverAfterMs || silentMs >= this.timing.leaveAfterMs) return null;
+		if (this.lastCovered > lastSent && Number((now - this.lastCovered) / 1_000_000n) < this.timing.everyMs) return null;
+		this.lastCovered = now;
+		return silentMs;
 	}
 }

@@ -112,6 +112,11 @@ export interface MeshSettings {
 	disableBalancer: boolean;
 	/** hedged idempotent calls allowed per idempotent call sent, 0..1 (lib/mesh/hedged-calls.ts; 0 = off) */
 	hedgeBudget: number;
+	/**
+	 * while the main event loop is silent, the liveness worker sends the node's heartbeats for it, up to this long;
+	 * past it the node is left to the heartbeat timeout (lib/mesh/liveness-responder.ts; 0 = the worker never beats)
+	 */
+	stuckLeaveMs: number;
 	/** leader leases for singleton duties (lib/data/leader-lease.ts) */
 	leaseTtlMs: number;
 	swapper: SwapperSettings;
@@ -362,6 +367,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		leaseTtlMs: readInt(env, "LEASE_TTL_MS", 5_000, 1_000),
 		disableBalancer: readBool(env, "DISABLE_BALANCER", false),
 		hedgeBudget: readFraction(env, "HEDGE_BUDGET", 0.05),
+		stuckLeaveMs: readInt(env, "MESH_STUCK_LEAVE_MS", 10_000, 0),
 		registry: {
 			heartbeatMs: readInt(env, "NODE_HEARTBEAT_MS", 10_000, 100),
 			offlineAfterMs: readInt(env, "NODE_OFFLINE_AFTER_MS", 90_000, 200),

@@ -236,6 +236,43 @@ describeWithNats("liveness probe: a busy main loop is not a hung one (the probe 
 	});
 });
 
+describeWithNats("heartbeat cover: a node whose main loop is stuck for seconds stays in the mesh", () => {
+	const coverNamespace = uniqueNamespace("cover");
+	let caller: ServiceBroker;
+
+	beforeAll(async () => {
+		caller = await startCaller("cover-caller", "0", coverNamespace);
+	});
+
+	/** Holds `nodeID`'s main loop for `ms` with a write, watching the caller's registry meanwhile. */
+	async function stallAndWatch(nodeID: string, ms: number, env: Record<string, string> = {}) {
+		await startTarget(nodeID, 0, coverNamespace, env);
+		await targetsVisibleTo(caller, [nodeID]);
+		await sleep(1_200);
+		let everUnavailable = false;
+		const registry = caller.registry as unknown as { nodes: { get(id: string): { available: boolean } | undefined } };
+		const watch = setInterval(() => {
+			if (!registry.nodes.get(nodeID)?.available) everUnavailable = true;
+		}, 50);
+		const write = await call(caller, "target.spinOnce", { ms }, nodeID);
+		await sleep(300);
+		clearInterval(watch);
+		return { everUnavailable, write };
+	}
+
+	it("stuck 4 s (past the 2.5 s heartbeat timeout): the worker beats for it, it is never removed, and the write it runs answers", async () => {
+		const { everUnavailable, write } = await stallAndWatch("COVER1", 4_000);
+		expect(everUnavailable).toBe(false);
+		expect(write).toMatchObject({ ok: true, nodeID: "COVER1" });
+	});
+
+	it("control, MESH_STUCK_LEAVE_MS=0 (the worker never beats): the same stall removes it and fails the write", async () => {
+		const { everUnavailable, write } = await stallAndWatch("NOCOVER1", 4_000, { MESH_STUCK_LEAVE_MS: "0" });
+		expect(everUnavailable).toBe(true);
+		expect(write.ok).toBe(false);
+	});
+});
+
 describeWithNats("hedged reads: a read still pending after its action's p99 goes once more to another node", () => {
 	it("answers reads stuck on a slow node from the other node after the cold delay, never hedges a write, and leaves the slow node in rotation", async () => {
 		const hedging = await startCaller("hedging-caller", "0.05", hedgeNamespace);
