@@ -2,8 +2,9 @@
  * Failover policy: how a caller chooses a node, notices a dead one, and routes around it.
  * docs/FAILOVER.md explains each number here and the measurements behind it.
  *
- * - FailoverStrategy: round-robin that skips *suspect* nodes (a heartbeat overdue, or a liveness probe
- *   unanswered: lib/mesh/liveness-probe.ts) and, on a retry, the node that just failed, long before
+ * - FailoverStrategy: round-robin that skips *suspect* nodes (a heartbeat overdue, a liveness probe
+ *   unanswered, or a heartbeat sent by the node's liveness worker for its stalled main loop:
+ *   lib/mesh/liveness-probe.ts) and, on a retry, the node that just failed, long before
  *   Moleculer's heartbeat timeout removes them.
  * - FailureDetectorMiddleware: checks remote heartbeats every 250 ms instead of once per
  *   heartbeatTimeout, so a dead node leaves the registry at most ~250 ms after its timeout.
@@ -14,7 +15,7 @@
 import type { Context, Middleware, ServiceBroker } from "moleculer";
 import { Strategies } from "moleculer";
 import { isDatabaseFault } from "../data/db-faults";
-import { suspectNodesOf } from "./liveness-probe";
+import { stalledNodesOf, suspectNodesOf } from "./liveness-probe";
 
 /** Per-attempt timeouts. A caller waits on a dead node at most this long before retrying elsewhere. */
 export const TIMEOUT_CLASSES = {
@@ -112,11 +113,12 @@ export class FailoverStrategy extends Strategies.RoundRobin {
 	select(list: Endpoint[], ctx?: Context): Endpoint {
 		const avoid = nodesToAvoid(ctx as RetryContext | undefined);
 		const unresponsive = suspectNodesOf(this.broker);
+		const stalled = stalledNodesOf(this.broker);
 		const now = process.uptime();
 		// A retry never goes back to a node this call already failed on while another node offers the action.
 		const untried = avoid ? list.filter(ep => !avoid.has(ep.id)) : list;
 		const healthy = untried.filter(ep => {
-			if (unresponsive?.has(ep.id)) return false;
+			if (unresponsive?.has(ep.id) || stalled?.has(ep.id)) return false;
 			if (ep.local) return true;
 			const last = (ep.node as { lastHeartbeatTime?: number }).lastHeartbeatTime;
 			return last == null || now - last <= this.suspectAfter;

@@ -108,14 +108,15 @@ const HEARTBEAT_JITTER_MS = 500;
 
 /**
  * What the liveness worker needs to send this node's heartbeat for it: the packet as Moleculer would send it (its
- * serializer, protocol version and sender; no CPU figure, so receivers keep the last one), its subject, and when.
+ * serializer, protocol version and sender; no CPU figure, so receivers keep the last one; `stalled`, so they skip
+ * the node: stalledNodesOf), its subject, and when.
  */
 function heartbeatCoverOf(broker: ServiceBroker, leaveAfterMs: number): ResponderWorkerData["heartbeat"] {
 	const everyMs = (broker.options.heartbeatInterval ?? 10) * 1_000;
 	const serializer = (broker as unknown as { serializer: { serialize(payload: object, type: string): Uint8Array } }).serializer;
 	return {
 		subject: `${subjectPrefixOf(broker)}.HEARTBEAT`,
-		packet: serializer.serialize({ ver: broker.PROTOCOL_VERSION, sender: broker.nodeID }, "HEARTBEAT"),
+		packet: serializer.serialize({ ver: broker.PROTOCOL_VERSION, sender: broker.nodeID, [STALLED_FIELD]: true }, "HEARTBEAT"),
 		coverAfterMs: everyMs + HEARTBEAT_JITTER_MS + 100,
 		everyMs,
 		leaveAfterMs,
@@ -143,6 +144,35 @@ const probesByBroker = new WeakMap<ServiceBroker, LivenessProbe>();
 /** Nodes a broker's probe found unresponsive; FailoverStrategy skips them while others are available. */
 export function suspectNodesOf(broker: ServiceBroker): ReadonlySet<string> | undefined {
 	return probesByBroker.get(broker)?.suspects;
+}
+
+const stalledByBroker = new WeakMap<ServiceBroker, Set<string>>();
+
+/** Marks the heartbeats a liveness worker sends for its node (heartbeat cover): the node's main loop is stalled. */
+const STALLED_FIELD = "stalled";
+
+/**
+ * Nodes whose last heartbeat came from their liveness worker, not their main loop: alive, in the registry, but
+ * stalled. FailoverStrategy and the hedger skip them while others are available, as they skip suspects.
+ */
+export function stalledNodesOf(broker: ServiceBroker): ReadonlySet<string> | undefined {
+	return stalledByBroker.get(broker);
+}
+
+/** Keeps stalledNodesOf(broker) from the heartbeats this broker receives. */
+function watchStalledBeats(broker: ServiceBroker): void {
+	type Discoverer = { heartbeatReceived(nodeID: string, payload: Record<string, unknown>): unknown };
+	const discoverer = (broker.registry as unknown as { discoverer?: Discoverer }).discoverer;
+	if (!discoverer) return;
+	const stalled = new Set<string>();
+	stalledByBroker.set(broker, stalled);
+	const received = discoverer.heartbeatReceived.bind(discoverer);
+	discoverer.heartbeatReceived = (nodeID, payload) => {
+		if (payload[STALLED_FIELD] === true) stalled.add(nodeID);
+		else stalled.delete(nodeID);
+		return received(nodeID, payload);
+	};
+	broker.localBus.on("$node.disconnected", ({ node }: { node: { id: string } }) => stalled.delete(node.id));
 }
 
 /** Hedges this broker sent, by outcome (null when hedging is off or the probe is not running). */
@@ -208,7 +238,7 @@ class LivenessProbe {
 	) {
 		this.log = broker.getLogger("liveness");
 		probesByBroker.set(broker, this);
-		const hedger = new CallHedger(broker, hedge, nodeID => this.suspects.has(nodeID));
+		const hedger = new CallHedger(broker, hedge, nodeID => this.suspects.has(nodeID) || !!stalledNodesOf(broker)?.has(nodeID));
 		this.hedger = hedger.enabled ? hedger : null;
 	}
 
@@ -477,6 +507,7 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 			await responderReady;
 		},
 		async started(broker: ServiceBroker) {
+			watchStalledBeats(broker);
 			const nc = natsConnectionOf(broker);
 			if (!nc) return;
 			probe = new LivenessProbe(broker, nc, opts, hedgeOpts);

@@ -11,7 +11,7 @@ import { connect } from "nats";
 import { createBrokerOptions } from "../../moleculer.config";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
-import { hedgeStatsOf, livenessScanArmed, probeOutcomesOf, suspectNodesOf } from "../../lib/mesh/liveness-probe";
+import { hedgeStatsOf, livenessScanArmed, probeOutcomesOf, stalledNodesOf, suspectNodesOf } from "../../lib/mesh/liveness-probe";
 import { ROOT, uniqueNamespace, waitFor } from "../helpers/cluster";
 import { describeWithNats, LOCAL_NATS_URL } from "../helpers/requirements";
 
@@ -250,20 +250,26 @@ describeWithNats("heartbeat cover: a node whose main loop is stuck for seconds s
 		await targetsVisibleTo(caller, [nodeID]);
 		await sleep(1_200);
 		let everUnavailable = false;
+		let everStalled = false;
 		const registry = caller.registry as unknown as { nodes: { get(id: string): { available: boolean } | undefined } };
 		const watch = setInterval(() => {
 			if (!registry.nodes.get(nodeID)?.available) everUnavailable = true;
+			if (stalledNodesOf(caller)?.has(nodeID)) everStalled = true;
 		}, 50);
 		const write = await call(caller, "target.spinOnce", { ms }, nodeID);
-		await sleep(300);
+		// its first beat after the stall (within a heartbeat interval) clears it
+		await sleep(1_800);
 		clearInterval(watch);
-		return { everUnavailable, write };
+		return { everUnavailable, everStalled, stalledAfter: stalledNodesOf(caller)?.has(nodeID) ?? false, write };
 	}
 
-	it("stuck 4 s (past the 2.5 s heartbeat timeout): the worker beats for it, it is never removed, and the write it runs answers", async () => {
-		const { everUnavailable, write } = await stallAndWatch("COVER1", 4_000);
+	it("stuck 4 s (past the 2.5 s heartbeat timeout): the worker beats for it, it is never removed, it is skipped while stalled, and the write it runs answers", async () => {
+		const { everUnavailable, everStalled, stalledAfter, write } = await stallAndWatch("COVER1", 4_000);
 		expect(everUnavailable).toBe(false);
 		expect(write).toMatchObject({ ok: true, nodeID: "COVER1" });
+		// its covered beats say "stalled" (new calls go elsewhere meanwhile); its own next beat clears that
+		expect(everStalled).toBe(true);
+		expect(stalledAfter).toBe(false);
 	});
 
 	it("control, MESH_STUCK_LEAVE_MS=0 (the worker never beats): the same stall removes it and fails the write", async () => {
