@@ -119,8 +119,10 @@ export interface RelayOptions {
  * transaction alone.
  */
 export const CLAIM_PLAN = "SET LOCAL enable_bitmapscan = off";
+/** The rows a claim takes, and the ones ANY_DUE looks for: one predicate, so the check never disagrees with the claim. */
+const DUE = "status = 'pending' AND next_attempt_at <= now()";
 export const CLAIM_BATCH = `SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, attempts, created_at
-FROM outbox WHERE status = 'pending' AND next_attempt_at <= now()
+FROM outbox WHERE ${DUE}
 ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`;
 
 /**
@@ -128,7 +130,7 @@ ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`;
  * EXISTS stops at the first entry). A claim that finds nothing still costs four (BEGIN, SET LOCAL, the SELECT …
  * FOR UPDATE, COMMIT), and an idle leader claims 20 times a second.
  */
-const ANY_DUE = `SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending' AND next_attempt_at <= now()) AS due`;
+const ANY_DUE = `SELECT EXISTS (SELECT 1 FROM outbox WHERE ${DUE}) AS due`;
 
 const MARK_PUBLISHED = `UPDATE outbox SET status = 'published', published_at = clock_timestamp(), attempts = attempts + 1, last_error = NULL
 WHERE id = ANY($1::uuid[])`;
@@ -200,8 +202,9 @@ export class OutboxRelay {
 	/**
 	 * runBatches, as a polling loop calls it: after a call that found nothing, the next claims only once hasDue()
 	 * says a row is due. An idle leader then polls with one statement instead of a four-statement transaction
-	 * (docs/BENCHMARKS.md, "An idle node's CPU"); a stream of events never meets the check, since every call finds
-	 * rows. A row committed just after a check waits for the next poll, as it would for the next claim.
+	 * (docs/BENCHMARKS.md, "An idle node: the outbox relay's poll"); a stream of events never meets the check,
+	 * since every call finds rows. A row committed just after a check waits for the next poll, as it would for the
+	 * next claim.
 	 */
 	async poll(depth: number): Promise<BatchResult> {
 		if (this.idle && !(await this.hasDue())) return { handled: 0, outage: null };
