@@ -106,6 +106,9 @@ export const LIVENESS_METRICS = {
 /** Moleculer's jitter on each heartbeat: ±500 ms around the interval (its discoverer's beat timer). */
 const HEARTBEAT_JITTER_MS = 500;
 
+/** Marks the heartbeats a liveness worker sends for its node (heartbeat cover): the node's main loop is stalled. */
+const STALLED_FIELD = "stalled";
+
 /**
  * What the liveness worker needs to send this node's heartbeat for it: the packet as Moleculer would send it (its
  * serializer, protocol version and sender; no CPU figure, so receivers keep the last one; `stalled`, so they skip
@@ -147,9 +150,6 @@ export function suspectNodesOf(broker: ServiceBroker): ReadonlySet<string> | und
 }
 
 const stalledByBroker = new WeakMap<ServiceBroker, Set<string>>();
-
-/** Marks the heartbeats a liveness worker sends for its node (heartbeat cover): the node's main loop is stalled. */
-const STALLED_FIELD = "stalled";
 
 /**
  * Nodes whose last heartbeat came from their liveness worker, not their main loop: alive, in the registry, but
@@ -466,6 +466,7 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 			registerLivenessMetrics(broker);
 			registerHedgeMetrics(broker);
 			if (broker.transit) onHeartbeatSent(broker, () => responder?.heartbeatSent());
+			watchStalledBeats(broker);
 			// Gossiped with INFO: callers probe only nodes that answer probes.
 			if (usesNatsTransporter(broker)) (broker.metadata as Record<string, unknown>)[LIVENESS_METADATA_KEY] = true;
 		},
@@ -507,7 +508,6 @@ export function LivenessProbeMiddleware(options: Partial<LivenessProbeOptions> =
 			await responderReady;
 		},
 		async started(broker: ServiceBroker) {
-			watchStalledBeats(broker);
 			const nc = natsConnectionOf(broker);
 			if (!nc) return;
 			probe = new LivenessProbe(broker, nc, opts, hedgeOpts);
