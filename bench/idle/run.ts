@@ -18,6 +18,7 @@ const dbName = `bench_idle_${id}`;
 interface Reading {
 	cpuMs: Map<string, number>;
 	transactions: number;
+	sessions: number;
 	at: number;
 }
 
@@ -36,7 +37,7 @@ async function sessionsCpuMs(admin: Client): Promise<{ cpuMs: number; sessions: 
 	return { cpuMs, sessions: rows.length, transactions: Number(stats.rows[0]?.n ?? 0) };
 }
 
-async function read(pids: Map<string, number>, admin: Client): Promise<Reading & { sessions: number }> {
+async function read(pids: Map<string, number>, admin: Client): Promise<Reading> {
 	const cpuMs = new Map([...pids].map(([name, pid]) => [name, processCpuMs(pid)]));
 	const pg = await sessionsCpuMs(admin);
 	cpuMs.set("PostgreSQL sessions of both nodes", pg.cpuMs);
