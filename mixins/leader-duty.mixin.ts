@@ -26,6 +26,8 @@ export interface LeaderDuty {
 	readonly running: boolean;
 	/** Resolves after `ms`, or as soon as the service stops (SIGTERM must not wait out a backoff). */
 	pause(ms: number): Promise<void>;
+	/** Ends the pauses under way now: the duty has news (the outbox relay, when a write rings it). */
+	wake(): void;
 }
 
 interface DutyCommon {
@@ -87,6 +89,9 @@ function createState(lease: LeaderLease): DutyState {
 				state.wakeups.add(done);
 			});
 		},
+		wake() {
+			for (const done of [...state.wakeups]) done();
+		},
 	};
 	return state;
 }
@@ -143,7 +148,7 @@ export function LeaderDutyMixin<S extends Service = Service>(options: LeaderDuty
 			state.running = false;
 			if (state.timer) clearInterval(state.timer);
 			state.timer = null;
-			for (const wake of [...state.wakeups]) wake();
+			state.wake();
 			await state.loop;
 			await state.inFlight;
 			await state.lease.stop();

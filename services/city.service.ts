@@ -14,6 +14,7 @@ import { isAdmin, requireUser, type MeshUser } from "../lib/http/auth";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { auditEvent } from "../lib/data/audit-events";
 import { enqueueEvents, prefixedSubject } from "../lib/data/outbox/enqueue";
+import { ringOutbox } from "../lib/data/outbox/doorbell";
 import { ROOM_ID, USER_ID } from "../lib/realtime/room-id";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { PUBLISHES } from "../lib/data/outbox/relay";
@@ -417,11 +418,15 @@ const CityService: ServiceSchema<CitySettings, Record<string, never>, Record<str
 
 		async postInOneStatement(roomId: string, user: MeshUser, body: string): Promise<Message> {
 			const { settings } = nodeContextOf(this.broker);
-			const [row] = await databaseOf(this.broker).query<Message>(POST_MESSAGE, {
+			const sequelize = databaseOf(this.broker);
+			const [row] = await sequelize.query<Message>(POST_MESSAGE, {
 				bind: [roomId, user.id, isAdmin(user), body, prefixedSubject(settings.events, `message.created.${roomId}`)],
 				type: QueryTypes.SELECT,
 			});
-			if (row) return normaliseMessage(row);
+			if (row) {
+				ringOutbox(sequelize);
+				return normaliseMessage(row);
+			}
 			// Nothing written: the same 404 or 403 the room's access rules give (or a room that changed meanwhile).
 			await this.roomAllowing(roomId, user, "post");
 			throw new ConflictError(`Room ${roomId} changed while posting; post again`, "ROOM_CHANGED", { room_id: roomId });

@@ -18,6 +18,7 @@ import { PointReadBatcher } from "../lib/data/point-read-batcher";
 import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { auditOutboxEvent } from "../lib/data/audit-events";
 import { enqueueEvents, outboxInsert, type OutboxEvent } from "../lib/data/outbox/enqueue";
+import { ringOutbox } from "../lib/data/outbox/doorbell";
 import { actionPolicy } from "../lib/mesh/failover-policy";
 import { open, seal } from "../lib/crypto/content-cipher";
 import { IdempotentWritesMixin, type IdempotencyMeta, type IdempotentWriteMethods, type IdempotentWriteOptions, type KeyClaim } from "../mixins/idempotent-writes.mixin";
@@ -418,10 +419,12 @@ const MemoryService: ServiceSchema<MemorySettings, Record<string, never>, Record
 			const firstParam = (claim?.bind.length ?? 0) + 1;
 			const events = outboxInsert(settings.events, this.changeEvents(values as MemoryRow, "created", actor, requestID), firstParam + INSERT_MEMORY_COLUMNS.length, "created");
 			const columns = INSERT_MEMORY_COLUMNS.map(column => (column === "metadata" ? (values.metadata ? JSON.stringify(values.metadata) : null) : values[column]));
-			const [row] = await databaseOf(this.broker).query<MemoryRow>(insertMemoryWithEvents(claim, firstParam, events.sql), {
+			const sequelize = databaseOf(this.broker);
+			const [row] = await sequelize.query<MemoryRow>(insertMemoryWithEvents(claim, firstParam, events.sql), {
 				bind: [...(claim?.bind ?? []), ...columns, ...events.bind],
 				type: QueryTypes.SELECT,
 			});
+			if (row) ringOutbox(sequelize);
 			return row;
 		},
 	},

@@ -17,10 +17,18 @@ import { databaseOf, nodeContextOf } from "../lib/runtime/node-resources";
 import { EventStreamState, probeEventStream, type Outage } from "../lib/data/event-stream";
 import { declaredSubjects, ensureStream, OUTBOX_METRICS, outboxBacklog, OutboxRelay, PUBLISHES } from "../lib/data/outbox/relay";
 import { actionPolicy } from "../lib/mesh/failover-policy";
+import { OUTBOX_DUE_EVENT, ringOutbox } from "../lib/data/outbox/doorbell";
 import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
 import { LeaderDutyMixin, type LeaderDuty } from "../mixins/leader-duty.mixin";
 
-const IDLE_POLL_MS = 50;
+/**
+ * Under a stream of events the leader claims at most this often: each claim takes what gathered since the last
+ * one. Claiming as soon as a write rang made the relay node's CPU at 100–300 events/s go from 21–26 % to 37–47 %
+ * (docs/BENCHMARKS.md, "Outbox wake-up by LISTEN/NOTIFY"); an idle relay still answers a ring at once.
+ */
+const CLAIM_SPACING_MS = 50;
+/** How often a node that does not lead looks whether the lease came to it. */
+const FOLLOWER_CHECK_MS = 200;
 /**
  * Pause after an outage or a failed batch: doubles up to the maximum, back to the minimum on success. The
  * maximum bounds how late the relay notices a recovery; one probe per 10 s costs the stream nothing.
@@ -59,6 +67,13 @@ interface OutboxThis extends Service {
 	startRelay(): Promise<void>;
 	relayLoop(duty: LeaderDuty): Promise<void>;
 	relayOnce(): Promise<boolean>;
+	waitForWork(claimedAt: number): Promise<void>;
+	/** the relay loop's duty, for a ring to cut its idle wait short */
+	duty: LeaderDuty | null;
+	/** a write rang since the last claim began (lib/data/outbox/doorbell.ts) */
+	rung: boolean;
+	/** the loop sleeps until a ring or its fallback poll */
+	waitingForRing: boolean;
 	diagnose(err: Error): Promise<Outage | null>;
 	reportBacklog(): Promise<void>;
 	prunePublished(): void;
@@ -122,16 +137,29 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			access: INTERNAL_ACCESS,
 			params: { id: { type: "uuid" }, $$strict: "remove" },
 			async handler(ctx: Context<{ id: string }>) {
-				const [moved] = await databaseOf(this.broker).query<{ id: string }>(
+				const sequelize = databaseOf(this.broker);
+				const [moved] = await sequelize.query<{ id: string }>(
 					`WITH dead AS (DELETE FROM outbox_dlq WHERE id = $1 RETURNING *)
 					 INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, subject, payload, created_at)
 					 SELECT id, aggregate_type, aggregate_id, event_type, subject, payload, created_at FROM dead RETURNING id`,
 					{ bind: [ctx.params.id], type: QueryTypes.SELECT },
 				);
 				if (!moved) throw new NotFoundError(`No dead event ${ctx.params.id}`, "NOT_FOUND", { id: ctx.params.id });
+				ringOutbox(sequelize);
 				requestLogger(this.logger, ctx).info(`Outbox event ${ctx.params.id} re-driven from the DLQ`, { event: "outbox.redrive" });
 				return { id: moved.id, status: "pending" };
 			},
+		},
+	},
+
+	events: {
+		/**
+		 * A write committed outbox rows (lib/data/outbox/doorbell.ts). Only the leader acts on it, and at most once
+		 * per CLAIM_SPACING_MS however often it comes: a node that rings without cause costs a claim, not more.
+		 */
+		[OUTBOX_DUE_EVENT](this: OutboxThis) {
+			this.rung = true;
+			if (this.waitingForRing) this.duty?.wake();
 		},
 	},
 
@@ -173,11 +201,34 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			}
 			// A service that joined the mesh may publish subjects the stream does not capture yet.
 			if (!this.relay || declaredSubjects(this.broker, this.metadata).join(" ") !== this.ensuredSubjects) await this.startRelay();
-			const { handled, outage } = await this.relay!.poll(PIPELINE_DEPTH);
+			const rung = this.rung;
+			this.rung = false;
+			const claimedAt = Date.now();
+			const { handled, outage } = await this.relay!.poll(PIPELINE_DEPTH, rung);
 			this.stream.set(outage);
 			if (outage) return true;
-			if (handled < BATCH_SIZE) await sleep(IDLE_POLL_MS);
+			if (handled < BATCH_SIZE * PIPELINE_DEPTH) await this.waitForWork(claimedAt);
 			return false;
+		},
+
+		/**
+		 * After a claim that did not fill its batch, which took every row due then: what commits later rings.
+		 * The next claim comes CLAIM_SPACING_MS after this one at the earliest, and on an idle mesh only once a
+		 * write rings, when a retry this relay scheduled falls due, or after the fallback poll (OUTBOX_IDLE_POLL_MS)
+		 * for rows no ring announced (a lost ring, a retry scheduled by a leader before this one). The wait is cut
+		 * short by a ring or by the node stopping, never by anything else: a backoff after an outage is not.
+		 */
+		async waitForWork(this: OutboxThis, claimedAt: number) {
+			const spacing = claimedAt + CLAIM_SPACING_MS - Date.now();
+			if (spacing > 0) await sleep(spacing);
+			if (this.rung || !this.duty?.running) return;
+			this.waitingForRing = true;
+			try {
+				const fallbackMs = nodeContextOf(this.broker).settings.events.outboxIdlePollMs;
+				await this.duty.pause(Math.min(fallbackMs, this.relay?.msUntilRetry() ?? fallbackMs));
+			} finally {
+				this.waitingForRing = false;
+			}
 		},
 
 		async reportBacklog(this: OutboxThis) {
@@ -216,8 +267,9 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			if (!leading || probe.outage) this.stream.set(probe.outage);
 		},
 
-		/** While leader: drain in batches; when idle, poll every 50 ms (cheap: one EXISTS on a partial index, see OutboxRelay.poll). */
+		/** While leader: drain in batches; when idle, wait for a write's ring (waitForWork). */
 		async relayLoop(this: OutboxThis, duty: LeaderDuty) {
+			this.duty = duty;
 			// The transporter is connected by now (services start after it), not yet when the service was created.
 			this.nats = natsConnectionOf(this.broker);
 			if (this.nats) nodeContextOf(this.broker).eventStream = () => this.stream.dependency();
@@ -238,7 +290,7 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 						this.relay = null;
 						for (const name of [OUTBOX_METRICS.pending, OUTBOX_METRICS.oldestPending, OUTBOX_METRICS.paused, OUTBOX_METRICS.dlq]) this.broker.metrics.set(name, 0);
 					}
-					await sleep(IDLE_POLL_MS * 4);
+					await sleep(FOLLOWER_CHECK_MS);
 					continue;
 				}
 				leading = true;
@@ -274,6 +326,9 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 
 	created() {
 		registerMetrics(this);
+		this.duty = null;
+		this.rung = false;
+		this.waitingForRing = false;
 		this.relay = null;
 		this.ensuredSubjects = "";
 		this.mode = "jetstream";

@@ -5,6 +5,7 @@
 import type { ServiceBroker } from "moleculer";
 import type { Sequelize } from "sequelize";
 import type { DependencyStatus } from "../data/database";
+import { installOutboxDoorbell } from "../data/outbox/doorbell";
 import type { GatewayPrometheusReporter } from "../http/prometheus";
 import type { MeshSettings } from "./settings";
 import type { TransportChoice } from "./transport";
@@ -29,6 +30,8 @@ const contexts = new WeakMap<ServiceBroker, NodeContext>();
 
 export function attachNodeContext(broker: ServiceBroker, context: NodeContext): void {
 	contexts.set(broker, context);
+	// Writes through this node's database ring the outbox relay when their events commit.
+	if (context.sequelize) installOutboxDoorbell(context.sequelize, broker);
 }
 
 /** The node context, or null for a broker not started through lib/runtime/node-runtime (in-process tests). */

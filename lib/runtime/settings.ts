@@ -191,6 +191,12 @@ export interface EventSettings {
 	subjectPrefix: string;
 	outboxMaxAttempts: number;
 	outboxBackoffMs: number;
+	/**
+	 * How often an idle relay leader looks for due rows itself. Writes ring it when they commit
+	 * (lib/data/outbox/doorbell.ts), so this bounds only what a ring does not cover: a lost ring, a row whose
+	 * retry backoff ran out.
+	 */
+	outboxIdlePollMs: number;
 }
 
 /**
@@ -399,6 +405,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 			subjectPrefix: env.EVENTS_SUBJECT_PREFIX ?? "",
 			outboxMaxAttempts: readInt(env, "OUTBOX_MAX_ATTEMPTS", 5, 1),
 			outboxBackoffMs: readInt(env, "OUTBOX_BACKOFF_MS", 500, 1),
+			outboxIdlePollMs: readInt(env, "OUTBOX_IDLE_POLL_MS", 1_000, 10),
 		},
 	};
 	validateForProduction(settings);

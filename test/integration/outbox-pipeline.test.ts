@@ -2,7 +2,8 @@
  * The outbox relay with several batches in flight (OutboxRelay.runBatches), against real JetStream and a
  * PostgreSQL database of its own: every row is published once, in created_at order, and marked published;
  * a second call finds nothing; a batch that fails to publish leaves its rows pending without blocking the
- * others' marks; an idle relay polls with one EXISTS and claims again once a row is due (OutboxRelay.poll).
+ * others' marks; an idle relay polls with one EXISTS and claims again once a row is due, or at once when a
+ * write rang (OutboxRelay.poll).
  */
 import { ServiceBroker } from "moleculer";
 import { connect, type NatsConnection } from "nats";
@@ -100,7 +101,7 @@ describeWithNatsAndPostgres("outbox relay: batches in flight", () => {
 		expect(await query(databaseUrl, "SELECT id FROM outbox WHERE status = 'published'")).toHaveLength(294);
 	}, 60_000);
 
-	it("an idle relay asks with one statement, opens no transaction, and claims as soon as a row is due", async () => {
+	it("an idle relay asks with one statement, opens no transaction, and claims as soon as a row is due or a write rang", async () => {
 		await query(databaseUrl, "DELETE FROM outbox");
 		const statements: string[] = [];
 		// Sequelize logs every statement it sends, BEGIN and COMMIT included, as "Executing (<transaction>): <sql>".
@@ -120,10 +121,23 @@ describeWithNatsAndPostgres("outbox relay: batches in flight", () => {
 			expect(await relay.hasDue()).toBe(true);
 			expect(await relay.poll(1)).toEqual({ handled: 1, outage: null });
 			expect(await query(databaseUrl, "SELECT id FROM outbox WHERE status = 'published'")).toEqual([{ id: due.id }]);
-			// after a call that found rows the next one claims without asking first
+			// a batch that was not full took everything due: the next call asks first
 			statements.length = 0;
 			expect(await relay.poll(1)).toEqual({ handled: 0, outage: null });
+			expect(statements).toHaveLength(1);
+			expect(statements[0]).toMatch(/^SELECT EXISTS/);
+			// unless a write rang: then it claims without asking
+			statements.length = 0;
+			expect(await relay.poll(1, true)).toEqual({ handled: 0, outage: null });
+			expect(statements[0]).not.toMatch(/EXISTS/);
 			expect(statements.some(sql => /FOR UPDATE SKIP LOCKED/.test(sql))).toBe(true);
+			// a full batch leaves more behind it: the next call claims without asking either
+			const rows = Array.from({ length: BATCH + 1 }, (_, i) => `('test', 'full-${i}', 'test.pipeline', '${prefix}.ops.test.pipeline', '{}'::jsonb)`);
+			await query(databaseUrl, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ${rows.join(", ")}`);
+			expect(await relay.poll(1)).toEqual({ handled: BATCH, outage: null });
+			statements.length = 0;
+			expect(await relay.poll(1)).toEqual({ handled: 1, outage: null });
+			expect(statements.some(sql => /EXISTS/.test(sql))).toBe(false);
 		} finally {
 			await counted.close();
 		}

@@ -5,6 +5,7 @@
  */
 import type { Sequelize, Transaction } from "sequelize";
 import type { EventSettings } from "../../runtime/settings";
+import { ringOutbox } from "./doorbell";
 
 export interface OutboxEvent {
 	aggregateType: string;
@@ -25,6 +26,7 @@ export function prefixedSubject(events: EventSettings, subject: string): string 
  * The multi-row INSERT of `items` (at least one), its parameters numbered from `$firstParam`: a write can
  * put it in a data-modifying CTE beside its own change, so that change and events are one statement.
  * With `onlyIf` (the name of another CTE) the rows are inserted only when that CTE returned a row.
+ * The write rings the relay (`ringOutbox`, lib/data/outbox/doorbell.ts) once its statement has committed.
  */
 export function outboxInsert(events: EventSettings, items: OutboxEvent[], firstParam = 1, onlyIf?: string): { sql: string; bind: unknown[] } {
 	const at = (i: number, column: number) => `$${firstParam + i * 5 + column}`;
@@ -37,9 +39,11 @@ export function outboxInsert(events: EventSettings, items: OutboxEvent[], firstP
 /**
  * One multi-row INSERT for all of a write's events: one round trip inside the write's transaction, or,
  * with `t` null (events that describe no change of their own), alone: one statement is atomic by itself.
+ * The relay is rung once the rows are committed.
  */
 export async function enqueueEvents(sequelize: Sequelize, t: Transaction | null, events: EventSettings, items: OutboxEvent[]): Promise<void> {
 	if (!items.length) return;
 	const { sql, bind } = outboxInsert(events, items);
 	await sequelize.query(sql, { bind, transaction: t ?? undefined });
+	ringOutbox(sequelize, t);
 }

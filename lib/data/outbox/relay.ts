@@ -153,8 +153,14 @@ const isUnanswered = (err: Error & { code?: string }) => err.code === "503" || e
 
 export class OutboxRelay {
 	private readonly jetstream: JetStreamClient | null;
-	/** the last claim found nothing: poll() asks hasDue() before claiming again */
+	/** the last claim did not fill its batches, so it took everything due: poll() asks hasDue() before claiming again */
 	private idle = false;
+	/**
+	 * performance.now() by which each row this relay put in backoff is due again (one entry per ~10 ms: a failing
+	 * batch shares one), until a poll at or after it. Each retry keeps its own entry: a row that failed again
+	 * before an earlier entry came due must not be forgotten when that entry goes.
+	 */
+	private retryDeadlines: number[] = [];
 
 	constructor(private readonly opts: RelayOptions) {
 		this.jetstream = opts.nats ? opts.nats.jetstream() : null;
@@ -200,18 +206,35 @@ export class OutboxRelay {
 	}
 
 	/**
-	 * runBatches, as a polling loop calls it: after a call that found nothing, the next claims only once hasDue()
-	 * says a row is due. An idle leader then polls with one statement instead of a four-statement transaction
-	 * (docs/BENCHMARKS.md, "An idle node: the outbox relay's poll"); a stream of events never meets the check,
-	 * since every call finds rows. A row committed just after a check waits for the next poll, as it would for the
-	 * next claim.
+	 * runBatches, as the relay's loop calls it. A call that did not fill its batches took every row due then, so
+	 * the next one first asks hasDue() — one statement instead of a four-statement claim (BEGIN, SET LOCAL, the
+	 * claim, COMMIT) that finds nothing (docs/BENCHMARKS.md, "An idle node: the outbox relay's poll") — unless
+	 * `rung`: a write has said it committed rows since (lib/data/outbox/doorbell.ts). A stream that fills batches
+	 * never meets the check.
 	 */
-	async poll(depth: number): Promise<BatchResult> {
-		if (this.idle && !(await this.hasDue())) return { handled: 0, outage: null };
+	async poll(depth: number, rung = false): Promise<BatchResult> {
+		// Retries due now are this poll's to take (hasDue sees them); one that fails again is scheduled anew.
+		const now = performance.now();
+		if (this.retryDeadlines.length) this.retryDeadlines = this.retryDeadlines.filter(at => at > now);
+		if (this.idle && !rung && !(await this.hasDue())) return { handled: 0, outage: null };
 		this.idle = false;
 		const result = await this.runBatches(depth);
-		this.idle = result.handled === 0;
+		this.idle = !result.outage && result.handled < depth * this.batchSize;
 		return result;
+	}
+
+	/**
+	 * How long until a row this relay put in backoff is due again, or null when none is. No write rings for a
+	 * retry, so an idle relay waiting for rings must not sleep past it.
+	 */
+	msUntilRetry(): number | null {
+		if (!this.retryDeadlines.length) return null;
+		return Math.max(0, Math.min(...this.retryDeadlines) - performance.now());
+	}
+
+	/** `at` or up to 10 ms later: never earlier than the row is due, or the poll then would drop it unseen. */
+	private scheduleRetry(at: number): void {
+		if (!this.retryDeadlines.some(d => d >= at && d - at < 10)) this.retryDeadlines.push(at);
 	}
 
 	/** One batch: publish, then mark. `onWire` hears how many rows it claimed once their publishes are issued. */
@@ -263,7 +286,10 @@ export class OutboxRelay {
 		const reason = err.message.slice(0, 500);
 		this.metrics.increment(OUTBOX_METRICS.failed, { event_type: row.event_type });
 		if (attempts < this.opts.events.outboxMaxAttempts) {
-			await this.opts.sequelize.query(MARK_FAILED, { bind: [row.id, reason, backoffMs(this.opts.events, attempts)], transaction: t });
+			const backoff = backoffMs(this.opts.events, attempts);
+			await this.opts.sequelize.query(MARK_FAILED, { bind: [row.id, reason, backoff], transaction: t });
+			// PostgreSQL's now() + backoff was taken before this line runs: by this clock the row is due by then.
+			this.scheduleRetry(performance.now() + backoff);
 			return;
 		}
 		await this.opts.sequelize.query(MOVE_TO_DLQ, { bind: [row.id, reason], transaction: t });
