@@ -21,6 +21,7 @@ import { ensureStream, OutboxRelay } from "../../lib/data/outbox/relay";
 import { loadSettings } from "../../lib/runtime/settings";
 import { AuditWriter, columnarInsert, type IncomingAuditEvent } from "../../lib/data/audit-writer";
 import type { AuditEntry } from "../../lib/data/audit-chain";
+import { joinMeshAsOutboxWriter } from "../lib/outbox-writer";
 import { fixedRate, formatNumber, machine, percentile, startProcess, stopProcesses, table, writeSection, adminQuery, migratedBenchDatabase } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -125,11 +126,13 @@ async function main(): Promise<void> {
 		const env = { MESH_NAMESPACE: namespace, NATS_URL, DATABASE_URL: url, JWT_SECRET: "bench-secret-0123456789abcdef0123456789", EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "info", MIGRATE_ON_START: "0", PORT: "0" };
 		await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-audit", NODE_ROLE: "node1", SERVICES: "audit,outbox" }, "Service 'audit' started");
 		await sleep(1_000);
+		const outboxWriter = await joinMeshAsOutboxWriter(env);
 		const INSERT_OUTBOX = `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload)
 			SELECT 'audit', 'bench', 'audit.bench.pipeline', $1, jsonb_build_object('actor', 'bench', 'target', 't-' || g, 'outcome', 'success', 'node', 'bench', 'occurred_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
 			FROM generate_series(1, $2) g`;
 		const pipelineStart = performance.now();
 		await pool.query(INSERT_OUTBOX, [`${prefix}.audit.bench.pipeline`, PIPELINE_EVENTS]);
+		outboxWriter.ring();
 		// When the outbox has no pending row left, the relay stage is done; the writer may still be behind.
 		let relayMs = 0;
 		for (;;) {
@@ -149,7 +152,7 @@ async function main(): Promise<void> {
 					`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ('audit', 'bench', 'audit.bench.lag', $1,
 					 jsonb_build_object('actor', 'bench', 'outcome', 'success', 'node', 'bench', 'occurred_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))`,
 					[`${prefix}.audit.bench.lag`],
-				),
+				).then(outboxWriter.ring),
 			LAG_RATE,
 			LAG_SECONDS * 1000,
 		);
@@ -164,6 +167,7 @@ async function main(): Promise<void> {
 		const lag = { p50: percentile(lags, 50), p99: percentile(lags, 99), count: lags.length };
 		const lagLoad = loadNow();
 		process.stdout.write(`lag: p50 ${formatNumber(lag.p50)} ms p99 ${formatNumber(lag.p99)} ms over ${lag.count} events (load ${lagLoad})\n`);
+		await outboxWriter.stop();
 		const verify = await countRows(pool, "SELECT count(*) AS n FROM audit_log");
 		// Full batches mean the writer is the bottleneck; smaller ones mean it waited for the relay.
 		const batches = await countRows(pool, "SELECT count(DISTINCT recorded_at) AS n FROM audit_log WHERE action = 'pipeline'");

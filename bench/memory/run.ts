@@ -26,6 +26,7 @@ import { resolveTransport } from "../../lib/runtime/transport";
 import { runMigrations } from "../../lib/data/migrations";
 import { createSequelize } from "../../lib/data/database";
 import { enqueueEvents } from "../../lib/data/outbox/enqueue";
+import { meshDoorbell } from "../../lib/data/outbox/doorbell";
 import MemoryService from "../../services/memory.service";
 import { PointReadBatcher } from "../../lib/data/point-read-batcher";
 import { closedLoop, fixedRate, formatNumber, loadAverage, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult, inTransaction, type Variant } from "../lib/harness";
@@ -182,6 +183,8 @@ async function main(): Promise<void> {
 			"INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) SELECT 'bench', g::text, 'bench.event', $1, jsonb_build_object('n', g) FROM generate_series(1, $2) g",
 			[`${prefix}.memory.bench.public`, RELAY_ROWS],
 		);
+		// As a writing node would after its commit (lib/data/outbox/doorbell.ts): this process is one, with its own pg pool.
+		meshDoorbell(broker).ring();
 		const drainStart = performance.now();
 		await waitForDrain(pool, 120_000);
 		const relayPerSecond = RELAY_ROWS / ((performance.now() - drainStart) / 1000);

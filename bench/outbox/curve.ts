@@ -17,6 +17,7 @@ import { connect } from "nats";
 import { Pool } from "pg";
 import { adminQuery, fixedRate, formatNumber, loadAverage, machine, percentile, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection, migratedBenchDatabase } from "../lib/harness";
 import { svgCharts } from "../lib/svg-plot";
+import { joinMeshAsOutboxWriter, type OutboxWriter } from "../lib/outbox-writer";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -83,11 +84,11 @@ async function lagsMs(pool: Pool, sql: string, tag: string): Promise<{ p50: numb
 	return { p50: percentile(sorted, 50), p99: percentile(sorted, 99) };
 }
 
-async function step(pool: Pool, rate: number, nodePid: number, natsPid: number): Promise<Step> {
+async function step(pool: Pool, writer: OutboxWriter, rate: number, nodePid: number, natsPid: number): Promise<Step> {
 	const tag = `r${rate}`;
 	const pids = await backendPids(pool);
 	const before = { node: processCpuMs(nodePid), bench: process.cpuUsage(), postgres: cpuOf(pids), nats: processCpuMs(natsPid), at: performance.now() };
-	const paced = await fixedRate(() => pool.query(INSERT_EVENT, [tag, `audit.bench.${tag}`, `${prefix}.audit.bench.${tag}`]), rate, SECONDS * 1000);
+	const paced = await fixedRate(() => pool.query(INSERT_EVENT, [tag, `audit.bench.${tag}`, `${prefix}.audit.bench.${tag}`]).then(writer.ring), rate, SECONDS * 1000);
 	const deadline = performance.now() + DRAIN_TIMEOUT_MS;
 	let consumed = 0;
 	while ((consumed = await count(pool, "SELECT count(*) AS n FROM audit_log WHERE action = $1", [tag])) < paced.calls && performance.now() < deadline) await sleep(100);
@@ -218,14 +219,16 @@ async function main(): Promise<void> {
 		const env = { MESH_NAMESPACE: `bench-oc-${id}`, NATS_URL, DATABASE_URL: url, JWT_SECRET: "bench-secret-0123456789abcdef0123456789", EVENTS_SUBJECT_PREFIX: prefix, NATS_STREAM_EVENTS: stream, LOG_LEVEL: "info", MIGRATE_ON_START: "0", PORT: "0" };
 		const node = await startProcess("scripts/run-node.ts", { ...env, NODE_ID: "bench-outbox-curve", NODE_ROLE: "node1", SERVICES: "audit,outbox" }, "Service 'audit' started");
 		await sleep(1_000);
+		const writer = await joinMeshAsOutboxWriter(env);
 		const natsPid = Number(execSync("pgrep -o nats-server").toString().trim());
 		for (let i = 0; i < POOL_SIZE; i++) await pool.query("SELECT 1"); // open the pool before the first step
 		const steps: Step[] = [];
 		for (const rate of RATES) {
-			const s = await step(pool, rate, node.pid!, natsPid);
+			const s = await step(pool, writer, rate, node.pid!, natsPid);
 			steps.push(s);
 			if (s.saturated) break; // the next step would only queue more behind the same limit
 		}
+		await writer.stop();
 		const text = report(steps, loadAtStart);
 		plot(steps, `${new Date().toISOString().slice(0, 16)}Z, ${machine()}, load ${loadAverage()}; ${SECONDS} s per step`);
 		process.stdout.write(`\n${text}\n`);

@@ -56,19 +56,21 @@ export class Doorbell {
 /** By database handle: the writers hold one (lib/data/outbox/enqueue.ts), and one node has one. */
 const doorbells = new WeakMap<Sequelize, Doorbell>();
 
+/** A doorbell that rings the mesh's relay through `broker`. */
+export function meshDoorbell(broker: ServiceBroker): Doorbell {
+	return new Doorbell(() => {
+		// Best effort: a ring that cannot leave (no transporter yet, a stopping broker) falls back to the relay's poll.
+		try {
+			Promise.resolve(broker.broadcast(OUTBOX_DUE_EVENT, {}, { groups: [RELAY_GROUP] })).catch(() => undefined);
+		} catch {
+			// same as above
+		}
+	});
+}
+
 /** Called once per node, where the node hands its services the database (lib/runtime/node-resources.ts). */
 export function installOutboxDoorbell(sequelize: Sequelize, broker: ServiceBroker): void {
-	doorbells.set(
-		sequelize,
-		new Doorbell(() => {
-			// Best effort: a ring that cannot leave (no transporter yet, a stopping broker) falls back to the relay's poll.
-			try {
-				Promise.resolve(broker.broadcast(OUTBOX_DUE_EVENT, {}, { groups: [RELAY_GROUP] })).catch(() => undefined);
-			} catch {
-				// same as above
-			}
-		}),
-	);
+	doorbells.set(sequelize, meshDoorbell(broker));
 }
 
 /**
