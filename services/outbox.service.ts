@@ -22,8 +22,7 @@ import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
 import { LeaderDutyMixin, type LeaderDuty } from "../mixins/leader-duty.mixin";
 
 /**
- * Under a stream of events the leader claims at most this often: each claim takes what gathered since the last
- * one. Claiming as soon as a write rang made the relay node's CPU at 100–300 events/s go from 21–26 % to 37–47 %
+ * Under a stream of events the leader waits this long after each claim: the next takes what gathered meanwhile. Claiming as soon as a write rang made the relay node's CPU at 100–300 events/s go from 21–26 % to 37–47 %
  * (docs/BENCHMARKS.md, "Outbox wake-up by LISTEN/NOTIFY"); an idle relay still answers a ring at once.
  */
 const CLAIM_SPACING_MS = 50;
@@ -67,7 +66,7 @@ interface OutboxThis extends Service {
 	startRelay(): Promise<void>;
 	relayLoop(duty: LeaderDuty): Promise<void>;
 	relayOnce(): Promise<boolean>;
-	waitForWork(claimedAt: number): Promise<void>;
+	waitForWork(): Promise<void>;
 	/** the relay loop's duty, for a ring to cut its idle wait short */
 	duty: LeaderDuty | null;
 	/** a write rang since the last claim began (lib/data/outbox/doorbell.ts) */
@@ -203,24 +202,22 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			if (!this.relay || declaredSubjects(this.broker, this.metadata).join(" ") !== this.ensuredSubjects) await this.startRelay();
 			const rung = this.rung;
 			this.rung = false;
-			const claimedAt = Date.now();
 			const { handled, outage } = await this.relay!.poll(PIPELINE_DEPTH, rung);
 			this.stream.set(outage);
 			if (outage) return true;
-			if (handled < BATCH_SIZE * PIPELINE_DEPTH) await this.waitForWork(claimedAt);
+			if (handled < BATCH_SIZE * PIPELINE_DEPTH) await this.waitForWork();
 			return false;
 		},
 
 		/**
 		 * After a claim that did not fill its batch, which took every row due then: what commits later rings.
-		 * The next claim comes CLAIM_SPACING_MS after this one at the earliest, and on an idle mesh only once a
+		 * The next claim comes CLAIM_SPACING_MS after this one ended at the earliest, and on an idle mesh only once a
 		 * write rings, when a retry this relay scheduled falls due, or after the fallback poll (OUTBOX_IDLE_POLL_MS)
 		 * for rows no ring announced (a lost ring, a retry scheduled by a leader before this one). The wait is cut
 		 * short by a ring or by the node stopping, never by anything else: a backoff after an outage is not.
 		 */
-		async waitForWork(this: OutboxThis, claimedAt: number) {
-			const spacing = claimedAt + CLAIM_SPACING_MS - Date.now();
-			if (spacing > 0) await sleep(spacing);
+		async waitForWork(this: OutboxThis) {
+			await sleep(CLAIM_SPACING_MS);
 			if (this.rung || !this.duty?.running) return;
 			this.waitingForRing = true;
 			try {
