@@ -1,7 +1,7 @@
 /**
  * `npm run bench:outbox-curve`: outbox lag against the offered event rate, stepping up until it saturates.
  * One node runs the outbox relay and the audit writer (SERVICES=audit,outbox), as in bench/audit. At each
- * rate of OUTBOX_CURVE_RATES (default 100, 300, 1000, 3000, 10000 events/s) this process commits one
+ * rate of OUTBOX_CURVE_RATES (default 10, 100, 300, 1000, 3000, 10000 events/s) this process commits one
  * transaction per event for BENCH_SECONDS (default 10), on a schedule whatever the answers, then waits for
  * the step to drain. Per step: commit → published to JetStream (outbox published_at − created_at) and
  * commit → consumed (audit_log recorded_at − created_at), p50/p99; the rate the events were committed and
@@ -21,7 +21,7 @@ import { joinMeshAsOutboxWriter, type OutboxWriter } from "../lib/outbox-writer"
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
-const RATES = (process.env.OUTBOX_CURVE_RATES ?? "100,300,1000,3000,10000").split(",").map(Number);
+const RATES = (process.env.OUTBOX_CURVE_RATES ?? "10,100,300,1000,3000,10000").split(",").map(Number);
 /** Consumed p99 past which a step counts as saturated: the backlog, not the pipeline, sets the lag. */
 const SATURATED_P99_MS = Number(process.env.SATURATED_P99_MS ?? 2_000);
 /** How long a step may take to drain after its last commit before the bench gives up on it. */

@@ -31,6 +31,8 @@ import { formatNumber, loadAverage, machine, percentile, processCpuMs, ROOT, sta
 import { svgCharts } from "../lib/svg-plot";
 import { connect, connectMany, now, type ClientAnswer, type ClientRequest, type ClientTarget, type NumberField } from "./clients";
 
+/** Which client the client processes run (bench/presence/clients.ts, PRESENCE_CLIENT). */
+const CLIENT_KIND = process.env.PRESENCE_CLIENT === "protocol" ? "a minimal client of the wire protocol, PRESENCE_CLIENT=protocol" : "socket.io-client";
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
 const POINTS = (process.env.PRESENCE_CURVE ?? process.env.BENCH_CLIENTS ?? "1000,5000,10000").split(",").map(Number);
@@ -259,7 +261,7 @@ function firstPointSection(project: Point, bare: Point, presenceLatencies: numbe
 		["bare socket.io (1 process)", bare.fanOut.p50, bare.fanOut.p99, `${bare.fanOut.delivered}/${bare.fanOut.expected}`, bare.heap.objects, bare.heap.withCode],
 	];
 	return [
-		`Run ${new Date().toISOString()} on ${machine()}; ${project.sockets} socket.io clients (websocket) in ${clientProcessesFor(project.sockets)} client process(es) of their own; project clients split evenly over NODE1 and NODE2; ${project.messages} messages ${project.intervalMs} ms apart posted on NODE1. Load average ${project.load} (project) and ${bare.load} (bare). Larger socket counts: the next section.`,
+		`Run ${new Date().toISOString()} on ${machine()}; ${project.sockets} socket.io clients (websocket; ${CLIENT_KIND}) in ${clientProcessesFor(project.sockets)} client process(es) of their own; project clients split evenly over NODE1 and NODE2; ${project.messages} messages ${project.intervalMs} ms apart posted on NODE1. Load average ${project.load} (project) and ${bare.load} (bare). Larger socket counts: the next section.`,
 		"",
 		table(["variant", "fan-out p50 ms", "fan-out p99 ms", "delivered", "heap KB / idle socket", "same, code included"], rows as Array<Array<string | number>>),
 		"",
@@ -287,7 +289,7 @@ function curveSection(project: Point[], bare: Point[], fdLimit: string, loadAtSt
 	const bareTop = bare[bare.length - 1];
 	const busiest = top.cpu.clients > top.cpu.servers ? `the ${clientProcessesFor(top.sockets)} client processes (the ${top.sockets} clients' side, ${top.cpu.clients.toFixed(0)} % of a core together) more than both nodes together (${top.cpu.servers.toFixed(0)} %)` : `the two nodes (${top.cpu.servers.toFixed(0)} % of a core together) more than the ${clientProcessesFor(top.sockets)} client processes, the clients' side (${top.cpu.clients.toFixed(0)} %)`;
 	return [
-		`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart} at the start and ${loadAverage()} at the end (other work shares these cores). Socket.io clients (websocket) in client processes of up to ${SOCKETS_PER_CLIENT_PROCESS} sockets each, filled in order (a point of N sockets uses ⌈N / ${SOCKETS_PER_CLIENT_PROCESS}⌉ of them: more would take cores from the servers), added point by point; project clients split evenly over NODE1 and NODE2 (one room), posts on NODE1; the bare socket.io server gets the same clients after the project's are closed. The bench's nodes run with WS_HANDSHAKE_RATE=0 and WS_MAX_CONNECTIONS_PER_ADDRESS=0 (every client is on 127.0.0.1; the defaults allow 200 per address) and RATE_LIMIT_PER_KEY=0; \`ulimit -n\` ${fdLimit}. \`PRESENCE_CURVE=${POINTS.join(",")} npm run bench:presence\`.`,
+		`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart} at the start and ${loadAverage()} at the end (other work shares these cores). Socket.io clients (websocket; ${CLIENT_KIND}) in client processes of up to ${SOCKETS_PER_CLIENT_PROCESS} sockets each, filled in order (a point of N sockets uses ⌈N / ${SOCKETS_PER_CLIENT_PROCESS}⌉ of them: more would take cores from the servers), added point by point; project clients split evenly over NODE1 and NODE2 (one room), posts on NODE1; the bare socket.io server gets the same clients after the project's are closed. The bench's nodes run with WS_HANDSHAKE_RATE=0 and WS_MAX_CONNECTIONS_PER_ADDRESS=0 (every client is on 127.0.0.1; the defaults allow 200 per address) and RATE_LIMIT_PER_KEY=0; \`ulimit -n\` ${fdLimit}. \`PRESENCE_CURVE=${POINTS.join(",")} npm run bench:presence\`.`,
 		"",
 		"![presence fan-out p99 and heap per socket vs sockets](bench/presence-curve.svg)",
 		"",
