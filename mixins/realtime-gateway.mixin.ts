@@ -26,7 +26,7 @@ import { HTTP_METRICS } from "../lib/http/prometheus";
 import { nodeContextOf } from "../lib/runtime/node-resources";
 import { jwtSecretOf } from "../lib/runtime/settings";
 import type { ChannelDefinition, MeshSocket, RealtimeGateway, SocketEventSpec } from "../lib/realtime/channel";
-import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../lib/realtime/socket-connections";
+import { compactSocketListeners, ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../lib/realtime/socket-connections";
 import { HandshakeGuard, KeyedConcurrency, SocketEventBudget } from "../lib/realtime/socket-limits";
 import { asWsError, connectError, type WsError } from "../lib/realtime/socket-errors";
 
@@ -202,6 +202,7 @@ export function RealtimeGatewayMixin(channels: ChannelDefinition[]): ServiceSche
 					this.countSocket(definition.name, 1);
 					s.on("disconnect", onLeave);
 					s.use(packet => this.onSocketEvent(s, channel, packet));
+					compactSocketListeners(s);
 					if (!definition.onJoin) return;
 					Promise.resolve(definition.onJoin(this, s)).catch(err => this.logger.warn(`${definition.name} socket failed: ${(err as Error).message}`));
 				});

@@ -47,11 +47,51 @@ type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer) => vo
 export function keepSlimRequests(engine: Server["engine"]): void {
 	const handleUpgrade = (engine.handleUpgrade as unknown as UpgradeHandler).bind(engine);
 	(engine as unknown as { handleUpgrade: UpgradeHandler }).handleUpgrade = (req, socket, head) => handleUpgrade(slimRequest(req), socket, head);
+	// engine.io's stand-in response for an upgrade lives as long as the connection (a "close" listener on the TCP
+	// socket calls it), with an empty listener dictionary of its own; middlewares are where it is handed out.
+	engine.use((_req: IncomingMessage, res: unknown, next: () => void) => {
+		compactListeners(res);
+		next();
+	});
 	engine.on("connection", (connection: { request: IncomingMessage }) => {
 		const request = slimRequest(connection.request);
 		request.headers = keptHandshakeHeaders(request.headers);
 		connection.request = request;
 	});
+}
+
+/**
+ * A record with nothing inherited, in V8's fast mode. Node's EventEmitter keeps its listeners (`_events`) in a
+ * null-prototype object, which V8 holds in dictionary mode: ~230 B each by the heap census, and an idle websocket
+ * has five such emitters (socket.io's socket, engine.io's socket, transport and stand-in upgrade response, ws's
+ * WebSocket; Node's streams pre-shape their own, so the TCP socket's and ws's receiver's are fast already). An instance of this constructor is an ordinary fast object whose prototype has no prototype,
+ * so a lookup by any name ("toString", "__proto__", "constructor") finds nothing inherited, as with Node's own
+ * (Node used this constructor for `_events` itself before v12). A key deleted later (a `once` listener that fired)
+ * makes that one object a dictionary again, as before: only the heap changes, never what a lookup finds.
+ */
+function NothingInherited(): void {}
+NothingInherited.prototype = Object.create(null);
+
+type AnyRecord = Record<string | symbol, unknown>;
+
+/** `record`'s own keys and values in a fast object with nothing inherited, if it has no prototype; anything else as it is. */
+function compactRecord<T>(record: T): T {
+	if (!record || typeof record !== "object" || Object.getPrototypeOf(record) !== null) return record;
+	const compact = new (NothingInherited as unknown as new () => AnyRecord)();
+	for (const key of Reflect.ownKeys(record)) compact[key] = (record as AnyRecord)[key];
+	return compact as T;
+}
+
+function compactListeners(emitter: unknown): void {
+	const holder = emitter as { _events?: AnyRecord } | null | undefined;
+	if (holder?._events) holder._events = compactRecord(holder._events);
+}
+
+/** The emitters an open websocket keeps, from socket.io's socket down to the TCP socket; idempotent. */
+export function compactSocketListeners(socket: Socket): void {
+	const conn = socket.conn as unknown as { transport?: { socket?: { _socket?: unknown; _receiver?: unknown } } };
+	const ws = conn.transport?.socket;
+	for (const emitter of [socket, conn, conn.transport, ws, ws?._socket, ws?._receiver]) compactListeners(emitter);
 }
 
 const NO_AUTH = Object.freeze({});

@@ -10,10 +10,13 @@ import vm from "vm";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io, type Socket } from "socket.io-client";
 import { signToken, verifyToken, verifyTokenClaims } from "../../lib/http/auth";
-import { ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../../lib/realtime/socket-connections";
+import { compactSocketListeners, ImplicitOwnRoomAdapter, keepSlimRequests, takeToken } from "../../lib/realtime/socket-connections";
 
 v8.setFlagsFromString("--expose-gc");
 const gc = vm.runInNewContext("gc") as () => void;
+// V8's own answer to "is this object in fast mode?" (not a dictionary), for the listener records below.
+v8.setFlagsFromString("--allow-natives-syntax");
+const hasFastProperties = new Function("o", "return %HasFastProperties(o)") as (o: object) => boolean;
 
 interface Running {
 	io: Server;
@@ -24,6 +27,13 @@ interface Running {
 	close(): Promise<void>;
 }
 
+/** What compactSocketListeners reaches from a socket, by name, and engine.io's stand-in upgrade response. */
+function socketEmitters(socket: ServerSocket, response: unknown): Record<string, { _events: object }> {
+	const conn = socket.conn as unknown as { transport: { socket: { _socket: unknown; _receiver: unknown } } };
+	const ws = conn.transport.socket;
+	return { "socket.io socket": socket, "engine.io socket": conn, transport: conn.transport, WebSocket: ws, "TCP socket": ws._socket, receiver: ws._receiver, "upgrade response": response } as unknown as Record<string, { _events: object }>;
+}
+
 async function startServer(slim: boolean, adapter?: typeof ImplicitOwnRoomAdapter): Promise<Running> {
 	const server = http.createServer();
 	const requests: Array<WeakRef<IncomingMessage>> = [];
@@ -32,7 +42,16 @@ async function startServer(slim: boolean, adapter?: typeof ImplicitOwnRoomAdapte
 	server.prependListener("upgrade", (req: IncomingMessage) => requests.push(new WeakRef(req)));
 	server.prependListener("request", (req: IncomingMessage) => requests.push(new WeakRef(req)));
 	if (slim) keepSlimRequests(ioServer.engine);
-	const connected = new Promise<ServerSocket>(resolve => ioServer.of("/t").on("connection", resolve));
+	(ioServer.engine as unknown as { use(fn: (req: unknown, res: unknown, next: () => void) => void): void }).use((_req, res, next) => {
+		upgradeResponse = new WeakRef(res as object);
+		next();
+	});
+	const connected = new Promise<ServerSocket>(resolve =>
+		ioServer.of("/t").on("connection", socket => {
+			if (slim) compactSocketListeners(socket);
+			resolve(socket);
+		}),
+	);
 	await new Promise<void>(resolve => server.listen(0, "127.0.0.1", resolve));
 	const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 	return {
@@ -43,6 +62,12 @@ async function startServer(slim: boolean, adapter?: typeof ImplicitOwnRoomAdapte
 		close: () => new Promise(resolve => ioServer.close(() => resolve())),
 	};
 }
+
+/**
+ * The last response engine.io handed its middlewares (for a websocket: its stand-in upgrade response, which the
+ * connection keeps alive itself). Weakly held: a strong reference here would keep a polling request alive.
+ */
+let upgradeResponse: WeakRef<object> | null = null;
 
 const clients: Socket[] = [];
 function connect(url: string, transports: string[]): Socket {
@@ -88,6 +113,52 @@ describe("socket footprint", () => {
 			const echoed = new Promise(resolve => client.once("echo", resolve));
 			socket.emit("echo", { n: 1 });
 			await expect(echoed).resolves.toEqual({ n: 1 });
+		} finally {
+			await server.close();
+		}
+	});
+
+	it("control: bare socket.io keeps its emitters' listeners in dictionaries (not the streams': the TCP socket and ws's receiver pre-shape theirs)", async () => {
+		const server = await startServer(false);
+		try {
+			connect(server.url, ["websocket"]);
+			const { "TCP socket": tcp, receiver, ...emitters } = socketEmitters(await server.connected, upgradeResponse?.deref());
+			expect([hasFastProperties(tcp._events), hasFastProperties(receiver._events)]).toEqual([true, true]);
+			expect(Object.keys(emitters)).toHaveLength(5);
+			for (const [name, emitter] of Object.entries(emitters)) expect([name, hasFastProperties(emitter._events)]).toEqual([name, false]);
+		} finally {
+			await server.close();
+		}
+	});
+
+	it("compacted, every emitter an open websocket keeps holds its listeners in a fast object with nothing inherited, and all of them still run", async () => {
+		const server = await startServer(true);
+		try {
+			const client = connect(server.url, ["websocket"]);
+			const socket = await server.connected;
+			const emitters = socketEmitters(socket, upgradeResponse?.deref());
+			for (const [name, emitter] of Object.entries(emitters)) {
+				expect([name, hasFastProperties(emitter._events), Object.getPrototypeOf(Object.getPrototypeOf(emitter._events))]).toEqual([name, true, null]);
+			}
+			// Events named like Object.prototype's members find no handler (as with Node's null-prototype record).
+			const heard: string[] = [];
+			socket.on("echo", (m: unknown) => void socket.emit("echo", m));
+			for (const name of ["__proto__", "toString", "constructor", "hasOwnProperty", "valueOf"]) {
+				expect(socket.listeners(name)).toEqual([]);
+				client.emit(name, "x");
+			}
+			socket.once("once", () => heard.push("once"));
+			client.emit("once");
+			client.emit("once");
+			const echoed = new Promise(resolve => client.once("echo", resolve));
+			client.emit("echo", { n: 2 });
+			await expect(echoed).resolves.toEqual({ n: 2 });
+			expect(heard).toEqual(["once"]);
+			expect(socket.connected).toBe(true);
+			// Disconnecting still runs the library's own listeners down to the TCP socket.
+			const gone = new Promise(resolve => socket.once("disconnect", resolve));
+			client.close();
+			await expect(gone).resolves.toBe("client namespace disconnect");
 		} finally {
 			await server.close();
 		}
