@@ -22,8 +22,10 @@ import { natsConnectionOf } from "../lib/mesh/moleculer-internals";
 import { LeaderDutyMixin, type LeaderDuty } from "../mixins/leader-duty.mixin";
 
 /**
- * Under a stream of events the leader waits this long after each claim: the next takes what gathered meanwhile. Claiming as soon as a write rang made the relay node's CPU at 100–300 events/s go from 21–26 % to 37–47 %
- * (docs/BENCHMARKS.md, "Outbox wake-up by LISTEN/NOTIFY"); an idle relay still answers a ring at once.
+ * Under a stream of events the leader waits this long after each claim, and the next takes what gathered meanwhile.
+ * Claiming at once on every wake-up (the LISTEN/NOTIFY branch did) took the relay node from 21–26 % to 37–47 % of a
+ * core at 100–300 events/s (docs/BENCHMARKS.md, "Outbox wake-up by LISTEN/NOTIFY"). An idle relay still answers a
+ * ring at once.
  */
 const CLAIM_SPACING_MS = 50;
 /** How often a node that does not lead looks whether the lease came to it. */
