@@ -204,10 +204,10 @@ const OutboxService: ServiceSchema<ServiceSettingSchema, Record<string, never>, 
 			if (!this.relay || declaredSubjects(this.broker, this.metadata).join(" ") !== this.ensuredSubjects) await this.startRelay();
 			const rung = this.rung;
 			this.rung = false;
-			const { handled, outage } = await this.relay!.poll(PIPELINE_DEPTH, rung);
+			const { outage } = await this.relay!.poll(PIPELINE_DEPTH, rung);
 			this.stream.set(outage);
 			if (outage) return true;
-			if (handled < BATCH_SIZE * PIPELINE_DEPTH) await this.waitForWork();
+			if (this.relay!.tookEverythingDue) await this.waitForWork();
 			return false;
 		},
 

@@ -64,9 +64,10 @@ export function keepSlimRequests(engine: Server["engine"]): void {
  * A record with nothing inherited, in V8's fast mode. Node's EventEmitter keeps its listeners (`_events`) in a
  * null-prototype object, which V8 holds in dictionary mode: ~230 B each by the heap census, and an idle websocket
  * has five such emitters (socket.io's socket, engine.io's socket, transport and stand-in upgrade response, ws's
- * WebSocket; Node's streams pre-shape their own, so the TCP socket's and ws's receiver's are fast already). An instance of this constructor is an ordinary fast object whose prototype has no prototype,
- * so a lookup by any name ("toString", "__proto__", "constructor") finds nothing inherited, as with Node's own
- * (Node used this constructor for `_events` itself before v12). A key deleted later (a `once` listener that fired)
+ * WebSocket; Node's streams pre-shape their own, so the TCP socket's and ws's receiver's are fast already). An
+ * instance of this constructor is an ordinary fast object whose prototype has no prototype, so a lookup by any name
+ * ("toString", "__proto__", "constructor") finds nothing inherited, as with Node's own (Node used this constructor
+ * for `_events` itself before v12). A key deleted later (a `once` listener that fired)
  * makes that one object a dictionary again, as before: only the heap changes, never what a lookup finds.
  */
 function NothingInherited(): void {}

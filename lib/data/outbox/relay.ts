@@ -206,6 +206,14 @@ export class OutboxRelay {
 	}
 
 	/**
+	 * Whether the last poll took every row that was due (its batches were not full): more can only come from new
+	 * commits and retries, so the caller may wait for a ring (services/outbox.service.ts).
+	 */
+	get tookEverythingDue(): boolean {
+		return this.idle;
+	}
+
+	/**
 	 * runBatches, as the relay's loop calls it. A call that did not fill its batches took every row due then, so
 	 * the next one first asks hasDue() — one statement instead of a four-statement claim (BEGIN, SET LOCAL, the
 	 * claim, COMMIT) that finds nothing (docs/BENCHMARKS.md, "An idle node: the outbox relay's poll") — unless
