@@ -148,11 +148,13 @@ async function main(): Promise<void> {
 		const lagFrom = new Date();
 		const paced = await fixedRate(
 			() =>
-				pool.query(
-					`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ('audit', 'bench', 'audit.bench.lag', $1,
-					 jsonb_build_object('actor', 'bench', 'outcome', 'success', 'node', 'bench', 'occurred_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))`,
-					[`${prefix}.audit.bench.lag`],
-				).then(outboxWriter.ring),
+				outboxWriter.after(
+					pool.query(
+						`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, subject, payload) VALUES ('audit', 'bench', 'audit.bench.lag', $1,
+						 jsonb_build_object('actor', 'bench', 'outcome', 'success', 'node', 'bench', 'occurred_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))`,
+						[`${prefix}.audit.bench.lag`],
+					),
+				),
 			LAG_RATE,
 			LAG_SECONDS * 1000,
 		);

@@ -20,7 +20,7 @@ import { ServiceBroker } from "moleculer";
 import { connect as natsConnect } from "nats";
 import { Pool } from "pg";
 import { io, type Socket } from "socket.io-client";
-import { meshDoorbell } from "../../lib/data/outbox/doorbell";
+import { relayRinger } from "../lib/outbox-writer";
 import { createBrokerOptions } from "../../moleculer.config";
 import { POST_MESSAGE } from "../../services/city.service";
 import { signToken } from "../../lib/http/auth";
@@ -184,13 +184,12 @@ async function main(): Promise<void> {
 		let next = 0;
 		const pickRoom = () => rooms[1 + (next++ % ROOMS)];
 		// The raw posts write an outbox row as city.postMessage does, and ring the relay after their commit as a
-		// writing node does (lib/data/outbox/doorbell.ts): unrung, the relay would sit idle while they are measured.
-		const relayBell = meshDoorbell(broker);
-		const ringRelay = () => relayBell.ring();
+		// writing node does (bench/lib/outbox-writer.ts): unrung, the relay would sit idle while they are measured.
+		const relay = relayRinger(broker);
 		const throughput = await measureInTurns([
 			{ name: "mesh", call: () => broker.call("city.postMessage", { room_id: pickRoom(), body: `post ${randomUUID()}` }, { meta: { user }, nodeID: NODE1.id }) },
-			{ name: "raw pg", call: () => rawPost(pool, pickRoom(), `post ${randomUUID()}`).then(ringRelay) },
-			{ name: "raw pg statement", call: () => rawPostStatement(pool, pickRoom(), `post ${randomUUID()}`).then(ringRelay) },
+			{ name: "raw pg", call: () => relay.after(rawPost(pool, pickRoom(), `post ${randomUUID()}`)) },
+			{ name: "raw pg statement", call: () => relay.after(rawPostStatement(pool, pickRoom(), `post ${randomUUID()}`)) },
 		]);
 
 		sockets.push(...(await connectMany(SOCKETS, `http://127.0.0.1:${NODE2.port}/city/rooms/${LIVE_ROOM}`)));

@@ -26,9 +26,9 @@ import { resolveTransport } from "../../lib/runtime/transport";
 import { runMigrations } from "../../lib/data/migrations";
 import { createSequelize } from "../../lib/data/database";
 import { enqueueEvents } from "../../lib/data/outbox/enqueue";
-import { meshDoorbell } from "../../lib/data/outbox/doorbell";
 import MemoryService from "../../services/memory.service";
 import { PointReadBatcher } from "../../lib/data/point-read-batcher";
+import { relayRinger } from "../lib/outbox-writer";
 import { closedLoop, fixedRate, formatNumber, loadAverage, machine, percentile, startProcess, stopProcesses, table, writeSection, type LoadResult, inTransaction, type Variant } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -154,21 +154,19 @@ async function main(): Promise<void> {
 		const rawBatchedGet = await measure("raw pg, reads batched the same way", () => rawBatcher.get(pick()));
 		const createParams = () => ({ scope: "personal", owner_id: "bench", kind: "event", key: `c-${n++}`, content: "a new memory" });
 		// The raw variants write outbox rows as memory.create does, and ring the relay after their commit as a writing
-		// node does (lib/data/outbox/doorbell.ts); unrung, their rows would wait for the relay's fallback look and
-		// leave the relay idle while they are measured, which memory.create's rows do not.
-		const relayBell = meshDoorbell(broker);
-		const andRing = <T>(write: Promise<T>): Promise<T> => write.then(result => (relayBell.ring(), result));
+		// node does (bench/lib/outbox-writer.ts): unrung, the relay would sit idle while they are measured.
+		const relay = relayRinger(broker);
 		const creates = await measureInTurns([
 			{ name: "mesh", call: () => broker.call("memory.create", createParams(), { meta: { user } }) },
 			{ name: "mesh keyed", call: () => broker.call("memory.create", createParams(), { meta: { user, idempotencyKey: randomUUID() } }) },
-			{ name: "raw transaction", call: () => andRing(rawCreateTransaction(pool, `r-${n++}`, null)) },
-			{ name: "raw transaction keyed", call: () => andRing(rawCreateTransaction(pool, `r-${n++}`, randomUUID())) },
+			{ name: "raw transaction", call: () => relay.after(rawCreateTransaction(pool, `r-${n++}`, null)) },
+			{ name: "raw transaction keyed", call: () => relay.after(rawCreateTransaction(pool, `r-${n++}`, randomUUID())) },
 			{ name: "raw one statement", call: () => {
 				const id = randomUUID();
 				const key = `r-${n++}`;
-				return andRing(pool.query(RAW_ONE_STATEMENT, [id, key, ...createEvents(id, key)]));
+				return relay.after(pool.query(RAW_ONE_STATEMENT, [id, key, ...createEvents(id, key)]));
 			} },
-			{ name: "sequelize before", call: () => andRing(sequelize.transaction(async t => {
+			{ name: "sequelize before", call: () => relay.after(sequelize.transaction(async t => {
 				const key = `s-${n++}`;
 				const created = await Memory.create({ scope: "personal", owner_id: "bench", owner_type: "user", kind: "event", key, content: "a new memory", content_sealed: null, key_id: null, indexed: false, confidential: false, version: 1 }, { transaction: t });
 				await enqueueEvents(sequelize, t, eventSettings, eventRows(created.get("id") as string, key));
@@ -176,7 +174,7 @@ async function main(): Promise<void> {
 			{ name: "sequelize one statement", call: () => {
 				const id = randomUUID();
 				const key = `s-${n++}`;
-				return andRing(sequelize.query(RAW_ONE_STATEMENT, { bind: [id, key, ...createEvents(id, key)], type: QueryTypes.SELECT }));
+				return relay.after(sequelize.query(RAW_ONE_STATEMENT, { bind: [id, key, ...createEvents(id, key)], type: QueryTypes.SELECT }));
 			} },
 			{ name: "raw insert", call: () => pool.query("INSERT INTO memories (scope, owner_id, kind, key, content) VALUES ('personal', 'bench', 'event', $1, 'a new memory')", [`r-${n++}`]) },
 		]);
@@ -189,7 +187,7 @@ async function main(): Promise<void> {
 			[`${prefix}.memory.bench.public`, RELAY_ROWS],
 		);
 		// As a writing node would after its commit (lib/data/outbox/doorbell.ts): this process is one, with its own pg pool.
-		relayBell.ring();
+		relay.ring();
 		const drainStart = performance.now();
 		await waitForDrain(pool, 120_000);
 		const relayPerSecond = RELAY_ROWS / ((performance.now() - drainStart) / 1000);

@@ -88,7 +88,7 @@ async function step(pool: Pool, writer: OutboxWriter, rate: number, nodePid: num
 	const tag = `r${rate}`;
 	const pids = await backendPids(pool);
 	const before = { node: processCpuMs(nodePid), bench: process.cpuUsage(), postgres: cpuOf(pids), nats: processCpuMs(natsPid), at: performance.now() };
-	const paced = await fixedRate(() => pool.query(INSERT_EVENT, [tag, `audit.bench.${tag}`, `${prefix}.audit.bench.${tag}`]).then(writer.ring), rate, SECONDS * 1000);
+	const paced = await fixedRate(() => writer.after(pool.query(INSERT_EVENT, [tag, `audit.bench.${tag}`, `${prefix}.audit.bench.${tag}`])), rate, SECONDS * 1000);
 	const deadline = performance.now() + DRAIN_TIMEOUT_MS;
 	let consumed = 0;
 	while ((consumed = await count(pool, "SELECT count(*) AS n FROM audit_log WHERE action = $1", [tag])) < paced.calls && performance.now() < deadline) await sleep(100);
