@@ -25,6 +25,7 @@ export default tseslint.config(
 		},
 	},
 	{ files: ["**/*.js", "**/*.cjs"], rules: { "@typescript-eslint/no-require-imports": "off" } },
+	{ files: ["bench/**/*.cjs"], languageOptions: { globals: globals.node } },
 	// Layering: services → mixins → lib, never the reverse; no service reaches into another service's file
 	// (they talk over the mesh); production code never imports dev/ (the image leaves it out).
 	{

@@ -33,6 +33,14 @@ import { connect, connectMany, now, type ClientAnswer, type ClientRequest, type 
 
 /** Which client the client processes run (bench/presence/clients.ts, PRESENCE_CLIENT). */
 const CLIENT_KIND = process.env.PRESENCE_CLIENT === "protocol" ? "a minimal client of the wire protocol, PRESENCE_CLIENT=protocol" : "socket.io-client";
+/**
+ * PRESENCE_WIRE=1: fan-out timed to each frame leaving the servers (bench/presence/send-stamps.cjs, preloaded into
+ * them), with the client processes at the lowest CPU priority (nice 19), standing in for clients on devices of
+ * their own; written to a section of its own.
+ */
+const WIRE = process.env.PRESENCE_WIRE === "1";
+/** PRESENCE_CLIENT_NICE overrides it (0: the clients compete with the servers as in the other sections) */
+const CLIENT_NICENESS = Number(process.env.PRESENCE_CLIENT_NICE ?? 19);
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test";
 const POINTS = (process.env.PRESENCE_CURVE ?? process.env.BENCH_CLIENTS ?? "1000,5000,10000").split(",").map(Number);
@@ -45,6 +53,8 @@ const clientProcessesFor = (sockets: number) => Math.ceil(sockets / SOCKETS_PER_
 const CLIENT_PROCESSES = clientProcessesFor(Math.max(...POINTS));
 /** File descriptors a process needs beyond its sockets (nodes' pipes, pg, NATS, node modules). */
 const FD_HEADROOM = 500;
+const STAMPS_FILE = (server: string) => path.join(os.tmpdir(), `bench-presence-${process.pid}-${server}.stamps`);
+const STAMP_HOOK = path.join(ROOT, "bench", "presence", "send-stamps.cjs");
 const SVG_FILE = path.join(ROOT, "docs", "bench", "presence-curve.svg");
 const PRESENCE_USERS = Number(process.env.BENCH_PRESENCE_USERS ?? 100);
 const JWT_SECRET = "bench-secret-0123456789abcdef0123456789";
@@ -66,7 +76,9 @@ class ClientProcesses {
 	private constructor(private readonly children: ChildProcess[]) {}
 
 	static async start(count: number): Promise<ClientProcesses> {
-		return new ClientProcesses(await Promise.all(Array.from({ length: count }, () => startProcess("bench/presence/clients.ts", {}, "READY", 30_000, true))));
+		const children = await Promise.all(Array.from({ length: count }, () => startProcess("bench/presence/clients.ts", {}, "READY", 30_000, true)));
+		if (WIRE) for (const child of children) os.setPriority(child.pid!, CLIENT_NICENESS);
+		return new ClientProcesses(children);
 	}
 
 	get pids(): number[] {
@@ -120,6 +132,51 @@ interface FanOut {
 	p99: number;
 	delivered: number;
 	expected: number;
+	/** when each post left the bench (message number → ms since the epoch) */
+	sentAt: Map<number, number>;
+}
+
+interface SentFanOut {
+	p50: number;
+	p99: number;
+	p100: number;
+	/** frames of the posts stamped leaving the servers: one per socket per post, the poster's own copy included */
+	sent: number;
+	/** each post's last frame, ascending: whether a tail is every post or a few slow ones */
+	lastFrames: number[];
+	/** the servers' garbage-collection pauses from the first post to the last frame: how many, ms in all, the longest */
+	gc: { pauses: number; totalMs: number; longestMs: number };
+}
+
+/** The GC pauses (start, duration pairs) a server's stamp hook recorded between `from` and `to`. */
+function gcPauses(file: string, from: number, to: number): number[] {
+	if (!fs.existsSync(`${file}.gc`)) return [];
+	const bytes = fs.readFileSync(`${file}.gc`);
+	const pairs = new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
+	const durations: number[] = [];
+	for (let i = 0; i < pairs.length; i += 2) if (pairs[i] >= from && pairs[i] <= to) durations.push(pairs[i + 1]);
+	return durations;
+}
+
+/** Post → each of its frames leaving a server, from the servers' send stamps (float64 pairs: number, time). */
+function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
+	const latencies: number[] = [];
+	const lastFrame = new Map<number, number>();
+	for (const file of files) {
+		const bytes = fs.readFileSync(file);
+		const pairs = new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
+		for (let i = 0; i < pairs.length; i += 2) {
+			const latency = pairs[i + 1] - (sentAt.get(pairs[i]) ?? NaN);
+			if (!Number.isFinite(latency)) continue;
+			latencies.push(latency);
+			lastFrame.set(pairs[i], Math.max(lastFrame.get(pairs[i]) ?? 0, latency));
+		}
+	}
+	latencies.sort((a, b) => a - b);
+	const [firstPost, lastPost] = [Math.min(...sentAt.values()), Math.max(...sentAt.values())];
+	const durations = files.flatMap(file => gcPauses(file, firstPost, lastPost + (latencies[latencies.length - 1] ?? 0)));
+	const gc = { pauses: durations.length, totalMs: durations.reduce((a, b) => a + b, 0), longestMs: Math.max(0, ...durations) };
+	return { gc, p50: percentile(latencies, 50), p99: percentile(latencies, 99), p100: latencies[latencies.length - 1] ?? NaN, sent: latencies.length, lastFrames: [...lastFrame.values()].sort((a, b) => a - b) };
 }
 
 /** Posts `messages` messages through `post(n)`, `intervalMs` apart; every client timestamps arrival of message n. */
@@ -135,7 +192,7 @@ async function fanOut(clients: ClientProcesses, sockets: number, post: (n: numbe
 	const latencies: number[] = [];
 	for (const { numbers, times } of await clients.collect()) numbers.forEach((n, i) => latencies.push(times[i] - (sentAt.get(n) ?? NaN)));
 	const valid = latencies.filter(Number.isFinite).sort((a, b) => a - b);
-	return { p50: percentile(valid, 50), p99: percentile(valid, 99), delivered: valid.length, expected: messages * sockets };
+	return { p50: percentile(valid, 50), p99: percentile(valid, 99), delivered: valid.length, expected: messages * sockets, sentAt };
 }
 
 async function bareHeap(url: string): Promise<HeapReading> {
@@ -186,6 +243,8 @@ interface Point {
 	/** CPU ms the same processes spent per post (all its deliveries, idle time between posts included) */
 	cpuMsPerPost: { servers: number; clients: number };
 	load: string;
+	/** PRESENCE_WIRE=1: the same posts timed to their frames leaving the servers */
+	wire?: SentFanOut;
 }
 
 interface Side {
@@ -196,6 +255,8 @@ interface Side {
 	/** where a room message carries its number */
 	field: NumberField;
 	pids: number[];
+	/** PRESENCE_WIRE: the servers' send-stamp files */
+	stampFiles: string[];
 }
 
 /** Spacing of the posts at N sockets: the clients take N deliveries off their sockets per post, and must be done before the next. */
@@ -231,9 +292,12 @@ async function measureCurve(name: string, side: Side, heapBefore: HeapReading, c
 		const heap = perSocket(heapBefore, await side.heap(), sockets);
 		const messages = index === 0 ? FIRST_MESSAGES : CURVE_MESSAGES;
 		const intervalMs = intervalFor(sockets);
+		for (const file of side.stampFiles) for (const truncated of [file, `${file}.gc`]) fs.writeFileSync(truncated, "");
 		const { result, servers, clients: clientsCpu, serversMs, clientsMs } = await cpuShare(side.pids, clients.pids, () => fanOut(clients, sockets, side.post, side.field, messages, intervalMs));
+		const wire = WIRE ? sentFanOut(side.stampFiles, result.sentAt) : undefined;
 		const cpuMsPerPost = { servers: serversMs / messages, clients: clientsMs / messages };
-		const point = { sockets, fanOut: result, heap, messages, intervalMs, cpu: { servers, clients: clientsCpu }, cpuMsPerPost, load: loadAverage() };
+		const point = { sockets, fanOut: result, heap, messages, intervalMs, cpu: { servers, clients: clientsCpu }, cpuMsPerPost, load: loadAverage(), wire };
+		if (wire) process.stdout.write(`${name} @${sockets} sent: p50 ${formatNumber(wire.p50)} p99 ${formatNumber(wire.p99)} max ${formatNumber(wire.p100)} ms (${wire.sent} frames); GC ${wire.gc.pauses} pauses, ${formatNumber(wire.gc.totalMs)} ms, longest ${formatNumber(wire.gc.longestMs)} ms; posts' last frames ${wire.lastFrames.map(ms => ms.toFixed(0)).join(" ")} ms\n`);
 		process.stdout.write(
 			`${name} @${sockets}: fan-out p50 ${formatNumber(result.p50)} p99 ${formatNumber(result.p99)} ms (${result.delivered}/${result.expected}), heap ${formatNumber(heap.objects)} KB/socket (${formatNumber(heap.withCode)} with code), ` +
 				`CPU servers ${servers.toFixed(0)}% clients ${clientsCpu.toFixed(0)}% (load ${point.load})\n`,
@@ -320,6 +384,42 @@ function cpuFloor(top: Point, bareTop: Point): string {
 	);
 }
 
+/** A measured server's NODE_OPTIONS, and with PRESENCE_WIRE its send stamps (bench/presence/send-stamps.cjs). */
+function serverOptions(server: string, field: NumberField): Record<string, string> {
+	if (!WIRE) return { NODE_OPTIONS: "--expose-gc" };
+	return { NODE_OPTIONS: `--expose-gc --require ${STAMP_HOOK} ${process.env.PRESENCE_SERVER_NODE_OPTIONS ?? ""}`.trim(), PRESENCE_STAMPS_FILE: STAMPS_FILE(server), PRESENCE_STAMP_FIELD: field };
+}
+
+const overTarget = (sent: SentFanOut) => sent.lastFrames.filter(ms => ms > 200).length;
+
+function wireSection(project: Point[], bare: Point[], loadAtStart: string): string {
+	const sent = (p: Point) => p.wire!;
+	const spread = (p: Point) => `${formatNumber(sent(p).p50)} / **${formatNumber(sent(p).p99)}** / ${formatNumber(sent(p).p100)}`;
+	const rows = project.map((p, i) => [
+		String(p.sockets),
+		spread(p),
+		spread(bare[i]).replace(/\*\*/g, ""),
+		`${sent(p).sent}; ${sent(bare[i]).sent} of ${p.fanOut.expected + p.messages}`,
+		`${formatNumber(percentile(sent(p).lastFrames, 50))}; ${overTarget(sent(p))} of ${p.messages}`,
+		`${sent(p).gc.pauses}, ${formatNumber(sent(p).gc.totalMs)}, ${formatNumber(sent(p).gc.longestMs)}; ${sent(bare[i]).gc.pauses}, ${formatNumber(sent(bare[i]).gc.totalMs)}, ${formatNumber(sent(bare[i]).gc.longestMs)}`,
+		`${formatNumber(p.fanOut.p99)}; ${formatNumber(bare[i].fanOut.p99)}`,
+		`${p.cpu.servers.toFixed(0)} / ${p.cpu.clients.toFixed(0)}; ${bare[i].cpu.servers.toFixed(0)} / ${bare[i].cpu.clients.toFixed(0)}`,
+		`${p.messages} × ${p.intervalMs} ms`,
+		p.load,
+	]);
+	const top = project[project.length - 1];
+	const bareTop = bare[bare.length - 1];
+	return [
+		`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart} at the start and ${loadAverage()} at the end. \`PRESENCE_WIRE=1 PRESENCE_CURVE=${POINTS.join(",")} npm run bench:presence\` (client: ${CLIENT_KIND}). The same bench as "How presence fan-out and heap grow with sockets", with two differences. The client processes run at nice ${CLIENT_NICENESS}, so that they take only the CPU the servers leave (clients on devices of their own take none of it). And every server stamps each room message's websocket frame as its \`writev\` returns (bench/presence/send-stamps.cjs, preloaded into both nodes and the bare server alike): on loopback the frame is then in the client socket's queue. "Sent" is the post leaving the bench → each of its frames leaving a server, one per socket, the poster's own copy included; the same clock as the clients' figures (performance.timeOrigin + performance.now() in each process).`,
+		"",
+		table(["sockets", "project sent p50 / p99 / max ms", "bare socket.io sent p50 / p99 / max ms", "frames stamped: project; bare", "project: a post's last frame, median ms; posts over 200 ms", "GC pauses during the posts, count, ms in all, longest ms: project (both nodes); bare", "p99 the niced clients saw: project; bare", "CPU % servers / clients: project; bare", "posts", "load average"], rows),
+		"",
+		`- at ${top.sockets} sockets: fan-out p99 to the frames leaving the two nodes **${formatNumber(sent(top).p99)} ms** (target ≤ 200 ms: ${sent(top).p99 <= 200 ? "met" : "**not met**"}), the last frame of any post ${formatNumber(sent(top).p100)} ms; bare socket.io (one process) ${formatNumber(sent(bareTop).p99)} ms.`,
+		`- Post by post: a post's last frame left the nodes after a median ${formatNumber(percentile(sent(top).lastFrames, 50))} ms, and ${overTarget(sent(top))} of ${top.messages} posts had one later than 200 ms (each post's last frame, ms: ${sent(top).lastFrames.map(ms => ms.toFixed(0)).join(", ")}).`,
+		`- The niced clients' own p99 (${formatNumber(top.fanOut.p99)} ms) is what clients sharing the servers' cores see when the servers go first: their receiving waits until the servers are done. It is not the figure a client on a device of its own sees.`,
+	].join("\n");
+}
+
 function plot(project: Point[], bare: Point[]): void {
 	const series = (pick: (p: Point) => number) => [
 		{ name: "bare socket.io", color: "#888888", points: bare.map(p => [p.sockets, Math.max(pick(p), 0.01)] as [number, number]) },
@@ -348,9 +448,9 @@ async function main(): Promise<void> {
 	let clients: ClientProcesses | null = null;
 	try {
 		const ready = "API Gateway listening";
-		const node1 = await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node1", NODE_ROLE: "node1", PORT: "9481", LOG_LEVEL: "info", NODE_OPTIONS: "--expose-gc" }, ready);
-		const node2 = await startProcess("scripts/run-node.ts", { ...base, NODE_ID: "bp-node2", NODE_ROLE: "node2", PORT: "9482", LOG_LEVEL: "info", NODE_OPTIONS: "--expose-gc" }, ready);
-		const bareServer = await startProcess("bench/presence/bare-socketio.ts", { PORT: "9483", NODE_OPTIONS: "--expose-gc" });
+		const node1 = await startProcess("scripts/run-node.ts", { ...base, ...serverOptions("node1", "body"), NODE_ID: "bp-node1", NODE_ROLE: "node1", PORT: "9481", LOG_LEVEL: "info" }, ready);
+		const node2 = await startProcess("scripts/run-node.ts", { ...base, ...serverOptions("node2", "body"), NODE_ID: "bp-node2", NODE_ROLE: "node2", PORT: "9482", LOG_LEVEL: "info" }, ready);
+		const bareServer = await startProcess("bench/presence/bare-socketio.ts", { ...serverOptions("bare", "n"), PORT: "9483" });
 		clients = await ClientProcesses.start(CLIENT_PROCESSES);
 		const nodes = ["http://127.0.0.1:9481", "http://127.0.0.1:9482"];
 		for (let i = 0; i < 100; i++) {
@@ -367,7 +467,7 @@ async function main(): Promise<void> {
 		const projectBefore = await bothNodesHeap(node1, node2);
 		const project = await measureCurve(
 			"project",
-			{ target: projectTarget, heap: () => bothNodesHeap(node1, node2), post: n => poster.emit("message", { body: String(n) }), field: "body", pids: [node1.pid!, node2.pid!] },
+			{ target: projectTarget, heap: () => bothNodesHeap(node1, node2), post: n => poster.emit("message", { body: String(n) }), field: "body", pids: [node1.pid!, node2.pid!], stampFiles: [STAMPS_FILE("node1"), STAMPS_FILE("node2")] },
 			projectBefore,
 			clients,
 		);
@@ -397,11 +497,17 @@ async function main(): Promise<void> {
 		const bareBefore = await bareHeap("http://127.0.0.1:9483");
 		const bare = await measureCurve(
 			"bare",
-			{ target: () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }), heap: () => bareHeap("http://127.0.0.1:9483"), post: n => barePoster.emit("post", { n }), field: "n", pids: [bareServer.pid!] },
+			{ target: () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }), heap: () => bareHeap("http://127.0.0.1:9483"), post: n => barePoster.emit("post", { n }), field: "n", pids: [bareServer.pid!], stampFiles: [STAMPS_FILE("bare")] },
 			bareBefore,
 			clients,
 		);
 
+		if (WIRE) {
+			const section = wireSection(project, bare, loadAtStart);
+			writeSection("Presence fan-out on the wire (bench/presence, PRESENCE_WIRE=1)", section);
+			process.stdout.write(`\n${section}\n`);
+			return;
+		}
 		const first = firstPointSection(project[0], bare[0], presenceLatencies);
 		writeSection("Presence and rooms over socket.io (bench/presence)", first);
 		process.stdout.write(`\n${first}\n`);
@@ -416,6 +522,7 @@ async function main(): Promise<void> {
 		closeAll(sockets);
 		await stopProcesses();
 		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
+		for (const server of ["node1", "node2", "bare"]) for (const file of [STAMPS_FILE(server), `${STAMPS_FILE(server)}.gc`]) fs.rmSync(file, { force: true });
 	}
 }
 
