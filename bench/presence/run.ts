@@ -18,6 +18,8 @@
  * measured p99 94–200 ms, 1 process 75–99), so a point of N sockets uses ceil(N / 2,500) of them. The clients
  * still share this machine's cores with the servers, and both sides pay that alike. Post and arrival times are
  * performance.timeOrigin + performance.now() in each process.
+ * PRESENCE_WIRE=1 also times each frame leaving the servers, with the clients at nice 19 (WIRE, below): the
+ * servers' side of the fan-out, without the clients' share of the cores; it writes a section of its own.
  */
 import { execSync, type ChildProcess } from "child_process";
 import fs from "fs";
@@ -292,7 +294,7 @@ async function measureCurve(name: string, side: Side, heapBefore: HeapReading, c
 		const heap = perSocket(heapBefore, await side.heap(), sockets);
 		const messages = index === 0 ? FIRST_MESSAGES : CURVE_MESSAGES;
 		const intervalMs = intervalFor(sockets);
-		for (const file of side.stampFiles) for (const truncated of [file, `${file}.gc`]) fs.writeFileSync(truncated, "");
+		if (WIRE) for (const file of side.stampFiles) for (const truncated of [file, `${file}.gc`]) fs.writeFileSync(truncated, "");
 		const { result, servers, clients: clientsCpu, serversMs, clientsMs } = await cpuShare(side.pids, clients.pids, () => fanOut(clients, sockets, side.post, side.field, messages, intervalMs));
 		const wire = WIRE ? sentFanOut(side.stampFiles, result.sentAt) : undefined;
 		const cpuMsPerPost = { servers: serversMs / messages, clients: clientsMs / messages };
@@ -384,7 +386,10 @@ function cpuFloor(top: Point, bareTop: Point): string {
 	);
 }
 
-/** A measured server's NODE_OPTIONS, and with PRESENCE_WIRE its send stamps (bench/presence/send-stamps.cjs). */
+/**
+ * A measured server's NODE_OPTIONS, and with PRESENCE_WIRE its send stamps (bench/presence/send-stamps.cjs) and
+ * PRESENCE_SERVER_NODE_OPTIONS (flags to try on the servers alike, e.g. `--max-semi-space-size=64`).
+ */
 function serverOptions(server: string, field: NumberField): Record<string, string> {
 	if (!WIRE) return { NODE_OPTIONS: "--expose-gc" };
 	return { NODE_OPTIONS: `--expose-gc --require ${STAMP_HOOK} ${process.env.PRESENCE_SERVER_NODE_OPTIONS ?? ""}`.trim(), PRESENCE_STAMPS_FILE: STAMPS_FILE(server), PRESENCE_STAMP_FIELD: field };
