@@ -150,11 +150,18 @@ interface SentFanOut {
 	gc: { pauses: number; totalMs: number; longestMs: number };
 }
 
+/**
+ * What the stamp hook (bench/presence/send-stamps.cjs) appends to a file: float64 pairs, read as one flat array.
+ * measureCurve creates both files of a server (stamps and `.gc`) before each fan-out.
+ */
+function float64Pairs(file: string): Float64Array {
+	const bytes = fs.readFileSync(file);
+	return new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
+}
+
 /** The GC pauses (start, duration pairs) a server's stamp hook recorded between `from` and `to`. */
 function gcPauses(file: string, from: number, to: number): number[] {
-	if (!fs.existsSync(`${file}.gc`)) return [];
-	const bytes = fs.readFileSync(`${file}.gc`);
-	const pairs = new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
+	const pairs = float64Pairs(`${file}.gc`);
 	const durations: number[] = [];
 	for (let i = 0; i < pairs.length; i += 2) if (pairs[i] >= from && pairs[i] <= to) durations.push(pairs[i + 1]);
 	return durations;
@@ -165,8 +172,7 @@ function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
 	const latencies: number[] = [];
 	const lastFrame = new Map<number, number>();
 	for (const file of files) {
-		const bytes = fs.readFileSync(file);
-		const pairs = new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
+		const pairs = float64Pairs(file);
 		for (let i = 0; i < pairs.length; i += 2) {
 			const latency = pairs[i + 1] - (sentAt.get(pairs[i]) ?? NaN);
 			if (!Number.isFinite(latency)) continue;
@@ -175,10 +181,11 @@ function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
 		}
 	}
 	latencies.sort((a, b) => a - b);
+	const slowest = latencies[latencies.length - 1] ?? NaN;
 	const [firstPost, lastPost] = [Math.min(...sentAt.values()), Math.max(...sentAt.values())];
-	const durations = files.flatMap(file => gcPauses(file, firstPost, lastPost + (latencies[latencies.length - 1] ?? 0)));
+	const durations = files.flatMap(file => gcPauses(file, firstPost, lastPost + (Number.isNaN(slowest) ? 0 : slowest)));
 	const gc = { pauses: durations.length, totalMs: durations.reduce((a, b) => a + b, 0), longestMs: Math.max(0, ...durations) };
-	return { gc, p50: percentile(latencies, 50), p99: percentile(latencies, 99), p100: latencies[latencies.length - 1] ?? NaN, sent: latencies.length, lastFrames: [...lastFrame.values()].sort((a, b) => a - b) };
+	return { gc, p50: percentile(latencies, 50), p99: percentile(latencies, 99), p100: slowest, sent: latencies.length, lastFrames: [...lastFrame.values()].sort((a, b) => a - b) };
 }
 
 /** Posts `messages` messages through `post(n)`, `intervalMs` apart; every client timestamps arrival of message n. */
@@ -399,14 +406,15 @@ const overTarget = (sent: SentFanOut) => sent.lastFrames.filter(ms => ms > 200).
 
 function wireSection(project: Point[], bare: Point[], loadAtStart: string): string {
 	const sent = (p: Point) => p.wire!;
-	const spread = (p: Point) => `${formatNumber(sent(p).p50)} / **${formatNumber(sent(p).p99)}** / ${formatNumber(sent(p).p100)}`;
+	const spread = (p: Point, p99: (ms: string) => string = ms => ms) => `${formatNumber(sent(p).p50)} / ${p99(formatNumber(sent(p).p99))} / ${formatNumber(sent(p).p100)}`;
+	const pauses = (p: Point) => `${sent(p).gc.pauses}, ${formatNumber(sent(p).gc.totalMs)}, ${formatNumber(sent(p).gc.longestMs)}`;
 	const rows = project.map((p, i) => [
 		String(p.sockets),
-		spread(p),
-		spread(bare[i]).replace(/\*\*/g, ""),
+		spread(p, ms => `**${ms}**`),
+		spread(bare[i]),
 		`${sent(p).sent}; ${sent(bare[i]).sent} of ${p.fanOut.expected + p.messages}`,
 		`${formatNumber(percentile(sent(p).lastFrames, 50))}; ${overTarget(sent(p))} of ${p.messages}`,
-		`${sent(p).gc.pauses}, ${formatNumber(sent(p).gc.totalMs)}, ${formatNumber(sent(p).gc.longestMs)}; ${sent(bare[i]).gc.pauses}, ${formatNumber(sent(bare[i]).gc.totalMs)}, ${formatNumber(sent(bare[i]).gc.longestMs)}`,
+		`${pauses(p)}; ${pauses(bare[i])}`,
 		`${formatNumber(p.fanOut.p99)}; ${formatNumber(bare[i].fanOut.p99)}`,
 		`${p.cpu.servers.toFixed(0)} / ${p.cpu.clients.toFixed(0)}; ${bare[i].cpu.servers.toFixed(0)} / ${bare[i].cpu.clients.toFixed(0)}`,
 		`${p.messages} × ${p.intervalMs} ms`,
