@@ -36,7 +36,7 @@ const { Sender } = require(require.resolve("ws", { paths: [enginePath] }));
 const numberPattern = new RegExp(`"${FIELD}":"?(\\d+)`);
 /** message number per frame buffer: socket.io-adapter hands every socket the same pre-encoded one */
 const numbers = new WeakMap();
-let stamps = new Float64Array(CAPACITY * 2);
+const stamps = new Float64Array(CAPACITY * 2);
 let count = 0;
 
 /** A frame's last piece is a Buffer (pre-encoded frames) or the text itself (ws frames small text inline). */
