@@ -25,6 +25,7 @@ import { execSync, type ChildProcess } from "child_process";
 import fs from "fs";
 import os from "os";
 import path from "path";
+import { constants as gcKinds } from "perf_hooks";
 import type { Socket } from "socket.io-client";
 import { Client } from "pg";
 import { signToken } from "../../lib/http/auth";
@@ -147,45 +148,84 @@ interface SentFanOut {
 	/** each post's last frame, ascending: whether a tail is every post or a few slow ones */
 	lastFrames: number[];
 	/** the servers' garbage-collection pauses from the first post to the last frame: how many, ms in all, the longest */
-	gc: { pauses: number; totalMs: number; longestMs: number };
+	gc: { pauses: number; totalMs: number; longestMs: number; longestKind: string };
+	/** posts whose last frame left after 200 ms, each server's part in it: what made the tail */
+	slowPosts: SlowPost[];
 }
 
+interface GcPause {
+	start: number;
+	ms: number;
+	kind: string;
+}
+
+interface SlowPost {
+	post: number;
+	lastFrameMs: number;
+	servers: { server: string; lastFrameMs: number; pauses: GcPause[] }[];
+}
+
+/** The stamp hook records a pause's kind as perf_hooks.constants.NODE_PERFORMANCE_GC_<KIND>: the name, by value */
+const GC_KINDS: Record<number, string> = {
+	[gcKinds.NODE_PERFORMANCE_GC_MINOR]: "minor",
+	[gcKinds.NODE_PERFORMANCE_GC_MAJOR]: "major",
+	[gcKinds.NODE_PERFORMANCE_GC_INCREMENTAL]: "incremental",
+	[gcKinds.NODE_PERFORMANCE_GC_WEAKCB]: "weak callbacks",
+};
+
 /**
- * What the stamp hook (bench/presence/send-stamps.cjs) appends to a file: float64 pairs, read as one flat array.
- * measureCurve creates both files of a server (stamps and `.gc`) before each fan-out.
+ * What the stamp hook (bench/presence/send-stamps.cjs) appends to a file: float64 pairs (stamps) or triples (GC
+ * pauses), read as one flat array. measureCurve creates both files of a server (stamps and `.gc`) before each fan-out.
  */
-function float64Pairs(file: string): Float64Array {
+function float64s(file: string): Float64Array {
 	const bytes = fs.readFileSync(file);
 	return new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
 }
 
-/** The GC pauses (start, duration pairs) a server's stamp hook recorded between `from` and `to`. */
-function gcPauses(file: string, from: number, to: number): number[] {
-	const pairs = float64Pairs(`${file}.gc`);
-	const durations: number[] = [];
-	for (let i = 0; i < pairs.length; i += 2) if (pairs[i] >= from && pairs[i] <= to) durations.push(pairs[i + 1]);
-	return durations;
+/** The GC pauses (start, duration, kind triples) a server's stamp hook recorded that overlap `from`..`to`. */
+function gcPauses(file: string, from: number, to: number): GcPause[] {
+	const triples = float64s(`${file}.gc`);
+	const pauses: GcPause[] = [];
+	for (let i = 0; i < triples.length; i += 3) {
+		const [start, ms] = [triples[i], triples[i + 1]];
+		if (start <= to && start + ms >= from) pauses.push({ start, ms, kind: GC_KINDS[triples[i + 2]] ?? `kind ${triples[i + 2]}` });
+	}
+	return pauses;
 }
+
+/** bench-presence-<pid>-node1.stamps → NODE1 */
+const serverOf = (file: string) => (/-(\w+)\.stamps$/.exec(file)?.[1] ?? file).toUpperCase();
 
 /** Post → each of its frames leaving a server, from the servers' send stamps (float64 pairs: number, time). */
 function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
 	const latencies: number[] = [];
 	const lastFrame = new Map<number, number>();
-	for (const file of files) {
-		const pairs = float64Pairs(file);
+	const lastFrameByServer = files.map(() => new Map<number, number>());
+	files.forEach((file, s) => {
+		const pairs = float64s(file);
 		for (let i = 0; i < pairs.length; i += 2) {
 			const latency = pairs[i + 1] - (sentAt.get(pairs[i]) ?? NaN);
 			if (!Number.isFinite(latency)) continue;
 			latencies.push(latency);
 			lastFrame.set(pairs[i], Math.max(lastFrame.get(pairs[i]) ?? 0, latency));
+			lastFrameByServer[s].set(pairs[i], Math.max(lastFrameByServer[s].get(pairs[i]) ?? 0, latency));
 		}
-	}
+	});
 	latencies.sort((a, b) => a - b);
 	const slowest = latencies[latencies.length - 1] ?? NaN;
 	const [firstPost, lastPost] = [Math.min(...sentAt.values()), Math.max(...sentAt.values())];
-	const durations = files.flatMap(file => gcPauses(file, firstPost, lastPost + (Number.isNaN(slowest) ? 0 : slowest)));
-	const gc = { pauses: durations.length, totalMs: durations.reduce((a, b) => a + b, 0), longestMs: Math.max(0, ...durations) };
-	return { gc, p50: percentile(latencies, 50), p99: percentile(latencies, 99), p100: slowest, sent: latencies.length, lastFrames: [...lastFrame.values()].sort((a, b) => a - b) };
+	const pauses = files.flatMap(file => gcPauses(file, firstPost, lastPost + (Number.isNaN(slowest) ? 0 : slowest)));
+	const longest = pauses.reduce<GcPause | undefined>((a, b) => (a && a.ms >= b.ms ? a : b), undefined);
+	const gc = { pauses: pauses.length, totalMs: pauses.reduce((sum, p) => sum + p.ms, 0), longestMs: longest?.ms ?? 0, longestKind: longest?.kind ?? "—" };
+	const slowPosts = [...lastFrame.entries()]
+		.filter(([, ms]) => ms > 200)
+		.sort(([a], [b]) => a - b)
+		.map(([post, ms]): SlowPost => {
+			const from = sentAt.get(post)!;
+			const servers = files.map((file, s) => ({ server: serverOf(file), lastFrameMs: lastFrameByServer[s].get(post) ?? NaN, pauses: gcPauses(file, from, from + ms) }));
+			return { post, lastFrameMs: ms, servers };
+		});
+	return { gc, slowPosts, p50: percentile(latencies, 50), p99: percentile(latencies, 99), p100: slowest, sent: latencies.length, lastFrames: [...lastFrame.values()].sort((a, b) => a - b) };
 }
 
 /** Posts `messages` messages through `post(n)`, `intervalMs` apart; every client timestamps arrival of message n. */
@@ -306,7 +346,7 @@ async function measureCurve(name: string, side: Side, heapBefore: HeapReading, c
 		const wire = WIRE ? sentFanOut(side.stampFiles, result.sentAt) : undefined;
 		const cpuMsPerPost = { servers: serversMs / messages, clients: clientsMs / messages };
 		const point = { sockets, fanOut: result, heap, messages, intervalMs, cpu: { servers, clients: clientsCpu }, cpuMsPerPost, load: loadAverage(), wire };
-		if (wire) process.stdout.write(`${name} @${sockets} sent: p50 ${formatNumber(wire.p50)} p99 ${formatNumber(wire.p99)} max ${formatNumber(wire.p100)} ms (${wire.sent} frames); GC ${wire.gc.pauses} pauses, ${formatNumber(wire.gc.totalMs)} ms, longest ${formatNumber(wire.gc.longestMs)} ms; posts' last frames ${wire.lastFrames.map(ms => ms.toFixed(0)).join(" ")} ms\n`);
+		if (wire) process.stdout.write(`${name} @${sockets} sent: p50 ${formatNumber(wire.p50)} p99 ${formatNumber(wire.p99)} max ${formatNumber(wire.p100)} ms (${wire.sent} frames); GC ${wire.gc.pauses} pauses, ${formatNumber(wire.gc.totalMs)} ms, longest ${formatNumber(wire.gc.longestMs)} ms (${wire.gc.longestKind}); posts' last frames ${wire.lastFrames.map(ms => ms.toFixed(0)).join(" ")} ms\n`);
 		process.stdout.write(
 			`${name} @${sockets}: fan-out p50 ${formatNumber(result.p50)} p99 ${formatNumber(result.p99)} ms (${result.delivered}/${result.expected}), heap ${formatNumber(heap.objects)} KB/socket (${formatNumber(heap.withCode)} with code), ` +
 				`CPU servers ${servers.toFixed(0)}% clients ${clientsCpu.toFixed(0)}% (load ${point.load})\n`,
@@ -402,12 +442,21 @@ function serverOptions(server: string, field: NumberField): Record<string, strin
 	return { NODE_OPTIONS: `--expose-gc --require ${STAMP_HOOK} ${process.env.PRESENCE_SERVER_NODE_OPTIONS ?? ""}`.trim(), PRESENCE_STAMPS_FILE: STAMPS_FILE(server), PRESENCE_STAMP_FIELD: field };
 }
 
+/** "post 17 at 262 ms: NODE1 262 ms (GC major 94 ms), NODE2 121 ms (no GC)" per slow post */
+function slowPostsText(posts: SlowPost[]): string {
+	if (posts.length === 0) return "none";
+	const pauses = (list: GcPause[]) => (list.length === 0 ? "no GC" : `GC ${list.map(p => `${p.kind} ${formatNumber(p.ms)} ms`).join(", ")}`);
+	return posts
+		.map(p => `post ${p.post} at ${formatNumber(p.lastFrameMs)} ms: ${p.servers.map(s => `${s.server} ${formatNumber(s.lastFrameMs)} ms (${pauses(s.pauses)})`).join(", ")}`)
+		.join("; ");
+}
+
 const overTarget = (sent: SentFanOut) => sent.lastFrames.filter(ms => ms > 200).length;
 
 function wireSection(project: Point[], bare: Point[], loadAtStart: string): string {
 	const sent = (p: Point) => p.wire!;
 	const spread = (p: Point, p99: (ms: string) => string = ms => ms) => `${formatNumber(sent(p).p50)} / ${p99(formatNumber(sent(p).p99))} / ${formatNumber(sent(p).p100)}`;
-	const pauses = (p: Point) => `${sent(p).gc.pauses}, ${formatNumber(sent(p).gc.totalMs)}, ${formatNumber(sent(p).gc.longestMs)}`;
+	const pauses = (p: Point) => `${sent(p).gc.pauses}, ${formatNumber(sent(p).gc.totalMs)}, ${formatNumber(sent(p).gc.longestMs)} (${sent(p).gc.longestKind})`;
 	const rows = project.map((p, i) => [
 		String(p.sockets),
 		spread(p, ms => `**${ms}**`),
@@ -425,10 +474,11 @@ function wireSection(project: Point[], bare: Point[], loadAtStart: string): stri
 	return [
 		`Run ${new Date().toISOString()} on ${machine()}; load average ${loadAtStart} at the start and ${loadAverage()} at the end. \`PRESENCE_WIRE=1 PRESENCE_CURVE=${POINTS.join(",")} npm run bench:presence\` (client: ${CLIENT_KIND}). The same bench as "How presence fan-out and heap grow with sockets", with two differences. The client processes run at nice ${CLIENT_NICENESS}, so that they take only the CPU the servers leave (clients on devices of their own take none of it). And every server stamps each room message's websocket frame as its \`writev\` returns (bench/presence/send-stamps.cjs, preloaded into both nodes and the bare server alike): on loopback the frame is then in the client socket's queue. "Sent" is the post leaving the bench → each of its frames leaving a server, one per socket, the poster's own copy included; the same clock as the clients' figures (performance.timeOrigin + performance.now() in each process).`,
 		"",
-		table(["sockets", "project sent p50 / p99 / max ms", "bare socket.io sent p50 / p99 / max ms", "frames stamped: project; bare", "project: a post's last frame, median ms; posts over 200 ms", "GC pauses during the posts, count, ms in all, longest ms: project (both nodes); bare", "p99 the niced clients saw: project; bare", "CPU % servers / clients: project; bare", "posts", "load average"], rows),
+		table(["sockets", "project sent p50 / p99 / max ms", "bare socket.io sent p50 / p99 / max ms", "frames stamped: project; bare", "project: a post's last frame, median ms; posts over 200 ms", "GC pauses during the posts, count, ms in all, longest ms (kind): project (both nodes); bare", "p99 the niced clients saw: project; bare", "CPU % servers / clients: project; bare", "posts", "load average"], rows),
 		"",
 		`- at ${top.sockets} sockets: fan-out p99 to the frames leaving the two nodes **${formatNumber(sent(top).p99)} ms** (target ≤ 200 ms: ${sent(top).p99 <= 200 ? "met" : "**not met**"}), the last frame of any post ${formatNumber(sent(top).p100)} ms; bare socket.io (one process) ${formatNumber(sent(bareTop).p99)} ms.`,
 		`- Post by post: a post's last frame left the nodes after a median ${formatNumber(percentile(sent(top).lastFrames, 50))} ms, and ${overTarget(sent(top))} of ${top.messages} posts had one later than 200 ms (each post's last frame, ms: ${sent(top).lastFrames.map(ms => ms.toFixed(0)).join(", ")}).`,
+		`- Posts over 200 ms, each node's last frame for it and that node's GC pauses while the post went out: ${slowPostsText(sent(top).slowPosts)}.`,
 		`- The niced clients' own p99 (${formatNumber(top.fanOut.p99)} ms) is what clients sharing the servers' cores see when the servers go first: their receiving waits until the servers are done. It is not the figure a client on a device of its own sees.`,
 	].join("\n");
 }

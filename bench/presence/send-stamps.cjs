@@ -17,7 +17,7 @@
  * Out: every STAMP_FLUSH_MS the stamps since the last flush are appended to PRESENCE_STAMPS_FILE as float64
  * pairs (message number, ms since the epoch as performance.timeOrigin + performance.now(), the bench's clock). The
  * number is read from the field PRESENCE_STAMP_FIELD of a "message" event; other frames are not stamped.
- * And the process's garbage-collection pauses (below).
+ * And the process's garbage-collection pauses and their kind (below).
  */
 "use strict";
 const fs = require("fs");
@@ -72,12 +72,13 @@ Sender.prototype.sendFrame = function stampedSendFrame(list, cb) {
 };
 
 /**
- * Garbage-collection pauses go to PRESENCE_STAMPS_FILE + ".gc" as float64 pairs (start, duration in ms; same clock),
- * so that a slow post can be told apart: a pause of this process, or something outside it.
+ * Garbage-collection pauses go to PRESENCE_STAMPS_FILE + ".gc" as float64 triples (start, duration in ms, kind as
+ * perf_hooks.constants.NODE_PERFORMANCE_GC_*; same clock), so that a slow post can be told apart: a pause of this
+ * process (and which collection), or something outside it.
  */
 const pauses = [];
 new PerformanceObserver(list => {
-	for (const entry of list.getEntries()) pauses.push(performance.timeOrigin + entry.startTime, entry.duration);
+	for (const entry of list.getEntries()) pauses.push(performance.timeOrigin + entry.startTime, entry.duration, entry.detail?.kind ?? 0);
 }).observe({ entryTypes: ["gc"] });
 
 function flushPauses() {
