@@ -18,10 +18,12 @@ const NODE_ARGS = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean)
 
 /**
  * Starts `node --import tsx <script>` and resolves when it prints a line containing `readyText`. With `ipc`,
- * the child also gets a message channel (process.send / child.send).
+ * the child also gets a message channel (process.send / child.send). `launcher` runs node under another program
+ * (e.g. `valgrind --tool=callgrind`), which must exec node in its own process so that the channel is inherited.
  */
-export function startProcess(script: string, env: Record<string, string>, readyText = "READY", timeoutMs = 30_000, ipc = false): Promise<ChildProcess> {
-	const child = spawn(process.execPath, [...NODE_ARGS, "--import", "tsx", path.join(ROOT, script)], {
+export function startProcess(script: string, env: Record<string, string>, readyText = "READY", timeoutMs = 30_000, ipc = false, launcher: string[] = []): Promise<ChildProcess> {
+	const [command, ...args] = [...launcher, process.execPath, ...NODE_ARGS, "--import", "tsx", path.join(ROOT, script)];
+	const child = spawn(command, args, {
 		cwd: ROOT,
 		env: { ...process.env, ...env },
 		stdio: ipc ? ["ignore", "pipe", "pipe", "ipc"] : ["ignore", "pipe", "pipe"],

@@ -7,7 +7,8 @@ import { ServiceBroker } from "moleculer";
 import { closedLoop } from "../lib/harness";
 import { costVariants, variantOptions } from "./call-cost-variants";
 
-export type RoundRequest = { concurrency: number; ms: number } | { settle: true };
+/** `calls` ends the round after that many calls (bench/mesh/call-instructions.ts counts per call, not per second) */
+export type RoundRequest = { concurrency: number; ms: number; calls?: number } | { settle: true };
 
 export interface RoundAnswer {
 	calls: number;
@@ -47,7 +48,7 @@ async function main(): Promise<void> {
 			return;
 		}
 		const before = process.cpuUsage();
-		void closedLoop(call, request.concurrency, request.ms).then(result => {
+		void closedLoop(call, request.concurrency, request.ms, request.calls).then(result => {
 			const used = process.cpuUsage(before);
 			const answer: RoundAnswer = { calls: result.calls, errors: result.errors, perSecond: result.perSecond, p99: result.p99, cpuMs: (used.user + used.system) / 1000 };
 			process.send!(answer);
