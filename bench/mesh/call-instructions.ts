@@ -4,9 +4,11 @@
  *
  * Why: issue #18 §3 asks for a remote call at ≥ 0.95× bare Moleculer, and on this 2-core machine the timed benches
  * resolve ±5–8 µs per call (docs/BENCHMARKS.md, "Per-call cost, component by component") where the gap is a few µs.
- * An instruction count does not move with what else runs on the machine: the same code, inputs and call count
- * give the same count (within what V8's background compiler and GC timing change), so two variants can be told
- * apart by a fraction of a percent.
+ * An instruction count does not move with what else runs on the machine. It is not exact either: V8 compiles and
+ * collects on background threads, which valgrind serialises, so when optimised code arrives and whether a major
+ * collection falls into the counted window differ from run to run. Repeats of one variant differed by up to 10 %
+ * (docs/BENCHMARKS.md, "Instructions per remote call: where the project's extra goes"): steadier than the timed
+ * benches on two shared cores, and it names the kinds of code the difference is made of.
  *
  * What: the same pairs as bench:call-cost (bench/mesh/call-cost-caller.ts and call-cost-server.ts, variants from
  * call-cost-variants.ts: bare, project, and by default the project without LivenessProbe — CALL_COST_ONLY picks

@@ -162,7 +162,8 @@ interface GcPause {
 interface SlowPost {
 	post: number;
 	lastFrameMs: number;
-	servers: { server: string; lastFrameMs: number; pauses: GcPause[] }[];
+	/** per server: its first frame for the post (late: the post reached it late) and its last, and its GC pauses */
+	servers: { server: string; firstFrameMs: number; lastFrameMs: number; pauses: GcPause[] }[];
 }
 
 /** The stamp hook records a pause's kind as perf_hooks.constants.NODE_PERFORMANCE_GC_<KIND>: the name, by value */
@@ -201,6 +202,7 @@ function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
 	const latencies: number[] = [];
 	const lastFrame = new Map<number, number>();
 	const lastFrameByServer = files.map(() => new Map<number, number>());
+	const firstFrameByServer = files.map(() => new Map<number, number>());
 	files.forEach((file, s) => {
 		const pairs = float64s(file);
 		for (let i = 0; i < pairs.length; i += 2) {
@@ -209,6 +211,7 @@ function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
 			latencies.push(latency);
 			lastFrame.set(pairs[i], Math.max(lastFrame.get(pairs[i]) ?? 0, latency));
 			lastFrameByServer[s].set(pairs[i], Math.max(lastFrameByServer[s].get(pairs[i]) ?? 0, latency));
+			firstFrameByServer[s].set(pairs[i], Math.min(firstFrameByServer[s].get(pairs[i]) ?? Infinity, latency));
 		}
 	});
 	latencies.sort((a, b) => a - b);
@@ -222,7 +225,12 @@ function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
 		.sort(([a], [b]) => a - b)
 		.map(([post, ms]): SlowPost => {
 			const from = sentAt.get(post)!;
-			const servers = files.map((file, s) => ({ server: serverOf(file), lastFrameMs: lastFrameByServer[s].get(post) ?? NaN, pauses: gcPauses(file, from, from + ms) }));
+			const servers = files.map((file, s) => ({
+				server: serverOf(file),
+				firstFrameMs: firstFrameByServer[s].get(post) ?? NaN,
+				lastFrameMs: lastFrameByServer[s].get(post) ?? NaN,
+				pauses: gcPauses(file, from, from + ms),
+			}));
 			return { post, lastFrameMs: ms, servers };
 		});
 	return { gc, slowPosts, p50: percentile(latencies, 50), p99: percentile(latencies, 99), p100: slowest, sent: latencies.length, lastFrames: [...lastFrame.values()].sort((a, b) => a - b) };
@@ -442,12 +450,12 @@ function serverOptions(server: string, field: NumberField): Record<string, strin
 	return { NODE_OPTIONS: `--expose-gc --require ${STAMP_HOOK} ${process.env.PRESENCE_SERVER_NODE_OPTIONS ?? ""}`.trim(), PRESENCE_STAMPS_FILE: STAMPS_FILE(server), PRESENCE_STAMP_FIELD: field };
 }
 
-/** "post 17 at 262 ms: NODE1 262 ms (GC major 94 ms), NODE2 121 ms (no GC)" per slow post */
+/** "post 17 at 262 ms: NODE1 frames 180–262 ms (GC major 94 ms), NODE2 5–121 ms (no GC)" per slow post */
 function slowPostsText(posts: SlowPost[]): string {
 	if (posts.length === 0) return "none";
 	const pauses = (list: GcPause[]) => (list.length === 0 ? "no GC" : `GC ${list.map(p => `${p.kind} ${formatNumber(p.ms)} ms`).join(", ")}`);
 	return posts
-		.map(p => `post ${p.post} at ${formatNumber(p.lastFrameMs)} ms: ${p.servers.map(s => `${s.server} ${formatNumber(s.lastFrameMs)} ms (${pauses(s.pauses)})`).join(", ")}`)
+		.map(p => `post ${p.post} at ${formatNumber(p.lastFrameMs)} ms: ${p.servers.map(s => `${s.server} frames ${formatNumber(s.firstFrameMs)}–${formatNumber(s.lastFrameMs)} ms (${pauses(s.pauses)})`).join(", ")}`)
 		.join("; ");
 }
 
@@ -478,7 +486,7 @@ function wireSection(project: Point[], bare: Point[], loadAtStart: string): stri
 		"",
 		`- at ${top.sockets} sockets: fan-out p99 to the frames leaving the two nodes **${formatNumber(sent(top).p99)} ms** (target ≤ 200 ms: ${sent(top).p99 <= 200 ? "met" : "**not met**"}), the last frame of any post ${formatNumber(sent(top).p100)} ms; bare socket.io (one process) ${formatNumber(sent(bareTop).p99)} ms.`,
 		`- Post by post: a post's last frame left the nodes after a median ${formatNumber(percentile(sent(top).lastFrames, 50))} ms, and ${overTarget(sent(top))} of ${top.messages} posts had one later than 200 ms (each post's last frame, ms: ${sent(top).lastFrames.map(ms => ms.toFixed(0)).join(", ")}).`,
-		`- Posts over 200 ms, each node's last frame for it and that node's GC pauses while the post went out: ${slowPostsText(sent(top).slowPosts)}.`,
+		`- Posts over 200 ms, each node's first and last frame for it (a late first frame: the post reached the node late) and that node's GC pauses while the post went out: ${slowPostsText(sent(top).slowPosts)}.`,
 		`- The niced clients' own p99 (${formatNumber(top.fanOut.p99)} ms) is what clients sharing the servers' cores see when the servers go first: their receiving waits until the servers are done. It is not the figure a client on a device of its own sees.`,
 	].join("\n");
 }
