@@ -47,6 +47,14 @@ export function startProcess(script: string, env: Record<string, string>, readyT
 	});
 }
 
+/** Sends a child started with `ipc` one message and resolves with its next message (its answer). */
+export function ask<T>(child: ChildProcess, request: unknown): Promise<T> {
+	return new Promise<T>(resolve => {
+		child.once("message", resolve as (answer: unknown) => void);
+		child.send(request as Parameters<ChildProcess["send"]>[0]);
+	});
+}
+
 /** `work` between BEGIN and COMMIT on one pooled client (ROLLBACK on a failure): the raw-pg baselines' transaction. */
 export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
 	const client = await pool.connect();

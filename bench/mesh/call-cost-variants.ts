@@ -80,6 +80,17 @@ export function costVariants(baseRoot = process.env.CALL_COST_BASE): CostVariant
 	return only ? variants.filter((v, i) => i < 2 || only.some(word => v.name.includes(word))) : variants;
 }
 
+/** The environment of a caller/serving pair (bench/mesh/call-cost-caller.ts, call-cost-server.ts); COST_VARIANT picks the variant. */
+export function pairEnv(namespace: string, natsUrl: string): Record<string, string> {
+	return {
+		MESH_NAMESPACE: namespace,
+		NATS_URL: natsUrl,
+		DATABASE_URL: process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test",
+		JWT_SECRET: "cost-secret-0123456789abcdef0123456789",
+		LOG_LEVEL: "warn",
+	};
+}
+
 /** A broker's options for one variant: its own namespace, so each caller reaches only its own server. */
 export async function variantOptions(variant: CostVariant, index: number, role: "caller" | "server", env: Record<string, string>): Promise<BrokerOptions> {
 	const namespace = `${env.MESH_NAMESPACE}-${index}`;

@@ -17,9 +17,9 @@
  * CALL_COST_ONLY=word,word keeps bare, project and the variants whose names contain a word.
  */
 import { execSync, type ChildProcess } from "child_process";
-import { loadAverage, machine, median, processCpuMs, runBench, startProcess, stopProcesses, table } from "../lib/harness";
+import { ask, loadAverage, machine, median, processCpuMs, runBench, startProcess, stopProcesses, table } from "../lib/harness";
 import type { RoundAnswer, RoundRequest } from "./call-cost-caller";
-import { costVariants, type CostVariant } from "./call-cost-variants";
+import { costVariants, pairEnv, type CostVariant } from "./call-cost-variants";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 1);
@@ -45,7 +45,7 @@ interface Contender {
 /** One round of one variant: its caller process runs the loop; CPU per call of each of the three processes. */
 async function round(contender: Contender, concurrency: number, natsPid: number, ms = SECONDS * 1000): Promise<Sample> {
 	const before = { server: processCpuMs(contender.server.pid!), nats: processCpuMs(natsPid) };
-	const answer = await ask<RoundAnswer>(contender.caller, { concurrency, ms });
+	const answer = await ask<RoundAnswer>(contender.caller, { concurrency, ms } satisfies RoundRequest);
 	const perCall = (ms: number) => (ms * 1000) / Math.max(1, answer.calls);
 	return {
 		perSecond: answer.perSecond,
@@ -57,13 +57,6 @@ async function round(contender: Contender, concurrency: number, natsPid: number,
 	};
 }
 
-function ask<T>(child: ChildProcess, request: RoundRequest): Promise<T> {
-	return new Promise<T>(resolve => {
-		child.once("message", resolve as (answer: unknown) => void);
-		child.send(request);
-	});
-}
-
 /**
  * Only the pair under measurement runs: the others are stopped (SIGSTOP). An idle project node is not free
  * (its liveness scan wakes it every 10 ms), and thirty of them would take a share of the two cores.
@@ -71,7 +64,7 @@ function ask<T>(child: ChildProcess, request: RoundRequest): Promise<T> {
 async function resume(c: Contender): Promise<void> {
 	c.server.kill("SIGCONT");
 	c.caller.kill("SIGCONT");
-	await ask(c.caller, { settle: true });
+	await ask(c.caller, { settle: true } satisfies RoundRequest);
 }
 
 function pause(c: Contender): void {
@@ -153,13 +146,7 @@ function report(contenders: Contender[], figures: Sample[], concurrency: number)
 async function main(): Promise<void> {
 	const loadAtStart = loadAverage();
 	const started = performance.now();
-	const env = {
-		MESH_NAMESPACE: `cost-${process.pid}`,
-		NATS_URL,
-		DATABASE_URL: process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test",
-		JWT_SECRET: "cost-secret-0123456789abcdef0123456789",
-		LOG_LEVEL: "warn",
-	};
+	const env = pairEnv(`cost-${process.pid}`, NATS_URL);
 	const variants = costVariants();
 	const contenders: Contender[] = [];
 	try {

@@ -25,13 +25,14 @@
  * heartbeats) weighs ~50× more per call than at full speed: the idle window removes what runs without calls, and
  * the LivenessProbe row shows what its scan adds.
  */
-import { execFileSync, type ChildProcess } from "child_process";
+import { execFileSync } from "child_process";
 import fs from "fs";
 import os from "os";
 import path from "path";
-import { formatNumber, loadAverage, machine, runBench, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
+import { setTimeout as sleep } from "timers/promises";
+import { ask, formatNumber, loadAverage, machine, runBench, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
 import type { RoundAnswer, RoundRequest } from "./call-cost-caller";
-import { costVariants } from "./call-cost-variants";
+import { costVariants, pairEnv } from "./call-cost-variants";
 
 // costVariants() reads CALL_COST_ONLY when called, here and in the children (they inherit this environment): the
 // same index names the same variant in all three processes
@@ -106,42 +107,27 @@ function lastDump(outFile: string, pid: number): Dump {
 	for (const line of functions.split("\n")) {
 		const cost = /^\s*([\d,]+) \(/.exec(line);
 		if (!cost || line.includes("PROGRAM TOTALS")) continue;
-		if (COMPILING.test(line)) dump.compiling += Number(cost[1].replaceAll(",", ""));
-		else if (COLLECTING.test(line)) dump.collecting += Number(cost[1].replaceAll(",", ""));
+		const instructions = Number(cost[1].replaceAll(",", ""));
+		if (COMPILING.test(line)) dump.compiling += instructions;
+		else if (COLLECTING.test(line)) dump.collecting += instructions;
 	}
 	return dump;
 }
 
-function ask<T>(child: ChildProcess, request: RoundRequest): Promise<T> {
-	return new Promise<T>(resolve => {
-		child.once("message", resolve as (answer: unknown) => void);
-		child.send(request);
-	});
-}
-
-const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
-
 /** One pair of one variant, both under callgrind: warm up, count CALLS calls, then as long with no call. */
 async function countPair(index: number, repeat: number): Promise<Count> {
-	const env = {
-		MESH_NAMESPACE: `instr-${process.pid}-${repeat}`,
-		NATS_URL,
-		DATABASE_URL: process.env.DATABASE_URL ?? "postgres://root@127.0.0.1:5432/test",
-		JWT_SECRET: "instr-secret-0123456789abcdef0123456789",
-		LOG_LEVEL: "warn",
-		COST_VARIANT: String(index),
-	};
+	const env = { ...pairEnv(`instr-${process.pid}-${repeat}`, NATS_URL), COST_VARIANT: String(index) };
 	const outFile = (role: string) => path.join(OUT_DIR, `${index}-${repeat}-${role}`);
 	const server = await startProcess("bench/mesh/call-cost-server.ts", env, "READY", 600_000, false, callgrind(outFile("server")));
 	const caller = await startProcess("bench/mesh/call-cost-caller.ts", env, "READY", 600_000, true, callgrind(outFile("caller")));
 	try {
 		const [callerPid, serverPid] = [caller.pid!, server.pid!];
 		for (const pid of [callerPid, serverPid]) control(pid, "-i", "on");
-		await ask(caller, { settle: true });
-		await ask<RoundAnswer>(caller, { concurrency: CONCURRENCY, ms: 3_600_000, calls: WARM_UP_CALLS });
+		await ask(caller, { settle: true } satisfies RoundRequest);
+		await ask<RoundAnswer>(caller, { concurrency: CONCURRENCY, ms: 3_600_000, calls: WARM_UP_CALLS } satisfies RoundRequest);
 		for (const pid of [callerPid, serverPid]) control(pid, "-z");
 		const started = performance.now();
-		const answer = await ask<RoundAnswer>(caller, { concurrency: CONCURRENCY, ms: 3_600_000, calls: CALLS });
+		const answer = await ask<RoundAnswer>(caller, { concurrency: CONCURRENCY, ms: 3_600_000, calls: CALLS } satisfies RoundRequest);
 		const busyMs = performance.now() - started;
 		for (const pid of [callerPid, serverPid]) control(pid, "-d");
 		const busy = { caller: lastDump(outFile("caller"), callerPid), server: lastDump(outFile("server"), serverPid) };
@@ -203,7 +189,7 @@ async function main(): Promise<void> {
 	});
 	const header =
 		`Run ${new Date().toISOString()} on ${machine()}; NATS ${NATS_URL}; load average ${loadAtStart} at the start and ${loadAverage()} at the end (an instruction count does not depend on it). ` +
-		`Each variant's caller and serving process under \`valgrind --tool=callgrind\`, one pair at a time, ${REPEATS} times each (every figure is listed, repeat by repeat): ${WARM_UP_CALLS} calls to warm up, then ${CALLS} calls at ${CONCURRENCY} concurrent counted, minus the same process's instructions over as long with no call; V8's garbage collector is counted apart (a major collection falls into a window of a few thousand calls or not, by luck), and V8's optimising compilers are left out at work (functions of TurboFan, Maglev and Sparkplug by \`callgrind_annotate\`: the warm-up leaves some compiling, which full speed spreads over millions of calls). ` +
+		`Each variant's caller and serving process under \`valgrind --tool=callgrind\`, one pair at a time, ${REPEATS} times each (every figure is listed, repeat by repeat): ${WARM_UP_CALLS} calls to warm up, then ${CALLS} calls at ${CONCURRENCY} concurrent counted, minus the same process's instructions over as long with no call; V8's garbage collector is counted apart (a major collection falls into a window of a few thousand calls or not, by luck), and the work of V8's optimising compilers is left out (functions of TurboFan, Maglev and Sparkplug by \`callgrind_annotate\`: the warm-up leaves some compiling, which full speed spreads over millions of calls). ` +
 		`The same call as bench:call-cost (params + meta.user; bare Moleculer's echo, the project's mesh.echo). nats-server is not counted. ${((performance.now() - started) / 1000).toFixed(0)} s in all. \`npm run bench:call-instructions\`.`;
 	const body = [
 		header,
