@@ -57,6 +57,8 @@ const CLIENT_PROCESSES = clientProcessesFor(Math.max(...POINTS));
 /** File descriptors a process needs beyond its sockets (nodes' pipes, pg, NATS, node modules). */
 const FD_HEADROOM = 500;
 const STAMPS_FILE = (server: string) => path.join(os.tmpdir(), `bench-presence-${process.pid}-${server}.stamps`);
+/** A server's two stamp files: its frames' stamps and its GC pauses */
+const stampFilesOf = (server: string) => [STAMPS_FILE(server), `${STAMPS_FILE(server)}.gc`];
 const STAMP_HOOK = path.join(ROOT, "bench", "presence", "send-stamps.cjs");
 const SVG_FILE = path.join(ROOT, "docs", "bench", "presence-curve.svg");
 const PRESENCE_USERS = Number(process.env.BENCH_PRESENCE_USERS ?? 100);
@@ -183,41 +185,44 @@ function float64s(file: string): Float64Array {
 	return new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
 }
 
-/** The GC pauses (start, duration, kind triples) a server's stamp hook recorded that overlap `from`..`to`. */
-function gcPauses(file: string, from: number, to: number): GcPause[] {
-	const triples = float64s(`${file}.gc`);
+/** Every GC pause a server's stamp hook recorded (start, duration, kind triples), in the order it recorded them. */
+function gcPausesOf(server: string): GcPause[] {
+	const triples = float64s(`${STAMPS_FILE(server)}.gc`);
 	const pauses: GcPause[] = [];
-	for (let i = 0; i < triples.length; i += 3) {
-		const [start, ms] = [triples[i], triples[i + 1]];
-		if (start <= to && start + ms >= from) pauses.push({ start, ms, kind: GC_KINDS[triples[i + 2]] ?? `kind ${triples[i + 2]}` });
-	}
+	for (let i = 0; i < triples.length; i += 3) pauses.push({ start: triples[i], ms: triples[i + 1], kind: GC_KINDS[triples[i + 2]] ?? `kind ${triples[i + 2]}` });
 	return pauses;
 }
 
-/** bench-presence-<pid>-node1.stamps → NODE1 */
-const serverOf = (file: string) => (/-(\w+)\.stamps$/.exec(file)?.[1] ?? file).toUpperCase();
+const overlapping = (pauses: GcPause[], from: number, to: number) => pauses.filter(p => p.start <= to && p.start + p.ms >= from);
 
 /** Post → each of its frames leaving a server, from the servers' send stamps (float64 pairs: number, time). */
-function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
+function sentFanOut(servers: string[], sentAt: Map<number, number>): SentFanOut {
 	const latencies: number[] = [];
-	const lastFrame = new Map<number, number>();
-	const lastFrameByServer = files.map(() => new Map<number, number>());
-	const firstFrameByServer = files.map(() => new Map<number, number>());
-	files.forEach((file, s) => {
-		const pairs = float64s(file);
+	/** per server, per post: its first and last frame, ms after the post left the bench */
+	const spans = servers.map(server => {
+		const span = new Map<number, { first: number; last: number }>();
+		const pairs = float64s(STAMPS_FILE(server));
 		for (let i = 0; i < pairs.length; i += 2) {
 			const latency = pairs[i + 1] - (sentAt.get(pairs[i]) ?? NaN);
 			if (!Number.isFinite(latency)) continue;
 			latencies.push(latency);
-			lastFrame.set(pairs[i], Math.max(lastFrame.get(pairs[i]) ?? 0, latency));
-			lastFrameByServer[s].set(pairs[i], Math.max(lastFrameByServer[s].get(pairs[i]) ?? 0, latency));
-			firstFrameByServer[s].set(pairs[i], Math.min(firstFrameByServer[s].get(pairs[i]) ?? Infinity, latency));
+			const known = span.get(pairs[i]);
+			if (!known) {
+				span.set(pairs[i], { first: latency, last: latency });
+			} else {
+				known.first = Math.min(known.first, latency);
+				known.last = Math.max(known.last, latency);
+			}
 		}
+		return span;
 	});
+	const lastFrame = new Map<number, number>();
+	for (const span of spans) for (const [post, { last }] of span) lastFrame.set(post, Math.max(lastFrame.get(post) ?? 0, last));
 	latencies.sort((a, b) => a - b);
 	const slowest = latencies[latencies.length - 1] ?? NaN;
 	const [firstPost, lastPost] = [Math.min(...sentAt.values()), Math.max(...sentAt.values())];
-	const pauses = files.flatMap(file => gcPauses(file, firstPost, lastPost + (Number.isNaN(slowest) ? 0 : slowest)));
+	const pausesByServer = servers.map(gcPausesOf);
+	const pauses = pausesByServer.flatMap(list => overlapping(list, firstPost, lastPost + (Number.isNaN(slowest) ? 0 : slowest)));
 	const longest = pauses.reduce<GcPause | undefined>((a, b) => (a && a.ms >= b.ms ? a : b), undefined);
 	const gc = { pauses: pauses.length, totalMs: pauses.reduce((sum, p) => sum + p.ms, 0), longestMs: longest?.ms ?? 0, longestKind: longest?.kind ?? "—" };
 	const slowPosts = [...lastFrame.entries()]
@@ -225,13 +230,16 @@ function sentFanOut(files: string[], sentAt: Map<number, number>): SentFanOut {
 		.sort(([a], [b]) => a - b)
 		.map(([post, ms]): SlowPost => {
 			const from = sentAt.get(post)!;
-			const servers = files.map((file, s) => ({
-				server: serverOf(file),
-				firstFrameMs: firstFrameByServer[s].get(post) ?? NaN,
-				lastFrameMs: lastFrameByServer[s].get(post) ?? NaN,
-				pauses: gcPauses(file, from, from + ms),
-			}));
-			return { post, lastFrameMs: ms, servers };
+			return {
+				post,
+				lastFrameMs: ms,
+				servers: servers.map((server, s) => ({
+					server: server.toUpperCase(),
+					firstFrameMs: spans[s].get(post)?.first ?? NaN,
+					lastFrameMs: spans[s].get(post)?.last ?? NaN,
+					pauses: overlapping(pausesByServer[s], from, from + ms),
+				})),
+			};
 		});
 	return { gc, slowPosts, p50: percentile(latencies, 50), p99: percentile(latencies, 99), p100: slowest, sent: latencies.length, lastFrames: [...lastFrame.values()].sort((a, b) => a - b) };
 }
@@ -312,8 +320,8 @@ interface Side {
 	/** where a room message carries its number */
 	field: NumberField;
 	pids: number[];
-	/** PRESENCE_WIRE: the servers' send-stamp files */
-	stampFiles: string[];
+	/** PRESENCE_WIRE: the servers whose send stamps time the fan-out (their files: STAMPS_FILE) */
+	stampServers: string[];
 }
 
 /** Spacing of the posts at N sockets: the clients take N deliveries off their sockets per post, and must be done before the next. */
@@ -349,9 +357,9 @@ async function measureCurve(name: string, side: Side, heapBefore: HeapReading, c
 		const heap = perSocket(heapBefore, await side.heap(), sockets);
 		const messages = index === 0 ? FIRST_MESSAGES : CURVE_MESSAGES;
 		const intervalMs = intervalFor(sockets);
-		if (WIRE) for (const file of side.stampFiles) for (const truncated of [file, `${file}.gc`]) fs.writeFileSync(truncated, "");
+		if (WIRE) for (const server of side.stampServers) for (const truncated of stampFilesOf(server)) fs.writeFileSync(truncated, "");
 		const { result, servers, clients: clientsCpu, serversMs, clientsMs } = await cpuShare(side.pids, clients.pids, () => fanOut(clients, sockets, side.post, side.field, messages, intervalMs));
-		const wire = WIRE ? sentFanOut(side.stampFiles, result.sentAt) : undefined;
+		const wire = WIRE ? sentFanOut(side.stampServers, result.sentAt) : undefined;
 		const cpuMsPerPost = { servers: serversMs / messages, clients: clientsMs / messages };
 		const point = { sockets, fanOut: result, heap, messages, intervalMs, cpu: { servers, clients: clientsCpu }, cpuMsPerPost, load: loadAverage(), wire };
 		if (wire) process.stdout.write(`${name} @${sockets} sent: p50 ${formatNumber(wire.p50)} p99 ${formatNumber(wire.p99)} max ${formatNumber(wire.p100)} ms (${wire.sent} frames); GC ${wire.gc.pauses} pauses, ${formatNumber(wire.gc.totalMs)} ms, longest ${formatNumber(wire.gc.longestMs)} ms (${wire.gc.longestKind}); posts' last frames ${wire.lastFrames.map(ms => ms.toFixed(0)).join(" ")} ms\n`);
@@ -538,7 +546,7 @@ async function main(): Promise<void> {
 		const projectBefore = await bothNodesHeap(node1, node2);
 		const project = await measureCurve(
 			"project",
-			{ target: projectTarget, heap: () => bothNodesHeap(node1, node2), post: n => poster.emit("message", { body: String(n) }), field: "body", pids: [node1.pid!, node2.pid!], stampFiles: [STAMPS_FILE("node1"), STAMPS_FILE("node2")] },
+			{ target: projectTarget, heap: () => bothNodesHeap(node1, node2), post: n => poster.emit("message", { body: String(n) }), field: "body", pids: [node1.pid!, node2.pid!], stampServers: ["node1", "node2"] },
 			projectBefore,
 			clients,
 		);
@@ -568,7 +576,7 @@ async function main(): Promise<void> {
 		const bareBefore = await bareHeap("http://127.0.0.1:9483");
 		const bare = await measureCurve(
 			"bare",
-			{ target: () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }), heap: () => bareHeap("http://127.0.0.1:9483"), post: n => barePoster.emit("post", { n }), field: "n", pids: [bareServer.pid!], stampFiles: [STAMPS_FILE("bare")] },
+			{ target: () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }), heap: () => bareHeap("http://127.0.0.1:9483"), post: n => barePoster.emit("post", { n }), field: "n", pids: [bareServer.pid!], stampServers: ["bare"] },
 			bareBefore,
 			clients,
 		);
@@ -593,7 +601,7 @@ async function main(): Promise<void> {
 		closeAll(sockets);
 		await stopProcesses();
 		await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
-		for (const server of ["node1", "node2", "bare"]) for (const file of [STAMPS_FILE(server), `${STAMPS_FILE(server)}.gc`]) fs.rmSync(file, { force: true });
+		for (const server of ["node1", "node2", "bare"]) for (const file of stampFilesOf(server)) fs.rmSync(file, { force: true });
 	}
 }
 
