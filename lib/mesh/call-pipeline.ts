@@ -3,8 +3,8 @@
  * replaced or narrowed by leaner equivalents that keep their behaviour, names and metrics.
  *
  * - ServingGate (in Bulkhead's place) serves a local action through one wrapper that does what
- *   Bulkhead, ContextTracker and the request metrics did in three: the call is tracked for graceful
- *   stop, admitted or queued by the bulkhead, and metered. Moleculer's Bulkhead updated two gauges
+ *   Bulkhead, ContextTracker, the request metrics and the circuit breaker did in four: the call is tracked
+ *   for graceful stop, admitted or queued by the bulkhead, metered and counted for its breaker. Moleculer's Bulkhead updated two gauges
  *   through the registry (a label hash each) four times per call.
  * - ContextTracker keeps Moleculer's (calls this node makes, events, waiting on stop) minus the
  *   served actions, which ServingGate tracks.
@@ -12,12 +12,19 @@
  *   times calls that started on this node. A call from another node is timed by its caller, which
  *   gives up and retries elsewhere on its own; a second timer here only produced an error answer
  *   nobody waits for.
- * - CallingGate (in the request metrics' place, outermost) tracks and meters the calls this node
- *   makes, in one wrapper where ContextTracker and the metrics used two.
+ * - CallingGate (in the request metrics' place, outermost) is the whole chain a call to another node
+ *   gets, in one wrapper and one promise: it tracks and meters the call (where ContextTracker and the
+ *   metrics used two wrappers), counts it for its circuit breaker (CircuitBreaker's part), times it
+ *   (Timeout's), retries it (Retry's), answers it with the caller's fallbackResponse (Fallback's) and hands
+ *   a final failure to the broker's error handler (ErrorHandler's), in the order those middlewares had. Six
+ *   wrappers were seven promises per call (docs/BENCHMARKS.md, "One promise for a call to another node").
+ * - CircuitBreaker is Moleculer's with its state apart from its wrapper (lib/mesh/circuit-breaker.ts): the
+ *   gates count each call in the promise reaction they have anyway.
  * - Retry does what Moleculer's did (same options, check, log line and metric) for calls that started on
  *   this node, and retries at once, not after its delay, a call known lost (its node gone, or its NATS
  *   connection reset) while another node offers the action (see retryDelayMs).
- * - Fallback wraps a served action only for calls that started on this node (forLocalCallers).
+ * - Fallback and ErrorHandler wrap served actions (Fallback only for calls that started on this node:
+ *   forLocalCallers) and events as Moleculer's do; CallingGate does their part for calls to other nodes.
  *
  * bench/mesh/cpu-per-call.ts measures what each costs per call (docs/BENCHMARKS.md).
  */
@@ -27,6 +34,7 @@ import { Errors } from "moleculer";
 import { Stream } from "stream";
 import { nodesThisCallFailedOn } from "./failover-policy";
 import { abandonPendingRequest } from "./moleculer-internals";
+import { circuitBreakersOf } from "./circuit-breaker";
 import { gaugeItem, registerRequestMetrics, RequestMeter, type Series, type ValueItem } from "./request-metrics";
 
 type Handler = (ctx: Context) => Promise<unknown>;
@@ -51,7 +59,7 @@ const { Middlewares } = moleculer as unknown as { Middlewares: Record<string, Mi
 const BULKHEAD_GAUGES = { inFlight: "moleculer.request.bulkhead.inflight", queueSize: "moleculer.request.bulkhead.queue.size" };
 
 /** Moleculer's own middleware object for `name`, built the way the broker builds it. */
-function builtIn(broker: ServiceBroker, name: "Bulkhead" | "ContextTracker" | "Fallback"): Middleware & Record<string, unknown> {
+function builtIn(broker: ServiceBroker, name: "Bulkhead" | "ContextTracker" | "Fallback" | "ErrorHandler"): Middleware & Record<string, unknown> {
 	return Middlewares[name].call(broker, broker);
 }
 
@@ -144,6 +152,7 @@ function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Ha
 	const bulkhead: BulkheadOptions = { ...(broker.options.bulkhead as BulkheadOptions), ...action.bulkhead };
 	const concurrency = bulkhead.enabled ? (bulkhead.concurrency ?? 3) : Infinity;
 	const recorder = new CallRecorder(broker, action, "local");
+	const breaker = circuitBreakersOf(broker).forAction(action);
 	const gaugeLabels = { action: action.name, service: action.service?.fullName };
 	const metered = bulkhead.enabled && broker.isMetricsEnabled();
 	// Looked up at the first call: internal services are wrapped before the gauges are registered.
@@ -191,24 +200,30 @@ function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Ha
 
 	// No closures named per call here: under tsx (esbuild keepNames) each costs a defineProperty.
 	return function servingGate(ctx: Context): Promise<unknown> {
+		const entered = breaker ? breaker.entered(ctx) : null;
 		const recording = recorder.begin(ctx);
 		const { promise, admitted } = admitOrQueue(ctx);
 		return promise.then(
 			res => {
 				release(admitted);
 				recorder.succeeded(recording, ctx);
+				if (breaker) breaker.succeeded(entered);
 				return res;
 			},
 			err => {
 				release(admitted);
 				recorder.failed(recording, ctx, err);
+				if (breaker) breaker.failed(entered, ctx, err);
 				throw err;
 			},
 		);
 	};
 }
 
-/** Bulkhead + tracking + request metrics for served actions; Moleculer's Bulkhead still guards events. */
+/**
+ * Bulkhead + tracking + request metrics + the circuit breaker's count for served actions; Moleculer's Bulkhead still
+ * guards events. The breaker counts after the rest, as it did wrapping this gate from outside.
+ */
 function ServingGate(this: ServiceBroker, broker: ServiceBroker): Middleware {
 	const moleculerBulkhead = builtIn(broker, "Bulkhead");
 	return {
@@ -229,47 +244,97 @@ function ContextTracker(this: ServiceBroker, broker: ServiceBroker): Middleware 
 	return tracker;
 }
 
-function gateCall(broker: ServiceBroker, next: Handler, action: ActionDef): Handler {
+type ActionWithPolicies = ActionDef & { retryPolicy?: Partial<RetryOptions>; timeout?: number; visibility?: string; rawName?: string };
+type RetriedContext = Context & { _retryAttempts?: number };
+
+/**
+ * A call to another node: what CallingGate, ErrorHandler, Fallback, Retry, Timeout and CircuitBreaker did there as
+ * six wrappers (outermost first), now one, with one promise per call that succeeds. A failure takes the path it
+ * took through them, innermost first: the breaker counts it, the timer is cleared, Retry may send the call again
+ * (through the whole chain, as Moleculer's Retry does), a fallbackResponse may answer it, the broker's error
+ * handler gets the rest, and the call is recorded as it ended.
+ */
+function gateCall(broker: ServiceBroker, next: Handler, action: ActionWithPolicies): Handler {
 	const recorder = new CallRecorder(broker, action, "remote");
-	return function callingGate(ctx: Context): Promise<unknown> {
+	const timeout = remoteTimeout(broker, action);
+	const retry = retryOptionsOf(broker, action);
+	const breaker = circuitBreakersOf(broker).forAction(action);
+
+	function afterFailure(ctx: RetriedContext, err: Error): Promise<unknown> {
+		const retried = retry ? retryOrReject(broker, retry, action, ctx, err) : Promise.reject(err);
+		return retried.catch((failed: Error) => contextFallback(broker, ctx, failed)).catch((failed: unknown) => handleCallError(broker, ctx, failed));
+	}
+
+	// No closures named per call here: under tsx (esbuild keepNames) each costs a defineProperty.
+	return function callingGate(ctx: RetriedContext): Promise<unknown> {
 		const recording = recorder.begin(ctx);
-		return callNext(next, ctx).then(
+		if (retry && ctx._retryAttempts == null) ctx._retryAttempts = 0;
+		const ms = timeout.msFor(ctx);
+		const entered = breaker ? breaker.entered(ctx) : null;
+		const pending = callNext(next, ctx);
+		const timer = ms > 0 ? setTimeout(timeout.expire, ms, ctx) : null;
+		return pending.then(
 			res => {
+				if (breaker) breaker.succeeded(entered);
+				if (timer) clearTimeout(timer);
 				recorder.succeeded(recording, ctx);
 				return res;
 			},
 			err => {
-				recorder.failed(recording, ctx, err);
-				throw err;
+				if (breaker) breaker.failed(entered, ctx, err);
+				if (timer) clearTimeout(timer);
+				return afterFailure(ctx, err).then(
+					res => {
+						recorder.succeeded(recording, ctx);
+						return res;
+					},
+					failed => {
+						recorder.failed(recording, ctx, failed);
+						throw failed;
+					},
+				);
 			},
 		);
 	};
 }
 
 /**
- * Calls this node makes: tracked for graceful stop and metered, in one wrapper (Moleculer's
- * ContextTracker and the request metrics used two). Outermost, so a call counts once however its
- * attempts went; Moleculer's Retry re-enters the chain for each retry, as before.
+ * Calls this node makes (see gateCall): tracked for graceful stop, metered, timed, retried and error-handled, in
+ * one wrapper. Outermost, so a call counts once however its attempts went; a retry re-enters the chain, as
+ * Moleculer's Retry does.
  */
 function CallingGate(this: ServiceBroker, broker: ServiceBroker): Middleware {
 	return {
 		name: "CallingGate",
 		created: () => registerRequestMetrics(broker),
-		remoteAction(this: ServiceBroker, next: Handler, action: ActionDef) {
+		remoteAction(this: ServiceBroker, next: Handler, action: ActionWithPolicies) {
 			return gateCall(this, next, action);
 		},
 	} as unknown as Middleware;
 }
 
+/** Moleculer's `name` middleware for served actions and events only: CallingGate does its part for calls to other nodes. */
+function servedOnly(name: "ErrorHandler"): MiddlewareFactory {
+	const factory = function (this: ServiceBroker, broker: ServiceBroker) {
+		const middleware = builtIn(broker, name);
+		delete middleware.remoteAction;
+		return middleware;
+	};
+	Object.defineProperty(factory, "name", { value: name });
+	return factory as MiddlewareFactory;
+}
+
 /**
  * Moleculer's `name` middleware, whose served-action wrapper only runs for calls that started on this
  * node. Fallback has nothing to do for a call from another node unless the action declares a
- * `fallback`: for those calls the wrapper was one more promise per call and no behaviour.
+ * `fallback`: for those calls the wrapper was one more promise per call and no behaviour. Calls to other
+ * nodes get the caller's fallbackResponse from CallingGate (contextFallback).
  */
 function forLocalCallers(name: "Fallback"): MiddlewareFactory {
 	const factory = function (this: ServiceBroker, broker: ServiceBroker) {
 		const middleware = builtIn(broker, name);
 		const wrapServed = middleware.localAction as (this: ServiceBroker, next: Handler, action: ActionDef) => Handler;
+		delete middleware.remoteAction;
 		return {
 			...middleware,
 			localAction(this: ServiceBroker, next: Handler, action: ActionDef & { fallback?: unknown }) {
@@ -285,6 +350,38 @@ function forLocalCallers(name: "Fallback"): MiddlewareFactory {
 	return factory as MiddlewareFactory;
 }
 
+const FALLBACK_METRIC = "moleculer.request.fallback.total";
+
+/**
+ * Moleculer's Fallback for a call to another node: the caller's `fallbackResponse` (a value, or a function of the
+ * context and error) answers a failed call, with Moleculer's log line and metric. A remote action's own `fallback`
+ * is not called here: its function stays on the serving node (definitions travel without functions), where it
+ * runs for calls started there; Moleculer looked a name up on the registry's service entry, which has no methods
+ * of the service, and no action of this project declares one.
+ */
+function contextFallback(broker: ServiceBroker, ctx: Context, err: Error): unknown {
+	const fallbackResponse = ctx.options.fallbackResponse as unknown;
+	if (!fallbackResponse) return Promise.reject(err);
+	broker.logger.warn(`The '${ctx.action!.name}' request is failed. Return fallback response.`, { requestID: ctx.requestID, err: err.message });
+	if (broker.isMetricsEnabled()) broker.metrics.increment(FALLBACK_METRIC, { action: ctx.action!.name });
+	(ctx as Context & { fallbackResult?: boolean }).fallbackResult = true;
+	if (typeof fallbackResponse === "function") return fallbackResponse(ctx, err);
+	return fallbackResponse;
+}
+
+/**
+ * Moleculer's ErrorHandler for a call to another node: a thrown non-Error becomes a MoleculerError, the call leaves
+ * the pending list (it may have failed before it was sent), the error gets its context, and the broker's error
+ * handler decides (it rethrows unless the options give one).
+ */
+function handleCallError(broker: ServiceBroker, ctx: Context, thrown: unknown): unknown {
+	const err = thrown instanceof Error ? thrown : new Errors.MoleculerError(thrown as string, 500);
+	if (ctx.nodeID !== broker.nodeID) broker.transit?.removePendingRequest(ctx.id);
+	broker.logger.debug(`The '${ctx.action!.name}' request is rejected.`, { requestID: ctx.requestID }, err);
+	Object.defineProperty(err, "ctx", { value: ctx, writable: true, enumerable: false });
+	return broker.errorHandler(err, { ctx, service: ctx.service!, action: ctx.action! });
+}
+
 const RETRY_METRIC = "moleculer.request.retry.attempts.total";
 
 interface RetryOptions {
@@ -296,7 +393,11 @@ interface RetryOptions {
 	check(err: Error): boolean;
 }
 
-type RetriedContext = Context & { _retryAttempts?: number };
+/** The broker's retry policy merged with the action's, as Moleculer's Retry merges them; null when retries are off. */
+function retryOptionsOf(broker: ServiceBroker, action: ActionWithPolicies): RetryOptions | null {
+	const opts = { ...(broker.options.retryPolicy as RetryOptions), ...(action.retryPolicy ?? {}) } as RetryOptions;
+	return opts.enabled ? opts : null;
+}
 
 /**
  * How long a retry waits. The delay is for faults that may pass (a timeout, a full queue, a node
@@ -319,65 +420,63 @@ function anUntriedNodeOffers(broker: ServiceBroker, actionName: string, ctx: Con
 }
 
 /**
- * Moleculer's Retry: the same merged options, `check`, log line and metric, and a served action is
- * wrapped only for calls that started on this node — a call from another node is retried by its caller,
- * which picks another node; here the wrapper was one more promise per call and no behaviour.
+ * Moleculer's Retry after a failed attempt: the call again (through the whole chain, on a copy of its context, after
+ * retryDelayMs) when `check` accepts the error and attempts are left; otherwise the error, rejected. The same log
+ * line, metric and span marks as Moleculer's.
+ */
+function retryOrReject(broker: ServiceBroker, opts: RetryOptions, action: ActionWithPolicies, ctx: RetriedContext, err: Error): Promise<unknown> {
+	const attempts = typeof ctx.options.retries === "number" ? ctx.options.retries : opts.retries;
+	if (!opts.check(err) || ctx._retryAttempts! >= attempts) return Promise.reject(err);
+	if (broker.isMetricsEnabled()) broker.metrics.increment(RETRY_METRIC, { service: action.service?.fullName ?? null, action: action.name });
+	ctx._retryAttempts!++;
+	if (ctx.span) {
+		ctx.span.setError(err);
+		ctx.span.addTags({ retryAttempts: ctx._retryAttempts });
+		ctx.finishSpan(ctx.span);
+	}
+	const delay = retryDelayMs(broker, opts, action.name, ctx, err);
+	broker.logger.warn(`Retry to call '${action.name}' action after ${delay} ms...`, { requestID: ctx.requestID, attempts: ctx._retryAttempts });
+	const again = () => {
+		const retry = ctx.copy() as RetriedContext;
+		retry._retryAttempts = ctx._retryAttempts;
+		if (action.visibility === "private") return (ctx.service!.actions as Record<string, (p: unknown, o: object) => Promise<unknown>>)[action.rawName!](ctx.params, { ctx: retry });
+		return broker.call(action.name, ctx.params, { ctx: retry });
+	};
+	return delay > 0 ? new Promise(resolve => setTimeout(resolve, delay)).then(again) : again();
+}
+
+/**
+ * Moleculer's Retry for served actions, only for calls that started on this node: a call from another node is
+ * retried by its caller, which picks another node; here the wrapper was one more promise per call and no
+ * behaviour. CallingGate retries calls to other nodes.
  */
 function Retry(this: ServiceBroker, broker: ServiceBroker): Middleware {
-	function wrap(next: Handler, action: ActionDef & { retryPolicy?: Partial<RetryOptions>; visibility?: string; rawName?: string }, onlyLocalCallers: boolean): Handler {
-		const opts = { ...(broker.options.retryPolicy as RetryOptions), ...(action.retryPolicy ?? {}) } as RetryOptions;
-		if (!opts.enabled) return next;
-		const service = action.service?.fullName ?? null;
+	function wrap(next: Handler, action: ActionWithPolicies): Handler {
+		const opts = retryOptionsOf(broker, action);
+		if (!opts) return next;
 		function retryMiddleware(ctx: RetriedContext): Promise<unknown> {
-			const attempts = typeof ctx.options.retries === "number" ? ctx.options.retries : opts.retries;
 			if (ctx._retryAttempts == null) ctx._retryAttempts = 0;
-			return next(ctx).catch((err: Error) => {
-				if (!opts.check(err) || ctx._retryAttempts! >= attempts) return Promise.reject(err);
-				if (broker.isMetricsEnabled()) broker.metrics.increment(RETRY_METRIC, { service, action: action.name });
-				ctx._retryAttempts!++;
-				if (ctx.span) {
-					ctx.span.setError(err);
-					ctx.span.addTags({ retryAttempts: ctx._retryAttempts });
-					ctx.finishSpan(ctx.span);
-				}
-				const delay = retryDelayMs(broker, opts, action.name, ctx, err);
-				broker.logger.warn(`Retry to call '${action.name}' action after ${delay} ms...`, { requestID: ctx.requestID, attempts: ctx._retryAttempts });
-				const again = () => {
-					const retry = ctx.copy() as RetriedContext;
-					retry._retryAttempts = ctx._retryAttempts;
-					if (action.visibility === "private") return (ctx.service!.actions as Record<string, (p: unknown, o: object) => Promise<unknown>>)[action.rawName!](ctx.params, { ctx: retry });
-					return broker.call(action.name, ctx.params, { ctx: retry });
-				};
-				return delay > 0 ? new Promise(resolve => setTimeout(resolve, delay)).then(again) : again();
-			});
+			return next(ctx).catch((err: Error) => retryOrReject(broker, opts!, action, ctx, err));
 		}
-		if (!onlyLocalCallers) return retryMiddleware;
 		return function localCallersOnly(ctx: Context) {
 			return ctx.nodeID === broker.nodeID ? retryMiddleware(ctx) : next(ctx);
 		};
 	}
 
-	return perActionCounterMiddleware(broker, "Retry", { name: RETRY_METRIC, description: "Number of retries" }, wrap);
+	return servedActionCounterMiddleware(broker, "Retry", { name: RETRY_METRIC, description: "Number of retries" }, wrap);
 }
 
 /**
- * A middleware that wraps served actions (for calls started here: `onlyLocalCallers`) and calls to other
- * nodes with `wrap`, and counts something per action in a counter it registers: Moleculer's Retry and
- * Timeout, re-done here, have this shape.
+ * A middleware that wraps served actions with `wrap` and counts something per action in a counter it registers:
+ * Moleculer's Retry and Timeout, re-done here, have this shape (CallingGate does their part for calls to other nodes).
  */
-function perActionCounterMiddleware(
-	broker: ServiceBroker,
-	name: string,
-	counter: { name: string; description: string },
-	wrap: (next: Handler, action: ActionDef, onlyLocalCallers: boolean) => Handler,
-): Middleware {
+function servedActionCounterMiddleware(broker: ServiceBroker, name: string, counter: { name: string; description: string }, wrap: (next: Handler, action: ActionDef) => Handler): Middleware {
 	return {
 		name,
 		created() {
 			if (broker.isMetricsEnabled()) broker.metrics.register({ ...counter, type: "counter", labelNames: ["service", "action"], rate: true });
 		},
-		localAction: (next: Handler, action: ActionDef) => wrap(next, action, true),
-		remoteAction: (next: Handler, action: ActionDef) => wrap(next, action, false),
+		localAction: (next: Handler, action: ActionDef) => wrap(next, action),
 	} as unknown as Middleware;
 }
 
@@ -395,53 +494,61 @@ export function timedOutHere(err: unknown): boolean {
 	return err instanceof Error && timeoutsGivenHere.has(err);
 }
 
-/** A side branch's settle handler that only clears the call's timer. */
-function clearTimerOf(timer: NodeJS.Timeout): () => void {
-	return () => clearTimeout(timer);
-}
-
-/**
- * Moleculer's Timeout (same defaults, error, log line and metric) with fewer promises per call and, for served
- * actions, a timer only for calls that started on this node.
- *
- * A call to another node gets a timer and nothing else on its way: the caller is handed the call's own promise,
- * the timer is cleared from a side branch, and at expiry the call is given up on in Moleculer's pending list
- * (abandonPendingRequest: rejected with RequestTimeoutError, its streams destroyed, a late answer dropped as an
- * orphan). Wrapped in a promise of its own (until 2026-12-03), the call stayed in that list after its caller had
- * been told it timed out, until the late answer came or the node left, and the liveness probe's scans still
- * counted it as pending there. Every answer also reached its caller two microtasks later; what that cost end to
- * end is below what bench:call-cost resolves (docs/BENCHMARKS.md, "The remote timeout without a promise").
- */
-function Timeout(this: ServiceBroker, broker: ServiceBroker): Middleware {
+/** Moleculer's Timeout's defaults, log line, stream signal, metric and error, for one action. */
+function timeoutOf(broker: ServiceBroker, action: ActionWithPolicies) {
 	const log = broker.getLogger("timeout");
-
-	function wrap(next: Handler, action: ActionDef & { timeout?: number }, onlyLocalCallers: boolean): Handler {
-		const service = action.service?.fullName ?? null;
-		function timedOut(ctx: Context): Error {
+	const service = action.service?.fullName ?? null;
+	return {
+		/** The call's timeout in ms (0: none), written into its options as Moleculer's Timeout does: the request packet carries it. */
+		msFor(ctx: Context): number {
+			if (ctx.options.timeout == null) ctx.options.timeout = action.timeout ?? broker.options.requestTimeout;
+			return ctx.options.timeout ?? 0;
+		},
+		timedOut(ctx: Context): Error {
 			log.warn(`Request '${action.name}' is timed out.`, { requestID: ctx.requestID, nodeID: ctx.nodeID, timeout: ctx.options.timeout });
 			if (ctx.params instanceof Stream) ctx.params.emit("moleculer-timeout-middleware", ctx.options.timeout);
 			if (broker.isMetricsEnabled()) broker.metrics.increment(TIMEOUT_METRIC, { service, action: action.name });
 			return new Errors.RequestTimeoutError({ action: action.name, nodeID: ctx.nodeID ?? "" });
-		}
-		// Run when the timer fires first; defined once per action (setTimeout passes the arguments).
-		function expire(ctx: Context, reject: (err: Error) => void): void {
-			reject(timedOut(ctx));
-		}
-		function expireRemote(ctx: Context): void {
-			const err = timedOut(ctx);
+		},
+	};
+}
+
+/**
+ * The timeout of a call to another node (CallingGate arms it): at expiry the call is given up on in Moleculer's
+ * pending list (abandonPendingRequest: rejected with RequestTimeoutError, its streams destroyed, a late answer
+ * dropped as an orphan). Wrapped in a promise of its own (until 2026-12-03), the call stayed in that list after its
+ * caller had been told it timed out, until the late answer came or the node left, and the liveness probe's scans
+ * still counted it as pending there.
+ */
+function remoteTimeout(broker: ServiceBroker, action: ActionWithPolicies) {
+	const timeout = timeoutOf(broker, action);
+	return {
+		msFor: timeout.msFor,
+		// Defined once per action: setTimeout passes the context.
+		expire(ctx: Context): void {
+			const err = timeout.timedOut(ctx);
 			timeoutsGivenHere.add(err);
 			abandonPendingRequest(broker, ctx.id, ctx.nodeID ?? "", err);
+		},
+	};
+}
+
+/**
+ * Moleculer's Timeout (same defaults, error, log line and metric) for served actions, with a timer only for calls
+ * that started on this node: a call from another node is timed by its caller, which gives up and retries elsewhere
+ * on its own; a second timer here only produced an error answer nobody waits for. CallingGate times calls to other
+ * nodes (remoteTimeout).
+ */
+function Timeout(this: ServiceBroker, broker: ServiceBroker): Middleware {
+	function wrap(next: Handler, action: ActionWithPolicies): Handler {
+		const timeout = timeoutOf(broker, action);
+		// Run when the timer fires first; defined once per action (setTimeout passes the arguments).
+		function expire(ctx: Context, reject: (err: Error) => void): void {
+			reject(timeout.timedOut(ctx));
 		}
 		return function timeoutMiddleware(ctx: Context): Promise<unknown> {
-			if (ctx.options.timeout == null) ctx.options.timeout = action.timeout ?? broker.options.requestTimeout;
-			const ms = ctx.options.timeout ?? 0;
+			const ms = timeout.msFor(ctx);
 			if (!(ms > 0)) return next(ctx);
-			if (!onlyLocalCallers) {
-				const pending = next(ctx);
-				const clear = clearTimerOf(setTimeout(expireRemote, ms, ctx));
-				pending.then(clear, clear);
-				return pending;
-			}
 			// Calls made while serving this one get the rest of its budget (distributed timeouts). Only a
 			// served call's context makes calls of its own: the context of a call sent to another node is
 			// never asked for the rest (Moleculer's Timeout stamped it anyway).
@@ -464,7 +571,20 @@ function Timeout(this: ServiceBroker, broker: ServiceBroker): Middleware {
 		};
 	}
 
-	return perActionCounterMiddleware(broker, "Timeout", { name: TIMEOUT_METRIC, description: "Number of timed out requests" }, wrap);
+	return servedActionCounterMiddleware(broker, "Timeout", { name: TIMEOUT_METRIC, description: "Number of timed out requests" }, wrap);
+}
+
+/**
+ * The circuit breakers' store, window timer and metrics (lib/mesh/circuit-breaker.ts); the gates count the calls:
+ * ServingGate for served actions, CallingGate for calls to other nodes.
+ */
+function CircuitBreaker(this: ServiceBroker, broker: ServiceBroker): Middleware {
+	const breakers = circuitBreakersOf(broker);
+	return {
+		name: "CircuitBreaker",
+		created: () => breakers.created(),
+		stopped: () => breakers.stopped(),
+	} as unknown as Middleware;
 }
 
 /**
@@ -483,11 +603,11 @@ export function meshInternalMiddlewares(): Array<string | Middleware> {
 		listed(ServingGate as MiddlewareFactory),
 		"Cacher",
 		listed(ContextTracker as MiddlewareFactory),
-		"CircuitBreaker",
+		listed(CircuitBreaker as MiddlewareFactory),
 		listed(Timeout as MiddlewareFactory),
 		listed(Retry as MiddlewareFactory),
 		listed(forLocalCallers("Fallback")),
-		"ErrorHandler",
+		listed(servedOnly("ErrorHandler")),
 		"Tracing",
 		listed(CallingGate as MiddlewareFactory),
 		"Debounce",

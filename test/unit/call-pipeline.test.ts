@@ -110,12 +110,29 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 	});
 	const caller = new ServiceBroker(options("caller"));
 	const server = new ServiceBroker(options("server"));
+	// A caller whose broker-wide errorHandler answers instead of rethrowing (BrokerOptions.errorHandler).
+	const forgiving = new ServiceBroker({
+		...options("forgiving"),
+		errorHandler: (err: Error & { ctx?: { action?: { name: string } } }) => ({ handled: err.message, action: err.ctx?.action?.name }),
+	});
 	let flaky = 0;
+	let failures = 0;
 	const retryTwice = { retryPolicy: { enabled: true, retries: 2 } };
 	server.createService({
 		name: "far",
 		actions: {
 			pause: (ctx: { params: { ms: number } }) => new Promise(resolve => setTimeout(() => resolve("finished"), ctx.params.ms)),
+			fails() {
+				failures++;
+				throw new Errors.MoleculerRetryableError("always fails", 503, "FAILS");
+			},
+			failsRetried: {
+				...retryTwice,
+				handler() {
+					failures++;
+					throw new Errors.MoleculerRetryableError("always fails", 503, "FAILS");
+				},
+			},
 			timesOut() {
 				throw new Errors.RequestTimeoutError({ action: "elsewhere.slow", nodeID: "elsewhere" });
 			},
@@ -129,10 +146,44 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 		},
 	});
 	beforeAll(async () => {
-		await Promise.all([server.start(), caller.start()]);
-		await caller.waitForServices("far");
+		await Promise.all([server.start(), caller.start(), forgiving.start()]);
+		await Promise.all([caller.waitForServices("far"), forgiving.waitForServices("far")]);
 	});
-	afterAll(() => server.stop());
+	afterAll(() => Promise.all([server.stop(), forgiving.stop()]));
+
+	const remoteCount = (broker: ServiceBroker, metric: string, action: string) =>
+		(broker.metrics.list({ includes: metric }) as unknown as Array<{ values: Array<{ labels: { action: string; type?: string }; value: number }> }>)[0]?.values.find(
+			v => v.labels.action === action && (v.labels.type ?? "remote") === "remote",
+		)?.value ?? 0;
+
+	it("gives up after `retries` attempts: the last error reaches the caller with its context, counted as failed, nothing left pending", async () => {
+		const before = { failures, errors: remoteCount(caller, "moleculer.request.error.total", "far.failsRetried") };
+		const err = (await caller.call("far.failsRetried").catch((e: Error) => e)) as Error & { ctx?: { action?: { name: string } }; code?: number };
+		expect(err).toBeInstanceOf(Errors.MoleculerRetryableError);
+		expect(err.code).toBe(503);
+		expect(failures - before.failures).toBe(3);
+		expect(err.ctx?.action?.name).toBe("far.failsRetried");
+		expect(Object.keys(err)).not.toContain("ctx");
+		// the outer call and its two retries, each through the whole chain
+		expect(remoteCount(caller, "moleculer.request.error.total", "far.failsRetried") - before.errors).toBe(3);
+		expect(pendingRequestsOf(caller)?.size).toBe(0);
+	});
+
+	it("answers a failed call with the caller's fallbackResponse (a value or a function of the error), counted as a fallback", async () => {
+		const before = remoteCount(caller, "moleculer.request.fallback.total", "far.fails");
+		await expect(caller.call("far.fails", {}, { fallbackResponse: "plan b" })).resolves.toBe("plan b");
+		await expect(caller.call("far.fails", {}, { fallbackResponse: (_ctx: unknown, err: Error) => `after: ${err.message}` })).resolves.toBe("after: always fails");
+		expect(remoteCount(caller, "moleculer.request.fallback.total", "far.fails") - before).toBe(2);
+		// a fallback that fails itself reaches the caller as its error
+		const err = await caller.call("far.fails", {}, { fallbackResponse: () => Promise.reject(new Error("no plan b")) }).catch((e: Error) => e);
+		expect((err as Error).message).toBe("no plan b");
+	});
+
+	it("hands a failure to the broker's errorHandler, whose answer the caller gets", async () => {
+		await expect(forgiving.call("far.fails")).resolves.toEqual({ handled: "always fails", action: "far.fails" });
+		const timedOut = await forgiving.call("far.pause", { ms: 300 }, { timeout: 30 });
+		expect(timedOut).toEqual({ handled: expect.stringContaining("far.pause"), action: "far.pause" });
+	});
 
 	it("retries a retryable failure on the caller's side, and counts the outgoing call in the remote request metrics", async () => {
 		await expect(caller.call("far.flaky")).resolves.toBe("second attempt");
