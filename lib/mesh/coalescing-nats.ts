@@ -35,6 +35,11 @@ export class CoalescingNatsTransporter extends Transporters.NATS {
 	/** The turn already had its direct flush; later sends wait for setImmediate. */
 	private directUsed = false;
 	private scheduled = false;
+	/** Bound once: a closure per turn for each was garbage on every call of a lone caller. */
+	private readonly closeDirectFlush = (): void => {
+		this.flushOpen = false;
+	};
+	private readonly publishPendingNow = (): void => this.publishPending();
 
 	send(topic: string, data: Buffer): Promise<void> {
 		if (this.pending.length === 0 && (this.flushOpen || !this.directUsed)) {
@@ -64,16 +69,14 @@ export class CoalescingNatsTransporter extends Transporters.NATS {
 	private openDirectFlush(): void {
 		this.flushOpen = true;
 		this.directUsed = true;
-		queueMicrotask(() => {
-			this.flushOpen = false;
-		});
+		queueMicrotask(this.closeDirectFlush);
 		this.schedule();
 	}
 
 	private schedule(): void {
 		if (this.scheduled) return;
 		this.scheduled = true;
-		setImmediate(() => this.publishPending());
+		setImmediate(this.publishPendingNow);
 	}
 
 	/** Publishes what waited in one synchronous run (nats.js then writes it in one flush) and opens the next turn. */
