@@ -4,8 +4,7 @@
  * lib/runtime/transport.ts because choosing it needs a network probe.
  */
 import type { BrokerOptions } from "moleculer";
-import { isDatabaseFault, MeshErrorRegenerator } from "./lib/data/db-faults";
-import { QueryLimitsMiddleware } from "./lib/data/query-limits";
+import { databaseLimitError, isDatabaseFault, MeshErrorRegenerator } from "./lib/data/db-faults";
 import { jsonLogger } from "./lib/runtime/logger";
 import { guardedSerializer, InputGuardMiddleware } from "./lib/mesh/input-guard";
 import { meshInternalMiddlewares, timedOutHere } from "./lib/mesh/call-pipeline";
@@ -92,18 +91,20 @@ export function createBrokerOptions(settings: MeshSettings, transport: Transport
 		metrics: { enabled: settings.metricsEnabled },
 		// Moleculer's own middlewares, three of them in leaner equivalents (lib/mesh/call-pipeline.ts).
 		internalMiddlewares: false,
-		// First listed = innermost: QueryLimits names a database limit before breakers and metrics see the
-		// error. Last = outermost: InputGuard refuses unstorable input before anything else runs (on the
-		// serving node only: its check protects the data whoever calls).
+		// First listed = innermost. Last = outermost: InputGuard refuses unstorable input before anything else
+		// runs (on the serving node only: its check protects the data whoever calls).
 		middlewares: [
 			GatewayReporterMiddleware(metricsReporter),
-			QueryLimitsMiddleware(),
 			FailureDetectorMiddleware(),
 			LivenessProbeMiddleware({ stuckLeaveMs: settings.stuckLeaveMs }, { budget: settings.hedgeBudget }),
 			NatsReconnectGuardMiddleware(),
 			FailoverEventsMiddleware(),
 			ChangedMetaOnlyMiddleware(),
-			...meshInternalMiddlewares(),
+			// A served action's error that is PostgreSQL cutting its work short (lib/data/database.ts:
+			// statement_timeout, idle_in_transaction_session_timeout) becomes a 503 naming the limit, not an
+			// anonymous 500, before breakers and metrics see it: the classification the database guard applies
+			// to every Sequelize call, here for what reaches an action without the guard (a raw pg error).
+			...meshInternalMiddlewares({ servedError: databaseLimitError }),
 			InputGuardMiddleware(),
 		],
 	};

@@ -72,7 +72,6 @@ export function costVariants(baseRoot = process.env.CALL_COST_BASE): CostVariant
 		{ name: "− FailureDetector", edit: without("FailureDetector") },
 		{ name: "− InputGuard", edit: without("InputGuard") },
 		{ name: "− Validator (params schema)", edit: without("Validator") },
-		{ name: "− QueryLimits", edit: without("QueryLimits") },
 		{ name: "plain JSON serializer", edit: o => ({ ...o, serializer: "JSON" }) },
 	];
 	if (baseRoot) variants.splice(2, 0, { name: "project before", edit: unchanged, root: path.resolve(baseRoot) });

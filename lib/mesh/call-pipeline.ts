@@ -3,8 +3,9 @@
  * replaced or narrowed by leaner equivalents that keep their behaviour, names and metrics.
  *
  * - ServingGate (in Bulkhead's place) serves a local action through one wrapper that does what
- *   Bulkhead, ContextTracker, the request metrics and the circuit breaker did in four: the call is tracked
- *   for graceful stop, admitted or queued by the bulkhead, metered and counted for its breaker. Moleculer's Bulkhead updated two gauges
+ *   Bulkhead, ContextTracker, the request metrics, the circuit breaker and the project's QueryLimits did
+ *   in five: the call is tracked for graceful stop, admitted or queued by the bulkhead, its error named
+ *   (a database limit: a typed 503), metered and counted for its breaker. Moleculer's Bulkhead updated two gauges
  *   through the registry (a label hash each) four times per call.
  * - ContextTracker keeps Moleculer's (calls this node makes, events, waiting on stop) minus the
  *   served actions, which ServingGate tracks.
@@ -148,7 +149,13 @@ interface QueuedCall {
 	reject: (err: unknown) => void;
 }
 
-function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Handler {
+/**
+ * What a served action's error becomes before the breaker, the metrics and the caller see it (null: as it is).
+ * The serving side's innermost wrapper is ServingGate, so the error it sees is the handler's.
+ */
+export type ServedErrorNaming = (err: unknown) => Error | null;
+
+function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef, nameError: ServedErrorNaming | undefined): Handler {
 	const bulkhead: BulkheadOptions = { ...(broker.options.bulkhead as BulkheadOptions), ...action.bulkhead };
 	const concurrency = bulkhead.enabled ? (bulkhead.concurrency ?? 3) : Infinity;
 	const recorder = new CallRecorder(broker, action, "local");
@@ -211,10 +218,11 @@ function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Ha
 				return res;
 			},
 			err => {
+				const failed = (nameError && nameError(err)) || err;
 				release(admitted);
-				recorder.failed(recording, ctx, err);
-				if (breaker) breaker.failed(entered, ctx, err);
-				throw err;
+				recorder.failed(recording, ctx, failed);
+				if (breaker) breaker.failed(entered, ctx, failed);
+				throw failed;
 			},
 		);
 	};
@@ -224,16 +232,18 @@ function gateAction(broker: ServiceBroker, next: Handler, action: ActionDef): Ha
  * Bulkhead + tracking + request metrics + the circuit breaker's count for served actions; Moleculer's Bulkhead still
  * guards events. The breaker counts after the rest, as it did wrapping this gate from outside.
  */
-function ServingGate(this: ServiceBroker, broker: ServiceBroker): Middleware {
-	const moleculerBulkhead = builtIn(broker, "Bulkhead");
-	return {
-		name: "ServingGate",
-		created: moleculerBulkhead.created,
-		localEvent: moleculerBulkhead.localEvent,
-		localAction(this: ServiceBroker, next: Handler, action: ActionDef) {
-			return gateAction(this, next, action);
-		},
-	} as unknown as Middleware;
+function ServingGate(nameError?: ServedErrorNaming): MiddlewareFactory {
+	return function ServingGate(this: ServiceBroker, broker: ServiceBroker) {
+		const moleculerBulkhead = builtIn(broker, "Bulkhead");
+		return {
+			name: "ServingGate",
+			created: moleculerBulkhead.created,
+			localEvent: moleculerBulkhead.localEvent,
+			localAction(this: ServiceBroker, next: Handler, action: ActionDef) {
+				return gateAction(this, next, action, nameError);
+			},
+		} as unknown as Middleware & Record<string, unknown>;
+	};
 }
 
 /** Moleculer's ContextTracker for events and stopping; ServingGate and CallingGate track calls. */
@@ -595,12 +605,15 @@ function listed(factory: MiddlewareFactory): Middleware {
 	return factory as unknown as Middleware;
 }
 
-/** The broker's middlewares after the project's own (it runs with internalMiddlewares: false). */
-export function meshInternalMiddlewares(): Array<string | Middleware> {
+/**
+ * The broker's middlewares after the project's own (it runs with internalMiddlewares: false). `servedError` names
+ * a served action's error before anything else sees it (moleculer.config.ts: a database limit becomes a typed 503).
+ */
+export function meshInternalMiddlewares(opts: { servedError?: ServedErrorNaming } = {}): Array<string | Middleware> {
 	return [
 		"ActionHook",
 		"Validator",
-		listed(ServingGate as MiddlewareFactory),
+		listed(ServingGate(opts.servedError)),
 		"Cacher",
 		listed(ContextTracker as MiddlewareFactory),
 		listed(CircuitBreaker as MiddlewareFactory),

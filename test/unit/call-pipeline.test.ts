@@ -96,6 +96,41 @@ describe("call pipeline", () => {
 	});
 });
 
+describe("a served action's error, named before the rest of the chain sees it (servedError)", () => {
+	const named = (err: unknown) => (err instanceof Error && err.message === "raw driver error" ? new Errors.MoleculerServerError("named", 503, "NAMED_LIMIT") : null);
+	const broker = new ServiceBroker({
+		logger: false,
+		metrics: { enabled: true },
+		internalMiddlewares: false,
+		middlewares: meshInternalMiddlewares({ servedError: named }) as never,
+	});
+	broker.createService({
+		name: "db",
+		actions: {
+			limited() {
+				throw new Error("raw driver error");
+			},
+			other() {
+				throw new Errors.MoleculerClientError("not named", 409, "CONFLICT");
+			},
+		},
+	});
+	beforeAll(() => broker.start());
+	afterAll(() => broker.stop());
+
+	const errorTypes = (action: string) =>
+		(broker.metrics.list({ includes: "moleculer.request.error.total" }) as unknown as Array<{ values: Array<{ labels: { action: string; errorType: string } }> }>)[0].values
+			.filter(v => v.labels.action === action)
+			.map(v => v.labels.errorType);
+
+	it("the caller and the request metrics get the named error; an error the naming leaves alone passes as it is", async () => {
+		await expect(broker.call("db.limited")).rejects.toMatchObject({ code: 503, type: "NAMED_LIMIT" });
+		await expect(broker.call("db.other")).rejects.toMatchObject({ code: 409, type: "CONFLICT" });
+		expect(errorTypes("db.limited")).toEqual(["NAMED_LIMIT"]);
+		expect(errorTypes("db.other")).toEqual(["CONFLICT"]);
+	});
+});
+
 describe("call pipeline across two brokers (in-memory transporter)", () => {
 	const options = (nodeID: string) => ({
 		nodeID,
