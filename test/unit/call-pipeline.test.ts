@@ -7,6 +7,13 @@ import { meshInternalMiddlewares, retryDelayMs, timedOutHere } from "../../lib/m
 import { pendingRequestsOf } from "../../lib/mesh/moleculer-internals";
 import { actionPolicy, FailoverStrategy, RETRY_POLICY } from "../../lib/mesh/failover-policy";
 
+type MetricValue = { labels: Record<string, string | number | null | undefined>; value: number };
+
+/** The values of metric `name` on `broker`, one per label set (none before its first update). */
+function metricValues(broker: ServiceBroker, name: string): MetricValue[] {
+	return (broker.metrics.list({ includes: name }) as unknown as Array<{ values: MetricValue[] }>)[0]?.values ?? [];
+}
+
 /** An action timeout, as actionPolicy() declares it (Moleculer's typings do not list `timeout`). */
 const fiftyMs = { timeout: 50 };
 
@@ -56,8 +63,7 @@ describe("call pipeline", () => {
 	});
 	beforeAll(() => broker.start());
 
-	const gauge = (name: string) =>
-		(broker.metrics.list({ includes: name }) as unknown as Array<{ values: Array<{ labels: { action: string }; value: number }> }>)[0]?.values.find(v => v.labels.action === "slow.hold")?.value;
+	const gauge = (name: string) => metricValues(broker, name).find(v => v.labels.action === "slow.hold")?.value;
 
 	it("runs at most `concurrency` calls, queues up to maxQueueSize, refuses the rest with a retryable 429", async () => {
 		held = gate();
@@ -119,7 +125,7 @@ describe("a served action's error, named before the rest of the chain sees it (s
 	afterAll(() => broker.stop());
 
 	const errorTypes = (action: string) =>
-		(broker.metrics.list({ includes: "moleculer.request.error.total" }) as unknown as Array<{ values: Array<{ labels: { action: string; errorType: string } }> }>)[0].values
+		metricValues(broker, "moleculer.request.error.total")
 			.filter(v => v.labels.action === action)
 			.map(v => v.labels.errorType);
 
@@ -186,10 +192,9 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 	});
 	afterAll(() => Promise.all([server.stop(), forgiving.stop()]));
 
+	/** A metric's value for `action` as called from `broker` (metrics without a `type` label count as such). */
 	const remoteCount = (broker: ServiceBroker, metric: string, action: string) =>
-		(broker.metrics.list({ includes: metric }) as unknown as Array<{ values: Array<{ labels: { action: string; type?: string }; value: number }> }>)[0]?.values.find(
-			v => v.labels.action === action && (v.labels.type ?? "remote") === "remote",
-		)?.value ?? 0;
+		metricValues(broker, metric).find(v => v.labels.action === action && (v.labels.type ?? "remote") === "remote")?.value ?? 0;
 
 	it("gives up after `retries` attempts: the last error reaches the caller with its context, counted as failed, nothing left pending", async () => {
 		const before = { failures, errors: remoteCount(caller, "moleculer.request.error.total", "far.failsRetried") };
@@ -223,17 +228,11 @@ describe("call pipeline across two brokers (in-memory transporter)", () => {
 	it("retries a retryable failure on the caller's side, and counts the outgoing call in the remote request metrics", async () => {
 		await expect(caller.call("far.flaky")).resolves.toBe("second attempt");
 		expect(flaky).toBe(2);
-		const total = (caller.metrics.list({ includes: "moleculer.request.total" }) as unknown as Array<{ values: Array<{ labels: { action: string; type: string }; value: number }> }>)[0].values.find(
-			v => v.labels.action === "far.flaky" && v.labels.type === "remote",
-		);
 		// Moleculer's Retry sends the second attempt through the whole chain again: two requests counted.
-		expect(total?.value).toBe(2);
+		expect(remoteCount(caller, "moleculer.request.total", "far.flaky")).toBe(2);
 	});
 
-	const timeoutCount = () =>
-		(caller.metrics.list({ includes: "moleculer.request.timeout.total" }) as unknown as Array<{ values: Array<{ labels: { action: string }; value: number }> }>)[0]?.values.find(
-			v => v.labels.action === "far.pause",
-		)?.value ?? 0;
+	const timeoutCount = () => remoteCount(caller, "moleculer.request.timeout.total", "far.pause");
 
 	it("times out a call to another node: RequestTimeoutError at its timeout, counted once, gone from the pending list, a late answer dropped", async () => {
 		const before = timeoutCount();
@@ -342,9 +341,7 @@ describe("Retry: the delay, and no delay for a call known lost (its node gone)",
 		// finds none left untried, so it waits its delay (delay x factor, capped at maxDelay).
 		expect((runs.s1 ?? 0) + (runs.s2 ?? 0)).toBe(3);
 		expect(performance.now() - started).toBeGreaterThanOrEqual(Math.min(DELAY * RETRY_POLICY.factor, RETRY_POLICY.maxDelay) - 5);
-		const retried = (caller.metrics.list({ includes: "moleculer.request.retry.attempts.total" }) as unknown as Array<{ values: Array<{ labels: { action: string }; value: number }> }>)[0].values.find(
-			v => v.labels.action === "twin.answer",
-		);
+		const retried = metricValues(caller, "moleculer.request.retry.attempts.total").find(v => v.labels.action === "twin.answer");
 		expect(retried?.value).toBeGreaterThanOrEqual(2);
 	});
 
