@@ -15,14 +15,21 @@ const running = new Set<ChildProcess>();
 
 /** Extra node flags for every process a bench starts, e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile them (not allowed in NODE_OPTIONS). */
 const NODE_ARGS = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
+/**
+ * BENCH_CHILD_LOG=<dir>: every child's stdout and stderr also go to <dir>/<script name>.<pid>.log, whole. Without it
+ * only the output up to the ready line is kept (for the error if it never comes); with `--trace-opt` or
+ * `--trace-deopt` in BENCH_NODE_ARGS, this is where V8's lines land.
+ */
+const CHILD_LOG_DIR = process.env.BENCH_CHILD_LOG;
 
 /**
  * Starts `node --import tsx <script>` and resolves when it prints a line containing `readyText`. With `ipc`,
  * the child also gets a message channel (process.send / child.send). `launcher` runs node under another program
- * (e.g. `valgrind --tool=callgrind`), which must exec node in its own process so that the channel is inherited.
+ * (e.g. `valgrind --tool=callgrind`), which must exec node in its own process so that the channel is inherited;
+ * `nodeArgs` are node flags for this process only (after BENCH_NODE_ARGS).
  */
-export function startProcess(script: string, env: Record<string, string>, readyText = "READY", timeoutMs = 30_000, ipc = false, launcher: string[] = []): Promise<ChildProcess> {
-	const [command, ...args] = [...launcher, process.execPath, ...NODE_ARGS, "--import", "tsx", path.join(ROOT, script)];
+export function startProcess(script: string, env: Record<string, string>, readyText = "READY", timeoutMs = 30_000, ipc = false, launcher: string[] = [], nodeArgs: string[] = []): Promise<ChildProcess> {
+	const [command, ...args] = [...launcher, process.execPath, ...NODE_ARGS, ...nodeArgs, "--import", "tsx", path.join(ROOT, script)];
 	const child = spawn(command, args, {
 		cwd: ROOT,
 		env: { ...process.env, ...env },
@@ -30,6 +37,7 @@ export function startProcess(script: string, env: Record<string, string>, readyT
 	});
 	running.add(child);
 	child.once("exit", () => running.delete(child));
+	if (CHILD_LOG_DIR) logChildOutput(child, script);
 	return new Promise((resolve, reject) => {
 		let output = "";
 		const timer = setTimeout(() => reject(new Error(`${script} not ready after ${timeoutMs} ms:\n${output.slice(-2000)}`)), timeoutMs);
@@ -45,6 +53,14 @@ export function startProcess(script: string, env: Record<string, string>, readyT
 		child.stderr?.on("data", onData);
 		child.once("exit", code => reject(new Error(`${script} exited (${code}) before ready:\n${output.slice(-2000)}`)));
 	});
+}
+
+function logChildOutput(child: ChildProcess, script: string): void {
+	fs.mkdirSync(CHILD_LOG_DIR!, { recursive: true });
+	const log = fs.createWriteStream(path.join(CHILD_LOG_DIR!, `${path.basename(script, ".ts")}.${child.pid}.log`));
+	child.stdout?.pipe(log, { end: false });
+	child.stderr?.pipe(log, { end: false });
+	child.once("close", () => log.end());
 }
 
 /** Sends a child started with `ipc` one message and resolves with its next message (its answer). */

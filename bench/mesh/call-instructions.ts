@@ -41,13 +41,21 @@ process.env.CALL_COST_ONLY ??= "LivenessProbe";
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 const CALLS = Number(process.env.INSTR_CALLS ?? 5_000);
 /**
- * V8 tiers code up by invocation counts and compiles on background threads, which valgrind serialises. On 2026-12-03
- * (the one-wrapper call gates) no repeat of the project settled: V8 compiled 91–101 thousand instructions per call
- * in the counted window after 20,000 calls of warm-up, 353 thousand after 60,000, while at full speed (node
- * --trace-opt, 20,000-call phases) the same pair stops optimising after 60,000 calls on the caller and 40,000 on the
- * serving process. Such repeats are refused (MAX_COMPILING) rather than counted.
+ * V8 tiers code up by invocation counts, so a warm-up of calls brings the code where full speed has it (the measured
+ * processes run with V8_FLAGS, below). On 2026-12-03, without those flags, no repeat of the project settled after
+ * 20,000 or 60,000 calls of warm-up (91–353 thousand instructions per call of V8 compiling in the counted window).
  */
 const WARM_UP_CALLS = Number(process.env.INSTR_WARM_UP_CALLS ?? 20_000);
+/**
+ * No memory reducer in the measured processes. It starts full collections when a process allocates little per second
+ * of wall time, which under valgrind (a call ~50× slower) is all the time; each such collection cleared weak references
+ * that optimised code depends on ("marking dependent code … for deoptimization, reason: weak objects" in `node
+ * --trace-deopt`), and V8 recompiled that code inside the counted window, run after run. At full speed under load it
+ * does not run, so turning it off brings the counted processes nearer full speed, for bare Moleculer and the project
+ * alike. With it off (2026-12-03, 20:21–20:40): both settled at the first attempt, compiling 5.8 and 6.9 thousand
+ * instructions per call, one or two full collections in each process's life.
+ */
+const V8_FLAGS = ["--no-memory-reducer"];
 /**
  * One call at a time by default: under valgrind a call takes ~50× longer, and at 10 concurrent the project's calls
  * waited past its liveness probe's thresholds (a call pending 20 ms gets its node probed, 100 ms without an answer
@@ -96,8 +104,8 @@ const COMPILING = /v8::internal::(?:compiler|maglev|baseline)::|v8::internal::(?
 
 /**
  * V8's garbage collector (scavenges, marking, sweeping, evacuation, its page bookkeeping): whether a major collection
- * falls into a window of a few thousand calls is luck, and V8's memory reducer starts one when allocation stops (the
- * idle window), so collections are counted apart from the rest and never subtracted
+ * falls into a window of a few thousand calls is luck (a full one costs more than the window's calls), so collections
+ * are counted apart from the rest and never subtracted
  */
 const COLLECTING = /Scaveng|Marking|MarkCompact|Sweep|Evacuat|RememberedSet|SlotSet|heap::base::|cppgc::|GCTracer|v8::internal::Heap::|MemoryChunk|MemoryAllocator|RecordMigrated|MigrateObject|PagedSpace|NewSpace|LargeObjectSpace|CodeFlush|WeakObjects|ObjectCache/;
 
@@ -133,8 +141,8 @@ function lastDump(outFile: string, pid: number): Dump {
 async function countPair(index: number, repeat: number): Promise<Count> {
 	const env = { ...pairEnv(`instr-${process.pid}-${repeat}`, NATS_URL), COST_VARIANT: String(index) };
 	const outFile = (role: string) => path.join(OUT_DIR, `${index}-${repeat}-${role}`);
-	const server = await startProcess("bench/mesh/call-cost-server.ts", env, "READY", 600_000, false, callgrind(outFile("server")));
-	const caller = await startProcess("bench/mesh/call-cost-caller.ts", env, "READY", 600_000, true, callgrind(outFile("caller")));
+	const server = await startProcess("bench/mesh/call-cost-server.ts", env, "READY", 600_000, false, callgrind(outFile("server")), V8_FLAGS);
+	const caller = await startProcess("bench/mesh/call-cost-caller.ts", env, "READY", 600_000, true, callgrind(outFile("caller")), V8_FLAGS);
 	try {
 		const [callerPid, serverPid] = [caller.pid!, server.pid!];
 		for (const pid of [callerPid, serverPid]) control(pid, "-i", "on");
@@ -230,7 +238,7 @@ async function main(): Promise<void> {
 	});
 	const header =
 		`Run ${new Date().toISOString()} on ${machine()}; NATS ${NATS_URL}; load average ${loadAtStart} at the start and ${loadAverage()} at the end (an instruction count does not depend on it). ` +
-		`Each variant's caller and serving process under \`valgrind --tool=callgrind\`, one pair at a time, ${REPEATS} times each (every figure is listed, repeat by repeat): ${WARM_UP_CALLS} calls to warm up, then ${CALLS} calls at ${CONCURRENCY} concurrent counted, minus the same process's instructions over as long with no call; a repeat with over 1 % of its calls failed, V8 compiling over ${formatNumber(MAX_COMPILING / 1000)} thousand instructions per call, or an idle window below zero is discarded and run again (up to ${ATTEMPTS} attempts); V8's garbage collector is counted apart (a major collection falls into a window of a few thousand calls or not, by luck), and the work of V8's optimising compilers is left out (functions of TurboFan, Maglev and Sparkplug by \`callgrind_annotate\`: the warm-up leaves some compiling, which full speed spreads over millions of calls). ` +
+		`Each variant's caller and serving process under \`valgrind --tool=callgrind\` (node ${V8_FLAGS.join(" ")}), one pair at a time, ${REPEATS} times each (every figure is listed, repeat by repeat): ${WARM_UP_CALLS} calls to warm up, then ${CALLS} calls at ${CONCURRENCY} concurrent counted, minus the same process's instructions over as long with no call; a repeat with over 1 % of its calls failed, V8 compiling over ${formatNumber(MAX_COMPILING / 1000)} thousand instructions per call, or an idle window below zero is discarded and run again (up to ${ATTEMPTS} attempts); V8's garbage collector is counted apart (a major collection falls into a window of a few thousand calls or not, by luck), and the work of V8's optimising compilers is left out (functions of TurboFan, Maglev and Sparkplug by \`callgrind_annotate\`: the warm-up leaves some compiling, which full speed spreads over millions of calls). ` +
 		`The same call as bench:call-cost (params + meta.user; bare Moleculer's echo, the project's mesh.echo). nats-server is not counted. ${((performance.now() - started) / 1000).toFixed(0)} s in all. \`npm run bench:call-instructions\`.`;
 	const body = [
 		header,
