@@ -268,9 +268,17 @@ class LivenessProbe {
 	arm(): void {
 		// Not before start() nor after stop(): the subscription is what a started probe has.
 		if (this.timer || !this.subscription) return;
-		this.timer = setInterval(() => this.scan(), this.opts.scanEveryMs);
+		// The scan itself waits for the check phase: after this loop stalled (a long GC, no core), libuv runs the
+		// overdue interval before it reads the sockets, and the scan would take calls whose answers already arrived
+		// for slow ones (a hedge and a probe each: 20 of 20 calls hedged after a 150 ms stall, test/integration).
+		this.timer = setInterval(this.scanAfterPoll, this.opts.scanEveryMs);
 		this.timer.unref();
 	}
+
+	private readonly scanAfterPoll = (): void => {
+		setImmediate(this.scanNow);
+	};
+	private readonly scanNow = (): void => this.scan();
 
 	private disarm(): void {
 		if (this.timer) clearInterval(this.timer);

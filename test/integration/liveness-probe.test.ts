@@ -340,4 +340,31 @@ describeWithNats("hedged reads: a read still pending after its action's p99 goes
 		// machine; 5 % leaves room for a loaded CI machine's stalls (test/unit/hedged-calls.test.ts pins the rule).
 		expect(stats.won + stats.lost + stats.failed).toBeLessThanOrEqual(30);
 	});
+
+	it("does not take answers that arrived during a stall of this node's own loop for slow calls", async () => {
+		const hedging = await startCaller("stall-caller", "1", hedgeNamespace);
+		await Promise.all([startTarget("HSTALL1", 40, hedgeNamespace), startTarget("HSTALL2", 40, hedgeNamespace)]);
+		await targetsVisibleTo(hedging, ["HSTALL1", "HSTALL2"]);
+		// 200 calls: enough samples for the action's own p99 (~40 ms) to be the hedge delay
+		for (let i = 0; i < 10; i++) await Promise.all(Array.from({ length: 20 }, () => call(hedging, "target.read")));
+		const hedgesBefore = { ...hedgeStatsOf(hedging)! }; // a copy: the stats object is live
+		const reads = Array.from({ length: 20 }, () => call(hedging, "target.read"));
+		await sleep(15); // a scan has seen them pending
+		// The caller's loop stalls for 150 ms (in the check phase, as a long GC or a missing core would stall it
+		// anywhere but in a timer) while the 20 answers arrive at ~40 ms.
+		await new Promise<void>(resolve =>
+			setImmediate(() => {
+				const until = performance.now() + 150;
+				while (performance.now() < until);
+				resolve();
+			}),
+		);
+		const outcomes = await Promise.all(reads);
+		await sleep(100);
+		const hedges = hedgeStatsOf(hedging)!;
+		process.stdout.write(`[hedge] 20 reads answered during a 150 ms stall of the caller: hedges ${JSON.stringify(hedges)} (before ${JSON.stringify(hedgesBefore)})\n`);
+		expect(outcomes.every(o => o.ok)).toBe(true);
+		// Scanned before the sockets were read, all 20 were hedged (and lost): 20 / 20 in two runs.
+		expect(hedges.won + hedges.lost + hedges.failed - (hedgesBefore.won + hedgesBefore.lost + hedgesBefore.failed)).toBe(0);
+	});
 });
