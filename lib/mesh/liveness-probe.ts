@@ -278,7 +278,10 @@ class LivenessProbe {
 	private readonly scanAfterPoll = (): void => {
 		setImmediate(this.scanNow);
 	};
-	private readonly scanNow = (): void => this.scan();
+	/** Not after disarm() or stop(): a scan queued just before either would otherwise still probe and hedge. */
+	private readonly scanNow = (): void => {
+		if (this.timer) this.scan();
+	};
 
 	private disarm(): void {
 		if (this.timer) clearInterval(this.timer);
