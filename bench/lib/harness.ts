@@ -37,7 +37,7 @@ export function startProcess(script: string, env: Record<string, string>, readyT
 	});
 	running.add(child);
 	child.once("exit", () => running.delete(child));
-	if (CHILD_LOG_DIR) logChildOutput(child, script);
+	if (CHILD_LOG_DIR) logChildOutput(child, script, CHILD_LOG_DIR);
 	return new Promise((resolve, reject) => {
 		let output = "";
 		const timer = setTimeout(() => reject(new Error(`${script} not ready after ${timeoutMs} ms:\n${output.slice(-2000)}`)), timeoutMs);
@@ -55,9 +55,9 @@ export function startProcess(script: string, env: Record<string, string>, readyT
 	});
 }
 
-function logChildOutput(child: ChildProcess, script: string): void {
-	fs.mkdirSync(CHILD_LOG_DIR!, { recursive: true });
-	const log = fs.createWriteStream(path.join(CHILD_LOG_DIR!, `${path.basename(script, ".ts")}.${child.pid}.log`));
+function logChildOutput(child: ChildProcess, script: string, dir: string): void {
+	fs.mkdirSync(dir, { recursive: true });
+	const log = fs.createWriteStream(path.join(dir, `${path.basename(script, ".ts")}.${child.pid}.log`));
 	child.stdout?.pipe(log, { end: false });
 	child.stderr?.pipe(log, { end: false });
 	child.once("close", () => log.end());
