@@ -26,6 +26,11 @@ function report(name: string, stats: object): void {
 	process.stdout.write(`[chaos] ${name}: ${JSON.stringify(stats)}\n`);
 }
 
+/** The load generator's own stalls after `from` (ms since the load started): a slow call at the same moment is the client's. */
+function stallsAfter(result: LoadReport, from: number): LoadReport["stalls"] {
+	return result.stalls.filter(st => st.at + st.ms >= from);
+}
+
 describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-owned NATS)", () => {
 	let mesh: ChaosMesh;
 	beforeAll(async () => {
@@ -65,7 +70,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const removedMs = leftAt == null ? null : leftAt - killedWallClock;
 		const lostAt = loggedAt(mesh.gateway, killedWallClock, l => (l.event === "node.lost" || l.event === "node.suspect") && l.node_id === "NODE1");
 		const outOfRotationMs = lostAt == null ? null : lostAt - killedWallClock;
-		report("SIGKILL", { ...during, aroundKillMaxMs: aroundKill.maxMs, outOfRotationMs, removedMs, shed: result.shed, machineIdleAfterKill: await idleAfterKill });
+		report("SIGKILL", { ...during, aroundKillMaxMs: aroundKill.maxMs, outOfRotationMs, removedMs, shed: result.shed, machineIdleAfterKill: await idleAfterKill, loadClientStalls: stallsAfter(result, killedAt) });
 
 		expect(result.shed).toBe(0);
 		expect(during.failures).toEqual([]);
@@ -137,7 +142,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const during = windowStats(result.samples, stoppedAt, resumedAt);
 		const aroundStop = windowStats(result.samples, stoppedAt - 100, resumedAt);
 		const after = windowStats(result.samples, resumedAt, Infinity);
-		report("SIGSTOP", { during, aroundStopMaxMs: aroundStop.maxMs, after, machineIdleAfterStop: await idleAfterStop });
+		report("SIGSTOP", { during, aroundStopMaxMs: aroundStop.maxMs, after, machineIdleAfterStop: await idleAfterStop, loadClientStalls: stallsAfter(result, stoppedAt) });
 		expect(during.failed).toBe(0);
 		// An unanswered liveness probe makes NODE1 suspect: its idempotent calls retry elsewhere at once
 		// and it gets no new ones. The goal, 300 ms for the slowest, is the bound: 52-70 ms on an idle machine.

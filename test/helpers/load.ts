@@ -35,7 +35,17 @@ export interface LoadReport {
 	samples: Sample[];
 	/** requests not sent because maxInFlight was reached */
 	shed: number;
+	/**
+	 * Times the load generator's own event loop was late by over STALL_MS (a GC of this process, no core for it):
+	 * `at` ms since start, `ms` how late. A response that arrived meanwhile is timed late by as much, and no answer
+	 * is seen in that time, so a slow request or a gap at the same moment is the client's, not the mesh's.
+	 */
+	stalls: Array<{ at: number; ms: number }>;
 }
+
+/** The generator's tick runs every TICK_MS; later than this beyond it counts as a stall of the client. */
+const TICK_MS = 5;
+const STALL_MS = 25;
 
 async function oneRequest(opts: LoadOptions, startedAt: number): Promise<Sample> {
 	const start = performance.now() - startedAt;
@@ -57,7 +67,12 @@ export function startLoad(opts: LoadOptions): RunningLoad {
 	const maxInFlight = opts.maxInFlight ?? 500;
 	let sent = 0;
 	let shed = 0;
+	const stalls: LoadReport["stalls"] = [];
+	let lastTick = startedAt;
 	const tick = setInterval(() => {
+		const now = performance.now();
+		if (now - lastTick - TICK_MS > STALL_MS) stalls.push({ at: Math.round(lastTick - startedAt), ms: Math.round(now - lastTick - TICK_MS) });
+		lastTick = now;
 		const due = Math.floor(((performance.now() - startedAt) / 1000) * opts.ratePerSecond) - sent - shed;
 		for (let i = 0; i < due; i++) {
 			if (pending.size >= maxInFlight) {
@@ -71,14 +86,14 @@ export function startLoad(opts: LoadOptions): RunningLoad {
 			});
 			pending.add(p);
 		}
-	}, 5);
+	}, TICK_MS);
 	return {
 		startedAt,
 		now: () => performance.now() - startedAt,
 		async stop() {
 			clearInterval(tick);
 			await Promise.all(pending);
-			return { samples: samples.sort((a, b) => a.start - b.start), shed };
+			return { samples: samples.sort((a, b) => a.start - b.start), shed, stalls };
 		},
 	};
 }

@@ -1,0 +1,44 @@
+// test/helpers/load.ts records its own stalls: the failover bench and the chaos tests read a slow request at the
+// same moment as the client's, not the mesh's (docs/FAILOVER.md). This pins that a stall is seen, when, and how long.
+import http from "http";
+import type { AddressInfo } from "net";
+import { startLoad } from "../helpers/load";
+
+function busyWait(ms: number): void {
+	const until = performance.now() + ms;
+	while (performance.now() < until) {
+		/* the load generator's loop is held, as by a long GC */
+	}
+}
+
+describe("load generator (test/helpers/load.ts)", () => {
+	let server: http.Server;
+	let url: string;
+
+	beforeAll(async () => {
+		server = http.createServer((_req, res) => res.end("{}"));
+		await new Promise<void>(resolve => server.listen(0, "127.0.0.1", resolve));
+		url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+	});
+
+	afterAll(async () => {
+		await new Promise(resolve => server.close(resolve));
+	});
+
+	it("reports a stall of its own event loop with when it began and how long it lasted", async () => {
+		const load = startLoad({ url, ratePerSecond: 100 });
+		await new Promise(resolve => setTimeout(resolve, 200));
+		const heldAt = load.now();
+		busyWait(150);
+		await new Promise(resolve => setTimeout(resolve, 100));
+		const { samples, stalls } = await load.stop();
+
+		expect(samples.length).toBeGreaterThan(20);
+		const held = stalls.find(st => st.ms >= 120);
+		expect(held).toBeDefined();
+		// The stall began at the last tick before the busy-wait: at most one tick (5 ms) and some scheduling before it.
+		expect(held!.at).toBeGreaterThanOrEqual(heldAt - 40);
+		expect(held!.at).toBeLessThanOrEqual(heldAt);
+		expect(held!.ms).toBeLessThan(250);
+	});
+});
