@@ -7,6 +7,7 @@
 import path from "path";
 import type { BrokerOptions, Middleware, ServiceSchema } from "moleculer";
 import type { createBrokerOptions as CreateBrokerOptions } from "../../moleculer.config";
+import { LivenessProbeMiddleware } from "../../lib/mesh/liveness-probe";
 import { loadSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
 import { bareEchoService } from "./bare-echo";
@@ -53,6 +54,21 @@ function unwrapped(name: string): (options: BrokerOptions) => BrokerOptions {
 	};
 }
 
+/**
+ * The project's LivenessProbe with its scan every `scanEveryMs` instead of 10 ms (hedging and probing as
+ * configured otherwise): under valgrind a call is ~50× slower, so the clock-paced scan weighs ~50× more per call
+ * than at full speed; this variant tells the scan's share apart from the probe's per-call work.
+ */
+function livenessScanEvery(scanEveryMs: number): (options: BrokerOptions) => BrokerOptions {
+	return options => {
+		const listed = (options.middlewares ?? []) as Listed[];
+		const index = listed.findIndex(entry => middlewareName(entry) === "LivenessProbe");
+		if (index === -1) throw new Error("call-cost: no LivenessProbe in the project's options");
+		const probe = LivenessProbeMiddleware({ scanEveryMs, stuckLeaveMs: Number(process.env.MESH_STUCK_LEAVE_MS ?? 10_000) }, { budget: Number(process.env.HEDGE_BUDGET ?? 0.05) });
+		return { ...options, middlewares: listed.map((entry, i) => (i === index ? probe : entry)) as BrokerOptions["middlewares"] };
+	};
+}
+
 const unchanged = (options: BrokerOptions) => options;
 
 /** Every variant, bare first and the project second (the ratios are against these two). */
@@ -68,6 +84,7 @@ export function costVariants(baseRoot = process.env.CALL_COST_BASE): CostVariant
 		{ name: "− metrics", edit: o => ({ ...o, metrics: { enabled: false } }) },
 		{ name: "− call tracking", edit: o => ({ ...o, tracking: { ...o.tracking, enabled: false } }) },
 		{ name: "− LivenessProbe", edit: without("LivenessProbe") },
+		{ name: "LivenessProbe scanning every 1 s (not 10 ms)", edit: livenessScanEvery(1_000) },
 		{ name: "− ChangedMetaOnly (responses carry the whole meta)", edit: without("ChangedMetaOnly") },
 		{ name: "− FailureDetector", edit: without("FailureDetector") },
 		{ name: "− InputGuard", edit: without("InputGuard") },
