@@ -11,7 +11,7 @@
  * FAILOVER_ONLY (below) runs chosen scenarios only, for tracing one.
  */
 import type { ChildProcess } from "child_process";
-import { startLoad, windowStats, type Sample } from "../../test/helpers/load";
+import { stallsAfter, startLoad, windowStats, type Sample } from "../../test/helpers/load";
 import { machine, percentile, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
 
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -164,7 +164,7 @@ async function scenario(topology: Topology, signal: NodeJS.Signals): Promise<Row
 		await new Promise(r => setTimeout(r, signal === "SIGKILL" ? topology.observeMs : 5_000));
 	}
 	const { samples, stalls } = await load.stop();
-	const stallsAfter = stalls.filter(st => st.at + st.ms >= signalAt);
+	const after = stallsAfter(stalls, signalAt);
 	const stats = windowStats(samples, signalAt, Infinity);
 	const row = {
 		policy: topology.name,
@@ -178,13 +178,13 @@ async function scenario(topology: Topology, signal: NodeJS.Signals): Promise<Row
 		disruptedMs: disruptedFor(samples, signalAt),
 		steadyProbes: countersBefore == null || countersAtSignal == null ? null : countersAtSignal.probes - countersBefore.probes,
 		steadyHedges: countersBefore == null || countersAtSignal == null ? null : countersAtSignal.hedges - countersBefore.hedges,
-		clientStallMs: Math.max(0, ...stallsAfter.map(st => st.ms)),
+		clientStallMs: Math.max(0, ...after.map(st => st.ms)),
 		windows: windowsAround(samples, signalAt),
 	};
 	process.stdout.write(`${JSON.stringify(row)}\n`);
 	if (ONLY) {
 		listSlowRequests(samples, signalAt);
-		for (const st of stallsAfter) process.stdout.write(`  load client stalled: at ${Math.round(st.at - signalAt)} ms, for ${st.ms} ms\n`);
+		for (const st of after) process.stdout.write(`  load client stalled: at ${Math.round(st.at - signalAt)} ms, for ${st.ms} ms\n`);
 	}
 	return row;
 }
@@ -197,42 +197,40 @@ function listSlowRequests(samples: Sample[], signalAt: number): void {
 	for (const s of slowest) process.stdout.write(`  slow: started ${Math.round(s.start - signalAt)} ms, ended ${Math.round(s.end - signalAt)} ms, ${Math.round(s.end - s.start)} ms, ${s.ok ? "ok" : "failed"}\n`);
 }
 
-/** FAILOVER_ONLY's scenarios, each FAILOVER_REPEATS times; no docs section is written. */
-async function runOnly(only: Array<[string, string]>): Promise<void> {
-	const builds: Record<string, () => Promise<Topology>> = {
-		a: bareTopology,
-		b: () => projectTopology(),
-		c: () => projectTopology({ DISABLE_BALANCER: "true" }, "(c) policy + NATS queue groups"),
-		d: () => projectTopology({ HEDGE_BUDGET: "0" }, "(d) policy without hedged reads"),
-	};
+/** The four topologies by their letter in the table, in its order. */
+const TOPOLOGIES: Record<string, () => Promise<Topology>> = {
+	a: bareTopology,
+	b: () => projectTopology(),
+	c: () => projectTopology({ DISABLE_BALANCER: "true" }, "(c) policy + NATS queue groups"),
+	d: () => projectTopology({ HEDGE_BUDGET: "0" }, "(d) policy without hedged reads"),
+};
+const SIGNALS: NodeJS.Signals[] = ["SIGKILL", "SIGSTOP", "SIGTERM"];
+
+/** Each scenario once on a fresh topology, in order; the processes stopped after each. */
+async function runScenarios(scenarios: Array<[string, NodeJS.Signals]>): Promise<Row[]> {
+	const rows: Row[] = [];
 	try {
-		for (let i = 0; i < REPEATS; i++) {
-			for (const [policy, signal] of only) {
-				if (!builds[policy] || !["SIGKILL", "SIGSTOP", "SIGTERM"].includes(signal)) throw new Error(`FAILOVER_ONLY: no scenario ${policy}:${signal}`);
-				await scenario(await builds[policy](), signal as NodeJS.Signals);
-				await stopProcesses();
-			}
+		for (const [policy, signal] of scenarios) {
+			rows.push(await scenario(await TOPOLOGIES[policy](), signal));
+			await stopProcesses();
 		}
 	} finally {
 		await stopProcesses();
 	}
+	return rows;
+}
+
+/** FAILOVER_ONLY's scenarios, each FAILOVER_REPEATS times; no docs section is written. */
+async function runOnly(only: Array<[string, string]>): Promise<void> {
+	for (const [policy, signal] of only) {
+		if (!TOPOLOGIES[policy] || !SIGNALS.includes(signal as NodeJS.Signals)) throw new Error(`FAILOVER_ONLY: no scenario ${policy}:${signal}`);
+	}
+	for (let i = 0; i < REPEATS; i++) await runScenarios(only as Array<[string, NodeJS.Signals]>);
 }
 
 async function main(): Promise<void> {
 	if (ONLY) return runOnly(ONLY);
-	const rows: Row[] = [];
-	try {
-		for (const signal of ["SIGKILL", "SIGSTOP", "SIGTERM"] as const) {
-			const queueGroups = () => projectTopology({ DISABLE_BALANCER: "true" }, "(c) policy + NATS queue groups");
-			const noHedging = () => projectTopology({ HEDGE_BUDGET: "0" }, "(d) policy without hedged reads");
-			for (const build of [bareTopology, () => projectTopology(), queueGroups, noHedging]) {
-				rows.push(await scenario(await build(), signal));
-				await stopProcesses();
-			}
-		}
-	} finally {
-		await stopProcesses();
-	}
+	const rows = await runScenarios(SIGNALS.flatMap(signal => Object.keys(TOPOLOGIES).map(policy => [policy, signal] as [string, NodeJS.Signals])));
 	const body = [
 		`Run ${new Date().toISOString().slice(0, 10)} on ${machine()}. NODE1 and NODE2 run \`mesh.whoami\`, a gateway-only node takes ${RATE} req/s (open loop) over real NATS; NODE1 gets the signal 3 s in. "Disrupted" = time from the signal until the last request that failed or took over ${SLOW_MS} ms finished.`,
 		"",

@@ -3,7 +3,7 @@
  * stopped, hangs, or loses NATS while a gateway-only node serves steady load; users must not notice.
  */
 import { getJson, TEST_SERVICES_ENV, waitFor } from "../helpers/cluster";
-import { servedCounts, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
+import { servedCounts, stallsAfter, startLoad, windowStats, type LoadReport, type RunningLoad } from "../helpers/load";
 import { idleShareOver } from "../helpers/machine-cpu";
 import { describeWithNats } from "../helpers/requirements";
 import { keyedDrillWrites, loggedAt, startChaosMesh, waitForChaosMesh, type ChaosMesh } from "./topology";
@@ -24,11 +24,6 @@ const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 
 function report(name: string, stats: object): void {
 	process.stdout.write(`[chaos] ${name}: ${JSON.stringify(stats)}\n`);
-}
-
-/** The load generator's own stalls after `from` (ms since the load started): a slow call at the same moment is the client's. */
-function stallsAfter(result: LoadReport, from: number): LoadReport["stalls"] {
-	return result.stalls.filter(st => st.at + st.ms >= from);
 }
 
 describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-owned NATS)", () => {
@@ -70,7 +65,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const removedMs = leftAt == null ? null : leftAt - killedWallClock;
 		const lostAt = loggedAt(mesh.gateway, killedWallClock, l => (l.event === "node.lost" || l.event === "node.suspect") && l.node_id === "NODE1");
 		const outOfRotationMs = lostAt == null ? null : lostAt - killedWallClock;
-		report("SIGKILL", { ...during, aroundKillMaxMs: aroundKill.maxMs, outOfRotationMs, removedMs, shed: result.shed, machineIdleAfterKill: await idleAfterKill, loadClientStalls: stallsAfter(result, killedAt) });
+		report("SIGKILL", { ...during, aroundKillMaxMs: aroundKill.maxMs, outOfRotationMs, removedMs, shed: result.shed, machineIdleAfterKill: await idleAfterKill, loadClientStalls: stallsAfter(result.stalls, killedAt) });
 
 		expect(result.shed).toBe(0);
 		expect(during.failures).toEqual([]);
@@ -142,7 +137,7 @@ describeWithNats("failover under load (NODE1, NODE2, gateway-only node, test-own
 		const during = windowStats(result.samples, stoppedAt, resumedAt);
 		const aroundStop = windowStats(result.samples, stoppedAt - 100, resumedAt);
 		const after = windowStats(result.samples, resumedAt, Infinity);
-		report("SIGSTOP", { during, aroundStopMaxMs: aroundStop.maxMs, after, machineIdleAfterStop: await idleAfterStop, loadClientStalls: stallsAfter(result, stoppedAt) });
+		report("SIGSTOP", { during, aroundStopMaxMs: aroundStop.maxMs, after, machineIdleAfterStop: await idleAfterStop, loadClientStalls: stallsAfter(result.stalls, stoppedAt) });
 		expect(during.failed).toBe(0);
 		// An unanswered liveness probe makes NODE1 suspect: its idempotent calls retry elsewhere at once
 		// and it gets no new ones. The goal, 300 ms for the slowest, is the bound: 52-70 ms on an idle machine.

@@ -73,7 +73,7 @@ export function startLoad(opts: LoadOptions): RunningLoad {
 		const now = performance.now();
 		if (now - lastTick - TICK_MS > STALL_MS) stalls.push({ at: Math.round(lastTick - startedAt), ms: Math.round(now - lastTick - TICK_MS) });
 		lastTick = now;
-		const due = Math.floor(((performance.now() - startedAt) / 1000) * opts.ratePerSecond) - sent - shed;
+		const due = Math.floor(((now - startedAt) / 1000) * opts.ratePerSecond) - sent - shed;
 		for (let i = 0; i < due; i++) {
 			if (pending.size >= maxInFlight) {
 				shed++;
@@ -137,6 +137,11 @@ export function windowStats(samples: Sample[], from: number, to: number): Window
 		maxMs: Math.round(latencies.at(-1) ?? 0),
 		failures: [...new Set(failures.map(f => `${f.status} ${f.error ?? ""}`.slice(0, 200)))].slice(0, 5),
 	};
+}
+
+/** The load generator's stalls that ended at or after `from` (ms since start): those that could slow a request started then. */
+export function stallsAfter(stalls: LoadReport["stalls"], from: number): LoadReport["stalls"] {
+	return stalls.filter(st => st.at + st.ms >= from);
 }
 
 /** When each node last answered (ms since start), and how many answers each gave after `from`. */
