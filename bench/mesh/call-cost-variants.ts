@@ -8,7 +8,7 @@ import path from "path";
 import type { BrokerOptions, Middleware, ServiceSchema } from "moleculer";
 import type { createBrokerOptions as CreateBrokerOptions } from "../../moleculer.config";
 import { LivenessProbeMiddleware } from "../../lib/mesh/liveness-probe";
-import { loadSettings } from "../../lib/runtime/settings";
+import { loadSettings, type MeshSettings } from "../../lib/runtime/settings";
 import { resolveTransport } from "../../lib/runtime/transport";
 import { bareEchoService } from "./bare-echo";
 
@@ -16,8 +16,8 @@ type Listed = string | Middleware | ((...args: unknown[]) => unknown);
 
 export interface CostVariant {
 	name: string;
-	/** null for bare Moleculer; otherwise how the project's options are changed */
-	edit: ((options: BrokerOptions) => BrokerOptions) | null;
+	/** null for bare Moleculer; otherwise how the project's options are changed (`settings`: what they were built from) */
+	edit: ((options: BrokerOptions, settings: MeshSettings) => BrokerOptions) | null;
 	/** another checkout whose moleculer.config.ts and mesh.service.ts to use (the "before" of a change) */
 	root?: string;
 }
@@ -59,12 +59,12 @@ function unwrapped(name: string): (options: BrokerOptions) => BrokerOptions {
  * configured otherwise): under valgrind a call is ~50× slower, so the clock-paced scan weighs ~50× more per call
  * than at full speed; this variant tells the scan's share apart from the probe's per-call work.
  */
-function livenessScanEvery(scanEveryMs: number): (options: BrokerOptions) => BrokerOptions {
-	return options => {
+function livenessScanEvery(scanEveryMs: number): (options: BrokerOptions, settings: MeshSettings) => BrokerOptions {
+	return (options, settings) => {
 		const listed = (options.middlewares ?? []) as Listed[];
 		const index = listed.findIndex(entry => middlewareName(entry) === "LivenessProbe");
 		if (index === -1) throw new Error("call-cost: no LivenessProbe in the project's options");
-		const probe = LivenessProbeMiddleware({ scanEveryMs, stuckLeaveMs: Number(process.env.MESH_STUCK_LEAVE_MS ?? 10_000) }, { budget: Number(process.env.HEDGE_BUDGET ?? 0.05) });
+		const probe = LivenessProbeMiddleware({ scanEveryMs, stuckLeaveMs: settings.stuckLeaveMs }, { budget: settings.hedgeBudget });
 		return { ...options, middlewares: listed.map((entry, i) => (i === index ? probe : entry)) as BrokerOptions["middlewares"] };
 	};
 }
@@ -115,7 +115,7 @@ export async function variantOptions(variant: CostVariant, index: number, role: 
 	const settings = loadSettings({ ...process.env, ...env, MESH_NAMESPACE: namespace, NODE_ID: nodeID });
 	// eslint-disable-next-line @typescript-eslint/no-require-imports
 	const config = variant.root ? (require(path.join(variant.root, "moleculer.config.ts")) as { createBrokerOptions: typeof CreateBrokerOptions }) : await import("../../moleculer.config");
-	return variant.edit(config.createBrokerOptions(settings, await resolveTransport(settings)));
+	return variant.edit(config.createBrokerOptions(settings, await resolveTransport(settings)), settings);
 }
 
 /** The served action: bare-server.ts's echo for bare Moleculer, the project's mesh.echo (as defined) for the others. */
