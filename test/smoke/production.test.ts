@@ -41,6 +41,8 @@ interface NatsServer {
 	clientPort: number;
 	routePort: number;
 	monitorPort: number;
+	/** what it was started with, to start it again */
+	env: Record<string, string>;
 	child: ChildProcess;
 	/** its stderr (nats-server logs there), for the failure message when it does not come up */
 	log: string[];
@@ -95,6 +97,45 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 		return { ca: files.ca, cert: files.cert, key: files.key };
 	}
 
+	/** One nats-server as the compose files start it: through the secrets check, which then runs nats-server. */
+	function spawnNats(env: Record<string, string>, onLog: (lines: string[]) => void): ChildProcess {
+		const checkSecrets = path.join(ROOT, "docker", "nats", "check-secrets.sh");
+		const child = spawn("sh", [checkSecrets, "nats-server", "-c", path.join(ROOT, "docker", "nats", "nats-tls.conf")], { env, stdio: ["ignore", "ignore", "pipe"] });
+		child.stderr!.on("data", (chunk: Buffer) => onLog(chunk.toString().split("\n").filter(Boolean)));
+		return child;
+	}
+
+	const routeCount = async (server: NatsServer): Promise<number> => (await getJson(`http://127.0.0.1:${server.monitorPort}/routez`)).body.num_routes;
+	const everyServerRouted = async () => (await Promise.all(nats.map(routeCount))).every(n => n === 2);
+
+	/**
+	 * All three servers start at once, as compose starts them, so each dials the others while they dial it.
+	 * nats-server 2.9 (Debian's) can then drop both connections of a pair as "Duplicate Route" and never dial
+	 * again (seen once in CI: nats1 stayed at one route for 20 s; upstream fixed route re-dialling after
+	 * duplicate resolution in 2.12.15/2.14.5, nats-server#8454/#8527). docs/OPERATIONS.md tells an operator to
+	 * restart a server that stays short of routes; the test does the same, once, and says so in its output.
+	 */
+	async function waitForFullMesh(): Promise<void> {
+		const meshed = await waitFor("every NATS server to route to the other two", everyServerRouted, 10_000, 200).then(() => true, () => false);
+		if (!meshed) {
+			const short = [];
+			for (const server of nats) if ((await routeCount(server).catch(() => -1)) !== 2) short.push(server);
+			process.stderr.write(`NATS servers short of routes after 10 s, restarted once (upstream duplicate-route bug): ${short.map(s => s.name).join(", ")}\n${short.map(s => s.log.slice(-10).join("\n")).join("\n")}\n`);
+			for (const server of short) {
+				const exited = new Promise(resolve => server.child.once("exit", resolve));
+				server.child.kill("SIGTERM");
+				await exited;
+				server.child = spawnNats(server.env, lines => server.log.push(...lines));
+			}
+		}
+		for (const server of nats) {
+			await waitFor(`${server.name} to route to the other two`, async () => (await routeCount(server)) === 2, 20_000, 200).catch(err => {
+				const exited = server.child.exitCode ?? server.child.signalCode;
+				throw new Error(`${(err as Error).message}\n${server.name}${exited == null ? "" : ` exited (${exited})`}, last log lines:\n${server.log.slice(-15).join("\n")}`);
+			});
+		}
+	}
+
 	async function startNats(): Promise<void> {
 		const names = ["nats1", "nats2", "nats3"];
 		const ports = await Promise.all(names.map(async () => ({ client: await freePort(), route: await freePort(), monitor: await freePort() })));
@@ -119,19 +160,10 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 				NATS_TLS_KEY: tls.key,
 				NATS_TLS_CA: tls.ca,
 			};
-			// as the compose files start it: through the secrets check, which then runs nats-server
-			const checkSecrets = path.join(ROOT, "docker", "nats", "check-secrets.sh");
-			const child = spawn("sh", [checkSecrets, "nats-server", "-c", path.join(ROOT, "docker", "nats", "nats-tls.conf")], { env, stdio: ["ignore", "ignore", "pipe"] });
 			const log: string[] = [];
-			child.stderr!.on("data", (chunk: Buffer) => log.push(...chunk.toString().split("\n").filter(Boolean)));
-			nats.push({ name, clientPort: ports[i].client, routePort: ports[i].route, monitorPort: ports[i].monitor, child, log });
+			nats.push({ name, clientPort: ports[i].client, routePort: ports[i].route, monitorPort: ports[i].monitor, env, log, child: spawnNats(env, lines => log.push(...lines)) });
 		}
-		for (const server of nats) {
-			await waitFor(`${server.name} to route to the other two`, async () => (await getJson(`http://127.0.0.1:${server.monitorPort}/routez`)).body.num_routes === 2, 20_000, 200).catch(err => {
-				const exited = server.child.exitCode ?? server.child.signalCode;
-				throw new Error(`${(err as Error).message}\n${server.name}${exited == null ? "" : ` exited (${exited})`}, last log lines:\n${server.log.slice(-15).join("\n")}`);
-			});
-		}
+		await waitForFullMesh();
 		natsUrl = nats.map(s => `tls://127.0.0.1:${s.clientPort}`).join(",");
 	}
 
