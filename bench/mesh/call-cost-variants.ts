@@ -69,6 +69,16 @@ function livenessScanEvery(scanEveryMs: number): (options: BrokerOptions, settin
 	};
 }
 
+/**
+ * Moleculer's own NATS transporter with the options the project's coalescing one was built from
+ * (what NATS_COALESCE_SENDS=false gives a node): each packet leaves in nats.js's flush of its own turn.
+ */
+function plainNats(options: BrokerOptions): BrokerOptions {
+	const transporter = options.transporter as { opts?: Record<string, unknown>; constructor: { name: string } };
+	if (transporter?.constructor?.name !== "CoalescingNatsTransporter") throw new Error("call-cost: the project's transporter is not the coalescing one");
+	return { ...options, transporter: { type: "NATS", options: transporter.opts } };
+}
+
 const unchanged = (options: BrokerOptions) => options;
 
 /** Every variant, bare first and the project second (the ratios are against these two). */
@@ -90,6 +100,7 @@ export function costVariants(baseRoot = process.env.CALL_COST_BASE): CostVariant
 		{ name: "− InputGuard", edit: without("InputGuard") },
 		{ name: "− Validator (params schema)", edit: without("Validator") },
 		{ name: "plain JSON serializer", edit: o => ({ ...o, serializer: "JSON" }) },
+		{ name: "plain NATS transporter (no coalescing of sends)", edit: plainNats },
 	];
 	if (baseRoot) variants.splice(2, 0, { name: "project before", edit: unchanged, root: path.resolve(baseRoot) });
 	const only = process.env.CALL_COST_ONLY?.split(",");

@@ -110,10 +110,11 @@ describeWithPostgres("production topology smoke test (compiled nodes, NATS clust
 
 	/**
 	 * All three servers start at once, as compose starts them, so each dials the others while they dial it.
-	 * nats-server 2.9 (Debian's) can then drop both connections of a pair as "Duplicate Route" and never dial
-	 * again (seen once in CI: nats1 stayed at one route for 20 s; upstream fixed route re-dialling after
-	 * duplicate resolution in 2.12.15/2.14.5, nats-server#8454/#8527). docs/OPERATIONS.md tells an operator to
-	 * restart a server that stays short of routes; the test does the same, once, and says so in its output.
+	 * One of a pair's two connections is then closed as "Duplicate Route", and nats-server 2.9 (Debian's) once
+	 * left the pair without a route for good (CI: nats1 stayed at one route for 20 s after such a line; upstream
+	 * fixed routes never re-dialled after duplicate resolution in 2.12.15/2.14.5, nats-server#8454/#8527).
+	 * docs/OPERATIONS.md tells an operator to restart a server that stays short of routes; the test does the
+	 * same, once, and says so in its output.
 	 */
 	async function waitForFullMesh(): Promise<void> {
 		const meshed = await waitFor("every NATS server to route to the other two", everyServerRouted, 10_000, 200).then(() => true, () => false);
