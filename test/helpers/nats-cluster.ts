@@ -108,8 +108,9 @@ export async function startNatsCluster(clusterName = "test-cluster"): Promise<Te
 	try {
 		const meshed = await waitFor("the NATS cluster's routes", routesComplete, 10_000, 50).then(() => true, () => false);
 		if (!meshed) {
-			// nats-server 2.9's duplicate-route race can leave a pair of servers that never dial each other again
-			// (docs/OPERATIONS.md, NatsClusterDegraded); restarting the short server is the remedy, once.
+			// Servers started at once dial each other, and nats-server 2.9 once left a pair without a route after
+			// closing one connection as "Duplicate Route" (docs/OPERATIONS.md, NatsClusterDegraded): restarting the
+			// short server is the remedy, once.
 			const short = await shortOfRoutes();
 			process.stderr.write(`NATS test cluster short of routes after 10 s, restarting once: ${short.map(i => servers[i].name).join(", ")}\n`);
 			for (const i of short) await cluster.kill(i);
