@@ -104,10 +104,13 @@ export function runBench(main: () => Promise<void>): void {
 	);
 }
 
-/** SIGKILL, or, when profiling (BENCH_NODE_ARGS), SIGTERM first: a profile is written only on a clean exit. */
-export async function stopProcesses(): Promise<void> {
+/**
+ * Stops the given children (by default every one still running) and resolves when they have exited: SIGKILL, or,
+ * when profiling (BENCH_NODE_ARGS), SIGTERM first (a profile is written only on a clean exit).
+ */
+export async function stopProcesses(children: ChildProcess[] = [...running]): Promise<void> {
 	await Promise.all(
-		[...running].map(child => {
+		children.filter(child => running.has(child)).map(child => {
 			const exited = new Promise(resolve => child.once("exit", resolve));
 			if (!NODE_ARGS.length) child.kill("SIGKILL");
 			else {

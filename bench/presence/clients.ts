@@ -17,9 +17,9 @@ import { io, type Socket } from "socket.io-client";
 import WebSocket from "ws";
 
 export type ClientTarget = { url: string; auth: Record<string, unknown> };
-/** where a message's number is: the project's room message carries it as its body, the bare baseline as `n` */
-export type NumberField = "body" | "n";
-export type ClientRequest = { op: "connect"; targets: ClientTarget[] } | { op: "listen"; field: NumberField } | { op: "collect" } | { op: "close" };
+/** A room message as the clients need it: its number is its body (the project's message and the bare baseline's alike). */
+export type RoomMessage = { body: unknown };
+export type ClientRequest = { op: "connect"; targets: ClientTarget[] } | { op: "listen" } | { op: "collect" } | { op: "close" };
 export type ClientAnswer = { held: number } | { numbers: number[]; times: number[] };
 
 const WS = { path: "/ws/socket.io", transports: ["websocket"], reconnection: false, forceNew: true };
@@ -42,7 +42,7 @@ export async function connectMany<S = Socket>(targets: ClientTarget[], open: (ta
 
 /** What the clients' process needs of a room socket, from either client. */
 interface RoomSocket {
-	on(event: "message", listener: (m: Record<NumberField, unknown>) => void): unknown;
+	on(event: "message", listener: (m: RoomMessage) => void): unknown;
 	off(event: "message"): unknown;
 	close(): unknown;
 }
@@ -53,7 +53,7 @@ interface RoomSocket {
  * reconnection, buffering, acks or binary packets: the bench needs none of them.
  */
 class ProtocolSocket implements RoomSocket {
-	private listener: ((m: Record<NumberField, unknown>) => void) | null = null;
+	private listener: ((m: RoomMessage) => void) | null = null;
 
 	private constructor(private readonly ws: WebSocket) {}
 
@@ -73,14 +73,14 @@ class ProtocolSocket implements RoomSocket {
 				if (type === "0") resolve(socket);
 				else if (type === "4") reject(new Error(`connect refused: ${text}`));
 				else if (type === "2" && socket.listener) {
-					const [event, message] = JSON.parse(text.slice(text.indexOf("["))) as [string, Record<NumberField, unknown>];
+					const [event, message] = JSON.parse(text.slice(text.indexOf("["))) as [string, RoomMessage];
 					if (event === "message") socket.listener(message);
 				}
 			});
 		});
 	}
 
-	on(_event: "message", listener: (m: Record<NumberField, unknown>) => void): void {
+	on(_event: "message", listener: (m: RoomMessage) => void): void {
 		this.listener = listener;
 	}
 
@@ -108,8 +108,7 @@ function serve(): void {
 			case "listen": {
 				numbers = [];
 				times = [];
-				const field = request.field;
-				for (const s of sockets) s.on("message", (m: Record<NumberField, unknown>) => (times.push(now()), numbers.push(Number(m[field]))));
+				for (const s of sockets) s.on("message", (m: RoomMessage) => (times.push(now()), numbers.push(Number(m.body))));
 				return { held: sockets.length };
 			}
 			case "collect":

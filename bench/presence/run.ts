@@ -22,6 +22,7 @@
  * servers' side of the fan-out, without the clients' share of the cores; it writes a section of its own.
  */
 import { execSync, type ChildProcess } from "child_process";
+import { randomUUID } from "crypto";
 import fs from "fs";
 import os from "os";
 import path from "path";
@@ -30,9 +31,10 @@ import type { Socket } from "socket.io-client";
 import { Client } from "pg";
 import { signToken } from "../../lib/http/auth";
 import type { HeapReading } from "../../lib/runtime/heap";
+import type { Message } from "../../services/city.service";
 import { formatNumber, loadAverage, machine, percentile, processCpuMs, ROOT, startProcess, stopProcesses, table, writeSection } from "../lib/harness";
 import { svgCharts } from "../lib/svg-plot";
-import { connect, connectMany, now, type ClientAnswer, type ClientRequest, type ClientTarget, type NumberField } from "./clients";
+import { connect, connectMany, now, type ClientAnswer, type ClientRequest, type ClientTarget } from "./clients";
 
 /** Which client the client processes run (bench/presence/clients.ts, PRESENCE_CLIENT). */
 const CLIENT_KIND = process.env.PRESENCE_CLIENT === "protocol" ? "a minimal client of the wire protocol, PRESENCE_CLIENT=protocol" : "socket.io-client";
@@ -107,8 +109,8 @@ class ClientProcesses {
 		await this.all(index => ({ op: "connect", targets: Array.from({ length: to - from }, (_, j) => from + j).filter(i => Math.floor(i / SOCKETS_PER_CLIENT_PROCESS) % count === index).map(target) }));
 	}
 
-	async listen(field: NumberField): Promise<void> {
-		await this.all(() => ({ op: "listen", field }));
+	async listen(): Promise<void> {
+		await this.all(() => ({ op: "listen" }));
 	}
 
 	/** Every arrival since listen: the message's number and when it arrived. */
@@ -245,9 +247,9 @@ function sentFanOut(servers: string[], sentAt: Map<number, number>): SentFanOut 
 }
 
 /** Posts `messages` messages through `post(n)`, `intervalMs` apart; every client timestamps arrival of message n. */
-async function fanOut(clients: ClientProcesses, sockets: number, post: (n: number) => void, field: NumberField, messages: number, intervalMs: number): Promise<FanOut> {
+async function fanOut(clients: ClientProcesses, sockets: number, post: (n: number) => void, messages: number, intervalMs: number): Promise<FanOut> {
 	const sentAt = new Map<number, number>();
-	await clients.listen(field);
+	await clients.listen();
 	for (let n = 1; n <= messages; n++) {
 		sentAt.set(n, now());
 		post(n);
@@ -318,7 +320,6 @@ interface Side {
 	heap: () => Promise<HeapReading>;
 	post: (n: number) => void;
 	/** where a room message carries its number */
-	field: NumberField;
 	pids: number[];
 	/** PRESENCE_WIRE: the servers whose send stamps time the fan-out (their files: STAMPS_FILE) */
 	stampServers: string[];
@@ -326,6 +327,12 @@ interface Side {
 
 /** Spacing of the posts at N sockets: the clients take N deliveries off their sockets per post, and must be done before the next. */
 const intervalFor = (sockets: number) => Math.max(100, Math.round(sockets / 10));
+/**
+ * What the bare socket.io baseline broadcasts per post: a message of the project's shape and size (city's room
+ * message, `Message`), so that both sides encode, send and parse the same bytes. Until 2026-12-04 the baseline sent
+ * `{ n }`, a fifth of the frame: its clients parsed less per delivery than the project's.
+ */
+const roomMessageLike = (n: number): Message => ({ id: randomUUID(), room_id: "bench", seq: n, author_id: "poster", body: String(n), created_at: new Date().toISOString(), edited_at: null, deleted_at: null });
 /** The fan-out targets the issues set: p99 ≤ 100 ms at 1,000 sockets (the first presence bench), ≤ 200 ms at 10,000 (#18). */
 const fanOutTarget = (sockets: number): string => (sockets >= 10_000 ? "≤ 200 ms at 10,000" : "≤ 100 ms at 1,000");
 
@@ -362,7 +369,7 @@ async function measureCurve(name: string, side: Side, heapBefore: HeapReading, c
 		if (WIRE) for (const server of side.stampServers) for (const truncated of stampFilesOf(server)) fs.writeFileSync(truncated, "");
 		// when the posts start, e.g. to profile the fan-out alone (perf record -a for the posts' duration, docs/BENCHMARKS.md)
 		process.stdout.write(`${name} @${sockets}: posting ${messages} messages ${intervalMs} ms apart from ${new Date().toISOString()}\n`);
-		const { result, servers, clients: clientsCpu, serversMs, clientsMs } = await cpuShare(side.pids, clients.pids, () => fanOut(clients, sockets, side.post, side.field, messages, intervalMs));
+		const { result, servers, clients: clientsCpu, serversMs, clientsMs } = await cpuShare(side.pids, clients.pids, () => fanOut(clients, sockets, side.post, messages, intervalMs));
 		const wire = WIRE ? sentFanOut(side.stampServers, result.sentAt) : undefined;
 		const cpuMsPerPost = { servers: serversMs / messages, clients: clientsMs / messages };
 		const point = { sockets, fanOut: result, heap, messages, intervalMs, cpu: { servers, clients: clientsCpu }, cpuMsPerPost, load: loadAverage(), wire };
@@ -457,9 +464,9 @@ function cpuFloor(top: Point, bareTop: Point): string {
  * A measured server's NODE_OPTIONS, and with PRESENCE_WIRE its send stamps (bench/presence/send-stamps.cjs) and
  * PRESENCE_SERVER_NODE_OPTIONS (flags to try on the servers alike, e.g. `--max-semi-space-size=64`).
  */
-function serverOptions(server: string, field: NumberField): Record<string, string> {
+function serverOptions(server: string): Record<string, string> {
 	if (!WIRE) return { NODE_OPTIONS: "--expose-gc" };
-	return { NODE_OPTIONS: `--expose-gc --require ${STAMP_HOOK} ${process.env.PRESENCE_SERVER_NODE_OPTIONS ?? ""}`.trim(), PRESENCE_STAMPS_FILE: STAMPS_FILE(server), PRESENCE_STAMP_FIELD: field };
+	return { NODE_OPTIONS: `--expose-gc --require ${STAMP_HOOK} ${process.env.PRESENCE_SERVER_NODE_OPTIONS ?? ""}`.trim(), PRESENCE_STAMPS_FILE: STAMPS_FILE(server) };
 }
 
 /** "post 17 at 262 ms: NODE1 frames 180–262 ms (GC major 94 ms), NODE2 5–121 ms (no GC)" per slow post */
@@ -531,9 +538,9 @@ async function main(): Promise<void> {
 	let clients: ClientProcesses | null = null;
 	try {
 		const ready = "API Gateway listening";
-		const node1 = await startProcess("scripts/run-node.ts", { ...base, ...serverOptions("node1", "body"), NODE_ID: "bp-node1", NODE_ROLE: "node1", PORT: "9481", LOG_LEVEL: "info" }, ready);
-		const node2 = await startProcess("scripts/run-node.ts", { ...base, ...serverOptions("node2", "body"), NODE_ID: "bp-node2", NODE_ROLE: "node2", PORT: "9482", LOG_LEVEL: "info" }, ready);
-		const bareServer = await startProcess("bench/presence/bare-socketio.ts", { ...serverOptions("bare", "n"), PORT: "9483" });
+		const node1 = await startProcess("scripts/run-node.ts", { ...base, ...serverOptions("node1"), NODE_ID: "bp-node1", NODE_ROLE: "node1", PORT: "9481", LOG_LEVEL: "info" }, ready);
+		const node2 = await startProcess("scripts/run-node.ts", { ...base, ...serverOptions("node2"), NODE_ID: "bp-node2", NODE_ROLE: "node2", PORT: "9482", LOG_LEVEL: "info" }, ready);
+		const bareServer = await startProcess("bench/presence/bare-socketio.ts", { ...serverOptions("bare"), PORT: "9483" });
 		clients = await ClientProcesses.start(CLIENT_PROCESSES);
 		const nodes = ["http://127.0.0.1:9481", "http://127.0.0.1:9482"];
 		for (let i = 0; i < 100; i++) {
@@ -550,7 +557,7 @@ async function main(): Promise<void> {
 		const projectBefore = await bothNodesHeap(node1, node2);
 		const project = await measureCurve(
 			"project",
-			{ target: projectTarget, heap: () => bothNodesHeap(node1, node2), post: n => poster.emit("message", { body: String(n) }), field: "body", pids: [node1.pid!, node2.pid!], stampServers: ["node1", "node2"] },
+			{ target: projectTarget, heap: () => bothNodesHeap(node1, node2), post: n => poster.emit("message", { body: String(n) }), pids: [node1.pid!, node2.pid!], stampServers: ["node1", "node2"] },
 			projectBefore,
 			clients,
 		);
@@ -571,6 +578,8 @@ async function main(): Promise<void> {
 		presenceLatencies.sort((a, b) => a - b);
 		await clients.close();
 		closeAll(sockets);
+		// Idle, the two nodes would still take ~40 ms/s of the cores from the bare baseline (bench/idle).
+		await stopProcesses([node1, node2]);
 		await sleep(2_000);
 
 		// --- baseline: bare socket.io, the same points ---
@@ -580,7 +589,7 @@ async function main(): Promise<void> {
 		const bareBefore = await bareHeap("http://127.0.0.1:9483");
 		const bare = await measureCurve(
 			"bare",
-			{ target: () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }), heap: () => bareHeap("http://127.0.0.1:9483"), post: n => barePoster.emit("post", { n }), field: "n", pids: [bareServer.pid!], stampServers: ["bare"] },
+			{ target: () => ({ url: "http://127.0.0.1:9483/bench", auth: {} }), heap: () => bareHeap("http://127.0.0.1:9483"), post: n => barePoster.emit("post", roomMessageLike(n)), pids: [bareServer.pid!], stampServers: ["bare"] },
 			bareBefore,
 			clients,
 		);

@@ -16,7 +16,7 @@
  *
  * Out: every STAMP_FLUSH_MS the stamps since the last flush are appended to PRESENCE_STAMPS_FILE as float64
  * pairs (message number, ms since the epoch as performance.timeOrigin + performance.now(), the bench's clock). The
- * number is read from the field PRESENCE_STAMP_FIELD of a "message" event; other frames are not stamped.
+ * number is the "message" event's body (the project's room message and the bare baseline's alike); other frames are not stamped.
  * And the process's garbage-collection pauses and their kind (below).
  */
 "use strict";
@@ -25,7 +25,6 @@ const path = require("path");
 const { PerformanceObserver } = require("perf_hooks");
 
 const FILE = process.env.PRESENCE_STAMPS_FILE;
-const FIELD = process.env.PRESENCE_STAMP_FIELD ?? "body";
 const STAMP_FLUSH_MS = 200;
 const CAPACITY = 1 << 16;
 
@@ -33,7 +32,7 @@ if (!FILE) throw new Error("send-stamps: PRESENCE_STAMPS_FILE is not set");
 const enginePath = path.dirname(require.resolve("engine.io"));
 const { Sender } = require(require.resolve("ws", { paths: [enginePath] }));
 
-const numberPattern = new RegExp(`"${FIELD}":"?(\\d+)`);
+const numberPattern = /"body":"(\d+)"/;
 /** message number per frame buffer: socket.io-adapter hands every socket the same pre-encoded one */
 const numbers = new WeakMap();
 const stamps = new Float64Array(CAPACITY * 2);
