@@ -319,7 +319,7 @@ interface Side {
 	target: Target;
 	heap: () => Promise<HeapReading>;
 	post: (n: number) => void;
-	/** where a room message carries its number */
+	/** the measured servers' processes, for their CPU */
 	pids: number[];
 	/** PRESENCE_WIRE: the servers whose send stamps time the fan-out (their files: STAMPS_FILE) */
 	stampServers: string[];
@@ -578,7 +578,8 @@ async function main(): Promise<void> {
 		presenceLatencies.sort((a, b) => a - b);
 		await clients.close();
 		closeAll(sockets);
-		// Idle, the two nodes would still take ~40 ms/s of the cores from the bare baseline (bench/idle).
+		// Left running, the two nodes would spend the bare baseline's run on the 10,000 disconnects and their idle work
+		// (~40 ms/s, bench/idle), on the same cores.
 		await stopProcesses([node1, node2]);
 		await sleep(2_000);
 
