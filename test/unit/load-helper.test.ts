@@ -37,10 +37,13 @@ describe("load generator (test/helpers/load.ts)", () => {
 		// Other stalls are real too and may come first: the first request loads Node's fetch (35 ms on an idle
 		// machine here), and in one loaded CI run a stall of over 120 ms was reported at 33 ms. So look for the
 		// stall that spans the busy-wait, not the first long one.
-		const held = stalls.find(st => st.at <= heldAt && st.at + st.ms >= heldAt + 120);
+		// Stalls are reported in whole ms (rounded), so compare with heldAt rounded the same way: a tick at 199.6 ms
+		// before heldAt = 199.7 is reported at 200.
+		const heldAtMs = Math.round(heldAt);
+		const held = stalls.find(st => st.at <= heldAtMs && st.at + st.ms >= heldAtMs + 120);
 		expect({ heldAt, stalls, held }).toEqual(expect.objectContaining({ held: expect.anything() }));
 		// It began at the last tick before the busy-wait: at most one tick (5 ms) and some scheduling before it.
-		expect(held!.at).toBeGreaterThanOrEqual(heldAt - 40);
+		expect(held!.at).toBeGreaterThanOrEqual(heldAtMs - 40);
 		expect(held!.ms).toBeGreaterThanOrEqual(120);
 		expect(held!.ms).toBeLessThan(250);
 	});
