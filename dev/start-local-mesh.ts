@@ -28,8 +28,9 @@ function transportEnv(transport: TransportChoice, settings: MeshSettings): Recor
 function startChild(nodeID: string, role: string, port: number, env: Record<string, string>): ChildProcess {
 	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "scripts", "run-node.ts")], {
 		cwd: ROOT,
-		env: { ...process.env, ...env, NODE_ID: nodeID, NODE_ROLE: role, PORT: String(port) },
-		stdio: ["ignore", "inherit", "inherit"],
+		// A pipe the node reads to its end: if this launcher is killed outright, the node stops by itself.
+		env: { ...process.env, ...env, NODE_ID: nodeID, NODE_ROLE: role, PORT: String(port), STOP_WHEN_STDIN_ENDS: "1" },
+		stdio: ["pipe", "inherit", "inherit"],
 	});
 	child.once("exit", (code, signal) => say(code === 0 ? "info" : "warn", `${nodeID} exited (code ${code}, signal ${signal ?? "none"})`));
 	return child;

@@ -8,7 +8,7 @@ import { loadSettings } from "../lib/runtime/settings";
 async function main(): Promise<void> {
 	const settings = loadSettings();
 	const starting = startNode(settings);
-	stopOnSignals(starting);
+	stopOnSignals(starting, { whenStdinEnds: settings.stopWhenStdinEnds });
 	await starting;
 }
 

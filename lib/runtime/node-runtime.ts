@@ -128,13 +128,14 @@ export async function startNode(settings: MeshSettings): Promise<RunningNode> {
  * SIGTERM/SIGINT: finish in-flight requests (broker tracking), leave the mesh, exit 0. Installed while the
  * node is still starting: a signal then waits for the start to finish and stops it cleanly, instead of
  * Node's default action killing a half-started node that already serves (the gateway listens before every
- * service has started).
+ * service has started). `whenStdinEnds` (STOP_WHEN_STDIN_ENDS, set by `npm start`): the end of standard input
+ * stops it the same way, so a launcher killed outright (SIGKILL) leaves no node behind.
  */
-export function stopOnSignals(starting: Promise<RunningNode>): void {
-	const onSignal = (signal: NodeJS.Signals) => {
+export function stopOnSignals(starting: Promise<RunningNode>, options: { whenStdinEnds?: boolean } = {}): void {
+	const stopFor = (reason: string) => {
 		starting
 			.then(async node => {
-				node.broker.logger.info(`${signal} received: finishing in-flight requests and leaving the mesh`);
+				node.broker.logger.info(`${reason}: finishing in-flight requests and leaving the mesh`);
 				await node.stop().catch(err => {
 					node.broker.logger.error("Stop failed", err);
 					process.exit(1);
@@ -144,8 +145,12 @@ export function stopOnSignals(starting: Promise<RunningNode>): void {
 			// A start that failed reports itself (scripts/run-node.ts) and exits non-zero.
 			.catch(() => undefined);
 	};
-	process.once("SIGTERM", onSignal);
-	process.once("SIGINT", onSignal);
+	process.once("SIGTERM", () => stopFor("SIGTERM received"));
+	process.once("SIGINT", () => stopFor("SIGINT received"));
+	if (options.whenStdinEnds) {
+		process.stdin.once("end", () => stopFor("Standard input closed (the launcher is gone)"));
+		process.stdin.resume();
+	}
 	starting.then(node => process.on("SIGUSR2", () => reportHeap(node))).catch(() => undefined);
 }
 

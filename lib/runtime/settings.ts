@@ -96,6 +96,8 @@ export interface MeshSettings {
 	metricsToken?: string;
 	/** development and tests only: extra *.service.ts files (test doubles) this node may run; refused in production */
 	testServicesDir?: string;
+	/** set by `npm start` for its nodes: stop as on SIGTERM when standard input ends, i.e. when the launcher is gone */
+	stopWhenStdinEnds: boolean;
 	embeddedPgPort: number;
 	embeddedPgDir: string;
 	metricsEnabled: boolean;
@@ -366,6 +368,7 @@ export function loadSettings(env: Env = process.env): MeshSettings {
 		idempotencyTtlMs: readDurationMs(env, "IDEMPOTENCY_TTL", 24 * 3_600_000, 1_000),
 		metricsToken: env.METRICS_TOKEN || undefined,
 		testServicesDir: readTestServicesDir(env, production),
+		stopWhenStdinEnds: readBool(env, "STOP_WHEN_STDIN_ENDS", false),
 		embeddedPgPort: readInt(env, "EMBEDDED_PG_PORT", 54329, 1),
 		embeddedPgDir: env.EMBEDDED_PG_DIR ?? "data/pg",
 		metricsEnabled: readBool(env, "METRICS", true),

@@ -104,16 +104,17 @@ describe("npm start: the local two-node mesh and its embedded PostgreSQL", () =>
 		await expectStoppedInOrder(launcher);
 	}, 120_000);
 
-	it("a launcher killed outright (SIGKILL) still leaves no PostgreSQL running", async () => {
+	it("a launcher killed outright (SIGKILL) leaves nothing running: the nodes and PostgreSQL see their pipe from it end", async () => {
 		const launcher = await startLauncher();
 		launcher.child.kill("SIGKILL");
 		await launcher.exited;
 		try {
+			await waitFor("both nodes to stop", async () => !(await answers(launcher.port)) && !(await answers(launcher.port + 1)), 15_000, 100);
 			await waitFor("the embedded PostgreSQL to stop", async () => !(await answers(launcher.pgPort)), 15_000, 100);
+			expect(launcher.logs.filter(line => line.includes("Standard input closed (the launcher is gone)"))).toHaveLength(2);
 		} finally {
-			// The nodes are not the launcher's children any more; they are still in its process group.
-			killGroup(launcher, "SIGTERM");
-			await waitFor("the orphaned nodes to stop", async () => !(await answers(launcher.port)) && !(await answers(launcher.port + 1)), 15_000, 100);
+			// Whatever is left is still in the launcher's process group (the nodes) or owns its port (PostgreSQL).
+			killGroup(launcher, "SIGKILL");
 		}
 	}, 120_000);
 });

@@ -24,6 +24,12 @@ describe("settings from the environment", () => {
 		expect(s).toMatchObject({ nodeID: "n2", role: "node2", port: 9301, services: ["api", "mesh"] });
 	});
 
+	it("reads STOP_WHEN_STDIN_ENDS (set by npm start for its nodes): off unless set, refused when not a boolean", () => {
+		expect(loadSettings({}).stopWhenStdinEnds).toBe(false);
+		expect(loadSettings({ STOP_WHEN_STDIN_ENDS: "1" }).stopWhenStdinEnds).toBe(true);
+		expect(() => loadSettings({ STOP_WHEN_STDIN_ENDS: "sometimes" })).toThrow(/STOP_WHEN_STDIN_ENDS/);
+	});
+
 	it("hands a NATS_URL list to nats.js as servers, shuffled unless NATS_KEEP_URL_ORDER", () => {
 		const url = "nats://a:4222,nats://b:4223,nats://c:4224";
 		expect(natsConnectionOptions(loadSettings({ NATS_URL: url }).nats, url)).toMatchObject({ servers: ["a:4222", "b:4223", "c:4224"], noRandomize: false });
