@@ -48,13 +48,15 @@ export const tsxNode = (root = ROOT) => ["--import", "tsx", path.join(root, "scr
 export const TSX_NODE = tsxNode();
 export const COMPILED_NODE = [path.join(ROOT, "dist", "scripts", "run-node.js")];
 
-export async function startNodeProcess(env: Record<string, string>, args: string[] = TSX_NODE, cwd = ROOT): Promise<NodeProcess> {
+/** `ownProcessGroup`: the process leads a group of its own, as a terminal runs a command, so `process.kill(-pid)` is a Ctrl-C to it and its children. */
+export async function startNodeProcess(env: Record<string, string>, args: string[] = TSX_NODE, cwd = ROOT, { ownProcessGroup = false } = {}): Promise<NodeProcess> {
 	const port = env.PORT ? Number(env.PORT) : await freePort();
 	const nodeID = env.NODE_ID ?? `node-${port}`;
 	const child = spawn(process.execPath, args, {
 		cwd,
 		env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/root", LOG_LEVEL: "info", ...env, PORT: String(port), NODE_ID: nodeID },
 		stdio: ["ignore", "pipe", "pipe"],
+		detached: ownProcessGroup,
 	});
 	const logs: string[] = [];
 	const collect = (chunk: Buffer) => logs.push(...chunk.toString("utf8").split("\n").filter(Boolean));

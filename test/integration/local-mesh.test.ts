@@ -5,20 +5,14 @@
  * graceful stop (and the terminal's Ctrl-C reached PostgreSQL directly): the nodes then logged "Database unavailable"
  * on their way out, could not release their leases, nor mark the other node's devices offline.
  */
-import { spawn, type ChildProcess } from "child_process";
 import fs from "fs";
 import net from "net";
 import os from "os";
 import path from "path";
-import { freePort, ROOT, uniqueNamespace, waitFor } from "../helpers/cluster";
+import { freePort, getJson, ROOT, startNodeProcess, uniqueNamespace, waitFor, type NodeProcess } from "../helpers/cluster";
 
-interface Launcher {
-	child: ChildProcess;
-	logs: string[];
-	exited: Promise<number | null>;
-	port: number;
-	pgPort: number;
-}
+/** The launcher as a NodeProcess (its port is NODE1's; NODE2's is the next), and its embedded PostgreSQL's port. */
+type Launcher = NodeProcess & { pgPort: number };
 
 const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "local-mesh-"));
 afterAll(() => fs.rmSync(dataDir, { recursive: true, force: true }));
@@ -34,34 +28,22 @@ function answers(port: number): Promise<boolean> {
 	});
 }
 
-async function healthy(port: number): Promise<boolean> {
-	const res = await fetch(`http://127.0.0.1:${port}/health`).catch(() => undefined);
-	return res?.status === 200;
-}
-
 /** The launcher in a process group of its own, as a terminal runs it: a signal to the group is a Ctrl-C. */
 async function startLauncher(): Promise<Launcher> {
 	const [port, pgPort] = [await freePort(), await freePort()];
 	const env: Record<string, string> = {
-		PATH: process.env.PATH ?? "",
-		HOME: process.env.HOME ?? "/root",
-		LOG_LEVEL: "info",
 		MESH_NAMESPACE: uniqueNamespace("local-mesh"),
 		PORT: String(port),
 		EMBEDDED_PG_DIR: path.join(dataDir, "pg"),
 		EMBEDDED_PG_PORT: String(pgPort),
 	};
 	if (process.env.NATS_URL) env.NATS_URL = process.env.NATS_URL;
-	const child = spawn(process.execPath, ["--import", "tsx", path.join(ROOT, "dev", "start-local-mesh.ts")], { cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"], detached: true });
-	const logs: string[] = [];
-	const collect = (chunk: Buffer) => logs.push(...chunk.toString("utf8").split("\n").filter(Boolean));
-	child.stdout?.on("data", collect);
-	child.stderr?.on("data", collect);
-	const exited = new Promise<number | null>(resolve => child.once("exit", code => resolve(code)));
-	const launcher = { child, logs, exited, port, pgPort };
+	const launcher = { ...(await startNodeProcess(env, ["--import", "tsx", path.join(ROOT, "dev", "start-local-mesh.ts")], ROOT, { ownProcessGroup: true })), pgPort };
+	// A refused connection is a failed probe: waitFor tries again.
+	const healthy = async (nodePort: number) => (await getJson(`http://127.0.0.1:${nodePort}/health`)).status === 200;
 	await waitFor("both nodes healthy", async () => (await healthy(port)) && (await healthy(port + 1)), 60_000, 200).catch(err => {
 		killGroup(launcher, "SIGKILL");
-		throw new Error(`${(err as Error).message}\n${logs.slice(-30).join("\n")}`);
+		throw new Error(`${(err as Error).message}\n${launcher.logs.slice(-30).join("\n")}`);
 	});
 	return launcher;
 }
